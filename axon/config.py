@@ -1,0 +1,278 @@
+"""The run configuration: typed sections, YAML loading, `--set` overrides, validation.
+
+Every check a user's input can fail is here and runs before any collective; each
+failure is one `ConfigError` sentence naming the key and the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from perfmodel.layout import AXES, DEFAULT_ORDER, Layout
+from perfmodel.models import ModelShape, PRESETS
+
+
+class ConfigError(ValueError):
+    """A mistake in the user's config, layout or data, stated in one sentence."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    global_batch: int = 16  # sequences per optimizer step, over the whole world
+    micro_batch: int = 0  # sequences per micro-batch per data x depth shard; 0 = global_batch / (data x depth)
+    lr: float = 3e-4
+    weight_decay: float = 0.1  # applied to matrices only, never to norm weights
+    betas: tuple[float, float] = (0.9, 0.95)
+    seed: int = 1234
+    dtype: str = "float32"
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    log_every: int = 1  # progress line every N steps (metrics.jsonl gets every step)
+    peak_tflops: float = 0.0  # per-rank peak for MFU; 0 = measure a large GEMM at start-up
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # "synthetic" or a path to a .npy / .bin token file or a .txt file
+
+
+@dataclass
+class RunConfig:
+    model: ModelShape
+    layout: Layout
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    out_dir: str = "runs/default"
+    model_name: str = "custom"
+
+    def to_dict(self) -> dict[str, Any]:
+        layout = {axis: getattr(self.layout, axis) for axis in AXES}
+        layout["order"] = ",".join(self.layout.order)
+        return {
+            "model": dataclasses.asdict(self.model),
+            "model_name": self.model_name,
+            "layout": layout,
+            "train": dataclasses.asdict(self.train),
+            "data": dataclasses.asdict(self.data),
+            "out_dir": self.out_dir,
+        }
+
+
+TOP_LEVEL_KEYS = ("model", "layout", "train", "data", "out_dir")
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config (or start empty), apply `KEY=VALUE` overrides, build a RunConfig."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping, not {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return build_config(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `--set a.b.c=value` (value parsed as YAML) to the raw mapping."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r} must look like KEY=VALUE, e.g. train.lr=1e-3")
+    value = yaml.safe_load(text) if text else ""
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if isinstance(child, str) and part == "model" and i == 0:
+            child = dataclasses.asdict(_preset(child))  # refine a preset: --set model.layers=4
+        if child is None:
+            child = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is {child!r}, not a mapping")
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def build_config(raw: dict[str, Any]) -> RunConfig:
+    _reject_unknown(raw, TOP_LEVEL_KEYS, "")
+    model, model_name = _build_model(raw.get("model", "tiny"))
+    layout = _build_layout(raw.get("layout", {}) or {})
+    train = _build_section(TrainConfig, raw.get("train", {}) or {}, "train")
+    data = _build_section(DataConfig, raw.get("data", {}) or {}, "data")
+    out_dir = raw.get("out_dir", "runs/default")
+    if not isinstance(out_dir, str) or not out_dir:
+        raise ConfigError(f"out_dir must be a non-empty path string, got {out_dir!r}")
+    config = RunConfig(model=model, layout=layout, train=train, data=data, out_dir=out_dir,
+                       model_name=model_name)
+    _check_values(config)
+    return config
+
+
+def _preset(name: str) -> ModelShape:
+    if name not in PRESETS:
+        raise ConfigError(f"model: unknown preset {name!r}; known presets are {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def _build_model(value: Any) -> tuple[ModelShape, str]:
+    if isinstance(value, str):
+        return _preset(value), value
+    if not isinstance(value, dict):
+        raise ConfigError(f"model must be a preset name or a mapping, got {value!r}")
+    value = dict(value)
+    base = value.pop("preset", None)
+    if base is not None:
+        merged = dataclasses.asdict(_preset(base))
+        merged.update(value)
+        value = merged
+    shape = _build_section(ModelShape, value, "model")
+    return shape, base or "custom"
+
+
+def _build_layout(value: Any) -> Layout:
+    if not isinstance(value, dict):
+        raise ConfigError(f"layout must be a mapping of {', '.join(AXES)}, got {value!r}")
+    _reject_unknown(value, AXES + ("order",), "layout")
+    order = value.get("order", DEFAULT_ORDER)
+    if isinstance(order, str):
+        order = tuple(part.strip() for part in order.split(","))
+    sizes = {}
+    for axis in AXES:
+        size = value.get(axis, 1)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ConfigError(f"layout.{axis} must be a positive integer, got {size!r}")
+        sizes[axis] = size
+    try:
+        return Layout(**sizes, order=tuple(order))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _reject_unknown(mapping: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    for key in mapping:
+        if key not in known:
+            name = f"{where}.{key}" if where else key
+            raise ConfigError(f"unknown config key {name!r}; valid keys here are {', '.join(known)}")
+
+
+def _build_section(cls, mapping: dict[str, Any], where: str):
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where} must be a mapping, got {mapping!r}")
+    fields_by_name = {f.name: f for f in dataclasses.fields(cls)}
+    _reject_unknown(mapping, tuple(fields_by_name), where)
+    missing = [name for name, f in fields_by_name.items()
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               and name not in mapping]
+    if missing:
+        raise ConfigError(f"{where} is missing required key(s) {', '.join(missing)}")
+    values = {}
+    for name, value in mapping.items():
+        values[name] = _coerce(value, fields_by_name[name], f"{where}.{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, f: dataclasses.Field, key: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if kind == "float":
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if kind.startswith("tuple"):
+        if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key} must be a list of two numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+    return value
+
+
+def _check_values(config: RunConfig) -> None:
+    """Range checks that need no knowledge of the layout."""
+    m, t = config.model, config.train
+    for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "seq_len"):
+        if getattr(m, name) < 1:
+            raise ConfigError(f"model.{name} must be at least 1, got {getattr(m, name)}")
+    if m.hidden % m.heads:
+        raise ConfigError(f"model.hidden={m.hidden} is not divisible by model.heads={m.heads}")
+    if m.head_dim % 2:
+        raise ConfigError(f"model.hidden / model.heads = {m.head_dim} must be even for rotary embeddings")
+    if m.heads % m.kv_heads:
+        raise ConfigError(f"model.heads={m.heads} is not divisible by model.kv_heads={m.kv_heads}")
+    if t.steps < 1:
+        raise ConfigError(f"train.steps must be at least 1, got {t.steps}")
+    if t.global_batch < 1:
+        raise ConfigError(f"train.global_batch must be at least 1, got {t.global_batch}")
+    if t.micro_batch < 0:
+        raise ConfigError(f"train.micro_batch must be at least 1 (or 0 for automatic), got {t.micro_batch}")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr must be positive, got {t.lr}")
+    if t.weight_decay < 0 or t.grad_clip < 0:
+        raise ConfigError("train.weight_decay and train.grad_clip must be non-negative, "
+                          f"got {t.weight_decay} and {t.grad_clip}")
+    if t.dtype != "float32":
+        raise ConfigError(f"train.dtype={t.dtype!r} is not supported yet; this version trains in float32")
+    if t.log_every < 1:
+        raise ConfigError(f"train.log_every must be at least 1, got {t.log_every}")
+
+
+def check_layout(config: RunConfig, world_size: int) -> None:
+    """Everything the layout must satisfy for this model and world; raises ConfigError."""
+    lay, m, t = config.layout, config.model, config.train
+    if lay.world_size != world_size:
+        raise ConfigError(
+            f"layout {lay.data}x{lay.pipe}x{lay.depth}x{lay.row}x{lay.col} (data x pipe x depth x row x col) "
+            f"has {lay.world_size} ranks but the job has world size {world_size}")
+    if lay.pipe != 1:
+        raise ConfigError(f"layout.pipe={lay.pipe}: pipeline stages are not supported yet; use pipe 1")
+    # Normal layers split their output over row and input over col; transposed layers the reverse.
+    splits = (
+        ("model.hidden", m.hidden, ("col",)),
+        ("model.heads", m.heads, ("row",)),
+        ("model.kv_heads", m.kv_heads, ("row",)),
+        ("model.ffn", m.ffn, ("row",)),
+        ("model.vocab", m.vocab, ("row",)),
+    )
+    for key, value, axes in splits:
+        for axis in axes:
+            size = getattr(lay, axis)
+            if value % size:
+                raise ConfigError(f"{key}={value} is not divisible by layout.{axis}={size}, which splits it")
+    shards = lay.data * lay.depth
+    if t.global_batch % shards:
+        raise ConfigError(
+            f"train.global_batch={t.global_batch} is not divisible by layout.data x layout.depth = "
+            f"{lay.data} x {lay.depth} = {shards}")
+    per_shard = t.global_batch // shards
+    micro = t.micro_batch or per_shard
+    if per_shard % micro:
+        raise ConfigError(
+            f"train.micro_batch={micro} does not divide the {per_shard} sequences each data x depth shard "
+            f"gets per step (train.global_batch={t.global_batch} / {shards} shards)")
+
+
+def micro_batch_plan(config: RunConfig) -> tuple[int, int]:
+    """(sequences per micro-batch, micro-batches per step) for each data x depth shard."""
+    per_shard = config.train.global_batch // (config.layout.data * config.layout.depth)
+    micro = config.train.micro_batch or per_shard
+    return micro, per_shard // micro

@@ -1,0 +1,72 @@
+"""A layout: how the world of ranks is factored into the five parallel axes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+AXES = ("data", "pipe", "depth", "row", "col")
+# Outermost first: `col` varies fastest, so col (then row) groups sit inside a node.
+DEFAULT_ORDER = ("data", "pipe", "depth", "row", "col")
+
+
+@dataclass(frozen=True)
+class Layout:
+    data: int = 1
+    pipe: int = 1
+    depth: int = 1
+    row: int = 1
+    col: int = 1
+    order: tuple[str, ...] = DEFAULT_ORDER
+
+    def __post_init__(self):
+        for axis in AXES:
+            size = getattr(self, axis)
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise ValueError(f"layout.{axis} must be a positive integer, got {size!r}")
+        if sorted(self.order) != sorted(AXES):
+            raise ValueError(
+                f"layout.order must name each of {', '.join(AXES)} once, got {', '.join(self.order)}"
+            )
+
+    @property
+    def world_size(self) -> int:
+        return prod(self.sizes().values())
+
+    def sizes(self) -> dict[str, int]:
+        return {axis: getattr(self, axis) for axis in AXES}
+
+    def strides(self) -> dict[str, int]:
+        """Rank stride of each axis: rank = sum(coord[a] * stride[a])."""
+        strides, step = {}, 1
+        for axis in reversed(self.order):
+            strides[axis] = step
+            step *= getattr(self, axis)
+        return strides
+
+    def coords(self, rank: int) -> dict[str, int]:
+        strides = self.strides()
+        return {axis: (rank // strides[axis]) % getattr(self, axis) for axis in AXES}
+
+    def rank_of(self, coords: dict[str, int]) -> int:
+        strides = self.strides()
+        return sum(coords[axis] * strides[axis] for axis in AXES)
+
+    def __str__(self) -> str:
+        sizes = " x ".join(f"{axis} {getattr(self, axis)}" for axis in AXES)
+        return f"{sizes} (order {','.join(self.order)})"
+
+
+def factorizations(world_size: int, axes: tuple[str, ...] = AXES) -> list[Layout]:
+    """Every Layout whose sizes over `axes` multiply to world_size (other axes 1)."""
+
+    def split(n: int, k: int):
+        if k == 1:
+            yield (n,)
+            return
+        for d in range(1, n + 1):
+            if n % d == 0:
+                for rest in split(n // d, k - 1):
+                    yield (d,) + rest
+
+    return [Layout(**dict(zip(axes, sizes))) for sizes in split(world_size, len(axes))]

@@ -1,0 +1,49 @@
+"""Model shapes: the Llama-style presets shared by axon and the performance model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+    seq_len: int
+    rope_theta: float = 500000.0
+    norm_eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+# Llama 3.1 shapes for 8B/70B/405B (seq_len is the pre-training context, 8192);
+# the small ones are for tests, local runs and the memorization sweeps.
+PRESETS: dict[str, ModelShape] = {
+    "tiny": ModelShape(layers=2, hidden=64, heads=4, kv_heads=2, ffn=192, vocab=256, seq_len=64),
+    "1M": ModelShape(layers=4, hidden=128, heads=4, kv_heads=2, ffn=384, vocab=512, seq_len=128),
+    "10M": ModelShape(layers=6, hidden=320, heads=8, kv_heads=4, ffn=864, vocab=4096, seq_len=256),
+    "20M": ModelShape(layers=8, hidden=384, heads=8, kv_heads=4, ffn=1024, vocab=8192, seq_len=256),
+    "50M": ModelShape(layers=8, hidden=576, heads=8, kv_heads=4, ffn=1536, vocab=8192, seq_len=512),
+    "125M": ModelShape(layers=12, hidden=768, heads=12, kv_heads=4, ffn=2048, vocab=32768, seq_len=1024),
+    "350M": ModelShape(layers=24, hidden=1024, heads=16, kv_heads=8, ffn=2816, vocab=32768, seq_len=2048),
+    "1B": ModelShape(layers=16, hidden=2048, heads=32, kv_heads=8, ffn=8192, vocab=128256, seq_len=4096),
+    "8B": ModelShape(layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336, vocab=128256, seq_len=8192),
+    "70B": ModelShape(layers=80, hidden=8192, heads=64, kv_heads=8, ffn=28672, vocab=128256, seq_len=8192),
+    "405B": ModelShape(layers=126, hidden=16384, heads=128, kv_heads=8, ffn=53248, vocab=128256, seq_len=8192),
+}
+
+
+def preset(name: str) -> ModelShape:
+    if name not in PRESETS:
+        raise KeyError(f"model: unknown preset {name!r}; known presets are {', '.join(PRESETS)}")
+    return PRESETS[name]
