@@ -1,0 +1,65 @@
+"""The process grid: world = data x pipe x depth x row x col, and one group per axis.
+
+A `Grid` owns every process group and coordinate of one layout; layers receive it
+explicitly, so several grids can live in one process (the tests build many).
+Axes of size 1 get no group: their collectives are skipped, not run on one rank.
+"""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+
+from perfmodel.layout import AXES, Layout
+
+
+class Grid:
+    def __init__(self, layout: Layout, rank: int):
+        if not 0 <= rank < layout.world_size:
+            raise ValueError(f"rank {rank} is outside the layout's world of {layout.world_size}")
+        self.layout = layout
+        self.rank = rank
+        self.coords = layout.coords(rank)
+        self._groups: dict[str, dist.ProcessGroup | None] = {}
+        for axis in AXES:
+            self._groups[axis] = self._build_axis_groups(axis)
+
+    def _build_axis_groups(self, axis: str) -> dist.ProcessGroup | None:
+        """Create every group along `axis`; return the one this rank belongs to.
+
+        Every rank must call new_group for every group in the same order; ranks
+        outside a group return at once and no barrier runs, so this stays O(world)
+        cheap Python even at 32,768 ranks.
+        """
+        size = getattr(self.layout, axis)
+        if size == 1:
+            return None
+        stride = self.layout.strides()[axis]
+        mine = None
+        for base in range(self.layout.world_size):
+            if (base // stride) % size:
+                continue  # not the first rank of its group along this axis
+            ranks = [base + i * stride for i in range(size)]
+            group = dist.new_group(ranks)
+            if self.rank in ranks:
+                mine = group
+        return mine
+
+    def size(self, axis: str) -> int:
+        return getattr(self.layout, axis)
+
+    def coord(self, axis: str) -> int:
+        return self.coords[axis]
+
+    def group(self, axis: str) -> dist.ProcessGroup | None:
+        """This rank's group along `axis`, or None when the axis has size 1."""
+        return self._groups[axis]
+
+    def destroy(self) -> None:
+        for axis, group in self._groups.items():
+            if group is not None:
+                dist.destroy_process_group(group)
+            self._groups[axis] = None
+
+    def __repr__(self) -> str:
+        where = ", ".join(f"{axis}={self.coords[axis]}" for axis in AXES)
+        return f"Grid(rank {self.rank}: {where}; {self.layout})"

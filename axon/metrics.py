@@ -1,0 +1,57 @@
+"""What a run reports: metrics.jsonl (every rank-0 step), TensorBoard scalars, a progress line."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+METRIC_KEYS = ("step", "loss", "grad_norm", "lr", "step_time_s", "tokens_per_s", "tflops_per_rank", "mfu")
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+class MetricsLog:
+    """Rank 0 writes; other ranks hold a MetricsLog that does nothing."""
+
+    def __init__(self, out_dir: str, total_steps: int, log_every: int, enabled: bool):
+        self.enabled, self.total_steps, self.log_every = enabled, total_steps, log_every
+        self.started = time.perf_counter()
+        self.jsonl = self.tensorboard = None
+        if enabled:
+            path = Path(out_dir)
+            path.mkdir(parents=True, exist_ok=True)
+            self.jsonl = open(path / "metrics.jsonl", "w")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tensorboard = SummaryWriter(str(path / "tensorboard"))
+            except ImportError:  # tensorboard is a dependency, but a missing one must not stop training
+                self.tensorboard = None
+
+    def record(self, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps(metrics) + "\n")
+        self.jsonl.flush()
+        if self.tensorboard is not None:
+            for key, value in metrics.items():
+                if key != "step":
+                    self.tensorboard.add_scalar(f"train/{key}", value, metrics["step"])
+        step = metrics["step"]
+        if step % self.log_every == 0 or step == self.total_steps:
+            elapsed = time.perf_counter() - self.started
+            eta = elapsed / step * (self.total_steps - step)
+            print(f"step {step}/{self.total_steps} | loss {metrics['loss']:.4f} | grad norm {metrics['grad_norm']:.3f}"
+                  f" | {metrics['tokens_per_s']:,.0f} tok/s | {metrics['tflops_per_rank']:.3f} TFLOP/s/rank"
+                  f" | MFU {100 * metrics['mfu']:.1f}% | ETA {format_duration(eta)}", flush=True)
+
+    def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

@@ -1,0 +1,94 @@
+"""A Llama-style decoder built from axon's parallel layers.
+
+Read it as plain PyTorch: the parallel layers take a grid, hold only this rank's
+shards, and do their own communication. Activations in the residual stream are
+[batch, seq, hidden/col], replicated over row.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from axon.parallel.cross_entropy import vocab_parallel_cross_entropy
+from axon.parallel.embedding import VocabParallelEmbedding
+from axon.parallel.linear import TensorParallelLinear
+from axon.parallel.norm import ShardedRMSNorm
+from kernels import apply_rotary, causal_attention, rotary_tables
+from perfmodel.models import ModelShape
+
+INIT_STD = 0.02
+
+
+class Attention(nn.Module):
+    def __init__(self, shape: ModelShape, grid, out_std: float):
+        super().__init__()
+        d, row = shape.head_dim, grid.size("row")
+        self.head_dim = d
+        self.local_heads, self.local_kv_heads = shape.heads // row, shape.kv_heads // row
+        self.wq = TensorParallelLinear(grid, shape.hidden, shape.heads * d, "normal", INIT_STD)
+        self.wk = TensorParallelLinear(grid, shape.hidden, shape.kv_heads * d, "normal", INIT_STD)
+        self.wv = TensorParallelLinear(grid, shape.hidden, shape.kv_heads * d, "normal", INIT_STD)
+        self.wo = TensorParallelLinear(grid, shape.heads * d, shape.hidden, "transposed", out_std)
+
+    def forward(self, x, cos, sin):
+        batch, seq, _ = x.shape
+        q = self.wq(x).view(batch, seq, self.local_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(batch, seq, self.local_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(batch, seq, self.local_kv_heads, self.head_dim).transpose(1, 2)
+        out = causal_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+        return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, shape: ModelShape, grid, out_std: float):
+        super().__init__()
+        self.w1 = TensorParallelLinear(grid, shape.hidden, shape.ffn, "normal", INIT_STD)
+        self.w3 = TensorParallelLinear(grid, shape.hidden, shape.ffn, "normal", INIT_STD)
+        self.w2 = TensorParallelLinear(grid, shape.ffn, shape.hidden, "transposed", out_std)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, shape: ModelShape, grid):
+        super().__init__()
+        out_std = INIT_STD / math.sqrt(2 * shape.layers)  # residual-branch outputs start small
+        self.attention_norm = ShardedRMSNorm(grid, shape.hidden, shape.norm_eps)
+        self.attention = Attention(shape, grid, out_std)
+        self.ffn_norm = ShardedRMSNorm(grid, shape.hidden, shape.norm_eps)
+        self.feed_forward = FeedForward(shape, grid, out_std)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attention(self.attention_norm(x), cos, sin)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, shape: ModelShape, grid):
+        super().__init__()
+        self.shape = shape
+        self.row_group = grid.group("row")
+        self.tok_embeddings = VocabParallelEmbedding(grid, shape.vocab, shape.hidden, INIT_STD)
+        self.layers = nn.ModuleList(Block(shape, grid) for _ in range(shape.layers))
+        self.norm = ShardedRMSNorm(grid, shape.hidden, shape.norm_eps)
+        self.output = TensorParallelLinear(grid, shape.hidden, shape.vocab, "normal", INIT_STD)
+        self.vocab_start = self.output.sharding.block_slices(grid)[0].start
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [batch, seq] -> this rank's logits slice [batch, seq, vocab/row]."""
+        cos, sin = rotary_tables(ids.shape[1], self.shape.head_dim, self.shape.rope_theta, ids.device)
+        x = self.tok_embeddings(ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        return self.output(self.norm(x))
+
+    def token_losses(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token cross-entropy [batch, seq], computed without gathering the vocabulary."""
+        return vocab_parallel_cross_entropy(self(ids), targets, self.vocab_start, self.row_group)

@@ -1,0 +1,107 @@
+"""Raw collectives and the autograd functions built from them.
+
+Each helper takes the group of one grid axis; `None` means the axis has size 1 and
+the collective is skipped, so a 1-process run executes no communication at all.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+
+def group_size(group) -> int:
+    return 1 if group is None else dist.get_world_size(group)
+
+
+def all_reduce(tensor: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """In-place all-reduce; returns the tensor."""
+    if group is not None:
+        dist.all_reduce(tensor, op=op, group=group)
+    return tensor
+
+
+def all_gather_flat(shard: torch.Tensor, group) -> torch.Tensor:
+    """Concatenate every rank's 1-D shard, in group-rank order."""
+    if group is None:
+        return shard
+    full = shard.new_empty(shard.numel() * dist.get_world_size(group))
+    dist.all_gather_single(full, shard.contiguous(), group=group)
+    return full
+
+
+def reduce_scatter_flat(full: torch.Tensor, group) -> torch.Tensor:
+    """Sum a 1-D tensor over the group and keep this rank's equal-sized slice."""
+    if group is None:
+        return full
+    shard = full.new_empty(full.numel() // dist.get_world_size(group))
+    dist.reduce_scatter_single(shard, full.contiguous(), group=group)
+    return shard
+
+
+class _SumOverGroup(torch.autograd.Function):
+    """y = sum over the group of x; each rank's y feeds a different computation, so the
+    gradient of every x is the sum of all ranks' dy (an all-reduce again)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return all_reduce(x.clone(), group)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return all_reduce(dy.clone(), ctx.group), None
+
+
+class _SumReplicatedOutput(torch.autograd.Function):
+    """y = sum over the group of partial x, consumed identically on every rank (e.g.
+    partial embedding lookups): the incoming dy is already the full gradient of each x."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        return all_reduce(x.clone(), group)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return dy, None
+
+
+def sum_over_group(x: torch.Tensor, group) -> torch.Tensor:
+    """Differentiable all-reduce whose outputs feed rank-specific computations."""
+    return x if group is None else _SumOverGroup.apply(x, group)
+
+
+def sum_partials(x: torch.Tensor, group) -> torch.Tensor:
+    """Differentiable all-reduce of partial results that every rank then uses identically."""
+    return x if group is None else _SumReplicatedOutput.apply(x, group)
+
+
+class _GatherDepthBlock(torch.autograd.Function):
+    """Forward: a weight block rebuilt from its depth shards; backward: the block's
+    gradient summed over depth and scattered back to the shards (FSDP-style)."""
+
+    @staticmethod
+    def forward(ctx, shard, block_shape, group):
+        ctx.group, ctx.shard_numel = group, shard.numel()
+        numel = block_shape[0] * block_shape[1]
+        return all_gather_flat(shard, group)[:numel].view(block_shape)
+
+    @staticmethod
+    def backward(ctx, dblock):
+        return scatter_block_grad(dblock, ctx.shard_numel, ctx.group), None, None
+
+
+def gather_depth_block(shard: torch.Tensor, block_shape, group) -> torch.Tensor:
+    """Differentiable depth all-gather of a 2-D block (shards may end in padding)."""
+    return _GatherDepthBlock.apply(shard, tuple(block_shape), group)
+
+
+def scatter_block_grad(dblock: torch.Tensor, shard_numel: int, group) -> torch.Tensor:
+    """Reduce-scatter a block's gradient over depth into this rank's (padded) shard."""
+    flat = dblock.reshape(-1)
+    pad = shard_numel * group_size(group) - flat.numel()  # the padding gets zero gradient
+    if pad:
+        flat = F.pad(flat, (0, pad))
+    return reduce_scatter_flat(flat, group)

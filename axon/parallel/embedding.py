@@ -1,0 +1,36 @@
+"""Vocab-parallel embedding: the table is split over vocab (row) and hidden (col),
+and each block is depth-sharded like a linear layer's.
+
+A rank looks up only the token ids inside its vocab range, writes zeros elsewhere,
+and the partial rows are summed over row. The output is the residual-stream layout:
+hidden split over col, replicated over row.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from axon.parallel.comm import gather_depth_block, sum_partials
+from axon.parallel.sharding import Sharding
+
+
+class VocabParallelEmbedding(nn.Module):
+    def __init__(self, grid, vocab: int, hidden: int, init_std: float):
+        super().__init__()
+        self.sharding = Sharding((vocab, hidden), ("row", "col"), depth_sharded=True)
+        self.init_std = init_std
+        self.block_shape = self.sharding.block_shape(grid)
+        self.vocab_start = self.sharding.block_slices(grid)[0].start
+        self.row_group, self.depth_group = grid.group("row"), grid.group("depth")
+        self.weight = nn.Parameter(torch.empty(self.sharding.shard_numel(grid)))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        table = gather_depth_block(self.weight, self.block_shape, self.depth_group)
+        local = ids - self.vocab_start
+        outside = (local < 0) | (local >= self.block_shape[0])
+        rows = F.embedding(local.masked_fill(outside, 0), table)
+        rows = rows.masked_fill(outside.unsqueeze(-1), 0.0)
+        return sum_partials(rows, self.row_group)
+

@@ -1,0 +1,66 @@
+"""The 3D tensor-parallel linear layer: Y = X W^T with W split over row, col and depth.
+
+A "normal" layer splits W's input dimension over col and its output over row; a
+"transposed" layer swaps them. Alternating the two means one layer's output layout
+is the next one's input layout, so consecutive layers need no re-layout.
+
+Forward:  all-gather W over depth -> local GEMM -> all-reduce Y over the axis splitting `in`.
+Backward: all-gather W over depth again (it is not kept) -> dX = dY W, all-reduced over the
+          axis splitting `out`; dW = dY^T X, reduce-scattered over depth.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from axon.parallel.comm import all_gather_flat, all_reduce, scatter_block_grad
+from axon.parallel.sharding import Sharding
+
+ORIENTATIONS = {"normal": ("row", "col"), "transposed": ("col", "row")}  # (axis of out, axis of in)
+
+
+class TensorParallelLinear(nn.Module):
+    def __init__(self, grid, in_features: int, out_features: int, orientation: str, init_std: float):
+        super().__init__()
+        out_axis, in_axis = ORIENTATIONS[orientation]
+        self.sharding = Sharding((out_features, in_features), (out_axis, in_axis), depth_sharded=True)
+        self.init_std = init_std
+        self.out_group, self.in_group = grid.group(out_axis), grid.group(in_axis)
+        self.depth_group = grid.group("depth")
+        self.block_shape = self.sharding.block_shape(grid)
+        self.weight = nn.Parameter(torch.empty(self.sharding.shard_numel(grid)))
+
+    def gathered_weight(self, shard: torch.Tensor) -> torch.Tensor:
+        """The full local [out/r, in/c] block, all-gathered over depth."""
+        flat = all_gather_flat(shard, self.depth_group)
+        out_local, in_local = self.block_shape
+        return flat[: out_local * in_local].view(out_local, in_local)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _TensorParallelLinearFn.apply(x, self.weight, self)
+
+    def extra_repr(self) -> str:
+        out_f, in_f = self.sharding.global_shape
+        return f"in={in_f}, out={out_f}, local block={tuple(self.block_shape)}, axes={self.sharding.dim_axes}"
+
+
+class _TensorParallelLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight_shard, layer: TensorParallelLinear):
+        weight = layer.gathered_weight(weight_shard)
+        y = all_reduce(F.linear(x, weight), layer.in_group)  # sum partial products over `in`
+        ctx.save_for_backward(x, weight_shard)
+        ctx.layer = layer
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight_shard = ctx.saved_tensors
+        layer = ctx.layer
+        weight = layer.gathered_weight(weight_shard)
+        dx = all_reduce(dy @ weight, layer.out_group)  # sum partial dX over `out`
+        dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
+        dw = dy2.t() @ x2
+        return dx, scatter_block_grad(dw, weight_shard.numel(), layer.depth_group), None

@@ -1,0 +1,10 @@
+"""Compute kernels used by axon's layers, and the measurements that tune them.
+
+Imports torch only; knows nothing of axon's grid or parallelism.
+"""
+
+from kernels.attention import causal_attention
+from kernels.peak import measure_gemm_tflops
+from kernels.rope import apply_rotary, rotary_tables
+
+__all__ = ["apply_rotary", "causal_attention", "measure_gemm_tflops", "rotary_tables"]
