@@ -18,8 +18,6 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Mapping
 
-import torch
-import torch.distributed as dist
 
 # Fixed tables, never mutated: (rank, size, local rank, local size) variables per MPI family.
 _MPI_VARS = (
@@ -247,6 +245,9 @@ def _cpu_threads(local_world_size: int) -> int:
 
 def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: float = 600) -> Runtime:
     """Start torch.distributed for `info`; one GPU per local rank with NCCL/RCCL, else gloo on CPU."""
+    import torch  # here, not at the top: detecting the launcher and failing on bad input stays torch-free
+    import torch.distributed as dist
+
     if dist.is_initialized():
         raise RuntimeError("torch.distributed is already initialized; call axon.bootstrap.shutdown() first.")
     if info.launcher == "mpi":
@@ -288,5 +289,7 @@ def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: fl
 
 def shutdown() -> None:
     """Destroy the default process group if there is one; safe to call twice."""
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from axon.config import ConfigError, RunConfig, micro_batch_plan
 
@@ -80,8 +79,10 @@ def token_source(config: RunConfig):
     return TokenFile(config.data.source, shape.vocab, shape.seq_len, train.global_batch * shape.seq_len)
 
 
-def shard_micro_batches(source, config: RunConfig, grid, step: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def shard_micro_batches(source, config: RunConfig, grid, step: int, device) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
     """This rank's micro-batches of `step` as (inputs, targets), each [micro, seq_len]."""
+    import torch  # lazily: the rest of this module runs in the torch-free input checks
+
     micro, count = micro_batch_plan(config)
     shard = grid.coord("data") * grid.size("depth") + grid.coord("depth")
     first = step * config.train.global_batch + shard * micro * count

@@ -27,12 +27,12 @@ def build_optimizer(model, config: RunConfig) -> torch.optim.Optimizer:
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, grid, device: torch.device, peak_tflops: float = 0.0):
+    def __init__(self, config: RunConfig, grid, device: torch.device, peak_tflops: float = 0.0, source=None):
         self.config, self.grid, self.device = config, grid, device
         self.model = Llama(config.model, grid).to(device)
         initialize_parameters(self.model, grid, config.train.seed)
         self.optimizer = build_optimizer(self.model, config)
-        self.source = token_source(config)
+        self.source = source if source is not None else token_source(config)
         self.tokens_per_step = config.train.global_batch * config.model.seq_len
         self.flops_per_step = flops_per_token(config.model) * self.tokens_per_step
         self.peak_tflops = peak_tflops

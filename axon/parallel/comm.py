@@ -23,6 +23,15 @@ def all_reduce(tensor: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tenso
     return tensor
 
 
+def world_mean(value: float, device) -> float:
+    """Mean of a per-rank number over the whole world (start-up measurements)."""
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+        tensor /= dist.get_world_size()
+    return tensor.item()
+
+
 def all_gather_flat(shard: torch.Tensor, group) -> torch.Tensor:
     """Concatenate every rank's 1-D shard, in group-rank order."""
     if group is None:

@@ -1,0 +1,146 @@
+"""Real 4-process launches of tests/launch_probe.py: torchrun, mpiexec, and srun's environment.
+
+Each launch starts 4 gloo ranks on this machine; every rank all-reduces rank+1, so all of
+them must report 1+2+3+4 = 10. Children get an environment with every launcher variable
+stripped, so one launcher's variables cannot leak into another's test.
+"""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PROBE = REPO / "tests" / "launch_probe.py"
+WORLD = 4
+TIMEOUT_S = 120
+
+_LAUNCHER_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                  "MASTER_ADDR", "MASTER_PORT", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "OMP_NUM_THREADS"}
+_LAUNCHER_PREFIXES = ("SLURM_", "PMI_", "PMIX_", "OMPI_", "HYDRA_", "TORCHELASTIC_")
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in _LAUNCHER_VARS and not k.startswith(_LAUNCHER_PREFIXES)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(lo: int = 20000, hi: int = 40000) -> int:
+    for _ in range(200):
+        port = random.randrange(lo, hi)
+        if _port_is_free(port):
+            return port
+    raise RuntimeError(f"no free TCP port found in [{lo}, {hi})")
+
+
+def _wait(procs: list[subprocess.Popen]) -> str:
+    """Wait for all processes (each leads its own session); kill every session on timeout."""
+    logs = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=TIMEOUT_S)
+            logs.append(f"--- pid {p.pid} rc {p.returncode}\n{out}")
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        raise AssertionError(f"launch did not finish in {TIMEOUT_S} s:\n" + "\n".join(logs))
+    log = "\n".join(logs)
+    assert all(p.returncode == 0 for p in procs), log
+    return log
+
+
+def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, cwd=REPO, text=True, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _records(out: Path, log: str) -> list[dict]:
+    files = sorted(out.parent.glob(out.name + ".rank*"))
+    assert len(files) == WORLD, f"expected {WORLD} rank files, got {[f.name for f in files]}\n{log}"
+    recs = []
+    for f in files:
+        rec = json.loads(f.read_text())
+        assert f.name == f"{out.name}.rank{rec['rank']}"  # each rank wrote its own file
+        recs.append(rec)
+    return sorted(recs, key=lambda r: r["rank"])
+
+
+def _check_world(recs: list[dict], launcher: str) -> None:
+    assert [r["rank"] for r in recs] == [0, 1, 2, 3]
+    assert [r["dist_rank"] for r in recs] == [0, 1, 2, 3]
+    for r in recs:
+        assert r["world_size"] == WORLD and r["dist_world_size"] == WORLD
+        assert r["launcher"] == launcher
+        assert r["backend"] == "gloo"
+        assert r["all_reduce"] == 10.0
+        # One node: local rank is the global rank.
+        assert (r["local_rank"], r["local_world_size"]) == (r["rank"], WORLD)
+
+
+def _expected_threads() -> int:
+    total = os.cpu_count() or 1
+    allowed = len(os.sched_getaffinity(0))
+    return allowed if allowed < total else max(1, total // WORLD)
+
+
+def test_torchrun(tmp_path):
+    out = tmp_path / "torchrun.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD),
+           "--master-port", str(_free_port()), str(PROBE), str(out)]
+    log = _wait([_spawn(cmd, _clean_env())])
+    recs = _records(out, log)
+    _check_world(recs, "torchrun")
+    # torchrun exports OMP_NUM_THREADS=1 for several workers; an explicit setting must win.
+    assert [r["num_threads"] for r in recs] == [1] * WORLD
+
+
+def test_mpiexec(tmp_path):
+    out = tmp_path / "mpi.json"
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    assert mpiexec.exists(), f"{mpiexec} missing: pip install mpich"
+    # "-launcher fork" keeps hydra on this host even when the tests run inside a Slurm job.
+    # Hiding MPICH's MPI_LOCALRANKID/MPI_LOCALNRANKS makes the ranks find their node-local
+    # rank through MPI's shared-memory communicator, the path other MPIs need.
+    cmd = [str(mpiexec), "-launcher", "fork", "-n", str(WORLD), sys.executable, str(PROBE), str(out),
+           "MPI_LOCALRANKID,MPI_LOCALNRANKS"]
+    log = _wait([_spawn(cmd, _clean_env())])
+    recs = _records(out, log)
+    _check_world(recs, "mpi")
+    assert [r["num_threads"] for r in recs] == [_expected_threads()] * WORLD
+
+
+def test_slurm_environment(tmp_path):
+    """What srun exports, set by hand: the port comes from the job id alone, the same on every rank."""
+    out = tmp_path / "slurm.json"
+    port = _free_port(20000, 40000)
+    job_id = 731 * 20000 + (port - 20000)  # so that 20000 + job_id % 20000 == port
+    procs = []
+    for rank in range(WORLD):
+        env = _clean_env()
+        env.update(SLURM_PROCID=str(rank), SLURM_NTASKS=str(WORLD), SLURM_LOCALID=str(rank),
+                   SLURM_NODEID="0", SLURM_STEP_TASKS_PER_NODE=str(WORLD),
+                   SLURM_STEP_NODELIST="localhost", SLURM_JOB_ID=str(job_id))
+        procs.append(_spawn([sys.executable, str(PROBE), str(out)], env))
+    log = _wait(procs)
+    recs = _records(out, log)
+    _check_world(recs, "slurm")
+    assert [r["master_port"] for r in recs] == [port] * WORLD
+    assert [r["num_threads"] for r in recs] == [_expected_threads()] * WORLD
