@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's main job: set up (first time only), then train a small Llama on 4 CPU ranks.
+# Extra arguments go to `axon train`, e.g.  bash launch/local.sh --set train.steps=20
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+cd "$AXON_ROOT"
+# Four ranks share this machine's cores (at least one thread each).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / 4 > 0 ? $(nproc) / 4 : 1 ))}
+exec "$AXON_VENV/bin/torchrun" --nproc-per-node 4 -m axon train axon/configs/local.yaml "$@"
