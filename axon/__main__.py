@@ -44,7 +44,7 @@ def train_command(args) -> None:
 
     from axon.grid import Grid
     from axon.metrics import MetricsLog
-    from axon.parallel.comm import world_mean
+    from axon.parallel.comm import world_barrier, world_mean
     from axon.train import Trainer, describe
     from kernels import measure_gemm_tflops
 
@@ -54,8 +54,9 @@ def train_command(args) -> None:
         if config.train.peak_tflops > 0:
             peak, peak_source = config.train.peak_tflops, "train.peak_tflops from the config"
         else:
+            world_barrier()  # all ranks time the GEMM at once, sharing the node as they will in training
             peak = world_mean(measure_gemm_tflops(runtime.device), runtime.device)
-            peak_source = "fp32 GEMM measured now on every rank, averaged"
+            peak_source = "fp32 GEMM timed on all ranks at once, averaged"
         trainer = Trainer(config, grid, runtime.device, peak_tflops=peak, source=source)
         leader = runtime.rank == 0
         if leader:

@@ -47,7 +47,7 @@ class MetricsLog:
             elapsed = time.perf_counter() - self.started
             eta = elapsed / step * (self.total_steps - step)
             print(f"step {step}/{self.total_steps} | loss {metrics['loss']:.4f} | grad norm {metrics['grad_norm']:.3f}"
-                  f" | {metrics['tokens_per_s']:,.0f} tok/s | {metrics['tflops_per_rank']:.3f} TFLOP/s/rank"
+                  f" | {metrics['tokens_per_s']:,.0f} tok/s | {metrics['tflops_per_rank']:.3g} TFLOP/s/rank"
                   f" | MFU {100 * metrics['mfu']:.1f}% | ETA {format_duration(eta)}", flush=True)
 
     def close(self) -> None:

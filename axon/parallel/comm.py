@@ -23,6 +23,11 @@ def all_reduce(tensor: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tenso
     return tensor
 
 
+def world_barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def world_mean(value: float, device) -> float:
     """Mean of a per-rank number over the whole world (start-up measurements)."""
     tensor = torch.tensor([value], dtype=torch.float64, device=device)

@@ -50,11 +50,11 @@ def clip_grad_norm(model, grid, max_norm: float) -> float:
     the same synced gradients, so the sum runs over depth, row and col only.
     """
     counts_replicated = grid.coord("depth") == 0 and grid.coord("row") == 0
-    square = torch.zeros((), dtype=torch.float64)
+    device = next(model.parameters()).device
+    square = torch.zeros((), dtype=torch.float64, device=device)
     for _, param, sharding in named_shardings(model):
         if sharding.depth_sharded or counts_replicated:
-            square += param.grad.detach().double().square().sum().cpu()
-    square = square.to(next(model.parameters()).device)
+            square += torch.linalg.vector_norm(param.grad, dtype=torch.float64).square()  # fp64 sum, no copy
     for axis in ("depth", "row", "col"):
         all_reduce(square, grid.group(axis))
     norm = square.sqrt().item()
