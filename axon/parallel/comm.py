@@ -92,6 +92,12 @@ def sum_partials(x: torch.Tensor, group) -> torch.Tensor:
     return x if group is None else _SumReplicatedOutput.apply(x, group)
 
 
+def gather_block(shard: torch.Tensor, block_shape, group) -> torch.Tensor:
+    """A 2-D weight block rebuilt from its depth shards (dropping the padding at the end)."""
+    rows, cols = block_shape
+    return all_gather_flat(shard, group)[: rows * cols].view(rows, cols)
+
+
 class _GatherDepthBlock(torch.autograd.Function):
     """Forward: a weight block rebuilt from its depth shards; backward: the block's
     gradient summed over depth and scattered back to the shards (FSDP-style)."""
@@ -99,8 +105,7 @@ class _GatherDepthBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, shard, block_shape, group):
         ctx.group, ctx.shard_numel = group, shard.numel()
-        numel = block_shape[0] * block_shape[1]
-        return all_gather_flat(shard, group)[:numel].view(block_shape)
+        return gather_block(shard, block_shape, group)
 
     @staticmethod
     def backward(ctx, dblock):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from axon.parallel.comm import all_gather_flat, all_reduce, scatter_block_grad
+from axon.parallel.comm import all_reduce, gather_block, scatter_block_grad
 from axon.parallel.sharding import Sharding
 
 ORIENTATIONS = {"normal": ("row", "col"), "transposed": ("col", "row")}  # (axis of out, axis of in)
@@ -32,12 +32,6 @@ class TensorParallelLinear(nn.Module):
         self.block_shape = self.sharding.block_shape(grid)
         self.weight = nn.Parameter(torch.empty(self.sharding.shard_numel(grid)))
 
-    def gathered_weight(self, shard: torch.Tensor) -> torch.Tensor:
-        """The full local [out/r, in/c] block, all-gathered over depth."""
-        flat = all_gather_flat(shard, self.depth_group)
-        out_local, in_local = self.block_shape
-        return flat[: out_local * in_local].view(out_local, in_local)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _TensorParallelLinearFn.apply(x, self.weight, self)
 
@@ -49,7 +43,7 @@ class TensorParallelLinear(nn.Module):
 class _TensorParallelLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight_shard, layer: TensorParallelLinear):
-        weight = layer.gathered_weight(weight_shard)
+        weight = gather_block(weight_shard, layer.block_shape, layer.depth_group)
         y = all_reduce(F.linear(x, weight), layer.in_group)  # sum partial products over `in`
         ctx.save_for_backward(x, weight_shard)
         ctx.layer = layer
@@ -59,7 +53,7 @@ class _TensorParallelLinearFn(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight_shard = ctx.saved_tensors
         layer = ctx.layer
-        weight = layer.gathered_weight(weight_shard)
+        weight = gather_block(weight_shard, layer.block_shape, layer.depth_group)
         dx = all_reduce(dy @ weight, layer.out_group)  # sum partial dX over `out`
         dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
         dw = dy2.t() @ x2
