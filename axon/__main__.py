@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -39,42 +40,91 @@ def train_command(args) -> None:
         config = load_config(args.config, args.overrides)
         check_layout(config, launch.world_size)
         source = token_source(config)
+        reader = _checkpoint_to_resume(config)
     except ConfigError as err:
         _fail(launch.rank, str(err))
 
-    from axon.grid import Grid
-    from axon.metrics import MetricsLog
-    from axon.parallel.comm import world_barrier, world_mean
-    from axon.train import Trainer, describe
-    from kernels import measure_gemm_tflops
-
     runtime = init_distributed(launch)
     try:
-        grid = Grid(config.layout, runtime.rank)
-        if config.train.peak_tflops > 0:
-            peak, peak_source = config.train.peak_tflops, "train.peak_tflops from the config"
-        else:
-            world_barrier()  # all ranks time the GEMM at once, sharing the node as they will in training
-            peak = world_mean(measure_gemm_tflops(runtime.device), runtime.device)
-            peak_source = "fp32 GEMM timed on all ranks at once, averaged"
-        trainer = Trainer(config, grid, runtime.device, peak_tflops=peak, source=source)
-        leader = runtime.rank == 0
-        if leader:
-            print(describe(config, trainer, runtime, peak_source), flush=True)
-            Path(config.out_dir).mkdir(parents=True, exist_ok=True)
-            (Path(config.out_dir) / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        log = MetricsLog(config.out_dir, config.train.steps, config.train.log_every, enabled=leader)
-        history = trainer.fit(log)
-        log.close()
-        if leader:
-            steady = history[1:] or history  # the first step pays one-off warm-up costs
-            median = sorted(m["step_time_s"] for m in steady)[len(steady) // 2]
-            mean_mfu = sum(m["mfu"] for m in steady) / len(steady)
-            print(f"axon: done: final loss {history[-1]['loss']:.4f}, median step {median:.3f} s, "
-                  f"{trainer.tokens_per_step / median:,.0f} tok/s, mean MFU {100 * mean_mfu:.1f}%; "
-                  f"metrics in {Path(config.out_dir) / 'metrics.jsonl'}", flush=True)
+        _train(config, runtime, source, reader)
     finally:
         shutdown()
+
+
+def _checkpoint_to_resume(config):
+    """The checkpoint train.resume names, checked (metadata, model, file sizes) before any collective."""
+    from axon.checkpoint import CheckpointReader, resolve_resume
+
+    path = resolve_resume(config.out_dir, config.train.resume)
+    if path is None:
+        return None
+    reader = CheckpointReader(path)
+    reader.check_model(config.model)
+    reader.check_files()
+    return reader
+
+
+def _train(config, runtime, source, reader) -> None:
+    from axon.config import ConfigError
+    from axon.grid import Grid
+    from axon.metrics import MetricsLog
+    from axon.parallel.comm import any_rank, world_barrier, world_mean
+    from axon.preemption import StopSignal
+    from axon.train import Preempted, Trainer, TrainingDiverged, describe
+    from kernels import measure_gemm_tflops
+
+    leader = runtime.rank == 0
+    grid = Grid(config.layout, runtime.rank)
+    if config.train.peak_tflops > 0:
+        peak, peak_source = config.train.peak_tflops, "train.peak_tflops from the config"
+    else:
+        world_barrier()  # all ranks time the GEMM at once, sharing the node as they will in training
+        peak = world_mean(measure_gemm_tflops(runtime.device), runtime.device)
+        peak_source = "fp32 GEMM timed on all ranks at once, averaged"
+    trainer = Trainer(config, grid, runtime.device, peak_tflops=peak, source=source)
+    if leader:
+        print(describe(config, trainer, runtime, peak_source), flush=True)
+        Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(config.out_dir) / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if reader is not None:
+        started = time.perf_counter()
+        error = None
+        try:
+            warning = trainer.resume_from(reader)
+        except ConfigError as err:  # a corrupt shard: every rank must stop, not only the one that read it
+            error, warning = err, None
+        if any_rank(error is not None, runtime.device):
+            _fail(runtime.rank, str(error) if error else "another rank could not read the checkpoint")
+        if leader:
+            print(f"axon: resumed from {reader.path} at step {trainer.start_step} "
+                  f"(saved at layout {reader.layout}) in {time.perf_counter() - started:.2f} s", flush=True)
+            if warning:
+                print(f"axon: {warning}", flush=True)
+    elif config.train.resume == "latest" and leader:
+        print(f"axon: no checkpoint under {config.out_dir}/checkpoints yet; starting at step 0", flush=True)
+
+    log = MetricsLog(config.out_dir, config.train.steps, config.train.log_every, enabled=leader,
+                     append=reader is not None)
+    try:
+        with StopSignal() as stop:
+            history = trainer.fit(log, stop_signal=stop)
+    except Preempted as done:
+        if leader:
+            print(f"axon: {stop.name} received: stopped after step {done.step}, checkpoint {done.path}; "
+                  "continue with --set train.resume=latest", flush=True)
+        return
+    except TrainingDiverged as err:
+        _fail(runtime.rank, f"{err}; the last checkpoint written is still intact")
+    finally:
+        log.close()
+    if leader and history:
+        steady = history[1:] or history  # the first step pays one-off warm-up costs
+        median = sorted(m["step_time_s"] for m in steady)[len(steady) // 2]
+        mean_mfu = sum(m["mfu"] for m in steady) / len(steady)
+        print(f"axon: done: final loss {history[-1]['loss']:.4f}, median step {median:.3f} s, "
+              f"{trainer.tokens_per_step / median:,.0f} tok/s, mean MFU {100 * mean_mfu:.1f}%; "
+              f"metrics in {Path(config.out_dir) / 'metrics.jsonl'}", flush=True)
+
 
 def main(argv=None) -> None:
     args = _parser().parse_args(argv)

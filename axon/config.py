@@ -34,6 +34,12 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     log_every: int = 1  # progress line every N steps (metrics.jsonl gets every step)
     peak_tflops: float = 0.0  # per-rank peak for MFU; 0 = measure a large GEMM at start-up
+    schedule: str = "cosine"  # "cosine" (after warm-up, down to min_lr_ratio x lr) or "constant"
+    warmup_steps: int = 0  # linear warm-up from lr / warmup_steps to lr
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    checkpoint_every: int = 0  # steps between checkpoints (and one at the end); 0 = only on preemption
+    keep_checkpoints: int = 2  # newest checkpoints kept under OUT_DIR/checkpoints
+    resume: str = ""  # "" = start fresh, "latest" = newest checkpoint in out_dir (if any), or a checkpoint path
 
 
 @dataclass
@@ -49,13 +55,13 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     out_dir: str = "runs/default"
     model_name: str = "custom"
+    init_from: str = ""  # model.init_from: "" (random init) or "hf:DIR" (Hugging Face Llama weights)
 
     def to_dict(self) -> dict[str, Any]:
         layout = {axis: getattr(self.layout, axis) for axis in AXES}
         layout["order"] = ",".join(self.layout.order)
         return {
-            "model": dataclasses.asdict(self.model),
-            "model_name": self.model_name,
+            "model": {**dataclasses.asdict(self.model), **({"init_from": self.init_from} if self.init_from else {})},
             "layout": layout,
             "train": dataclasses.asdict(self.train),
             "data": dataclasses.asdict(self.data),
@@ -104,7 +110,13 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 def build_config(raw: dict[str, Any]) -> RunConfig:
     _reject_unknown(raw, TOP_LEVEL_KEYS, "")
-    model, model_name = _build_model(raw.get("model", "tiny"))
+    model_raw = raw.get("model", "tiny")
+    init_from = ""
+    if isinstance(model_raw, dict) and "init_from" in model_raw:
+        model_raw = dict(model_raw)
+        init_from = model_raw.pop("init_from")
+        model_raw = _model_from_init(init_from, model_raw)
+    model, model_name = _build_model(model_raw)
     layout = _build_layout(raw.get("layout", {}) or {})
     train = _build_section(TrainConfig, raw.get("train", {}) or {}, "train")
     data = _build_section(DataConfig, raw.get("data", {}) or {}, "data")
@@ -112,9 +124,27 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
     if not isinstance(out_dir, str) or not out_dir:
         raise ConfigError(f"out_dir must be a non-empty path string, got {out_dir!r}")
     config = RunConfig(model=model, layout=layout, train=train, data=data, out_dir=out_dir,
-                       model_name=model_name)
+                       model_name=model_name, init_from=init_from)
     _check_values(config)
     return config
+
+
+def _model_from_init(init_from, model_raw: dict) -> dict:
+    """model.init_from: hf:DIR takes the shape from DIR/config.json; other model keys must agree."""
+    if not isinstance(init_from, str) or not init_from.startswith("hf:"):
+        raise ConfigError(f"model.init_from must look like hf:DIR, got {init_from!r}")
+    from axon.hf import shape_from_hf  # reads config.json only
+
+    try:
+        shape = dataclasses.asdict(shape_from_hf(init_from[3:]))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.init_from={init_from!r}: {err}") from None
+    if "seq_len" in model_raw:  # train on shorter sequences than the model's context
+        shape["seq_len"] = model_raw.pop("seq_len")
+    for key, value in model_raw.items():
+        if key != "preset" and shape.get(key) != value:
+            raise ConfigError(f"model.{key}={value!r} disagrees with {init_from}/config.json ({shape.get(key)!r})")
+    return shape
 
 
 def _preset(name: str) -> ModelShape:
@@ -234,6 +264,14 @@ def _check_values(config: RunConfig) -> None:
         raise ConfigError(f"train.dtype={t.dtype!r} is not supported yet; this version trains in float32")
     if t.log_every < 1:
         raise ConfigError(f"train.log_every must be at least 1, got {t.log_every}")
+    if t.schedule not in ("cosine", "constant"):
+        raise ConfigError(f"train.schedule must be 'cosine' or 'constant', got {t.schedule!r}")
+    if t.warmup_steps < 0 or not 0 <= t.min_lr_ratio <= 1:
+        raise ConfigError(f"train.warmup_steps must be >= 0 and train.min_lr_ratio in [0, 1], "
+                          f"got {t.warmup_steps} and {t.min_lr_ratio}")
+    if t.checkpoint_every < 0 or t.keep_checkpoints < 1:
+        raise ConfigError(f"train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1, "
+                          f"got {t.checkpoint_every} and {t.keep_checkpoints}")
 
 
 def check_layout(config: RunConfig, world_size: int) -> None:

@@ -79,13 +79,20 @@ def token_source(config: RunConfig):
     return TokenFile(config.data.source, shape.vocab, shape.seq_len, train.global_batch * shape.seq_len)
 
 
-def shard_micro_batches(source, config: RunConfig, grid, step: int, device) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
-    """This rank's micro-batches of `step` as (inputs, targets), each [micro, seq_len]."""
+def shard_micro_batches(source, config: RunConfig, grid, step: int, device,
+                        first_sequence: int | None = None) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
+    """This rank's micro-batches of `step` as (inputs, targets), each [micro, seq_len].
+
+    The step's global batch starts at sequence `first_sequence` (default step x global_batch;
+    a resumed run passes where the checkpoint left off, which survives a change of batch).
+    """
     import torch  # lazily: the rest of this module runs in the torch-free input checks
 
     micro, count = micro_batch_plan(config)
     shard = grid.coord("data") * grid.size("depth") + grid.coord("depth")
-    first = step * config.train.global_batch + shard * micro * count
+    if first_sequence is None:
+        first_sequence = step * config.train.global_batch
+    first = first_sequence + shard * micro * count
     batches = []
     for m in range(count):
         start = first + m * micro

@@ -19,14 +19,15 @@ def format_duration(seconds: float) -> str:
 class MetricsLog:
     """Rank 0 writes; other ranks hold a MetricsLog that does nothing."""
 
-    def __init__(self, out_dir: str, total_steps: int, log_every: int, enabled: bool):
+    def __init__(self, out_dir: str, total_steps: int, log_every: int, enabled: bool, append: bool = False):
         self.enabled, self.total_steps, self.log_every = enabled, total_steps, log_every
         self.started = time.perf_counter()
+        self.first_step = None  # a resumed run starts mid-way; the ETA counts only this run's steps
         self.jsonl = self.tensorboard = None
         if enabled:
             path = Path(out_dir)
             path.mkdir(parents=True, exist_ok=True)
-            self.jsonl = open(path / "metrics.jsonl", "w")
+            self.jsonl = open(path / "metrics.jsonl", "a" if append else "w")  # a resumed run continues the file
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tensorboard = SummaryWriter(str(path / "tensorboard"))
@@ -43,12 +44,19 @@ class MetricsLog:
                 if key != "step":
                     self.tensorboard.add_scalar(f"train/{key}", value, metrics["step"])
         step = metrics["step"]
+        if self.first_step is None:
+            self.first_step = step - 1
         if step % self.log_every == 0 or step == self.total_steps:
             elapsed = time.perf_counter() - self.started
-            eta = elapsed / step * (self.total_steps - step)
+            eta = elapsed / max(1, step - self.first_step) * (self.total_steps - step)
             print(f"step {step}/{self.total_steps} | loss {metrics['loss']:.4f} | grad norm {metrics['grad_norm']:.3f}"
                   f" | {metrics['tokens_per_s']:,.0f} tok/s | {metrics['tflops_per_rank']:.3g} TFLOP/s/rank"
                   f" | MFU {100 * metrics['mfu']:.1f}% | ETA {format_duration(eta)}", flush=True)
+
+    def checkpoint(self, path, seconds: float) -> None:
+        if self.enabled:
+            size = sum(f.stat().st_size for f in path.iterdir()) / 2**20
+            print(f"axon: checkpoint {path} ({size:.1f} MiB) written in {seconds:.2f} s", flush=True)
 
     def close(self) -> None:
         if self.jsonl is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import resource
 import time
 
 import torch
@@ -10,10 +12,22 @@ from axon.config import RunConfig, micro_batch_plan
 from axon.data import shard_micro_batches, token_source
 from axon.metrics import MetricsLog
 from axon.model import Llama, initialize_parameters
-from axon.parallel.comm import all_reduce
+from axon.parallel.comm import all_reduce, any_rank
 from axon.parallel.grads import clip_grad_norm, sync_gradients
 from axon.parallel.sharding import named_shardings
 from perfmodel.flops import flops_per_token
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm stopped being finite; raised on every rank at the same step."""
+
+
+class Preempted(Exception):
+    """A stop signal arrived; a checkpoint was saved at the step boundary."""
+
+    def __init__(self, step: int, path):
+        super().__init__(f"stopped after step {step}; checkpoint {path}")
+        self.step, self.path = step, path
 
 
 def build_optimizer(model, config: RunConfig) -> torch.optim.Optimizer:
@@ -26,56 +40,121 @@ def build_optimizer(model, config: RunConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, eps=1e-8)
 
 
+def learning_rate(config: RunConfig, step: int) -> float:
+    """Linear warm-up over train.warmup_steps, then constant or cosine down to min_lr_ratio x lr."""
+    t = config.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.schedule == "constant":
+        return t.lr
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    floor = t.lr * t.min_lr_ratio
+    return floor + 0.5 * (t.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
 class Trainer:
     def __init__(self, config: RunConfig, grid, device: torch.device, peak_tflops: float = 0.0, source=None):
         self.config, self.grid, self.device = config, grid, device
         self.model = Llama(config.model, grid).to(device)
         initialize_parameters(self.model, grid, config.train.seed)
+        if config.init_from:
+            from axon.hf import load_hf_weights
+
+            load_hf_weights(self.model, grid, config.init_from.removeprefix("hf:"))
         self.optimizer = build_optimizer(self.model, config)
         self.source = source if source is not None else token_source(config)
         self.tokens_per_step = config.train.global_batch * config.model.seq_len
         self.flops_per_step = flops_per_token(config.model) * self.tokens_per_step
         self.peak_tflops = peak_tflops
+        self.start_step, self.start_sequence = 0, 0
+
+    def next_sequence(self, step: int) -> int:
+        """Global index of the first sequence step `step` trains on."""
+        return self.start_sequence + (step - self.start_step) * self.config.train.global_batch
+
+    def data_identity(self) -> dict:
+        return {"source": self.config.data.source, "seed": self.config.train.seed}
+
+    def resume_from(self, reader) -> str | None:
+        """Load a checkpoint of any layout; returns a warning if the data stream changed."""
+        from axon import checkpoint
+
+        checkpoint.load(self, reader)
+        self.start_step, self.start_sequence = reader.step, reader.meta["next_sequence"]
+        saved = reader.meta.get("data")
+        if saved is not None and saved != self.data_identity():
+            return (f"WARNING: the checkpoint was trained on data {saved}, this run reads {self.data_identity()}; "
+                    f"training continues from sequence {self.start_sequence} of the new stream")
+        return None
 
     def step(self, step: int) -> dict:
         """One optimizer step over the global batch; returns the step's metrics (same on every rank)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
+        lr = learning_rate(self.config, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
-        for ids, targets in shard_micro_batches(self.source, self.config, self.grid, step, self.device):
+        batches = shard_micro_batches(self.source, self.config, self.grid, step, self.device,
+                                      first_sequence=self.next_sequence(step))
+        for ids, targets in batches:
             # Sum of token losses over the global batch's token count: gradients summed over
             # data and depth then give the exact mean-loss gradient.
             token_losses = self.model.token_losses(ids, targets)
             (token_losses.sum() / self.tokens_per_step).backward()
             loss_sum += token_losses.detach().sum()
-        sync_gradients(self.model, self.grid)
-        grad_norm = clip_grad_norm(self.model, self.grid, self.config.train.grad_clip)
-        self.optimizer.step()
         for axis in ("depth", "data"):
             all_reduce(loss_sum, self.grid.group(axis))
         loss = loss_sum.item() / self.tokens_per_step
+        sync_gradients(self.model, self.grid)
+        grad_norm = clip_grad_norm(self.model, self.grid, self.config.train.grad_clip)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # the same on every rank: all stop here
+            raise TrainingDiverged(f"step {step + 1}: loss {loss}, gradient norm {grad_norm}; "
+                                   "stopped before applying the update")
+        self.optimizer.step()
         step_time = time.perf_counter() - start
         tflops_per_rank = self.flops_per_step / step_time / self.grid.layout.world_size / 1e12
         return {
             "step": step + 1,
             "loss": loss,
             "grad_norm": grad_norm,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": lr,
             "step_time_s": step_time,
             "tokens_per_s": self.tokens_per_step / step_time,
             "tflops_per_rank": tflops_per_rank,
             "mfu": tflops_per_rank / self.peak_tflops if self.peak_tflops > 0 else 0.0,
+            "peak_memory_gb": peak_memory_gb(self.device),
         }
 
-    def fit(self, log: MetricsLog | None = None) -> list[dict]:
+    def fit(self, log: MetricsLog | None = None, stop_signal=None) -> list[dict]:
+        """Train to train.steps, checkpointing as configured. With a `stop_signal`, a
+        requested stop saves a checkpoint at the next step boundary and raises Preempted."""
+        from axon import checkpoint
+
+        t = self.config.train
         history = []
-        for step in range(self.config.train.steps):
+        for step in range(self.start_step, t.steps):
             metrics = self.step(step)
             history.append(metrics)
             if log is not None:
                 log.record(metrics)
+            done = step + 1
+            stop = stop_signal is not None and any_rank(stop_signal.requested, self.device)
+            if stop or (t.checkpoint_every and (done % t.checkpoint_every == 0 or done == t.steps)):
+                started = time.perf_counter()
+                path = checkpoint.save(self, done, t.keep_checkpoints)
+                if log is not None:
+                    log.checkpoint(path, time.perf_counter() - started)
+                if stop:
+                    raise Preempted(done, path)
         return history
 
 

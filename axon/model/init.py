@@ -13,7 +13,7 @@ import zlib
 
 import torch
 
-from axon.parallel.sharding import named_shardings
+from axon.parallel.sharding import named_shardings, shard_from_global
 
 CHUNK_ELEMENTS = 1 << 20  # rows per chunk = CHUNK_ELEMENTS // row length (depends on the shape only)
 
@@ -43,26 +43,9 @@ def initialize_parameters(model, grid, seed: int) -> None:
         if len(sharding.global_shape) == 1:  # norm gains
             param.fill_(1.0)
             continue
-        std = _owner(model, name).init_std
-        param.copy_(_initial_shard(name, seed, sharding, grid, std, param.numel()))
+        std = model.get_submodule(name.rsplit(".", 1)[0]).init_std
 
+        def draw(rows, cols, name=name, std=std, shape=sharding.global_shape):
+            return _normal_rows(name, seed, shape, rows, std)[:, cols]
 
-def _initial_shard(name, seed, sharding, grid, std, shard_numel) -> torch.Tensor:
-    """This rank's depth slice of its [out/r, in/c] block, generating only the rows it touches."""
-    row_slice, col_slice = sharding.block_slices(grid)
-    block_rows, block_cols = sharding.block_shape(grid)
-    numel = block_rows * block_cols
-    part = sharding.depth_slice(grid)
-    start, stop = min(part.start, numel), min(part.stop, numel)
-    shard = torch.zeros(shard_numel)  # what lies past the block is depth padding, kept at zero
-    if stop > start:
-        first, last = start // block_cols, (stop - 1) // block_cols + 1  # block rows overlapping the slice
-        rows = slice(row_slice.start + first, row_slice.start + last)
-        flat = _normal_rows(name, seed, sharding.global_shape, rows, std)[:, col_slice].reshape(-1)
-        offset = start - first * block_cols
-        shard[: stop - start] = flat[offset: offset + stop - start]
-    return shard
-
-
-def _owner(model, param_name: str):
-    return model.get_submodule(param_name.rsplit(".", 1)[0])
+        param.copy_(shard_from_global(sharding, grid, draw, param.numel()))

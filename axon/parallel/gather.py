@@ -29,7 +29,8 @@ def full_tensor(shard: torch.Tensor, sharding, grid) -> torch.Tensor:
     for dim, axis in enumerate(sharding.dim_axes):
         if axis is not None:
             block = _concat_over(block, grid.group(axis), dim)
-    return block
+    # A copy: where no axis needed gathering, `block` still views the live parameter.
+    return block.clone()
 
 
 def full_parameters(model, grid) -> dict[str, torch.Tensor]:

@@ -57,3 +57,31 @@ def named_shardings(model):
     if len(entries) != len(list(model.parameters())):
         raise TypeError("every parameter must belong to a parallel module that declares its sharding")
     return entries
+
+
+def shard_from_global(sharding: Sharding, grid, read_region, shard_numel: int):
+    """Build this rank's parameter from a reader of the global tensor.
+
+    `read_region(rows, cols)` returns the global tensor's [rows, cols] region as a 2-D
+    tensor (a 1-D tensor is seen as one row). Only the rows this rank's depth slice
+    touches are asked for, so memory stays at the shard's size plus a partial row at
+    each end — never a whole weight. Elements past the block are depth padding (zero).
+    """
+    import torch
+
+    slices = sharding.block_slices(grid)
+    shape = sharding.block_shape(grid)
+    if len(shape) == 1:
+        slices, shape = (slice(0, 1),) + slices, (1,) + shape
+    (row_slice, col_slice), (block_rows, block_cols) = slices, shape
+    numel = block_rows * block_cols
+    part = sharding.depth_slice(grid)
+    start, stop = min(part.start, numel), min(part.stop, numel)
+    shard = torch.zeros(shard_numel)
+    if stop > start:
+        first, last = start // block_cols, (stop - 1) // block_cols + 1  # block rows the slice touches
+        rows = slice(row_slice.start + first, row_slice.start + last)
+        flat = read_region(rows, col_slice).reshape(-1)
+        offset = start - first * block_cols
+        shard[: stop - start] = flat[offset: offset + stop - start]
+    return shard

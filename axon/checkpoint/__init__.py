@@ -1,0 +1,83 @@
+"""Checkpoints that survive preemption and reshard to any layout.
+
+`save` / `load` for training state (model, AdamW state, RNG, step, data position);
+`write_model_checkpoint` / `read_full_model` for conversion tools (one process).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from axon.checkpoint.reader import CheckpointReader, find_latest
+from axon.checkpoint.writer import prune_checkpoints, write_checkpoint
+from axon.config import ConfigError
+from axon.parallel.sharding import named_shardings, shard_from_global
+
+__all__ = ["CheckpointReader", "checkpoint_root", "find_latest", "load", "read_full_model",
+           "resolve_resume", "save", "write_model_checkpoint"]
+
+
+def checkpoint_root(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def resolve_resume(out_dir: str, resume: str) -> Path | None:
+    """train.resume: "" (start fresh), "latest" (newest complete checkpoint, if any) or a path."""
+    if not resume:
+        return None
+    if resume == "latest":
+        return find_latest(checkpoint_root(out_dir))
+    path = Path(resume)
+    if not path.is_dir():
+        raise ConfigError(f"train.resume={resume!r} is not a checkpoint directory")
+    return path
+
+
+def save(trainer, step: int, keep: int) -> Path:
+    """Collective. Checkpoint the trainer after `step` completed steps."""
+    final = checkpoint_root(trainer.config.out_dir) / f"step_{step:08d}"
+    extra = {"next_sequence": trainer.next_sequence(step), "data": trainer.data_identity(),
+             "config": trainer.config.to_dict()}
+    path = write_checkpoint(final, trainer.model, trainer.optimizer, trainer.grid, trainer.config.model, step, extra)
+    if trainer.grid.rank == 0:
+        prune_checkpoints(final.parent, keep)
+    return path
+
+
+@torch.no_grad()
+def load_shards(reader: CheckpointReader, model, optimizer, grid) -> None:
+    """Fill this rank's parameters (and AdamW state) from a checkpoint of any layout."""
+    for name, param, sharding in named_shardings(model):
+        if name not in reader.tensors or tuple(reader.tensors[name]["global_shape"]) != sharding.global_shape:
+            raise ConfigError(f"checkpoint {str(reader.path)!r} has no tensor {name} of shape {sharding.global_shape}")
+
+        def read(key):
+            return shard_from_global(sharding, grid, lambda r, c: reader.region(key, name, r, c), param.numel())
+
+        param.copy_(read("model").to(param.device))
+        if optimizer is not None and reader.meta["optimizer_step"] > 0:
+            optimizer.state[param] = {
+                "step": torch.tensor(float(reader.meta["optimizer_step"]), dtype=torch.float32),
+                "exp_avg": read("exp_avg").to(param.device),
+                "exp_avg_sq": read("exp_avg_sq").to(param.device),
+            }
+
+
+def load(trainer, reader: CheckpointReader) -> None:
+    load_shards(reader, trainer.model, trainer.optimizer, trainer.grid)
+    if reader.layout == trainer.grid.layout:  # RNG streams belong to ranks; only the same layout resumes them
+        torch.set_rng_state(reader.rng_state(trainer.grid.rank))
+
+
+def write_model_checkpoint(ckpt_dir: str | Path, model, grid, shape) -> None:
+    """A step-0 checkpoint holding only the model (conversion tools; one process)."""
+    write_checkpoint(Path(ckpt_dir), model, None, grid, shape, step=0, extra={"next_sequence": 0})
+
+
+def read_full_model(ckpt_dir: str | Path):
+    """(ModelShape, {name: full tensor}) from a checkpoint, without torch.distributed."""
+    reader = CheckpointReader(ckpt_dir)
+    reader.check_files()
+    return reader.shape, {name: reader.full("model", name) for name in reader.tensors}

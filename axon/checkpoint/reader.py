@@ -1,0 +1,123 @@
+"""Read an axon checkpoint at any layout: every global tensor region is served from the
+shard files that hold it, so a rank reads only what its own shards need."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from axon.config import ConfigError
+from perfmodel.layout import AXES, Layout
+from perfmodel.models import ModelShape
+
+FORMAT_VERSION = 1
+META = "meta.json"
+
+
+def rank_file(rank: int) -> str:
+    return f"rank_{rank:05d}.safetensors"
+
+
+class CheckpointReader:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / META
+        if not meta_path.is_file():
+            raise ConfigError(f"checkpoint {str(self.path)!r} has no {META}: not a complete axon checkpoint")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"checkpoint file {str(meta_path)!r} is corrupt: {err}") from None
+        if self.meta.get("format") != FORMAT_VERSION:
+            raise ConfigError(f"checkpoint {str(self.path)!r} has format {self.meta.get('format')!r}; "
+                              f"this axon reads format {FORMAT_VERSION}")
+        lay = self.meta["layout"]
+        self.layout = Layout(**{a: lay[a] for a in AXES}, order=tuple(lay["order"]))
+        self.shape = ModelShape(**self.meta["model"])
+        self.tensors = self.meta["tensors"]
+        self._open: dict[int, object] = {}
+
+    @property
+    def step(self) -> int:
+        return self.meta["step"]
+
+    def check_files(self) -> None:
+        """Every shard file is present at its recorded size (cheap: run before any collective)."""
+        for name, record in self.meta["files"].items():
+            file = self.path / name
+            if not file.is_file():
+                raise ConfigError(f"checkpoint shard {str(file)!r} is missing")
+            size = file.stat().st_size
+            if size != record["bytes"]:
+                raise ConfigError(f"checkpoint shard {str(file)!r} is truncated or altered: "
+                                  f"{size} bytes on disk, {record['bytes']} written")
+
+    def check_model(self, shape: ModelShape) -> None:
+        for key, mine in vars(shape).items():
+            theirs = self.meta["model"].get(key)
+            if theirs != mine:
+                raise ConfigError(f"checkpoint {str(self.path)!r} holds a model with model.{key}={theirs} "
+                                  f"but the config has model.{key}={mine}")
+
+    def _file(self, rank: int):
+        """Open a rank's shard file once, verifying its checksum first."""
+        if rank not in self._open:
+            name = rank_file(rank)
+            file = self.path / name
+            digest = hashlib.sha256(file.read_bytes()).hexdigest()
+            if digest != self.meta["files"][name]["sha256"]:
+                raise ConfigError(f"checkpoint shard {str(file)!r} is corrupt: its sha256 does not match meta.json")
+            self._open[rank] = safe_open(str(file), framework="pt")
+        return self._open[rank]
+
+    def region(self, key: str, name: str, rows: slice, cols: slice) -> torch.Tensor:
+        """Rows x cols of the global tensor `name` (1-D seen as one row); `key` picks
+        the stored quantity: "model", "exp_avg" or "exp_avg_sq"."""
+        info = self.tensors[name]
+        shape, axes = list(info["global_shape"]), list(info["dim_axes"])
+        if len(shape) == 1:
+            shape, axes = [1] + shape, [None] + axes
+        parts = [self.layout.sizes()[a] if a else 1 for a in axes]
+        height, width = shape[0] // parts[0], shape[1] // parts[1]  # one source block
+        out = torch.empty(rows.stop - rows.start, cols.stop - cols.start)
+        for i in range(rows.start // height, (rows.stop - 1) // height + 1):
+            r0, r1 = max(rows.start, i * height), min(rows.stop, (i + 1) * height)
+            for j in range(cols.start // width, (cols.stop - 1) // width + 1):
+                c0, c1 = max(cols.start, j * width), min(cols.stop, (j + 1) * width)
+                coords = {a: 0 for a in AXES}
+                coords.update({a: k for a, k in zip(axes, (i, j)) if a})
+                block_rows = self._block_rows(f"{key}/{name}", info, coords, r0 - i * height, r1 - i * height,
+                                              height * width, width)
+                out[r0 - rows.start:r1 - rows.start, c0 - cols.start:c1 - cols.start] = \
+                    block_rows[:, c0 - j * width:c1 - j * width]
+        return out
+
+    def _block_rows(self, key, info, coords, r0, r1, block_numel, width) -> torch.Tensor:
+        """Rows [r0, r1) of one source block, from the depth shards that hold them."""
+        lo, hi = r0 * width, r1 * width
+        depth = self.layout.depth if info["depth_sharded"] else 1
+        per_shard = -(-block_numel // depth)
+        pieces = []
+        for d in range(lo // per_shard, (hi - 1) // per_shard + 1):
+            rank = self.layout.rank_of({**coords, "depth": d})
+            start = d * per_shard
+            pieces.append(self._file(rank).get_slice(key)[max(lo, start) - start: min(hi, start + per_shard) - start])
+        return torch.cat(pieces).view(r1 - r0, width).float()
+
+    def full(self, key: str, name: str) -> torch.Tensor:
+        shape = self.tensors[name]["global_shape"]
+        rows = shape[0] if len(shape) == 2 else 1
+        return self.region(key, name, slice(0, rows), slice(0, shape[-1])).view(shape)
+
+    def rng_state(self, rank: int) -> torch.Tensor:
+        return self._file(rank).get_tensor("rng/torch")
+
+
+def find_latest(root: Path) -> Path | None:
+    """The newest complete checkpoint (one with meta.json) under OUT_DIR/checkpoints."""
+    done = sorted(p for p in root.glob("step_*") if p.is_dir() and (p / META).is_file() and p.name[5:].isdigit())
+    return done[-1] if done else None

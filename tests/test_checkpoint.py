@@ -1,0 +1,166 @@
+"""Checkpoints: exact resume, resharding across layouts, atomic saves, clear errors."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from axon import checkpoint
+from axon.config import ConfigError, build_config
+from axon.grid import Grid
+from axon.parallel.gather import full_parameters
+from axon.train import Trainer, learning_rate
+from perfmodel.layout import Layout
+from spawn import run_distributed
+
+# hidden 96 = 16 heads x 6, 8 kv heads: every split up to 8 divides the model.
+MODEL = {"layers": 2, "hidden": 96, "heads": 16, "kv_heads": 8, "ffn": 72, "vocab": 136, "seq_len": 16}
+SAVE_AT, TOTAL = 3, 6
+
+
+def make_config(out_dir, layout: Layout, **train):
+    sizes = {axis: getattr(layout, axis) for axis in ("data", "depth", "row", "col")}
+    return build_config({"model": MODEL, "layout": sizes, "out_dir": str(out_dir),
+                         "train": {"steps": TOTAL, "global_batch": 8, "lr": 1e-3, "seed": 5,
+                                   "warmup_steps": 2, **train}})
+
+
+def run(config, rank, steps=None, resume=None):
+    """Train (optionally from a checkpoint) to `steps`; return losses, full params, Adam moments."""
+    grid = Grid(config.layout, rank)
+    trainer = Trainer(config, grid, torch.device("cpu"))
+    if resume is not None:
+        trainer.resume_from(checkpoint.CheckpointReader(resume))
+    loaded = full_parameters(trainer.model, grid)
+    if steps is not None:
+        config.train.steps = steps
+    losses = [m["loss"] for m in trainer.fit()]
+    saved = None
+    if steps == SAVE_AT:
+        saved = checkpoint.save(trainer, SAVE_AT, keep=5)
+    grid.destroy()
+    return losses, loaded, saved
+
+
+def save_then_continue(rank, world, out_dir, layout, straight=False):
+    """At `layout`: train SAVE_AT steps and save, then continue from the checkpoint to TOTAL;
+    with `straight`, also the uninterrupted run, in the same processes."""
+    first, _, path = run(make_config(out_dir, layout), rank, steps=SAVE_AT)
+    rest, loaded, _ = run(make_config(out_dir, layout), rank, resume=path)
+    whole = run(make_config(Path(out_dir) / "straight", layout), rank)[0] if straight else None
+    return first, rest, loaded, str(path), whole
+
+
+def load_and_continue(rank, world, out_dir, layout, path):
+    rest, loaded, _ = run(make_config(out_dir, layout), rank, resume=Path(path))
+    return rest, loaded
+
+
+def test_resume_is_bitwise_exact_at_one_process(tmp_path):
+    straight, _, _ = run(make_config(tmp_path / "a", Layout()), 0)
+    first, rest, _, _, _ = save_then_continue(0, 1, tmp_path / "b", Layout())
+    assert first + rest == straight  # bitwise: same floats, not approximately
+
+
+@pytest.fixture(scope="module")
+def saved_at_8(tmp_path_factory):
+    """Saved at depth 2 x row 2 x col 2 (8 ranks); the continued losses there are the reference."""
+    out = tmp_path_factory.mktemp("ckpt8")
+    first, rest, loaded, path, straight = run_distributed(
+        8, save_then_continue, out, Layout(depth=2, row=2, col=2), True)[0]
+    return {"first": first, "rest": rest, "loaded": loaded, "path": path, "straight": straight}
+
+
+def test_resume_is_bitwise_exact_on_eight_ranks(saved_at_8):
+    assert saved_at_8["first"] + saved_at_8["rest"] == saved_at_8["straight"]
+
+
+def _close(a, b, tol=1e-5):
+    return all(abs(x - y) <= tol * abs(y) for x, y in zip(a, b)) and len(a) == len(b)
+
+
+@pytest.mark.parametrize("world, layout", [
+    (4, Layout(data=4)), (4, Layout(depth=4)), (2, Layout(col=2)), (1, Layout()),
+])
+def test_checkpoint_from_8_ranks_reshards_anywhere(saved_at_8, tmp_path, world, layout):
+    if world == 1:
+        rest, loaded = load_and_continue(0, 1, tmp_path, layout, saved_at_8["path"])
+    else:
+        rest, loaded = run_distributed(world, load_and_continue, tmp_path, layout, saved_at_8["path"])[0]
+    for name, tensor in saved_at_8["loaded"].items():
+        assert torch.equal(loaded[name], tensor), name  # parameters move across layouts bit for bit
+    assert _close(rest, saved_at_8["rest"]), (rest, saved_at_8["rest"])
+
+
+def test_one_process_checkpoint_loads_on_eight_ranks(tmp_path):
+    first, rest, loaded, path, _ = save_then_continue(0, 1, tmp_path / "one", Layout())
+    rest8, loaded8 = run_distributed(8, load_and_continue, tmp_path / "eight", Layout(data=2, depth=2, row=2), path)[0]
+    for name, tensor in loaded.items():
+        assert torch.equal(loaded8[name], tensor), name
+    assert _close(rest8, rest)
+
+
+def test_a_killed_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    config = make_config(tmp_path, Layout(), checkpoint_every=2, keep_checkpoints=2)
+    Trainer(config, Grid(config.layout, 0), torch.device("cpu")).fit()
+    root = checkpoint.checkpoint_root(tmp_path)
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000004", "step_00000006"]  # keep 2
+    # A save killed half-way: the rank files exist, meta.json was never written, no rename.
+    partial = root / "step_00000008.partial"
+    partial.mkdir()
+    (partial / "rank_00000.safetensors").write_bytes(b"half a file")
+    latest = checkpoint.resolve_resume(str(tmp_path), "latest")
+    assert latest.name == "step_00000006"
+    reader = checkpoint.CheckpointReader(latest)
+    reader.check_files()
+    assert reader.step == 6 and reader.meta["next_sequence"] == 6 * 8
+
+
+def test_corrupt_and_truncated_shards_name_the_file(tmp_path):
+    config = make_config(tmp_path, Layout(), checkpoint_every=TOTAL)
+    Trainer(config, Grid(config.layout, 0), torch.device("cpu")).fit()
+    path = checkpoint.checkpoint_root(tmp_path) / f"step_{TOTAL:08d}"
+    shard = path / "rank_00000.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0xFF  # same size, one flipped byte
+    shard.write_bytes(bytes(data))
+    reader = checkpoint.CheckpointReader(path)
+    reader.check_files()  # sizes still match...
+    trainer = Trainer(config, Grid(config.layout, 0), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="rank_00000.safetensors.*is corrupt"):
+        trainer.resume_from(reader)  # ...the checksum does not
+    shard.write_bytes(bytes(data[:-10]))
+    with pytest.raises(ConfigError, match=r"rank_00000.safetensors.*truncated.*\d+ bytes on disk, \d+ written"):
+        checkpoint.CheckpointReader(path).check_files()
+    (path / "meta.json").unlink()
+    with pytest.raises(ConfigError, match="no meta.json"):
+        checkpoint.CheckpointReader(path)
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    config = make_config(tmp_path, Layout(), checkpoint_every=TOTAL)
+    Trainer(config, Grid(config.layout, 0), torch.device("cpu")).fit()
+    reader = checkpoint.CheckpointReader(checkpoint.checkpoint_root(tmp_path) / f"step_{TOTAL:08d}")
+    other = build_config({"model": {**MODEL, "ffn": 80}}).model
+    with pytest.raises(ConfigError, match="model.ffn=72 but the config has model.ffn=80"):
+        reader.check_model(other)
+
+
+def test_gradient_accumulation_matches_one_large_batch(tmp_path):
+    whole, _, _ = run(make_config(tmp_path, Layout()), 0)
+    accumulated, _, _ = run(make_config(tmp_path, Layout(), micro_batch=1), 0)
+    assert _close(accumulated, whole, 1e-6)
+
+
+def test_learning_rate_schedule_by_hand():
+    config = build_config({"train": {"steps": 12, "lr": 1.0, "warmup_steps": 2, "min_lr_ratio": 0.1}})
+    assert learning_rate(config, 0) == 0.5 and learning_rate(config, 1) == 1.0
+    assert learning_rate(config, 2) == pytest.approx(1.0)  # cosine starts at the peak
+    assert learning_rate(config, 7) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
+    assert learning_rate(config, 11) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.9)))
+    constant = build_config({"train": {"lr": 0.3, "schedule": "constant"}})
+    assert learning_rate(constant, 50) == 0.3
