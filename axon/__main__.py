@@ -68,7 +68,7 @@ def _train(config, runtime, source, reader) -> None:
     from axon.config import ConfigError
     from axon.grid import Grid
     from axon.metrics import MetricsLog
-    from axon.parallel.comm import any_rank, world_barrier, world_mean
+    from axon.parallel.comm import gather_objects, world_barrier, world_mean
     from axon.preemption import StopSignal
     from axon.train import Preempted, Trainer, TrainingDiverged, describe
     from kernels import measure_gemm_tflops
@@ -93,8 +93,9 @@ def _train(config, runtime, source, reader) -> None:
             warning = trainer.resume_from(reader)
         except ConfigError as err:  # a corrupt shard: every rank must stop, not only the one that read it
             error, warning = err, None
-        if any_rank(error is not None, runtime.device):
-            _fail(runtime.rank, str(error) if error else "another rank could not read the checkpoint")
+        errors = [e for e in gather_objects(str(error) if error else None) if e]
+        if errors:  # every rank states the first problem found, wherever it was found
+            _fail(runtime.rank, errors[0])
         if leader:
             print(f"axon: resumed from {reader.path} at step {trainer.start_step} "
                   f"(saved at layout {reader.layout}) in {time.perf_counter() - started:.2f} s", flush=True)
