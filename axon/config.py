@@ -30,7 +30,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # applied to matrices only, never to norm weights
     betas: tuple[float, float] = (0.9, 0.95)
     seed: int = 1234
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype; "bfloat16" keeps fp32 master weights and optimizer state
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     log_every: int = 1  # progress line every N steps (metrics.jsonl gets every step)
     peak_tflops: float = 0.0  # per-rank peak for MFU; 0 = measure a large GEMM at start-up
@@ -260,8 +260,8 @@ def _check_values(config: RunConfig) -> None:
     if t.weight_decay < 0 or t.grad_clip < 0:
         raise ConfigError("train.weight_decay and train.grad_clip must be non-negative, "
                           f"got {t.weight_decay} and {t.grad_clip}")
-    if t.dtype != "float32":
-        raise ConfigError(f"train.dtype={t.dtype!r} is not supported yet; this version trains in float32")
+    if t.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"train.dtype must be 'float32' or 'bfloat16', got {t.dtype!r}")
     if t.log_every < 1:
         raise ConfigError(f"train.log_every must be at least 1, got {t.log_every}")
     if t.schedule not in ("cosine", "constant"):

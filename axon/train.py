@@ -61,7 +61,7 @@ def peak_memory_gb(device: torch.device) -> float:
 class Trainer:
     def __init__(self, config: RunConfig, grid, device: torch.device, peak_tflops: float = 0.0, source=None):
         self.config, self.grid, self.device = config, grid, device
-        self.model = Llama(config.model, grid).to(device)
+        self.model = Llama(config.model, grid, compute_dtype=getattr(torch, config.train.dtype)).to(device)
         initialize_parameters(self.model, grid, config.train.seed)
         if config.init_from:
             from axon.hf import load_hf_weights

@@ -30,7 +30,7 @@ def test_defaults_and_dotted_overrides(tmp_path):
     ({"layout": {"data": 0}}, ["layout.data", "0"]),
     ({"layout": {"order": "data,row,col"}}, ["layout.order"]),
     ({"model": {"preset": "tiny", "heads": 5}}, ["model.hidden=64", "model.heads=5"]),
-    ({"train": {"dtype": "bfloat16"}}, ["train.dtype", "bfloat16"]),
+    ({"train": {"dtype": "float16"}}, ["train.dtype", "float16"]),
 ])
 def test_bad_keys_and_values_name_the_key(raw, words):
     with pytest.raises(ConfigError) as err:

@@ -71,9 +71,12 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
-    def __init__(self, shape: ModelShape, grid):
+    def __init__(self, shape: ModelShape, grid, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.shape = shape
+        # Parameters stay fp32 (the optimizer's master copy); activations and the weights
+        # gathered for each GEMM take the compute dtype.
+        self.compute_dtype = compute_dtype
         self.row_group = grid.group("row")
         self.tok_embeddings = VocabParallelEmbedding(grid, shape.vocab, shape.hidden, INIT_STD)
         self.layers = nn.ModuleList(Block(shape, grid) for _ in range(shape.layers))
@@ -83,8 +86,11 @@ class Llama(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [batch, seq] -> this rank's logits slice [batch, seq, vocab/row]."""
-        cos, sin = rotary_tables(ids.shape[1], self.shape.head_dim, self.shape.rope_theta, ids.device)
-        x = self.tok_embeddings(ids)
+        s = self.shape
+        scaling = (s.rope_scaling_factor, s.rope_low_freq_factor, s.rope_high_freq_factor, s.rope_original_context)
+        cos, sin = rotary_tables(ids.shape[1], s.head_dim, s.rope_theta, ids.device, scaling=scaling)
+        cos, sin = cos.to(self.compute_dtype), sin.to(self.compute_dtype)
+        x = self.tok_embeddings(ids).to(self.compute_dtype)
         for layer in self.layers:
             x = layer(x, cos, sin)
         return self.output(self.norm(x))

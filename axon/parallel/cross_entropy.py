@@ -41,6 +41,6 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_start: int,
                                  group) -> torch.Tensor:
     """Per-token loss, identical on every rank of the row group. logits [..., vocab/row]."""
-    flat = logits.reshape(-1, logits.shape[-1])
+    flat = logits.reshape(-1, logits.shape[-1]).float()  # the loss is always computed in fp32
     loss = _VocabParallelCrossEntropy.apply(flat, targets.reshape(-1), vocab_start, group)
     return loss.view(targets.shape)

@@ -43,7 +43,8 @@ class TensorParallelLinear(nn.Module):
 class _TensorParallelLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight_shard, layer: TensorParallelLinear):
-        weight = gather_block(weight_shard, layer.block_shape, layer.depth_group)
+        # The weight takes the activations' dtype before the gather: bf16 halves its traffic.
+        weight = gather_block(weight_shard.to(x.dtype), layer.block_shape, layer.depth_group)
         y = all_reduce(F.linear(x, weight), layer.in_group)  # sum partial products over `in`
         ctx.save_for_backward(x, weight_shard)
         ctx.layer = layer
@@ -53,8 +54,8 @@ class _TensorParallelLinearFn(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight_shard = ctx.saved_tensors
         layer = ctx.layer
-        weight = gather_block(weight_shard, layer.block_shape, layer.depth_group)
+        weight = gather_block(weight_shard.to(dy.dtype), layer.block_shape, layer.depth_group)
         dx = all_reduce(dy @ weight, layer.out_group)  # sum partial dX over `out`
         dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
-        dw = dy2.t() @ x2
+        dw = (dy2.t() @ x2).to(weight_shard.dtype)  # summed over depth in the master dtype
         return dx, scatter_block_grad(dw, weight_shard.numel(), layer.depth_group), None

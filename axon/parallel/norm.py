@@ -22,5 +22,6 @@ class ShardedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(self.sharding.block_shape(grid)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        square_sum = sum_over_group(x.pow(2).sum(-1, keepdim=True), self.col_group)
-        return x * torch.rsqrt(square_sum / self.hidden + self.eps) * self.weight
+        x32 = x.float()  # statistics in fp32 whatever the compute dtype
+        square_sum = sum_over_group(x32.pow(2).sum(-1, keepdim=True), self.col_group)
+        return (x32 * torch.rsqrt(square_sum / self.hidden + self.eps) * self.weight).to(x.dtype)
