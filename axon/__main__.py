@@ -21,6 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config (see axon/configs/)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, dotted for nesting (repeatable), e.g. --set layout.col=2")
+    commands.add_parser("data", help="prepare or verify token files (python -m axon data prepare -h)")
+    commands.add_parser("convert", help="Hugging Face Llama <-> axon checkpoint (python -m axon convert -h)")
     return parser
 
 def _fail(rank: int, message: str) -> None:
@@ -128,6 +130,16 @@ def _train(config, runtime, source, reader) -> None:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # These subcommands own their arguments: hand them over before parsing.
+    if argv[:1] == ["data"]:
+        from axon.dataprep import main as data_main
+
+        return data_main(argv[1:])
+    if argv[:1] == ["convert"]:
+        from axon.convert import main as convert_main
+
+        return convert_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "train":
         train_command(args)

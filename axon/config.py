@@ -44,7 +44,7 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # "synthetic" or a path to a .npy / .bin token file or a .txt file
+    source: str = "synthetic"  # "synthetic", a .tok file (python -m axon data prepare), .npy, .bin (uint16) or .txt
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from axon.config import ConfigError, RunConfig, micro_batch_plan
+from axon.token_file import has_magic, open_token_file
 
 
 class SyntheticTokens:
@@ -42,34 +43,52 @@ class SyntheticTokens:
 
 
 class TokenFile:
-    """Tokens from a file: .npy (integer array), .bin (raw uint16), or .txt (UTF-8 bytes as ids)."""
+    """Tokens from a file: an axon token file (.tok, or any file starting with its magic; see
+    axon/token_file.py), .npy (integer array), .bin (raw uint16), or .txt (UTF-8 bytes as ids).
+
+    Sequence g is the seq_len + 1 tokens at (g x seq_len) mod (tokens - seq_len - 1).
+    """
 
     def __init__(self, path: str, vocab: int, seq_len: int, tokens_per_step: int):
         file = Path(path)
         if not file.is_file():
-            raise ConfigError(f"data.source {path!r} is not a file (use 'synthetic' or a .npy/.bin/.txt path)")
-        if file.suffix == ".npy":
+            raise ConfigError(f"data.source {path!r} is not a file (use 'synthetic' or a .tok/.npy/.bin/.txt path)")
+        self.path, self.file_vocab = path, None
+        if file.suffix == ".tok" or has_magic(file):
+            view = open_token_file(file)
+            if view.vocab > vocab:
+                raise ConfigError(f"data.source {path!r} was tokenized for vocab {view.vocab} "
+                                  f"({view.tokenizer}), more than model.vocab={vocab}")
+            # Its ids are promised below the header's vocab; sequences() checks what it serves
+            # rather than reading a possibly huge file on every rank here.
+            self.tokens, self.file_vocab = view.tokens, view.vocab
+        elif file.suffix == ".npy":
             self.tokens = np.load(file, mmap_mode="r")
         elif file.suffix == ".bin":
             self.tokens = np.memmap(file, dtype=np.uint16, mode="r")
         elif file.suffix == ".txt":
             self.tokens = np.frombuffer(file.read_bytes(), dtype=np.uint8)
         else:
-            raise ConfigError(f"data.source {path!r}: unknown suffix {file.suffix!r}; use .npy, .bin or .txt")
+            raise ConfigError(f"data.source {path!r}: unknown suffix {file.suffix!r}; use .tok, .npy, .bin or .txt")
         self.tokens = self.tokens.reshape(-1)
         self.seq_len = seq_len
         if self.tokens.size < tokens_per_step + 1:
             raise ConfigError(
                 f"data.source {path!r} holds {self.tokens.size} tokens, fewer than one step needs "
                 f"({tokens_per_step + 1} = train.global_batch x model.seq_len + 1)")
-        top = int(self.tokens.max())
-        if top >= vocab:
-            raise ConfigError(f"data.source {path!r} contains token id {top} but model.vocab={vocab}")
+        if self.file_vocab is None:
+            top = int(self.tokens.max())
+            if top >= vocab:
+                raise ConfigError(f"data.source {path!r} contains token id {top} but model.vocab={vocab}")
 
     def sequences(self, indices: range) -> np.ndarray:
         length, span = self.seq_len + 1, self.tokens.size - self.seq_len - 1
         rows = [np.asarray(self.tokens[s: s + length]) for s in ((g * self.seq_len) % span for g in indices)]
-        return np.stack(rows).astype(np.int64)
+        batch = np.stack(rows).astype(np.int64)
+        if self.file_vocab is not None and batch.size and int(batch.max()) >= self.file_vocab:
+            raise ConfigError(f"data.source {self.path!r} contains token id {int(batch.max())}, not below "
+                              f"its header's vocab {self.file_vocab} (check it: python -m axon data verify)")
+        return batch
 
 
 def token_source(config: RunConfig):

@@ -6,4 +6,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 cd "$AXON_ROOT"
 # Four ranks share this machine's cores (at least one thread each).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / 4 > 0 ? $(nproc) / 4 : 1 ))}
+# The default corpus is generated (5 MB of invented-world English, byte tokens), not downloaded.
+[ -f runs/data/corpus.tok ] || "$AXON_VENV/bin/python" -m axon data prepare --default-corpus --out runs/data/corpus.tok
 exec "$AXON_VENV/bin/torchrun" --nproc-per-node 4 -m axon train axon/configs/local.yaml "$@"
