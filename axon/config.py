@@ -249,6 +249,9 @@ def _check_values(config: RunConfig) -> None:
         raise ConfigError(f"model.hidden / model.heads = {m.head_dim} must be even for rotary embeddings")
     if m.heads % m.kv_heads:
         raise ConfigError(f"model.heads={m.heads} is not divisible by model.kv_heads={m.kv_heads}")
+    if m.rope_scaling_factor <= 0 or (m.rope_scaling_factor != 1.0 and m.rope_high_freq_factor <= m.rope_low_freq_factor):
+        raise ConfigError(f"model.rope_scaling_factor must be positive and, when not 1, model.rope_high_freq_factor "
+                          f"({m.rope_high_freq_factor}) must exceed model.rope_low_freq_factor ({m.rope_low_freq_factor})")
     if t.steps < 1:
         raise ConfigError(f"train.steps must be at least 1, got {t.steps}")
     if t.global_batch < 1:

@@ -62,11 +62,12 @@ class Trainer:
     def __init__(self, config: RunConfig, grid, device: torch.device, peak_tflops: float = 0.0, source=None):
         self.config, self.grid, self.device = config, grid, device
         self.model = Llama(config.model, grid, compute_dtype=getattr(torch, config.train.dtype)).to(device)
-        initialize_parameters(self.model, grid, config.train.seed)
         if config.init_from:
             from axon.hf import load_hf_weights
 
             load_hf_weights(self.model, grid, config.init_from.removeprefix("hf:"))
+        else:
+            initialize_parameters(self.model, grid, config.train.seed)
         self.optimizer = build_optimizer(self.model, config)
         self.source = source if source is not None else token_source(config)
         self.tokens_per_step = config.train.global_batch * config.model.seq_len

@@ -16,6 +16,12 @@ class ModelShape:
     seq_len: int
     rope_theta: float = 500000.0
     norm_eps: float = 1e-5
+    # Llama 3.1 RoPE frequency scaling ("rope_type": "llama3" in Hugging Face configs);
+    # a factor of 1.0 means no scaling and leaves the other three unused.
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_context: int = 8192
 
     @property
     def head_dim(self) -> int:
@@ -26,7 +32,8 @@ class ModelShape:
         return tuple(f.name for f in fields(cls))
 
 
-# Llama 3.1 shapes for 8B/70B/405B (seq_len is the pre-training context, 8192);
+# Llama 3.1 shapes for 8B/70B/405B (seq_len is the pre-training context, 8192; their RoPE
+# is scaled by 8 for the 128K context, so weights loaded from Hugging Face behave the same);
 # the small ones are for tests, local runs and the memorization sweeps.
 PRESETS: dict[str, ModelShape] = {
     "tiny": ModelShape(layers=2, hidden=64, heads=4, kv_heads=2, ffn=192, vocab=256, seq_len=64),
@@ -37,9 +44,12 @@ PRESETS: dict[str, ModelShape] = {
     "125M": ModelShape(layers=12, hidden=768, heads=12, kv_heads=4, ffn=2048, vocab=32768, seq_len=1024),
     "350M": ModelShape(layers=24, hidden=1024, heads=16, kv_heads=8, ffn=2816, vocab=32768, seq_len=2048),
     "1B": ModelShape(layers=16, hidden=2048, heads=32, kv_heads=8, ffn=8192, vocab=128256, seq_len=4096),
-    "8B": ModelShape(layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336, vocab=128256, seq_len=8192),
-    "70B": ModelShape(layers=80, hidden=8192, heads=64, kv_heads=8, ffn=28672, vocab=128256, seq_len=8192),
-    "405B": ModelShape(layers=126, hidden=16384, heads=128, kv_heads=8, ffn=53248, vocab=128256, seq_len=8192),
+    "8B": ModelShape(layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336, vocab=128256, seq_len=8192,
+                     rope_scaling_factor=8.0),
+    "70B": ModelShape(layers=80, hidden=8192, heads=64, kv_heads=8, ffn=28672, vocab=128256, seq_len=8192,
+                      rope_scaling_factor=8.0),
+    "405B": ModelShape(layers=126, hidden=16384, heads=128, kv_heads=8, ffn=53248, vocab=128256, seq_len=8192,
+                       rope_scaling_factor=8.0),
 }
 
 

@@ -58,7 +58,7 @@ class CheckpointReader:
 
     def check_model(self, shape: ModelShape) -> None:
         for key, mine in vars(shape).items():
-            theirs = self.meta["model"].get(key)
+            theirs = getattr(self.shape, key)  # the rebuilt shape: fields newer than the checkpoint take defaults
             if theirs != mine:
                 raise ConfigError(f"checkpoint {str(self.path)!r} holds a model with model.{key}={theirs} "
                                   f"but the config has model.{key}={mine}")
