@@ -49,7 +49,21 @@ def check_run(tmp_path: Path, config: Path, log: str) -> None:
     for got, want in zip([r["loss"] for r in rows], expected):
         assert abs(got - want) / want < 1e-5
     assert "axon: layout data 1 x pipe 1 x depth 2 x row 1 x col 2" in log
-    assert "step 3/3 | loss" in log and "MFU" in log
+    assert "step 3/3 | loss" in log and "MFU" in log and "ETA" in log
+    assert "\r" not in log  # a batch log gets whole lines, no carriage-return redraws
+    check_tensorboard(tmp_path / "out" / "tensorboard", rows)
+
+
+def check_tensorboard(folder: Path, rows: list[dict]) -> None:
+    """Rank 0's TensorBoard scalars are the metrics.jsonl values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_rank", "mfu", "peak_memory_gb"):
+        scalars = events.Scalars(f"train/{key}")
+        assert [e.step for e in scalars] == [r["step"] for r in rows]
+        assert [e.value for e in scalars] == pytest.approx([r[key] for r in rows], rel=1e-6)
 
 
 def test_torchrun_trains_like_one_process(tmp_path):
