@@ -48,11 +48,18 @@ class DataConfig:
 
 
 @dataclass
+class OverlapSection:
+    all_reduce: bool = True  # OAR: backward all-reduce of dX overlaps the dW GEMM
+    reduce_scatter: bool = True  # ORS: depth reduce-scatter of dW runs on through backward
+
+
+@dataclass
 class RunConfig:
     model: ModelShape
     layout: Layout
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    overlap: OverlapSection = field(default_factory=OverlapSection)
     out_dir: str = "runs/default"
     model_name: str = "custom"
     init_from: str = ""  # model.init_from: "" (random init) or "hf:DIR" (Hugging Face Llama weights)
@@ -65,11 +72,12 @@ class RunConfig:
             "layout": layout,
             "train": dataclasses.asdict(self.train),
             "data": dataclasses.asdict(self.data),
+            "overlap": dataclasses.asdict(self.overlap),
             "out_dir": self.out_dir,
         }
 
 
-TOP_LEVEL_KEYS = ("model", "layout", "train", "data", "out_dir")
+TOP_LEVEL_KEYS = ("model", "layout", "train", "data", "overlap", "out_dir")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
@@ -120,10 +128,11 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
     layout = _build_layout(raw.get("layout", {}) or {})
     train = _build_section(TrainConfig, raw.get("train", {}) or {}, "train")
     data = _build_section(DataConfig, raw.get("data", {}) or {}, "data")
+    overlap = _build_section(OverlapSection, raw.get("overlap", {}) or {}, "overlap")
     out_dir = raw.get("out_dir", "runs/default")
     if not isinstance(out_dir, str) or not out_dir:
         raise ConfigError(f"out_dir must be a non-empty path string, got {out_dir!r}")
-    config = RunConfig(model=model, layout=layout, train=train, data=data, out_dir=out_dir,
+    config = RunConfig(model=model, layout=layout, train=train, data=data, overlap=overlap, out_dir=out_dir,
                        model_name=model_name, init_from=init_from)
     _check_values(config)
     return config
@@ -225,6 +234,10 @@ def _coerce(value: Any, f: dataclasses.Field, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
     if kind == "str":
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")

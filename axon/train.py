@@ -14,6 +14,7 @@ from axon.metrics import MetricsLog
 from axon.model import Llama, initialize_parameters
 from axon.parallel.comm import all_reduce, any_rank
 from axon.parallel.grads import clip_grad_norm, sync_gradients
+from axon.parallel.overlap import enable_overlap
 from axon.parallel.sharding import named_shardings
 from perfmodel.flops import flops_per_token
 
@@ -68,6 +69,7 @@ class Trainer:
             load_hf_weights(self.model, grid, config.init_from.removeprefix("hf:"))
         else:
             initialize_parameters(self.model, grid, config.train.seed)
+        self.pending = enable_overlap(self.model, config.overlap)
         self.optimizer = build_optimizer(self.model, config)
         self.source = source if source is not None else token_source(config)
         self.tokens_per_step = config.train.global_batch * config.model.seq_len
@@ -112,6 +114,7 @@ class Trainer:
             token_losses = self.model.token_losses(ids, targets)
             (token_losses.sum() / self.tokens_per_step).backward()
             loss_sum += token_losses.detach().sum()
+        self.pending.finish()  # ORS: every weight gradient is complete from here on
         for axis in ("depth", "data"):
             all_reduce(loss_sum, self.grid.group(axis))
         loss = loss_sum.item() / self.tokens_per_step

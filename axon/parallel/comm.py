@@ -28,6 +28,17 @@ def world_barrier() -> None:
         dist.barrier()
 
 
+def all_reduce_start(tensor: torch.Tensor, group):
+    """Start an in-place all-reduce; returns its handle (None when the axis has size 1)."""
+    return None if group is None else dist.all_reduce(tensor, group=group, async_op=True)
+
+
+def reduce_scatter_start(full: torch.Tensor, group):
+    """Start a reduce-scatter of a 1-D tensor; returns (this rank's shard buffer, handle)."""
+    shard = full.new_empty(full.numel() // dist.get_world_size(group))
+    return shard, dist.reduce_scatter_single(shard, full.contiguous(), group=group, async_op=True)
+
+
 def gather_objects(obj) -> list:
     """Every rank's picklable `obj`, in rank order, on every rank (checkpoint bookkeeping)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
@@ -134,10 +145,13 @@ def gather_depth_block(shard: torch.Tensor, block_shape, group) -> torch.Tensor:
     return _GatherDepthBlock.apply(shard, tuple(block_shape), group)
 
 
+def padded_flat(dblock: torch.Tensor, shard_numel: int, group) -> torch.Tensor:
+    """A block's gradient flattened and padded to depth x shard size (the padding gets zero)."""
+    flat = dblock.reshape(-1)
+    pad = shard_numel * group_size(group) - flat.numel()
+    return F.pad(flat, (0, pad)) if pad else flat
+
+
 def scatter_block_grad(dblock: torch.Tensor, shard_numel: int, group) -> torch.Tensor:
     """Reduce-scatter a block's gradient over depth into this rank's (padded) shard."""
-    flat = dblock.reshape(-1)
-    pad = shard_numel * group_size(group) - flat.numel()  # the padding gets zero gradient
-    if pad:
-        flat = F.pad(flat, (0, pad))
-    return reduce_scatter_flat(flat, group)
+    return reduce_scatter_flat(padded_flat(dblock, shard_numel, group), group)

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from axon.parallel.comm import all_reduce, gather_block, scatter_block_grad
+from axon.parallel.comm import (all_reduce, all_reduce_start, gather_block, padded_flat, reduce_scatter_start,
+                               scatter_block_grad)
 from axon.parallel.sharding import Sharding
 
 ORIENTATIONS = {"normal": ("row", "col"), "transposed": ("col", "row")}  # (axis of out, axis of in)
@@ -31,6 +32,9 @@ class TensorParallelLinear(nn.Module):
         self.depth_group = grid.group("depth")
         self.block_shape = self.sharding.block_shape(grid)
         self.weight = nn.Parameter(torch.empty(self.sharding.shard_numel(grid)))
+        # Overlap switches, set by axon.parallel.overlap.enable_overlap; off = synchronous.
+        self.overlap_all_reduce = False
+        self.pending = None  # PendingReductions: where ORS leaves its reduce-scatters
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _TensorParallelLinearFn.apply(x, self.weight, self)
@@ -55,7 +59,20 @@ class _TensorParallelLinearFn(torch.autograd.Function):
         x, weight_shard = ctx.saved_tensors
         layer = ctx.layer
         weight = gather_block(weight_shard.to(dy.dtype), layer.block_shape, layer.depth_group)
-        dx = all_reduce(dy @ weight, layer.out_group)  # sum partial dX over `out`
+        dx = dy @ weight
+        # Sum partial dX over `out`; with OAR it travels while the dW GEMM below computes.
+        dx_handle = all_reduce_start(dx, layer.out_group) if layer.overlap_all_reduce else None
+        if not layer.overlap_all_reduce:
+            all_reduce(dx, layer.out_group)
         dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
         dw = (dy2.t() @ x2).to(weight_shard.dtype)  # summed over depth in the master dtype
+        if dx_handle is not None:
+            dx_handle.wait()
+        if layer.pending is not None and layer.depth_group is not None:
+            # ORS: the reduce-scatter runs on through the rest of backward; PendingReductions
+            # adds it to the gradient before anything reads it.
+            shard, handle = reduce_scatter_start(padded_flat(dw, weight_shard.numel(), layer.depth_group),
+                                                 layer.depth_group)
+            layer.pending.add(layer.weight, handle, shard)
+            return dx, None, None
         return dx, scatter_block_grad(dw, weight_shard.numel(), layer.depth_group), None

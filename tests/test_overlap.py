@@ -1,0 +1,58 @@
+"""Overlap switches never change a number, and leave nothing in flight across steps."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from axon.config import build_config
+from axon.grid import Grid
+from axon.parallel.gather import full_parameters
+from axon.train import Trainer
+from perfmodel.layout import Layout
+from spawn import run_distributed
+
+MODEL = {"layers": 2, "hidden": 96, "heads": 16, "kv_heads": 8, "ffn": 72, "vocab": 136, "seq_len": 16}
+SWITCHES = list(itertools.product([False, True], repeat=2))  # (all_reduce, reduce_scatter)
+
+
+def train(rank, layout, all_reduce, reduce_scatter):
+    config = build_config({
+        "model": MODEL, "layout": {a: getattr(layout, a) for a in ("data", "depth", "row", "col")},
+        "train": {"steps": 4, "global_batch": 8, "micro_batch": max(1, 4 // (layout.data * layout.depth)),
+                  "lr": 1e-3, "seed": 3},
+        "overlap": {"all_reduce": all_reduce, "reduce_scatter": reduce_scatter}})
+    grid = Grid(layout, rank)
+    trainer = Trainer(config, grid, torch.device("cpu"))
+    losses, in_flight = [], []
+    for step in range(config.train.steps):
+        losses.append(trainer.step(step)["loss"])
+        in_flight.append(len(trainer.pending))
+    params = full_parameters(trainer.model, grid)
+    counts = (trainer.pending.issued, trainer.pending.waited)
+    grid.destroy()
+    return losses, params, in_flight, counts
+
+
+def run_switches(rank, world, layouts):
+    return [[train(rank, layout, *switch) for switch in SWITCHES] for layout in layouts]
+
+
+def test_switches_give_identical_numbers_and_leak_nothing():
+    layouts = [Layout(depth=2, col=2), Layout(depth=2, row=2), Layout(data=2, depth=2), Layout(depth=4),
+               Layout(row=2, col=2)]
+    for layout, runs in zip(layouts, run_distributed(4, run_switches, layouts)[0]):
+        base_losses, base_params, _, _ = runs[0]  # everything synchronous
+        for (all_reduce, reduce_scatter), (losses, params, in_flight, (issued, waited)) in zip(SWITCHES, runs):
+            label = f"{layout} OAR={all_reduce} ORS={reduce_scatter}"
+            assert losses == base_losses, label  # bitwise
+            assert all(torch.equal(params[n], base_params[n]) for n in base_params), label
+            assert in_flight == [0] * len(losses), label  # nothing crosses a step boundary
+            assert issued == waited, label  # every handle waited exactly once
+            if reduce_scatter and layout.depth > 1:
+                # 7 linear layers per block x 2 + LM head, once per micro-batch per step
+                micro_batches = 2 if layout.data * layout.depth <= 4 else 1
+                assert issued == (7 * 2 + 1) * micro_batches * len(losses), label
+            else:
+                assert issued == 0, label
