@@ -39,6 +39,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
     checkpoint_every: int = 0  # steps between checkpoints (and one at the end); 0 = only on preemption
     keep_checkpoints: int = 2  # newest checkpoints kept under OUT_DIR/checkpoints
+    recompute: str = "none"  # "block": keep only each block's input, recompute its activations in backward
     resume: str = ""  # "" = start fresh, "latest" = newest checkpoint in out_dir (if any), or a checkpoint path
 
 
@@ -280,6 +281,8 @@ def _check_values(config: RunConfig) -> None:
         raise ConfigError(f"train.dtype must be 'float32' or 'bfloat16', got {t.dtype!r}")
     if t.log_every < 1:
         raise ConfigError(f"train.log_every must be at least 1, got {t.log_every}")
+    if t.recompute not in ("none", "block"):
+        raise ConfigError(f"train.recompute must be 'none' or 'block', got {t.recompute!r}")
     if t.schedule not in ("cosine", "constant"):
         raise ConfigError(f"train.schedule must be 'cosine' or 'constant', got {t.schedule!r}")
     if t.warmup_steps < 0 or not 0 <= t.min_lr_ratio <= 1:

@@ -69,6 +69,7 @@ class Trainer:
             load_hf_weights(self.model, grid, config.init_from.removeprefix("hf:"))
         else:
             initialize_parameters(self.model, grid, config.train.seed)
+        self.model.recompute_blocks = config.train.recompute == "block"
         self.pending = enable_overlap(self.model, config.overlap)
         self.optimizer = build_optimizer(self.model, config)
         self.source = source if source is not None else token_source(config)

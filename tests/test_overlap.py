@@ -56,3 +56,29 @@ def test_switches_give_identical_numbers_and_leak_nothing():
                 assert issued == (7 * 2 + 1) * micro_batches * len(losses), label
             else:
                 assert issued == 0, label
+
+
+def recompute_runs(rank, world, layouts):
+    runs = []
+    for layout in layouts:
+        for recompute in ("none", "block"):
+            config = build_config({
+                "model": MODEL, "layout": {a: getattr(layout, a) for a in ("data", "depth", "row", "col")},
+                "train": {"steps": 3, "global_batch": 8, "lr": 1e-3, "seed": 4, "recompute": recompute}})
+            grid = Grid(layout, rank)
+            trainer = Trainer(config, grid, torch.device("cpu"))
+            calls = []
+            trainer.model.layers[0].attention.wq.register_forward_hook(lambda *_: calls.append(1))
+            runs.append(([m["loss"] for m in trainer.fit()], full_parameters(trainer.model, grid), len(calls)))
+            grid.destroy()
+    return runs
+
+
+def test_block_recompute_changes_no_number():
+    layouts = [Layout(depth=2, col=2), Layout(data=2, row=2)]
+    runs = run_distributed(4, recompute_runs, layouts)[0]
+    for i, layout in enumerate(layouts):
+        (plain_losses, plain_params, plain_calls), (re_losses, re_params, re_calls) = runs[2 * i], runs[2 * i + 1]
+        assert (plain_calls, re_calls) == (3, 6), layout  # one forward per step, plus one recompute
+        assert re_losses == plain_losses, layout
+        assert all(torch.equal(re_params[n], plain_params[n]) for n in plain_params), layout

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from axon.parallel.cross_entropy import vocab_parallel_cross_entropy
 from axon.parallel.embedding import VocabParallelEmbedding
@@ -77,6 +78,7 @@ class Llama(nn.Module):
         # Parameters stay fp32 (the optimizer's master copy); activations and the weights
         # gathered for each GEMM take the compute dtype.
         self.compute_dtype = compute_dtype
+        self.recompute_blocks = False  # train.recompute: block (activation checkpointing per block)
         self.row_group = grid.group("row")
         self.tok_embeddings = VocabParallelEmbedding(grid, shape.vocab, shape.hidden, INIT_STD)
         self.layers = nn.ModuleList(Block(shape, grid) for _ in range(shape.layers))
@@ -92,7 +94,12 @@ class Llama(nn.Module):
         cos, sin = cos.to(self.compute_dtype), sin.to(self.compute_dtype)
         x = self.tok_embeddings(ids).to(self.compute_dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            if self.recompute_blocks and torch.is_grad_enabled():
+                # Keep only the block's input; backward re-runs its forward (collectives included,
+                # in the same order on every rank) to rebuild the activations.
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin)
         return self.output(self.norm(x))
 
     def token_losses(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
