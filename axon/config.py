@@ -39,6 +39,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
     checkpoint_every: int = 0  # steps between checkpoints (and one at the end); 0 = only on preemption
     keep_checkpoints: int = 2  # newest checkpoints kept under OUT_DIR/checkpoints
+    trace_steps: int = 0  # write a Chrome trace of the collectives of steps 2..N+1 per rank (0 = none)
     recompute: str = "none"  # "block": keep only each block's input, recompute its activations in backward
     resume: str = ""  # "" = start fresh, "latest" = newest checkpoint in out_dir (if any), or a checkpoint path
 
@@ -281,6 +282,8 @@ def _check_values(config: RunConfig) -> None:
         raise ConfigError(f"train.dtype must be 'float32' or 'bfloat16', got {t.dtype!r}")
     if t.log_every < 1:
         raise ConfigError(f"train.log_every must be at least 1, got {t.log_every}")
+    if t.trace_steps < 0:
+        raise ConfigError(f"train.trace_steps must be >= 0, got {t.trace_steps}")
     if t.recompute not in ("none", "block"):
         raise ConfigError(f"train.recompute must be 'none' or 'block', got {t.recompute!r}")
     if t.schedule not in ("cosine", "constant"):

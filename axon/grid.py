@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
+from axon.parallel.trace import Axis, CommTrace
 from perfmodel.layout import AXES, Layout
 
 
@@ -22,6 +23,8 @@ class Grid:
         self._groups: dict[str, dist.ProcessGroup | None] = {}
         for axis in AXES:
             self._groups[axis] = self._build_axis_groups(axis)
+        self.trace = CommTrace()  # every collective of a step on this rank, when enabled
+        self._axes = {axis: Axis(axis, self._groups[axis], self.size(axis), self.trace) for axis in AXES}
 
     def _build_axis_groups(self, axis: str) -> dist.ProcessGroup | None:
         """Create every group along `axis`; return the one this rank belongs to.
@@ -53,6 +56,10 @@ class Grid:
     def group(self, axis: str) -> dist.ProcessGroup | None:
         """This rank's group along `axis`, or None when the axis has size 1."""
         return self._groups[axis]
+
+    def axis(self, axis: str) -> Axis:
+        """The axis as layers use it: its group plus the trace its collectives go into."""
+        return self._axes[axis]
 
     def destroy(self) -> None:
         for axis, group in self._groups.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import resource
 import time
+from pathlib import Path
 
 import torch
 
@@ -15,6 +16,7 @@ from axon.model import Llama, initialize_parameters
 from axon.parallel.comm import all_reduce, any_rank
 from axon.parallel.grads import clip_grad_norm, sync_gradients
 from axon.parallel.overlap import enable_overlap
+from axon.parallel.trace import summarize, write_chrome_trace
 from axon.parallel.sharding import named_shardings
 from perfmodel.flops import flops_per_token
 
@@ -77,6 +79,8 @@ class Trainer:
         self.flops_per_step = flops_per_token(config.model) * self.tokens_per_step
         self.peak_tflops = peak_tflops
         self.start_step, self.start_sequence = 0, 0
+        grid.trace.enabled = True  # a few clock reads per collective: cheap enough to keep on
+        self.traced_events = []  # what goes into the Chrome trace (train.trace_steps)
 
     def next_sequence(self, step: int) -> int:
         """Global index of the first sequence step `step` trains on."""
@@ -106,6 +110,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
+        self.grid.trace.take()  # start the step with an empty record
         loss_sum = torch.zeros((), device=self.device)
         batches = shard_micro_batches(self.source, self.config, self.grid, step, self.device,
                                       first_sequence=self.next_sequence(step))
@@ -117,7 +122,7 @@ class Trainer:
             loss_sum += token_losses.detach().sum()
         self.pending.finish()  # ORS: every weight gradient is complete from here on
         for axis in ("depth", "data"):
-            all_reduce(loss_sum, self.grid.group(axis))
+            all_reduce(loss_sum, self.grid.axis(axis))
         loss = loss_sum.item() / self.tokens_per_step
         sync_gradients(self.model, self.grid)
         grad_norm = clip_grad_norm(self.model, self.grid, self.config.train.grad_clip)
@@ -126,6 +131,9 @@ class Trainer:
                                    "stopped before applying the update")
         self.optimizer.step()
         step_time = time.perf_counter() - start
+        events = self.grid.trace.take()
+        if 1 <= step - self.start_step <= self.config.train.trace_steps:  # skip the warm-up step
+            self.traced_events += events
         tflops_per_rank = self.flops_per_step / step_time / self.grid.layout.world_size / 1e12
         return {
             "step": step + 1,
@@ -137,6 +145,7 @@ class Trainer:
             "tflops_per_rank": tflops_per_rank,
             "mfu": tflops_per_rank / self.peak_tflops if self.peak_tflops > 0 else 0.0,
             "peak_memory_gb": peak_memory_gb(self.device),
+            **summarize(events),
         }
 
     def fit(self, log: MetricsLog | None = None, stop_signal=None) -> list[dict]:
@@ -151,6 +160,10 @@ class Trainer:
             history.append(metrics)
             if log is not None:
                 log.record(metrics)
+            if t.trace_steps and step - self.start_step == t.trace_steps:
+                path = Path(self.config.out_dir) / f"comm_trace_rank{self.grid.rank}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_chrome_trace(path, self.traced_events, self.grid.trace.origin, self.grid.rank)
             done = step + 1
             stop = stop_signal is not None and any_rank(stop_signal.requested, self.device)
             if stop or (t.checkpoint_every and (done % t.checkpoint_every == 0 or done == t.steps)):

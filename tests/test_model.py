@@ -8,6 +8,7 @@ from axon.grid import Grid
 from axon.model import Llama, initialize_parameters
 from axon.model import init as init_module
 from axon.parallel.gather import full_parameters
+from axon.parallel.trace import Axis, CommTrace
 from benchmarks.plain_llama import PlainLlama
 from perfmodel.flops import flops_per_token, matmul_params
 from perfmodel.layout import Layout
@@ -88,6 +89,9 @@ class CoordinateGrid:
 
     def group(self, axis):
         return None
+
+    def axis(self, axis):
+        return Axis(axis, None, self.size(axis), CommTrace())
 
 
 def test_every_rank_initializes_its_slice_of_the_one_process_model(monkeypatch):

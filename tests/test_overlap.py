@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 import torch
 
 from axon.config import build_config
@@ -82,3 +84,42 @@ def test_block_recompute_changes_no_number():
         assert (plain_calls, re_calls) == (3, 6), layout  # one forward per step, plus one recompute
         assert re_losses == plain_losses, layout
         assert all(torch.equal(re_params[n], plain_params[n]) for n in plain_params), layout
+
+
+def traced_step(rank, world, out_dir, all_reduce):
+    layout = Layout(depth=2, col=2)
+    config = build_config({
+        "model": MODEL, "layout": {"depth": 2, "col": 2}, "out_dir": str(out_dir),
+        "train": {"steps": 3, "global_batch": 8, "lr": 1e-3, "trace_steps": 1},
+        "overlap": {"all_reduce": all_reduce, "reduce_scatter": all_reduce}})
+    grid = Grid(layout, rank)
+    trainer = Trainer(config, grid, torch.device("cpu"))
+    history = trainer.fit()
+    counts = {}
+    for event in trainer.traced_events:
+        counts[(event.op, event.axis)] = counts.get((event.op, event.axis), 0) + 1
+    grid.destroy()
+    return history, counts
+
+
+def test_every_collective_of_a_step_is_traced(tmp_path):
+    import json
+
+    for overlap in (False, True):
+        history, counts = run_distributed(4, traced_step, tmp_path / str(overlap), overlap)[0]
+        # Hand count for 2 blocks at depth 2 x col 2 (row has size 1: no row collectives).
+        # Depth all-gathers: 15 linear layers twice (forward, backward) + the embedding once.
+        # Depth reduce-scatters: 15 linear dW + the embedding's.
+        # col all-reduces: forward, one per normal layer's output (wq, wk, wv, w1, w3 per block;
+        # the LM head) = 11, plus each RMSNorm's statistics forward and backward (5 norms) = 10;
+        # backward, each transposed layer's dX (wo, w2 per block) = 4. Then the clip norm: 1.
+        # depth all-reduces: norm-gain gradients 1, clip norm 1, the loss 1.
+        assert counts == {("all_gather", "depth"): 31, ("reduce_scatter", "depth"): 16,
+                          ("all_reduce", "col"): 26, ("all_reduce", "depth"): 3}, counts
+        for row in history:
+            assert 0 < row["exposed_comm_s"] <= row["comm_s"] + 1e-9 and 0 <= row["overlap_fraction"] < 1
+        if not overlap:
+            assert all(row["overlap_fraction"] == pytest.approx(0, abs=1e-9) for row in history)
+        trace = json.loads((tmp_path / str(overlap) / "comm_trace_rank0.json").read_text())
+        spans = [e for e in trace["traceEvents"] if e["tid"] != "waiting"]
+        assert len(spans) == sum(counts.values()) and all(e["ph"] == "X" and e["dur"] >= 0 for e in spans)

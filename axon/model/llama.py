@@ -79,7 +79,7 @@ class Llama(nn.Module):
         # gathered for each GEMM take the compute dtype.
         self.compute_dtype = compute_dtype
         self.recompute_blocks = False  # train.recompute: block (activation checkpointing per block)
-        self.row_group = grid.group("row")
+        self.row_axis = grid.axis("row")
         self.tok_embeddings = VocabParallelEmbedding(grid, shape.vocab, shape.hidden, INIT_STD)
         self.layers = nn.ModuleList(Block(shape, grid) for _ in range(shape.layers))
         self.norm = ShardedRMSNorm(grid, shape.hidden, shape.norm_eps)
@@ -104,4 +104,4 @@ class Llama(nn.Module):
 
     def token_losses(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-token cross-entropy [batch, seq], computed without gathering the vocabulary."""
-        return vocab_parallel_cross_entropy(self(ids), targets, self.vocab_start, self.row_group)
+        return vocab_parallel_cross_entropy(self(ids), targets, self.vocab_start, self.row_axis)

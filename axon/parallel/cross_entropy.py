@@ -14,9 +14,9 @@ from axon.parallel.comm import all_reduce
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, targets, vocab_start, group):
+    def forward(ctx, logits, targets, vocab_start, axis):
         # logits: [tokens, vocab/row] on this rank; targets: [tokens] global ids.
-        row_max = all_reduce(logits.max(dim=-1).values, group, op=dist.ReduceOp.MAX)
+        row_max = all_reduce(logits.max(dim=-1).values, axis, op=dist.ReduceOp.MAX)
         shifted = logits - row_max.unsqueeze(-1)
         exp = shifted.exp()
         local = targets - vocab_start
@@ -24,7 +24,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         local = local.masked_fill(~inside, 0)
         target_logit = shifted.gather(-1, local.unsqueeze(-1)).squeeze(-1).masked_fill(~inside, 0.0)
         # One all-reduce carries both per-token sums.
-        sums = all_reduce(torch.stack([exp.sum(dim=-1), target_logit]), group)
+        sums = all_reduce(torch.stack([exp.sum(dim=-1), target_logit]), axis)
         sum_exp, target_logit = sums[0], sums[1]
         ctx.save_for_backward(exp.div_(sum_exp.unsqueeze(-1)), local, inside)
         return sum_exp.log() - target_logit
@@ -39,8 +39,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_start: int,
-                                 group) -> torch.Tensor:
+                                 axis) -> torch.Tensor:
     """Per-token loss, identical on every rank of the row group. logits [..., vocab/row]."""
     flat = logits.reshape(-1, logits.shape[-1]).float()  # the loss is always computed in fp32
-    loss = _VocabParallelCrossEntropy.apply(flat, targets.reshape(-1), vocab_start, group)
+    loss = _VocabParallelCrossEntropy.apply(flat, targets.reshape(-1), vocab_start, axis)
     return loss.view(targets.shape)

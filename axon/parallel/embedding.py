@@ -23,14 +23,14 @@ class VocabParallelEmbedding(nn.Module):
         self.init_std = init_std
         self.block_shape = self.sharding.block_shape(grid)
         self.vocab_start = self.sharding.block_slices(grid)[0].start
-        self.row_group, self.depth_group = grid.group("row"), grid.group("depth")
+        self.row_axis, self.depth_axis = grid.axis("row"), grid.axis("depth")
         self.weight = nn.Parameter(torch.empty(self.sharding.shard_numel(grid)))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        table = gather_depth_block(self.weight, self.block_shape, self.depth_group)
+        table = gather_depth_block(self.weight, self.block_shape, self.depth_axis)
         local = ids - self.vocab_start
         outside = (local < 0) | (local >= self.block_shape[0])
         rows = F.embedding(local.masked_fill(outside, 0), table)
         rows = rows.masked_fill(outside.unsqueeze(-1), 0.0)
-        return sum_partials(rows, self.row_group)
+        return sum_partials(rows, self.row_axis)
 

@@ -24,7 +24,7 @@ def full_tensor(shard: torch.Tensor, sharding, grid) -> torch.Tensor:
     block_shape = sharding.block_shape(grid)
     numel = torch.Size(block_shape).numel()
     if sharding.depth_sharded:
-        shard = all_gather_flat(shard.detach(), grid.group("depth"))
+        shard = all_gather_flat(shard.detach(), grid.axis("depth"))
     block = shard.detach().reshape(-1)[:numel].view(block_shape)
     for dim, axis in enumerate(sharding.dim_axes):
         if axis is not None:

@@ -19,14 +19,14 @@ from axon.parallel.comm import all_reduce
 from axon.parallel.sharding import named_shardings
 
 
-def _all_reduce_coalesced(grads: list[torch.Tensor], groups) -> None:
-    """Sum a list of gradients over each group in turn, as one flat buffer per group."""
-    groups = [g for g in groups if g is not None]
-    if not grads or not groups:
+def _all_reduce_coalesced(grads: list[torch.Tensor], axes) -> None:
+    """Sum a list of gradients over each axis in turn, as one flat buffer."""
+    axes = [a for a in axes if a.group is not None]
+    if not grads or not axes:
         return
     flat = _flatten_dense_tensors(grads)
-    for group in groups:
-        all_reduce(flat, group)
+    for axis in axes:
+        all_reduce(flat, axis)
     for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
         grad.copy_(synced)
 
@@ -37,8 +37,8 @@ def sync_gradients(model, grid) -> None:
         if param.grad is None:
             param.grad = torch.zeros_like(param)
         (sharded if sharding.depth_sharded else replicated).append(param.grad)
-    _all_reduce_coalesced(sharded, [grid.group("data")])
-    _all_reduce_coalesced(replicated, [grid.group("depth"), grid.group("data")])
+    _all_reduce_coalesced(sharded, [grid.axis("data")])
+    _all_reduce_coalesced(replicated, [grid.axis("depth"), grid.axis("data")])
 
 
 def clip_grad_norm(model, grid, max_norm: float) -> float:
@@ -56,7 +56,7 @@ def clip_grad_norm(model, grid, max_norm: float) -> float:
         if sharding.depth_sharded or counts_replicated:
             square += torch.linalg.vector_norm(param.grad, dtype=torch.float64).square()  # fp64 sum, no copy
     for axis in ("depth", "row", "col"):
-        all_reduce(square, grid.group(axis))
+        all_reduce(square, grid.axis(axis))
     norm = square.sqrt().item()
     if max_norm > 0 and norm > max_norm:
         scale = max_norm / (norm + 1e-6)

@@ -28,8 +28,8 @@ class TensorParallelLinear(nn.Module):
         out_axis, in_axis = ORIENTATIONS[orientation]
         self.sharding = Sharding((out_features, in_features), (out_axis, in_axis), depth_sharded=True)
         self.init_std = init_std
-        self.out_group, self.in_group = grid.group(out_axis), grid.group(in_axis)
-        self.depth_group = grid.group("depth")
+        self.out_axis, self.in_axis = grid.axis(out_axis), grid.axis(in_axis)
+        self.depth_axis = grid.axis("depth")
         self.block_shape = self.sharding.block_shape(grid)
         self.weight = nn.Parameter(torch.empty(self.sharding.shard_numel(grid)))
         # Overlap switches, set by axon.parallel.overlap.enable_overlap; off = synchronous.
@@ -48,8 +48,8 @@ class _TensorParallelLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight_shard, layer: TensorParallelLinear):
         # The weight takes the activations' dtype before the gather: bf16 halves its traffic.
-        weight = gather_block(weight_shard.to(x.dtype), layer.block_shape, layer.depth_group)
-        y = all_reduce(F.linear(x, weight), layer.in_group)  # sum partial products over `in`
+        weight = gather_block(weight_shard.to(x.dtype), layer.block_shape, layer.depth_axis)
+        y = all_reduce(F.linear(x, weight), layer.in_axis)  # sum partial products over `in`
         ctx.save_for_backward(x, weight_shard)
         ctx.layer = layer
         return y
@@ -58,21 +58,21 @@ class _TensorParallelLinearFn(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight_shard = ctx.saved_tensors
         layer = ctx.layer
-        weight = gather_block(weight_shard.to(dy.dtype), layer.block_shape, layer.depth_group)
+        weight = gather_block(weight_shard.to(dy.dtype), layer.block_shape, layer.depth_axis)
         dx = dy @ weight
         # Sum partial dX over `out`; with OAR it travels while the dW GEMM below computes.
-        dx_handle = all_reduce_start(dx, layer.out_group) if layer.overlap_all_reduce else None
+        dx_handle = all_reduce_start(dx, layer.out_axis) if layer.overlap_all_reduce else None
         if not layer.overlap_all_reduce:
-            all_reduce(dx, layer.out_group)
+            all_reduce(dx, layer.out_axis)
         dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
         dw = (dy2.t() @ x2).to(weight_shard.dtype)  # summed over depth in the master dtype
         if dx_handle is not None:
             dx_handle.wait()
-        if layer.pending is not None and layer.depth_group is not None:
+        if layer.pending is not None and layer.depth_axis.group is not None:
             # ORS: the reduce-scatter runs on through the rest of backward; PendingReductions
             # adds it to the gradient before anything reads it.
-            shard, handle = reduce_scatter_start(padded_flat(dw, weight_shard.numel(), layer.depth_group),
-                                                 layer.depth_group)
+            shard, handle = reduce_scatter_start(padded_flat(dw, weight_shard.numel(), layer.depth_axis),
+                                                 layer.depth_axis)
             layer.pending.add(layer.weight, handle, shard)
             return dx, None, None
-        return dx, scatter_block_grad(dw, weight_shard.numel(), layer.depth_group), None
+        return dx, scatter_block_grad(dw, weight_shard.numel(), layer.depth_axis), None

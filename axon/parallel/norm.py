@@ -18,10 +18,10 @@ class ShardedRMSNorm(nn.Module):
         super().__init__()
         self.sharding = Sharding((hidden,), ("col",), depth_sharded=False)
         self.hidden, self.eps = hidden, eps
-        self.col_group = grid.group("col")
+        self.col_axis = grid.axis("col")
         self.weight = nn.Parameter(torch.ones(self.sharding.block_shape(grid)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()  # statistics in fp32 whatever the compute dtype
-        square_sum = sum_over_group(x32.pow(2).sum(-1, keepdim=True), self.col_group)
+        square_sum = sum_over_group(x32.pow(2).sum(-1, keepdim=True), self.col_axis)
         return (x32 * torch.rsqrt(square_sum / self.hidden + self.eps) * self.weight).to(x.dtype)

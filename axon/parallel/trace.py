@@ -1,0 +1,95 @@
+"""A record of every collective: op, axis, bytes, when it was issued, when waiting began,
+when it completed. Summaries go into metrics.jsonl; a Chrome trace opens in Perfetto.
+
+Times are host wall-clock. A synchronous collective is exposed for its whole duration.
+For an asynchronous one, comm time runs from issue to the end of its wait (an upper bound:
+the host learns of completion only when it waits) and only the wait is exposed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+@dataclass
+class CommEvent:
+    op: str
+    axis: str
+    bytes: int
+    issued: float
+    wait_start: float
+    completed: float
+
+
+class CommTrace:
+    def __init__(self):
+        self.enabled = False
+        self.events: list[CommEvent] = []
+        self.origin = time.perf_counter()
+
+    def add(self, event: CommEvent) -> None:
+        if self.enabled:
+            self.events.append(event)
+
+    def take(self) -> list[CommEvent]:
+        events, self.events = self.events, []
+        return events
+
+
+def summarize(events: list[CommEvent]) -> dict:
+    comm = sum(e.completed - e.issued for e in events)
+    exposed = sum(e.completed - e.wait_start for e in events)
+    return {"comm_s": comm, "exposed_comm_s": exposed,
+            "overlap_fraction": 1.0 - exposed / comm if comm > 0 else 0.0}
+
+
+def write_chrome_trace(path, events: list[CommEvent], origin: float, rank: int) -> None:
+    """Chrome trace-event JSON: each collective as an issue-to-completion span on its axis's
+    track, with the exposed wait as a second span on the 'waiting' track."""
+    records = []
+    for e in events:
+        args = {"bytes": e.bytes, "axis": e.axis}
+        records.append({"name": f"{e.op} [{e.axis}]", "ph": "X", "pid": rank, "tid": e.axis, "args": args,
+                        "ts": (e.issued - origin) * 1e6, "dur": (e.completed - e.issued) * 1e6})
+        records.append({"name": f"wait {e.op} [{e.axis}]", "ph": "X", "pid": rank, "tid": "waiting",
+                        "ts": (e.wait_start - origin) * 1e6, "dur": (e.completed - e.wait_start) * 1e6})
+    with open(path, "w") as f:
+        json.dump({"traceEvents": records, "displayTimeUnit": "ms"}, f)
+
+
+class TracedWork:
+    """An async collective's handle that records its wait; waiting twice is an error."""
+
+    def __init__(self, work, axis: "Axis", op: str, nbytes: int):
+        self.work, self.axis, self.op, self.nbytes = work, axis, op, nbytes
+        self.issued = time.perf_counter()
+        self.done = False
+
+    def wait(self) -> None:
+        if self.done:
+            raise RuntimeError(f"{self.op} on {self.axis.name} was already waited for")
+        wait_start = time.perf_counter()
+        self.work.wait()
+        self.done = True
+        self.axis.trace.add(CommEvent(self.op, self.axis.name, self.nbytes, self.issued, wait_start,
+                                      time.perf_counter()))
+
+
+class Axis:
+    """One grid axis as the layers see it: its name, its group (None when of size 1) and
+    the trace its collectives are recorded in."""
+
+    def __init__(self, name: str, group, size: int, trace: CommTrace):
+        self.name, self.group, self.size, self.trace = name, group, size, trace
+
+    @contextmanager
+    def record(self, op: str, nbytes: int):
+        start = time.perf_counter()
+        yield
+        self.trace.add(CommEvent(op, self.name, nbytes, start, start, time.perf_counter()))
+
+    def started(self, op: str, nbytes: int, work) -> TracedWork:
+        return TracedWork(work, self, op, nbytes)
