@@ -2,8 +2,11 @@
 when it completed. Summaries go into metrics.jsonl; a Chrome trace opens in Perfetto.
 
 Times are host wall-clock. A synchronous collective is exposed for its whole duration.
-For an asynchronous one, comm time runs from issue to the end of its wait (an upper bound:
-the host learns of completion only when it waits) and only the wait is exposed.
+An asynchronous one runs from issue to the first moment the host sees it complete: its
+handle is polled whenever any collective is recorded, and at its wait (an upper bound, as
+tight as that polling) — and only the time blocked in its wait is exposed. gloo's
+reduce-scatter handles report completion only when waited for, so on CPU its comm time
+(and with it overlap_fraction) is overstated; exposed_comm_s is exact either way.
 """
 
 from __future__ import annotations
@@ -29,10 +32,20 @@ class CommTrace:
         self.enabled = False
         self.events: list[CommEvent] = []
         self.origin = time.perf_counter()
+        self.in_flight: list[TracedWork] = []
 
     def add(self, event: CommEvent) -> None:
         if self.enabled:
             self.events.append(event)
+        self.poll()
+
+    def poll(self) -> None:
+        """Stamp the asynchronous collectives that have finished since the last look."""
+        now = time.perf_counter()
+        for work in self.in_flight:
+            if work.seen_complete is None and work.work.is_completed():
+                work.seen_complete = now
+        self.in_flight = [w for w in self.in_flight if w.seen_complete is None and not w.done]
 
     def take(self) -> list[CommEvent]:
         events, self.events = self.events, []
@@ -67,6 +80,9 @@ class TracedWork:
         self.work, self.axis, self.op, self.nbytes = work, axis, op, nbytes
         self.issued = time.perf_counter()
         self.done = False
+        self.seen_complete = None
+        axis.trace.poll()
+        axis.trace.in_flight.append(self)
 
     def wait(self) -> None:
         if self.done:
@@ -74,8 +90,11 @@ class TracedWork:
         wait_start = time.perf_counter()
         self.work.wait()
         self.done = True
-        self.axis.trace.add(CommEvent(self.op, self.axis.name, self.nbytes, self.issued, wait_start,
-                                      time.perf_counter()))
+        if self.seen_complete is not None:  # it had finished before we waited: nothing was exposed
+            wait_start = completed = self.seen_complete
+        else:
+            completed = time.perf_counter()
+        self.axis.trace.add(CommEvent(self.op, self.axis.name, self.nbytes, self.issued, wait_start, completed))
 
 
 class Axis:
