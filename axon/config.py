@@ -53,6 +53,10 @@ class DataConfig:
 class OverlapSection:
     all_reduce: bool = True  # OAR: backward all-reduce of dX overlaps the dW GEMM
     reduce_scatter: bool = True  # ORS: depth reduce-scatter of dW runs on through backward
+    all_gather: bool = True  # OAG: depth all-gathers of upcoming weights are issued ahead
+    prefetch_distance: int = 2  # OAG: how many gathers ahead of the one being used
+    data_parallel: bool = True  # DP: gradient buckets are all-reduced over data while backward runs
+    bucket_mb: float = 25.0  # DP: gradient bucket size in MiB (also used when data_parallel is off)
 
 
 @dataclass
@@ -291,6 +295,9 @@ def _check_values(config: RunConfig) -> None:
     if t.warmup_steps < 0 or not 0 <= t.min_lr_ratio <= 1:
         raise ConfigError(f"train.warmup_steps must be >= 0 and train.min_lr_ratio in [0, 1], "
                           f"got {t.warmup_steps} and {t.min_lr_ratio}")
+    if config.overlap.prefetch_distance < 1 or config.overlap.bucket_mb <= 0:
+        raise ConfigError(f"overlap.prefetch_distance must be at least 1 and overlap.bucket_mb positive, "
+                          f"got {config.overlap.prefetch_distance} and {config.overlap.bucket_mb}")
     if t.checkpoint_every < 0 or t.keep_checkpoints < 1:
         raise ConfigError(f"train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1, "
                           f"got {t.checkpoint_every} and {t.keep_checkpoints}")

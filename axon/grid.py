@@ -25,23 +25,35 @@ class Grid:
             self._groups[axis] = self._build_axis_groups(axis)
         self.trace = CommTrace()  # every collective of a step on this rank, when enabled
         self._axes = {axis: Axis(axis, self._groups[axis], self.size(axis), self.trace) for axis in AXES}
+        # Replicated weights' gradients are summed over data and depth at once. Where one of the
+        # two has size 1 the other axis's group serves; only a true 2-D group is created anew.
+        if layout.depth == 1:
+            joint = self._groups["data"]
+        elif layout.data == 1:
+            joint = self._groups["depth"]
+        else:
+            joint = self._build_groups(("data", "depth"))
+        self._axes["data+depth"] = Axis("data+depth", joint, layout.data * layout.depth, self.trace)
 
     def _build_axis_groups(self, axis: str) -> dist.ProcessGroup | None:
-        """Create every group along `axis`; return the one this rank belongs to.
+        return None if getattr(self.layout, axis) == 1 else self._build_groups((axis,))
+
+    def _build_groups(self, axes: tuple[str, ...]) -> dist.ProcessGroup:
+        """Create every group spanning `axes` (ranks that differ only there); return this rank's.
 
         Every rank must call new_group for every group in the same order; ranks
         outside a group return at once and no barrier runs, so this stays O(world)
         cheap Python even at 32,768 ranks.
         """
-        size = getattr(self.layout, axis)
-        if size == 1:
-            return None
-        stride = self.layout.strides()[axis]
+        strides = self.layout.strides()
+        offsets = [0]
+        for axis in axes:
+            offsets = [o + i * strides[axis] for o in offsets for i in range(getattr(self.layout, axis))]
         mine = None
         for base in range(self.layout.world_size):
-            if (base // stride) % size:
-                continue  # not the first rank of its group along this axis
-            ranks = [base + i * stride for i in range(size)]
+            if any((base // strides[axis]) % getattr(self.layout, axis) for axis in axes):
+                continue  # not the first rank of its group
+            ranks = sorted(base + o for o in offsets)
             group = dist.new_group(ranks)
             if self.rank in ranks:
                 mine = group
@@ -58,14 +70,15 @@ class Grid:
         return self._groups[axis]
 
     def axis(self, axis: str) -> Axis:
-        """The axis as layers use it: its group plus the trace its collectives go into."""
+        """The axis as layers use it: its group plus the trace its collectives go into.
+        Besides the five layout axes there is "data+depth", both at once."""
         return self._axes[axis]
 
     def destroy(self) -> None:
-        for axis, group in self._groups.items():
-            if group is not None:
-                dist.destroy_process_group(group)
-            self._groups[axis] = None
+        groups = {id(a.group): a.group for a in self._axes.values() if a.group is not None}
+        for group in groups.values():
+            dist.destroy_process_group(group)
+        self._groups = dict.fromkeys(self._groups)
 
     def __repr__(self) -> str:
         where = ", ".join(f"{axis}={self.coords[axis]}" for axis in AXES)

@@ -14,7 +14,8 @@ from axon.data import shard_micro_batches, token_source
 from axon.metrics import MetricsLog
 from axon.model import Llama, initialize_parameters
 from axon.parallel.comm import all_reduce, any_rank
-from axon.parallel.grads import clip_grad_norm, sync_gradients
+from axon.parallel.data_parallel import GradientBuckets
+from axon.parallel.grads import clip_grad_norm
 from axon.parallel.overlap import enable_overlap
 from axon.parallel.trace import summarize, write_chrome_trace
 from axon.parallel.sharding import named_shardings
@@ -72,7 +73,9 @@ class Trainer:
         else:
             initialize_parameters(self.model, grid, config.train.seed)
         self.model.recompute_blocks = config.train.recompute == "block"
-        self.pending = enable_overlap(self.model, config.overlap)
+        self.pending, self.prefetcher = enable_overlap(self.model, config.overlap, grid.axis("depth"))
+        self.buckets = GradientBuckets(self.model, grid, config.overlap.bucket_mb, config.overlap.data_parallel,
+                                       self.pending)
         self.optimizer = build_optimizer(self.model, config)
         self.source = source if source is not None else token_source(config)
         self.tokens_per_step = config.train.global_batch * config.model.seq_len
@@ -114,23 +117,30 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         batches = shard_micro_batches(self.source, self.config, self.grid, step, self.device,
                                       first_sequence=self.next_sequence(step))
-        for ids, targets in batches:
-            # Sum of token losses over the global batch's token count: gradients summed over
-            # data and depth then give the exact mean-loss gradient.
-            token_losses = self.model.token_losses(ids, targets)
-            (token_losses.sum() / self.tokens_per_step).backward()
-            loss_sum += token_losses.detach().sum()
-        self.pending.finish()  # ORS: every weight gradient is complete from here on
-        for axis in ("depth", "data"):
-            all_reduce(loss_sum, self.grid.axis(axis))
+        if self.prefetcher is not None:
+            self.prefetcher.begin_step()
+        try:
+            for index, (ids, targets) in enumerate(batches):
+                self.buckets.final_micro_batch = index == len(batches) - 1  # DP buckets launch in this backward
+                # Sum of token losses over the global batch's token count: gradients summed over
+                # data and depth then give the exact mean-loss gradient.
+                token_losses = self.model.token_losses(ids, targets)
+                (token_losses.sum() / self.tokens_per_step).backward()
+                loss_sum += token_losses.detach().sum()
+        finally:
+            if self.prefetcher is not None:
+                self.prefetcher.end_step()
+        self.buckets.finish()  # every gradient is summed over data and depth from here on
+        all_reduce(loss_sum, self.grid.axis("data+depth"))
         loss = loss_sum.item() / self.tokens_per_step
-        sync_gradients(self.model, self.grid)
         grad_norm = clip_grad_norm(self.model, self.grid, self.config.train.grad_clip)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # the same on every rank: all stop here
             raise TrainingDiverged(f"step {step + 1}: loss {loss}, gradient norm {grad_norm}; "
                                    "stopped before applying the update")
         self.optimizer.step()
         step_time = time.perf_counter() - start
+        if self.grid.trace.unwaited:
+            raise RuntimeError(f"step {step + 1} ended with {self.grid.trace.unwaited} collective(s) never waited for")
         events = self.grid.trace.take()
         if 1 <= step - self.start_step <= self.config.train.trace_steps:  # skip the warm-up step
             self.traced_events += events

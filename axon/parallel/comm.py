@@ -42,6 +42,13 @@ def all_gather_flat(shard: torch.Tensor, axis) -> torch.Tensor:
     return full
 
 
+def all_gather_start(shard: torch.Tensor, axis):
+    """Start an all-gather of a 1-D shard; returns (the full buffer, handle). Axis size > 1."""
+    full = shard.new_empty(shard.numel() * axis.size)
+    work = dist.all_gather_single(full, shard.contiguous(), group=axis.group, async_op=True)
+    return full, axis.started("all_gather", _nbytes(full), work)
+
+
 def reduce_scatter_flat(full: torch.Tensor, axis) -> torch.Tensor:
     """Sum a 1-D tensor over the axis and keep this rank's equal-sized slice."""
     if axis.group is None:
@@ -100,25 +107,6 @@ def gather_block(shard: torch.Tensor, block_shape, axis) -> torch.Tensor:
     """A 2-D weight block rebuilt from its depth shards (dropping the padding at the end)."""
     rows, cols = block_shape
     return all_gather_flat(shard, axis)[: rows * cols].view(rows, cols)
-
-
-class _GatherDepthBlock(torch.autograd.Function):
-    """Forward: a weight block rebuilt from its depth shards; backward: the block's
-    gradient summed over depth and scattered back to the shards (FSDP-style)."""
-
-    @staticmethod
-    def forward(ctx, shard, block_shape, axis):
-        ctx.axis, ctx.shard_numel = axis, shard.numel()
-        return gather_block(shard, block_shape, axis)
-
-    @staticmethod
-    def backward(ctx, dblock):
-        return scatter_block_grad(dblock, ctx.shard_numel, ctx.axis), None, None
-
-
-def gather_depth_block(shard: torch.Tensor, block_shape, axis) -> torch.Tensor:
-    """Differentiable depth all-gather of a 2-D block (shards may end in padding)."""
-    return _GatherDepthBlock.apply(shard, tuple(block_shape), axis)
 
 
 def padded_flat(dblock: torch.Tensor, shard_numel: int, axis) -> torch.Tensor:

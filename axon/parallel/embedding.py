@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from axon.parallel.comm import gather_depth_block, sum_partials
+from axon.parallel.comm import scatter_block_grad, sum_partials
+from axon.parallel.prefetch import fetch_weight
 from axon.parallel.sharding import Sharding
 
 
@@ -25,12 +26,27 @@ class VocabParallelEmbedding(nn.Module):
         self.vocab_start = self.sharding.block_slices(grid)[0].start
         self.row_axis, self.depth_axis = grid.axis("row"), grid.axis("depth")
         self.weight = nn.Parameter(torch.empty(self.sharding.shard_numel(grid)))
+        self.prefetcher = None  # WeightPrefetcher: OAG's depth all-gathers issued ahead
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        table = gather_depth_block(self.weight, self.block_shape, self.depth_axis)
+        table = _GatheredTable.apply(self.weight, self)
         local = ids - self.vocab_start
         outside = (local < 0) | (local >= self.block_shape[0])
         rows = F.embedding(local.masked_fill(outside, 0), table)
         rows = rows.masked_fill(outside.unsqueeze(-1), 0.0)
         return sum_partials(rows, self.row_axis)
 
+
+
+class _GatheredTable(torch.autograd.Function):
+    """Forward: the table block rebuilt from its depth shards; backward: its gradient summed
+    over depth and scattered back to this rank's shard."""
+
+    @staticmethod
+    def forward(ctx, shard, module):
+        ctx.module = module
+        return fetch_weight(module, shard.dtype)
+
+    @staticmethod
+    def backward(ctx, dtable):
+        return scatter_block_grad(dtable, ctx.module.weight.numel(), ctx.module.depth_axis), None

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from axon.parallel.comm import (all_reduce, all_reduce_start, gather_block, padded_flat, reduce_scatter_start,
-                               scatter_block_grad)
+from axon.parallel.comm import all_reduce, all_reduce_start, padded_flat, reduce_scatter_start, scatter_block_grad
+from axon.parallel.prefetch import fetch_weight
 from axon.parallel.sharding import Sharding
 
 ORIENTATIONS = {"normal": ("row", "col"), "transposed": ("col", "row")}  # (axis of out, axis of in)
@@ -35,6 +35,7 @@ class TensorParallelLinear(nn.Module):
         # Overlap switches, set by axon.parallel.overlap.enable_overlap; off = synchronous.
         self.overlap_all_reduce = False
         self.pending = None  # PendingReductions: where ORS leaves its reduce-scatters
+        self.prefetcher = None  # WeightPrefetcher: OAG's depth all-gathers issued ahead
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _TensorParallelLinearFn.apply(x, self.weight, self)
@@ -48,7 +49,7 @@ class _TensorParallelLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight_shard, layer: TensorParallelLinear):
         # The weight takes the activations' dtype before the gather: bf16 halves its traffic.
-        weight = gather_block(weight_shard.to(x.dtype), layer.block_shape, layer.depth_axis)
+        weight = fetch_weight(layer, x.dtype)
         y = all_reduce(F.linear(x, weight), layer.in_axis)  # sum partial products over `in`
         ctx.save_for_backward(x, weight_shard)
         ctx.layer = layer
@@ -58,7 +59,7 @@ class _TensorParallelLinearFn(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight_shard = ctx.saved_tensors
         layer = ctx.layer
-        weight = gather_block(weight_shard.to(dy.dtype), layer.block_shape, layer.depth_axis)
+        weight = fetch_weight(layer, dy.dtype)
         dx = dy @ weight
         # Sum partial dX over `out`; with OAR it travels while the dW GEMM below computes.
         dx_handle = all_reduce_start(dx, layer.out_axis) if layer.overlap_all_reduce else None

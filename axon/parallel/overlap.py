@@ -1,52 +1,77 @@
 """Overlap switches and the reductions they leave in flight.
 
 OAR: a linear layer's backward all-reduce of dX runs while its dW GEMM computes.
-ORS: the depth reduce-scatter of dW is asynchronous; `PendingReductions.finish()` waits
-for each one exactly once and accumulates it into the parameter's gradient, in issue
-order, before anything reads gradients. The same collectives run in the same order
-either way, so the switches never change a number.
+ORS: the depth reduce-scatter of dW is asynchronous; `PendingReductions` waits for each one
+exactly once and accumulates it into the parameter's gradient, in issue order, before
+anything reads that gradient.
+OAG: depth all-gathers are issued ahead (axon.parallel.prefetch).
+DP: data-parallel gradient buckets are reduced during backward (axon.parallel.data_parallel).
+The same collectives run in the same order either way, so the switches never change a number.
 """
 
 from __future__ import annotations
 
 import torch
 
+from axon.parallel.prefetch import WeightPrefetcher
+
 
 class PendingReductions:
     """Weight-gradient reduce-scatters still in flight, owned by one model."""
 
     def __init__(self):
-        self._pending: list[tuple[torch.nn.Parameter, object, torch.Tensor]] = []
+        self._pending: dict[torch.nn.Parameter, list[tuple[object, torch.Tensor]]] = {}
         self.issued = self.waited = 0
+        self.on_issue = None  # called with the parameter after each reduce-scatter is issued
 
     def add(self, param: torch.nn.Parameter, handle, shard: torch.Tensor) -> None:
-        self._pending.append((param, handle, shard))
+        self._pending.setdefault(param, []).append((handle, shard))
         self.issued += 1
+        if self.on_issue is not None:
+            self.on_issue(param)
 
-    def finish(self) -> None:
-        """Wait for every reduction and add its result to the gradient (the order of autograd's own
-        accumulation, so results match the synchronous path bit for bit)."""
-        for param, handle, shard in self._pending:
+    def has(self, param: torch.nn.Parameter) -> bool:
+        return param in self._pending
+
+    def complete(self, param: torch.nn.Parameter) -> None:
+        """Wait for `param`'s reductions and add them to its gradient in issue order (the order of
+        autograd's own accumulation, so results match the synchronous path bit for bit)."""
+        for handle, shard in self._pending.pop(param, []):
             handle.wait()
             self.waited += 1
             if param.grad is None:
                 param.grad = shard
             else:
                 param.grad.add_(shard)
-        self._pending.clear()
+
+    def finish(self) -> None:
+        """Complete every parameter's reductions: gradients are whole from here on."""
+        for param in list(self._pending):
+            self.complete(param)
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return sum(len(entries) for entries in self._pending.values())
 
 
-def enable_overlap(model, overlap) -> PendingReductions:
-    """Apply the switches of `overlap` (the config's overlap section: .all_reduce,
-    .reduce_scatter) to every tensor-parallel linear layer of `model`."""
+def depth_sharded_modules(model) -> list[torch.nn.Module]:
+    """The modules that gather a depth-sharded weight (linear layers and the embedding)."""
+    from axon.parallel.embedding import VocabParallelEmbedding
+    from axon.parallel.linear import TensorParallelLinear
+
+    return [m for m in model.modules() if isinstance(m, (TensorParallelLinear, VocabParallelEmbedding))]
+
+
+def enable_overlap(model, overlap, depth_axis) -> tuple[PendingReductions, WeightPrefetcher | None]:
+    """Apply the OAR, ORS and OAG switches of `overlap` (the config's overlap section) to every
+    depth-sharded module of `model`; returns where ORS leaves its reductions and the prefetcher."""
     from axon.parallel.linear import TensorParallelLinear
 
     pending = PendingReductions()
-    for module in model.modules():
+    use_prefetch = overlap.all_gather and depth_axis.group is not None
+    prefetcher = WeightPrefetcher(overlap.prefetch_distance) if use_prefetch else None
+    for module in depth_sharded_modules(model):
+        module.prefetcher = prefetcher
         if isinstance(module, TensorParallelLinear):
             module.overlap_all_reduce = overlap.all_reduce
             module.pending = pending if overlap.reduce_scatter else None
-    return pending
+    return pending, prefetcher

@@ -33,6 +33,7 @@ class CommTrace:
         self.events: list[CommEvent] = []
         self.origin = time.perf_counter()
         self.in_flight: list[TracedWork] = []
+        self.unwaited = 0  # asynchronous collectives issued and not yet waited for
 
     def add(self, event: CommEvent) -> None:
         if self.enabled:
@@ -83,6 +84,7 @@ class TracedWork:
         self.seen_complete = None
         axis.trace.poll()
         axis.trace.in_flight.append(self)
+        axis.trace.unwaited += 1
 
     def wait(self) -> None:
         if self.done:
@@ -90,6 +92,7 @@ class TracedWork:
         wait_start = time.perf_counter()
         self.work.wait()
         self.done = True
+        self.axis.trace.unwaited -= 1
         if self.seen_complete is not None:  # it had finished before we waited: nothing was exposed
             wait_start = completed = self.seen_complete
         else:

@@ -1,0 +1,128 @@
+"""Data-parallel gradient reduction in buckets, launched while backward still runs.
+
+Tokens are split over data and depth, so every gradient must end up summed over those two
+axes and nothing else:
+* depth-sharded weights (linear layers, embedding): backward already reduce-scattered each
+  block's gradient over depth; the shard is all-reduced over data here.
+* replicated weights (RMSNorm gains, split over col only): all-reduced over data and depth
+  at once. Row ranks see the same tokens and the same hidden slice, so their gradients are
+  already identical: no reduction over row.
+
+Parameters fill buckets of about `bucket_mb` in the order backward produces their
+gradients. With overlap on, a bucket is flattened and all-reduced as soon as every gradient
+in it is final (the step's last micro-batch), strictly in bucket order so that every rank
+issues the same collectives. A bucket whose gradients come from ORS reduce-scatters waits
+one more readiness event before launching, so its newest reduce-scatter is not waited for
+the moment it was issued. With overlap off the same buckets are reduced after backward:
+the switch changes no number.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from axon.parallel.comm import all_reduce, all_reduce_start
+from axon.parallel.sharding import named_shardings
+
+
+class _Bucket:
+    def __init__(self, params: list[torch.nn.Parameter], axis):
+        self.params, self.axis = params, axis
+        self.reset()
+
+    def reset(self) -> None:
+        self.missing = len(self.params)  # gradients of the last micro-batch not yet final
+        self.ready_at = None  # readiness event at which the last one came in
+        self.flat = self.handle = None
+
+
+def _split_by_size(params: list[torch.nn.Parameter], limit_bytes: float) -> list[list[torch.nn.Parameter]]:
+    buckets, current, size = [], [], 0
+    for param in params:
+        if current and size + param.numel() * param.element_size() > limit_bytes:
+            buckets.append(current)
+            current, size = [], 0
+        current.append(param)
+        size += param.numel() * param.element_size()
+    return buckets + [current] if current else buckets
+
+
+class GradientBuckets:
+    """Sums one model's gradients over data (and replicated ones over depth too)."""
+
+    def __init__(self, model, grid, bucket_mb: float, overlap: bool, pending):
+        sharded, replicated = [], []
+        for _, param, sharding in reversed(list(named_shardings(model))):  # roughly backward order
+            (sharded if sharding.depth_sharded else replicated).append(param)
+        self.params = sharded + replicated
+        data, joint = grid.axis("data"), grid.axis("data+depth")
+        self.buckets = []
+        if data.group is not None:
+            self.buckets += [_Bucket(ps, data) for ps in _split_by_size(sharded, bucket_mb * 2**20)]
+        if joint.group is not None and replicated:  # a few vectors: one bucket, last
+            self.buckets.append(_Bucket(replicated, joint))
+        self.bucket_of = {param: bucket for bucket in self.buckets for param in bucket.params}
+        self.overlap, self.pending = overlap, pending
+        self.final_micro_batch = False  # set by the trainer around the step's last backward
+        self._ready: set[torch.nn.Parameter] = set()
+        self._events = self._next_launch = 0
+        self.launched = 0  # buckets launched during backward (rather than after it)
+        if overlap and self.buckets:
+            # A gradient is final when autograd accumulates it, or, under ORS, when its
+            # reduce-scatter is issued (autograd then receives no gradient for it).
+            for param in self.bucket_of:
+                param.register_post_accumulate_grad_hook(self._gradient_ready)
+            pending.on_issue = self._gradient_ready
+
+    def _gradient_ready(self, param: torch.nn.Parameter) -> None:
+        if not self.final_micro_batch or param in self._ready or param not in self.bucket_of:
+            return
+        self._ready.add(param)
+        self._events += 1
+        bucket = self.bucket_of[param]
+        bucket.missing -= 1
+        if bucket.missing == 0:
+            bucket.ready_at = self._events
+        while self._next_launch < len(self.buckets):
+            head = self.buckets[self._next_launch]
+            if head.ready_at is None or (head.ready_at == self._events and self._from_reduce_scatters(head)):
+                break
+            self._launch(head)
+            self.launched += 1
+
+    def _from_reduce_scatters(self, bucket: _Bucket) -> bool:
+        return any(self.pending.has(param) for param in bucket.params)
+
+    def _launch(self, bucket: _Bucket) -> None:
+        for param in bucket.params:
+            self.pending.complete(param)
+            if param.grad is None:  # unused this step: contributes zeros
+                param.grad = torch.zeros_like(param)
+        bucket.flat = _flatten_dense_tensors([param.grad for param in bucket.params])
+        if self.overlap:
+            bucket.handle = all_reduce_start(bucket.flat, bucket.axis)
+        else:
+            all_reduce(bucket.flat, bucket.axis)
+        self._next_launch += 1
+
+    def finish(self) -> None:
+        """Launch the buckets backward left, wait for all, and write the sums into the gradients.
+        Every gradient is whole afterwards: ORS reductions outside any bucket are completed, and
+        parameters the step gave no gradient get zeros."""
+        while self._next_launch < len(self.buckets):
+            self._launch(self.buckets[self._next_launch])
+        self.pending.finish()
+        for bucket in self.buckets:
+            if bucket.handle is not None:
+                bucket.handle.wait()
+            grads = [param.grad for param in bucket.params]
+            for grad, summed in zip(grads, _unflatten_dense_tensors(bucket.flat, grads)):
+                grad.copy_(summed)
+            bucket.reset()
+        for param in self.params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+        self._ready.clear()
+        self._events = self._next_launch = 0
+        self.final_micro_batch = False
