@@ -83,6 +83,8 @@ class Trainer:
         self.peak_tflops = peak_tflops
         self.start_step, self.start_sequence = 0, 0
         grid.trace.enabled = True  # a few clock reads per collective: cheap enough to keep on
+        if device.type == "cuda":
+            grid.trace.use_cuda_events()
         self.traced_events = []  # what goes into the Chrome trace (train.trace_steps)
 
     def next_sequence(self, step: int) -> int:

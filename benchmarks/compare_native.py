@@ -205,15 +205,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--cores", type=int, default=2, help="torch threads per rank = cores // world")
     parser.add_argument("--axon-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override applied to every axon config (repeatable)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", action="append", default=[], metavar="LAYOUT",
+                        help="run only the pairs of this axon layout, e.g. data=2 or depth=2,col=2 (repeatable); "
+                             "results then go to --out only if given")
+    parser.add_argument("--out", type=Path, default=None, help=f"JSON results (default {RESULTS.name} in results/)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path(tempfile.gettempdir()) / "compare_native_only.json" if args.only else RESULTS
     started = time.perf_counter()
     switches = overlap_switches()
     overlap_pairs = [(f"axon overlap on/off {'x'.join(f'{k}={v}' for k, v in lay.items())}", w, lay, "overlap")
                      for _, w, lay, _ in NATIVE_PAIRS if switches]
     rows, overlap_rows = [], []
-    for world in sorted({p[1] for p in NATIVE_PAIRS}):
-        pairs = [p for p in NATIVE_PAIRS + overlap_pairs if p[1] == world]
+    wanted = lambda pair: not args.only or ",".join(f"{k}={v}" for k, v in pair[2].items()) in args.only  # noqa: E731
+    for world in sorted({p[1] for p in NATIVE_PAIRS if wanted(p)}):
+        pairs = [p for p in NATIVE_PAIRS + overlap_pairs if p[1] == world and wanted(p)]
         raw = spawn(time_worker, world, args, pairs)
         for pair, r in zip(pairs, raw):
             if pair[3] == "overlap":

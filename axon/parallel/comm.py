@@ -29,7 +29,8 @@ def all_reduce_start(tensor: torch.Tensor, axis):
     """Start an in-place all-reduce; returns its handle (None when the axis has size 1)."""
     if axis.group is None:
         return None
-    return axis.started("all_reduce", _nbytes(tensor), dist.all_reduce(tensor, group=axis.group, async_op=True))
+    work = dist.all_reduce(tensor, group=axis.group, async_op=True)
+    return axis.started("all_reduce", _nbytes(tensor), work, keep_alive=(tensor,))
 
 
 def all_gather_flat(shard: torch.Tensor, axis) -> torch.Tensor:
@@ -44,9 +45,9 @@ def all_gather_flat(shard: torch.Tensor, axis) -> torch.Tensor:
 
 def all_gather_start(shard: torch.Tensor, axis):
     """Start an all-gather of a 1-D shard; returns (the full buffer, handle). Axis size > 1."""
-    full = shard.new_empty(shard.numel() * axis.size)
-    work = dist.all_gather_single(full, shard.contiguous(), group=axis.group, async_op=True)
-    return full, axis.started("all_gather", _nbytes(full), work)
+    full, shard = shard.new_empty(shard.numel() * axis.size), shard.contiguous()
+    work = dist.all_gather_single(full, shard, group=axis.group, async_op=True)
+    return full, axis.started("all_gather", _nbytes(full), work, keep_alive=(full, shard))
 
 
 def reduce_scatter_flat(full: torch.Tensor, axis) -> torch.Tensor:
@@ -61,9 +62,9 @@ def reduce_scatter_flat(full: torch.Tensor, axis) -> torch.Tensor:
 
 def reduce_scatter_start(full: torch.Tensor, axis):
     """Start a reduce-scatter of a 1-D tensor; returns (this rank's shard buffer, handle)."""
-    shard = full.new_empty(full.numel() // axis.size)
-    work = dist.reduce_scatter_single(shard, full.contiguous(), group=axis.group, async_op=True)
-    return shard, axis.started("reduce_scatter", _nbytes(full), work)
+    shard, full = full.new_empty(full.numel() // axis.size), full.contiguous()
+    work = dist.reduce_scatter_single(shard, full, group=axis.group, async_op=True)
+    return shard, axis.started("reduce_scatter", _nbytes(full), work, keep_alive=(full, shard))
 
 
 class _SumOverGroup(torch.autograd.Function):

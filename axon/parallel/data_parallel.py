@@ -116,9 +116,10 @@ class GradientBuckets:
         for bucket in self.buckets:
             if bucket.handle is not None:
                 bucket.handle.wait()
+            # The gradients become views of the reduced bucket: no copy back.
             grads = [param.grad for param in bucket.params]
-            for grad, summed in zip(grads, _unflatten_dense_tensors(bucket.flat, grads)):
-                grad.copy_(summed)
+            for param, summed in zip(bucket.params, _unflatten_dense_tensors(bucket.flat, grads)):
+                param.grad = summed
             bucket.reset()
         for param in self.params:
             if param.grad is None:

@@ -20,11 +20,13 @@ def clip_grad_norm(model, grid, max_norm: float) -> float:
     the same synced gradients, so the sum runs over depth, row and col only.
     """
     counts_replicated = grid.coord("depth") == 0 and grid.coord("row") == 0
+    counted = [param.grad for _, param, sharding in named_shardings(model)
+               if sharding.depth_sharded or counts_replicated]
     device = next(model.parameters()).device
-    square = torch.zeros((), dtype=torch.float64, device=device)
-    for _, param, sharding in named_shardings(model):
-        if sharding.depth_sharded or counts_replicated:
-            square += torch.linalg.vector_norm(param.grad, dtype=torch.float64).square()  # fp64 sum, no copy
+    # The local norm in the gradients' own dtype (no fp64 copy of every gradient), summed
+    # over ranks in fp64.
+    square = (torch.nn.utils.get_total_norm(counted).double().square() if counted
+              else torch.zeros((), dtype=torch.float64, device=device))
     for axis in ("depth", "row", "col"):
         all_reduce(square, grid.axis(axis))
     norm = square.sqrt().item()

@@ -1,12 +1,15 @@
 """A record of every collective: op, axis, bytes, when it was issued, when waiting began,
 when it completed. Summaries go into metrics.jsonl; a Chrome trace opens in Perfetto.
 
-Times are host wall-clock. A synchronous collective is exposed for its whole duration.
-An asynchronous one runs from issue to the first moment the host sees it complete: its
-handle is polled whenever any collective is recorded, and at its wait (an upper bound, as
-tight as that polling) — and only the time blocked in its wait is exposed. gloo's
-reduce-scatter handles report completion only when waited for, so on CPU its comm time
-(and with it overlap_fraction) is overstated; exposed_comm_s is exact either way.
+A synchronous collective is exposed for its whole duration; an asynchronous one only for
+the time its wait blocks. Clocks:
+* CPU (gloo): host wall-clock. An asynchronous collective's completion is the first moment
+  the host sees it done: its handle is polled whenever any collective is recorded, and at
+  its wait. gloo's reduce-scatter handles report completion only when waited for, so on CPU
+  their comm time (and with it overlap_fraction) is overstated; exposed_comm_s is exact.
+* CUDA (NCCL): events recorded on the compute stream at issue, at the wait, and after the
+  wait (when the stream may go on), read back at the end of the step. A collective that
+  finished before the stream reached its wait is exposed for ~0.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+import torch
 
 
 @dataclass
@@ -32,8 +37,23 @@ class CommTrace:
         self.enabled = False
         self.events: list[CommEvent] = []
         self.origin = time.perf_counter()
+        self.origin_event = None  # set by use_cuda_events: stamps are then CUDA events
         self.in_flight: list[TracedWork] = []
         self.unwaited = 0  # asynchronous collectives issued and not yet waited for
+
+    def use_cuda_events(self) -> None:
+        """Time collectives on the current CUDA stream instead of the host clock."""
+        self.origin = time.perf_counter()
+        self.origin_event = torch.cuda.Event(enable_timing=True)
+        self.origin_event.record()
+
+    def stamp(self):
+        """Now: a host time in seconds, or a CUDA event recorded on the current stream."""
+        if self.origin_event is None:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
     def add(self, event: CommEvent) -> None:
         if self.enabled:
@@ -41,7 +61,11 @@ class CommTrace:
         self.poll()
 
     def poll(self) -> None:
-        """Stamp the asynchronous collectives that have finished since the last look."""
+        """Stamp the asynchronous collectives that have finished since the last look (host clock
+        only: on CUDA the stream's own events say when the wait could go on)."""
+        if self.origin_event is not None:
+            self.in_flight = []
+            return
         now = time.perf_counter()
         for work in self.in_flight:
             if work.seen_complete is None and work.work.is_completed():
@@ -49,7 +73,14 @@ class CommTrace:
         self.in_flight = [w for w in self.in_flight if w.seen_complete is None and not w.done]
 
     def take(self) -> list[CommEvent]:
+        """The events recorded since the last take, in host seconds (CUDA stamps are resolved
+        here, after waiting for the last of them)."""
         events, self.events = self.events, []
+        if self.origin_event is not None and events:
+            events[-1].completed.synchronize()
+            seconds = lambda e: self.origin + self.origin_event.elapsed_time(e) / 1e3  # noqa: E731
+            events = [CommEvent(e.op, e.axis, e.bytes, seconds(e.issued), seconds(e.wait_start), seconds(e.completed))
+                      for e in events]
         return events
 
 
@@ -75,11 +106,15 @@ def write_chrome_trace(path, events: list[CommEvent], origin: float, rank: int) 
 
 
 class TracedWork:
-    """An async collective's handle that records its wait; waiting twice is an error."""
+    """An async collective's handle that records its wait; waiting twice is an error.
 
-    def __init__(self, work, axis: "Axis", op: str, nbytes: int):
+    It also holds the collective's input and output tensors until the wait: on GPU they are
+    used on the communication stream, and must not return to the allocator before it is done."""
+
+    def __init__(self, work, axis: "Axis", op: str, nbytes: int, keep_alive: tuple = ()):
         self.work, self.axis, self.op, self.nbytes = work, axis, op, nbytes
-        self.issued = time.perf_counter()
+        self.keep_alive = keep_alive
+        self.issued = axis.trace.stamp()
         self.done = False
         self.seen_complete = None
         axis.trace.poll()
@@ -89,15 +124,16 @@ class TracedWork:
     def wait(self) -> None:
         if self.done:
             raise RuntimeError(f"{self.op} on {self.axis.name} was already waited for")
-        wait_start = time.perf_counter()
-        self.work.wait()
-        self.done = True
-        self.axis.trace.unwaited -= 1
+        trace = self.axis.trace
+        wait_start = trace.stamp()
+        self.work.wait()  # on CUDA: the current stream waits for the communication stream
+        self.done, self.keep_alive = True, ()
+        trace.unwaited -= 1
         if self.seen_complete is not None:  # it had finished before we waited: nothing was exposed
             wait_start = completed = self.seen_complete
         else:
-            completed = time.perf_counter()
-        self.axis.trace.add(CommEvent(self.op, self.axis.name, self.nbytes, self.issued, wait_start, completed))
+            completed = trace.stamp()
+        trace.add(CommEvent(self.op, self.axis.name, self.nbytes, self.issued, wait_start, completed))
 
 
 class Axis:
@@ -109,9 +145,9 @@ class Axis:
 
     @contextmanager
     def record(self, op: str, nbytes: int):
-        start = time.perf_counter()
+        start = self.trace.stamp()
         yield
-        self.trace.add(CommEvent(op, self.name, nbytes, start, start, time.perf_counter()))
+        self.trace.add(CommEvent(op, self.name, nbytes, start, start, self.trace.stamp()))
 
-    def started(self, op: str, nbytes: int, work) -> TracedWork:
-        return TracedWork(work, self, op, nbytes)
+    def started(self, op: str, nbytes: int, work, keep_alive: tuple = ()) -> TracedWork:
+        return TracedWork(work, self, op, nbytes, keep_alive)
