@@ -295,9 +295,11 @@ def _check_values(config: RunConfig) -> None:
     if t.warmup_steps < 0 or not 0 <= t.min_lr_ratio <= 1:
         raise ConfigError(f"train.warmup_steps must be >= 0 and train.min_lr_ratio in [0, 1], "
                           f"got {t.warmup_steps} and {t.min_lr_ratio}")
-    if config.overlap.prefetch_distance < 1 or config.overlap.bucket_mb <= 0:
-        raise ConfigError(f"overlap.prefetch_distance must be at least 1 and overlap.bucket_mb positive, "
-                          f"got {config.overlap.prefetch_distance} and {config.overlap.bucket_mb}")
+    if config.overlap.prefetch_distance < 1:
+        raise ConfigError(f"overlap.prefetch_distance must be at least 1 (overlap.all_gather: false turns "
+                          f"prefetching off), got {config.overlap.prefetch_distance}")
+    if config.overlap.bucket_mb <= 0:
+        raise ConfigError(f"overlap.bucket_mb must be positive, got {config.overlap.bucket_mb}")
     if t.checkpoint_every < 0 or t.keep_checkpoints < 1:
         raise ConfigError(f"train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1, "
                           f"got {t.checkpoint_every} and {t.keep_checkpoints}")

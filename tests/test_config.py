@@ -31,6 +31,9 @@ def test_defaults_and_dotted_overrides(tmp_path):
     ({"layout": {"order": "data,row,col"}}, ["layout.order"]),
     ({"model": {"preset": "tiny", "heads": 5}}, ["model.hidden=64", "model.heads=5"]),
     ({"train": {"dtype": "float16"}}, ["train.dtype", "float16"]),
+    ({"overlap": {"prefetch_distance": 0}}, ["overlap.prefetch_distance", "0"]),
+    ({"overlap": {"bucket_mb": -1}}, ["overlap.bucket_mb", "-1"]),
+    ({"overlap": {"all_gather": "yes"}}, ["overlap.all_gather", "'yes'"]),
 ])
 def test_bad_keys_and_values_name_the_key(raw, words):
     with pytest.raises(ConfigError) as err:

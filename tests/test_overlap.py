@@ -155,3 +155,40 @@ def test_every_collective_of_a_step_is_traced(tmp_path):
         trace = json.loads((tmp_path / str(overlap) / "comm_trace_rank0.json").read_text())
         spans = [e for e in trace["traceEvents"] if e["tid"] != "waiting"]
         assert len(spans) == sum(counts.values()) and all(e["ph"] == "X" and e["dur"] >= 0 for e in spans)
+
+
+def prefetch_departures(rank, world):
+    grid = Grid(Layout(depth=2), rank)
+    config = build_config({"model": MODEL, "layout": {"depth": 2}, "train": {"steps": 1, "global_batch": 4}})
+    trainer = Trainer(config, grid, torch.device("cpu"))
+    model, prefetcher = trainer.model, trainer.prefetcher
+    ids = torch.randint(0, MODEL["vocab"], (2, MODEL["seq_len"]), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(ids)  # outside a step: synchronous gathers
+    steps = []
+    for backward in (True, True, False, True, True):
+        before = prefetcher.prefetched
+        prefetcher.begin_step()
+        try:
+            logits = model(ids)
+            if backward:
+                logits.pow(2).mean().backward()
+        finally:
+            prefetcher.end_step()
+        trainer.pending.finish()
+        steps.append((torch.equal(logits.detach(), reference), prefetcher.prefetched - before,
+                      len(prefetcher.recorded), len(prefetcher.in_flight), grid.trace.unwaited))
+    grid.destroy()
+    return steps
+
+
+def test_prefetch_follows_a_changed_step_and_drains():
+    steps = run_distributed(2, prefetch_departures)[0]
+    # Forward + backward gathers 1 + 15 + 15 = 31 times; forward alone 16 times.
+    assert steps == [
+        (True, 0, 31, 0, 0),  # the first step only records
+        (True, 31, 31, 0, 0),  # the second is served entirely by prefetches
+        (True, 16, 16, 0, 0),  # forward only: follows for 16, the 2 gathers issued beyond are drained
+        (True, 16, 31, 0, 0),  # backward departs from the recording at gather 17: synchronous from there
+        (True, 31, 31, 0, 0),  # and the step after follows again
+    ]
