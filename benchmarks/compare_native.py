@@ -20,7 +20,7 @@ torch import and process-group setup), per rank, in MB. Native sharded models ar
 on the meta device and materialize only their shards (the FSDP2 recipe); DDP holds the model whole.
 
     .venv/bin/python -m benchmarks.compare_native [--model 20M] [--seq 128] [--batch 8] [--steps 10]
-        [--warmup 3] [--axon-set overlap.all_reduce=false ...]
+        [--warmup 3] [--axon-set overlap.all_reduce=false ...] [--only data=2 ...]
 """
 
 from __future__ import annotations
