@@ -1,0 +1,169 @@
+"""Machine profiles: what one device and the links between devices can do.
+
+A profile is a YAML file (perfmodel/machines/*.yaml, or one `calibrate` wrote). Numbers
+from vendors' data sheets sit in the shipped profiles with their sources in comments;
+`calibrate` replaces the guesses (GEMM efficiency, overlap, collective fits) by
+measurements. Loading checks every key and names the one that is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+MACHINES_DIR = Path(__file__).parent / "machines"
+PLACEMENTS = ("intra", "inter")  # a group inside one node, or spread over nodes
+COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter")
+
+
+class ProfileError(ValueError):
+    """A machine profile that cannot be used, said in one sentence naming the key."""
+
+
+@dataclass(frozen=True)
+class Link:
+    bandwidth_gbs: float  # GB/s one way, per device (intra) or per NIC (inter)
+    latency_us: float
+
+
+@dataclass(frozen=True)
+class CollectiveFit:
+    """A measured collective: seconds = alpha + bytes / bandwidth, for one op, size, placement.
+    `bytes` is the full buffer (all-reduce: the tensor; all-gather: the output; reduce-scatter:
+    the input), the same count axon's trace records."""
+
+    alpha_us: float
+    bandwidth_gbs: float
+
+
+@dataclass(frozen=True)
+class Machine:
+    name: str
+    devices_per_node: int
+    memory_gb: float  # per device
+    peak_tflops: dict[str, float]  # dense peak per device, by compute dtype ("float32", "bfloat16")
+    memory_bandwidth_gbs: float  # per device; prices elementwise work and the optimizer
+    intra_node: Link
+    inter_node: Link  # per NIC
+    nics_per_node: int
+    # Fraction of peak a GEMM reaches, by its FLOPs: (flops, efficiency) points, interpolated
+    # in log(flops) and held flat outside.
+    gemm_efficiency: tuple[tuple[float, float], ...]
+    overlap_efficiency: float = 0.9  # share of overlappable communication compute really hides
+    op_overhead_us: float = 5.0  # fixed cost of one kernel launch / framework op
+    usable_memory_fraction: float = 0.9  # the rest goes to the runtime, allocator slack, buffers
+    # Measured fits, op -> placement -> group size -> fit; missing ones fall back to the links.
+    collectives: dict[str, dict[str, dict[int, CollectiveFit]]] = field(default_factory=dict)
+    source: str = ""  # where the numbers come from (a file path, or "calibrated on ...")
+
+    def peak_flops(self, dtype: str) -> float:
+        if dtype not in self.peak_tflops:
+            raise ProfileError(f"machine {self.name!r} has no peak_tflops for dtype {dtype!r}; "
+                               f"it lists {', '.join(self.peak_tflops)}")
+        return self.peak_tflops[dtype] * 1e12
+
+
+def load_machine(name_or_path: str | Path) -> Machine:
+    """A shipped profile by name (perlmutter, frontier, alps, dgx-h100) or a YAML path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = MACHINES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in MACHINES_DIR.glob("*.yaml")))
+        raise ProfileError(f"machine {str(name_or_path)!r} is neither a shipped profile ({known}) nor a YAML file")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise ProfileError(f"machine profile {path} must hold a mapping")
+    return machine_from_dict(raw, str(path))
+
+
+def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
+    def number(key: str, value, positive=True) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and value <= 0):
+            raise ProfileError(f"{where}: {key} must be a positive number, got {value!r}")
+        return float(value)
+
+    def get(key: str):
+        if key not in raw:
+            raise ProfileError(f"{where}: required key {key!r} is missing")
+        return raw[key]
+
+    def link(key: str) -> Link:
+        value = get(key)
+        if not isinstance(value, dict):
+            raise ProfileError(f"{where}: {key} must map bandwidth_gbs and latency_us")
+        return Link(number(f"{key}.bandwidth_gbs", value.get("bandwidth_gbs")),
+                    number(f"{key}.latency_us", value.get("latency_us")))
+
+    known = set(Machine.__dataclass_fields__)
+    for key in raw:
+        if key not in known:
+            raise ProfileError(f"{where}: unknown key {key!r}; valid keys are {', '.join(sorted(known))}")
+    peaks = get("peak_tflops")
+    if not isinstance(peaks, dict) or not peaks:
+        raise ProfileError(f"{where}: peak_tflops must map dtype names to TFLOP/s")
+    curve = get("gemm_efficiency")
+    if not isinstance(curve, list) or not curve or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in curve):
+        raise ProfileError(f"{where}: gemm_efficiency must be a list of [flops, efficiency] pairs")
+    points = tuple(sorted((number("gemm_efficiency flops", f), number("gemm_efficiency efficiency", e))
+                          for f, e in curve))
+    if any(e > 1.0 for _, e in points):
+        raise ProfileError(f"{where}: gemm_efficiency values are fractions of peak and must be <= 1")
+    fits: dict[str, dict[str, dict[int, CollectiveFit]]] = {}
+    for op, by_place in (raw.get("collectives") or {}).items():
+        if op not in COLLECTIVE_OPS:
+            raise ProfileError(f"{where}: collectives.{op} is not one of {', '.join(COLLECTIVE_OPS)}")
+        for place, by_size in (by_place or {}).items():
+            if place not in PLACEMENTS:
+                raise ProfileError(f"{where}: collectives.{op}.{place} must be 'intra' or 'inter'")
+            for size, fit in (by_size or {}).items():
+                key = f"collectives.{op}.{place}.{size}"
+                if not isinstance(size, int) or size < 2 or not isinstance(fit, dict):
+                    raise ProfileError(f"{where}: {key} must be a group size >= 2 mapping alpha_us and bandwidth_gbs")
+                fits.setdefault(op, {}).setdefault(place, {})[size] = CollectiveFit(
+                    number(f"{key}.alpha_us", fit.get("alpha_us"), positive=False),
+                    number(f"{key}.bandwidth_gbs", fit.get("bandwidth_gbs")))
+    overlap = number("overlap_efficiency", raw.get("overlap_efficiency", 0.9), positive=False)
+    if overlap > 1:
+        raise ProfileError(f"{where}: overlap_efficiency is a fraction in [0, 1], got {overlap}")
+    return Machine(
+        name=str(get("name")),
+        devices_per_node=int(number("devices_per_node", get("devices_per_node"))),
+        memory_gb=number("memory_gb", get("memory_gb")),
+        peak_tflops={str(k): number(f"peak_tflops.{k}", v) for k, v in peaks.items()},
+        memory_bandwidth_gbs=number("memory_bandwidth_gbs", get("memory_bandwidth_gbs")),
+        intra_node=link("intra_node"),
+        inter_node=link("inter_node"),
+        nics_per_node=int(number("nics_per_node", get("nics_per_node"))),
+        gemm_efficiency=points,
+        overlap_efficiency=overlap,
+        op_overhead_us=number("op_overhead_us", raw.get("op_overhead_us", 5.0), positive=False),
+        usable_memory_fraction=number("usable_memory_fraction", raw.get("usable_memory_fraction", 0.9)),
+        collectives=fits,
+        source=str(raw.get("source", where)),
+    )
+
+
+def machine_to_dict(machine: Machine) -> dict:
+    """The YAML form `load_machine` reads back (calibrate writes it)."""
+    return {
+        "name": machine.name,
+        "source": machine.source,
+        "devices_per_node": machine.devices_per_node,
+        "memory_gb": machine.memory_gb,
+        "peak_tflops": dict(machine.peak_tflops),
+        "memory_bandwidth_gbs": machine.memory_bandwidth_gbs,
+        "intra_node": {"bandwidth_gbs": machine.intra_node.bandwidth_gbs, "latency_us": machine.intra_node.latency_us},
+        "inter_node": {"bandwidth_gbs": machine.inter_node.bandwidth_gbs, "latency_us": machine.inter_node.latency_us},
+        "nics_per_node": machine.nics_per_node,
+        "gemm_efficiency": [[f, e] for f, e in machine.gemm_efficiency],
+        "overlap_efficiency": machine.overlap_efficiency,
+        "op_overhead_us": machine.op_overhead_us,
+        "usable_memory_fraction": machine.usable_memory_fraction,
+        "collectives": {op: {place: {size: {"alpha_us": fit.alpha_us, "bandwidth_gbs": fit.bandwidth_gbs}
+                                     for size, fit in sorted(by_size.items())}
+                             for place, by_size in by_place.items()}
+                        for op, by_place in machine.collectives.items()},
+    }
