@@ -38,9 +38,19 @@ def train_command(args) -> None:
         launch = detect_launch()
     except ValueError as err:
         _fail(0, str(err))
+    from axon import auto_layout
+
+    choice = None
     try:
         config = load_config(args.config, args.overrides)
-        check_layout(config, launch.world_size)
+        if config.layout_auto:
+            machine = auto_layout.profile_before_start(config)
+            if machine is None:  # calibrate once the ranks have met
+                auto_layout.check_some_layout_fits_the_shape(config, launch.world_size)
+            else:
+                config, choice = auto_layout.choose(config, launch.world_size, machine)
+        if not config.layout_auto or choice is not None:
+            check_layout(config, launch.world_size)
         source = token_source(config)
         reader = _checkpoint_to_resume(config)
     except ConfigError as err:
@@ -48,7 +58,14 @@ def train_command(args) -> None:
 
     runtime = init_distributed(launch)
     try:
-        _train(config, runtime, source, reader)
+        if config.layout_auto and choice is None:
+            try:
+                config, choice = auto_layout.choose(config, launch.world_size,
+                                                    auto_layout.calibrate_here(config, runtime.rank))
+                check_layout(config, launch.world_size)
+            except ConfigError as err:  # the same plan on every rank: every rank stops here
+                _fail(launch.rank, str(err))
+        _train(config, runtime, source, reader, choice)
     finally:
         shutdown()
 
@@ -66,7 +83,7 @@ def _checkpoint_to_resume(config):
     return reader
 
 
-def _train(config, runtime, source, reader) -> None:
+def _train(config, runtime, source, reader, choice=None) -> None:
     from axon.config import ConfigError
     from axon.grid import Grid
     from axon.metrics import MetricsLog
@@ -86,6 +103,10 @@ def _train(config, runtime, source, reader) -> None:
     trainer = Trainer(config, grid, runtime.device, peak_tflops=peak, source=source)
     if leader:
         print(describe(config, trainer, runtime, peak_source), flush=True)
+        if choice is not None:
+            from axon.auto_layout import describe_choice
+
+            print(describe_choice(choice), flush=True)
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(config.out_dir) / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     if reader is not None:
@@ -127,6 +148,11 @@ def _train(config, runtime, source, reader) -> None:
         print(f"axon: done: final loss {history[-1]['loss']:.4f}, median step {median:.3f} s, "
               f"{trainer.tokens_per_step / median:,.0f} tok/s, mean MFU {100 * mean_mfu:.1f}%; "
               f"metrics in {Path(config.out_dir) / 'metrics.jsonl'}", flush=True)
+        if choice is not None:
+            from axon.auto_layout import describe_outcome, save_outcome
+
+            print(describe_outcome(choice, median), flush=True)
+            save_outcome(config.out_dir, choice, median)
 
 
 def main(argv=None) -> None:

@@ -69,6 +69,10 @@ class RunConfig:
     out_dir: str = "runs/default"
     model_name: str = "custom"
     init_from: str = ""  # model.init_from: "" (random init) or "hf:DIR" (Hugging Face Llama weights)
+    # layout: auto -- perfmodel picks the layout at start-up (axon.auto_layout); until then
+    # `layout` is a 1-rank placeholder.
+    layout_auto: bool = False
+    layout_machine: str = ""  # profile name or YAML for layout: auto; "" = OUT_DIR/machine_profile.yaml or calibrate
 
     def to_dict(self) -> dict[str, Any]:
         layout = {axis: getattr(self.layout, axis) for axis in AXES}
@@ -80,10 +84,10 @@ class RunConfig:
             "data": dataclasses.asdict(self.data),
             "overlap": dataclasses.asdict(self.overlap),
             "out_dir": self.out_dir,
-        }
+        }  # after layout: auto, the layout chosen (so the saved config reruns exactly that)
 
 
-TOP_LEVEL_KEYS = ("model", "layout", "train", "data", "overlap", "out_dir")
+TOP_LEVEL_KEYS = ("model", "layout", "train", "data", "overlap", "out_dir", "layout_machine")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
@@ -131,7 +135,14 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
         init_from = model_raw.pop("init_from")
         model_raw = _model_from_init(init_from, model_raw)
     model, model_name = _build_model(model_raw)
-    layout = _build_layout(raw.get("layout", {}) or {})
+    layout_raw = raw.get("layout", {}) or {}
+    layout_auto = layout_raw == "auto"
+    layout = Layout() if layout_auto else _build_layout(layout_raw)
+    layout_machine = raw.get("layout_machine", "")
+    if not isinstance(layout_machine, str):
+        raise ConfigError(f"layout_machine must be a profile name or a YAML path, got {layout_machine!r}")
+    if layout_machine and not layout_auto:
+        raise ConfigError(f"layout_machine={layout_machine!r} only applies to layout: auto, but the layout is given")
     train = _build_section(TrainConfig, raw.get("train", {}) or {}, "train")
     data = _build_section(DataConfig, raw.get("data", {}) or {}, "data")
     overlap = _build_section(OverlapSection, raw.get("overlap", {}) or {}, "overlap")
@@ -139,7 +150,8 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
     if not isinstance(out_dir, str) or not out_dir:
         raise ConfigError(f"out_dir must be a non-empty path string, got {out_dir!r}")
     config = RunConfig(model=model, layout=layout, train=train, data=data, overlap=overlap, out_dir=out_dir,
-                       model_name=model_name, init_from=init_from)
+                       model_name=model_name, init_from=init_from, layout_auto=layout_auto,
+                       layout_machine=layout_machine)
     _check_values(config)
     return config
 
@@ -185,7 +197,7 @@ def _build_model(value: Any) -> tuple[ModelShape, str]:
 
 def _build_layout(value: Any) -> Layout:
     if not isinstance(value, dict):
-        raise ConfigError(f"layout must be a mapping of {', '.join(AXES)}, got {value!r}")
+        raise ConfigError(f"layout must be 'auto' or a mapping of {', '.join(AXES)}, got {value!r}")
     _reject_unknown(value, AXES + ("order",), "layout")
     order = value.get("order", DEFAULT_ORDER)
     if isinstance(order, str):

@@ -1,0 +1,205 @@
+"""Is perfmodel right on this machine? Calibrate, then measure every layout and compare.
+
+For each world size (8, then 4 ranks):
+1. `torchrun --nproc-per-node N -m perfmodel calibrate --out results/machine_cpu_N.yaml`, the
+   same launcher as training, so the profile sees N ranks sharing the cores;
+2. one gloo spawn of N ranks builds axon on every layout of N ranks the model divides (pipe 1:
+   the engine has no pipeline yet) and runs them round-robin: each round one step of each
+   layout, timed barrier to barrier, the max over ranks; rounds interleave so that the
+   machine's drift hits every layout alike; the first round is warm-up;
+3. perfmodel predicts each layout from the profile alone.
+Reported: predicted vs measured median step per layout, Kendall tau and Spearman rank
+correlations, mean absolute percentage error, and the top-1 regret (measured time of the
+predicted best / the measured best). Targets at 8 ranks: tau >= 0.7, regret <= 1.10.
+
+    .venv/bin/python -m benchmarks.perfmodel_validation [--model 10M] [--seq 128] [--batch 16]
+        [--rounds 6] [--worlds 8 4] [--quick-calibration] [--profile FILE.yaml (skip calibrating)]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from perfmodel.layout import AXES, factorizations
+from perfmodel.machine import load_machine
+from perfmodel.models import ModelShape, preset
+from perfmodel.predict import predict
+from perfmodel.search import layout_problem
+from perfmodel.training import TrainingSetup
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+ENGINE_AXES = tuple(a for a in AXES if a != "pipe")
+
+
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Tau-b: concordant minus discordant pairs over the pairs not tied in either."""
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif (dx > 0) == (dy > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    n_x = concordant + discordant + ties_x
+    n_y = concordant + discordant + ties_y
+    return (concordant - discordant) / (n_x * n_y) ** 0.5 if n_x and n_y else 0.0
+
+
+def ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    return cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+
+
+def layouts_for(shape: ModelShape, world: int, setup: TrainingSetup):
+    return [lay for lay in factorizations(world, ENGINE_AXES) if layout_problem(shape, lay, setup) is None]
+
+
+def measure_worker(rank, world, port, spec, out):
+    """Every layout of the world, round-robin; returns per layout the max-over-ranks step times."""
+    import torch
+    import torch.distributed as dist
+
+    from axon.config import build_config
+    from axon.grid import Grid
+    from axon.train import Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    trainers = []
+    for sizes in spec["layouts"]:
+        config = build_config({"model": spec["model"], "layout": sizes,
+                               "train": {"steps": spec["rounds"], "global_batch": spec["batch"], "lr": 1e-3}})
+        trainers.append(Trainer(config, Grid(config.layout, rank), torch.device("cpu")))
+    times = [[] for _ in trainers]
+    for step in range(spec["rounds"]):
+        for index, trainer in enumerate(trainers):
+            dist.barrier()
+            times[index].append(trainer.step(step)["step_time_s"])
+    slowest = torch.tensor(times, dtype=torch.float64)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)  # a step ends when its slowest rank does
+    if rank == 0:
+        Path(out).write_text(json.dumps(slowest.tolist()))
+    dist.destroy_process_group()
+
+
+def measure(world: int, spec: dict) -> list[list[float]]:
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    try:
+        mp.spawn(measure_worker, args=(world, port, spec, out), nprocs=world)
+        return json.loads(Path(out).read_text())
+    finally:
+        os.unlink(out)
+
+
+def calibrate(world: int, quick: bool) -> Path:
+    path = RESULTS / f"machine_cpu_{world}ranks.yaml"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc-per-node", str(world), "-m", "perfmodel", "calibrate", "--out", str(path)]
+    subprocess.run(command + (["--quick"] if quick else []), check=True, cwd=ROOT)
+    return path
+
+
+def validate(world: int, args, shape: ModelShape, setup: TrainingSetup) -> dict:
+    profile = Path(args.profile) if args.profile else calibrate(world, args.quick_calibration)
+    machine = load_machine(profile)
+    layouts = layouts_for(shape, world, setup)
+    spec = {"model": {**shape.__dict__}, "layouts": [lay.sizes() for lay in layouts],
+            "rounds": args.rounds + 1, "batch": args.batch}
+    raw = measure(world, spec)
+    rows = []
+    for lay, times in zip(layouts, raw):
+        prediction = predict(shape, lay, machine, setup)
+        rows.append({"layout": {a: getattr(lay, a) for a in ENGINE_AXES}, "predicted_s": prediction.step_time_s,
+                     "measured_s": statistics.median(times[1:]), "raw_s": times[1:],
+                     "biggest_cost": prediction.biggest_cost, "breakdown": prediction.breakdown})
+    predicted = [r["predicted_s"] for r in rows]
+    measured = [r["measured_s"] for r in rows]
+    pick = min(range(len(rows)), key=predicted.__getitem__)
+    return {
+        "world": world, "profile": str(profile), "layouts": len(rows), "rows": rows,
+        "kendall_tau": kendall_tau(predicted, measured), "spearman": spearman(predicted, measured),
+        "mape": statistics.fmean(abs(p - m) / m for p, m in zip(predicted, measured)),
+        "top1_regret": measured[pick] / min(measured), "predicted_best": rows[pick]["layout"],
+        "measured_best": rows[min(range(len(rows)), key=measured.__getitem__)]["layout"],
+    }
+
+
+def print_result(r: dict) -> None:
+    print(f"\n{r['world']} ranks, {r['layouts']} layouts, profile {r['profile']}")
+    print(f"{'layout':<34} {'predicted ms':>13} {'measured ms':>12} {'error':>7}  biggest predicted cost")
+    for row in sorted(r["rows"], key=lambda x: x["measured_s"]):
+        name = " ".join(f"{a}={n}" for a, n in row["layout"].items() if n > 1)
+        error = row["predicted_s"] / row["measured_s"] - 1
+        print(f"{name:<34} {row['predicted_s'] * 1e3:>13.1f} {row['measured_s'] * 1e3:>12.1f} {error:>+7.0%}  "
+              f"{row['biggest_cost']}")
+    print(f"Kendall tau {r['kendall_tau']:.3f}, Spearman {r['spearman']:.3f}, MAPE {r['mape']:.1%}, "
+          f"top-1 regret {r['top1_regret']:.3f} (predicted best {r['predicted_best']}, measured best "
+          f"{r['measured_best']})")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="10M", help="preset of perfmodel/models.py")
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16, help="global batch in sequences")
+    parser.add_argument("--rounds", type=int, default=6, help="timed steps per layout (after one warm-up)")
+    parser.add_argument("--worlds", type=int, nargs="+", default=[8, 4])
+    parser.add_argument("--quick-calibration", action="store_true")
+    parser.add_argument("--profile", help="use this profile instead of calibrating")
+    args = parser.parse_args(argv)
+    shape = ModelShape(**{**preset(args.model).__dict__, "seq_len": args.seq})
+    setup = TrainingSetup(global_batch=args.batch, seq_len=args.seq, dtype="float32")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = {"model": args.model, "seq": args.seq, "batch": args.batch, "rounds": args.rounds, "worlds": []}
+    for world in args.worlds:
+        result = validate(world, args, shape, setup)
+        print_result(result)
+        results["worlds"].append(result)
+    (RESULTS / "perfmodel_validation.json").write_text(json.dumps(results, indent=1))
+    print(f"\nwrote {RESULTS / 'perfmodel_validation.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
