@@ -1,0 +1,100 @@
+"""perfmodel calibrate: a quick calibration on 4 gloo ranks yields a loadable profile whose
+all-reduce fit predicts an all-reduce timed here directly; one process writes a profile
+without collectives; the fit, the launcher variables and the groups by hand."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+import torch
+
+from perfmodel.calibrate import LAUNCH_VARS, fit_alpha_beta, launch_from_env, main, partitions, run_calibration
+from perfmodel.machine import load_machine, machine_from_dict
+from tests.spawn import run_distributed
+
+MIB = 1 << 20
+
+
+def calibrate_then_time_all_reduce(rank: int, world: int):
+    """The quick profile, and a 1 MiB all-reduce over all ranks timed directly: slowest rank,
+    median of repeats, the way a training step sees it."""
+    import torch.distributed as dist
+
+    profile = run_calibration(quick=True)
+    buf = torch.zeros(MIB // 4)
+    dist.all_reduce(buf)  # warm-up
+    runs = []
+    for _ in range(7):
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(4):
+            dist.all_reduce(buf)
+        runs.append((time.perf_counter() - start) / 4)
+    slowest = torch.tensor(runs, dtype=torch.float64)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    return profile, statistics.median(slowest.tolist())
+
+
+def test_quick_calibration_on_four_ranks_predicts_a_direct_all_reduce():
+    results = run_distributed(4, calibrate_then_time_all_reduce)
+    profile, measured = results[0]
+    assert all(r[0] == profile for r in results)  # every rank fitted the same numbers
+    machine = machine_from_dict(profile, "calibrated")
+    for op in ("all_reduce", "all_gather", "reduce_scatter"):
+        assert set(machine.collectives[op]["intra"]) == {2, 4}, op
+    fit = machine.collectives["all_reduce"]["intra"][4]
+    predicted = fit.alpha_us * 1e-6 + MIB / (fit.bandwidth_gbs * 1e9)
+    assert measured / 3 < predicted < measured * 3, (predicted, measured, fit)
+    assert machine.devices_per_node == 4 and machine.peak_tflops["float32"] > 0
+    assert machine.memory_bandwidth_gbs > 0 and machine.op_overhead_us > 0
+    assert all(0 < e <= 1 for _, e in machine.gemm_efficiency) and max(e for _, e in machine.gemm_efficiency) == 1.0
+    assert 0 <= machine.overlap_efficiency <= 1
+    assert "with 4 ranks" in machine.source
+
+
+def test_one_process_writes_a_profile_without_collectives(tmp_path, monkeypatch):
+    for names in LAUNCH_VARS:
+        for name in names[1:]:
+            monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--out", str(tmp_path / "one.yaml"), "--quick"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    machine = load_machine(tmp_path / "one.yaml")
+    assert machine.collectives == {} and machine.devices_per_node == 1
+    assert machine.peak_tflops["float32"] > 0 and "single process" in machine.source
+
+
+def test_fit_recovers_alpha_and_bandwidth_and_keeps_alpha_non_negative():
+    alpha, bw = 300e-6, 2e9
+    points = [(n, alpha + n / bw) for n in (8, 4096, 65536, 1 << 20, 1 << 24)]
+    got_alpha, got_bw = fit_alpha_beta(points)
+    assert got_alpha == pytest.approx(alpha, rel=1e-6) and got_bw == pytest.approx(bw, rel=1e-6)
+    # Times that would need a negative alpha: the fit through zero instead.
+    got_alpha, got_bw = fit_alpha_beta([(1000, 1e-6), (2000, 3e-6), (3000, 5e-6)])
+    assert got_alpha == 0 and got_bw > 0
+
+
+def test_launchers_map_to_rank_world_and_local():
+    srun = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_TASKS_PER_NODE": "4(x2)",
+            "MASTER_ADDR": "nid001", "MASTER_PORT": "29500"}
+    assert launch_from_env(srun) == ("srun", 5, 8, 1, 4)
+    mpich = {"PMI_RANK": "3", "PMI_SIZE": "4", "MPI_LOCALRANKID": "3", "MPI_LOCALNRANKS": "4",
+             "MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    assert launch_from_env(mpich) == ("mpiexec", 3, 4, 3, 4)
+    assert launch_from_env({}) == ("single process", 0, 1, 0, 1)
+    with pytest.raises(ValueError, match="MASTER_ADDR or MASTER_PORT is not set"):
+        launch_from_env({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2"})
+
+
+def test_groups_on_two_nodes_of_four():
+    hosts = ["a"] * 4 + ["b"] * 4
+    found = partitions(hosts)
+    assert found[("intra", 4)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert found[("inter", 8)] == [list(range(8))]
+    # One rank per node wins over consecutive ranks for an inter group of 2.
+    assert found[("inter", 2)] == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert ("intra", 8) not in found
