@@ -53,11 +53,17 @@ def group_placement(layout: Layout, axes: tuple[str, ...], machine: Machine) -> 
     return Placement(size, False, min(machine.intra_node.bandwidth_gbs, nic_share), machine.inter_node.latency_us)
 
 
-def collective_time(op: str, nbytes: float, placement: Placement, machine: Machine) -> float:
-    """Seconds for one collective of `nbytes` (full buffer) over groups placed as given."""
+def collective_time(op: str, nbytes: float, placement: Placement, machine: Machine, blocking: bool = False) -> float:
+    """Seconds for one collective of `nbytes` (full buffer) over groups placed as given.
+    `blocking`: it stands between two pieces of compute, so it pays at least the profile's
+    blocking latency (ranks reach it at different moments)."""
     p = placement.size
     if p == 1 or nbytes <= 0:
         return 0.0
+    if blocking:
+        floor = _blocking_latency(placement, machine)
+        if floor:
+            return max(floor, collective_time(op, nbytes, placement, machine))
     if op == "send":  # a point-to-point transfer between neighbouring pipeline stages
         return placement.latency_us * 1e-6 + nbytes / (placement.bandwidth_gbs * 1e9)
     fit = _measured_fit(op, placement, machine)
@@ -70,6 +76,15 @@ def collective_time(op: str, nbytes: float, placement: Placement, machine: Machi
     passes = RING_PASSES[op]
     alpha = passes * (p - 1) * placement.latency_us * 1e-6
     return alpha + passes * (p - 1) / p * nbytes / (placement.bandwidth_gbs * 1e9)
+
+
+def _blocking_latency(placement: Placement, machine: Machine) -> float:
+    """Seconds, from the measurement at the nearest group size scaled by (p - 1); 0 if none."""
+    by_size = machine.blocking_latency_us.get("intra" if placement.intra else "inter", {})
+    if not by_size:
+        return 0.0
+    nearest = min(by_size, key=lambda s: (abs(s - placement.size), -s))
+    return by_size[nearest] * 1e-6 * (placement.size - 1) / (nearest - 1)
 
 
 def _measured_fit(op: str, placement: Placement, machine: Machine):

@@ -56,6 +56,9 @@ class Machine:
     usable_memory_fraction: float = 0.9  # the rest goes to the runtime, allocator slack, buffers
     # Measured fits, op -> placement -> group size -> fit; missing ones fall back to the links.
     collectives: dict[str, dict[str, dict[int, CollectiveFit]]] = field(default_factory=dict)
+    # Measured latency of a small all-reduce between bursts of compute, placement -> group
+    # size -> us: what a blocking collective of a step pays at least (ranks arrive apart).
+    blocking_latency_us: dict[str, dict[int, float]] = field(default_factory=dict)
     source: str = ""  # where the numbers come from (a file path, or "calibrated on ...")
 
     def peak_flops(self, dtype: str) -> float:
@@ -125,6 +128,14 @@ def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
                 fits.setdefault(op, {}).setdefault(place, {})[size] = CollectiveFit(
                     number(f"{key}.alpha_us", fit.get("alpha_us"), positive=False),
                     number(f"{key}.bandwidth_gbs", fit.get("bandwidth_gbs")))
+    blocking: dict[str, dict[int, float]] = {}
+    for place, by_size in (raw.get("blocking_latency_us") or {}).items():
+        if place not in PLACEMENTS or not isinstance(by_size, dict):
+            raise ProfileError(f"{where}: blocking_latency_us.{place} must be 'intra' or 'inter' mapping sizes to us")
+        for size, us in by_size.items():
+            if not isinstance(size, int) or size < 2:
+                raise ProfileError(f"{where}: blocking_latency_us.{place}.{size} must be keyed by a group size >= 2")
+            blocking.setdefault(place, {})[size] = number(f"blocking_latency_us.{place}.{size}", us, positive=False)
     overlap = number("overlap_efficiency", raw.get("overlap_efficiency", 0.9), positive=False)
     if overlap > 1:
         raise ProfileError(f"{where}: overlap_efficiency is a fraction in [0, 1], got {overlap}")
@@ -142,6 +153,7 @@ def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
         op_overhead_us=number("op_overhead_us", raw.get("op_overhead_us", 5.0), positive=False),
         usable_memory_fraction=number("usable_memory_fraction", raw.get("usable_memory_fraction", 0.9)),
         collectives=fits,
+        blocking_latency_us=blocking,
         source=str(raw.get("source", where)),
     )
 
@@ -166,4 +178,6 @@ def machine_to_dict(machine: Machine) -> dict:
                                      for size, fit in sorted(by_size.items())}
                              for place, by_size in by_place.items()}
                         for op, by_place in machine.collectives.items()},
+        "blocking_latency_us": {place: dict(sorted(by_size.items()))
+                                for place, by_size in machine.blocking_latency_us.items()},
     }

@@ -124,7 +124,7 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers
         """One of the `comm.count` collectives."""
         if comm.axes not in placements:
             placements[comm.axes] = group_placement(layout, comm.axes, machine)
-        return collective_time(comm.op, comm.nbytes, placements[comm.axes], machine)
+        return collective_time(comm.op, comm.nbytes, placements[comm.axes], machine, comm.kind in ("blocking", "dx"))
 
     # Overlappable work per phase: (category, seconds of all, seconds of one) pools, hidden
     # behind that phase's compute.
@@ -180,7 +180,7 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     def seconds(comm) -> float:
         if comm.axes not in placements:
             placements[comm.axes] = group_placement(layout, comm.axes, machine)
-        return collective_time(comm.op, comm.nbytes, placements[comm.axes], machine) * comm.count
+        return collective_time(comm.op, comm.nbytes, placements[comm.axes], machine, comm.kind == "sync") * comm.count
 
     step_comms = step_collectives(shape, layout, setup.bucket_mb, stage_layers, True, p == 1)
     dp_times = [seconds(c) for c in step_comms if c.kind == "dp"]

@@ -10,9 +10,10 @@ import time
 import pytest
 import torch
 
-from perfmodel.calibrate import LAUNCH_VARS, fit_alpha_beta, launch_from_env, main, partitions, run_calibration
+from perfmodel.calibrate import LAUNCH_VARS, launch_from_env, main, run_calibration
+from perfmodel.measure import fit_alpha_beta, partitions
 from perfmodel.machine import load_machine, machine_from_dict
-from tests.spawn import run_distributed
+from spawn import run_distributed
 
 MIB = 1 << 20
 
