@@ -16,7 +16,7 @@ import pytest
 from perfmodel.cli import main as cli_main
 from perfmodel.collectives import collective_time, group_placement
 from perfmodel.layout import AXES, Layout, factorizations
-from perfmodel.machine import MACHINES_DIR, ProfileError, load_machine, machine_from_dict
+from perfmodel.machine import MACHINES_DIR, ProfileError, load_machine, machine_from_dict, machine_to_dict
 from perfmodel.models import ModelShape, preset
 from perfmodel.predict import GemmClock, predict
 from perfmodel.search import layout_problem, plan
@@ -65,6 +65,17 @@ def test_measured_fit_wins_and_scales_by_ring_algebra():
     assert collective_time("all_reduce", 1e6, four, machine) == pytest.approx(30e-6 + 1e6 / (1e9 * 2 / 3))
     # No fit for all-gather: the link model.
     assert collective_time("all_gather", 1e6, two, machine) == pytest.approx(2e-6 + 0.5 * 1e6 / 100e9)
+
+
+def test_blocking_collectives_pay_the_measured_latency_between_compute():
+    machine = machine_from_dict({**BASE, "blocking_latency_us": {"intra": {2: 500}}})
+    two, four = (group_placement(Layout(col=p), ("col",), machine) for p in (2, 4))
+    assert collective_time("all_reduce", 8, two, machine, blocking=True) == pytest.approx(500e-6)
+    assert collective_time("all_reduce", 8, four, machine, blocking=True) == pytest.approx(1500e-6)  # x (p-1)
+    assert collective_time("all_reduce", 8, two, machine) == pytest.approx(2 * 2e-6 + 8 / 100e9)
+    big = 1e9  # where the ring takes longer than the floor, the ring wins
+    assert collective_time("all_reduce", big, two, machine, blocking=True) == pytest.approx(4e-6 + big / 100e9)
+    assert machine_from_dict(machine_to_dict(machine)) == machine  # what calibrate writes reads back the same
 
 
 def test_gemm_efficiency_interpolates_in_log_flops():
