@@ -109,11 +109,10 @@ def order_text(layout: Layout) -> str:
     return "/".join(inner) or "-"
 
 
-def print_plan(predictions, shape_name, args, setup, seconds, ruled_out, evaluated) -> None:
+def print_plan(predictions, shape_name, args, setup, seconds, ruled_out, evaluated, fitting) -> None:
     print(f"perfmodel plan: {shape_name} on {args.gpus} x {args.machine}, global batch {setup.global_batch} x "
           f"{setup.seq_len} tokens, {setup.dtype}, recompute {setup.recompute}, overlap {','.join(setup.overlap) or 'none'}")
     reasons = "; ".join(f"{n} by {why}" for why, n in sorted(ruled_out.items(), key=lambda kv: -kv[1]))
-    fitting = sum(p.fits for p in predictions)
     print(f"{evaluated} layouts predicted in {seconds:.2f} s ({fitting} fit in memory)"
           + (f"; ruled out {sum(ruled_out.values())}: {reasons}" if ruled_out else ""))
     header = f"{'#':>3}  {'layout':<36} {'order (outer/inner)':<24} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} {'GiB':>6}  biggest cost"
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps([p.to_dict() for p in top], indent=1))
         else:
-            print_plan(top, name, args, setup, seconds, ruled_out, len(predictions))
+            print_plan(top, name, args, setup, seconds, ruled_out, len(predictions), sum(p.fits for p in predictions))
         return 0
     except (UsageError, ProfileError, ValueError) as err:
         print(f"perfmodel: error: {err}", file=sys.stderr)
