@@ -57,6 +57,7 @@ def train_command(args) -> None:
         _fail(launch.rank, str(err))
 
     runtime = init_distributed(launch)
+    done = False
     try:
         if config.layout_auto and choice is None:
             try:
@@ -66,8 +67,9 @@ def train_command(args) -> None:
             except ConfigError as err:  # the same plan on every rank: every rank stops here
                 _fail(launch.rank, str(err))
         _train(config, runtime, source, reader, choice)
+        done = True
     finally:
-        shutdown()
+        shutdown(all_ranks_done=done)
 
 
 def _checkpoint_to_resume(config):

@@ -287,9 +287,15 @@ def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: fl
                    info.launcher, backend, device)
 
 
-def shutdown() -> None:
-    """Destroy the default process group if there is one; safe to call twice."""
+def shutdown(all_ranks_done: bool = False) -> None:
+    """Destroy the default process group if there is one; safe to call twice.
+
+    `all_ranks_done`: every rank finished normally, so wait for all of them first (a rank
+    closing its gloo connections while a peer still uses them can abort the peer's thread).
+    After an error no barrier: the other ranks may never come, and the launcher ends them."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if all_ranks_done and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
