@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from perfmodel.calibrate import LAUNCH_VARS, launch_from_env, main, run_calibration
-from perfmodel.measure import fit_alpha_beta, partitions
+from perfmodel.calibrate.measure import fit_alpha_beta, partitions
 from perfmodel.machine import load_machine, machine_from_dict
 from spawn import run_distributed
 

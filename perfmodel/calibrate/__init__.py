@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from perfmodel.machine import CollectiveFit, Link, Machine, ProfileError, load_machine, machine_to_dict
-from perfmodel.measure import (MIB, Bench, efficiency_curve, measure_collectives, measure_gemms, memory_bandwidth_gbs,
+from perfmodel.calibrate.measure import (MIB, Bench, efficiency_curve, measure_collectives, measure_gemms, memory_bandwidth_gbs,
                                op_overhead_us, overlap_efficiency, partitions)
 
 GIB = 1 << 30  # memory_gb is in GiB, as perfmodel.memory counts it; bandwidths use GB = 1e9
