@@ -89,6 +89,20 @@ class GemmClock:
         return flops / (self.peak * self.efficiency(flops)) if flops > 0 else 0.0
 
 
+class CommClock:
+    """Seconds for one of a Comm's collectives; blocking ones (between pieces of compute) pay
+    the machine's blocking latency. Placements are worked out once per group of axes."""
+
+    def __init__(self, layout: Layout, machine: Machine):
+        self.layout, self.machine, self.placements = layout, machine, {}
+
+    def __call__(self, comm) -> float:
+        if comm.axes not in self.placements:
+            self.placements[comm.axes] = group_placement(self.layout, comm.axes, self.machine)
+        blocking = comm.kind in ("blocking", "dx", "sync")
+        return collective_time(comm.op, comm.nbytes, self.placements[comm.axes], self.machine, blocking)
+
+
 def _category(comm) -> str:
     if comm.kind == "p2p":
         return "pipeline_p2p"
@@ -118,13 +132,7 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers
         out["elementwise"] += t
         compute[phase] += t
 
-    placements = {}
-
-    def seconds(comm) -> float:
-        """One of the `comm.count` collectives."""
-        if comm.axes not in placements:
-            placements[comm.axes] = group_placement(layout, comm.axes, machine)
-        return collective_time(comm.op, comm.nbytes, placements[comm.axes], machine, comm.kind in ("blocking", "dx"))
+    seconds = CommClock(layout, machine)
 
     # Overlappable work per phase: (category, seconds of all, seconds of one) pools, hidden
     # behind that phase's compute.
@@ -175,13 +183,7 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     stage_layers = shape.layers // p
 
     params = stage_parameters(shape, layout, stage_layers, True, p == 1)
-    placements = {}
-
-    def seconds(comm) -> float:
-        if comm.axes not in placements:
-            placements[comm.axes] = group_placement(layout, comm.axes, machine)
-        return collective_time(comm.op, comm.nbytes, placements[comm.axes], machine, comm.kind == "sync") * comm.count
-
+    seconds = CommClock(layout, machine)
     step_comms = step_collectives(shape, layout, setup.bucket_mb, stage_layers, True, p == 1)
     dp_times = [seconds(c) for c in step_comms if c.kind == "dp"]
     stages = [(True, p == 1)] + ([(False, True)] if p > 1 else [])
@@ -202,7 +204,7 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     breakdown["optimizer"] += local * ADAMW_BYTES_PER_PARAM / (machine.memory_bandwidth_gbs * 1e9) \
         + 30 * machine.op_overhead_us * 1e-6
     # The loss summed over data x depth, the clip norm's square-sum over depth, row, col, pipe.
-    sync = sum(seconds(c) for c in step_comms if c.kind == "sync")
+    sync = sum(seconds(c) * c.count for c in step_comms if c.kind == "sync")
     breakdown["step_sync"] += sync
 
     step = sum(breakdown.values())
