@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from axon.config import ConfigError, RunConfig
-from perfmodel.layout import AXES, factorizations
+from perfmodel.layout import AXES, factorizations, sizes_text
 from perfmodel.machine import ProfileError, load_machine, machine_from_dict
 from perfmodel.predict import Prediction
 from perfmodel.search import layout_problem, plan
@@ -87,10 +87,10 @@ def calibrate_here(config: RunConfig, rank: int):
 
 def describe_choice(choice: LayoutChoice) -> str:
     best = choice.prediction
-    lines = [f"axon: layout auto -> {_sizes(best)}, predicted {best.step_time_s:.3f} s per step on "
+    lines = [f"axon: layout auto -> {sizes_text(best.layout)}, predicted {best.step_time_s:.3f} s per step on "
              f"{choice.machine_name} ({best.memory_gb_per_gpu:.2f} GiB per rank; biggest cost {best.biggest_cost})"]
     for other in choice.runner_up:
-        lines.append(f"axon:   next: {_sizes(other)}, predicted {other.step_time_s:.3f} s")
+        lines.append(f"axon:   next: {sizes_text(other.layout)}, predicted {other.step_time_s:.3f} s")
     return "\n".join(lines)
 
 
@@ -98,11 +98,6 @@ def describe_outcome(choice: LayoutChoice, measured_s: float) -> str:
     predicted = choice.prediction.step_time_s
     return (f"axon: layout auto: predicted {predicted:.3f} s per step, measured median {measured_s:.3f} s "
             f"(measured / predicted = {measured_s / predicted:.2f})")
-
-
-def _sizes(prediction: Prediction) -> str:
-    lay = prediction.layout
-    return " x ".join(f"{axis} {getattr(lay, axis)}" for axis in AXES if getattr(lay, axis) > 1) or "1 rank"
 
 
 def save_outcome(out_dir: str, choice: LayoutChoice, measured_s: float) -> None:

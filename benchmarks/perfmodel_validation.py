@@ -26,7 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from perfmodel.layout import AXES, factorizations
+from axon.auto_layout import ENGINE_AXES
+from perfmodel.layout import factorizations
 from perfmodel.machine import load_machine
 from perfmodel.models import ModelShape, preset
 from perfmodel.predict import predict
@@ -35,7 +36,6 @@ from perfmodel.training import TrainingSetup
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-ENGINE_AXES = tuple(a for a in AXES if a != "pipe")
 
 
 def kendall_tau(x: list[float], y: list[float]) -> float:

@@ -13,7 +13,7 @@ import sys
 import time
 
 from perfmodel.collectives import group_placement
-from perfmodel.layout import AXES, DEFAULT_ORDER, Layout
+from perfmodel.layout import AXES, DEFAULT_ORDER, Layout, sizes_text
 from perfmodel.machine import ProfileError, load_machine
 from perfmodel.models import PRESETS, ModelShape
 from perfmodel.predict import predict
@@ -100,10 +100,6 @@ def parse_layout(text: str) -> Layout:
     return Layout(**sizes, order=order)
 
 
-def layout_text(layout: Layout) -> str:
-    return " ".join(f"{axis}={getattr(layout, axis)}" for axis in AXES if getattr(layout, axis) > 1) or "1 rank"
-
-
 def order_text(layout: Layout) -> str:
     inner = [axis for axis in layout.order if getattr(layout, axis) > 1]
     return "/".join(inner) or "-"
@@ -120,13 +116,13 @@ def print_plan(predictions, shape_name, args, setup, seconds, ruled_out, evaluat
     print("-" * len(header))
     for i, p in enumerate(predictions, 1):
         cost = p.biggest_cost if p.fits else f"does not fit: {p.why_not}"
-        print(f"{i:>3}  {layout_text(p.layout):<36} {order_text(p.layout):<24} {p.step_time_s:>8.3f} "
+        print(f"{i:>3}  {sizes_text(p.layout):<36} {order_text(p.layout):<24} {p.step_time_s:>8.3f} "
               f"{p.tflops_per_gpu:>8.1f} {p.mfu:>6.1%} {p.memory_gb_per_gpu:>6.1f}  {cost}")
 
 
 def print_explain(prediction, shape_name, machine, setup) -> None:
     p, lay = prediction, prediction.layout
-    print(f"perfmodel explain: {shape_name}, layout {layout_text(lay)} (order {order_text(lay)}) on {machine.name}")
+    print(f"perfmodel explain: {shape_name}, layout {sizes_text(lay)} (order {order_text(lay)}) on {machine.name}")
     print(f"  micro-batches: {p.micro_batches} of {p.micro_batch} sequence(s) per data x depth shard; "
           f"{setup.dtype}, recompute {setup.recompute}")
     print(f"  step {p.step_time_s:.4f} s, {p.tflops_per_gpu:.2f} TFLOP/s per GPU, MFU {p.mfu:.1%}")
@@ -160,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "explain":
             layout = parse_layout(args.layout)
             if layout.world_size != args.gpus:
-                raise UsageError(f"--layout {layout_text(layout)} has {layout.world_size} ranks, not --gpus {args.gpus}")
+                raise UsageError(f"--layout {sizes_text(layout)} has {layout.world_size} ranks, not --gpus {args.gpus}")
             problem = layout_problem(shape, layout, setup)
             if problem:
-                raise UsageError(f"--layout {layout_text(layout)}: {problem}")
+                raise UsageError(f"--layout {sizes_text(layout)}: {problem}")
             prediction = predict(shape, layout, machine, setup)
             if args.json:
                 print(json.dumps(prediction.to_dict(), indent=1))

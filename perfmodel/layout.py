@@ -57,6 +57,11 @@ class Layout:
         return f"{sizes} (order {','.join(self.order)})"
 
 
+def sizes_text(layout: Layout) -> str:
+    """The axes larger than 1, e.g. "data=8 depth=16 row=4" (or "1 rank")."""
+    return " ".join(f"{axis}={getattr(layout, axis)}" for axis in AXES if getattr(layout, axis) > 1) or "1 rank"
+
+
 def factorizations(world_size: int, axes: tuple[str, ...] = AXES) -> list[Layout]:
     """Every Layout whose sizes over `axes` multiply to world_size (other axes 1)."""
 
