@@ -42,6 +42,14 @@ class TrainConfig:
     trace_steps: int = 0  # write a Chrome trace of the collectives of steps 2..N+1 per rank (0 = none)
     recompute: str = "none"  # "block": keep only each block's input, recompute its activations in backward
     resume: str = ""  # "" = start fresh, "latest" = newest checkpoint in out_dir (if any), or a checkpoint path
+    loss: str = "standard"  # "standard" cross-entropy or "goldfish" (the goldfish section says which tokens drop)
+
+
+@dataclass
+class GoldfishSection:
+    k: int = 4  # drop about 1 target token in k
+    h: int = 13  # hash the h token ids that end at each target
+    strategy: str = "hash"  # "hash" (context hash, axon/goldfish.py) or "static" (every k-th position)
 
 
 @dataclass
@@ -66,6 +74,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     overlap: OverlapSection = field(default_factory=OverlapSection)
+    goldfish: GoldfishSection = field(default_factory=GoldfishSection)
     out_dir: str = "runs/default"
     model_name: str = "custom"
     init_from: str = ""  # model.init_from: "" (random init) or "hf:DIR" (Hugging Face Llama weights)
@@ -83,11 +92,12 @@ class RunConfig:
             "train": dataclasses.asdict(self.train),
             "data": dataclasses.asdict(self.data),
             "overlap": dataclasses.asdict(self.overlap),
+            "goldfish": dataclasses.asdict(self.goldfish),
             "out_dir": self.out_dir,
         }  # after layout: auto, the layout chosen (so the saved config reruns exactly that)
 
 
-TOP_LEVEL_KEYS = ("model", "layout", "train", "data", "overlap", "out_dir", "layout_machine")
+TOP_LEVEL_KEYS = ("model", "layout", "train", "data", "overlap", "goldfish", "out_dir", "layout_machine")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
@@ -146,10 +156,12 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
     train = _build_section(TrainConfig, raw.get("train", {}) or {}, "train")
     data = _build_section(DataConfig, raw.get("data", {}) or {}, "data")
     overlap = _build_section(OverlapSection, raw.get("overlap", {}) or {}, "overlap")
+    goldfish = _build_section(GoldfishSection, raw.get("goldfish", {}) or {}, "goldfish")
     out_dir = raw.get("out_dir", "runs/default")
     if not isinstance(out_dir, str) or not out_dir:
         raise ConfigError(f"out_dir must be a non-empty path string, got {out_dir!r}")
-    config = RunConfig(model=model, layout=layout, train=train, data=data, overlap=overlap, out_dir=out_dir,
+    config = RunConfig(model=model, layout=layout, train=train, data=data, overlap=overlap, goldfish=goldfish,
+                       out_dir=out_dir,
                        model_name=model_name, init_from=init_from, layout_auto=layout_auto,
                        layout_machine=layout_machine)
     _check_values(config)
@@ -312,6 +324,12 @@ def _check_values(config: RunConfig) -> None:
                           f"prefetching off), got {config.overlap.prefetch_distance}")
     if config.overlap.bucket_mb <= 0:
         raise ConfigError(f"overlap.bucket_mb must be positive, got {config.overlap.bucket_mb}")
+    g = config.goldfish
+    if t.loss not in ("standard", "goldfish"):
+        raise ConfigError(f"train.loss must be 'standard' or 'goldfish', got {t.loss!r}")
+    if g.k < 2 or g.h < 1 or g.strategy not in ("hash", "static"):
+        raise ConfigError(f"goldfish.k must be >= 2, goldfish.h >= 1 and goldfish.strategy 'hash' or 'static', "
+                          f"got k={g.k}, h={g.h}, strategy={g.strategy!r}")
     if t.checkpoint_every < 0 or t.keep_checkpoints < 1:
         raise ConfigError(f"train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1, "
                           f"got {t.checkpoint_every} and {t.keep_checkpoints}")

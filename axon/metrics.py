@@ -49,7 +49,10 @@ class MetricsLog:
         if step % self.log_every == 0 or step == self.total_steps:
             elapsed = time.perf_counter() - self.started
             eta = elapsed / max(1, step - self.first_step) * (self.total_steps - step)
-            print(f"step {step}/{self.total_steps} | loss {metrics['loss']:.4f} | grad norm {metrics['grad_norm']:.3f}"
+            kept = metrics.get("kept_fraction", 1.0)
+            print(f"step {step}/{self.total_steps} | loss {metrics['loss']:.4f}"
+                  + (f" (on {100 * kept:.1f}% of tokens)" if kept < 1.0 else "")
+                  + f" | grad norm {metrics['grad_norm']:.3f}"
                   f" | {metrics['tokens_per_s']:,.0f} tok/s | {metrics['tflops_per_rank']:.3g} TFLOP/s/rank"
                   f" | MFU {100 * metrics['mfu']:.1f}% | ETA {format_duration(eta)}", flush=True)
 

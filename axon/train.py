@@ -11,6 +11,7 @@ import torch
 
 from axon.config import RunConfig, micro_batch_plan
 from axon.data import shard_micro_batches, token_source
+from axon.goldfish import GoldfishMask
 from axon.metrics import MetricsLog
 from axon.model import Llama, initialize_parameters
 from axon.parallel.comm import all_reduce, any_rank
@@ -78,6 +79,8 @@ class Trainer:
                                        self.pending)
         self.optimizer = build_optimizer(self.model, config)
         self.source = source if source is not None else token_source(config)
+        g = config.goldfish
+        self.goldfish = GoldfishMask(g.k, g.h, g.strategy) if config.train.loss == "goldfish" else None
         self.tokens_per_step = config.train.global_batch * config.model.seq_len
         self.flops_per_step = flops_per_token(config.model) * self.tokens_per_step
         self.peak_tflops = peak_tflops
@@ -90,6 +93,17 @@ class Trainer:
     def next_sequence(self, step: int) -> int:
         """Global index of the first sequence step `step` trains on."""
         return self.start_sequence + (step - self.start_step) * self.config.train.global_batch
+
+    def keep_masks(self, batches) -> list:
+        """The Goldfish keep mask of each micro-batch (None with the standard loss), hashed on
+        the host from the token ids so every device and layout drops the same tokens."""
+        if self.goldfish is None:
+            return [None] * len(batches)
+        masks = []
+        for ids, targets in batches:
+            tokens = torch.cat([ids[:, :1], targets], dim=1).cpu().numpy()
+            masks.append(torch.from_numpy(self.goldfish.keep(tokens)).to(ids.device))
+        return masks
 
     def data_identity(self) -> dict:
         return {"source": self.config.data.source, "seed": self.config.train.seed}
@@ -119,22 +133,27 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         batches = shard_micro_batches(self.source, self.config, self.grid, step, self.device,
                                       first_sequence=self.next_sequence(step))
+        keeps = self.keep_masks(batches)
+        kept_tokens = self.tokens_per_step
+        if self.goldfish is not None:  # the mean is over the kept tokens of the whole global batch
+            kept = torch.tensor(float(sum(int(k.sum()) for k in keeps)), device=self.device)
+            kept_tokens = max(1.0, all_reduce(kept, self.grid.axis("data+depth")).item())
         if self.prefetcher is not None:
             self.prefetcher.begin_step()
         try:
-            for index, (ids, targets) in enumerate(batches):
+            for index, ((ids, targets), keep) in enumerate(zip(batches, keeps)):
                 self.buckets.final_micro_batch = index == len(batches) - 1  # DP buckets launch in this backward
-                # Sum of token losses over the global batch's token count: gradients summed over
-                # data and depth then give the exact mean-loss gradient.
-                token_losses = self.model.token_losses(ids, targets)
-                (token_losses.sum() / self.tokens_per_step).backward()
+                # Sum of token losses over the global batch's (kept) token count: gradients summed
+                # over data and depth then give the exact mean-loss gradient.
+                token_losses = self.model.token_losses(ids, targets, keep)
+                (token_losses.sum() / kept_tokens).backward()
                 loss_sum += token_losses.detach().sum()
         finally:
             if self.prefetcher is not None:
                 self.prefetcher.end_step()
         self.buckets.finish()  # every gradient is summed over data and depth from here on
         all_reduce(loss_sum, self.grid.axis("data+depth"))
-        loss = loss_sum.item() / self.tokens_per_step
+        loss = loss_sum.item() / kept_tokens
         grad_norm = clip_grad_norm(self.model, self.grid, self.config.train.grad_clip)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # the same on every rank: all stop here
             raise TrainingDiverged(f"step {step + 1}: loss {loss}, gradient norm {grad_norm}; "
@@ -157,6 +176,7 @@ class Trainer:
             "tflops_per_rank": tflops_per_rank,
             "mfu": tflops_per_rank / self.peak_tflops if self.peak_tflops > 0 else 0.0,
             "peak_memory_gb": peak_memory_gb(self.device),
+            "kept_fraction": kept_tokens / self.tokens_per_step,
             **summarize(events),
         }
 

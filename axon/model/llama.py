@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from axon.parallel.cross_entropy import vocab_parallel_cross_entropy
+from axon.parallel.cross_entropy import vocab_parallel_argmax, vocab_parallel_cross_entropy
 from axon.parallel.embedding import VocabParallelEmbedding
 from axon.parallel.linear import TensorParallelLinear
 from axon.parallel.norm import ShardedRMSNorm
@@ -102,6 +102,11 @@ class Llama(nn.Module):
                 x = layer(x, cos, sin)
         return self.output(self.norm(x))
 
-    def token_losses(self, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-token cross-entropy [batch, seq], computed without gathering the vocabulary."""
-        return vocab_parallel_cross_entropy(self(ids), targets, self.vocab_start, self.row_axis)
+    def token_losses(self, ids: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token cross-entropy [batch, seq], computed without gathering the vocabulary;
+        tokens where `keep` is False (the Goldfish loss) count zero."""
+        return vocab_parallel_cross_entropy(self(ids), targets, self.vocab_start, self.row_axis, keep)
+
+    def greedy_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """The argmax next token at every position [batch, seq], the same on every row rank."""
+        return vocab_parallel_argmax(self(ids), self.vocab_start, self.row_axis)

@@ -1,7 +1,8 @@
 """Cross-entropy over logits whose vocabulary is split over row.
 
 No rank ever holds a full logits row: the max, the sum of exponentials and the
-target's logit are each reduced over row from the local slices.
+target's logit are each reduced over row from the local slices. A keep mask (the
+Goldfish loss) zeroes the loss and the gradient of the tokens it leaves out.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from axon.parallel.comm import all_reduce
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, targets, vocab_start, axis):
+    def forward(ctx, logits, targets, keep, vocab_start, axis):
         # logits: [tokens, vocab/row] on this rank; targets: [tokens] global ids.
         row_max = all_reduce(logits.max(dim=-1).values, axis, op=dist.ReduceOp.MAX)
         shifted = logits - row_max.unsqueeze(-1)
@@ -26,21 +27,37 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         # One all-reduce carries both per-token sums.
         sums = all_reduce(torch.stack([exp.sum(dim=-1), target_logit]), axis)
         sum_exp, target_logit = sums[0], sums[1]
-        ctx.save_for_backward(exp.div_(sum_exp.unsqueeze(-1)), local, inside)
-        return sum_exp.log() - target_logit
+        ctx.save_for_backward(exp.div_(sum_exp.unsqueeze(-1)), local, inside, keep)
+        loss = sum_exp.log() - target_logit
+        return loss if keep is None else loss.masked_fill_(~keep, 0.0)
 
     @staticmethod
     def backward(ctx, dloss):
-        softmax, local, inside = ctx.saved_tensors
+        softmax, local, inside, keep = ctx.saved_tensors
         grad = softmax  # saved for this one use; modified in place
         rows = torch.arange(grad.shape[0], device=grad.device)
         grad[rows[inside], local[inside]] -= 1.0
-        return grad.mul_(dloss.unsqueeze(-1)), None, None, None
+        if keep is not None:
+            dloss = dloss.masked_fill(~keep, 0.0)
+        return grad.mul_(dloss.unsqueeze(-1)), None, None, None, None
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_start: int,
-                                 axis) -> torch.Tensor:
-    """Per-token loss, identical on every rank of the row group. logits [..., vocab/row]."""
+                                 axis, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token loss, identical on every rank of the row group. logits [..., vocab/row];
+    `keep` (bool, shaped like targets) zeroes the loss and gradient of dropped tokens."""
     flat = logits.reshape(-1, logits.shape[-1]).float()  # the loss is always computed in fp32
-    loss = _VocabParallelCrossEntropy.apply(flat, targets.reshape(-1), vocab_start, axis)
+    flat_keep = None if keep is None else keep.reshape(-1)
+    loss = _VocabParallelCrossEntropy.apply(flat, targets.reshape(-1), flat_keep, vocab_start, axis)
     return loss.view(targets.shape)
+
+
+def vocab_parallel_argmax(logits: torch.Tensor, vocab_start: int, axis) -> torch.Tensor:
+    """Greedy token ids [...] from logits [..., vocab/row] split over row; ties go to the
+    lowest id, as torch.argmax on the full row would."""
+    local_max, local_index = logits.float().max(dim=-1)
+    best = all_reduce(local_max.clone(), axis, op=dist.ReduceOp.MAX)
+    # Ranks without the maximum offer an id past any real one, so MIN picks the lowest holder.
+    big = torch.iinfo(torch.int64).max
+    first = torch.where(local_max == best, local_index.long() + vocab_start, torch.full_like(local_index, big).long())
+    return all_reduce(first, axis, op=dist.ReduceOp.MIN)
