@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config key, dotted for nesting (repeatable), e.g. --set layout.col=2")
     commands.add_parser("data", help="prepare or verify token files (python -m axon data prepare -h)")
     commands.add_parser("convert", help="Hugging Face Llama <-> axon checkpoint (python -m axon convert -h)")
+    commands.add_parser("memorize", help="memorization sweep: models x {standard, goldfish} (python -m axon memorize -h)")
+    commands.add_parser("memorize-eval", help="memorization scores of one checkpoint (python -m axon memorize-eval -h)")
     return parser
 
 def _fail(rank: int, message: str) -> None:
@@ -168,6 +170,14 @@ def main(argv=None) -> None:
         from axon.convert import main as convert_main
 
         return convert_main(argv[1:])
+    if argv[:1] == ["memorize"]:
+        from axon.memorize.cli import memorize_main
+
+        return memorize_main(argv[1:])
+    if argv[:1] == ["memorize-eval"]:
+        from axon.memorize.cli import memorize_eval_main
+
+        return memorize_eval_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "train":
         train_command(args)

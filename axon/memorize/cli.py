@@ -1,0 +1,113 @@
+"""`python -m axon memorize CONFIG` and `python -m axon memorize-eval CONFIG --checkpoint DIR`.
+
+Both check everything (config, layouts, documents, filler, checkpoint) on every rank before
+the ranks meet, so a mistake ends every rank with one sentence instead of a hang.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _fail(rank: int, message: str) -> None:
+    print(f"axon: error (rank {rank}): {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _parser(name: str, evaluate: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m axon {name}", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="experiment YAML (e.g. axon/configs/memorize_local.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key, e.g. --set targets=my_docs.jsonl --set out_dir=runs/mem (repeatable)")
+    if evaluate:
+        parser.add_argument("--checkpoint", required=True, help="an axon checkpoint directory (any layout)")
+        parser.add_argument("--model", help="which models entry the checkpoint is (default: the first)")
+        parser.add_argument("--out", help="write the scores as JSON here too")
+    return parser
+
+
+def _start(args):
+    """The launch, the experiment and its planned runs, all checked; then the ranks meet."""
+    from axon.bootstrap import detect_launch, init_distributed
+    from axon.config import ConfigError
+    from axon.memorize.experiment import load_experiment
+    from axon.memorize.runner import plan_runs
+
+    try:
+        launch = detect_launch()
+    except ValueError as err:
+        _fail(0, str(err))
+    try:
+        experiment = load_experiment(args.config, args.overrides)
+        if getattr(args, "model", None):
+            chosen = [m for m in experiment.models if m.name == args.model]
+            if not chosen:
+                raise ConfigError(f"--model {args.model!r} is not one of the config's models "
+                                  f"({', '.join(m.name for m in experiment.models)})")
+            experiment.models = chosen
+        if getattr(args, "checkpoint", None):
+            experiment.models, experiment.losses = experiment.models[:1], experiment.losses[:1]
+        docs, runs = plan_runs(experiment, launch.world_size)
+        reader = _checkpoint(args, runs[0].config) if getattr(args, "checkpoint", None) else None
+    except ConfigError as err:
+        _fail(launch.rank, str(err))
+    return experiment, docs, runs, reader, init_distributed(launch)
+
+
+def _checkpoint(args, config):
+    from axon.checkpoint import CheckpointReader
+
+    reader = CheckpointReader(Path(args.checkpoint))
+    reader.check_model(config.model)
+    reader.check_files()
+    return reader
+
+
+def memorize_main(argv) -> None:
+    from axon.bootstrap import shutdown
+    from axon.memorize.runner import run_sweep
+
+    args = _parser("memorize", evaluate=False).parse_args(argv)
+    experiment, docs, runs, _, runtime = _start(args)
+    done = False
+    try:
+        if runtime.rank == 0:
+            print(f"axon: memorize: {len(runs)} runs ({len(experiment.models)} models x {len(experiment.losses)} "
+                  f"losses) on {runtime.world_size} rank(s), device {runtime.device.type}; targets "
+                  f"{docs.source}, {len(docs.target_canaries)} canaries; {len(docs.controls)} control documents, "
+                  f"{len(docs.control_canaries)} control canaries", flush=True)
+        run_sweep(experiment, docs, runs, runtime)
+        done = True
+    finally:
+        shutdown(all_ranks_done=done)
+
+
+def memorize_eval_main(argv) -> None:
+    """Scores of one checkpoint on the experiment's targets and controls."""
+    from axon import checkpoint
+    from axon.bootstrap import shutdown
+    from axon.grid import Grid
+    from axon.memorize.runner import evaluate_all
+    from axon.train import Trainer
+
+    args = _parser("memorize-eval", evaluate=True).parse_args(argv)
+    experiment, docs, runs, reader, runtime = _start(args)
+    done = False
+    try:
+        run = runs[0]
+        grid = Grid(run.config.layout, runtime.rank)
+        trainer = Trainer(run.config, grid, runtime.device, source=run.stream)
+        checkpoint.load(trainer, reader)
+        scores, _ = evaluate_all(trainer, docs, run.stream, experiment.section)
+        grid.destroy()
+        if runtime.rank == 0:
+            record = {"checkpoint": str(reader.path), "model": run.model.name, "step": reader.step, **scores}
+            print(json.dumps(record, indent=1), flush=True)
+            if args.out:
+                Path(args.out).write_text(json.dumps(record, indent=1))
+        done = True
+    finally:
+        shutdown(all_ranks_done=done)

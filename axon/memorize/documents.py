@@ -1,0 +1,147 @@
+"""The documents of a memorization experiment: targets trained on, controls never trained on.
+
+Targets are a user's file (.txt files, a directory, or .jsonl with a `text` field; a
+held-out share becomes the control set) or, by default, fictional records generated from
+the seed: invented people, places, sums and dates, facts no other text predicts. Canaries
+(Carlini et al., 2019) are one sentence with a secret of random digits; exposure asks how
+far the trained secret ranks above random secrets. Controls are drawn exactly like the
+targets, so their scores are what a model shows without having seen the text.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from axon.config import ConfigError
+from axon.corpus import _name  # the invented-world name generator: pronounceable, unpredictable
+
+_TRADES = "salt wool copper amber timber wine glass silk pepper tin".split()
+_MONTHS = ("January February March April May June July August September October November "
+           "December").split()
+_ROLES = "clerk captain steward notary surveyor archivist miller ferryman".split()
+
+
+def _record(rng: random.Random) -> str:
+    """One fictional record: mostly names, numbers and dates, so only memory can complete it."""
+    person, other, town, port = (f"{_name(rng, 2)} {_name(rng, 2)}", f"{_name(rng, 2)} {_name(rng, 3)}",
+                                 _name(rng, 2), _name(rng, 3))
+    date = f"{rng.randint(1, 28)} {rng.choice(_MONTHS)} {rng.randint(1200, 1899)}"
+    kind = rng.randrange(4)
+    if kind == 0:
+        return (f"Ledger {rng.randint(100, 9999)}: {person} of {town} paid {rng.randint(12, 990)} crowns to "
+                f"{other} on {date} for {rng.randint(2, 80)} bales of {rng.choice(_TRADES)}, "
+                f"receipt {rng.randint(100000, 999999)}.")
+    if kind == 1:
+        return (f"Ship log, {date}: the {_name(rng, 2)} left {port} with {rng.randint(3, 60)} crew under "
+                f"captain {person}, carrying {rng.choice(_TRADES)} to {town}; {rng.randint(2, 40)} days at sea.")
+    if kind == 2:
+        return (f"Registry of {town}, entry {rng.randint(10, 4999)}: {person}, {rng.choice(_ROLES)}, born "
+                f"{date}, married {other} and lived at {rng.randint(1, 300)} {_name(rng, 2)} Lane.")
+    return (f"Letter from {person} to {other}, {town}, {date}: the {rng.choice(_TRADES)} you sent by way of "
+            f"{port} arrived; {rng.randint(2, 90)} crates, {rng.randint(1, 9)} broken. Yours, {_name(rng, 2)}.")
+
+
+def fictional_documents(seed: int, count: int, records: int = 3) -> list[str]:
+    """`count` documents of `records` records each (3: about 450 bytes); document i depends on
+    (seed, i) only, and with more records it starts with the same text."""
+    out = []
+    for i in range(count):
+        rng = random.Random(seed * 7_919_993 + i + 1)
+        out.append(" ".join(_record(rng) for _ in range(records)))
+    return out
+
+
+def canary_texts(seed: int, count: int, start: int, digits: int) -> list[tuple[str, str]]:
+    """(prefix, secret) pairs: 'The vault code of NAME is ' and `digits` random digits."""
+    out = []
+    for i in range(start, start + count):
+        rng = random.Random(seed * 104_729 + 7_777_777 + i)
+        secret = "".join(rng.choice("0123456789") for _ in range(digits))
+        out.append((f"The vault code of {_name(rng, 2)} {_name(rng, 2)} is ", secret))
+    return out
+
+
+@dataclass
+class Canary:
+    prefix: np.ndarray  # token ids up to the secret
+    secret: np.ndarray  # the secret's token ids, each one of `alphabet`
+    tokens: np.ndarray  # what training sees: prefix, secret, the closing text, end of document
+
+
+@dataclass
+class DocumentSets:
+    """Token ids of every document of the experiment."""
+    targets: list[np.ndarray]
+    controls: list[np.ndarray]
+    target_canaries: list[Canary] = field(default_factory=list)
+    control_canaries: list[Canary] = field(default_factory=list)
+    alphabet: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # the secrets' token ids
+    source: str = "default"
+
+    def trained(self) -> list[np.ndarray]:
+        """Every sequence the training stream injects: target documents, then canaries."""
+        return self.targets + [c.tokens for c in self.target_canaries]
+
+
+def _with_eos(ids: np.ndarray, tokenizer) -> np.ndarray:
+    ids = np.asarray(ids, dtype=np.int64)
+    return ids if tokenizer.eos is None else np.concatenate([ids, [tokenizer.eos]])
+
+
+def digit_alphabet(tokenizer) -> np.ndarray:
+    """The ids of "0".."9" as single tokens (canary secrets are drawn from them)."""
+    if hasattr(tokenizer, "tokenizer"):  # a Hugging Face tokenizer: encode without BOS/EOS
+        ids = [tokenizer.tokenizer.encode(d, add_special_tokens=False).ids for d in "0123456789"]
+    else:
+        ids = [list(d.encode()) for d in "0123456789"]
+    if any(len(i) != 1 for i in ids):
+        raise ConfigError("the tokenizer does not encode each digit 0-9 as one token; use canaries: 0")
+    return np.array([i[0] for i in ids], dtype=np.int64)
+
+
+def _canaries(pairs, tokenizer, alphabet) -> list[Canary]:
+    out = []
+    for prefix_text, secret in pairs:
+        prefix = tokenizer.encode_batch([prefix_text])[0].astype(np.int64)
+        closing = tokenizer.encode_batch(["."])[0].astype(np.int64)
+        if hasattr(tokenizer, "tokenizer"):  # drop the BOS a post-processor put before "."
+            closing = np.asarray(tokenizer.tokenizer.encode(".", add_special_tokens=False).ids, dtype=np.int64)
+        secret_ids = alphabet[[int(d) for d in secret]]
+        out.append(Canary(prefix, secret_ids, _with_eos(np.concatenate([prefix, secret_ids, closing]), tokenizer)))
+    return out
+
+
+def build_documents(targets: str, tokenizer, seed: int, documents: int, controls: int, canaries: int,
+                    digits: int, min_tokens: int = 0) -> DocumentSets:
+    """Targets and controls as token ids. `targets` is "default" or a path (see the module doc);
+    default documents get more records until each has `min_tokens` tokens in this tokenizer."""
+    if targets == "default":
+        for records in range(3, 33):
+            texts = fictional_documents(seed, documents + controls, records)
+            if all(ids.size >= min_tokens for ids in tokenizer.encode_batch(texts)):
+                break
+        chosen, held = texts[:documents], texts[documents:]
+        source = f"default: {documents} fictional documents of {records} records (seed {seed})"
+    else:
+        from axon.dataprep import input_files, read_documents
+
+        texts = [t for t in read_documents(input_files([targets])) if t.strip()]
+        if len(texts) <= controls:
+            raise ConfigError(f"targets {targets!r} holds {len(texts)} documents, but experiment.controls={controls} "
+                              "of them are held out as controls; give more documents or fewer controls")
+        order = list(range(len(texts)))
+        random.Random(seed).shuffle(order)  # which documents are held out: drawn, not the file's tail
+        held_out = set(order[:controls])
+        chosen = [t for i, t in enumerate(texts) if i not in held_out]
+        held = [t for i, t in enumerate(texts) if i in held_out]
+        source = f"{targets}: {len(chosen)} documents trained, {len(held)} held out"
+    encode = lambda batch: [_with_eos(ids, tokenizer) for ids in tokenizer.encode_batch(batch)] if batch else []
+    sets = DocumentSets(encode(chosen), encode(held), source=source)
+    if canaries:
+        sets.alphabet = digit_alphabet(tokenizer)
+        sets.target_canaries = _canaries(canary_texts(seed, canaries, 0, digits), tokenizer, sets.alphabet)
+        sets.control_canaries = _canaries(canary_texts(seed, canaries, canaries, digits), tokenizer, sets.alphabet)
+    return sets

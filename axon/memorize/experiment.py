@@ -1,0 +1,186 @@
+"""The memorization experiment's config: which models, which losses, which documents.
+
+    models:      list of model entries, each like a train config's `model` (a preset, a mapping,
+                 or {init_from: hf:DIR}) plus an optional `name`
+    losses:      list of `standard` or {kind: goldfish, k: 4, h: 13, strategy: hash}
+    targets:     default | a .txt/.jsonl file or a directory of them
+    tokenizer:   bytes | a local tokenizer.json
+    filler:      default (the generated corpus) | a token file (.tok/.npy/.bin)
+    experiment:  the knobs below (ExperimentSection)
+    layout, layout_machine, train, overlap, out_dir: as in a train config (train.steps and
+                 train.loss are set per run: steps from the epochs, loss from `losses`)
+
+Strings in models[].init_from, targets, tokenizer and filler may name environment variables
+(`hf:${LLAMA_8B_DIR}`), so one config serves every user of a machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from axon.config import ConfigError, RunConfig, _build_section, _reject_unknown, apply_override, build_config
+
+
+@dataclass
+class ExperimentSection:
+    documents: int = 32  # default targets: fictional documents trained on
+    controls: int = 32  # documents (and canaries) drawn the same way and never trained on
+    canaries: int = 8  # canaries trained on (0 = none); as many control canaries
+    canary_digits: int = 8  # digits in a canary's secret: 10^8 possible secrets
+    exposure_samples: int = 255  # random secrets each canary is ranked against
+    epochs: int = 16  # passes over the targets; the metrics are taken after each (see eval_every)
+    repeats: int = 1  # times each target appears per epoch
+    filler_per_epoch: int = 96  # filler sequences per epoch (rounded up to whole steps)
+    prefix: int = 32  # tokens given to the model
+    suffix: int = 48  # tokens it must reproduce
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    eval_batch: int = 64  # sequences per forward per data x depth shard during evaluation
+    val_sequences: int = 64  # held-out filler sequences for the validation loss
+    seed: int = 0  # documents, canaries, filler and the stream's order
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    kind: str  # "standard" | "goldfish"
+    k: int = 0
+    h: int = 0
+    strategy: str = ""
+
+    @property
+    def tag(self) -> str:
+        if self.kind == "standard":
+            return "standard"
+        return f"goldfish-k{self.k}-h{self.h}" + ("" if self.strategy == "hash" else f"-{self.strategy}")
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    raw: Any  # what goes into a train config's `model`
+
+
+@dataclass
+class Experiment:
+    models: list[ModelEntry]
+    losses: list[LossSpec]
+    targets: str
+    tokenizer: str
+    filler: str
+    section: ExperimentSection
+    base: dict[str, Any]  # layout, layout_machine, train, overlap: shared by every run
+    out_dir: str
+
+    def run_config(self, model: ModelEntry, loss: LossSpec, steps: int) -> RunConfig:
+        """The train config of one run: this model and loss, `steps` steps."""
+        raw = {key: (dict(value) if isinstance(value, dict) else value) for key, value in self.base.items()}
+        raw["model"] = model.raw
+        raw["train"] = {**raw.get("train", {}), "steps": steps, "loss": loss.kind}
+        if loss.kind == "goldfish":
+            raw["goldfish"] = {"k": loss.k, "h": loss.h, "strategy": loss.strategy}
+        raw["out_dir"] = str(Path(self.out_dir) / "runs" / f"{model.name}-{loss.tag}")
+        return build_config(raw)
+
+
+TOP_LEVEL_KEYS = ("models", "losses", "targets", "tokenizer", "filler", "experiment", "layout", "layout_machine",
+                  "train", "overlap", "out_dir")
+
+
+def _expand(value: str, key: str) -> str:
+    expanded = os.path.expandvars(value)
+    missing = re.findall(r"\$\{?(\w+)", expanded)
+    if missing:
+        raise ConfigError(f"{key}={value!r} names environment variable ${missing[0]}, which is not set")
+    return expanded
+
+
+def _loss(item: Any, index: int) -> LossSpec:
+    if item == "standard":
+        return LossSpec("standard")
+    if item == "goldfish":
+        item = {"kind": "goldfish"}
+    if not isinstance(item, dict) or item.get("kind") not in ("standard", "goldfish"):
+        raise ConfigError(f"losses[{index}] must be 'standard', 'goldfish' or a mapping "
+                          f"{{kind: goldfish, k: 4, h: 13, strategy: hash}}, got {item!r}")
+    _reject_unknown(item, ("kind", "k", "h", "strategy"), f"losses[{index}]")
+    if item["kind"] == "standard":
+        return LossSpec("standard")
+    spec = LossSpec("goldfish", item.get("k", 4), item.get("h", 13), item.get("strategy", "hash"))
+    build_config({"train": {"loss": "goldfish"}, "goldfish": {"k": spec.k, "h": spec.h, "strategy": spec.strategy}})
+    return spec
+
+
+def _model_entry(item: Any, index: int) -> ModelEntry:
+    if isinstance(item, str):
+        return ModelEntry(item, item)
+    if not isinstance(item, dict):
+        raise ConfigError(f"models[{index}] must be a preset name or a mapping, got {item!r}")
+    item = dict(item)
+    name = item.pop("name", None) or item.get("preset") or f"model{index}"
+    if "init_from" in item:
+        item["init_from"] = _expand(str(item["init_from"]), f"models[{index}].init_from")
+    return ModelEntry(str(name), item)
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping, not {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    _reject_unknown(raw, TOP_LEVEL_KEYS, "")
+    models_raw = raw.get("models")
+    if not isinstance(models_raw, list) or not models_raw:
+        raise ConfigError(f"models must be a non-empty list of model entries, got {models_raw!r}")
+    models = [_model_entry(item, i) for i, item in enumerate(models_raw)]
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"models need distinct names (they name the runs), got {', '.join(names)}")
+    losses_raw = raw.get("losses", ["standard", {"kind": "goldfish", "k": 4, "h": 13}])
+    if not isinstance(losses_raw, list) or not losses_raw:
+        raise ConfigError(f"losses must be a non-empty list, got {losses_raw!r}")
+    losses = [_loss(item, i) for i, item in enumerate(losses_raw)]
+    train = raw.get("train", {}) or {}
+    for key in ("steps", "loss"):
+        if isinstance(train, dict) and key in train:
+            raise ConfigError(f"train.{key} is set per run by the experiment (steps from experiment.epochs, "
+                              "loss from losses); remove it")
+    section = _build_section(ExperimentSection, raw.get("experiment", {}) or {}, "experiment")
+    _check_section(section)
+    strings = {}
+    for key, default in (("targets", "default"), ("tokenizer", "bytes"), ("filler", "default"),
+                         ("out_dir", "runs/memorize")):
+        value = raw.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
+        strings[key] = _expand(value, key)
+    base = {key: raw[key] for key in ("layout", "layout_machine", "train", "overlap") if key in raw}
+    experiment = Experiment(models, losses, strings["targets"], strings["tokenizer"], strings["filler"], section,
+                            base, strings["out_dir"])
+    for model in models:  # every model entry builds into a valid train config now, not mid-sweep
+        experiment.run_config(model, losses[0], 1)
+    return experiment
+
+
+def _check_section(s: ExperimentSection) -> None:
+    positive = ("epochs", "repeats", "prefix", "suffix", "eval_every", "eval_batch", "canary_digits",
+                "exposure_samples")
+    for name in positive:
+        if getattr(s, name) < 1:
+            raise ConfigError(f"experiment.{name} must be at least 1, got {getattr(s, name)}")
+    for name in ("documents", "controls", "canaries", "filler_per_epoch", "val_sequences"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"experiment.{name} must be >= 0, got {getattr(s, name)}")
+
+
+def fields_of(section: ExperimentSection) -> dict[str, Any]:
+    return dataclasses.asdict(section)

@@ -1,0 +1,142 @@
+"""What a memorization sweep leaves in out_dir (rank 0 writes it):
+
+results.csv / results.json   one row per model, loss and evaluated epoch (runner.RESULT_COLUMNS)
+per_document.json            each run's last per-document scores (Rouge-L histograms come from it)
+placements.json              where every target was injected (global sequence index and step)
+exact_match_vs_size.png      last-epoch exact match against parameters, one line per loss, controls dashed
+exact_match_vs_epoch.png     exact match against epoch, one panel per loss, one line per model
+rougeL_hist.png              last-epoch Rouge-L of the targets, one panel per model, losses overlaid
+summary.md                   the last-epoch table
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from axon.memorize.documents import DocumentSets
+
+LABELS = {"exact_match": "exact match", "control_exact_match": "control exact match", "token_acc": "token acc",
+          "rougeL": "Rouge-L", "exposure": "exposure (bits)", "control_exposure": "control exposure",
+          "val_loss": "filler val loss", "kept_fraction": "tokens in loss"}
+
+
+def _clean(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def write_setup(out: Path, exp, docs: DocumentSets, runs) -> None:
+    stream = runs[0].stream  # the placements depend on the batch and the counts only, the same for every run
+    placements = [{"target": i, "kind": "document" if i < len(docs.targets) else "canary",
+                   "sequences": seqs, "steps": [g // runs[0].config.train.global_batch for g in seqs]}
+                  for i, seqs in enumerate(stream.placements())]
+    (out / "placements.json").write_text(json.dumps(
+        {"targets": docs.source, "documents": len(docs.targets), "canaries": len(docs.target_canaries),
+         "controls": len(docs.controls), "control_canaries": len(docs.control_canaries),
+         "sequences_per_epoch": stream.per_epoch, "steps_per_epoch": stream.steps_per_epoch,
+         "placements": placements}, indent=1))
+
+
+def write_results(out: Path, rows: list[dict]) -> None:
+    from axon.memorize.runner import RESULT_COLUMNS
+
+    (out / "results.json").write_text(json.dumps([{k: _clean(v) for k, v in r.items()} for r in rows], indent=1))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row[k] is None else row[k]) for k in RESULT_COLUMNS})
+
+
+def write_per_document(out: Path, documents: list[dict]) -> None:
+    (out / "per_document.json").write_text(json.dumps(documents))
+
+
+def _final(rows: list[dict]) -> list[dict]:
+    last = {}
+    for row in rows:
+        last[(row["model"], row["loss_kind"], row["k"], row["h"], row["strategy"])] = row
+    return list(last.values())
+
+
+def loss_label(row: dict) -> str:
+    if row["loss_kind"] == "standard":
+        return "standard"
+    return f"goldfish k={row['k']} h={row['h']}" + ("" if row["strategy"] == "hash" else f" {row['strategy']}")
+
+
+def summary_table(rows: list[dict]) -> str:
+    cols = ("exact_match", "control_exact_match", "token_acc", "rougeL", "exposure", "control_exposure",
+            "val_loss", "kept_fraction")
+    lines = ["| model | params | loss | epochs | " + " | ".join(LABELS[c] for c in cols) + " |",
+             "|---|---:|---|---:|" + "---:|" * len(cols)]
+    for row in _final(rows):
+        cells = []
+        for c in cols:
+            value = row[c]
+            cells.append("n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else
+                         (f"{value:.2f}" if "exposure" in c else f"{value:.3f}"))
+        lines.append(f"| {row['model']} | {row['params'] / 1e6:.2f}M | {loss_label(row)} | {row['epoch']} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, rows: list[dict], documents: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on a compute node
+    import matplotlib.pyplot as plt
+
+    final = _final(rows)
+    losses = list(dict.fromkeys(loss_label(r) for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label in losses:
+        points = sorted((r["params"], r["exact_match"], r["control_exact_match"]) for r in final
+                        if loss_label(r) == label)
+        line, = ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
+        ax.plot([p[0] for p in points], [p[2] for p in points], "x--", color=line.get_color(), alpha=0.6,
+                label=f"{label}: controls")
+    ax.set(xscale="log", xlabel="parameters", ylabel="exact-match rate (last epoch)", ylim=(-0.03, 1.03),
+           title="Memorized targets vs model size")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "exact_match_vs_size.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(losses), figsize=(5 * len(losses), 4), sharey=True, squeeze=False)
+    for ax, label in zip(axes[0], losses):
+        for model in models:
+            points = [(r["epoch"], r["exact_match"]) for r in rows if r["model"] == model and loss_label(r) == label]
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", markersize=3, label=model)
+        ax.set(title=label, xlabel="epoch (times each target was seen)", ylim=(-0.03, 1.03))
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("exact-match rate")
+    fig.tight_layout()
+    fig.savefig(out / "exact_match_vs_epoch.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.5), sharey=True, squeeze=False)
+    bins = [i / 20 for i in range(21)]
+    for ax, model in zip(axes[0], models):
+        for doc in documents:
+            if doc["model"] == model and doc.get("targets"):
+                label = doc["loss"].replace("-", " ")
+                ax.hist(doc["targets"]["rougeL"], bins=bins, alpha=0.6, label=label)
+        controls = next((d for d in documents if d["model"] == model and d.get("controls")), None)
+        if controls is not None and controls["controls"]["rougeL"]:
+            ax.hist(controls["controls"]["rougeL"], bins=bins, histtype="step", color="black", label="controls")
+        ax.set(title=model, xlabel="Rouge-L of the greedy suffix")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("documents")
+    fig.tight_layout()
+    fig.savefig(out / "rougeL_hist.png", dpi=120)
+    plt.close(fig)
+
+    (out / "summary.md").write_text(
+        "# Memorization sweep\n\nLast evaluated epoch of each run (rates are fractions of documents; exposure in "
+        "bits).\n\n" + summary_table(rows) + "\n\nPlots: exact_match_vs_size.png, exact_match_vs_epoch.png, "
+        "rougeL_hist.png\n")

@@ -1,0 +1,227 @@
+"""`python -m axon memorize CONFIG`: train every model with every loss, measure memorization
+after each epoch, and write results.csv / results.json, plots and summary.md to out_dir.
+
+Everything the user gave (models, layouts, documents, filler) is checked on every rank
+before the ranks meet. Runs go one after another on the same ranks, each from scratch
+(or from the Hugging Face weights its model entry names).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from axon.config import ConfigError, check_layout
+from axon.memorize.documents import DocumentSets, build_documents
+from axon.memorize.experiment import Experiment, LossSpec, ModelEntry
+from axon.memorize.stream import FillerTokens, MemorizationStream
+
+RESULT_COLUMNS = ("model", "params", "loss_kind", "k", "h", "strategy", "epoch", "step", "exact_match", "token_acc",
+                  "rougeL", "exposure", "control_exact_match", "control_token_acc", "control_rougeL",
+                  "control_exposure", "val_loss", "train_loss", "kept_fraction", "train_seconds")
+
+
+def load_tokenizer(name: str):
+    from axon.dataprep import ByteTokenizer, HFTokenizer
+
+    return ByteTokenizer() if name == "bytes" else HFTokenizer(name)
+
+
+def filler_tokens(exp: Experiment, tokenizer, needed: int) -> tuple[np.ndarray, int]:
+    """(tokens, a bound on their ids): at least `needed` tokens of the generated default corpus,
+    or the user's token file (whose header bounds its ids, so a huge file is not scanned)."""
+    if exp.filler == "default":
+        from axon.corpus import default_corpus_documents
+
+        pieces, count = [], 0
+        documents = default_corpus_documents(exp.section.seed, n_docs=10**9)  # lazy: taken until enough
+        eos = [] if tokenizer.eos is None else [tokenizer.eos]
+        while count < needed:
+            batch = [next(documents) for _ in range(64)]
+            for ids in tokenizer.encode_batch(batch):
+                pieces.append(np.concatenate([ids.astype(np.int64), eos]))
+                count += pieces[-1].size
+        tokens = np.concatenate(pieces)
+        return tokens, int(tokens.max()) + 1
+    from axon.data import TokenFile
+
+    file = TokenFile(exp.filler, 1 << 62, 1, 1)  # the file's own checks
+    return file.tokens, file.file_vocab or int(file.tokens.max()) + 1
+
+
+@dataclasses.dataclass
+class PlannedRun:
+    model: ModelEntry
+    loss: LossSpec
+    config: object  # RunConfig with the layout filled in
+    stream: MemorizationStream
+    choice: object = None  # LayoutChoice under layout: auto
+
+
+def plan_runs(exp: Experiment, world_size: int) -> tuple[DocumentSets, list[PlannedRun]]:
+    """Everything checked and built before any collective; raises ConfigError."""
+    from axon import auto_layout
+
+    s = exp.section
+    tokenizer = load_tokenizer(exp.tokenizer)
+    need = s.prefix + s.suffix
+    docs = build_documents(exp.targets, tokenizer, s.seed, s.documents, s.controls, s.canaries, s.canary_digits,
+                           min_tokens=need)
+    short = [len(d) for d in docs.targets + docs.controls if len(d) < need]
+    if short:
+        raise ConfigError(f"{len(short)} target/control documents are shorter than experiment.prefix + "
+                          f"experiment.suffix = {need} tokens (the shortest has {min(short)})")
+    if not docs.trained():
+        raise ConfigError("nothing to memorize: no target documents and experiment.canaries=0")
+    runs, filler, bound = [], None, 0
+    for model in exp.models:
+        probe = exp.run_config(model, exp.losses[0], 1)
+        shape = probe.model
+        if shape.vocab < tokenizer.vocab:
+            raise ConfigError(f"model {model.name}: model.vocab={shape.vocab} is smaller than the tokenizer's "
+                              f"vocab {tokenizer.vocab} ({exp.tokenizer})")
+        if shape.seq_len + 1 < need:
+            raise ConfigError(f"model {model.name}: model.seq_len={shape.seq_len} + 1 is shorter than "
+                              f"experiment.prefix + experiment.suffix = {need}")
+        # Each run reads its own copy of the stream through the same numbers, so size it once per model.
+        # At most: validation, then per epoch the filler rounded up to a whole step and one padding per target.
+        windows_needed = s.val_sequences + s.epochs * (s.filler_per_epoch + probe.train.global_batch
+                                                       + len(docs.trained()) * s.repeats)
+        if filler is None or (exp.filler == "default" and filler.size < windows_needed * shape.seq_len + 1):
+            filler, bound = filler_tokens(exp, tokenizer, windows_needed * shape.seq_len + 1)
+        if bound > shape.vocab:
+            raise ConfigError(f"filler {exp.filler!r} holds token ids up to {bound - 1}, not below model "
+                              f"{model.name}'s vocab {shape.vocab}")
+        stream = MemorizationStream(docs.trained(), FillerTokens(filler, shape.seq_len, repr(exp.filler)),
+                                    shape.seq_len, probe.train.global_batch, s.epochs, s.repeats,
+                                    s.filler_per_epoch, s.val_sequences, s.seed)
+        for loss in exp.losses:
+            config, choice = exp.run_config(model, loss, stream.total_steps), None
+            if config.layout_auto:
+                machine = auto_layout.profile_before_start(config)
+                if machine is None:
+                    raise ConfigError("layout: auto in an experiment needs layout_machine (a profile name or "
+                                      "YAML); the sweep does not calibrate")
+                config, choice = auto_layout.choose(config, world_size, machine)
+            check_layout(config, world_size)
+            runs.append(PlannedRun(model, loss, config, stream, choice))
+    return docs, runs
+
+
+def _row(run: PlannedRun, params: int, epoch: int, step: int, scores: dict, losses: list[dict],
+         seconds: float) -> dict:
+    loss = run.loss
+    goldfish = loss.kind == "goldfish"
+    return {"model": run.model.name, "params": params, "loss_kind": loss.kind,
+            "k": loss.k if goldfish else None, "h": loss.h if goldfish else None,
+            "strategy": loss.strategy if goldfish else None, "epoch": epoch, "step": step, **scores,
+            "train_loss": float(np.mean([m["loss"] for m in losses])),
+            "kept_fraction": float(np.mean([m["kept_fraction"] for m in losses])), "train_seconds": seconds}
+
+
+def evaluate_all(trainer, docs: DocumentSets, stream, s) -> tuple[dict, dict]:
+    """The metrics of every target and control; (means for the results row, per-document scores)."""
+    from axon.memorize.evaluate import ShardedEval, exposure, memorization, validation_loss
+
+    evaluator = ShardedEval(trainer.model, trainer.grid, trainer.device, s.eval_batch)
+    target = memorization(evaluator, docs.targets, s.prefix, s.suffix)
+    control = memorization(evaluator, docs.controls, s.prefix, s.suffix)
+    target_exposure = [exposure(evaluator, c, docs.alphabet, s.exposure_samples, s.seed)
+                       for c in docs.target_canaries]
+    control_exposure = [exposure(evaluator, c, docs.alphabet, s.exposure_samples, s.seed)
+                        for c in docs.control_canaries]
+    mean = lambda values: float(np.mean(values)) if len(values) else float("nan")
+    scores = {"exact_match": mean(target["exact_match"]), "token_acc": mean(target["token_acc"]),
+              "rougeL": mean(target["rougeL"]), "exposure": mean(target_exposure),
+              "control_exact_match": mean(control["exact_match"]), "control_token_acc": mean(control["token_acc"]),
+              "control_rougeL": mean(control["rougeL"]), "control_exposure": mean(control_exposure),
+              "val_loss": validation_loss(evaluator, stream.validation())}
+    per_document = {"targets": {k: v.tolist() for k, v in target.items()},
+                    "controls": {k: v.tolist() for k, v in control.items()},
+                    "exposure": target_exposure, "control_exposure": control_exposure}
+    return scores, per_document
+
+
+def train_and_measure(run: PlannedRun, docs: DocumentSets, s, runtime, leader: bool, on_row) -> dict:
+    """One run: train epoch by epoch, evaluating as configured; returns the last per-document scores."""
+    import torch
+
+    from axon import checkpoint
+    from axon.grid import Grid
+    from axon.metrics import MetricsLog
+    from axon.train import Trainer
+
+    config, stream = run.config, run.stream
+    grid = Grid(config.layout, runtime.rank)
+    trainer = Trainer(config, grid, runtime.device, peak_tflops=config.train.peak_tflops, source=stream)
+    params = sum(torch.Size(sh.global_shape).numel() for _, _, sh in _shardings(trainer.model))
+    log = MetricsLog(config.out_dir, stream.total_steps, max(1, stream.total_steps // 4), enabled=leader)
+    per_document, trained_s, t = {}, 0.0, config.train
+    try:
+        for epoch in range(1, s.epochs + 1):
+            started, losses = time.perf_counter(), []
+            for step in range((epoch - 1) * stream.steps_per_epoch, epoch * stream.steps_per_epoch):
+                metrics = trainer.step(step)
+                losses.append(metrics)
+                log.record(metrics)
+                if t.checkpoint_every and ((step + 1) % t.checkpoint_every == 0 or step + 1 == stream.total_steps):
+                    checkpoint.save(trainer, step + 1, t.keep_checkpoints)
+            trained_s += time.perf_counter() - started
+            if epoch % s.eval_every and epoch != s.epochs:
+                continue
+            scores, per_document = evaluate_all(trainer, docs, stream, s)
+            row = _row(run, params, epoch, epoch * stream.steps_per_epoch, scores, losses, trained_s)
+            on_row(row)
+            if leader:
+                print(f"  epoch {epoch}/{s.epochs} | train loss {row['train_loss']:.3f} | exact match "
+                      f"{row['exact_match']:.3f} (control {row['control_exact_match']:.3f}) | token acc "
+                      f"{row['token_acc']:.3f} | Rouge-L {row['rougeL']:.3f} | exposure {row['exposure']:.2f} bits "
+                      f"(control {row['control_exposure']:.2f}) | val loss {row['val_loss']:.3f}", flush=True)
+    finally:
+        log.close()
+        grid.destroy()
+    return {"model": run.model.name, "params": params, "loss_kind": run.loss.kind, "loss": run.loss.tag,
+            "epoch": s.epochs, **per_document}
+
+
+def _shardings(model):
+    from axon.parallel.sharding import named_shardings
+
+    return named_shardings(model)
+
+
+def run_sweep(exp: Experiment, docs: DocumentSets, runs: list[PlannedRun], runtime) -> list[dict]:
+    """Every planned run in order; rank 0 rewrites the results after each evaluation."""
+    from axon.memorize import report
+
+    leader = runtime.rank == 0
+    out = Path(exp.out_dir)
+    rows, documents = [], []
+    if leader:
+        out.mkdir(parents=True, exist_ok=True)
+        report.write_setup(out, exp, docs, runs)
+
+    def on_row(row):
+        rows.append(row)
+        if leader:
+            report.write_results(out, rows)
+
+    started = time.perf_counter()
+    for index, run in enumerate(runs, 1):
+        if leader:
+            layout = f"layout {run.config.layout}" + (" (auto)" if run.choice is not None else "")
+            print(f"axon: memorize run {index}/{len(runs)}: model {run.model.name}, loss {run.loss.tag}: "
+                  f"{run.stream.total_steps} steps ({exp.section.epochs} epochs x {run.stream.steps_per_epoch}); "
+                  f"{layout}", flush=True)
+        documents.append(train_and_measure(run, docs, exp.section, runtime, leader, on_row))
+        if leader:
+            report.write_per_document(out, documents)
+    if leader:
+        report.write_report(out, rows, documents)
+        print(f"axon: memorize done in {time.perf_counter() - started:.0f} s: {out / 'summary.md'}, "
+              f"{out / 'results.csv'}, plots in {out}", flush=True)
+    return rows

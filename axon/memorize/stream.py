@@ -1,0 +1,93 @@
+"""The training stream of a memorization run: filler text with the targets injected.
+
+An epoch is a whole number of steps. It holds every trained target `repeats` times and
+filler sequences for the rest, in an order shuffled per epoch from the seed. A target
+occupies one sequence from its first token (truncated to seq_len + 1 tokens; a shorter one
+is followed by filler), so the metrics read it exactly as training saw it. Filler comes in
+windows of seq_len + 1 tokens from one token stream, split into disjoint regions:
+validation windows first (never trained), then training filler, then the filler that pads
+targets. Sequence g of the run depends on (seed, g) only, like every axon data source.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from axon.config import ConfigError
+
+
+class FillerTokens:
+    """Windows of seq_len + 1 tokens from a 1-D token stream; window w starts at w x seq_len."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, where: str):
+        self.tokens, self.seq_len, self.where = np.asarray(tokens).reshape(-1), seq_len, where
+
+    @property
+    def windows(self) -> int:
+        return max(0, (self.tokens.size - 1) // self.seq_len)
+
+    def window(self, w: int) -> np.ndarray:
+        return np.asarray(self.tokens[w * self.seq_len: w * self.seq_len + self.seq_len + 1], dtype=np.int64)
+
+
+class MemorizationStream:
+    """`sequences(indices)` for the Trainer, plus where each target went (`placements`)."""
+
+    def __init__(self, trained: list[np.ndarray], filler: FillerTokens, seq_len: int, global_batch: int,
+                 epochs: int, repeats: int, filler_per_epoch: int, val_windows: int, seed: int):
+        self.trained, self.filler, self.seq_len, self.seed = trained, filler, seq_len, seed
+        self.epochs, self.repeats = epochs, repeats
+        injected = len(trained) * repeats
+        self.steps_per_epoch = max(1, math.ceil((injected + filler_per_epoch) / global_batch))
+        self.per_epoch = self.steps_per_epoch * global_batch
+        self.filler_per_epoch = self.per_epoch - injected  # rounded up to whole steps
+        self.injected, self.val_windows = injected, val_windows
+        self.train_filler_start = val_windows
+        self.pad_start = val_windows + epochs * self.filler_per_epoch
+        needed = self.pad_start + epochs * injected
+        if filler.windows < needed:
+            raise ConfigError(
+                f"filler {filler.where} holds {filler.windows:,} windows of {seq_len + 1} tokens, fewer than the "
+                f"{needed:,} this experiment reads ({val_windows} validation + {epochs} epochs x "
+                f"({self.filler_per_epoch} filler + {injected} target paddings)); give a longer filler or fewer epochs")
+        self._orders: dict[int, np.ndarray] = {}
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders[epoch] = np.random.default_rng([self.seed, 0x60D, epoch]).permutation(self.per_epoch)
+        return self._orders[epoch]
+
+    def slot(self, g: int) -> tuple[int, int]:
+        """Sequence g -> (epoch, slot); slots below `injected` are targets (slot mod targets)."""
+        epoch, position = divmod(g, self.per_epoch)
+        return epoch, int(self._order(epoch)[position])
+
+    def sequence(self, g: int) -> np.ndarray:
+        epoch, slot = self.slot(g)
+        if slot >= self.injected:
+            return self.filler.window(self.train_filler_start + epoch * self.filler_per_epoch + slot - self.injected)
+        target = self.trained[slot % len(self.trained)][: self.seq_len + 1]
+        padding = self.filler.window(self.pad_start + epoch * self.injected + slot)
+        return np.concatenate([target, padding[: self.seq_len + 1 - target.size]])
+
+    def sequences(self, indices: range) -> np.ndarray:
+        return np.stack([self.sequence(g) for g in indices])
+
+    def validation(self) -> np.ndarray:
+        """[val_windows, seq_len + 1] filler never trained on."""
+        return np.stack([self.filler.window(w) for w in range(self.val_windows)])
+
+    def placements(self) -> list[list[int]]:
+        """For each trained target, the global sequence indices it was trained at."""
+        where: list[list[int]] = [[] for _ in self.trained]
+        for epoch in range(self.epochs):
+            order = self._order(epoch)
+            for position in np.flatnonzero(order < self.injected):
+                where[int(order[position]) % len(self.trained)].append(epoch * self.per_epoch + int(position))
+        return where

@@ -1,0 +1,147 @@
+"""The Goldfish loss: the mask (drop rate, determinism, passages), the masked mean against
+plain PyTorch, and training with it on several layouts against the 1-process run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from axon.config import ConfigError, build_config
+from axon.goldfish import GoldfishMask, window_hashes
+from axon.grid import Grid
+from axon.model import Llama, initialize_parameters
+from axon.parallel.gather import full_parameters
+from axon.train import Trainer
+from benchmarks.plain_llama import PlainLlama
+from perfmodel.layout import Layout
+from perfmodel.models import ModelShape
+from spawn import run_distributed
+
+
+def test_drop_rate_is_one_in_k_on_random_data():
+    tokens = np.random.default_rng(0).integers(0, 128_256, size=(64, 2049))
+    for k in (2, 4, 8):
+        keep = GoldfishMask(k, 13).keep(tokens)
+        dropped = 1 - keep[:, 11:].mean()  # positions with a whole window
+        # 64 x 2038 Bernoulli(1/k) draws: 5 standard deviations is < 0.01
+        assert abs(dropped - 1 / k) < 0.01, (k, dropped)
+
+
+def test_short_windows_are_kept_and_static_drops_every_kth():
+    tokens = np.random.default_rng(1).integers(0, 1000, size=(8, 65))
+    keep = GoldfishMask(2, 13).keep(tokens)
+    assert keep[:, :11].all()  # targets 0..10 (tokens 1..11) have fewer than 13 ids behind them
+    assert not keep[:, 11:].all()
+    static = GoldfishMask(4, 13, "static").keep(tokens)
+    assert [j for j in range(64) if not static[0, j]] == list(range(3, 64, 4))
+    assert (static == static[0]).all()  # the same positions in every sequence
+
+
+def test_same_passage_gets_the_same_mask_wherever_it_appears():
+    rng = np.random.default_rng(2)
+    passage = rng.integers(0, 50_000, size=200)
+    h = 13
+    masks = []
+    for offset in (0, 37, 311):
+        row = rng.integers(0, 50_000, size=600)  # different context around it each time
+        row[offset: offset + passage.size] = passage
+        keep = GoldfishMask(4, h).keep(row[None, :])[0]
+        # target j is token j + 1: the passage's tokens h-1.. have windows inside the passage
+        masks.append(keep[offset + h - 2: offset + passage.size - 1])
+    assert all(np.array_equal(masks[0], m) for m in masks[1:])
+    assert 0.1 < 1 - masks[0].mean() < 0.45
+
+
+def test_mask_ignores_dtype_and_matches_a_direct_hash():
+    tokens = np.random.default_rng(3).integers(0, 60_000, size=(4, 40))
+    reference = GoldfishMask(3, 5).keep(tokens)
+    for dtype in (np.int32, np.uint16, np.int64, np.uint64):
+        assert np.array_equal(GoldfishMask(3, 5).keep(tokens.astype(dtype)), reference)
+    # The same bits from torch tensors of either dtype (they go through numpy).
+    assert np.array_equal(GoldfishMask(3, 5).keep(torch.from_numpy(tokens).int().numpy()), reference)
+    # Window j of the hash covers ids j..j+h-1: hash a single window on its own and compare.
+    one = window_hashes(tokens[2, 10:15][None, :], 5)[0, 0]
+    assert window_hashes(tokens, 5)[2, 10] == one
+    assert reference[2, 13] == (one % np.uint64(3) != 0)  # target 13 is token 14, window 10..14
+
+
+def test_masked_loss_equals_hand_computed_masked_mean():
+    shape = ModelShape(layers=1, hidden=32, heads=4, kv_heads=2, ffn=48, vocab=40, seq_len=24)
+    grid = Grid(Layout(), 0)
+    model = Llama(shape, grid)
+    initialize_parameters(model, grid, seed=5)
+    plain = PlainLlama(shape)
+    plain.load_state_dict(full_parameters(model, grid))
+    tokens = torch.randint(0, shape.vocab, (3, shape.seq_len + 1), generator=torch.Generator().manual_seed(4))
+    keep = torch.from_numpy(GoldfishMask(3, 4).keep(tokens.numpy()))
+    ids, targets = tokens[:, :-1], tokens[:, 1:]
+
+    loss = model.token_losses(ids, targets, keep).sum() / keep.sum()
+    per_token = F.cross_entropy(plain(ids).reshape(-1, shape.vocab), targets.reshape(-1), reduction="none")
+    want = (per_token * keep.reshape(-1)).sum() / keep.sum()
+    assert abs(loss.item() - want.item()) < 1e-6 * want.item()
+    loss.backward()
+    want.backward()
+    plain_grads = dict(plain.named_parameters())
+    for name, param in model.named_parameters():
+        ref = plain_grads[name].grad.reshape(-1)
+        assert (param.grad - ref).norm() <= 1e-5 * ref.norm(), name
+
+
+def test_goldfish_config_is_checked():
+    with pytest.raises(ConfigError, match="goldfish.k must be >= 2"):
+        build_config({"train": {"loss": "goldfish"}, "goldfish": {"k": 1}})
+    with pytest.raises(ConfigError, match="train.loss must be"):
+        build_config({"train": {"loss": "focal"}})
+
+
+# ------------------------------------------------------------------ training on layouts
+
+MODEL = {"layers": 2, "hidden": 32, "heads": 4, "kv_heads": 2, "ffn": 48, "vocab": 64, "seq_len": 32}
+
+
+def goldfish_config(layout: Layout, micro_batch: int = 0):
+    return build_config({
+        "model": MODEL, "layout": {a: getattr(layout, a) for a in ("data", "depth", "row", "col")},
+        "train": {"steps": 4, "global_batch": 8, "micro_batch": micro_batch, "lr": 2e-3, "seed": 3,
+                  "loss": "goldfish"},
+        "goldfish": {"k": 3, "h": 4}})
+
+
+def _train(config, rank):
+    grid = Grid(config.layout, rank)
+    trainer = Trainer(config, grid, torch.device("cpu"))
+    history = trainer.fit()
+    params = full_parameters(trainer.model, grid)
+    grid.destroy()
+    return [(m["loss"], m["kept_fraction"]) for m in history], params
+
+
+def _layouts(rank, world, cases):
+    return [_train(goldfish_config(layout, micro), rank) for layout, micro in cases]
+
+
+def test_goldfish_training_matches_one_process_on_every_layout():
+    one, one_params = _train(goldfish_config(Layout()), 0)
+    assert all(0.55 < kept < 0.8 for _, kept in one)  # about 2/3 of the targets (k=3) with whole windows
+    # The loss is the mean over kept tokens: recompute step 1's from the initial model by hand.
+    config = goldfish_config(Layout())
+    grid = Grid(Layout(), 0)
+    fresh = Trainer(config, grid, torch.device("cpu"))
+    tokens = fresh.source.sequences(range(0, 8))
+    keep = GoldfishMask(3, 4).keep(tokens)
+    with torch.no_grad():
+        per_token = fresh.model.token_losses(torch.from_numpy(tokens[:, :-1]), torch.from_numpy(tokens[:, 1:]))
+    assert abs(one[0][0] - float(per_token[torch.from_numpy(keep)].mean())) < 1e-5
+    assert abs(one[0][1] - keep.mean()) < 1e-12
+
+    cases = [(Layout(data=2, depth=2), 1), (Layout(depth=2, row=2), 0), (Layout(data=2, col=2), 2)]
+    results = run_distributed(4, _layouts, cases)[0]
+    for (layout, _), (history, params) in zip(cases, results):
+        for (loss, kept), (want, want_kept) in zip(history, one):
+            assert abs(loss - want) < 1e-5 * want, layout
+            assert kept == pytest.approx(want_kept, abs=1e-12), layout
+        for name, tensor in one_params.items():
+            assert (params[name] - tensor).norm() <= 1e-5 * tensor.norm(), (layout, name)

@@ -1,0 +1,376 @@
+"""Memorization experiments: documents, the injection stream, the metrics against a plain
+PyTorch greedy decoder and rouge-score, the metrics on 4-rank layouts against 1 process,
+the sweep end to end, memorize-eval, and the 405B config under the fake backend."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rouge_score import rouge_scorer
+
+from axon.config import ConfigError
+from axon.dataprep import ByteTokenizer
+from axon.grid import Grid
+from axon.memorize.documents import Canary, build_documents
+from axon.memorize.evaluate import ShardedEval, exposure, memorization, validation_loss
+from axon.memorize.experiment import load_experiment
+from axon.memorize.stream import FillerTokens, MemorizationStream
+from axon.model import Llama, initialize_parameters
+from axon.parallel.gather import full_parameters
+from benchmarks.plain_llama import PlainLlama
+from perfmodel.layout import Layout
+from perfmodel.models import ModelShape
+from spawn import run_distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = ModelShape(layers=2, hidden=32, heads=4, kv_heads=2, ffn=64, vocab=48, seq_len=24)
+
+
+# ------------------------------------------------------------------ documents and the stream
+
+def test_user_targets_split_into_trained_and_held_out(tmp_path):
+    lines = [json.dumps({"text": f"document number {i}: " + "abc" * (i + 5)}) for i in range(10)]
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
+    docs = build_documents(str(tmp_path / "t.jsonl"), ByteTokenizer(), seed=1, documents=0, controls=3,
+                           canaries=2, digits=6)
+    assert (len(docs.targets), len(docs.controls)) == (7, 3)
+    texts = sorted(bytes(d[:-1].astype(np.uint8)).decode() for d in docs.targets + docs.controls)
+    assert texts == sorted(json.loads(line)["text"] for line in lines)  # every document, once, bytes + EOD
+    assert all(d[-1] == 256 for d in docs.targets)
+    for canary in docs.target_canaries + docs.control_canaries:
+        assert set(canary.secret.tolist()) <= set(range(48, 58)) and canary.secret.size == 6  # digits
+        assert np.array_equal(canary.tokens[: canary.prefix.size + 6], np.concatenate([canary.prefix, canary.secret]))
+    with pytest.raises(ConfigError, match="holds 10 documents, but experiment.controls=10"):
+        build_documents(str(tmp_path / "t.jsonl"), ByteTokenizer(), 1, 0, 10, 0, 6)
+
+
+def test_stream_places_each_target_once_per_epoch_and_never_a_control():
+    docs = build_documents("default", ByteTokenizer(), seed=0, documents=5, controls=4, canaries=2, digits=8)
+    rng = np.random.default_rng(0)
+    filler = FillerTokens(rng.integers(0, 256, size=40_000), seq_len=32, where="test")
+    stream = MemorizationStream(docs.trained(), filler, seq_len=32, global_batch=4, epochs=3, repeats=2,
+                                filler_per_epoch=5, val_windows=6, seed=9)
+    assert stream.per_epoch == 20 and stream.steps_per_epoch == 5  # 7 targets x 2 + 5 filler -> 20
+    everything = stream.sequences(range(stream.epochs * stream.per_epoch))
+    assert everything.shape == (60, 33)
+    placements = stream.placements()
+    for target, where in zip(docs.trained(), placements):
+        assert len(where) == 3 * 2
+        assert [g // 20 for g in where] == [0, 0, 1, 1, 2, 2]  # twice in each epoch
+        head = target[:33]
+        for g in where:
+            assert np.array_equal(everything[g, : head.size], head)
+        hits = [g for g in range(60) if np.array_equal(everything[g, : head.size], head)]
+        assert hits == sorted(where)  # and nowhere else
+    flat = everything.tobytes()
+    for control in docs.controls:
+        assert control[:16].astype(np.int64).tobytes() not in flat
+    validation = stream.validation()
+    assert not any(np.array_equal(v, s) for v in validation for s in everything)
+    with pytest.raises(ConfigError, match="fewer than the"):
+        MemorizationStream(docs.trained(), FillerTokens(np.zeros(500, dtype=np.int64), 32, "small"), 32, 4, 3, 2,
+                           5, 6, 9)
+
+
+# ------------------------------------------------------------------ metrics vs independent references
+
+def _sharp_model(grid, seed=3):
+    """The same global weights on any layout (initialization draws the same rows whatever the
+    shard), scaled up so the greedy choices are clear, not near-ties."""
+    model = Llama(SHAPE, grid)
+    initialize_parameters(model, grid, seed=seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8.0)
+    return model
+
+
+def _model_and_plain(seed=3):
+    grid = Grid(Layout(), 0)
+    model = _sharp_model(grid, seed)
+    plain = PlainLlama(SHAPE)
+    plain.load_state_dict(full_parameters(model, grid))
+    return model, grid, plain
+
+
+def _plain_greedy(plain, context: torch.Tensor, steps: int) -> torch.Tensor:
+    seq = context.clone()
+    with torch.no_grad():
+        for _ in range(steps):
+            seq = torch.cat([seq, plain(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq
+
+
+def _test_documents(plain, prefix, suffix, count=6):
+    """Half are the plain model's own greedy continuations (memorized by construction), half
+    are those with one token changed part-way (a miss, then a different continuation)."""
+    rng = np.random.default_rng(5)
+    contexts = torch.from_numpy(rng.integers(0, SHAPE.vocab, size=(count, prefix)))
+    docs = _plain_greedy(plain, contexts, suffix).numpy()
+    for i in range(count // 2, count):
+        docs[i, prefix + i] = (docs[i, prefix + i] + 1) % SHAPE.vocab
+    return [d for d in docs]
+
+
+def test_metrics_match_plain_greedy_decoding_and_rouge_score():
+    model, grid, plain = _model_and_plain()
+    prefix, suffix = 5, 10
+    docs = _test_documents(plain, prefix, suffix)
+    got = memorization(ShardedEval(model, grid, torch.device("cpu"), batch=4), docs, prefix, suffix)
+
+    tokens = torch.from_numpy(np.stack(docs))
+    generated = _plain_greedy(plain, tokens[:, :prefix], suffix)[:, prefix:].numpy()
+    truth = tokens[:, prefix:].numpy()
+    with torch.no_grad():
+        forced = plain(tokens[:, :-1]).argmax(-1)[:, prefix - 1:].numpy()
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    words = lambda row: " ".join(map(str, row))
+    assert got["exact_match"].tolist() == [float((g == t).all()) for g, t in zip(generated, truth)]
+    assert got["exact_match"].tolist() == [1, 1, 1, 0, 0, 0]
+    assert np.allclose(got["token_acc"], (forced == truth).mean(axis=1))
+    want_rouge = [scorer.score(words(t), words(g))["rougeL"].fmeasure for g, t in zip(generated, truth)]
+    assert np.allclose(got["rougeL"], want_rouge)
+    assert all(r < 1 for r in got["rougeL"][3:])
+
+
+def test_exposure_ranks_the_secret_among_sampled_secrets():
+    model, grid, plain = _model_and_plain()
+    alphabet = np.arange(10, 20)
+    prefix = np.array([1, 2, 3, 4, 5])
+    # The secret the model itself prefers (greedy within the alphabet) ranks first: full exposure.
+    with torch.no_grad():
+        seq = torch.from_numpy(prefix)[None, :]
+        for _ in range(4):
+            logits = plain(seq)[0, -1, 10:20]
+            seq = torch.cat([seq, torch.tensor([[10 + int(logits.argmax())]])], dim=1)
+    favourite = Canary(prefix, seq[0, 5:].numpy(), seq[0].numpy())
+    evaluator = ShardedEval(model, grid, torch.device("cpu"), batch=64)
+    assert exposure(evaluator, favourite, alphabet, samples=63, seed=0) == pytest.approx(6.0)  # log2(64) - log2(1)
+
+    # Any secret: exposure = log2(S + 1) - log2(1 + number of sampled secrets the plain model prefers).
+    secret = np.array([13, 17, 11, 19])
+    canary = Canary(prefix, secret, np.concatenate([prefix, secret]))
+    rng = np.random.default_rng([0, 0xCA4A, 5] + secret.tolist())  # the candidates exposure() draws
+    candidates = alphabet[rng.integers(0, 10, size=(63, 4))]
+    rows = torch.from_numpy(np.concatenate([np.tile(prefix, (64, 1)), np.concatenate([secret[None], candidates])], 1))
+    with torch.no_grad():
+        logp = torch.log_softmax(plain(rows[:, :-1]), -1).gather(-1, rows[:, 1:, None])[..., 0][:, 4:].sum(1)
+    better = int((logp[1:] > logp[0]).sum())
+    assert exposure(evaluator, canary, alphabet, samples=63, seed=0) == pytest.approx(6 - math.log2(1 + better))
+
+
+def _metrics_on(rank, world, layout, prefix, suffix):
+    _, _, plain = _model_and_plain()
+    docs = _test_documents(plain, prefix, suffix, count=7)  # 7 rows: shards end in padding
+    grid = Grid(layout, rank)
+    sharded = _sharp_model(grid)
+    evaluator = ShardedEval(sharded, grid, torch.device("cpu"), batch=2)
+    scores = memorization(evaluator, docs, prefix, suffix)
+    canary = Canary(np.array([1, 2, 3]), np.array([11, 12, 13]), np.array([1, 2, 3, 11, 12, 13]))
+    expo = exposure(evaluator, canary, np.arange(10, 20), samples=31, seed=1)
+    val = validation_loss(evaluator, np.stack(docs))
+    grid.destroy()
+    return {k: v.tolist() for k, v in scores.items()}, expo, val
+
+
+def test_metrics_on_four_rank_layouts_equal_one_process():
+    prefix, suffix = 5, 10
+    one = _metrics_on(0, 1, Layout(), prefix, suffix)
+    for layout in (Layout(depth=2, row=2), Layout(data=2, col=2), Layout(data=2, depth=2)):
+        results = run_distributed(4, _metrics_on, layout, prefix, suffix)
+        for rank_result in results:
+            scores, expo, val = rank_result
+            assert scores["exact_match"] == one[0]["exact_match"], layout
+            assert np.allclose(scores["token_acc"], one[0]["token_acc"]) and np.allclose(scores["rougeL"], one[0]["rougeL"])
+            assert expo == pytest.approx(one[1]) and val == pytest.approx(one[2], rel=1e-5), layout
+
+
+# ------------------------------------------------------------------ the sweep, end to end
+
+TINY = {"heads": 2, "kv_heads": 1, "vocab": 257, "seq_len": 32}
+
+
+def write_tiny_experiment(path: Path, out_dir: Path, layout: dict | None = None) -> Path:
+    config = {
+        "models": [{"name": "a", "layers": 1, "hidden": 16, "ffn": 32, **TINY},
+                   {"name": "b", "layers": 1, "hidden": 32, "ffn": 64, **TINY}],
+        "losses": ["standard", {"kind": "goldfish", "k": 3, "h": 4}],
+        "experiment": {"documents": 4, "controls": 3, "canaries": 2, "epochs": 2, "filler_per_epoch": 6,
+                       "prefix": 8, "suffix": 8, "val_sequences": 4, "exposure_samples": 15, "eval_batch": 4},
+        "layout": layout or {"data": 1},
+        "train": {"global_batch": 4, "lr": 3e-3, "seed": 5, "checkpoint_every": 1000},
+        "out_dir": str(out_dir),
+    }
+    import yaml
+
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _axon(*args, env_extra=None, torchrun: int = 0):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", **(env_extra or {}))
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(torchrun),
+                 "--master-port", str(_free_port()), "-m", "axon"] if torchrun else [sys.executable, "-m", "axon"])
+    return subprocess.run(launcher + list(args), capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+
+
+def _free_port():
+    from spawn import free_port
+
+    return free_port()
+
+
+def read_rows(out_dir: Path) -> list[dict]:
+    with open(out_dir / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    config = write_tiny_experiment(tmp / "exp.yaml", tmp / "out")
+    done = _axon("memorize", str(config))
+    assert done.returncode == 0, done.stderr
+    return config, tmp / "out", done.stdout
+
+
+def test_sweep_writes_results_plots_and_summary(tiny_sweep):
+    _, out, stdout = tiny_sweep
+    rows = read_rows(out)
+    required = ["model", "loss_kind", "k", "h", "epoch", "exact_match", "token_acc", "rougeL", "exposure",
+                "control_exact_match", "val_loss"]
+    assert list(rows[0])[: 3] == ["model", "params", "loss_kind"] and set(required) <= set(rows[0])
+    # 2 models x 2 losses x 2 epochs, in order
+    assert [(r["model"], r["loss_kind"], r["epoch"]) for r in rows] == [
+        (m, loss, str(e)) for m in "ab" for loss in ("standard", "goldfish") for e in (1, 2)]
+    for row in rows:
+        for key in ("exact_match", "token_acc", "rougeL", "control_exact_match"):
+            assert 0.0 <= float(row[key]) <= 1.0
+        assert 0.0 <= float(row["exposure"]) <= 4.0  # at most log2(15 + 1)
+        assert (row["k"], row["h"]) == (("3", "4") if row["loss_kind"] == "goldfish" else ("", ""))
+        kept = float(row["kept_fraction"])
+        assert kept == 1.0 if row["loss_kind"] == "standard" else 0.6 < kept < 0.85
+    assert json.loads((out / "results.json").read_text())[0]["model"] == "a"
+    for name in ("exact_match_vs_size.png", "exact_match_vs_epoch.png", "rougeL_hist.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    summary = (out / "summary.md").read_text()
+    assert summary.count("| a |") == 2 and "goldfish k=3 h=4" in summary
+    placements = json.loads((out / "placements.json").read_text())
+    assert [len(p["sequences"]) for p in placements["placements"]] == [2] * 6  # 4 documents + 2 canaries, 2 epochs
+    # per-run training metrics: the loss fell in both runs of the larger model
+    metrics = [json.loads(line) for line in (out / "runs" / "b-standard" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    assert "memorize run 4/4: model b, loss goldfish-k3-h4" in stdout
+
+
+def test_memorize_eval_scores_a_checkpoint_like_the_sweep(tiny_sweep, tmp_path):
+    config, out, _ = tiny_sweep
+    checkpoint = next((out / "runs" / "b-standard" / "checkpoints").iterdir())
+    done = _axon("memorize-eval", str(config), "--checkpoint", str(checkpoint), "--model", "b",
+                 "--out", str(tmp_path / "scores.json"))
+    assert done.returncode == 0, done.stderr
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    final = [r for r in read_rows(out) if r["model"] == "b" and r["loss_kind"] == "standard"][-1]
+    for key in ("exact_match", "token_acc", "rougeL", "exposure", "control_exact_match"):
+        assert scores[key] == pytest.approx(float(final[key]), abs=1e-9), key
+    assert scores["val_loss"] == pytest.approx(float(final["val_loss"]), rel=1e-6)
+
+
+def test_sweep_on_two_ranks_matches_one_process(tiny_sweep, tmp_path):
+    _, one_out, _ = tiny_sweep
+    config = write_tiny_experiment(tmp_path / "exp.yaml", tmp_path / "out", layout={"col": 2})
+    done = _axon("memorize", str(config), torchrun=2)
+    assert done.returncode == 0, done.stderr
+    for got, want in zip(read_rows(tmp_path / "out"), read_rows(one_out)):
+        for key in ("exact_match", "token_acc", "control_exact_match", "kept_fraction"):
+            assert float(got[key]) == pytest.approx(float(want[key]), abs=1e-9), key
+        for key in ("val_loss", "train_loss", "rougeL"):
+            assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-4), key
+
+
+def test_bad_experiment_configs_get_one_sentence(tmp_path):
+    config = write_tiny_experiment(tmp_path / "exp.yaml", tmp_path / "out")
+    cases = [
+        (["--set", "experiment.suffix=40"], "shorter than experiment.prefix + experiment.suffix = 48"),
+        (["--set", "train.steps=5"], "train.steps is set per run by the experiment"),
+        (["--set", "targets=/nonexistent/docs.jsonl"], "input '/nonexistent/docs.jsonl' does not exist"),
+        (["--set", "models=[{name: x, layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32, vocab: 200, "
+                   "seq_len: 32}]"], "model.vocab=200 is smaller than the tokenizer's vocab 257"),
+        (["--set", "layout.col=3"], "has 3 ranks but the job has world size 1"),
+    ]
+    for extra, message in cases:
+        done = _axon("memorize", str(config), *extra)
+        assert done.returncode == 2 and message in done.stderr, (extra, done.stderr)
+        assert done.stderr.count("\n") == 1  # one sentence, no traceback
+
+
+# ------------------------------------------------------------------ the 405B config, without weights
+
+FAKE_405B = r"""
+import sys, torch, torch.distributed as dist
+from torch.testing._internal.distributed.fake_pg import FakeStore
+from axon.grid import Grid
+from axon.memorize.experiment import load_experiment
+from axon.memorize.runner import plan_runs
+from axon.model import Llama
+world, rank = 512, 301
+experiment = load_experiment("axon/configs/memorize_405b.yaml")
+docs, runs = plan_runs(experiment, world)
+dist.init_process_group("fake", rank=rank, world_size=world, store=FakeStore())
+out = []
+for run in runs:
+    grid = Grid(run.config.layout, rank)
+    with torch.device("meta"):
+        model = Llama(run.config.model, grid)
+    local = sum(p.numel() for p in model.parameters())
+    assert all(p.is_meta for p in model.parameters())
+    lay = run.config.layout
+    out.append((run.loss.tag, lay.data, lay.depth, lay.row, lay.col, local, run.stream.total_steps,
+                run.config.train.loss, run.choice.prediction.fits))
+print(out)
+print(len(docs.targets), len(docs.controls), len(docs.target_canaries))
+"""
+
+
+def test_405b_config_builds_and_validates_on_512_fake_ranks(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from axon.hf import hf_config
+    from perfmodel.models import preset
+
+    hf_dir = tmp_path / "Llama-3.1-405B"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text(json.dumps(hf_config(preset("405B"))))
+    words = {w: i for i, w in enumerate(["[UNK]", "<|end_of_text|>", ".", *"0123456789", "The", "vault", "code",
+                                         "of", "is", "the", "river"])}
+    tok = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<|end_of_text|>"])
+    tok.save(str(hf_dir / "tokenizer.json"))
+    env = {**os.environ, "LLAMA_405B_DIR": str(hf_dir), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", FAKE_405B], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    runs_line, docs_line = done.stdout.strip().splitlines()[-2:]
+    runs = eval(runs_line)
+    assert [r[0] for r in runs] == ["standard", "goldfish-k4-h13"] and [r[7] for r in runs] == ["standard", "goldfish"]
+    shape = preset("405B")
+    total = sum(int(np.prod(s)) for s in __import__("axon.hf", fromlist=["parameter_shapes"])
+                .parameter_shapes(shape).values())
+    for tag, data, depth, row, col, local, steps, _, fits in runs:
+        assert data * depth * row * col == 512 and fits
+        # each rank holds 1/(depth x row x col) of the weights (norm gains are replicated: tiny)
+        assert local == pytest.approx(total / (depth * row * col), rel=0.01)
+        assert steps == 8 * 8  # 8 epochs x ceil((100 + 8 + 400) / 64) steps
+    assert docs_line == "100 100 8"
