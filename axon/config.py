@@ -137,7 +137,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def build_config(raw: dict[str, Any]) -> RunConfig:
-    _reject_unknown(raw, TOP_LEVEL_KEYS, "")
+    reject_unknown(raw, TOP_LEVEL_KEYS, "")
     model_raw = raw.get("model", "tiny")
     init_from = ""
     if isinstance(model_raw, dict) and "init_from" in model_raw:
@@ -153,10 +153,10 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"layout_machine must be a profile name or a YAML path, got {layout_machine!r}")
     if layout_machine and not layout_auto:
         raise ConfigError(f"layout_machine={layout_machine!r} only applies to layout: auto, but the layout is given")
-    train = _build_section(TrainConfig, raw.get("train", {}) or {}, "train")
-    data = _build_section(DataConfig, raw.get("data", {}) or {}, "data")
-    overlap = _build_section(OverlapSection, raw.get("overlap", {}) or {}, "overlap")
-    goldfish = _build_section(GoldfishSection, raw.get("goldfish", {}) or {}, "goldfish")
+    train = build_section(TrainConfig, raw.get("train", {}) or {}, "train")
+    data = build_section(DataConfig, raw.get("data", {}) or {}, "data")
+    overlap = build_section(OverlapSection, raw.get("overlap", {}) or {}, "overlap")
+    goldfish = build_section(GoldfishSection, raw.get("goldfish", {}) or {}, "goldfish")
     out_dir = raw.get("out_dir", "runs/default")
     if not isinstance(out_dir, str) or not out_dir:
         raise ConfigError(f"out_dir must be a non-empty path string, got {out_dir!r}")
@@ -203,14 +203,14 @@ def _build_model(value: Any) -> tuple[ModelShape, str]:
         merged = dataclasses.asdict(_preset(base))
         merged.update(value)
         value = merged
-    shape = _build_section(ModelShape, value, "model")
+    shape = build_section(ModelShape, value, "model")
     return shape, base or "custom"
 
 
 def _build_layout(value: Any) -> Layout:
     if not isinstance(value, dict):
         raise ConfigError(f"layout must be 'auto' or a mapping of {', '.join(AXES)}, got {value!r}")
-    _reject_unknown(value, AXES + ("order",), "layout")
+    reject_unknown(value, AXES + ("order",), "layout")
     order = value.get("order", DEFAULT_ORDER)
     if isinstance(order, str):
         order = tuple(part.strip() for part in order.split(","))
@@ -226,18 +226,18 @@ def _build_layout(value: Any) -> Layout:
         raise ConfigError(str(err)) from None
 
 
-def _reject_unknown(mapping: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+def reject_unknown(mapping: dict[str, Any], known: tuple[str, ...], where: str) -> None:
     for key in mapping:
         if key not in known:
             name = f"{where}.{key}" if where else key
             raise ConfigError(f"unknown config key {name!r}; valid keys here are {', '.join(known)}")
 
 
-def _build_section(cls, mapping: dict[str, Any], where: str):
+def build_section(cls, mapping: dict[str, Any], where: str):
     if not isinstance(mapping, dict):
         raise ConfigError(f"{where} must be a mapping, got {mapping!r}")
     fields_by_name = {f.name: f for f in dataclasses.fields(cls)}
-    _reject_unknown(mapping, tuple(fields_by_name), where)
+    reject_unknown(mapping, tuple(fields_by_name), where)
     missing = [name for name, f in fields_by_name.items()
                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
                and name not in mapping]

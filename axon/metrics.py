@@ -54,7 +54,8 @@ class MetricsLog:
                   + (f" (on {100 * kept:.1f}% of tokens)" if kept < 1.0 else "")
                   + f" | grad norm {metrics['grad_norm']:.3f}"
                   f" | {metrics['tokens_per_s']:,.0f} tok/s | {metrics['tflops_per_rank']:.3g} TFLOP/s/rank"
-                  f" | MFU {100 * metrics['mfu']:.1f}% | ETA {format_duration(eta)}", flush=True)
+                  + (f" | MFU {100 * metrics['mfu']:.1f}%" if metrics["mfu"] > 0 else "")
+                  + f" | ETA {format_duration(eta)}", flush=True)
 
     def checkpoint(self, path, seconds: float) -> None:
         if self.enabled:

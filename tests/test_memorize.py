@@ -22,7 +22,6 @@ from axon.dataprep import ByteTokenizer
 from axon.grid import Grid
 from axon.memorize.documents import Canary, build_documents
 from axon.memorize.evaluate import ShardedEval, exposure, memorization, validation_loss
-from axon.memorize.experiment import load_experiment
 from axon.memorize.stream import FillerTokens, MemorizationStream
 from axon.model import Llama, initialize_parameters
 from axon.parallel.gather import full_parameters
@@ -321,7 +320,6 @@ FAKE_405B = r"""
 import sys, torch, torch.distributed as dist
 from torch.testing._internal.distributed.fake_pg import FakeStore
 from axon.grid import Grid
-from axon.memorize.experiment import load_experiment
 from axon.memorize.runner import plan_runs
 from axon.model import Llama
 world, rank = 512, 301

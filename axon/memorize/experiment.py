@@ -16,7 +16,6 @@ Strings in models[].init_from, targets, tokenizer and filler may name environmen
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from axon.config import ConfigError, RunConfig, _build_section, _reject_unknown, apply_override, build_config
+from axon.config import ConfigError, RunConfig, build_section, reject_unknown, apply_override, build_config
 
 
 @dataclass
@@ -108,7 +107,7 @@ def _loss(item: Any, index: int) -> LossSpec:
     if not isinstance(item, dict) or item.get("kind") not in ("standard", "goldfish"):
         raise ConfigError(f"losses[{index}] must be 'standard', 'goldfish' or a mapping "
                           f"{{kind: goldfish, k: 4, h: 13, strategy: hash}}, got {item!r}")
-    _reject_unknown(item, ("kind", "k", "h", "strategy"), f"losses[{index}]")
+    reject_unknown(item, ("kind", "k", "h", "strategy"), f"losses[{index}]")
     if item["kind"] == "standard":
         return LossSpec("standard")
     spec = LossSpec("goldfish", item.get("k", 4), item.get("h", 13), item.get("strategy", "hash"))
@@ -137,7 +136,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         raise ConfigError(f"config file {str(path)!r} must hold a mapping, not {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
-    _reject_unknown(raw, TOP_LEVEL_KEYS, "")
+    reject_unknown(raw, TOP_LEVEL_KEYS, "")
     models_raw = raw.get("models")
     if not isinstance(models_raw, list) or not models_raw:
         raise ConfigError(f"models must be a non-empty list of model entries, got {models_raw!r}")
@@ -154,7 +153,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         if isinstance(train, dict) and key in train:
             raise ConfigError(f"train.{key} is set per run by the experiment (steps from experiment.epochs, "
                               "loss from losses); remove it")
-    section = _build_section(ExperimentSection, raw.get("experiment", {}) or {}, "experiment")
+    section = build_section(ExperimentSection, raw.get("experiment", {}) or {}, "experiment")
     _check_section(section)
     strings = {}
     for key, default in (("targets", "default"), ("tokenizer", "bytes"), ("filler", "default"),
@@ -180,7 +179,3 @@ def _check_section(s: ExperimentSection) -> None:
     for name in ("documents", "controls", "canaries", "filler_per_epoch", "val_sequences"):
         if getattr(s, name) < 0:
             raise ConfigError(f"experiment.{name} must be >= 0, got {getattr(s, name)}")
-
-
-def fields_of(section: ExperimentSection) -> dict[str, Any]:
-    return dataclasses.asdict(section)

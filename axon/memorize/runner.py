@@ -9,7 +9,6 @@ before the ranks meet. Runs go one after another on the same ranks, each from sc
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -153,12 +152,13 @@ def train_and_measure(run: PlannedRun, docs: DocumentSets, s, runtime, leader: b
     from axon import checkpoint
     from axon.grid import Grid
     from axon.metrics import MetricsLog
+    from axon.parallel.sharding import named_shardings
     from axon.train import Trainer
 
     config, stream = run.config, run.stream
     grid = Grid(config.layout, runtime.rank)
     trainer = Trainer(config, grid, runtime.device, peak_tflops=config.train.peak_tflops, source=stream)
-    params = sum(torch.Size(sh.global_shape).numel() for _, _, sh in _shardings(trainer.model))
+    params = sum(torch.Size(sh.global_shape).numel() for _, _, sh in named_shardings(trainer.model))
     log = MetricsLog(config.out_dir, stream.total_steps, max(1, stream.total_steps // 4), enabled=leader)
     per_document, trained_s, t = {}, 0.0, config.train
     try:
@@ -186,12 +186,6 @@ def train_and_measure(run: PlannedRun, docs: DocumentSets, s, runtime, leader: b
         grid.destroy()
     return {"model": run.model.name, "params": params, "loss_kind": run.loss.kind, "loss": run.loss.tag,
             "epoch": s.epochs, **per_document}
-
-
-def _shardings(model):
-    from axon.parallel.sharding import named_shardings
-
-    return named_shardings(model)
 
 
 def run_sweep(exp: Experiment, docs: DocumentSets, runs: list[PlannedRun], runtime) -> list[dict]:
