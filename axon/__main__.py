@@ -31,6 +31,16 @@ def _fail(rank: int, message: str) -> None:
     print(f"axon: error (rank {rank}): {message}", file=sys.stderr, flush=True)
     sys.exit(2)
 
+
+class _EveryRankStops(SystemExit):
+    """An error every rank reached together (the same check on agreed numbers), so the
+    ranks can still meet once before tearing down, as after a normal finish."""
+
+
+def _fail_together(rank: int, message: str) -> None:
+    print(f"axon: error (rank {rank}): {message}", file=sys.stderr, flush=True)
+    raise _EveryRankStops(2)
+
 def train_command(args) -> None:
     from axon.bootstrap import detect_launch, init_distributed, shutdown
     from axon.config import ConfigError, check_layout, load_config
@@ -67,9 +77,12 @@ def train_command(args) -> None:
                                                     auto_layout.calibrate_here(config, runtime.rank))
                 check_layout(config, launch.world_size)
             except ConfigError as err:  # the same plan on every rank: every rank stops here
-                _fail(launch.rank, str(err))
+                _fail_together(launch.rank, str(err))
         _train(config, runtime, source, reader, choice)
         done = True
+    except _EveryRankStops:
+        done = True  # every rank is here: meet once before tearing down
+        raise
     finally:
         shutdown(all_ranks_done=done)
 
@@ -122,7 +135,7 @@ def _train(config, runtime, source, reader, choice=None) -> None:
             error, warning = err, None
         errors = [e for e in gather_objects(str(error) if error else None) if e]
         if errors:  # every rank states the first problem found, wherever it was found
-            _fail(runtime.rank, errors[0])
+            _fail_together(runtime.rank, errors[0])
         if leader:
             print(f"axon: resumed from {reader.path} at step {trainer.start_step} "
                   f"(saved at layout {reader.layout}) in {time.perf_counter() - started:.2f} s", flush=True)
@@ -142,7 +155,7 @@ def _train(config, runtime, source, reader, choice=None) -> None:
                   "continue with --set train.resume=latest", flush=True)
         return
     except TrainingDiverged as err:
-        _fail(runtime.rank, f"{err}; the last checkpoint written is still intact")
+        _fail_together(runtime.rank, f"{err}; the last checkpoint written is still intact")
     finally:
         log.close()
     if leader and history:

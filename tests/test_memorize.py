@@ -320,6 +320,7 @@ FAKE_405B = r"""
 import sys, torch, torch.distributed as dist
 from torch.testing._internal.distributed.fake_pg import FakeStore
 from axon.grid import Grid
+from axon.memorize.experiment import load_experiment
 from axon.memorize.runner import plan_runs
 from axon.model import Llama
 world, rank = 512, 301

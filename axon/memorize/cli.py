@@ -69,6 +69,7 @@ def _checkpoint(args, config):
 def memorize_main(argv) -> None:
     from axon.bootstrap import shutdown
     from axon.memorize.runner import run_sweep
+    from axon.train import TrainingDiverged
 
     args = _parser("memorize", evaluate=False).parse_args(argv)
     experiment, docs, runs, _, runtime = _start(args)
@@ -79,7 +80,12 @@ def memorize_main(argv) -> None:
                   f"losses) on {runtime.world_size} rank(s), device {runtime.device.type}; targets "
                   f"{docs.source}, {len(docs.target_canaries)} canaries; {len(docs.controls)} control documents, "
                   f"{len(docs.control_canaries)} control canaries", flush=True)
-        run_sweep(experiment, docs, runs, runtime)
+        try:
+            run_sweep(experiment, docs, runs, runtime)
+        except TrainingDiverged as err:  # decided on reduced numbers: every rank stops at the same step
+            print(f"axon: error (rank {runtime.rank}): {err}", file=sys.stderr, flush=True)
+            done = True  # every rank is here, so they can meet before tearing down
+            sys.exit(2)
         done = True
     finally:
         shutdown(all_ranks_done=done)
