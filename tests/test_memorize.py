@@ -303,6 +303,7 @@ def test_bad_experiment_configs_get_one_sentence(tmp_path):
     cases = [
         (["--set", "experiment.suffix=40"], "shorter than experiment.prefix + experiment.suffix = 48"),
         (["--set", "train.steps=5"], "train.steps is set per run by the experiment"),
+        (["--set", "train.resume=latest"], "train.resume does not apply to a memorization sweep"),
         (["--set", "targets=/nonexistent/docs.jsonl"], "input '/nonexistent/docs.jsonl' does not exist"),
         (["--set", "models=[{name: x, layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32, vocab: 200, "
                    "seq_len: 32}]"], "model.vocab=200 is smaller than the tokenizer's vocab 257"),

@@ -153,6 +153,9 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         if isinstance(train, dict) and key in train:
             raise ConfigError(f"train.{key} is set per run by the experiment (steps from experiment.epochs, "
                               "loss from losses); remove it")
+    if isinstance(train, dict) and train.get("resume"):
+        raise ConfigError("train.resume does not apply to a memorization sweep (each run starts from scratch "
+                          "or from model init_from); remove it")
     section = build_section(ExperimentSection, raw.get("experiment", {}) or {}, "experiment")
     _check_section(section)
     strings = {}
