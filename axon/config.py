@@ -43,6 +43,7 @@ class TrainConfig:
     recompute: str = "none"  # "block": keep only each block's input, recompute its activations in backward
     resume: str = ""  # "" = start fresh, "latest" = newest checkpoint in out_dir (if any), or a checkpoint path
     loss: str = "standard"  # "standard" cross-entropy or "goldfish" (the goldfish section says which tokens drop)
+    stage_layers: tuple[int, ...] = ()  # blocks per pipeline stage; () = balanced by parameter count
 
 
 @dataclass
@@ -272,6 +273,11 @@ def _coerce(value: Any, f: dataclasses.Field, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return value
+    if kind == "tuple[int, ...]":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                           for v in value):
+            raise ConfigError(f"{key} must be a list of integers, got {value!r}")
+        return tuple(value)
     if kind.startswith("tuple"):
         if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
@@ -342,8 +348,13 @@ def check_layout(config: RunConfig, world_size: int) -> None:
         raise ConfigError(
             f"layout {lay.data}x{lay.pipe}x{lay.depth}x{lay.row}x{lay.col} (data x pipe x depth x row x col) "
             f"has {lay.world_size} ranks but the job has world size {world_size}")
-    if lay.pipe != 1:
-        raise ConfigError(f"layout.pipe={lay.pipe}: pipeline stages are not supported yet; use pipe 1")
+    if m.layers < lay.pipe:
+        raise ConfigError(f"layout.pipe={lay.pipe} stages need at least one block each, but model.layers={m.layers}")
+    if t.stage_layers:
+        counts = t.stage_layers
+        if len(counts) != lay.pipe or sum(counts) != m.layers or min(counts) < 1:
+            raise ConfigError(f"train.stage_layers={list(counts)} must give {lay.pipe} stage(s) (layout.pipe) at "
+                              f"least one block each, summing to model.layers={m.layers}")
     # Normal layers split their output over row and input over col; transposed layers the reverse.
     splits = (
         ("model.hidden", m.hidden, ("col",)),

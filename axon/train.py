@@ -18,6 +18,7 @@ from axon.parallel.comm import all_reduce, any_rank
 from axon.parallel.data_parallel import GradientBuckets
 from axon.parallel.grads import clip_grad_norm
 from axon.parallel.overlap import enable_overlap
+from axon.parallel.pipeline import PipelineStep
 from axon.parallel.trace import summarize, write_chrome_trace
 from axon.parallel.sharding import named_shardings
 from perfmodel.flops import flops_per_token
@@ -66,7 +67,8 @@ def peak_memory_gb(device: torch.device) -> float:
 class Trainer:
     def __init__(self, config: RunConfig, grid, device: torch.device, peak_tflops: float = 0.0, source=None):
         self.config, self.grid, self.device = config, grid, device
-        self.model = Llama(config.model, grid, compute_dtype=getattr(torch, config.train.dtype)).to(device)
+        self.model = Llama(config.model, grid, compute_dtype=getattr(torch, config.train.dtype),
+                           stage_counts=config.train.stage_layers).to(device)
         if config.init_from:
             from axon.hf import load_hf_weights
 
@@ -79,6 +81,7 @@ class Trainer:
                                        self.pending)
         self.optimizer = build_optimizer(self.model, config)
         self.source = source if source is not None else token_source(config)
+        self.pipeline = PipelineStep(self.model, grid, self.model.compute_dtype) if grid.size("pipe") > 1 else None
         g = config.goldfish
         self.goldfish = GoldfishMask(g.k, g.h, g.strategy) if config.train.loss == "goldfish" else None
         self.tokens_per_step = config.train.global_batch * config.model.seq_len
@@ -141,7 +144,9 @@ class Trainer:
         if self.prefetcher is not None:
             self.prefetcher.begin_step()
         try:
-            for index, ((ids, targets), keep) in enumerate(zip(batches, keeps)):
+            if self.pipeline is not None:
+                loss_sum = self.pipeline.run(batches, keeps, kept_tokens, self.buckets, self.device)
+            for index, ((ids, targets), keep) in enumerate(zip(batches, keeps) if self.pipeline is None else ()):
                 self.buckets.final_micro_batch = index == len(batches) - 1  # DP buckets launch in this backward
                 # Sum of token losses over the global batch's (kept) token count: gradients summed
                 # over data and depth then give the exact mean-loss gradient.
@@ -153,6 +158,7 @@ class Trainer:
                 self.prefetcher.end_step()
         self.buckets.finish()  # every gradient is summed over data and depth from here on
         all_reduce(loss_sum, self.grid.axis("data+depth"))
+        all_reduce(loss_sum, self.grid.axis("pipe"))  # only the last stage has a loss; the others add 0
         loss = loss_sum.item() / kept_tokens
         grad_norm = clip_grad_norm(self.model, self.grid, self.config.train.grad_clip)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # the same on every rank: all stop here

@@ -92,7 +92,7 @@ def recompute_runs(rank, world, layouts):
             grid = Grid(layout, rank)
             trainer = Trainer(config, grid, torch.device("cpu"))
             calls = []
-            trainer.model.layers[0].attention.wq.register_forward_hook(lambda *_: calls.append(1))
+            trainer.model.layers["0"].attention.wq.register_forward_hook(lambda *_: calls.append(1))
             losses = [m["loss"] for m in trainer.fit()]
             prefetch = (trainer.prefetcher.prefetched, len(trainer.prefetcher.recorded)) if trainer.prefetcher is not None else None
             runs.append((losses, full_parameters(trainer.model, grid), len(calls), prefetch))

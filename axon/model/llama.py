@@ -18,6 +18,7 @@ from axon.parallel.cross_entropy import vocab_parallel_argmax, vocab_parallel_cr
 from axon.parallel.embedding import VocabParallelEmbedding
 from axon.parallel.linear import TensorParallelLinear
 from axon.parallel.norm import ShardedRMSNorm
+from axon.model.stages import stage_layers
 from kernels import apply_rotary, causal_attention, rotary_tables
 from perfmodel.models import ModelShape
 
@@ -72,7 +73,12 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
-    def __init__(self, shape: ModelShape, grid, compute_dtype: torch.dtype = torch.float32):
+    """One pipeline stage of the model (the whole model when layout.pipe is 1): its blocks
+    keep their global names (layers.{i}), the first stage adds the embedding, the last the
+    final norm and the vocab-parallel LM head."""
+
+    def __init__(self, shape: ModelShape, grid, compute_dtype: torch.dtype = torch.float32,
+                 stage_counts: tuple[int, ...] = ()):
         super().__init__()
         self.shape = shape
         # Parameters stay fp32 (the optimizer's master copy); activations and the weights
@@ -80,32 +86,51 @@ class Llama(nn.Module):
         self.compute_dtype = compute_dtype
         self.recompute_blocks = False  # train.recompute: block (activation checkpointing per block)
         self.row_axis = grid.axis("row")
-        self.tok_embeddings = VocabParallelEmbedding(grid, shape.vocab, shape.hidden, INIT_STD)
-        self.layers = nn.ModuleList(Block(shape, grid) for _ in range(shape.layers))
-        self.norm = ShardedRMSNorm(grid, shape.hidden, shape.norm_eps)
-        self.output = TensorParallelLinear(grid, shape.hidden, shape.vocab, "normal", INIT_STD)
-        self.vocab_start = self.output.sharding.block_slices(grid)[0].start
+        stages, stage = grid.size("pipe"), grid.coord("pipe")
+        self.first_stage, self.last_stage = stage == 0, stage == stages - 1
+        self.layer_ids = stage_layers(shape, stages, stage_counts)[stage]
+        if self.first_stage:
+            self.tok_embeddings = VocabParallelEmbedding(grid, shape.vocab, shape.hidden, INIT_STD)
+        self.layers = nn.ModuleDict({str(i): Block(shape, grid) for i in self.layer_ids})
+        if self.last_stage:
+            self.norm = ShardedRMSNorm(grid, shape.hidden, shape.norm_eps)
+            self.output = TensorParallelLinear(grid, shape.hidden, shape.vocab, "normal", INIT_STD)
+            self.vocab_start = self.output.sharding.block_slices(grid)[0].start
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [batch, seq] -> this rank's logits slice [batch, seq, vocab/row]."""
+    def stage_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """This stage's part: ids [batch, seq] (first stage) or the residual stream
+        [batch, seq, hidden/col] in; the residual stream or, on the last stage, this
+        rank's logits slice [batch, seq, vocab/row] out."""
         s = self.shape
         scaling = (s.rope_scaling_factor, s.rope_low_freq_factor, s.rope_high_freq_factor, s.rope_original_context)
-        cos, sin = rotary_tables(ids.shape[1], s.head_dim, s.rope_theta, ids.device, scaling=scaling)
+        cos, sin = rotary_tables(x.shape[1], s.head_dim, s.rope_theta, x.device, scaling=scaling)
         cos, sin = cos.to(self.compute_dtype), sin.to(self.compute_dtype)
-        x = self.tok_embeddings(ids).to(self.compute_dtype)
-        for layer in self.layers:
+        if self.first_stage:
+            x = self.tok_embeddings(x).to(self.compute_dtype)
+        for layer in self.layers.values():
             if self.recompute_blocks and torch.is_grad_enabled():
                 # Keep only the block's input; backward re-runs its forward (collectives included,
                 # in the same order on every rank) to rebuild the activations.
                 x = checkpoint(layer, x, cos, sin, use_reentrant=False)
             else:
                 x = layer(x, cos, sin)
-        return self.output(self.norm(x))
+        return self.output(self.norm(x)) if self.last_stage else x
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [batch, seq] -> this rank's logits slice [batch, seq, vocab/row] (one stage only)."""
+        if not (self.first_stage and self.last_stage):
+            raise RuntimeError("a pipeline stage runs stage_forward; the whole forward needs layout.pipe = 1")
+        return self.stage_forward(ids)
+
+    def stage_losses(self, logits: torch.Tensor, targets: torch.Tensor,
+                     keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token cross-entropy from the last stage's logits slice."""
+        return vocab_parallel_cross_entropy(logits, targets, self.vocab_start, self.row_axis, keep)
 
     def token_losses(self, ids: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Per-token cross-entropy [batch, seq], computed without gathering the vocabulary;
         tokens where `keep` is False (the Goldfish loss) count zero."""
-        return vocab_parallel_cross_entropy(self(ids), targets, self.vocab_start, self.row_axis, keep)
+        return self.stage_losses(self(ids), targets, keep)
 
     def greedy_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """The argmax next token at every position [batch, seq], the same on every row rank."""

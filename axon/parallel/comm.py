@@ -67,6 +67,19 @@ def reduce_scatter_start(full: torch.Tensor, axis):
     return shard, axis.started("reduce_scatter", _nbytes(full), work, keep_alive=(full, shard))
 
 
+def send_start(tensor: torch.Tensor, axis, peer: int):
+    """Start sending `tensor` to global rank `peer` of the axis's group (pipeline stages)."""
+    work = dist.isend(tensor, dst=peer, group=axis.group)
+    return axis.started("send", _nbytes(tensor), work, keep_alive=(tensor,))
+
+
+def receive(tensor: torch.Tensor, axis, peer: int) -> torch.Tensor:
+    """Receive into `tensor` from global rank `peer` of the axis's group; blocks until it arrives."""
+    with axis.record("recv", _nbytes(tensor)):
+        dist.recv(tensor, src=peer, group=axis.group)
+    return tensor
+
+
 class _SumOverGroup(torch.autograd.Function):
     """y = sum over the axis of x; each rank's y feeds a different computation, so the
     gradient of every x is the sum of all ranks' dy (an all-reduce again)."""

@@ -16,8 +16,9 @@ def clip_grad_norm(model, grid, max_norm: float) -> float:
 
     Each distinct shard's square-norm is counted exactly once: depth-sharded blocks are
     distinct on every (depth, row, col) rank; replicated gains are distinct only over
-    col, so only the depth 0, row 0 ranks contribute them. All ranks of a data group hold
-    the same synced gradients, so the sum runs over depth, row and col only.
+    col, so only the depth 0, row 0 ranks contribute them. Pipeline stages hold disjoint
+    parameters, so their sums add. All ranks of a data group hold the same synced
+    gradients, so the sum runs over pipe, depth, row and col only.
     """
     counts_replicated = grid.coord("depth") == 0 and grid.coord("row") == 0
     counted = [param.grad for _, param, sharding in named_shardings(model)
@@ -27,7 +28,7 @@ def clip_grad_norm(model, grid, max_norm: float) -> float:
     # over ranks in fp64.
     square = (torch.nn.utils.get_total_norm(counted).double().square() if counted
               else torch.zeros((), dtype=torch.float64, device=device))
-    for axis in ("depth", "row", "col"):
+    for axis in ("pipe", "depth", "row", "col"):
         all_reduce(square, grid.axis(axis))
     norm = square.sqrt().item()
     if max_norm > 0 and norm > max_norm:

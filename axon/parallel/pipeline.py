@@ -1,0 +1,74 @@
+"""Pipeline stages: the 1F1B schedule of one step, and the sends between stages.
+
+Stage s of p runs min(p - s - 1, m) forwards ahead, then alternates one forward and one
+backward, then drains the remaining backwards, so at most p - s micro-batches' activations
+are alive on a stage. Activations go to the next stage and their gradients come back over
+the pipe group, to the rank with the same (data, depth, row, col) coordinates. Sends are
+started and left in flight (waited for at the end of the step); receives block, in
+micro-batch order, so the schedule cannot deadlock: every receive's matching send was
+issued by a peer that waits on nothing from this rank first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from axon.parallel.comm import receive, send_start
+
+
+def one_f_one_b(stage: int, stages: int, micro_batches: int) -> list[tuple[str, int]]:
+    """The order of ("F", j) forwards and ("B", j) backwards stage `stage` runs."""
+    warmup = min(stages - stage - 1, micro_batches)
+    order = [("F", j) for j in range(warmup)]
+    for j in range(micro_batches - warmup):
+        order += [("F", warmup + j), ("B", j)]
+    order += [("B", j) for j in range(micro_batches - warmup, micro_batches)]
+    return order
+
+
+class PipelineStep:
+    """Runs one step's micro-batches through this rank's stage under 1F1B."""
+
+    def __init__(self, model, grid, dtype: torch.dtype):
+        self.model, self.grid, self.dtype = model, grid, dtype
+        self.axis = grid.axis("pipe")
+        stage, stages = grid.coord("pipe"), grid.size("pipe")
+        self.stage, self.stages = stage, stages
+        stride = grid.layout.strides()["pipe"]
+        self.previous = grid.rank - stride if stage > 0 else None
+        self.next = grid.rank + stride if stage < stages - 1 else None
+        self.hidden_local = model.shape.hidden // grid.size("col")
+
+    def run(self, batches, keeps, kept_tokens: float, buckets, device) -> torch.Tensor:
+        """Forward and backward every micro-batch; returns this stage's loss sum (0 unless last)."""
+        loss_sum = torch.zeros((), device=device)
+        inputs, outputs, sends = {}, {}, []
+        for kind, j in one_f_one_b(self.stage, self.stages, len(batches)):
+            ids, targets = batches[j]
+            if kind == "F":
+                if self.previous is None:
+                    x = ids
+                else:
+                    x = torch.empty(*ids.shape, self.hidden_local, dtype=self.dtype, device=device)
+                    x = receive(x, self.axis, self.previous).requires_grad_()
+                out = self.model.stage_forward(x)
+                if self.next is None:
+                    losses = self.model.stage_losses(out, targets, keeps[j])
+                    loss_sum += losses.detach().sum()
+                    out = losses.sum() / kept_tokens
+                else:
+                    sends.append(send_start(out.detach().contiguous(), self.axis, self.next))
+                inputs[j], outputs[j] = x, out
+            else:
+                buckets.final_micro_batch = j == len(batches) - 1  # DP buckets launch in this backward
+                x, out = inputs.pop(j), outputs.pop(j)
+                if self.next is None:
+                    out.backward()
+                else:
+                    grad = receive(torch.empty_like(out), self.axis, self.next)
+                    out.backward(grad)
+                if self.previous is not None:
+                    sends.append(send_start(x.grad.contiguous(), self.axis, self.previous))
+        for work in sends:
+            work.wait()
+        return loss_sum
