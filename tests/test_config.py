@@ -51,7 +51,10 @@ def test_bad_keys_and_values_name_the_key(raw, words):
     ({"row": 2}, {"vocab": 255}, {}, 2, ["model.vocab=255", "layout.row=2"]),
     ({"data": 3}, {}, {"global_batch": 16}, 3, ["train.global_batch=16", "3 x 1 = 3"]),
     ({"depth": 2}, {}, {"global_batch": 16, "micro_batch": 3}, 2, ["train.micro_batch=3", "8 sequences"]),
-    ({"pipe": 2}, {}, {}, 2, ["layout.pipe=2"]),
+    ({"pipe": 4}, {"layers": 3}, {}, 4, ["layout.pipe=4", "model.layers=3"]),
+    ({"pipe": 2}, {"layers": 4}, {"stage_layers": [3, 2]}, 2, ["train.stage_layers=[3, 2]", "model.layers=4"]),
+    ({"pipe": 2}, {"layers": 4}, {"stage_layers": [4]}, 2, ["train.stage_layers=[4]", "layout.pipe"]),
+    ({"pipe": 2}, {"layers": 4}, {"stage_layers": [4, 0]}, 2, ["train.stage_layers=[4, 0]"]),
 ])
 def test_layout_rules(layout, model, train, world, words):
     config = build_config({"model": {"preset": "tiny", **model}, "layout": layout, "train": train})
