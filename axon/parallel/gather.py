@@ -34,5 +34,15 @@ def full_tensor(shard: torch.Tensor, sharding, grid) -> torch.Tensor:
 
 
 def full_parameters(model, grid) -> dict[str, torch.Tensor]:
-    """name -> full tensor of every parameter (collective: every rank must call it)."""
-    return {name: full_tensor(param, sharding, grid) for name, param, sharding in named_shardings(model)}
+    """name -> full tensor of every parameter of the whole model (collective: every rank calls it).
+
+    Each pipeline stage holds only its own layers; the stages swap their (full) tensors, on the host.
+    """
+    stage = {name: full_tensor(param, sharding, grid) for name, param, sharding in named_shardings(model)}
+    pipe = grid.group("pipe")
+    if pipe is None:
+        return stage
+    stages = [None] * dist.get_world_size(pipe)
+    dist.all_gather_object(stages, {name: t.cpu() for name, t in stage.items()}, group=pipe)
+    device = next(iter(stage.values())).device
+    return {name: t.to(device) for part in stages for name, t in part.items()}
