@@ -19,12 +19,14 @@ from spawn import run_distributed
 
 # hidden 96 = 16 heads x 6, 8 kv heads: every split up to 8 divides the model.
 MODEL = {"layers": 2, "hidden": 96, "heads": 16, "kv_heads": 8, "ffn": 72, "vocab": 136, "seq_len": 16}
+# Four blocks, so 1, 2 and 4 pipeline stages all have layers.
+STAGED_MODEL = {**MODEL, "layers": 4}
 SAVE_AT, TOTAL = 3, 6
 
 
-def make_config(out_dir, layout: Layout, **train):
-    sizes = {axis: getattr(layout, axis) for axis in ("data", "depth", "row", "col")}
-    return build_config({"model": MODEL, "layout": sizes, "out_dir": str(out_dir),
+def make_config(out_dir, layout: Layout, model=MODEL, **train):
+    sizes = {axis: getattr(layout, axis) for axis in ("data", "pipe", "depth", "row", "col")}
+    return build_config({"model": model, "layout": sizes, "out_dir": str(out_dir),
                          "train": {"steps": TOTAL, "global_batch": 8, "lr": 1e-3, "seed": 5,
                                    "warmup_steps": 2, **train}})
 
@@ -46,17 +48,17 @@ def run(config, rank, steps=None, resume=None):
     return losses, loaded, saved
 
 
-def save_then_continue(rank, world, out_dir, layout, straight=False):
+def save_then_continue(rank, world, out_dir, layout, straight=False, model=MODEL):
     """At `layout`: train SAVE_AT steps and save, then continue from the checkpoint to TOTAL;
     with `straight`, also the uninterrupted run, in the same processes."""
-    first, _, path = run(make_config(out_dir, layout), rank, steps=SAVE_AT)
-    rest, loaded, _ = run(make_config(out_dir, layout), rank, resume=path)
-    whole = run(make_config(Path(out_dir) / "straight", layout), rank)[0] if straight else None
+    first, _, path = run(make_config(out_dir, layout, model), rank, steps=SAVE_AT)
+    rest, loaded, _ = run(make_config(out_dir, layout, model), rank, resume=path)
+    whole = run(make_config(Path(out_dir) / "straight", layout, model), rank)[0] if straight else None
     return first, rest, loaded, str(path), whole
 
 
-def load_and_continue(rank, world, out_dir, layout, path):
-    rest, loaded, _ = run(make_config(out_dir, layout), rank, resume=Path(path))
+def load_and_continue(rank, world, out_dir, layout, path, model=MODEL):
+    rest, loaded, _ = run(make_config(out_dir, layout, model), rank, resume=Path(path))
     return rest, loaded
 
 
@@ -102,6 +104,42 @@ def test_one_process_checkpoint_loads_on_eight_ranks(tmp_path):
     for name, tensor in loaded.items():
         assert torch.equal(loaded8[name], tensor), name
     assert _close(rest8, rest)
+
+
+@pytest.fixture(scope="module")
+def saved_at_pipe2(tmp_path_factory):
+    """Saved at pipe 2 x depth 2 (4 ranks) with a 4-block model: each stage writes its own blocks."""
+    out = tmp_path_factory.mktemp("ckpt_pipe2")
+    first, rest, loaded, path, straight = run_distributed(
+        4, save_then_continue, out, Layout(pipe=2, depth=2), True, STAGED_MODEL)[0]
+    return {"first": first, "rest": rest, "loaded": loaded, "path": path, "straight": straight}
+
+
+def test_resume_is_bitwise_exact_with_pipeline_stages(saved_at_pipe2):
+    assert saved_at_pipe2["first"] + saved_at_pipe2["rest"] == saved_at_pipe2["straight"]
+
+
+@pytest.mark.parametrize("world, layout", [(1, Layout()), (4, Layout(pipe=4)), (4, Layout(pipe=2, row=2))])
+def test_pipe_checkpoint_reshards_to_other_stage_counts(saved_at_pipe2, tmp_path, world, layout):
+    args = (tmp_path, layout, saved_at_pipe2["path"], STAGED_MODEL)
+    rest, loaded = load_and_continue(0, 1, *args) if world == 1 else run_distributed(world, load_and_continue, *args)[0]
+    assert loaded.keys() == saved_at_pipe2["loaded"].keys()
+    for name, tensor in saved_at_pipe2["loaded"].items():
+        assert torch.equal(loaded[name], tensor), name
+    assert _close(rest, saved_at_pipe2["rest"]), (rest, saved_at_pipe2["rest"])
+
+
+def test_checkpoints_without_and_with_four_stages_load_at_two(tmp_path):
+    """pipe=1 -> pipe=2 and pipe=4 -> pipe=2: the other directions."""
+    _, rest1, loaded1, path1, _ = save_then_continue(0, 1, tmp_path / "one", Layout(), model=STAGED_MODEL)
+    _, rest4, loaded4, path4, _ = run_distributed(
+        4, save_then_continue, tmp_path / "four", Layout(pipe=4), False, STAGED_MODEL)[0]
+    for path, rest, loaded in ((path1, rest1, loaded1), (path4, rest4, loaded4)):
+        rest2, loaded2 = run_distributed(2, load_and_continue, tmp_path / "two", Layout(pipe=2), path,
+                                         STAGED_MODEL)[0]
+        for name, tensor in loaded.items():
+            assert torch.equal(loaded2[name], tensor), name
+        assert _close(rest2, rest)
 
 
 def test_a_killed_save_leaves_the_previous_checkpoint_loadable(tmp_path):

@@ -89,6 +89,7 @@ class CheckpointReader:
             for j in range(cols.start // width, (cols.stop - 1) // width + 1):
                 c0, c1 = max(cols.start, j * width), min(cols.stop, (j + 1) * width)
                 coords = {a: 0 for a in AXES}
+                coords["pipe"] = info.get("stage", 0)  # checkpoints from before pipe have no "stage"
                 coords.update({a: k for a, k in zip(axes, (i, j)) if a})
                 block_rows = self._block_rows(f"{key}/{name}", info, coords, r0 - i * height, r1 - i * height,
                                               height * width, width)

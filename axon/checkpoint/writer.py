@@ -24,8 +24,9 @@ from perfmodel.layout import AXES
 
 
 def _owns(sharding, grid) -> bool:
-    """One rank writes each distinct shard: coordinate 0 on every axis that replicates it."""
-    replicated = {"data", "pipe"} | ({"row", "col"} - set(sharding.dim_axes))
+    """One rank writes each distinct shard: coordinate 0 on every axis that replicates it.
+    (Pipe never replicates: each stage holds different layers.)"""
+    replicated = {"data"} | ({"row", "col"} - set(sharding.dim_axes))
     if not sharding.depth_sharded:
         replicated.add("depth")
     return all(grid.coord(axis) == 0 for axis in replicated)
@@ -69,7 +70,12 @@ def write_checkpoint(final: Path, model, optimizer, grid, shape, step: int, extr
     world_barrier()
     blob = safetensors_bytes(_rank_tensors(model, optimizer, grid))
     _write_durably(partial / rank_file(grid.rank), blob)
-    records = gather_objects({rank_file(grid.rank): {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}})
+    # Each stage describes its own layers; "stage" tells a reader whose files hold them.
+    stage = grid.coord("pipe")
+    tensors = {name: {"global_shape": list(s.global_shape), "dim_axes": list(s.dim_axes),
+                      "depth_sharded": s.depth_sharded, "stage": stage} for name, _, s in named_shardings(model)}
+    records = gather_objects(({rank_file(grid.rank): {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}},
+                              tensors if all(grid.coord(a) == 0 for a in AXES if a != "pipe") else {}))
     if grid.rank == 0:
         adam_steps = [s["step"].item() for s in optimizer.state.values() if "step" in s] if optimizer else []
         layout = {axis: grid.size(axis) for axis in AXES}
@@ -79,10 +85,9 @@ def write_checkpoint(final: Path, model, optimizer, grid, shape, step: int, extr
             "step": step,
             "layout": layout,
             "model": vars(shape).copy(),
-            "tensors": {name: {"global_shape": list(s.global_shape), "dim_axes": list(s.dim_axes),
-                               "depth_sharded": s.depth_sharded} for name, _, s in named_shardings(model)},
+            "tensors": {name: info for _, part in records for name, info in part.items()},
             "optimizer_step": adam_steps[0] if adam_steps else 0.0,
-            "files": {name: record for r in records for name, record in r.items()},
+            "files": {name: record for files, _ in records for name, record in files.items()},
             **extra,
         }
         _write_durably(partial / META, json.dumps(meta, indent=1).encode())
