@@ -182,9 +182,11 @@ def _metrics_on(rank, world, layout, prefix, suffix):
 
 
 def test_metrics_on_four_rank_layouts_equal_one_process():
+    """Including pipeline stages: evaluation then passes activations through the stages."""
     prefix, suffix = 5, 10
     one = _metrics_on(0, 1, Layout(), prefix, suffix)
-    for layout in (Layout(depth=2, row=2), Layout(data=2, col=2), Layout(data=2, depth=2)):
+    for layout in (Layout(depth=2, row=2), Layout(data=2, col=2), Layout(data=2, depth=2),
+                   Layout(pipe=2, row=2), Layout(data=2, pipe=2)):
         results = run_distributed(4, _metrics_on, layout, prefix, suffix)
         for rank_result in results:
             scores, expo, val = rank_result
@@ -200,8 +202,8 @@ TINY = {"heads": 2, "kv_heads": 1, "vocab": 257, "seq_len": 32}
 
 def write_tiny_experiment(path: Path, out_dir: Path, layout: dict | None = None) -> Path:
     config = {
-        "models": [{"name": "a", "layers": 1, "hidden": 16, "ffn": 32, **TINY},
-                   {"name": "b", "layers": 1, "hidden": 32, "ffn": 64, **TINY}],
+        "models": [{"name": "a", "layers": 2, "hidden": 16, "ffn": 32, **TINY},
+                   {"name": "b", "layers": 2, "hidden": 32, "ffn": 64, **TINY}],
         "losses": ["standard", {"kind": "goldfish", "k": 3, "h": 4}],
         "experiment": {"documents": 4, "controls": 3, "canaries": 2, "epochs": 2, "filler_per_epoch": 6,
                        "prefix": 8, "suffix": 8, "val_sequences": 4, "exposure_samples": 15, "eval_batch": 4},
@@ -286,9 +288,12 @@ def test_memorize_eval_scores_a_checkpoint_like_the_sweep(tiny_sweep, tmp_path):
     assert scores["val_loss"] == pytest.approx(float(final["val_loss"]), rel=1e-6)
 
 
-def test_sweep_on_two_ranks_matches_one_process(tiny_sweep, tmp_path):
+@pytest.mark.parametrize("layout", [{"col": 2}, {"pipe": 2}])
+def test_sweep_on_two_ranks_matches_one_process(tiny_sweep, tmp_path, layout):
+    """col splits every matrix; pipe puts one block on each stage (training and evaluation pass
+    activations between them, and the Goldfish kept count is the same on both stages)."""
     _, one_out, _ = tiny_sweep
-    config = write_tiny_experiment(tmp_path / "exp.yaml", tmp_path / "out", layout={"col": 2})
+    config = write_tiny_experiment(tmp_path / "exp.yaml", tmp_path / "out", layout=layout)
     done = _axon("memorize", str(config), torchrun=2)
     assert done.returncode == 0, done.stderr
     for got, want in zip(read_rows(tmp_path / "out"), read_rows(one_out)):

@@ -18,6 +18,7 @@ from axon.parallel.cross_entropy import vocab_parallel_argmax, vocab_parallel_cr
 from axon.parallel.embedding import VocabParallelEmbedding
 from axon.parallel.linear import TensorParallelLinear
 from axon.parallel.norm import ShardedRMSNorm
+from axon.parallel.pipeline import StagePeers
 from axon.model.stages import stage_layers
 from kernels import apply_rotary, causal_attention, rotary_tables
 from perfmodel.models import ModelShape
@@ -88,6 +89,7 @@ class Llama(nn.Module):
         self.row_axis = grid.axis("row")
         stages, stage = grid.size("pipe"), grid.coord("pipe")
         self.first_stage, self.last_stage = stage == 0, stage == stages - 1
+        self.peers = StagePeers(grid, shape.hidden) if stages > 1 else None  # evaluation passes through stages
         self.layer_ids = stage_layers(shape, stages, stage_counts)[stage]
         if self.first_stage:
             self.tok_embeddings = VocabParallelEmbedding(grid, shape.vocab, shape.hidden, INIT_STD)
@@ -127,11 +129,19 @@ class Llama(nn.Module):
         """Per-token cross-entropy from the last stage's logits slice."""
         return vocab_parallel_cross_entropy(logits, targets, self.vocab_start, self.row_axis, keep)
 
+    def _evaluate(self, ids: torch.Tensor, head, result_dtype: torch.dtype) -> torch.Tensor:
+        """head(this rank's logits slice) -> [batch, seq], on every stage (forward only)."""
+        if self.peers is None:
+            return head(self(ids))
+        return self.peers.forward_only(self.stage_forward, ids, head, self.compute_dtype, result_dtype)
+
     def token_losses(self, ids: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Per-token cross-entropy [batch, seq], computed without gathering the vocabulary;
-        tokens where `keep` is False (the Goldfish loss) count zero."""
-        return self.stage_losses(self(ids), targets, keep)
+        tokens where `keep` is False (the Goldfish loss) count zero. With pipeline stages it
+        is evaluation only (training runs the 1F1B schedule)."""
+        return self._evaluate(ids, lambda logits: self.stage_losses(logits, targets, keep), torch.float32)
 
     def greedy_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """The argmax next token at every position [batch, seq], the same on every row rank."""
-        return vocab_parallel_argmax(self(ids), self.vocab_start, self.row_axis)
+        """The argmax next token at every position [batch, seq], the same on every row rank and stage."""
+        return self._evaluate(ids, lambda logits: vocab_parallel_argmax(logits, self.vocab_start, self.row_axis),
+                              torch.int64)

@@ -80,6 +80,13 @@ def receive(tensor: torch.Tensor, axis, peer: int) -> torch.Tensor:
     return tensor
 
 
+def broadcast(tensor: torch.Tensor, axis, src: int) -> torch.Tensor:
+    """Fill `tensor` on every rank of the axis's group with global rank `src`'s copy."""
+    with axis.record("broadcast", _nbytes(tensor)):
+        dist.broadcast(tensor, src=src, group=axis.group)
+    return tensor
+
+
 class _SumOverGroup(torch.autograd.Function):
     """y = sum over the axis of x; each rank's y feeds a different computation, so the
     gradient of every x is the sum of all ranks' dy (an all-reduce again)."""

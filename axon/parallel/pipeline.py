@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from axon.parallel.comm import receive, send_start
+from axon.parallel.comm import broadcast, receive, send_start
 
 
 def one_f_one_b(stage: int, stages: int, micro_batches: int) -> list[tuple[str, int]]:
@@ -26,18 +26,43 @@ def one_f_one_b(stage: int, stages: int, micro_batches: int) -> list[tuple[str, 
     return order
 
 
-class PipelineStep:
+class StagePeers:
+    """This rank's place in the pipe: its stage, and the global ranks of the stages around it
+    (same data, depth, row and col coordinates)."""
+
+    def __init__(self, grid, hidden: int):
+        self.axis = grid.axis("pipe")
+        self.stage, self.stages = grid.coord("pipe"), grid.size("pipe")
+        stride = grid.layout.strides()["pipe"]
+        self.previous = grid.rank - stride if self.stage > 0 else None
+        self.next = grid.rank + stride if self.stage < self.stages - 1 else None
+        self.last = grid.rank + (self.stages - 1 - self.stage) * stride
+        self.hidden_local = hidden // grid.size("col")
+
+    def forward_only(self, stage_forward, ids: torch.Tensor, head, dtype: torch.dtype,
+                     result_dtype: torch.dtype) -> torch.Tensor:
+        """Evaluation through every stage in turn (no schedule: nothing runs backward): each stage
+        receives the residual stream, runs its blocks and passes it on; the last applies
+        head(logits) -> [batch, seq], which is broadcast so every stage returns it."""
+        x = ids
+        if self.previous is not None:
+            x = receive(torch.empty(*ids.shape, self.hidden_local, dtype=dtype, device=ids.device),
+                        self.axis, self.previous)
+        out = stage_forward(x)
+        if self.next is not None:
+            send_start(out.contiguous(), self.axis, self.next).wait()
+            result = torch.empty(ids.shape, dtype=result_dtype, device=ids.device)
+        else:
+            result = head(out).to(result_dtype).contiguous()
+        return broadcast(result, self.axis, self.last)
+
+
+class PipelineStep(StagePeers):
     """Runs one step's micro-batches through this rank's stage under 1F1B."""
 
     def __init__(self, model, grid, dtype: torch.dtype):
+        super().__init__(grid, model.shape.hidden)
         self.model, self.grid, self.dtype = model, grid, dtype
-        self.axis = grid.axis("pipe")
-        stage, stages = grid.coord("pipe"), grid.size("pipe")
-        self.stage, self.stages = stage, stages
-        stride = grid.layout.strides()["pipe"]
-        self.previous = grid.rank - stride if stage > 0 else None
-        self.next = grid.rank + stride if stage < stages - 1 else None
-        self.hidden_local = model.shape.hidden // grid.size("col")
 
     def run(self, batches, keeps, kept_tokens: float, buckets, device) -> torch.Tensor:
         """Forward and backward every micro-batch; returns this stage's loss sum (0 unless last)."""
