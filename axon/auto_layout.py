@@ -21,7 +21,6 @@ from perfmodel.search import layout_problem, plan
 from perfmodel.training import OVERLAPS, TrainingSetup
 
 PROFILE_FILE = "machine_profile.yaml"
-ENGINE_AXES = tuple(axis for axis in AXES if axis != "pipe")  # pipeline stages are not in the engine yet
 
 
 @dataclasses.dataclass
@@ -54,7 +53,7 @@ def profile_before_start(config: RunConfig):
 def check_some_layout_fits_the_shape(config: RunConfig, world_size: int) -> None:
     """Before calibrating: at least one layout of the world must divide the model and batch."""
     setup = training_setup(config)
-    problems = [layout_problem(config.model, lay, setup) for lay in factorizations(world_size, ENGINE_AXES)]
+    problems = [layout_problem(config.model, lay, setup) for lay in factorizations(world_size, AXES)]
     if all(problems):
         raise ConfigError(f"layout: auto found no layout of {world_size} ranks for this model and batch "
                           f"(for example {problems[-1]})")
@@ -62,7 +61,7 @@ def check_some_layout_fits_the_shape(config: RunConfig, world_size: int) -> None
 
 def choose(config: RunConfig, world_size: int, machine) -> tuple[RunConfig, LayoutChoice]:
     """The config with the best predicted layout that fits in memory filled in."""
-    predictions, ruled_out = plan(config.model, world_size, machine, training_setup(config), ENGINE_AXES)
+    predictions, ruled_out = plan(config.model, world_size, machine, training_setup(config), AXES)
     fitting = [p for p in predictions if p.fits]
     if not fitting:
         why = predictions[0].why_not if predictions else "; ".join(f"{n} by {r}" for r, n in ruled_out.items())

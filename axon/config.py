@@ -15,6 +15,7 @@ import yaml
 
 from perfmodel.layout import AXES, DEFAULT_ORDER, Layout
 from perfmodel.models import ModelShape, PRESETS
+from perfmodel.training import split_micro_batches
 
 
 class ConfigError(ValueError):
@@ -382,7 +383,7 @@ def check_layout(config: RunConfig, world_size: int) -> None:
 
 
 def micro_batch_plan(config: RunConfig) -> tuple[int, int]:
-    """(sequences per micro-batch, micro-batches per step) for each data x depth shard."""
-    per_shard = config.train.global_batch // (config.layout.data * config.layout.depth)
-    micro = config.train.micro_batch or per_shard
-    return micro, per_shard // micro
+    """(sequences per micro-batch, micro-batches per step) for each data x depth shard
+    (check_layout has made sure the batch divides)."""
+    lay = config.layout
+    return split_micro_batches(config.train.global_batch, config.train.micro_batch, lay.data * lay.depth, lay.pipe)

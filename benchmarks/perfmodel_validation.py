@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from axon.auto_layout import ENGINE_AXES
+from axon.auto_layout import AXES
 from perfmodel.layout import factorizations
 from perfmodel.machine import load_machine
 from perfmodel.models import ModelShape, preset
@@ -82,7 +82,7 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def layouts_for(shape: ModelShape, world: int, setup: TrainingSetup):
-    return [lay for lay in factorizations(world, ENGINE_AXES) if layout_problem(shape, lay, setup) is None]
+    return [lay for lay in factorizations(world, AXES) if layout_problem(shape, lay, setup) is None]
 
 
 def measure_worker(rank, world, port, spec, out):
@@ -150,7 +150,7 @@ def validate(world: int, args, shape: ModelShape, setup: TrainingSetup) -> dict:
     rows = []
     for lay, times in zip(layouts, raw):
         prediction = predict(shape, lay, machine, setup)
-        rows.append({"layout": {a: getattr(lay, a) for a in ENGINE_AXES}, "predicted_s": prediction.step_time_s,
+        rows.append({"layout": {a: getattr(lay, a) for a in AXES}, "predicted_s": prediction.step_time_s,
                      "measured_s": statistics.median(times[1:]), "raw_s": times[1:],
                      "biggest_cost": prediction.biggest_cost, "breakdown": prediction.breakdown})
     predicted = [r["predicted_s"] for r in rows]

@@ -7,8 +7,9 @@ elementwise traffic at memory bandwidth, kernel-launch overhead, and every colle
 * OAG: depth gathers behind the compute of the same phase (the first one stays exposed);
 * ORS and DP: reduce-scatters and data-parallel buckets behind backward compute (the last
   one of each stays exposed);
-each limited to `overlap_efficiency` of the compute. A pipeline of p stages and m micro-
-batches runs (m + p - 1) stage slots (1F1B), i.e. a bubble of (p - 1) / m.
+each limited to `overlap_efficiency` of the compute. Pipeline stages: the 1F1B schedule the
+engine runs is replayed with each stage's forward and backward times (`perfmodel.pipeline`);
+even stages give the textbook bubble of (p - 1) / m of the busy time.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from perfmodel.layout import Layout
 from perfmodel.machine import Machine
 from perfmodel.memory import memory_per_device
 from perfmodel.models import ModelShape
+from perfmodel.pipeline import simulate
 from perfmodel.training import TrainingSetup
 from perfmodel.workload import micro_batch_work, stage_parameters, step_collectives
 
@@ -112,7 +114,8 @@ def _category(comm) -> str:
 
 
 def _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers, first, last, with_dp, dp_times):
-    """Seconds by component for one micro-batch on one stage, after overlap."""
+    """Seconds by component for one micro-batch on one stage, after overlap, and the
+    forward's share of its compute."""
     work = micro_batch_work(shape, layout, micro, setup.seq_len, setup.dtype, setup.recompute == "block",
                             stage_layers, first, last)
     eff = machine.overlap_efficiency
@@ -171,7 +174,7 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers
         exposed = min(total, max(edge, total - window))
         for category, t, _ in pool:  # exposed time shared out in proportion
             out[category] += exposed * t / total
-    return out
+    return out, compute["forward"] / max(compute["forward"] + compute["backward"], 1e-30)
 
 
 def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup) -> Prediction:
@@ -186,19 +189,22 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     seconds = CommClock(layout, machine)
     step_comms = step_collectives(shape, layout, setup.bucket_mb, stage_layers, True, p == 1)
     dp_times = [seconds(c) for c in step_comms if c.kind == "dp"]
-    stages = [(True, p == 1)] + ([(False, True)] if p > 1 else [])
-    worst = None
-    for first, last in stages:
-        per_mb = _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers, first, last,
-                                    False, dp_times)
-        last_mb = _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers, first, last,
-                                     True, dp_times)
-        slot = sum(per_mb.values())
-        if worst is None or slot > worst[0]:
-            worst = (slot, per_mb, last_mb)
-    slot, per_mb, last_mb = worst
+    # Stage kinds: the first holds the embedding, the last the head and loss, middles neither.
+    kinds = [(s == 0, s == p - 1) for s in range(p)]
+    slots, forward_s, backward_s = {}, [], []
+    for kind in kinds:
+        if kind not in slots:
+            per_mb, share = _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers, *kind,
+                                               False, dp_times)
+            last_mb, _ = _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers, *kind,
+                                            True, dp_times)
+            slots[kind] = (sum(per_mb.values()), share, per_mb, last_mb)
+        slot, share = slots[kind][:2]
+        forward_s.append(slot * share)
+        backward_s.append(slot * (1 - share))
+    slot, _, per_mb, last_mb = max(slots.values(), key=lambda entry: entry[0])  # the slowest stage
     breakdown = {k: per_mb[k] * (count - 1) + last_mb[k] for k in COMPONENTS}
-    breakdown["pipeline_bubble"] = (p - 1) * slot
+    breakdown["pipeline_bubble"] = max(0.0, simulate(forward_s, backward_s, count).step_s - count * slot)
 
     local = params["sharded"] + params["replicated"]
     breakdown["optimizer"] += local * ADAMW_BYTES_PER_PARAM / (machine.memory_bandwidth_gbs * 1e9) \

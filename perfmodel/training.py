@@ -32,17 +32,24 @@ class TrainingSetup:
 
     def micro_batches(self, shards: int, pipe: int) -> tuple[int, int] | None:
         """(sequences per micro-batch, micro-batches per step) for data x depth = `shards`,
-        or None when the batch does not divide. Automatic: one micro-batch without a
-        pipeline; with one, the biggest micro-batch that still gives 4 per stage, else 1."""
-        if self.global_batch % shards:
-            return None
-        per_shard = self.global_batch // shards
-        micro = self.micro_batch
-        if micro == 0:
-            micro = per_shard
-            if pipe > 1:
-                micro = max([m for m in range(1, per_shard + 1) if per_shard % m == 0 and per_shard // m >= 4 * pipe],
-                            default=1)
-        if per_shard % micro:
-            return None
-        return micro, per_shard // micro
+        or None when the batch does not divide (see `split_micro_batches`)."""
+        return split_micro_batches(self.global_batch, self.micro_batch, shards, pipe)
+
+
+def split_micro_batches(global_batch: int, micro_batch: int, shards: int, pipe: int) -> tuple[int, int] | None:
+    """(sequences per micro-batch, micro-batches per step) for data x depth = `shards`, or None
+    when the batch does not divide. micro_batch 0 is automatic: one micro-batch without a
+    pipeline; with one, the biggest micro-batch that still gives 4 per stage (a bubble of at
+    most (p-1)/4p), else 1."""
+    if global_batch % shards:
+        return None
+    per_shard = global_batch // shards
+    micro = micro_batch
+    if micro == 0:
+        micro = per_shard
+        if pipe > 1:
+            micro = max([m for m in range(1, per_shard + 1) if per_shard % m == 0 and per_shard // m >= 4 * pipe],
+                        default=1)
+    if per_shard % micro:
+        return None
+    return micro, per_shard // micro

@@ -1,29 +1,22 @@
-"""Pipeline stages: the 1F1B schedule of one step, and the sends between stages.
+"""Pipeline stages: one step's micro-batches under 1F1B, and the sends between stages.
 
 Stage s of p runs min(p - s - 1, m) forwards ahead, then alternates one forward and one
-backward, then drains the remaining backwards, so at most p - s micro-batches' activations
-are alive on a stage. Activations go to the next stage and their gradients come back over
-the pipe group, to the rank with the same (data, depth, row, col) coordinates. Sends are
-started and left in flight (waited for at the end of the step); receives block, in
-micro-batch order, so the schedule cannot deadlock: every receive's matching send was
-issued by a peer that waits on nothing from this rank first.
+backward, then drains the remaining backwards (`perfmodel.pipeline.one_f_one_b`), so at
+most p - s micro-batches' activations are alive on a stage. Activations go to the next
+stage and their gradients come back over the pipe group, to the rank with the same (data,
+depth, row, col) coordinates. Sends are started and left in flight (waited for at the end
+of the step); receives block, in micro-batch order, so the schedule cannot deadlock: every
+receive's matching send was issued by a peer that waits on nothing from this rank first.
 """
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from axon.parallel.comm import broadcast, receive, send_start
-
-
-def one_f_one_b(stage: int, stages: int, micro_batches: int) -> list[tuple[str, int]]:
-    """The order of ("F", j) forwards and ("B", j) backwards stage `stage` runs."""
-    warmup = min(stages - stage - 1, micro_batches)
-    order = [("F", j) for j in range(warmup)]
-    for j in range(micro_batches - warmup):
-        order += [("F", warmup + j), ("B", j)]
-    order += [("B", j) for j in range(micro_batches - warmup, micro_batches)]
-    return order
+from perfmodel.pipeline import one_f_one_b  # the schedule; the performance model replays the same one
 
 
 class StagePeers:
@@ -63,11 +56,21 @@ class PipelineStep(StagePeers):
     def __init__(self, model, grid, dtype: torch.dtype):
         super().__init__(grid, model.shape.hidden)
         self.model, self.grid, self.dtype = model, grid, dtype
+        # Set to a list to record each run's compute intervals (benchmarks.pipeline_bubble):
+        # {"start", "end", "ops": [(kind, j, t0, t1)]} in perf_counter seconds. Off by default:
+        # on a GPU every interval costs a synchronize.
+        self.timeline: list | None = None
+
+    def _now(self, device) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
 
     def run(self, batches, keeps, kept_tokens: float, buckets, device) -> torch.Tensor:
         """Forward and backward every micro-batch; returns this stage's loss sum (0 unless last)."""
         loss_sum = torch.zeros((), device=device)
         inputs, outputs, sends = {}, {}, []
+        record = {"start": self._now(device), "ops": []} if self.timeline is not None else None
         for kind, j in one_f_one_b(self.stage, self.stages, len(batches)):
             ids, targets = batches[j]
             if kind == "F":
@@ -76,6 +79,7 @@ class PipelineStep(StagePeers):
                 else:
                     x = torch.empty(*ids.shape, self.hidden_local, dtype=self.dtype, device=device)
                     x = receive(x, self.axis, self.previous).requires_grad_()
+                began = self._now(device) if record else 0.0
                 out = self.model.stage_forward(x)
                 if self.next is None:
                     losses = self.model.stage_losses(out, targets, keeps[j])
@@ -88,12 +92,19 @@ class PipelineStep(StagePeers):
                 buckets.final_micro_batch = j == len(batches) - 1  # DP buckets launch in this backward
                 x, out = inputs.pop(j), outputs.pop(j)
                 if self.next is None:
+                    began = self._now(device) if record else 0.0
                     out.backward()
                 else:
                     grad = receive(torch.empty_like(out), self.axis, self.next)
+                    began = self._now(device) if record else 0.0
                     out.backward(grad)
                 if self.previous is not None:
                     sends.append(send_start(x.grad.contiguous(), self.axis, self.previous))
+            if record:
+                record["ops"].append((kind, j, began, self._now(device)))
         for work in sends:
             work.wait()
+        if record:
+            record["end"] = self._now(device)
+            self.timeline.append(record)
         return loss_sum
