@@ -14,6 +14,7 @@ from axon.data import shard_micro_batches, token_source
 from axon.goldfish import GoldfishMask
 from axon.metrics import MetricsLog
 from axon.model import Llama, initialize_parameters
+from axon.model.stages import stage_layers, whole_model_parameters
 from axon.parallel.comm import all_reduce, any_rank
 from axon.parallel.data_parallel import GradientBuckets
 from axon.parallel.grads import clip_grad_norm
@@ -216,15 +217,27 @@ class Trainer:
 
 def describe(config: RunConfig, trainer: Trainer, runtime, peak_source: str) -> str:
     """The start-up banner rank 0 prints."""
+    shape = config.model
     params = sum(p.numel() for p in trainer.model.parameters())
-    total = sum(torch.Size(s.global_shape).numel() for _, _, s in named_shardings(trainer.model))
+    total = whole_model_parameters(shape)
     micro, count = micro_batch_plan(config)
-    return "\n".join([
+    lines = [
         f"axon: world {runtime.world_size} via {runtime.launcher}, backend {runtime.backend}, device {runtime.device.type}",
         f"axon: layout {config.layout}",
-        f"axon: model {config.model_name}: {config.model.layers} layers, hidden {config.model.hidden}, "
+        f"axon: model {config.model_name}: {shape.layers} layers, hidden {shape.hidden}, "
         f"{total / 1e6:.2f}M parameters ({params / 1e6:.2f}M on this rank)",
-        f"axon: {config.train.global_batch} sequences x {config.model.seq_len} tokens per step; "
+        f"axon: {config.train.global_batch} sequences x {shape.seq_len} tokens per step; "
         f"{count} micro-batch(es) of {micro} per data x depth shard",
-        f"axon: MFU peak {trainer.peak_tflops:.3f} TFLOP/s per rank ({peak_source})",
-    ])
+    ]
+    stages = config.layout.pipe
+    if stages > 1:
+        blocks = [len(r) for r in stage_layers(shape, stages, config.train.stage_layers)]
+        how = "train.stage_layers" if config.train.stage_layers else "balanced by parameters"
+        idle = (stages - 1) / (count + stages - 1)
+        lines.append(f"axon: {stages} pipeline stages of {blocks} blocks ({how}), 1F1B over {count} micro-batches: "
+                     f"each stage idles about {idle:.0%} of a step (bubble (p-1)/m = {(stages - 1) / count:.2f})")
+        if count < stages:
+            lines.append(f"axon: warning: {count} micro-batch(es) for {stages} stages leave most stages idle; "
+                         f"a smaller train.micro_batch or a larger train.global_batch gives more")
+    lines.append(f"axon: MFU peak {trainer.peak_tflops:.3f} TFLOP/s per rank ({peak_source})")
+    return "\n".join(lines)

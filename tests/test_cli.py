@@ -102,6 +102,8 @@ BAD_INPUTS = [
     ({"row": 4}, {"model": {"preset": "tiny", "kv_heads": 4, "ffn": 190}}, ["model.ffn=190", "layout.row=4"]),
     ({"row": 4}, {"model": {"preset": "tiny", "kv_heads": 4, "vocab": 258}}, ["model.vocab=258", "layout.row=4"]),
     ({"data": 2, "depth": 2}, {"train": {"global_batch": 6}}, ["train.global_batch=6", "2 x 2 = 4"]),
+    ({"pipe": 4}, {"model": {"preset": "tiny", "layers": 3}}, ["layout.pipe=4", "model.layers=3"]),
+    ({"pipe": 2, "col": 2}, {"train": {"stage_layers": [2, 1]}}, ["train.stage_layers=[2, 1]", "model.layers=2"]),
 ]
 
 

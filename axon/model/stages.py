@@ -17,6 +17,11 @@ def block_parameters(shape: ModelShape) -> int:
     return attention + 3 * h * shape.ffn + 2 * h
 
 
+def whole_model_parameters(shape: ModelShape) -> int:
+    """Every parameter of the model: blocks, embedding, final norm and LM head."""
+    return shape.layers * block_parameters(shape) + 2 * shape.vocab * shape.hidden + shape.hidden
+
+
 def balanced_counts(shape: ModelShape, stages: int) -> list[int]:
     """Blocks per stage (each at least 1) minimizing the largest stage's parameter count."""
     layers, block = shape.layers, block_parameters(shape)
