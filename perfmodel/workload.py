@@ -171,6 +171,8 @@ def step_collectives(shape: ModelShape, layout: Layout, bucket_mb: float, stage_
     if layout.data * d > 1:
         comms.append(Comm("all_reduce", ("data", "depth"), gains * 4, "dp", "backward"))
         comms.append(Comm("all_reduce", ("data", "depth"), 4, "sync", "step"))  # the loss
+    if layout.pipe > 1:
+        comms.append(Comm("all_reduce", ("pipe",), 4, "sync", "step"))  # the loss lives on the last stage
     comms += [Comm("all_reduce", (axis,), 8, "sync", "step") for axis in ("depth", "row", "col", "pipe")
               if getattr(layout, axis) > 1]  # the clip norm, fp64
     return comms
