@@ -24,7 +24,8 @@ from perfmodel.layout import Layout
 from perfmodel.machine import Machine
 from perfmodel.memory import memory_per_device
 from perfmodel.models import ModelShape
-from perfmodel.pipeline import simulate
+from perfmodel.pipeline import step_seconds
+from perfmodel.stages import balanced_counts
 from perfmodel.training import TrainingSetup
 from perfmodel.workload import micro_batch_work, stage_parameters, step_collectives
 
@@ -183,43 +184,42 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     micro, count = setup.micro_batches(shards, layout.pipe)
     clock = GemmClock(machine, setup.dtype)
     p = layout.pipe
-    stage_layers = shape.layers // p
-
-    params = stage_parameters(shape, layout, stage_layers, True, p == 1)
     seconds = CommClock(layout, machine)
-    step_comms = step_collectives(shape, layout, setup.bucket_mb, stage_layers, True, p == 1)
-    dp_times = [seconds(c) for c in step_comms if c.kind == "dp"]
-    # Stage kinds: the first holds the embedding, the last the head and loss, middles neither.
-    kinds = [(s == 0, s == p - 1) for s in range(p)]
-    slots, forward_s, backward_s = {}, [], []
-    for kind in kinds:
-        if kind not in slots:
-            per_mb, share = _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers, *kind,
-                                               False, dp_times)
-            last_mb, _ = _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers, *kind,
-                                            True, dp_times)
-            slots[kind] = (sum(per_mb.values()), share, per_mb, last_mb)
-        slot, share = slots[kind][:2]
-        forward_s.append(slot * share)
-        backward_s.append(slot * (1 - share))
-    slot, _, per_mb, last_mb = max(slots.values(), key=lambda entry: entry[0])  # the slowest stage
-    breakdown = {k: per_mb[k] * (count - 1) + last_mb[k] for k in COMPONENTS}
-    breakdown["pipeline_bubble"] = max(0.0, simulate(forward_s, backward_s, count).step_s - count * slot)
-
-    local = params["sharded"] + params["replicated"]
+    # Each stage as the engine builds it: its block count (the parameter-balanced split),
+    # whether it holds the embedding (first) and the head and loss (last).
+    stages = [(blocks, s == 0, s == p - 1) for s, blocks in enumerate(balanced_counts(shape, p))]
+    priced = {}
+    for stage in dict.fromkeys(stages):
+        blocks, first, last = stage
+        step_comms = step_collectives(shape, layout, setup.bucket_mb, blocks, first, last)
+        dp_times = [seconds(c) for c in step_comms if c.kind == "dp"]
+        per_mb, share = _stage_micro_batch(shape, layout, setup, machine, clock, micro, blocks, first, last,
+                                           False, dp_times)
+        last_mb, _ = _stage_micro_batch(shape, layout, setup, machine, clock, micro, blocks, first, last,
+                                        True, dp_times)
+        params = stage_parameters(shape, layout, blocks, first, last)
+        priced[stage] = {
+            "slot": sum(per_mb.values()), "share": share, "per_mb": per_mb, "last_mb": last_mb,
+            "local_params": params["sharded"] + params["replicated"],
+            # The loss summed over data x depth (and pipe), the clip norm's square-sum over depth, row, col, pipe.
+            "sync": sum(seconds(c) * c.count for c in step_comms if c.kind == "sync"),
+            "memory": memory_per_device(shape, layout, setup, micro, blocks, first, last),
+        }
+    forward_s = [priced[stage]["slot"] * priced[stage]["share"] for stage in stages]
+    backward_s = [priced[stage]["slot"] * (1 - priced[stage]["share"]) for stage in stages]
+    slowest = max(priced.values(), key=lambda entry: entry["slot"])
+    breakdown = {k: slowest["per_mb"][k] * (count - 1) + slowest["last_mb"][k] for k in COMPONENTS}
+    breakdown["pipeline_bubble"] = max(0.0, step_seconds(forward_s, backward_s, count) - count * slowest["slot"])
+    # Stages step their optimizers at once; the one with the most parameters finishes last.
+    local = max(entry["local_params"] for entry in priced.values())
     breakdown["optimizer"] += local * ADAMW_BYTES_PER_PARAM / (machine.memory_bandwidth_gbs * 1e9) \
         + 30 * machine.op_overhead_us * 1e-6
-    # The loss summed over data x depth, the clip norm's square-sum over depth, row, col, pipe.
-    sync = sum(seconds(c) * c.count for c in step_comms if c.kind == "sync")
-    breakdown["step_sync"] += sync
+    breakdown["step_sync"] += max(entry["sync"] for entry in priced.values())
 
     step = sum(breakdown.values())
     flops = flops_per_token(shape, setup.seq_len) * setup.global_batch * setup.seq_len
     tflops = flops / step / layout.world_size / 1e12
-    memory = memory_per_device(shape, layout, setup, micro, stage_layers, True, p == 1)
-    if p > 1:  # the last stage holds the head and the logits
-        tail = memory_per_device(shape, layout, setup, micro, stage_layers, False, True)
-        memory = max(memory, tail, key=lambda m: sum(m.values()))
+    memory = max((entry["memory"] for entry in priced.values()), key=lambda m: sum(m.values()))
     total = sum(memory.values())
     limit = machine.memory_gb * machine.usable_memory_fraction
     why = "" if total <= limit else (f"needs {total:.1f} GiB per device, more than {limit:.1f} GiB usable "

@@ -20,11 +20,13 @@ from perfmodel.training import TrainingSetup
 def layout_problem(shape: ModelShape, layout: Layout, setup: TrainingSetup) -> str | None:
     """Why this layout cannot run this model and batch (one sentence), or None."""
     splits = (("hidden", shape.hidden, "col"), ("heads", shape.heads, "row"), ("kv_heads", shape.kv_heads, "row"),
-              ("ffn", shape.ffn, "row"), ("vocab", shape.vocab, "row"), ("layers", shape.layers, "pipe"))
+              ("ffn", shape.ffn, "row"), ("vocab", shape.vocab, "row"))
     for name, value, axis in splits:
         size = getattr(layout, axis)
         if value % size:
             return f"model.{name}={value} is not divisible by {axis}={size}"
+    if shape.layers < layout.pipe:  # stages split the blocks unevenly if they must, never to nothing
+        return f"model.layers={shape.layers} is not enough for pipe={layout.pipe} stages of a block or more"
     shards = layout.data * layout.depth
     if setup.micro_batches(shards, layout.pipe) is None:
         return (f"global batch {setup.global_batch} does not split into micro-batches of {setup.micro_batch or 'any'} "

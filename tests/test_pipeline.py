@@ -6,9 +6,10 @@ from itertools import product
 
 import pytest
 
-from axon.model.stages import balanced_counts, block_parameters, stage_layers
+from axon.model.stages import stage_layers
+from perfmodel.stages import balanced_counts, block_parameters
 from perfmodel.models import ModelShape
-from perfmodel.pipeline import one_f_one_b, simulate
+from perfmodel.pipeline import one_f_one_b, simulate, step_seconds
 from perfmodel.training import split_micro_batches
 
 SMALL = ModelShape(layers=6, hidden=64, heads=4, kv_heads=2, ffn=128, vocab=1000, seq_len=16)
@@ -73,3 +74,16 @@ def test_automatic_micro_batches_with_stages():
     assert split_micro_batches(64, 0, 2, 4) == (2, 16)  # >= 4 per stage: the biggest such micro-batch
     assert split_micro_batches(8, 0, 1, 4) == (1, 8)  # cannot reach 16: one sequence each
     assert split_micro_batches(64, 3, 2, 4) is None and split_micro_batches(63, 0, 2, 1) is None
+
+
+def test_long_schedules_are_estimated_within_3_percent_of_the_replay():
+    # stages like the engine's: a heavier first (embedding) and last (head, loss), and middles of
+    # c or c + 1 blocks; the estimate is what perfmodel uses past REPLAY_OPS operations
+    for p, m, heavy_first, heavy_last in [(7, 7, 1.2, 1.9), (16, 64, 1.1, 1.5), (32, 128, 1.3, 2.0), (5, 40, 1.0, 1.0)]:
+        forward = [1.0 * (1.25 if s % 2 else 1.0) for s in range(p)]
+        forward[0], forward[-1] = heavy_first, heavy_last
+        backward = [2 * f for f in forward]
+        slots = [f + b for f, b in zip(forward, backward)]
+        estimate = sum(slots) + (m - 1) * max(slots)
+        assert estimate == pytest.approx(simulate(forward, backward, m).step_s, rel=0.03)
+    assert step_seconds([1.0, 2.0], [2.0, 4.0], 2) == simulate([1.0, 2.0], [2.0, 4.0], 2).step_s

@@ -1,0 +1,53 @@
+"""How many blocks each pipeline stage holds by default (the engine's split, which the
+performance model prices too).
+
+Stages hold contiguous runs of transformer blocks; the first also holds the embedding, the
+last the final norm, the LM head and the loss. The split balances parameters (the embedding
+and head weigh as much as several blocks in a small model), found exactly by a small
+dynamic program.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from perfmodel.models import ModelShape
+
+
+def block_parameters(shape: ModelShape) -> int:
+    h, d = shape.hidden, shape.head_dim
+    attention = h * shape.heads * d * 2 + h * shape.kv_heads * d * 2
+    return attention + 3 * h * shape.ffn + 2 * h
+
+
+def whole_model_parameters(shape: ModelShape) -> int:
+    """Every parameter of the model: blocks, embedding, final norm and LM head."""
+    return shape.layers * block_parameters(shape) + 2 * shape.vocab * shape.hidden + shape.hidden
+
+
+def balanced_counts(shape: ModelShape, stages: int) -> list[int]:
+    """Blocks per stage (each at least 1) minimizing the largest stage's parameter count."""
+    return list(_balanced_counts(shape, stages))
+
+
+@lru_cache(maxsize=256)  # O(stages x layers^2): a plan asks for each stage count many times
+def _balanced_counts(shape: ModelShape, stages: int) -> tuple[int, ...]:
+    layers, block = shape.layers, block_parameters(shape)
+    embedding, head = shape.vocab * shape.hidden, shape.vocab * shape.hidden + shape.hidden
+    # best[s][n]: the smallest possible maximum load placing the first n blocks on s stages.
+    inf = float("inf")
+    best = [[inf] * (layers + 1) for _ in range(stages + 1)]
+    cut = [[0] * (layers + 1) for _ in range(stages + 1)]
+    best[0][0] = 0
+    for s in range(1, stages + 1):
+        for n in range(s, layers - (stages - s) + 1):
+            for k in range(s - 1, n):  # the previous stages hold k blocks, this one n - k
+                load = (n - k) * block + (embedding if s == 1 else 0) + (head if s == stages else 0)
+                value = max(best[s - 1][k], load)
+                if value < best[s][n]:
+                    best[s][n], cut[s][n] = value, k
+    counts, n = [], layers
+    for s in range(stages, 0, -1):
+        counts.append(n - cut[s][n])
+        n = cut[s][n]
+    return tuple(counts[::-1])
