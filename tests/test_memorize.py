@@ -341,8 +341,9 @@ for run in runs:
     local = sum(p.numel() for p in model.parameters())
     assert all(p.is_meta for p in model.parameters())
     lay = run.config.layout
-    out.append((run.loss.tag, lay.data, lay.depth, lay.row, lay.col, local, run.stream.total_steps,
-                run.config.train.loss, run.choice.prediction.fits))
+    names = [name for name, _ in model.named_parameters()]
+    out.append((run.loss.tag, lay.data, lay.pipe, lay.depth, lay.row, lay.col, local, run.stream.total_steps,
+                run.config.train.loss, run.choice.prediction.fits, names))
 print(out)
 print(len(docs.targets), len(docs.controls), len(docs.target_canaries))
 """
@@ -369,13 +370,13 @@ def test_405b_config_builds_and_validates_on_512_fake_ranks(tmp_path):
     assert done.returncode == 0, done.stderr
     runs_line, docs_line = done.stdout.strip().splitlines()[-2:]
     runs = eval(runs_line)
-    assert [r[0] for r in runs] == ["standard", "goldfish-k4-h13"] and [r[7] for r in runs] == ["standard", "goldfish"]
-    shape = preset("405B")
-    total = sum(int(np.prod(s)) for s in __import__("axon.hf", fromlist=["parameter_shapes"])
-                .parameter_shapes(shape).values())
-    for tag, data, depth, row, col, local, steps, _, fits in runs:
-        assert data * depth * row * col == 512 and fits
-        # each rank holds 1/(depth x row x col) of the weights (norm gains are replicated: tiny)
-        assert local == pytest.approx(total / (depth * row * col), rel=0.01)
+    assert [r[0] for r in runs] == ["standard", "goldfish-k4-h13"] and [r[8] for r in runs] == ["standard", "goldfish"]
+    shapes = __import__("axon.hf", fromlist=["parameter_shapes"]).parameter_shapes(preset("405B"))
+    for tag, data, pipe, depth, row, col, local, steps, _, fits, names in runs:
+        assert data * pipe * depth * row * col == 512 and fits
+        # each rank holds 1/(depth x row x col) of its stage's weights (norm gains are replicated: tiny)
+        stage = sum(int(np.prod(shapes[name])) for name in names)
+        assert local == pytest.approx(stage / (depth * row * col), rel=0.01)
+        assert pipe > 1 or stage == sum(int(np.prod(s)) for s in shapes.values())
         assert steps == 8 * 8  # 8 epochs x ceil((100 + 8 + 400) / 64) steps
     assert docs_line == "100 100 8"
