@@ -32,15 +32,17 @@ class StagePeers:
         self.last = grid.rank + (self.stages - 1 - self.stage) * stride
         self.hidden_local = hidden // grid.size("col")
 
+    def receive_activations(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The previous stage's residual stream for these ids: [batch, seq, hidden/col]."""
+        buffer = torch.empty(*ids.shape, self.hidden_local, dtype=dtype, device=ids.device)
+        return receive(buffer, self.axis, self.previous)
+
     def forward_only(self, stage_forward, ids: torch.Tensor, head, dtype: torch.dtype,
                      result_dtype: torch.dtype) -> torch.Tensor:
         """Evaluation through every stage in turn (no schedule: nothing runs backward): each stage
         receives the residual stream, runs its blocks and passes it on; the last applies
         head(logits) -> [batch, seq], which is broadcast so every stage returns it."""
-        x = ids
-        if self.previous is not None:
-            x = receive(torch.empty(*ids.shape, self.hidden_local, dtype=dtype, device=ids.device),
-                        self.axis, self.previous)
+        x = ids if self.previous is None else self.receive_activations(ids, dtype)
         out = stage_forward(x)
         if self.next is not None:
             send_start(out.contiguous(), self.axis, self.next).wait()
@@ -74,11 +76,7 @@ class PipelineStep(StagePeers):
         for kind, j in one_f_one_b(self.stage, self.stages, len(batches)):
             ids, targets = batches[j]
             if kind == "F":
-                if self.previous is None:
-                    x = ids
-                else:
-                    x = torch.empty(*ids.shape, self.hidden_local, dtype=self.dtype, device=device)
-                    x = receive(x, self.axis, self.previous).requires_grad_()
+                x = ids if self.previous is None else self.receive_activations(ids, self.dtype).requires_grad_()
                 began = self._now(device) if record else 0.0
                 out = self.model.stage_forward(x)
                 if self.next is None:
