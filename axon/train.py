@@ -148,13 +148,14 @@ class Trainer:
         try:
             if self.pipeline is not None:
                 loss_sum = self.pipeline.run(batches, keeps, kept_tokens, self.buckets, self.device)
-            for index, ((ids, targets), keep) in enumerate(zip(batches, keeps) if self.pipeline is None else ()):
-                self.buckets.final_micro_batch = index == len(batches) - 1  # DP buckets launch in this backward
-                # Sum of token losses over the global batch's (kept) token count: gradients summed
-                # over data and depth then give the exact mean-loss gradient.
-                token_losses = self.model.token_losses(ids, targets, keep)
-                (token_losses.sum() / kept_tokens).backward()
-                loss_sum += token_losses.detach().sum()
+            else:
+                for index, ((ids, targets), keep) in enumerate(zip(batches, keeps)):
+                    self.buckets.final_micro_batch = index == len(batches) - 1  # DP buckets launch in this backward
+                    # Sum of token losses over the global batch's (kept) token count: gradients summed
+                    # over data and depth then give the exact mean-loss gradient.
+                    token_losses = self.model.token_losses(ids, targets, keep)
+                    (token_losses.sum() / kept_tokens).backward()
+                    loss_sum += token_losses.detach().sum()
         finally:
             if self.prefetcher is not None:
                 self.prefetcher.end_step()
