@@ -1,9 +1,11 @@
-"""The 1F1B pipeline schedule: the order each stage runs, and its timeline from op durations.
+"""The 1F1B pipeline schedule: the order each stage runs, its transfers, and its timeline.
 
-The engine runs exactly `one_f_one_b` (axon.parallel.pipeline imports it); `simulate`
-replays that order with per-stage forward and backward times, so the bubble the model
-predicts comes from the same schedule, including uneven stages (the first holds the
-embedding, the last the head and the loss) and the point-to-point latency between them.
+The engine runs exactly `one_f_one_b_with_transfers` (axon.parallel.pipeline imports it):
+the compute order of `one_f_one_b` with the sends and receives between neighbouring stages
+placed and batched. `simulate` replays the compute order with per-stage forward and
+backward times, so the bubble the model predicts comes from the same schedule, including
+uneven stages (the first holds the embedding, the last the head and the loss) and the
+point-to-point latency between them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,79 @@ def one_f_one_b(stage: int, stages: int, micro_batches: int) -> list[tuple[str, 
         order += [("F", warmup + j), ("B", j)]
     order += [("B", j) for j in range(micro_batches - warmup, micro_batches)]
     return order
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One point-to-point operation of a stage: send or receive the activations ("act") of
+    micro-batch `micro` or their gradient ("grad")."""
+
+    op: str  # "send" | "recv"
+    tensor: str  # "act" | "grad"
+    micro: int
+
+    @property
+    def toward(self) -> int:
+        """+1: the next stage; -1: the previous one (activations flow forward, gradients back)."""
+        return 1 if (self.op == "send") == (self.tensor == "act") else -1
+
+
+def one_f_one_b_with_transfers(stage: int, stages: int, micro_batches: int) -> list:
+    """`one_f_one_b`'s compute order with its transfers: ("F", j) and ("B", j) entries, and
+    tuples of `Transfer`s, each tuple issued as one batch and waited for before going on.
+
+    Megatron-LM's pairing: in the steady state a stage's send forward runs beside its receive
+    backward (both with the next stage) and its send backward beside its receive forward
+    (both with the previous one), so two neighbours never each wait on a send the other has
+    queued behind its own. Warm-up and cool-down transfers run alone: there a stage only
+    sends toward a neighbour that is already waiting to receive it.
+    """
+    first, last = stage == 0, stage == stages - 1
+    warmup = min(stages - stage - 1, micro_batches)
+    steady = micro_batches - warmup
+    actions: list = []
+
+    def batch(*transfers: Transfer | None) -> None:
+        ops = tuple(t for t in transfers if t is not None)
+        if ops:
+            actions.append(ops)
+
+    def recv_act(j):
+        return None if first else Transfer("recv", "act", j)
+
+    def send_act(j):
+        return None if last else Transfer("send", "act", j)
+
+    def recv_grad(j):
+        return None if last else Transfer("recv", "grad", j)
+
+    def send_grad(j):
+        return None if first else Transfer("send", "grad", j)
+
+    for j in range(warmup):
+        batch(recv_act(j))
+        actions.append(("F", j))
+        batch(send_act(j))
+    if steady:
+        batch(recv_act(warmup))
+    for i in range(steady):
+        j = warmup + i
+        actions.append(("F", j))
+        batch(send_act(j), recv_grad(i))
+        actions.append(("B", i))
+        batch(send_grad(i), recv_act(j + 1) if i < steady - 1 else None)
+    for i in range(steady, micro_batches):
+        batch(recv_grad(i))
+        actions.append(("B", i))
+        batch(send_grad(i))
+    return actions
+
+
+def forward_only_with_transfers(stage: int, stages: int) -> list:
+    """Evaluation of one batch: receive the residual stream, run the stage, pass it on."""
+    actions: list = [] if stage == 0 else [(Transfer("recv", "act", 0),)]
+    actions.append(("F", 0))
+    return actions if stage == stages - 1 else actions + [(Transfer("send", "act", 0),)]
 
 
 @dataclass(frozen=True)

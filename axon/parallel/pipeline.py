@@ -1,12 +1,19 @@
-"""Pipeline stages: one step's micro-batches under 1F1B, and the sends between stages.
+"""Pipeline stages: one step's micro-batches under 1F1B, and the transfers between stages.
 
 Stage s of p runs min(p - s - 1, m) forwards ahead, then alternates one forward and one
-backward, then drains the remaining backwards (`perfmodel.pipeline.one_f_one_b`), so at
-most p - s micro-batches' activations are alive on a stage. Activations go to the next
-stage and their gradients come back over the pipe group, to the rank with the same (data,
-depth, row, col) coordinates. Sends are started and left in flight (waited for at the end
-of the step); receives block, in micro-batch order, so the schedule cannot deadlock: every
-receive's matching send was issued by a peer that waits on nothing from this rank first.
+backward, then drains the remaining backwards, so at most p - s micro-batches' activations
+are alive on a stage. Activations go to the next stage and their gradients come back over
+the pipe group, to the rank with the same (data, depth, row, col) coordinates.
+
+Why this cannot deadlock on NCCL: between two neighbours, operations run in issue order on
+one stream and a send completes only with its receive. The schedule
+(`perfmodel.pipeline.one_f_one_b_with_transfers`) issues each steady-state send in one batch
+with the receive from the same neighbour that the neighbour issues in its own matching
+batch (send forward beside receive backward, send backward beside receive forward), and
+waits for each batch before going on; in warm-up and cool-down a stage only sends toward a
+neighbour whose next operation is the matching receive. So every batch meets its partner
+batches, for every p and m: `axon.parallel.rendezvous` replays the schedule under these
+rules (tests, p <= 16, m <= 64) and the engine's recorded traces likewise.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import time
 
 import torch
 
-from axon.parallel.comm import broadcast, receive, send_start
-from perfmodel.pipeline import one_f_one_b  # the schedule; the performance model replays the same one
+from axon.parallel.comm import broadcast
+from axon.parallel.p2p import exchange, join_group
+from perfmodel.pipeline import Transfer, forward_only_with_transfers, one_f_one_b_with_transfers
 
 
 class StagePeers:
@@ -31,24 +39,45 @@ class StagePeers:
         self.next = grid.rank + stride if self.stage < self.stages - 1 else None
         self.last = grid.rank + (self.stages - 1 - self.stage) * stride
         self.hidden_local = hidden // grid.size("col")
+        self.joined = False  # has the pipe group had its first, all-member collective
 
-    def receive_activations(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The previous stage's residual stream for these ids: [batch, seq, hidden/col]."""
-        buffer = torch.empty(*ids.shape, self.hidden_local, dtype=dtype, device=ids.device)
-        return receive(buffer, self.axis, self.previous)
+    def transfer(self, transfers: tuple[Transfer, ...], tensors: dict, new_buffer, device) -> None:
+        """Run one batch of the schedule. Sends take their tensor out of `tensors[(kind, j)]`
+        (kind "act" or "grad"); receives put theirs there, in a buffer from new_buffer(j)."""
+        if not self.joined:
+            join_group(self.axis, device)
+            self.joined = True
+        batch = []
+        for t in transfers:
+            key = (t.tensor, t.micro)
+            if t.op == "recv":
+                tensors[key] = new_buffer(t.micro)
+            tensor = tensors.pop(key) if t.op == "send" else tensors[key]
+            batch.append((t.op, tensor, self.next if t.toward > 0 else self.previous, f"{t.tensor} {t.micro}"))
+        exchange(batch, self.axis)
+
+    def activation_buffers(self, batches_ids, dtype: torch.dtype, device):
+        """new_buffer for `transfer`: micro-batch j's residual stream [batch, seq, hidden/col]
+        (its gradient has the same shape)."""
+        return lambda j: torch.empty(*batches_ids[j].shape, self.hidden_local, dtype=dtype, device=device)
 
     def forward_only(self, stage_forward, ids: torch.Tensor, head, dtype: torch.dtype,
                      result_dtype: torch.dtype) -> torch.Tensor:
         """Evaluation through every stage in turn (no schedule: nothing runs backward): each stage
         receives the residual stream, runs its blocks and passes it on; the last applies
         head(logits) -> [batch, seq], which is broadcast so every stage returns it."""
-        x = ids if self.previous is None else self.receive_activations(ids, dtype)
-        out = stage_forward(x)
-        if self.next is not None:
-            send_start(out.contiguous(), self.axis, self.next).wait()
+        tensors, new_buffer = {("act", 0): ids}, self.activation_buffers([ids], dtype, ids.device)
+        result = None
+        for action in forward_only_with_transfers(self.stage, self.stages):
+            if isinstance(action[0], Transfer):
+                self.transfer(action, tensors, new_buffer, ids.device)
+            else:
+                out = stage_forward(tensors[("act", 0)])
+                if self.next is None:
+                    result = head(out).to(result_dtype).contiguous()
+                tensors[("act", 0)] = out.contiguous()
+        if result is None:
             result = torch.empty(ids.shape, dtype=result_dtype, device=ids.device)
-        else:
-            result = head(out).to(result_dtype).contiguous()
         return broadcast(result, self.axis, self.last)
 
 
@@ -69,39 +98,43 @@ class PipelineStep(StagePeers):
         return time.perf_counter()
 
     def run(self, batches, keeps, kept_tokens: float, buckets, device) -> torch.Tensor:
-        """Forward and backward every micro-batch; returns this stage's loss sum (0 unless last)."""
+        """Forward and backward every micro-batch; returns this stage's loss sum (0 unless last).
+
+        `tensors` holds what crosses stages until it is sent or used, keyed (kind, j): "act" is
+        micro-batch j's input to this stage coming in and its output going out, "grad" the
+        gradient of either."""
         loss_sum = torch.zeros((), device=device)
-        inputs, outputs, sends = {}, {}, []
+        tensors, inputs, outputs = {}, {}, {}
+        new_buffer = self.activation_buffers([ids for ids, _ in batches], self.dtype, device)
         record = {"start": self._now(device), "ops": []} if self.timeline is not None else None
-        for kind, j in one_f_one_b(self.stage, self.stages, len(batches)):
-            ids, targets = batches[j]
+        for action in one_f_one_b_with_transfers(self.stage, self.stages, len(batches)):
+            if isinstance(action[0], Transfer):
+                self.transfer(action, tensors, new_buffer, device)
+                continue
+            kind, j = action
+            began = self._now(device) if record else 0.0
             if kind == "F":
-                x = ids if self.previous is None else self.receive_activations(ids, self.dtype).requires_grad_()
-                began = self._now(device) if record else 0.0
+                ids, targets = batches[j]
+                x = ids if self.previous is None else tensors.pop(("act", j)).requires_grad_()
                 out = self.model.stage_forward(x)
                 if self.next is None:
                     losses = self.model.stage_losses(out, targets, keeps[j])
                     loss_sum += losses.detach().sum()
                     out = losses.sum() / kept_tokens
                 else:
-                    sends.append(send_start(out.detach().contiguous(), self.axis, self.next))
+                    tensors[("act", j)] = out.detach().contiguous()  # the send's tensor
                 inputs[j], outputs[j] = x, out
             else:
                 buckets.final_micro_batch = j == len(batches) - 1  # DP buckets launch in this backward
                 x, out = inputs.pop(j), outputs.pop(j)
                 if self.next is None:
-                    began = self._now(device) if record else 0.0
                     out.backward()
                 else:
-                    grad = receive(torch.empty_like(out), self.axis, self.next)
-                    began = self._now(device) if record else 0.0
-                    out.backward(grad)
+                    out.backward(tensors.pop(("grad", j)))
                 if self.previous is not None:
-                    sends.append(send_start(x.grad.contiguous(), self.axis, self.previous))
+                    tensors[("grad", j)] = x.grad.contiguous()  # the send's tensor
             if record:
                 record["ops"].append((kind, j, began, self._now(device)))
-        for work in sends:
-            work.wait()
         if record:
             record["end"] = self._now(device)
             self.timeline.append(record)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,6 +30,7 @@ class CommEvent:
     issued: float
     wait_start: float
     completed: float
+    args: dict = field(default_factory=dict)  # point-to-point: peer, batch, seq, label
 
 
 class CommTrace:
@@ -40,6 +41,7 @@ class CommTrace:
         self.origin_event = None  # set by use_cuda_events: stamps are then CUDA events
         self.in_flight: list[TracedWork] = []
         self.unwaited = 0  # asynchronous collectives issued and not yet waited for
+        self.p2p_issued = 0  # point-to-point operations issued this step: the next one's `seq`
 
     def use_cuda_events(self) -> None:
         """Time collectives on the current CUDA stream instead of the host clock."""
@@ -74,13 +76,14 @@ class CommTrace:
 
     def take(self) -> list[CommEvent]:
         """The events recorded since the last take, in host seconds (CUDA stamps are resolved
-        here, after waiting for the last of them)."""
+        here, after waiting for the last of them). Point-to-point `seq` starts again at 0."""
         events, self.events = self.events, []
+        self.p2p_issued = 0
         if self.origin_event is not None and events:
             events[-1].completed.synchronize()
             seconds = lambda e: self.origin + self.origin_event.elapsed_time(e) / 1e3  # noqa: E731
-            events = [CommEvent(e.op, e.axis, e.bytes, seconds(e.issued), seconds(e.wait_start), seconds(e.completed))
-                      for e in events]
+            events = [CommEvent(e.op, e.axis, e.bytes, seconds(e.issued), seconds(e.wait_start), seconds(e.completed),
+                                e.args) for e in events]
         return events
 
 
@@ -93,10 +96,11 @@ def summarize(events: list[CommEvent]) -> dict:
 
 def write_chrome_trace(path, events: list[CommEvent], origin: float, rank: int) -> None:
     """Chrome trace-event JSON: each collective as an issue-to-completion span on its axis's
-    track, with the exposed wait as a second span on the 'waiting' track."""
+    track, with the exposed wait as a second span on the 'waiting' track. Point-to-point
+    events carry peer, batch and seq (axon.parallel.rendezvous replays them)."""
     records = []
     for e in events:
-        args = {"bytes": e.bytes, "axis": e.axis}
+        args = {"bytes": e.bytes, "axis": e.axis, **e.args}
         records.append({"name": f"{e.op} [{e.axis}]", "ph": "X", "pid": rank, "tid": e.axis, "args": args,
                         "ts": (e.issued - origin) * 1e6, "dur": (e.completed - e.issued) * 1e6})
         records.append({"name": f"wait {e.op} [{e.axis}]", "ph": "X", "pid": rank, "tid": "waiting",

@@ -1,0 +1,128 @@
+"""The point-to-point rendezvous checker: NCCL's rules on CPU, both ways (DESIGN §10).
+
+It must find the deadlock of the earlier order (unbatched sends left in flight, blocking
+receives), pass the engine's schedule for every p <= 16 and m <= 64 without running it, and
+pass the traces the engine really records, with data, depth and tensor axes beside pipe.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from axon.config import build_config
+from axon.grid import Grid
+from axon.parallel.rendezvous import P2POp, check_trace_files, planned_ops, replay
+from axon.train import Trainer
+from perfmodel.layout import Layout
+from spawn import run_distributed
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _op(rank, op, peer, seq, label, batch=None):
+    return P2POp(rank, op, peer, seq if batch is None else batch, seq, label)
+
+
+def test_the_earlier_order_deadlocks_at_two_stages_and_two_micro_batches():
+    # Stage 0 sent act 0 and act 1 (F0, F1), then waited for grad 0; stage 1 received act 0,
+    # ran F0 and B0, sent grad 0, then waited for act 1. Each op was its own batch.
+    earlier = {
+        0: [_op(0, "send", 1, 0, "act 0"), _op(0, "send", 1, 1, "act 1"),
+            _op(0, "recv", 1, 2, "grad 0"), _op(0, "recv", 1, 3, "grad 1")],
+        1: [_op(1, "recv", 0, 0, "act 0"), _op(1, "send", 0, 1, "grad 0"),
+            _op(1, "recv", 0, 2, "act 1"), _op(1, "send", 0, 3, "grad 1")],
+    }
+    verdict = replay(earlier)
+    assert not verdict.completed and not verdict.unmatched
+    assert verdict.stuck == {0: [earlier[0][1]], 1: [earlier[1][1]]}
+    assert "rank 0 is stuck on send act 1 to rank 1" in str(verdict)
+    # The same operations with the crossing pair batched on both sides complete.
+    batched = {0: earlier[0][:1] + [_op(0, "send", 1, 1, "act 1", 1), _op(0, "recv", 1, 2, "grad 0", 1)]
+               + earlier[0][3:],
+               1: earlier[1][:1] + [_op(1, "send", 0, 1, "grad 0", 1), _op(1, "recv", 0, 2, "act 1", 1)]
+               + earlier[1][3:]}
+    assert replay(batched).completed
+
+
+def test_a_send_nobody_receives_and_a_three_rank_cycle_are_found():
+    lonely = replay({0: [_op(0, "send", 1, 0, "act 0")], 1: []})
+    assert not lonely.completed and lonely.unmatched == [_op(0, "send", 1, 0, "act 0")]
+    # Each rank sends to the next before receiving from the previous: a cycle of waits.
+    ring = {r: [_op(r, "send", (r + 1) % 3, 0, "x"), _op(r, "recv", (r - 1) % 3, 1, "x")] for r in range(3)}
+    verdict = replay(ring)
+    assert not verdict.completed and sorted(verdict.stuck) == [0, 1, 2] and not verdict.unmatched
+    # Batched, the ring completes.
+    assert replay({r: [_op(r, "send", (r + 1) % 3, 0, "x", 0), _op(r, "recv", (r - 1) % 3, 1, "x", 0)]
+                   for r in range(3)}).completed
+
+
+def test_the_schedule_passes_for_every_stage_count_up_to_16_and_micro_batches_up_to_64():
+    for stages in range(2, 17):
+        assert replay(planned_ops(stages, 1, forward_only=True)).completed, stages
+        for micro_batches in range(1, 65):
+            ops = planned_ops(stages, micro_batches)
+            verdict = replay(ops)
+            assert verdict.completed, (stages, micro_batches, str(verdict))
+            # each stage moves every micro-batch's activations and gradient once per neighbour
+            for stage, mine in ops.items():
+                neighbours = (stage > 0) + (stage < stages - 1)
+                assert len(mine) == 2 * micro_batches * neighbours
+
+
+def test_the_checker_needs_no_torch():
+    code = "import sys, axon.parallel.rendezvous; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+MODEL = {"hidden": 32, "heads": 4, "kv_heads": 2, "ffn": 48, "vocab": 64, "seq_len": 8}
+
+
+def traced_runs(rank, world, layout, out_dirs):
+    """Two steps per micro-batch count; the second step's Chrome trace is written."""
+    shards = layout.data * layout.depth
+    out = []
+    for micro_batches, out_dir in out_dirs.items():
+        config = build_config({
+            "model": {**MODEL, "layers": layout.pipe},
+            "layout": {a: getattr(layout, a) for a in ("data", "pipe", "depth", "row", "col")},
+            "out_dir": str(out_dir),
+            "train": {"steps": 2, "global_batch": micro_batches * shards, "micro_batch": 1, "trace_steps": 1}})
+        grid = Grid(layout, rank)
+        trainer = Trainer(config, grid, torch.device("cpu"))
+        trainer.fit()
+        p2p = [e for e in trainer.traced_events if e.op in ("send", "recv")]
+        out.append([(e.op, e.args["peer"], e.args["batch"], e.args["seq"], e.args["label"]) for e in p2p])
+        grid.destroy()
+    return out
+
+
+@pytest.mark.parametrize("layout", [Layout(data=2, pipe=2, col=2), Layout(pipe=3, depth=2), Layout(pipe=4, row=2)],
+                         ids=lambda l: f"{l.data}x{l.pipe}x{l.depth}x{l.row}x{l.col}")
+def test_the_engine_traces_pass_the_checker(tmp_path, layout):
+    counts = (1, 2, 3, 8)
+    out_dirs = {m: tmp_path / f"m{m}" for m in counts}
+    results = run_distributed(layout.world_size, traced_runs, layout, out_dirs)
+    stride = layout.strides()["pipe"]
+    for index, m in enumerate(counts):
+        verdict = check_trace_files(sorted(out_dirs[m].glob("comm_trace_rank*.json")))
+        assert verdict.completed, (m, str(verdict))
+        for rank, runs in enumerate(results):
+            ops, stage = runs[index], layout.coords(rank)["pipe"]
+            neighbours = {r for r, real in ((rank - stride, stage > 0), (rank + stride, stage < layout.pipe - 1)) if real}
+            assert {peer for _, peer, _, _, _ in ops} == neighbours  # same data, depth, row, col
+            assert [seq for _, _, _, seq, _ in ops] == list(range(len(ops)))
+            assert len(ops) == 2 * m * len(neighbours)
+            # every micro-batch's activations go forward once and their gradient comes back once
+            sent = sorted(label for op, peer, _, _, label in ops if op == "send")
+            expected = [f"act {j}" for j in range(m)] * (stage < layout.pipe - 1)
+            expected += [f"grad {j}" for j in range(m)] * (stage > 0)
+            assert sent == sorted(expected)
+            # and the engine issues exactly the planned schedule, batches included
+            planned = planned_ops(layout.pipe, m)[stage]
+            assert [(op, batch, label) for op, _, batch, _, label in ops] == \
+                [(p.op, p.batch, p.label) for p in planned]
