@@ -7,6 +7,7 @@ pass the traces the engine really records, with data, depth and tensor axes besi
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -74,9 +75,22 @@ def test_the_schedule_passes_for_every_stage_count_up_to_16_and_micro_batches_up
                 assert len(mine) == 2 * micro_batches * neighbours
 
 
-def test_the_checker_needs_no_torch():
+def test_the_checker_needs_no_torch_and_reads_trace_files_from_the_shell(tmp_path):
     code = "import sys, axon.parallel.rendezvous; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+    # two ranks' Chrome traces of the earlier order at p = 2, m = 2: a deadlock, exit status 1
+    order = {0: [("send", "act 0"), ("send", "act 1"), ("recv", "grad 0"), ("recv", "grad 1")],
+             1: [("recv", "act 0"), ("send", "grad 0"), ("recv", "act 1"), ("send", "grad 1")]}
+    paths = []
+    for rank, ops in order.items():
+        records = [{"name": f"{op} [pipe]", "ph": "X", "pid": rank, "tid": "pipe",
+                    "args": {"peer": 1 - rank, "batch": seq, "seq": seq, "label": label}}
+                   for seq, (op, label) in enumerate(ops)]
+        paths.append(tmp_path / f"comm_trace_rank{rank}.json")
+        paths[-1].write_text(json.dumps({"traceEvents": records}))
+    out = subprocess.run([sys.executable, "-m", "axon.parallel.rendezvous", *map(str, paths)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "rank 1 is stuck on send grad 0 to rank 0 (seq 1)" in out.stdout, out
 
 
 MODEL = {"hidden": 32, "heads": 4, "kv_heads": 2, "ffn": 48, "vocab": 64, "seq_len": 8}
@@ -109,7 +123,9 @@ def test_the_engine_traces_pass_the_checker(tmp_path, layout):
     results = run_distributed(layout.world_size, traced_runs, layout, out_dirs)
     stride = layout.strides()["pipe"]
     for index, m in enumerate(counts):
-        verdict = check_trace_files(sorted(out_dirs[m].glob("comm_trace_rank*.json")))
+        traces = sorted(out_dirs[m].glob("comm_trace_rank*.json"))
+        assert len(traces) == layout.world_size
+        verdict = check_trace_files(traces)
         assert verdict.completed, (m, str(verdict))
         for rank, runs in enumerate(results):
             ops, stage = runs[index], layout.coords(rank)["pipe"]

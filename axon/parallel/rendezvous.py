@@ -13,7 +13,10 @@ them (`peer`, `batch`, `seq`), under the rules NCCL follows:
   the next batch's stream waits for the compute stream, which waited for the last batch.
   Stream order per pair follows from this.
 
-A rank that cannot finish is reported with the operations it is blocked on.
+A rank that cannot finish is reported with the operations it is blocked on. From a shell,
+on the traces a run wrote with `train.trace_steps` (no torch needed, e.g. on a login node):
+
+    python -m axon.parallel.rendezvous OUT_DIR/comm_trace_rank*.json
 """
 
 from __future__ import annotations
@@ -155,3 +158,19 @@ def planned_ops(stages: int, micro_batches: int, forward_only: bool = False) -> 
                     mine.append(P2POp(stage, t.op, stage + t.toward, batch, len(mine), f"{t.tensor} {t.micro}"))
         ops[stage] = mine
     return ops
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m axon.parallel.rendezvous",
+                                     description="Replay the point-to-point operations of Chrome traces "
+                                                 "(train.trace_steps) under NCCL's rules.")
+    parser.add_argument("traces", nargs="+", help="OUT_DIR/comm_trace_rank*.json, every rank's")
+    verdict = check_trace_files(parser.parse_args(argv).traces)
+    print(verdict)
+    return 0 if verdict.completed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
