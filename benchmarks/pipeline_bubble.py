@@ -14,8 +14,8 @@ not computing (waiting for activations or gradients). Three numbers per stage:
     .venv/bin/python -m benchmarks.pipeline_bubble [--stages 2,4] [--micro-batches 1,2,4,8,16]
 
 With more stages than cores (p = 4 on a 2-core machine) the stages share cores while all
-are busy, which lengthens the steady state and not the ramp: measured idle then falls
-below the formula.
+are busy, which lengthens the steady state and not the ramp: the stages become uneven and
+measured idle sits above the formula at large m.
 """
 
 from __future__ import annotations
