@@ -1,11 +1,17 @@
 """Every collective of a training step lives in this package.
 
 comm.py          the raw collectives (skipped on axes of size 1) and their autograd pairs
+trace.py         the record of every collective of a step (metrics, Chrome trace)
 sharding.py      how a parameter's global tensor maps onto a rank (row/col blocks, depth slices)
 linear.py        TensorParallelLinear: depth all-gather, GEMM, all-reduce over the split axis
 embedding.py     VocabParallelEmbedding
 cross_entropy.py vocab-parallel cross-entropy (no rank holds full logits)
 norm.py          RMSNorm with statistics all-reduced over the sharded hidden dimension
 grads.py         the gradient rule of each parameter kind, and exact global-norm clipping
+overlap.py       the overlap switches (OAR, ORS) and the reductions they leave in flight
+prefetch.py      OAG: depth all-gathers issued ahead, in the order the step runs them
+data_parallel.py gradient buckets reduced over data and depth while backward runs
+pipeline.py      1F1B over the pipe axis; p2p.py its batched sends and receives
+rendezvous.py    replays point-to-point traces under NCCL's rules (no torch)
 gather.py        full-tensor gathers for checks and export
 """
