@@ -104,7 +104,7 @@ def _train(config, runtime, source, reader, choice=None) -> None:
     from axon.config import ConfigError
     from axon.grid import Grid
     from axon.metrics import MetricsLog
-    from axon.parallel.comm import gather_objects, world_barrier, world_mean
+    from axon.parallel.comm import first_error, world_barrier, world_mean
     from axon.preemption import StopSignal
     from axon.train import Preempted, Trainer, TrainingDiverged, describe
     from kernels import measure_gemm_tflops
@@ -131,11 +131,11 @@ def _train(config, runtime, source, reader, choice=None) -> None:
         error = None
         try:
             warning = trainer.resume_from(reader)
-        except ConfigError as err:  # a corrupt shard: every rank must stop, not only the one that read it
+        except ConfigError as err:  # e.g. a tensor one stage's ranks miss: every rank must stop, not only those
             error, warning = err, None
-        errors = [e for e in gather_objects(str(error) if error else None) if e]
-        if errors:  # every rank states the first problem found, wherever it was found
-            _fail_together(runtime.rank, errors[0])
+        message = first_error(str(error) if error else None, runtime.device)
+        if message:  # every rank states the first problem found, wherever it was found
+            _fail_together(runtime.rank, message)
         if leader:
             print(f"axon: resumed from {reader.path} at step {trainer.start_step} "
                   f"(saved at layout {reader.layout}) in {time.perf_counter() - started:.2f} s", flush=True)

@@ -73,10 +73,10 @@ def choose(config: RunConfig, world_size: int, machine) -> tuple[RunConfig, Layo
 
 def calibrate_here(config: RunConfig, rank: int):
     """Quick calibration on every rank at once; rank 0 saves it; all plan with rank 0's."""
-    from axon.parallel.comm import gather_objects
+    from axon.parallel.comm import broadcast_object
     from perfmodel.calibrate import run_calibration
 
-    profile = gather_objects(run_calibration(quick=True))[0]
+    profile = broadcast_object(run_calibration(quick=True), src=0)
     if rank == 0:
         path = Path(config.out_dir) / PROFILE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)

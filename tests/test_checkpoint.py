@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
+import hashlib
+import json
 import math
 import os
+import types
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import load as safetensors_load
 
 from axon import checkpoint
+from axon.checkpoint import reader as reader_module
+from axon.checkpoint import writer as writer_module
 from axon.config import ConfigError, build_config
 from axon.grid import Grid
+from axon.parallel.comm import broadcast_object, first_error
 from axon.parallel.gather import full_parameters
 from axon.train import Trainer, learning_rate
 from perfmodel.layout import Layout
@@ -22,6 +33,21 @@ MODEL = {"layers": 2, "hidden": 96, "heads": 16, "kv_heads": 8, "ffn": 72, "voca
 # Four blocks, so 1, 2 and 4 pipeline stages all have layers.
 STAGED_MODEL = {**MODEL, "layers": 4}
 SAVE_AT, TOTAL = 3, 6
+WATCHDOG_S = 180  # a spawned rank still running after this long is hung: it exits and fails the test
+
+
+@contextlib.contextmanager
+def watchdog(world: int):
+    """In spawned ranks: a rank that hangs (a collective its peers never join) dumps its
+    stack and exits, which makes mp.spawn stop the others and the test fail."""
+    if world == 1:  # in the pytest process itself
+        yield
+        return
+    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def make_config(out_dir, layout: Layout, model=MODEL, **train):
@@ -51,14 +77,16 @@ def run(config, rank, steps=None, resume=None):
 def save_then_continue(rank, world, out_dir, layout, straight=False, model=MODEL):
     """At `layout`: train SAVE_AT steps and save, then continue from the checkpoint to TOTAL;
     with `straight`, also the uninterrupted run, in the same processes."""
-    first, _, path = run(make_config(out_dir, layout, model), rank, steps=SAVE_AT)
-    rest, loaded, _ = run(make_config(out_dir, layout, model), rank, resume=path)
-    whole = run(make_config(Path(out_dir) / "straight", layout, model), rank)[0] if straight else None
+    with watchdog(world):
+        first, _, path = run(make_config(out_dir, layout, model), rank, steps=SAVE_AT)
+        rest, loaded, _ = run(make_config(out_dir, layout, model), rank, resume=path)
+        whole = run(make_config(Path(out_dir) / "straight", layout, model), rank)[0] if straight else None
     return first, rest, loaded, str(path), whole
 
 
 def load_and_continue(rank, world, out_dir, layout, path, model=MODEL):
-    rest, loaded, _ = run(make_config(out_dir, layout, model), rank, resume=Path(path))
+    with watchdog(world):
+        rest, loaded, _ = run(make_config(out_dir, layout, model), rank, resume=Path(path))
     return rest, loaded
 
 
@@ -186,6 +214,176 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     other = build_config({"model": {**MODEL, "ffn": 80}}).model
     with pytest.raises(ConfigError, match="model.ffn=72 but the config has model.ffn=80"):
         reader.check_model(other)
+
+
+def test_streamed_shard_file_is_safetensors_and_round_trips_bitwise(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "COPY_BYTES", 24)  # many slices per tensor, some ragged
+    tensors = {"rng/torch": torch.get_rng_state(), "model/w": torch.randn(7, 5),
+               "half": torch.randn(3, 3).to(torch.bfloat16), "scalar": torch.tensor(3, dtype=torch.int64),
+               "mask": torch.tensor([True, False, True]), "none": torch.empty(0, 4)}
+    path = tmp_path / "rank_00000.safetensors"
+    size, sha256 = writer_module.write_safetensors(path, tensors)
+    data = path.read_bytes()
+    assert size == len(data) and sha256 == hashlib.sha256(data).hexdigest()
+    header_bytes = int.from_bytes(data[:8], "little")
+    assert (8 + header_bytes) % 8 == 0 and json.loads(data[8:8 + header_bytes])["model/w"]["shape"] == [7, 5]
+    with safe_open(str(path), framework="pt") as f:
+        assert sorted(f.keys()) == sorted(tensors)
+        for name, tensor in tensors.items():
+            read = f.get_tensor(name)
+            assert read.dtype == tensor.dtype and torch.equal(read, tensor), name
+        assert torch.equal(f.get_slice("model/w")[2:4], tensors["model/w"][2:4])
+    for name, tensor in safetensors_load(data).items():  # the library's in-memory parser agrees
+        assert torch.equal(tensor, tensors[name]), name
+
+
+class CountingSha256:
+    """hashlib.sha256 that records the size of every chunk it hashes (in this process)."""
+
+    chunks: list[int] = []
+
+    def __init__(self):
+        self._digest = hashlib.sha256()
+
+    def update(self, data) -> None:
+        CountingSha256.chunks.append(len(data))
+        self._digest.update(data)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def count_hashing(chunk_bytes: int) -> None:
+    reader_module.hashlib = types.SimpleNamespace(sha256=CountingSha256)
+    reader_module.HASH_CHUNK_BYTES = chunk_bytes
+
+
+def save_recording_the_gathers(rank, world, out_dir):
+    """Train at pipe 2 x depth 2 and save; return what each rank received from the metadata
+    gathers (absent: it took no part) and the full parameters saved."""
+    with watchdog(world):
+        config = make_config(out_dir, Layout(pipe=2, depth=2), STAGED_MODEL)
+        config.train.steps = SAVE_AT
+        trainer = Trainer(config, Grid(config.layout, rank), torch.device("cpu"))
+        trainer.fit()
+        saved = full_parameters(trainer.model, trainer.grid)
+        received = {}
+
+        def recording(key, gather):
+            def gather_and_record(*args):
+                received[key] = result = gather(*args)
+                return result
+            return gather_and_record
+
+        def refused(*args, **kwargs):
+            raise AssertionError("a save must not all-gather objects over the world")
+
+        writer_module.gather_to_rank0 = recording("files", writer_module.gather_to_rank0)
+        writer_module.gather_objects_to_rank0 = recording("stages", writer_module.gather_objects_to_rank0)
+        dist.all_gather_object = refused
+        path = checkpoint.save(trainer, SAVE_AT, keep=1)
+        trainer.grid.destroy()
+    if received.get("files") is not None:
+        received["files"] = [t.tolist() for t in received["files"]]
+    return str(path), received, saved
+
+
+@pytest.fixture(scope="module")
+def saved_at_pipe2_depth2(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt_gathers")
+    results = run_distributed(4, save_recording_the_gathers, out)
+    return {"path": Path(results[0][0]), "received": [r[1] for r in results], "saved": results[0][2]}
+
+
+def test_only_rank_0_receives_the_metadata(saved_at_pipe2_depth2):
+    path, received = saved_at_pipe2_depth2["path"], saved_at_pipe2_depth2["received"]
+    files = sorted(path.glob("rank_*.safetensors"))
+    assert len(files) == 4
+    # Rank 0 holds every rank's 40-byte record: size (8 bytes, little-endian), then the sha256.
+    records = [(int.from_bytes(bytes(r[:8]), "little"), bytes(r[8:]).hex()) for r in received[0]["files"]]
+    assert records == [(f.stat().st_size, hashlib.sha256(f.read_bytes()).hexdigest()) for f in files]
+    assert [received[r]["files"] for r in (1, 2, 3)] == [None, None, None]
+    # Tensor descriptions come from each stage's first rank (ranks 0 and 2), to rank 0 only.
+    assert len(received[0]["stages"]) == 2 and all(received[0]["stages"])
+    assert {info["stage"] for stage in received[0]["stages"] for info in stage.values()} == {0, 1}
+    assert received[2]["stages"] is None and "stages" not in received[1] and "stages" not in received[3]
+    meta = json.loads((path / "meta.json").read_text())
+    assert set(meta["tensors"]) == set(saved_at_pipe2_depth2["saved"])
+    assert meta["files"] == {f.name: {"bytes": b, "sha256": h} for f, (b, h) in zip(files, records)}
+
+
+def load_counting_hashed_bytes(rank, world, out_dir, path, chunk_bytes):
+    """Load at depth 4; return (chunks hashed, shard files opened, full parameters) or the error."""
+    with watchdog(world):
+        count_hashing(chunk_bytes)
+        config = make_config(out_dir, Layout(depth=4), STAGED_MODEL)
+        trainer = Trainer(config, Grid(config.layout, rank), torch.device("cpu"))
+        reader = checkpoint.CheckpointReader(path)
+        try:
+            trainer.resume_from(reader)
+        except ConfigError as err:
+            trainer.grid.destroy()
+            return {"refused": str(err), "chunks": CountingSha256.chunks}
+        loaded = full_parameters(trainer.model, trainer.grid)
+        trainer.grid.destroy()
+    return {"chunks": CountingSha256.chunks, "opened": sorted(reader._open), "loaded": loaded}
+
+
+@pytest.fixture(scope="module")
+def loaded_at_depth4(saved_at_pipe2_depth2, tmp_path_factory):
+    return run_distributed(4, load_counting_hashed_bytes, tmp_path_factory.mktemp("depth4"),
+                           saved_at_pipe2_depth2["path"], 4096)
+
+
+def test_a_load_hashes_every_shard_byte_exactly_once_over_the_ranks(saved_at_pipe2_depth2, loaded_at_depth4):
+    path, results = saved_at_pipe2_depth2["path"], loaded_at_depth4
+    sizes = [(path / f"rank_{i:05d}.safetensors").stat().st_size for i in range(4)]
+    assert sum(sum(r["chunks"]) for r in results) == sum(sizes)
+    for rank, r in enumerate(results):
+        assert sum(r["chunks"]) == sizes[rank]  # four files, four ranks: rank r hashes file r
+        assert max(r["chunks"]) <= 4096 and len(r["chunks"]) == math.ceil(sizes[rank] / 4096)
+        for name, tensor in saved_at_pipe2_depth2["saved"].items():
+            assert torch.equal(r["loaded"][name], tensor), name
+
+
+def test_a_corrupt_shard_is_named_on_every_rank_when_its_verifier_does_not_read_it(
+        saved_at_pipe2_depth2, loaded_at_depth4, tmp_path):
+    # Saved at depth 2, loaded at depth 4: ranks 2 and 3 read file 1; rank 1, which hashes it, does not.
+    assert [1 in r["opened"] for r in loaded_at_depth4] == [False, False, True, True]
+    path = tmp_path / "corrupt"
+    path.mkdir()
+    for file in saved_at_pipe2_depth2["path"].iterdir():
+        data = bytearray(file.read_bytes())
+        if file.name == "rank_00001.safetensors":
+            data[-100] ^= 0xFF
+        (path / file.name).write_bytes(bytes(data))
+    results = run_distributed(4, load_counting_hashed_bytes, tmp_path, path, 4096)
+    expected = f"checkpoint shard {str(path / 'rank_00001.safetensors')!r} is corrupt: its sha256 does not match meta.json"
+    assert [r.get("refused") for r in results] == [expected] * 4
+
+
+def test_one_process_reader_hashes_every_file_in_chunks(saved_at_pipe2_depth2, monkeypatch):
+    monkeypatch.setattr(reader_module, "hashlib", types.SimpleNamespace(sha256=CountingSha256))
+    monkeypatch.setattr(reader_module, "HASH_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(CountingSha256, "chunks", [])
+    path = saved_at_pipe2_depth2["path"]
+    _, tensors = checkpoint.read_full_model(path)
+    assert sum(CountingSha256.chunks) == sum(f.stat().st_size for f in path.glob("rank_*.safetensors"))
+    assert max(CountingSha256.chunks) <= 4096
+    for name, tensor in saved_at_pipe2_depth2["saved"].items():
+        assert torch.equal(tensors[name], tensor), name
+
+
+def agree_on_errors(rank, world):
+    with watchdog(world):
+        cpu = torch.device("cpu")
+        some_fail = first_error(f"rank {rank} found a problem" if rank in (3, 1) else None, cpu)
+        return some_fail, first_error(None, cpu), broadcast_object({"from": rank}, src=2)
+
+
+def test_every_rank_gets_the_lowest_failing_ranks_message():
+    results = run_distributed(4, agree_on_errors)
+    assert results == [("rank 1 found a problem", None, {"from": 2})] * 4
 
 
 def test_gradient_accumulation_matches_one_large_batch(tmp_path):

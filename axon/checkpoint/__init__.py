@@ -66,6 +66,8 @@ def load_shards(reader: CheckpointReader, model, optimizer, grid) -> None:
 
 
 def load(trainer, reader: CheckpointReader) -> None:
+    """Collective. Verify the shard files (each hashed by one rank), then fill this rank's state."""
+    reader.verify(trainer.grid.rank, trainer.grid.layout.world_size, trainer.device)
     load_shards(reader, trainer.model, trainer.optimizer, trainer.grid)
     if reader.layout == trainer.grid.layout:  # RNG streams belong to ranks; only the same layout resumes them
         torch.set_rng_state(reader.rng_state(trainer.grid.rank))
@@ -80,4 +82,5 @@ def read_full_model(ckpt_dir: str | Path):
     """(ModelShape, {name: full tensor}) from a checkpoint, without torch.distributed."""
     reader = CheckpointReader(ckpt_dir)
     reader.check_files()
+    reader.verify()  # one process: it hashes every file itself
     return reader.shape, {name: reader.full("model", name) for name in reader.tensors}

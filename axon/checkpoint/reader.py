@@ -1,5 +1,10 @@
 """Read an axon checkpoint at any layout: every global tensor region is served from the
-shard files that hold it, so a rank reads only what its own shards need."""
+shard files that hold it, so a rank reads only what its own shards need.
+
+Before anything is read, `verify` checks each shard file's sha256 exactly once over the
+world (rank r hashes files r, r + world, ...; every rank learns the first bad one), in
+chunks, so neither a file nor the world's reads of it are ever held whole.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,27 @@ import torch
 from safetensors import safe_open
 
 from axon.config import ConfigError
+from axon.parallel.comm import world_min
 from perfmodel.layout import AXES, Layout
 from perfmodel.models import ModelShape
 
 FORMAT_VERSION = 1
 META = "meta.json"
+HASH_CHUNK_BYTES = 8 * 2**20  # hashing reads a file this much at a time
 
 
 def rank_file(rank: int) -> str:
     return f"rank_{rank:05d}.safetensors"
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read HASH_CHUNK_BYTES at a time into one reused buffer."""
+    digest = hashlib.sha256()
+    buffer = memoryview(bytearray(HASH_CHUNK_BYTES))
+    with open(path, "rb", buffering=0) as f:
+        while count := f.readinto(buffer):
+            digest.update(buffer[:count])
+    return digest.hexdigest()
 
 
 class CheckpointReader:
@@ -40,6 +57,7 @@ class CheckpointReader:
         self.shape = ModelShape(**self.meta["model"])
         self.tensors = self.meta["tensors"]
         self._open: dict[int, object] = {}
+        self._verified = False
 
     @property
     def step(self) -> int:
@@ -63,15 +81,31 @@ class CheckpointReader:
                 raise ConfigError(f"checkpoint {str(self.path)!r} holds a model with model.{key}={theirs} "
                                   f"but the config has model.{key}={mine}")
 
+    def verify(self, rank: int = 0, world: int = 1, device=None) -> None:
+        """Check every shard file's sha256 against meta.json, each file on one rank: rank
+        `rank` of `world` hashes files rank, rank + world, ... Collective when world > 1 (one
+        all-reduce on `device`): every rank raises the same error, naming the first bad file."""
+        names = sorted(self.meta["files"])
+        first_bad = next((i for i in range(rank, len(names), world) if not self._intact(names[i])), len(names))
+        if world > 1:
+            first_bad = world_min(first_bad, device)
+        if first_bad < len(names):
+            raise ConfigError(f"checkpoint shard {str(self.path / names[first_bad])!r} is corrupt: "
+                              "its sha256 does not match meta.json")
+        self._verified = True
+
+    def _intact(self, name: str) -> bool:
+        try:
+            return file_sha256(self.path / name) == self.meta["files"][name]["sha256"]
+        except OSError:  # unreadable counts as corrupt: the verdict must still reach the other ranks
+            return False
+
     def _file(self, rank: int):
-        """Open a rank's shard file once, verifying its checksum first."""
+        """Open a rank's shard file once (verify() has checked every file's checksum)."""
+        if not self._verified:
+            raise RuntimeError(f"checkpoint {str(self.path)!r}: call verify() before reading shards")
         if rank not in self._open:
-            name = rank_file(rank)
-            file = self.path / name
-            digest = hashlib.sha256(file.read_bytes()).hexdigest()
-            if digest != self.meta["files"][name]["sha256"]:
-                raise ConfigError(f"checkpoint shard {str(file)!r} is corrupt: its sha256 does not match meta.json")
-            self._open[rank] = safe_open(str(file), framework="pt")
+            self._open[rank] = safe_open(str(self.path / rank_file(rank)), framework="pt")
         return self._open[rank]
 
     def region(self, key: str, name: str, rows: slice, cols: slice) -> torch.Tensor:

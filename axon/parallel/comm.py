@@ -144,17 +144,59 @@ def scatter_block_grad(dblock: torch.Tensor, shard_numel: int, axis) -> torch.Te
 
 # World-wide helpers: start-up measurements and checkpoint bookkeeping, not the step.
 
+def _many_ranks() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
 def world_barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if _many_ranks():
         dist.barrier()
 
 
-def gather_objects(obj) -> list:
-    """Every rank's picklable `obj`, in rank order, on every rank (checkpoint bookkeeping)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+def world_min(value: int, device) -> int:
+    """The smallest of every rank's integer, on every rank."""
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    if _many_ranks():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
+def broadcast_object(obj, src: int = 0):
+    """Global rank `src`'s picklable `obj`, on every rank."""
+    if not _many_ranks():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def first_error(message: str | None, device) -> str | None:
+    """The lowest failing rank's message on every rank, None if no rank failed: one number
+    all-reduced and one message broadcast, so each rank sends O(1) bytes at any world size."""
+    if not _many_ranks():
+        return message
+    world = dist.get_world_size()
+    src = world_min(dist.get_rank() if message else world, device)
+    return None if src == world else broadcast_object(message, src)
+
+
+def gather_to_rank0(tensor: torch.Tensor) -> list[torch.Tensor] | None:
+    """Every rank's same-shaped `tensor`, in rank order, on rank 0 only (None elsewhere): rank 0
+    receives world x its size, every other rank sends just its own."""
+    if not _many_ranks():
+        return [tensor]
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())] if dist.get_rank() == 0 else None
+    dist.gather(tensor, parts, dst=0)
+    return parts
+
+
+def gather_objects_to_rank0(obj, group) -> list | None:
+    """Every member's picklable `obj`, in group order, on global rank 0 (a member of `group`),
+    None on the other members; `group` None means rank 0 alone."""
+    if group is None:
         return [obj]
-    objs = [None] * dist.get_world_size()
-    dist.all_gather_object(objs, obj)
+    objs = [None] * dist.get_world_size(group) if dist.get_rank() == 0 else None
+    dist.gather_object(obj, objs, dst=0, group=group)
     return objs
 
 
