@@ -67,19 +67,6 @@ def reduce_scatter_start(full: torch.Tensor, axis):
     return shard, axis.started("reduce_scatter", _nbytes(full), work, keep_alive=(full, shard))
 
 
-def send_start(tensor: torch.Tensor, axis, peer: int):
-    """Start sending `tensor` to global rank `peer` of the axis's group (pipeline stages)."""
-    work = dist.isend(tensor, dst=peer, group=axis.group)
-    return axis.started("send", _nbytes(tensor), work, keep_alive=(tensor,))
-
-
-def receive(tensor: torch.Tensor, axis, peer: int) -> torch.Tensor:
-    """Receive into `tensor` from global rank `peer` of the axis's group; blocks until it arrives."""
-    with axis.record("recv", _nbytes(tensor)):
-        dist.recv(tensor, src=peer, group=axis.group)
-    return tensor
-
-
 def broadcast(tensor: torch.Tensor, axis, src: int) -> torch.Tensor:
     """Fill `tensor` on every rank of the axis's group with global rank `src`'s copy."""
     with axis.record("broadcast", _nbytes(tensor)):
