@@ -3,12 +3,15 @@
 A `Grid` owns every process group and coordinate of one layout; layers receive it
 explicitly, so several grids can live in one process (the tests build many).
 Axes of size 1 get no group: their collectives are skipped, not run on one rank.
+Which ranks form each group is the layout's rule (Layout.groups); how torch creates
+them, one collective per axis where it can, is axon/parallel/groups.py's.
 """
 
 from __future__ import annotations
 
 import torch.distributed as dist
 
+from axon.parallel.groups import create_groups
 from axon.parallel.trace import Axis, CommTrace
 from perfmodel.layout import AXES, Layout
 
@@ -20,9 +23,9 @@ class Grid:
         self.layout = layout
         self.rank = rank
         self.coords = layout.coords(rank)
-        self._groups: dict[str, dist.ProcessGroup | None] = {}
-        for axis in AXES:
-            self._groups[axis] = self._build_axis_groups(axis)
+        # Every rank creates the axes' groups in the same order: creating a group is collective.
+        self._groups: dict[str, dist.ProcessGroup | None] = {
+            axis: None if getattr(layout, axis) == 1 else self._create((axis,)) for axis in AXES}
         self.trace = CommTrace()  # every collective of a step on this rank, when enabled
         self._axes = {axis: Axis(axis, self._groups[axis], self.size(axis), self.trace) for axis in AXES}
         # Replicated weights' gradients are summed over data and depth at once. Where one of the
@@ -32,32 +35,12 @@ class Grid:
         elif layout.data == 1:
             joint = self._groups["depth"]
         else:
-            joint = self._build_groups(("data", "depth"))
+            joint = self._create(("data", "depth"))
         self._axes["data+depth"] = Axis("data+depth", joint, layout.data * layout.depth, self.trace)
 
-    def _build_axis_groups(self, axis: str) -> dist.ProcessGroup | None:
-        return None if getattr(self.layout, axis) == 1 else self._build_groups((axis,))
-
-    def _build_groups(self, axes: tuple[str, ...]) -> dist.ProcessGroup:
-        """Create every group spanning `axes` (ranks that differ only there); return this rank's.
-
-        Every rank must call new_group for every group in the same order; ranks
-        outside a group return at once and no barrier runs, so this stays O(world)
-        cheap Python even at 32,768 ranks.
-        """
-        strides = self.layout.strides()
-        offsets = [0]
-        for axis in axes:
-            offsets = [o + i * strides[axis] for o in offsets for i in range(getattr(self.layout, axis))]
-        mine = None
-        for base in range(self.layout.world_size):
-            if any((base // strides[axis]) % getattr(self.layout, axis) for axis in axes):
-                continue  # not the first rank of its group
-            ranks = sorted(base + o for o in offsets)
-            group = dist.new_group(ranks)
-            if self.rank in ranks:
-                mine = group
-        return mine
+    def _create(self, axes: tuple[str, ...]) -> dist.ProcessGroup:
+        """Create every group spanning `axes` on every rank; return this rank's."""
+        return create_groups(self.layout.groups(axes), self.rank, desc="axon_" + "+".join(axes))
 
     def size(self, axis: str) -> int:
         return getattr(self.layout, axis)

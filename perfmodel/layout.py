@@ -52,6 +52,20 @@ class Layout:
         strides = self.strides()
         return sum(coords[axis] * strides[axis] for axis in AXES)
 
+    def groups(self, axes: tuple[str, ...]) -> list[list[int]]:
+        """Every group of ranks that differ only in `axes`, ordered by their first rank.
+
+        Each group is in ascending rank order, which along one axis is coordinate order.
+        """
+        strides = self.strides()
+        offsets = [0]
+        for axis in axes:
+            offsets = [o + i * strides[axis] for o in offsets for i in range(getattr(self, axis))]
+        offsets.sort()
+        firsts = [r for r in range(self.world_size)
+                  if not any((r // strides[axis]) % getattr(self, axis) for axis in axes)]
+        return [[first + o for o in offsets] for first in firsts]
+
     def __str__(self) -> str:
         sizes = " x ".join(f"{axis} {getattr(self, axis)}" for axis in AXES)
         return f"{sizes} (order {','.join(self.order)})"
