@@ -6,5 +6,6 @@ Imports torch only; knows nothing of axon's grid or parallelism.
 from kernels.attention import causal_attention
 from kernels.peak import measure_gemm_tflops
 from kernels.rope import apply_rotary, rotary_tables
+from kernels.tune import GemmChoice, GemmTuner
 
-__all__ = ["apply_rotary", "causal_attention", "measure_gemm_tflops", "rotary_tables"]
+__all__ = ["GemmChoice", "GemmTuner", "apply_rotary", "causal_attention", "measure_gemm_tflops", "rotary_tables"]

@@ -7,6 +7,10 @@ is the next one's input layout, so consecutive layers need no re-layout.
 Forward:  all-gather W over depth -> local GEMM -> all-reduce Y over the axis splitting `in`.
 Backward: all-gather W over depth again (it is not kept) -> dX = dY W, all-reduced over the
           axis splitting `out`; dW = dY^T X, reduce-scattered over depth.
+
+The three local GEMMs run in fixed modes (forward x @ W^T "NT", dX "NN", dW "TN") unless a
+kernels.GemmTuner is attached as `layer.gemm_tuner`; then each runs the mode the tuner timed
+fastest for its shape. A GEMM is local, so the choice never changes the collectives.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class TensorParallelLinear(nn.Module):
         self.overlap_all_reduce = False
         self.pending = None  # PendingReductions: where ORS leaves its reduce-scatters
         self.prefetcher = None  # WeightPrefetcher: OAG's depth all-gathers issued ahead
+        self.gemm_tuner = None  # kernels.GemmTuner, set from outside; None = the fixed modes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _TensorParallelLinearFn.apply(x, self.weight, self)
@@ -50,7 +55,11 @@ class _TensorParallelLinearFn(torch.autograd.Function):
     def forward(ctx, x, weight_shard, layer: TensorParallelLinear):
         # The weight takes the activations' dtype before the gather: bf16 halves its traffic.
         weight = fetch_weight(layer, x.dtype)
-        y = all_reduce(F.linear(x, weight), layer.in_axis)  # sum partial products over `in`
+        if layer.gemm_tuner is None:
+            local = F.linear(x, weight)
+        else:
+            local = _tuned(layer.gemm_tuner, x, weight.t(), "forward")
+        y = all_reduce(local, layer.in_axis)  # sum partial products over `in`
         ctx.save_for_backward(x, weight_shard)
         ctx.layer = layer
         return y
@@ -60,13 +69,17 @@ class _TensorParallelLinearFn(torch.autograd.Function):
         x, weight_shard = ctx.saved_tensors
         layer = ctx.layer
         weight = fetch_weight(layer, dy.dtype)
-        dx = dy @ weight
+        dx = dy @ weight if layer.gemm_tuner is None else _tuned(layer.gemm_tuner, dy, weight, "dX")
         # Sum partial dX over `out`; with OAR it travels while the dW GEMM below computes.
         dx_handle = all_reduce_start(dx, layer.out_axis) if layer.overlap_all_reduce else None
         if not layer.overlap_all_reduce:
             all_reduce(dx, layer.out_axis)
         dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
-        dw = (dy2.t() @ x2).to(weight_shard.dtype)  # summed over depth in the master dtype
+        if layer.gemm_tuner is None:
+            dw = dy2.t() @ x2
+        else:
+            dw = layer.gemm_tuner.matmul(dy2.t(), x2, "dW")
+        dw = dw.to(weight_shard.dtype)  # summed over depth in the master dtype
         if dx_handle is not None:
             dx_handle.wait()
         if layer.pending is not None and layer.depth_axis.group is not None:
@@ -77,3 +90,9 @@ class _TensorParallelLinearFn(torch.autograd.Function):
             layer.pending.add(layer.weight, handle, shard)
             return dx, None, None
         return dx, scatter_block_grad(dw, weight_shard.numel(), layer.depth_axis), None
+
+
+def _tuned(tuner, x: torch.Tensor, matrix: torch.Tensor, label: str) -> torch.Tensor:
+    """x[..., K] @ matrix[K, N] through the tuner, as one 2-D GEMM over all leading dimensions."""
+    product = tuner.matmul(x.reshape(-1, x.shape[-1]), matrix, label)
+    return product.view(*x.shape[:-1], matrix.shape[1])

@@ -1,0 +1,65 @@
+"""The ways to compute one GEMM C[M, N] = A[M, K] @ B[K, N], and what each costs in extra memory.
+
+An operand's layout is how it lies in memory: "N" when it is row-major as written (A as
+[M, K], B as [K, N]), "T" when it is stored transposed (A as a [K, M] block, B as [N, K])
+and used through a transposed view. BLAS libraries pick a different kernel for each
+combination, and on some machines one is much slower than another (AxoNN measured a TN
+GEMM ~8x slower than the same product as NN on MI250X). The candidates:
+
+  "NN", "NT", "TN", "TT"  the product with A and B in those layouts; an operand held in the
+                          other layout is first copied into this one (a transposed copy)
+  "transposed"            C = (B^T A^T)^T: the library computes C^T from the operands as held,
+                          then C^T is copied back to row-major C (what the caller expects)
+
+Every candidate returns a row-major contiguous C and differs from torch.mm(A, B) only by
+the summation order its kernel uses.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LAYOUT_MODES = ("NN", "NT", "TN", "TT")
+CANDIDATES = (*LAYOUT_MODES, "transposed")
+
+
+def layout_of(t: torch.Tensor) -> str | None:
+    """"N" for a row-major matrix, "T" for a transposed view of one, None for any other strides."""
+    if t.is_contiguous():
+        return "N"
+    if t.t().is_contiguous():
+        return "T"
+    return None
+
+
+def held_mode(a: torch.Tensor, b: torch.Tensor) -> str | None:
+    """The GEMM mode of the operands as they lie (e.g. "NT" for x @ weight.t()), or None."""
+    la, lb = layout_of(a), layout_of(b)
+    return None if la is None or lb is None else la + lb
+
+
+def in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """`t` with the same values, lying in `layout` (a copy when it lies in the other one)."""
+    if layout_of(t) == layout:
+        return t
+    return t.contiguous() if layout == "N" else t.t().contiguous().t()
+
+
+def run_candidate(name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A @ B computed the way candidate `name` computes it; row-major contiguous."""
+    if name == "transposed":
+        return torch.mm(b.t(), a.t()).t().contiguous()
+    return torch.mm(in_layout(a, name[0]), in_layout(b, name[1]))
+
+
+def extra_bytes(name: str, a: torch.Tensor, b: torch.Tensor) -> int:
+    """Bytes a candidate allocates beyond the output itself: its operand copies, or C^T for
+    "transposed" (freed when the call returns, so this is a transient peak)."""
+    if name == "transposed":
+        return a.shape[0] * b.shape[1] * a.element_size()
+    copied = 0
+    if layout_of(a) != name[0]:
+        copied += a.numel() * a.element_size()
+    if layout_of(b) != name[1]:
+        copied += b.numel() * b.element_size()
+    return copied
