@@ -326,7 +326,7 @@ def load_counting_hashed_bytes(rank, world, out_dir, path, chunk_bytes):
             return {"refused": str(err), "chunks": CountingSha256.chunks}
         loaded = full_parameters(trainer.model, trainer.grid)
         trainer.grid.destroy()
-    return {"chunks": CountingSha256.chunks, "opened": sorted(reader._open), "loaded": loaded}
+    return {"chunks": CountingSha256.chunks, "opened": sorted(reader.files_read), "loaded": loaded}
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ class CheckpointReader:
         self.layout = Layout(**{a: lay[a] for a in AXES}, order=tuple(lay["order"]))
         self.shape = ModelShape(**self.meta["model"])
         self.tensors = self.meta["tensors"]
-        self._open: dict[int, object] = {}
+        self.files_read: set[int] = set()  # the ranks whose shard files this reader has read from
         self._verified = False
 
     @property
@@ -100,13 +100,14 @@ class CheckpointReader:
         except OSError:  # unreadable counts as corrupt: the verdict must still reach the other ranks
             return False
 
-    def _file(self, rank: int):
-        """Open a rank's shard file once (verify() has checked every file's checksum)."""
+    def _read(self, rank: int, key: str, lo: int | None = None, hi: int | None = None) -> torch.Tensor:
+        """Elements [lo, hi) of a tensor of a rank's shard file (verify() has checked its checksum).
+        The file is mapped only for this read: its pages do not stay in this process's memory."""
         if not self._verified:
             raise RuntimeError(f"checkpoint {str(self.path)!r}: call verify() before reading shards")
-        if rank not in self._open:
-            self._open[rank] = safe_open(str(self.path / rank_file(rank)), framework="pt")
-        return self._open[rank]
+        self.files_read.add(rank)
+        with safe_open(str(self.path / rank_file(rank)), framework="pt") as f:
+            return f.get_tensor(key) if lo is None else f.get_slice(key)[lo:hi]
 
     def region(self, key: str, name: str, rows: slice, cols: slice) -> torch.Tensor:
         """Rows x cols of the global tensor `name` (1-D seen as one row); `key` picks
@@ -140,7 +141,7 @@ class CheckpointReader:
         for d in range(lo // per_shard, (hi - 1) // per_shard + 1):
             rank = self.layout.rank_of({**coords, "depth": d})
             start = d * per_shard
-            pieces.append(self._file(rank).get_slice(key)[max(lo, start) - start: min(hi, start + per_shard) - start])
+            pieces.append(self._read(rank, key, max(lo, start) - start, min(hi, start + per_shard) - start))
         return torch.cat(pieces).view(r1 - r0, width).float()
 
     def full(self, key: str, name: str) -> torch.Tensor:
@@ -149,7 +150,7 @@ class CheckpointReader:
         return self.region(key, name, slice(0, rows), slice(0, shape[-1])).view(shape)
 
     def rng_state(self, rank: int) -> torch.Tensor:
-        return self._file(rank).get_tensor("rng/torch")
+        return self._read(rank, "rng/torch")
 
 
 def find_latest(root: Path) -> Path | None:
