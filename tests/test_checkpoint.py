@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import faulthandler
 import hashlib
 import json
 import math
@@ -33,21 +31,6 @@ MODEL = {"layers": 2, "hidden": 96, "heads": 16, "kv_heads": 8, "ffn": 72, "voca
 # Four blocks, so 1, 2 and 4 pipeline stages all have layers.
 STAGED_MODEL = {**MODEL, "layers": 4}
 SAVE_AT, TOTAL = 3, 6
-WATCHDOG_S = 180  # a spawned rank still running after this long is hung: it exits and fails the test
-
-
-@contextlib.contextmanager
-def watchdog(world: int):
-    """In spawned ranks: a rank that hangs (a collective its peers never join) dumps its
-    stack and exits, which makes mp.spawn stop the others and the test fail."""
-    if world == 1:  # in the pytest process itself
-        yield
-        return
-    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True)
-    try:
-        yield
-    finally:
-        faulthandler.cancel_dump_traceback_later()
 
 
 def make_config(out_dir, layout: Layout, model=MODEL, **train):
@@ -77,16 +60,14 @@ def run(config, rank, steps=None, resume=None):
 def save_then_continue(rank, world, out_dir, layout, straight=False, model=MODEL):
     """At `layout`: train SAVE_AT steps and save, then continue from the checkpoint to TOTAL;
     with `straight`, also the uninterrupted run, in the same processes."""
-    with watchdog(world):
-        first, _, path = run(make_config(out_dir, layout, model), rank, steps=SAVE_AT)
-        rest, loaded, _ = run(make_config(out_dir, layout, model), rank, resume=path)
-        whole = run(make_config(Path(out_dir) / "straight", layout, model), rank)[0] if straight else None
+    first, _, path = run(make_config(out_dir, layout, model), rank, steps=SAVE_AT)
+    rest, loaded, _ = run(make_config(out_dir, layout, model), rank, resume=path)
+    whole = run(make_config(Path(out_dir) / "straight", layout, model), rank)[0] if straight else None
     return first, rest, loaded, str(path), whole
 
 
 def load_and_continue(rank, world, out_dir, layout, path, model=MODEL):
-    with watchdog(world):
-        rest, loaded, _ = run(make_config(out_dir, layout, model), rank, resume=Path(path))
+    rest, loaded, _ = run(make_config(out_dir, layout, model), rank, resume=Path(path))
     return rest, loaded
 
 
@@ -261,28 +242,27 @@ def count_hashing(chunk_bytes: int) -> None:
 def save_recording_the_gathers(rank, world, out_dir):
     """Train at pipe 2 x depth 2 and save; return what each rank received from the metadata
     gathers (absent: it took no part) and the full parameters saved."""
-    with watchdog(world):
-        config = make_config(out_dir, Layout(pipe=2, depth=2), STAGED_MODEL)
-        config.train.steps = SAVE_AT
-        trainer = Trainer(config, Grid(config.layout, rank), torch.device("cpu"))
-        trainer.fit()
-        saved = full_parameters(trainer.model, trainer.grid)
-        received = {}
+    config = make_config(out_dir, Layout(pipe=2, depth=2), STAGED_MODEL)
+    config.train.steps = SAVE_AT
+    trainer = Trainer(config, Grid(config.layout, rank), torch.device("cpu"))
+    trainer.fit()
+    saved = full_parameters(trainer.model, trainer.grid)
+    received = {}
 
-        def recording(key, gather):
-            def gather_and_record(*args):
-                received[key] = result = gather(*args)
-                return result
-            return gather_and_record
+    def recording(key, gather):
+        def gather_and_record(*args):
+            received[key] = result = gather(*args)
+            return result
+        return gather_and_record
 
-        def refused(*args, **kwargs):
-            raise AssertionError("a save must not all-gather objects over the world")
+    def refused(*args, **kwargs):
+        raise AssertionError("a save must not all-gather objects over the world")
 
-        writer_module.gather_to_rank0 = recording("files", writer_module.gather_to_rank0)
-        writer_module.gather_objects_to_rank0 = recording("stages", writer_module.gather_objects_to_rank0)
-        dist.all_gather_object = refused
-        path = checkpoint.save(trainer, SAVE_AT, keep=1)
-        trainer.grid.destroy()
+    writer_module.gather_to_rank0 = recording("files", writer_module.gather_to_rank0)
+    writer_module.gather_objects_to_rank0 = recording("stages", writer_module.gather_objects_to_rank0)
+    dist.all_gather_object = refused
+    path = checkpoint.save(trainer, SAVE_AT, keep=1)
+    trainer.grid.destroy()
     if received.get("files") is not None:
         received["files"] = [t.tolist() for t in received["files"]]
     return str(path), received, saved
@@ -313,20 +293,19 @@ def test_only_rank_0_receives_the_metadata(saved_at_pipe2_depth2):
 
 
 def load_counting_hashed_bytes(rank, world, out_dir, path, chunk_bytes):
-    """Load at depth 4; return (chunks hashed, shard files opened, full parameters) or the error."""
-    with watchdog(world):
-        count_hashing(chunk_bytes)
-        config = make_config(out_dir, Layout(depth=4), STAGED_MODEL)
-        trainer = Trainer(config, Grid(config.layout, rank), torch.device("cpu"))
-        reader = checkpoint.CheckpointReader(path)
-        try:
-            trainer.resume_from(reader)
-        except ConfigError as err:
-            trainer.grid.destroy()
-            return {"refused": str(err), "chunks": CountingSha256.chunks}
-        loaded = full_parameters(trainer.model, trainer.grid)
+    """Load at depth 4; return (chunks hashed, shard files read, full parameters) or the error."""
+    count_hashing(chunk_bytes)
+    config = make_config(out_dir, Layout(depth=4), STAGED_MODEL)
+    trainer = Trainer(config, Grid(config.layout, rank), torch.device("cpu"))
+    reader = checkpoint.CheckpointReader(path)
+    try:
+        trainer.resume_from(reader)
+    except ConfigError as err:
         trainer.grid.destroy()
-    return {"chunks": CountingSha256.chunks, "opened": sorted(reader.files_read), "loaded": loaded}
+        return {"refused": str(err), "chunks": CountingSha256.chunks}
+    loaded = full_parameters(trainer.model, trainer.grid)
+    trainer.grid.destroy()
+    return {"chunks": CountingSha256.chunks, "read": sorted(reader.files_read), "loaded": loaded}
 
 
 @pytest.fixture(scope="module")
@@ -349,7 +328,7 @@ def test_a_load_hashes_every_shard_byte_exactly_once_over_the_ranks(saved_at_pip
 def test_a_corrupt_shard_is_named_on_every_rank_when_its_verifier_does_not_read_it(
         saved_at_pipe2_depth2, loaded_at_depth4, tmp_path):
     # Saved at depth 2, loaded at depth 4: ranks 2 and 3 read file 1; rank 1, which hashes it, does not.
-    assert [1 in r["opened"] for r in loaded_at_depth4] == [False, False, True, True]
+    assert [1 in r["read"] for r in loaded_at_depth4] == [False, False, True, True]
     path = tmp_path / "corrupt"
     path.mkdir()
     for file in saved_at_pipe2_depth2["path"].iterdir():
@@ -375,10 +354,9 @@ def test_one_process_reader_hashes_every_file_in_chunks(saved_at_pipe2_depth2, m
 
 
 def agree_on_errors(rank, world):
-    with watchdog(world):
-        cpu = torch.device("cpu")
-        some_fail = first_error(f"rank {rank} found a problem" if rank in (3, 1) else None, cpu)
-        return some_fail, first_error(None, cpu), broadcast_object({"from": rank}, src=2)
+    cpu = torch.device("cpu")
+    some_fail = first_error(f"rank {rank} found a problem" if rank in (3, 1) else None, cpu)
+    return some_fail, first_error(None, cpu), broadcast_object({"from": rank}, src=2)
 
 
 def test_every_rank_gets_the_lowest_failing_ranks_message():
