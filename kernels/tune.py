@@ -26,6 +26,9 @@ from kernels.gemm_cache import GemmCache
 from kernels.timing import median_times
 
 DEFAULT_MAX_COPY_BYTES = 512 * 2**20
+# Another mode must beat the product as held by this fraction to be chosen. Measured on 2 CPU
+# cores (benchmarks/gemm_tuning.py), ~3% isolated wins did not survive inside a training step.
+DEFAULT_MIN_GAIN = 0.05
 
 
 def device_name(device: torch.device) -> str:
@@ -68,18 +71,19 @@ class GemmChoice:
 class GemmTuner:
     """C = A @ B through the fastest candidate for each key. `cache_path`: JSON file loaded now
     and rewritten after each newly timed key (None: no file). `candidates`: the names allowed.
+    `min_gain`: how much faster than the product as held another mode must be to replace it.
     `on_choice`: called once per key with its GemmChoice (the choices also accumulate in
     `choices` for a caller that prints them later)."""
 
     def __init__(self, cache_path=None, max_copy_bytes: int = DEFAULT_MAX_COPY_BYTES,
                  candidates: Iterable[str] = CANDIDATES, warmup: int = 2, repeats: int = 5,
-                 on_choice: Callable[[GemmChoice], None] | None = None):
+                 min_gain: float = DEFAULT_MIN_GAIN, on_choice: Callable[[GemmChoice], None] | None = None):
         unknown = set(candidates) - set(CANDIDATES)
         if unknown:
             raise ValueError(f"unknown GEMM candidate(s) {sorted(unknown)}; choose from {list(CANDIDATES)}")
         self.cache = GemmCache(cache_path)
         self.max_copy_bytes, self.allowed = max_copy_bytes, tuple(candidates)
-        self.warmup, self.repeats, self.on_choice = warmup, repeats, on_choice
+        self.warmup, self.repeats, self.min_gain, self.on_choice = warmup, repeats, min_gain, on_choice
         self.best: dict[str, str] = {}  # key -> the candidate every later call runs
         self.choices: list[GemmChoice] = []
         self.peak_extra_bytes = 0  # the most one call (tuning included) allocated beyond its output
@@ -115,6 +119,14 @@ class GemmTuner:
         self.peak_extra_bytes = max(self.peak_extra_bytes, *(extra_bytes(name, a, b) for name in names))
         return times
 
+    def pick(self, times: dict[str, float], held: str) -> str:
+        """The fastest candidate, unless the product as held is within `min_gain` of it: a gain
+        that small is within timing noise and does not pay for a copy on every call."""
+        fastest = min(times, key=times.get)
+        if held in times and times[held] <= times[fastest] * (1 + self.min_gain):
+            return held
+        return fastest
+
     def _choose(self, key: str, a, b, held: str, label: str) -> GemmChoice:
         names, skipped = self.feasible(a, b, held)
         (m, k), n = a.shape, b.shape[1]
@@ -125,7 +137,7 @@ class GemmTuner:
                                 skipped=skipped, source="cache")
         else:
             times = self.time_candidates(a, b, names) if len(names) > 1 else {}
-            best = min(times, key=times.get) if times else names[0]
+            best = self.pick(times, held) if times else names[0]
             choice = GemmChoice(**describe, best=best, candidates=times, skipped=skipped)
             if times:  # only a measured choice is worth keeping for the next run
                 self.cache.put(key, {"best": best, "candidates": times})
