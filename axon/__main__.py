@@ -68,7 +68,7 @@ def train_command(args) -> None:
     except ConfigError as err:
         _fail(launch.rank, str(err))
 
-    runtime = init_distributed(launch)
+    runtime = init_distributed(launch, timeout_s=config.train.collective_timeout_s or None)  # 0: bootstrap default
     done = False
     try:
         if config.layout_auto and choice is None:

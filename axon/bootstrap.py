@@ -243,13 +243,28 @@ def _cpu_threads(local_world_size: int) -> int:
     return allowed if allowed < total else max(1, total // local_world_size)
 
 
-def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: float = 600) -> Runtime:
-    """Start torch.distributed for `info`; one GPU per local rank with NCCL/RCCL, else gloo on CPU."""
+def collective_timeout_s(env: Mapping[str, str] = os.environ) -> float:
+    """Seconds a collective waits for a missing peer before the job fails: $AXON_COLLECTIVE_TIMEOUT_S, else 600."""
+    text = env.get("AXON_COLLECTIVE_TIMEOUT_S", "600")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"AXON_COLLECTIVE_TIMEOUT_S must be a positive number of seconds, got {text!r}.")
+    return seconds
+
+
+def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: float | None = None) -> Runtime:
+    """Start torch.distributed for `info`; one GPU per local rank with NCCL/RCCL, else gloo on CPU.
+
+    `timeout_s`: how long a collective waits for a peer before failing (default: collective_timeout_s())."""
     import torch  # here, not at the top: detecting the launcher and failing on bad input stays torch-free
     import torch.distributed as dist
 
     if dist.is_initialized():
         raise RuntimeError("torch.distributed is already initialized; call axon.bootstrap.shutdown() first.")
+    timeout = timedelta(seconds=collective_timeout_s() if timeout_s is None else timeout_s)
     if info.launcher == "mpi":
         info = _mpi_rendezvous(info)
     assert info.local_rank is not None and info.local_world_size is not None
@@ -265,12 +280,15 @@ def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: fl
             raise ValueError(f"local rank {info.local_rank} needs a GPU but only {count} are visible on this node.")
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
+        # Older torch marks a collective's tensors with recordStream, holding their memory until the host
+        # sees the collective end (allocator thrash); from 2.8 it stashes them always and warns if this is set.
+        if torch.__version__ < "2.8":
+            os.environ.setdefault("TORCH_NCCL_AVOID_RECORD_STREAMS", "1")
     else:
         device = torch.device("cpu")
         if "OMP_NUM_THREADS" not in os.environ:  # an explicit user setting wins
             torch.set_num_threads(_cpu_threads(info.local_world_size))
 
-    timeout = timedelta(seconds=timeout_s)
     device_id = device if backend == "nccl" else None
     if info.world_size == 1:
         # An in-memory store: code that asks dist.get_rank() works, and nothing touches the network.

@@ -45,6 +45,7 @@ class TrainConfig:
     resume: str = ""  # "" = start fresh, "latest" = newest checkpoint in out_dir (if any), or a checkpoint path
     loss: str = "standard"  # "standard" cross-entropy or "goldfish" (the goldfish section says which tokens drop)
     stage_layers: tuple[int, ...] = ()  # blocks per pipeline stage; () = balanced by parameter count
+    collective_timeout_s: float = 0.0  # a collective waiting this long for a peer fails the job; 0 = $AXON_COLLECTIVE_TIMEOUT_S or 600
 
 
 @dataclass
@@ -337,6 +338,9 @@ def _check_values(config: RunConfig) -> None:
     if g.k < 2 or g.h < 1 or g.strategy not in ("hash", "static"):
         raise ConfigError(f"goldfish.k must be >= 2, goldfish.h >= 1 and goldfish.strategy 'hash' or 'static', "
                           f"got k={g.k}, h={g.h}, strategy={g.strategy!r}")
+    if not 0 <= t.collective_timeout_s < float("inf"):
+        raise ConfigError(f"train.collective_timeout_s must be a number of seconds > 0 (or 0 for the default), "
+                          f"got {t.collective_timeout_s}")
     if t.checkpoint_every < 0 or t.keep_checkpoints < 1:
         raise ConfigError(f"train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1, "
                           f"got {t.checkpoint_every} and {t.keep_checkpoints}")

@@ -203,6 +203,6 @@ def test_planner_never_imports_torch():
             " '1024', '--seq', '4096', '--top', '3']) == 0\n"
             "assert main(['explain', '--model', '70B', '--gpus', '4096', '--machine', 'frontier', '--global-batch',"
             " '1024', '--seq', '4096', '--layout', 'data=32,depth=16,row=8']) == 0\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "biggest cost" in result.stdout and "time by component" in result.stdout
