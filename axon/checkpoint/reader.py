@@ -23,6 +23,9 @@ from perfmodel.models import ModelShape
 FORMAT_VERSION = 1
 META = "meta.json"
 HASH_CHUNK_BYTES = 8 * 2**20  # hashing reads a file this much at a time
+# safetensors maps a file; the pages a read touches stay in this process's RSS until the file
+# is closed, so the open files are closed after every this many bytes read through them.
+MAPPED_BYTES = 64 * 2**20
 
 
 def rank_file(rank: int) -> str:
@@ -57,6 +60,8 @@ class CheckpointReader:
         self.shape = ModelShape(**self.meta["model"])
         self.tensors = self.meta["tensors"]
         self.files_read: set[int] = set()  # the ranks whose shard files this reader has read from
+        self._open: dict[int, object] = {}
+        self._mapped_bytes = 0
         self._verified = False
 
     @property
@@ -101,13 +106,20 @@ class CheckpointReader:
             return False
 
     def _read(self, rank: int, key: str, lo: int | None = None, hi: int | None = None) -> torch.Tensor:
-        """Elements [lo, hi) of a tensor of a rank's shard file (verify() has checked its checksum).
-        The file is mapped only for this read: its pages do not stay in this process's memory."""
+        """A copy of elements [lo, hi) of a tensor of a rank's shard file (verify() has checked
+        its checksum); at most MAPPED_BYTES of the files read stay mapped."""
         if not self._verified:
             raise RuntimeError(f"checkpoint {str(self.path)!r}: call verify() before reading shards")
         self.files_read.add(rank)
-        with safe_open(str(self.path / rank_file(rank)), framework="pt") as f:
-            return f.get_tensor(key) if lo is None else f.get_slice(key)[lo:hi]
+        if rank not in self._open:
+            self._open[rank] = safe_open(str(self.path / rank_file(rank)), framework="pt")
+        f = self._open[rank]
+        tensor = f.get_tensor(key) if lo is None else f.get_slice(key)[lo:hi]
+        self._mapped_bytes += tensor.numel() * tensor.element_size()
+        if self._mapped_bytes > MAPPED_BYTES:
+            self._open.clear()  # closing unmaps the pages read so far
+            self._mapped_bytes = 0
+        return tensor
 
     def region(self, key: str, name: str, rows: slice, cols: slice) -> torch.Tensor:
         """Rows x cols of the global tensor `name` (1-D seen as one row); `key` picks
