@@ -94,7 +94,8 @@ def summarize(name: str, world: int, raw: dict, warmup: int) -> dict:
     off, held, on = (t[warmup:] for t in raw["times"])
     choices = raw["ranks"][0]["choices"]
     best_by_key = [{(c["label"], tuple(c["shape"]), c["held"]): c["best"] for c in r["choices"]} for r in raw["ranks"]]
-    differing = sum(1 for other in best_by_key[1:] for key, best in other.items() if best_by_key[0].get(key, best) != best)
+    differing = sum(1 for other in best_by_key[1:] for key, best in other.items()
+                    if best_by_key[0].get(key, best) != best)
     gemms = [{"role": c["label"], "shape": c["shape"], "held": c["held"], "best": c["best"],
               "held_s": c["candidates"][c["held"]], "best_s": c["candidates"][c["best"]],
               "speedup": c["candidates"][c["held"]] / c["candidates"][c["best"]], "candidates": c["candidates"]}

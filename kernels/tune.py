@@ -90,7 +90,8 @@ class GemmTuner:
 
     def key(self, a: torch.Tensor, b: torch.Tensor, held: str) -> str:
         (m, k), n = a.shape, b.shape[1]
-        return f"torch {torch.__version__}|{device_name(a.device)}|{str(a.dtype).removeprefix('torch.')}|{m}x{n}x{k}|{held}"
+        dtype = str(a.dtype).removeprefix("torch.")
+        return f"torch {torch.__version__}|{device_name(a.device)}|{dtype}|{m}x{n}x{k}|{held}"
 
     def matmul(self, a: torch.Tensor, b: torch.Tensor, label: str = "gemm") -> torch.Tensor:
         """A[M, K] @ B[K, N] -> row-major C[M, N]."""
