@@ -20,6 +20,7 @@ from axon.grid import Grid
 from axon.parallel.rendezvous import P2POp, check_trace_files, planned_ops, replay
 from axon.train import Trainer
 from perfmodel.layout import Layout
+from perfmodel.pipeline import one_f_one_b
 from spawn import run_distributed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +49,31 @@ def test_the_earlier_order_deadlocks_at_two_stages_and_two_micro_batches():
                1: earlier[1][:1] + [_op(1, "send", 0, 1, "grad 0", 1), _op(1, "recv", 0, 2, "act 1", 1)]
                + earlier[1][3:]}
     assert replay(batched).completed
+
+
+def earlier_order(stages: int, micro_batches: int) -> dict[int, list[P2POp]]:
+    """The order before batching: a blocking receive before each forward or backward that
+    needs one, a send left in flight after it; every operation its own batch."""
+    ops = {}
+    for s in range(stages):
+        mine = []
+        for kind, j in one_f_one_b(s, stages, micro_batches):
+            before, after = ((s - 1, "act"), (s + 1, "act")) if kind == "F" else ((s + 1, "grad"), (s - 1, "grad"))
+            if 0 <= before[0] < stages:
+                mine.append(_op(s, "recv", before[0], len(mine), f"{before[1]} {j}"))
+            if 0 <= after[0] < stages:
+                mine.append(_op(s, "send", after[0], len(mine), f"{after[1]} {j}"))
+        ops[s] = mine
+    return ops
+
+
+def test_the_earlier_order_deadlocks_for_every_stage_count_and_two_or_more_micro_batches():
+    assert earlier_order(2, 2)[0] == [_op(0, "send", 1, 0, "act 0"), _op(0, "send", 1, 1, "act 1"),
+                                      _op(0, "recv", 1, 2, "grad 0"), _op(0, "recv", 1, 3, "grad 1")]
+    for stages in range(2, 17):
+        assert replay(earlier_order(stages, 1)).completed  # one micro-batch never crosses
+        for micro_batches in range(2, 65):
+            assert not replay(earlier_order(stages, micro_batches)).completed, (stages, micro_batches)
 
 
 def test_a_send_nobody_receives_and_a_three_rank_cycle_are_found():
