@@ -1,9 +1,10 @@
 """Read an axon checkpoint at any layout: every global tensor region is served from the
 shard files that hold it, so a rank reads only what its own shards need.
 
-Before anything is read, `verify` checks each shard file's sha256 exactly once over the
-world (rank r hashes files r, r + world, ...; every rank learns the first bad one), in
-chunks, so neither a file nor the world's reads of it are ever held whole.
+Before anything is read, `verify` checks each shard file's sha256 once over the whole
+world (rank r hashes files r, r + world, ...; every rank learns the first bad one), reading
+it in chunks: no file is held in memory to hash it, and a load hashes each byte once, not
+once per rank that needs it.
 """
 
 from __future__ import annotations
