@@ -16,7 +16,7 @@ from axon.metrics import MetricsLog
 from axon.model import Llama, initialize_parameters
 from axon.model.stages import stage_layers
 from perfmodel.stages import whole_model_parameters
-from axon.parallel.comm import all_reduce, any_rank
+from axon.parallel.comm import all_reduce
 from axon.parallel.data_parallel import GradientBuckets
 from axon.parallel.grads import clip_grad_norm
 from axon.parallel.overlap import enable_overlap
@@ -94,6 +94,8 @@ class Trainer:
         if device.type == "cuda":
             grid.trace.use_cuda_events()
         self.traced_events = []  # what goes into the Chrome trace (train.trace_steps)
+        self.stop_signal = None  # set by fit: a StopSignal whose requests the step's reductions agree on
+        self.stop_agreed = False  # some rank's stop signal was seen in the last step
 
     def next_sequence(self, step: int) -> int:
         """Global index of the first sequence step `step` trains on."""
@@ -160,14 +162,22 @@ class Trainer:
             if self.prefetcher is not None:
                 self.prefetcher.end_step()
         self.buckets.finish()  # every gradient is summed over data and depth from here on
-        all_reduce(loss_sum, self.grid.axis("data+depth"))
-        all_reduce(loss_sum, self.grid.axis("pipe"))  # only the last stage has a loss; the others add 0
-        loss = loss_sum.item() / kept_tokens
-        grad_norm = clip_grad_norm(self.model, self.grid, self.config.train.grad_clip)
+        # A stop signal (preemption) is agreed on in the step's own reductions: summed with the
+        # loss over data, depth and pipe, then with the clip norm over pipe, depth, row and col,
+        # every rank's vote reaches every rank without a world-wide collective of its own.
+        vote = 1.0 if self.stop_signal is not None and self.stop_signal.requested else 0.0
+        sums = torch.stack([loss_sum, loss_sum.new_tensor(vote)])
+        all_reduce(sums, self.grid.axis("data+depth"))
+        all_reduce(sums, self.grid.axis("pipe"))  # only the last stage has a loss; the others add 0
+        loss = sums[0].item() / kept_tokens
+        grad_norm, votes = clip_grad_norm(self.model, self.grid, self.config.train.grad_clip, sums[1].item())
+        self.stop_agreed = votes > 0
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # the same on every rank: all stop here
             raise TrainingDiverged(f"step {step + 1}: loss {loss}, gradient norm {grad_norm}; "
                                    "stopped before applying the update")
         self.optimizer.step()
+        if self.device.type == "cuda":  # the clock counts the optimizer's kernels, not their enqueueing
+            torch.cuda.synchronize(self.device)
         step_time = time.perf_counter() - start
         if self.grid.trace.unwaited:
             raise RuntimeError(f"step {step + 1} ended with {self.grid.trace.unwaited} collective(s) never waited for")
@@ -196,6 +206,7 @@ class Trainer:
 
         t = self.config.train
         history = []
+        self.stop_signal = stop_signal
         for step in range(self.start_step, t.steps):
             metrics = self.step(step)
             history.append(metrics)
@@ -206,7 +217,7 @@ class Trainer:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_chrome_trace(path, self.traced_events, self.grid.trace.origin, self.grid.rank)
             done = step + 1
-            stop = stop_signal is not None and any_rank(stop_signal.requested, self.device)
+            stop = self.stop_agreed
             if stop or (t.checkpoint_every and (done % t.checkpoint_every == 0 or done == t.steps)):
                 started = time.perf_counter()
                 path = checkpoint.save(self, done, t.keep_checkpoints)

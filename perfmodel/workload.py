@@ -168,13 +168,14 @@ def step_collectives(shape: ModelShape, layout: Layout, bucket_mb: float, stage_
             current += numel
         comms.append(Comm("all_reduce", ("data",), current * 4, "dp", "backward"))
     gains = (2 * stage_layers + (1 if last else 0)) * shape.hidden // layout.col
+    # The loss (fp32) and the clip norm's square-sum (fp64) each travel with the stop-signal vote.
     if layout.data * d > 1:
         comms.append(Comm("all_reduce", ("data", "depth"), gains * 4, "dp", "backward"))
-        comms.append(Comm("all_reduce", ("data", "depth"), 4, "sync", "step"))  # the loss
+        comms.append(Comm("all_reduce", ("data", "depth"), 2 * 4, "sync", "step"))  # the loss
     if layout.pipe > 1:
-        comms.append(Comm("all_reduce", ("pipe",), 4, "sync", "step"))  # the loss lives on the last stage
-    comms += [Comm("all_reduce", (axis,), 8, "sync", "step") for axis in ("depth", "row", "col", "pipe")
-              if getattr(layout, axis) > 1]  # the clip norm, fp64
+        comms.append(Comm("all_reduce", ("pipe",), 2 * 4, "sync", "step"))  # the loss lives on the last stage
+    comms += [Comm("all_reduce", (axis,), 2 * 8, "sync", "step") for axis in ("depth", "row", "col", "pipe")
+              if getattr(layout, axis) > 1]  # the clip norm
     return comms
 
 

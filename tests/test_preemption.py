@@ -105,3 +105,48 @@ def test_a_corrupt_shard_stops_every_rank_naming_the_file(tmp_path):
     results = finish(start_two_ranks(config, "--set", "train.resume=latest", "--set", "train.steps=4"))
     assert [code for code, _ in results] == [2, 2], results
     assert all("rank_00001.safetensors" in out and "is corrupt" in out for _, out in results), results
+
+
+class _Vote:
+    """A stop signal that only some ranks have received."""
+
+    def __init__(self, requested: bool):
+        self.requested = requested
+
+
+def lone_votes(rank, world, layouts, voters):
+    import torch
+
+    from axon.config import build_config
+    from axon.grid import Grid
+    from axon.train import Trainer
+
+    seen = []
+    for layout in layouts:
+        sizes = {a: getattr(layout, a) for a in ("data", "pipe", "depth", "row", "col")}
+        config = build_config({"model": {"layers": 2, "hidden": 32, "heads": 4, "kv_heads": 2, "ffn": 48,
+                                          "vocab": 64, "seq_len": 8},
+                               "layout": sizes, "train": {"steps": 1, "global_batch": 4}})
+        grid = Grid(layout, rank)
+        trainer = Trainer(config, grid, torch.device("cpu"))
+        for step, voter in enumerate(voters):
+            trainer.stop_signal = _Vote(rank == voter)
+            losses = trainer.step(step)["loss"]
+            seen.append((trainer.stop_agreed, losses))
+        grid.destroy()
+    return seen
+
+
+def test_one_ranks_stop_signal_reaches_every_rank_without_a_collective_of_its_own():
+    from perfmodel.layout import Layout
+    from spawn import run_distributed
+
+    # Every axis is crossed by some layout; the lone voter sits at a different corner each step.
+    layouts = [Layout(data=2, depth=2, col=2), Layout(pipe=2, row=2, col=2)]
+    voters = [None, 0, 5, 7, 3]
+    results = run_distributed(8, lone_votes, layouts, voters)
+    for rank_seen in results:
+        agreed = [stop for stop, _ in rank_seen]
+        assert agreed == [voter is not None for voter in voters] * len(layouts)
+    # the vote shares the loss's reduction but never its value: every rank reports the same loss
+    assert len({tuple(loss for _, loss in seen) for seen in results}) == 1

@@ -187,14 +187,6 @@ def gather_objects_to_rank0(obj, group) -> list | None:
     return objs
 
 
-def any_rank(flag: bool, device) -> bool:
-    """True on every rank if `flag` is true on any rank (to stop all ranks at the same step)."""
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
-
-
 def world_mean(value: float, device) -> float:
     """Mean of a per-rank number over the whole world (start-up measurements)."""
     tensor = torch.tensor([value], dtype=torch.float64, device=device)

@@ -11,8 +11,12 @@ from axon.parallel.comm import all_reduce
 from axon.parallel.sharding import named_shardings
 
 
-def clip_grad_norm(model, grid, max_norm: float) -> float:
-    """Scale gradients so their global L2 norm is at most max_norm; return the norm before.
+def clip_grad_norm(model, grid, max_norm: float, stop_votes: float = 0.0) -> tuple[float, float]:
+    """Scale gradients so their global L2 norm is at most max_norm; return the norm before,
+    and `stop_votes` summed over pipe, depth, row and col.
+
+    The stop votes ride in the same all-reduces as the square-norm, so agreeing on a stop
+    signal costs no collective of its own (axon.train sums them over data first).
 
     Each distinct shard's square-norm is counted exactly once: depth-sharded blocks are
     distinct on every (depth, row, col) rank; replicated gains are distinct only over
@@ -28,11 +32,12 @@ def clip_grad_norm(model, grid, max_norm: float) -> float:
     # over ranks in fp64.
     square = (torch.nn.utils.get_total_norm(counted).double().square() if counted
               else torch.zeros((), dtype=torch.float64, device=device))
+    sums = torch.stack([square, square.new_tensor(stop_votes)])
     for axis in ("pipe", "depth", "row", "col"):
-        all_reduce(square, grid.axis(axis))
-    norm = square.sqrt().item()
+        all_reduce(sums, grid.axis(axis))
+    norm, votes = sums[0].sqrt().item(), sums[1].item()
     if max_norm > 0 and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         for param in model.parameters():
             param.grad.mul_(scale)
-    return norm
+    return norm, votes
