@@ -46,6 +46,8 @@ class TrainConfig:
     loss: str = "standard"  # "standard" cross-entropy or "goldfish" (the goldfish section says which tokens drop)
     stage_layers: tuple[int, ...] = ()  # blocks per pipeline stage; () = balanced by parameter count
     collective_timeout_s: float = 0.0  # a collective waiting this long for a peer fails the job; 0 = $AXON_COLLECTIVE_TIMEOUT_S or 600
+    gemm_tuning: bool = False  # time each GEMM shape's operand layouts on first use and keep the fastest (kernels/tune.py)
+    gemm_tuning_cache: str = ""  # JSON file of tuned choices, kept across restarts; "" = OUT_DIR/gemm_tuning.json
 
 
 @dataclass

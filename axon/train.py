@@ -79,6 +79,7 @@ class Trainer:
             initialize_parameters(self.model, grid, config.train.seed)
         self.model.recompute_blocks = config.train.recompute == "block"
         self.pending, self.prefetcher = enable_overlap(self.model, config.overlap, grid.axis("depth"))
+        self.gemm_tuner = self._attach_gemm_tuner() if config.train.gemm_tuning else None
         self.buckets = GradientBuckets(self.model, grid, config.overlap.bucket_mb, config.overlap.data_parallel,
                                        self.pending)
         self.optimizer = build_optimizer(self.model, config)
@@ -96,6 +97,20 @@ class Trainer:
         self.traced_events = []  # what goes into the Chrome trace (train.trace_steps)
         self.stop_signal = None  # set by fit: a StopSignal whose requests the step's reductions agree on
         self.stop_agreed = False  # some rank's stop signal was seen in the last step
+
+    def _attach_gemm_tuner(self):
+        """One tuner for every linear layer of this rank (GEMMs are local: ranks may choose
+        differently without changing any collective); rank 0 prints each choice once."""
+        from axon.parallel.linear import TensorParallelLinear
+        from kernels import GemmTuner
+
+        path = self.config.train.gemm_tuning_cache or str(Path(self.config.out_dir) / "gemm_tuning.json")
+        report = (lambda choice: print(f"axon: {choice.describe()}", flush=True)) if self.grid.rank == 0 else None
+        tuner = GemmTuner(cache_path=path, on_choice=report)
+        for module in self.model.modules():
+            if isinstance(module, TensorParallelLinear):
+                module.gemm_tuner = tuner
+        return tuner
 
     def next_sequence(self, step: int) -> int:
         """Global index of the first sequence step `step` trains on."""
@@ -135,7 +150,8 @@ class Trainer:
         lr = learning_rate(self.config, step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
+        # Bucketed gradients are views of persistent buffers: zeroed in place; the rest set to None.
+        self.buckets.zero_grad()
         self.grid.trace.take()  # start the step with an empty record
         loss_sum = torch.zeros((), device=self.device)
         batches = shard_micro_batches(self.source, self.config, self.grid, step, self.device,

@@ -139,6 +139,22 @@ def test_training_with_tuning_matches_training_without():
     assert {c.best for c in forced.choices} == {"transposed"} and forced.peak_extra_bytes > 0
 
 
+def test_train_gemm_tuning_attaches_one_tuner_and_keeps_its_cache(tmp_path):
+    config = build_config({"model": MODEL, "layout": {}, "out_dir": str(tmp_path),
+                           "train": {"steps": 2, "global_batch": 8, "micro_batch": 4, "lr": 1e-3, "seed": 7,
+                                     "grad_clip": 0.5, "gemm_tuning": True}})
+    grid = Grid(Layout(), 0)
+    trainer = Trainer(config, grid, torch.device("cpu"))
+    linears = [m for m in trainer.model.modules() if isinstance(m, TensorParallelLinear)]
+    assert linears and all(m.gemm_tuner is trainer.gemm_tuner for m in linears)
+    losses = [m["loss"] for m in trainer.fit()]
+    grid.destroy()
+    reference = train_losses(None)[:2]
+    assert max(abs(x - r) / abs(r) for x, r in zip(losses, reference)) < 1e-6
+    cached = json.loads((tmp_path / "gemm_tuning.json").read_text())["entries"]
+    assert len(cached) == len(trainer.gemm_tuner.choices) > 0  # every timed shape is kept for a restart
+
+
 def run_cli(*args) -> list[dict]:
     command = [sys.executable, "-m", "kernels", "tune", *args, "--json", "--repeats", "3"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
