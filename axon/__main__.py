@@ -14,6 +14,9 @@ from pathlib import Path
 
 import yaml
 
+DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16"}  # train.dtype as the MFU banner names it
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m axon", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +110,8 @@ def _train(config, runtime, source, reader, choice=None) -> None:
     from axon.parallel.comm import first_error, world_barrier, world_mean
     from axon.preemption import StopSignal
     from axon.train import Preempted, Trainer, TrainingDiverged, describe
+    import torch
+
     from kernels import measure_gemm_tflops
 
     leader = runtime.rank == 0
@@ -114,9 +119,10 @@ def _train(config, runtime, source, reader, choice=None) -> None:
     if config.train.peak_tflops > 0:
         peak, peak_source = config.train.peak_tflops, "train.peak_tflops from the config"
     else:
+        # In the training dtype: a bf16 run measured against an fp32 GEMM would read several x MFU.
         world_barrier()  # all ranks time the GEMM at once, sharing the node as they will in training
-        peak = world_mean(measure_gemm_tflops(runtime.device), runtime.device)
-        peak_source = "fp32 GEMM timed on all ranks at once, averaged"
+        peak = world_mean(measure_gemm_tflops(runtime.device, getattr(torch, config.train.dtype)), runtime.device)
+        peak_source = f"{DTYPE_NAMES[config.train.dtype]} GEMM timed on all ranks at once, averaged"
     trainer = Trainer(config, grid, runtime.device, peak_tflops=peak, source=source)
     if leader:
         print(describe(config, trainer, runtime, peak_source), flush=True)

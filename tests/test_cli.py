@@ -85,10 +85,13 @@ def test_set_overrides_reach_the_run(tmp_path):
     config = write_config(tmp_path, {})
     out = tmp_path / "other"
     cmd = [sys.executable, "-m", "axon", "train", str(config), "--set", "train.steps=2",
-           "--set", f"out_dir={out}", "--set", "train.lr=0.01"]
-    _wait([_spawn(cmd, _clean_env())])
+           "--set", f"out_dir={out}", "--set", "train.lr=0.01", "--set", "train.dtype=bfloat16"]
+    log = _wait([_spawn(cmd, _clean_env())])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["lr"] == pytest.approx(0.01)
+    # a bf16 run's MFU is measured against a bf16 GEMM, and so stays below 1
+    assert "(bf16 GEMM timed on all ranks at once, averaged)" in log
+    assert all(0 < r["mfu"] < 1 for r in rows)
 
 
 # (layout, extra config, words every rank's error must contain)
