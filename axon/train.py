@@ -150,7 +150,8 @@ class Trainer:
         lr = learning_rate(self.config, step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
+        # Bucketed gradients are views of persistent buffers: zeroed in place; the rest set to None.
+        self.buckets.zero_grad()
         self.grid.trace.take()  # start the step with an empty record
         loss_sum = torch.zeros((), device=self.device)
         batches = shard_micro_batches(self.source, self.config, self.grid, step, self.device,

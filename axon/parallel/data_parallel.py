@@ -15,12 +15,17 @@ issues the same collectives. A bucket whose gradients come from ORS reduce-scatt
 one more readiness event before launching, so its newest reduce-scatter is not waited for
 the moment it was issued. With overlap off the same buckets are reduced after backward:
 the switch changes no number.
+
+Each bucket owns one persistent flat buffer, and each of its parameters' `.grad` is a view
+into it from construction on (as DDP's `gradient_as_bucket_view`): autograd and ORS
+accumulate into the views in place, the all-reduce runs in place on the buffer, and
+gradients are held once, never copied into a second flat tensor. `zero_grad` zeroes the
+buffers at the start of a step instead of dropping the gradients.
 """
 
 from __future__ import annotations
 
 import torch
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from axon.parallel.comm import all_reduce, all_reduce_start
 from axon.parallel.sharding import named_shardings
@@ -29,18 +34,43 @@ from axon.parallel.sharding import named_shardings
 class _Bucket:
     def __init__(self, params: list[torch.nn.Parameter], axis):
         self.params, self.axis = params, axis
+        first = params[0]
+        self.buffer = torch.zeros(sum(p.numel() for p in params), dtype=first.dtype, device=first.device)
+        self.views, offset = {}, 0
+        for param in params:
+            self.views[param] = self.buffer[offset:offset + param.numel()].view_as(param)
+            offset += param.numel()
         self.reset()
 
     def reset(self) -> None:
         self.missing = len(self.params)  # gradients of the last micro-batch not yet final
         self.ready_at = None  # readiness event at which the last one came in
-        self.flat = self.handle = None
+        self.handle = None
+
+    def zero_grad(self) -> None:
+        self.buffer.zero_()
+        for param, view in self.views.items():
+            param.grad = view
+
+    def adopt_gradients(self) -> None:
+        """Make every gradient its view again. Only a gradient someone dropped or replaced (a
+        set_to_none zero_grad) is copied in; None means unused this step: zeros."""
+        for param, view in self.views.items():
+            if param.grad is view:
+                continue
+            if param.grad is None:
+                view.zero_()
+            else:
+                view.copy_(param.grad)
+            param.grad = view
 
 
 def _split_by_size(params: list[torch.nn.Parameter], limit_bytes: float) -> list[list[torch.nn.Parameter]]:
+    """Consecutive runs of about `limit_bytes`; a bucket is one buffer, so one dtype and device."""
     buckets, current, size = [], [], 0
     for param in params:
-        if current and size + param.numel() * param.element_size() > limit_bytes:
+        kind_changes = current and (param.dtype, param.device) != (current[0].dtype, current[0].device)
+        if current and (kind_changes or size + param.numel() * param.element_size() > limit_bytes):
             buckets.append(current)
             current, size = [], 0
         current.append(param)
@@ -68,6 +98,7 @@ class GradientBuckets:
         self._ready: set[torch.nn.Parameter] = set()
         self._events = self._next_launch = 0
         self.launched = 0  # buckets launched during backward (rather than after it)
+        self.zero_grad()
         if overlap and self.buckets:
             # A gradient is final when autograd accumulates it, or, under ORS, when its
             # reduce-scatter is issued (autograd then receives no gradient for it).
@@ -94,32 +125,35 @@ class GradientBuckets:
     def _from_reduce_scatters(self, bucket: _Bucket) -> bool:
         return any(self.pending.has(param) for param in bucket.params)
 
+    def zero_grad(self) -> None:
+        """Start a step: bucketed gradients are zeroed in place and stay views of their buffers;
+        the others are dropped, as optimizer.zero_grad(set_to_none=True) does."""
+        for bucket in self.buckets:
+            bucket.zero_grad()
+        for param in self.params:
+            if param not in self.bucket_of:
+                param.grad = None
+
     def _launch(self, bucket: _Bucket) -> None:
         for param in bucket.params:
-            self.pending.complete(param)
-            if param.grad is None:  # unused this step: contributes zeros
-                param.grad = torch.zeros_like(param)
-        bucket.flat = _flatten_dense_tensors([param.grad for param in bucket.params])
+            self.pending.complete(param)  # adds the reduce-scattered shards into the view
+        bucket.adopt_gradients()
         if self.overlap:
-            bucket.handle = all_reduce_start(bucket.flat, bucket.axis)
+            bucket.handle = all_reduce_start(bucket.buffer, bucket.axis)
         else:
-            all_reduce(bucket.flat, bucket.axis)
+            all_reduce(bucket.buffer, bucket.axis)
         self._next_launch += 1
 
     def finish(self) -> None:
-        """Launch the buckets backward left, wait for all, and write the sums into the gradients.
-        Every gradient is whole afterwards: ORS reductions outside any bucket are completed, and
-        parameters the step gave no gradient get zeros."""
+        """Launch the buckets backward left, wait for all: the gradients, views of the buffers,
+        hold the sums. Every gradient is whole afterwards: ORS reductions outside any bucket are
+        completed, and parameters the step gave no gradient get zeros."""
         while self._next_launch < len(self.buckets):
             self._launch(self.buckets[self._next_launch])
         self.pending.finish()
         for bucket in self.buckets:
             if bucket.handle is not None:
                 bucket.handle.wait()
-            # The gradients become views of the reduced bucket: no copy back.
-            grads = [param.grad for param in bucket.params]
-            for param, summed in zip(bucket.params, _unflatten_dense_tensors(bucket.flat, grads)):
-                param.grad = summed
             bucket.reset()
         for param in self.params:
             if param.grad is None:
