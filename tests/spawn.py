@@ -28,11 +28,16 @@ def _entry(rank, world, port, result_dir, fn, args):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=COLLECTIVE_TIMEOUT)
+    failed = False
     try:
         result = fn(rank, world, *args)
     except Exception:
-        result = {"error": traceback.format_exc()}
+        result, failed = {"error": traceback.format_exc()}, True
     torch.save(result, Path(result_dir) / f"rank{rank}.pt")
+    if not failed:
+        # Every rank finishes before any tears down: gloo can abort a process whose peer has
+        # already closed its connections. A failed rank leaves at once, so its peers fail fast.
+        dist.barrier()
     dist.destroy_process_group()
 
 
