@@ -17,6 +17,8 @@ the summation order its kernel uses.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 LAYOUT_MODES = ("NN", "NT", "TN", "TT")
@@ -63,3 +65,27 @@ def extra_bytes(name: str, a: torch.Tensor, b: torch.Tensor) -> int:
     if layout_of(b) != name[1]:
         copied += b.numel() * b.element_size()
     return copied
+
+
+def mm_fp32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A @ B as fp32 for low-precision operands: the products summed in fp32 and never rounded
+    to the operands' dtype on the way out (a bf16 run's weight gradients stay fp32).
+
+    Where the device has an fp32-output GEMM for these operands (torch.mm's out_dtype, on
+    CUDA) it runs at low-precision speed; elsewhere the operands are widened first, which is
+    exact (a bf16 x bf16 product fits fp32) and costs one copy of each."""
+    if a.dtype == torch.float32:
+        return a @ b
+    if _has_fp32_output_mm(a.device.type, a.dtype):
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()
+
+
+@functools.lru_cache(maxsize=None)
+def _has_fp32_output_mm(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether torch.mm takes out_dtype=float32 for these operands here (probed once)."""
+    probe = torch.ones(2, 2, dtype=dtype, device=device_type)
+    try:
+        return torch.mm(probe, probe, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False

@@ -47,3 +47,25 @@ def test_bfloat16_on_every_kind_of_axis_matches_one_process():
     for layout, losses in zip(layouts, run_distributed(4, run_layouts, layouts)[0]):
         # bf16 rounds differently when sums are split differently: agreement to bf16 precision
         assert all(abs(a - b) / b < 1e-2 for a, b in zip(losses, reference)), (layout, losses, reference)
+
+
+def test_bf16_weight_gradients_leave_the_gemm_in_fp32():
+    """dW of a bf16 linear layer equals an fp32 computation from the same bf16 activations and
+    output gradients (the products summed in fp32, never rounded to bf16)."""
+    from axon.grid import Grid
+    from axon.parallel.linear import TensorParallelLinear
+    from perfmodel.layout import Layout
+
+    torch.manual_seed(0)
+    layer = TensorParallelLinear(Grid(Layout(), 0), 96, 80, "normal", 0.02)
+    torch.nn.init.normal_(layer.weight, std=0.02)
+    x = torch.randn(4, 33, 96).bfloat16().requires_grad_()
+    dy = torch.randn(4, 33, 80).bfloat16()
+    layer(x).backward(dy)
+    exact = (dy.double().reshape(-1, 80).t() @ x.detach().double().reshape(-1, 96)).reshape(-1)
+    fp32 = (dy.float().reshape(-1, 80).t() @ x.detach().float().reshape(-1, 96)).reshape(-1)
+    rounded = (dy.reshape(-1, 80).t() @ x.detach().reshape(-1, 96)).float().reshape(-1)
+    assert layer.weight.grad.dtype == torch.float32
+    assert torch.allclose(layer.weight.grad, fp32, rtol=1e-6, atol=1e-6)
+    error = lambda g: ((g.double() - exact).norm() / exact.norm()).item()  # noqa: E731
+    assert error(layer.weight.grad) < 1e-6 < 1e-3 < error(rounded)  # bf16 output rounding: ~2e-3

@@ -22,6 +22,7 @@ from torch import nn
 from axon.parallel.comm import all_reduce, all_reduce_start, padded_flat, reduce_scatter_start, scatter_block_grad
 from axon.parallel.prefetch import fetch_weight
 from axon.parallel.sharding import Sharding
+from kernels.gemm import mm_fp32_out
 
 ORIENTATIONS = {"normal": ("row", "col"), "transposed": ("col", "row")}  # (axis of out, axis of in)
 
@@ -75,11 +76,14 @@ class _TensorParallelLinearFn(torch.autograd.Function):
         if not layer.overlap_all_reduce:
             all_reduce(dx, layer.out_axis)
         dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
-        if layer.gemm_tuner is None:
+        if dy2.dtype != weight_shard.dtype:
+            # bf16 compute: dW leaves the GEMM in fp32 (the master dtype), never rounded to bf16,
+            # so the depth reduce-scatter and the data all-reduce sum fp32 gradients.
+            dw = mm_fp32_out(dy2.t(), x2)
+        elif layer.gemm_tuner is None:
             dw = dy2.t() @ x2
         else:
             dw = layer.gemm_tuner.matmul(dy2.t(), x2, "dW")
-        dw = dw.to(weight_shard.dtype)  # summed over depth in the master dtype
         if dx_handle is not None:
             dx_handle.wait()
         if layer.pending is not None and layer.depth_axis.group is not None:
