@@ -46,7 +46,9 @@ class TrainConfig:
     loss: str = "standard"  # "standard" cross-entropy or "goldfish" (the goldfish section says which tokens drop)
     stage_layers: tuple[int, ...] = ()  # blocks per pipeline stage; () = balanced by parameter count
     collective_timeout_s: float = 0.0  # a collective waiting this long for a peer fails the job; 0 = $AXON_COLLECTIVE_TIMEOUT_S or 600
-    gemm_tuning: bool = False  # time each GEMM shape's operand layouts on first use and keep the fastest (kernels/tune.py)
+    # time each GEMM shape's operand layouts on first use and keep the fastest (kernels/tune.py);
+    # "auto" = on for GPUs, off on CPUs (wins there were within noise, and noisy choices differ between runs)
+    gemm_tuning: bool | str = "auto"
     gemm_tuning_cache: str = ""  # JSON file of tuned choices, kept across restarts; "" = OUT_DIR/gemm_tuning.json
 
 
@@ -318,6 +320,8 @@ def _check_values(config: RunConfig) -> None:
                           f"got {t.weight_decay} and {t.grad_clip}")
     if t.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"train.dtype must be 'float32' or 'bfloat16', got {t.dtype!r}")
+    if t.gemm_tuning not in (True, False, "auto"):
+        raise ConfigError(f"train.gemm_tuning must be true, false or 'auto', got {t.gemm_tuning!r}")
     if t.log_every < 1:
         raise ConfigError(f"train.log_every must be at least 1, got {t.log_every}")
     if t.trace_steps < 0:

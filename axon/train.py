@@ -60,6 +60,14 @@ def learning_rate(config: RunConfig, step: int) -> float:
     return floor + 0.5 * (t.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
 
+def gemm_tuning_enabled(train, device: torch.device) -> bool:
+    """train.gemm_tuning as it applies on `device`: "auto" tunes on GPUs (CUDA and ROCm), where
+    kernels differ by operand layout, and not on CPUs, where measured wins were within noise."""
+    if train.gemm_tuning == "auto":
+        return device.type == "cuda"
+    return bool(train.gemm_tuning)
+
+
 def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -79,7 +87,7 @@ class Trainer:
             initialize_parameters(self.model, grid, config.train.seed)
         self.model.recompute_blocks = config.train.recompute == "block"
         self.pending, self.prefetcher = enable_overlap(self.model, config.overlap, grid.axis("depth"))
-        self.gemm_tuner = self._attach_gemm_tuner() if config.train.gemm_tuning else None
+        self.gemm_tuner = self._attach_gemm_tuner() if gemm_tuning_enabled(config.train, device) else None
         self.buckets = GradientBuckets(self.model, grid, config.overlap.bucket_mb, config.overlap.data_parallel,
                                        self.pending)
         self.optimizer = build_optimizer(self.model, config)

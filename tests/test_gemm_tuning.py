@@ -155,6 +155,22 @@ def test_train_gemm_tuning_attaches_one_tuner_and_keeps_its_cache(tmp_path):
     assert len(cached) == len(trainer.gemm_tuner.choices) > 0  # every timed shape is kept for a restart
 
 
+def test_gemm_tuning_auto_tunes_on_gpus_only():
+    from axon.config import ConfigError
+    from axon.train import gemm_tuning_enabled
+
+    def train(value):
+        return build_config({"model": MODEL, "train": {"gemm_tuning": value}}).train
+
+    assert build_config({"model": MODEL}).train.gemm_tuning == "auto"
+    assert gemm_tuning_enabled(train("auto"), torch.device("cuda", 0))  # ROCm devices are "cuda" too
+    assert not gemm_tuning_enabled(train("auto"), torch.device("cpu"))
+    assert gemm_tuning_enabled(train(True), torch.device("cpu"))
+    assert not gemm_tuning_enabled(train(False), torch.device("cuda", 0))
+    with pytest.raises(ConfigError, match=r"train.gemm_tuning must be true, false or 'auto', got 'yes'"):
+        train("yes")
+
+
 def run_cli(*args) -> list[dict]:
     command = [sys.executable, "-m", "kernels", "tune", *args, "--json", "--repeats", "3"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
