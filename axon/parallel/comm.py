@@ -13,6 +13,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
+# Flat all-gather and reduce-scatter into one tensor: torch 2.13 names them *_single; from
+# 2.0 they are all_gather_into_tensor and reduce_scatter_tensor (same arguments and semantics).
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
 def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
@@ -39,14 +45,14 @@ def all_gather_flat(shard: torch.Tensor, axis) -> torch.Tensor:
         return shard
     full = shard.new_empty(shard.numel() * axis.size)
     with axis.record("all_gather", _nbytes(full)):
-        dist.all_gather_single(full, shard.contiguous(), group=axis.group)
+        _all_gather_single(full, shard.contiguous(), group=axis.group)
     return full
 
 
 def all_gather_start(shard: torch.Tensor, axis):
     """Start an all-gather of a 1-D shard; returns (the full buffer, handle). Axis size > 1."""
     full, shard = shard.new_empty(shard.numel() * axis.size), shard.contiguous()
-    work = dist.all_gather_single(full, shard, group=axis.group, async_op=True)
+    work = _all_gather_single(full, shard, group=axis.group, async_op=True)
     return full, axis.started("all_gather", _nbytes(full), work, keep_alive=(full, shard))
 
 
@@ -56,14 +62,14 @@ def reduce_scatter_flat(full: torch.Tensor, axis) -> torch.Tensor:
         return full
     shard = full.new_empty(full.numel() // axis.size)
     with axis.record("reduce_scatter", _nbytes(full)):
-        dist.reduce_scatter_single(shard, full.contiguous(), group=axis.group)
+        _reduce_scatter_single(shard, full.contiguous(), group=axis.group)
     return shard
 
 
 def reduce_scatter_start(full: torch.Tensor, axis):
     """Start a reduce-scatter of a 1-D tensor; returns (this rank's shard buffer, handle)."""
     shard, full = full.new_empty(full.numel() // axis.size), full.contiguous()
-    work = dist.reduce_scatter_single(shard, full, group=axis.group, async_op=True)
+    work = _reduce_scatter_single(shard, full, group=axis.group, async_op=True)
     return shard, axis.started("reduce_scatter", _nbytes(full), work, keep_alive=(full, shard))
 
 

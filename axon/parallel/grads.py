@@ -11,6 +11,13 @@ from axon.parallel.comm import all_reduce
 from axon.parallel.sharding import named_shardings
 
 
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all `tensors` together (torch.nn.utils.get_total_norm from torch 2.6)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
 def clip_grad_norm(model, grid, max_norm: float, stop_votes: float = 0.0) -> tuple[float, float]:
     """Scale gradients so their global L2 norm is at most max_norm; return the norm before,
     and `stop_votes` summed over pipe, depth, row and col.
@@ -30,7 +37,7 @@ def clip_grad_norm(model, grid, max_norm: float, stop_votes: float = 0.0) -> tup
     device = next(model.parameters()).device
     # The local norm in the gradients' own dtype (no fp64 copy of every gradient), summed
     # over ranks in fp64.
-    square = (torch.nn.utils.get_total_norm(counted).double().square() if counted
+    square = (_total_norm(counted).double().square() if counted
               else torch.zeros((), dtype=torch.float64, device=device))
     sums = torch.stack([square, square.new_tensor(stop_votes)])
     for axis in ("pipe", "depth", "row", "col"):

@@ -44,7 +44,7 @@ def create_groups(groups: list[list[int]], rank: int, desc: str) -> dist.Process
     """Create every group in `groups` (a partition of the world's ranks) on every rank;
     return the one that holds `rank`. Every rank must call this with the same `groups`."""
     timeout = world_timeout()
-    if splits_world():
+    if splits_world() and hasattr(dist, "split_group"):  # split_group: torch 2.5 and newer
         return dist.split_group(split_ranks=groups, timeout=timeout, group_desc=desc)
     mine = None
     for ranks in groups:
