@@ -35,7 +35,8 @@ def training_setup(config: RunConfig) -> TrainingSetup:
     return TrainingSetup(global_batch=t.global_batch, seq_len=config.model.seq_len, micro_batch=t.micro_batch,
                          dtype=t.dtype, recompute=t.recompute,
                          overlap=tuple(name for name in OVERLAPS if getattr(o, name)),
-                         prefetch_distance=o.prefetch_distance, bucket_mb=o.bucket_mb)
+                         prefetch_distance=o.prefetch_distance, bucket_mb=o.bucket_mb,
+                         grad_reduce_dtype=t.grad_reduce_dtype)
 
 
 def profile_before_start(config: RunConfig):

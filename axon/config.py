@@ -32,6 +32,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     seed: int = 1234
     dtype: str = "float32"  # compute dtype; "bfloat16" keeps fp32 master weights and optimizer state
+    # dtype gradients travel in for the data all-reduces and depth reduce-scatters; "bfloat16" halves
+    # those bytes (sums still land in fp32 gradients)
+    grad_reduce_dtype: str = "float32"
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     log_every: int = 1  # progress line every N steps (metrics.jsonl gets every step)
     peak_tflops: float = 0.0  # per-rank peak for MFU; 0 = measure a large GEMM at start-up
@@ -320,6 +323,8 @@ def _check_values(config: RunConfig) -> None:
                           f"got {t.weight_decay} and {t.grad_clip}")
     if t.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"train.dtype must be 'float32' or 'bfloat16', got {t.dtype!r}")
+    if t.grad_reduce_dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"train.grad_reduce_dtype must be 'float32' or 'bfloat16', got {t.grad_reduce_dtype!r}")
     if t.gemm_tuning not in (True, False, "auto"):
         raise ConfigError(f"train.gemm_tuning must be true, false or 'auto', got {t.gemm_tuning!r}")
     if t.log_every < 1:

@@ -89,7 +89,7 @@ class Trainer:
         self.pending, self.prefetcher = enable_overlap(self.model, config.overlap, grid.axis("depth"))
         self.gemm_tuner = self._attach_gemm_tuner() if gemm_tuning_enabled(config.train, device) else None
         self.buckets = GradientBuckets(self.model, grid, config.overlap.bucket_mb, config.overlap.data_parallel,
-                                       self.pending)
+                                       self.pending, config.train.grad_reduce_dtype)
         self.optimizer = build_optimizer(self.model, config)
         self.source = source if source is not None else token_source(config)
         self.pipeline = PipelineStep(self.model, grid, self.model.compute_dtype) if grid.size("pipe") > 1 else None

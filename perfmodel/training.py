@@ -17,6 +17,7 @@ class TrainingSetup:
     overlap: tuple[str, ...] = OVERLAPS  # which overlaps are on
     prefetch_distance: int = 2
     bucket_mb: float = 25.0
+    grad_reduce_dtype: str = "float32"  # dtype of the data all-reduces and depth reduce-scatters of gradients
 
     def __post_init__(self):
         if self.global_batch < 1 or self.seq_len < 1 or self.micro_batch < 0:
@@ -24,6 +25,8 @@ class TrainingSetup:
                              f"positive and the micro-batch ({self.micro_batch}) >= 0")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.grad_reduce_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"grad_reduce_dtype must be float32 or bfloat16, got {self.grad_reduce_dtype!r}")
         if self.recompute not in ("none", "block"):
             raise ValueError(f"recompute must be none or block, got {self.recompute!r}")
         unknown = set(self.overlap) - set(OVERLAPS)

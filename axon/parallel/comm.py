@@ -4,6 +4,9 @@ Step collectives take an `Axis` (axon.parallel.trace): its group, or None when t
 has size 1 and the collective is skipped (a 1-process run communicates nothing), and the
 trace each collective is recorded in. World-wide helpers at the bottom serve start-up
 and checkpoints.
+
+Gradient reductions take a `wire_dtype` (train.grad_reduce_dtype): bf16 sends a bf16 copy,
+half the bytes, and the sum comes back into the fp32 gradient; None sends the tensor itself.
 """
 
 from __future__ import annotations
@@ -23,20 +26,47 @@ def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def all_reduce(tensor: torch.Tensor, axis, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    """In-place all-reduce over `axis`; returns the tensor."""
+def _on_wire(tensor: torch.Tensor, axis, wire_dtype) -> torch.Tensor:
+    """What a reduction sends: a `wire_dtype` copy when the axis communicates and the dtypes
+    differ, else the tensor itself (a skipped collective never rounds)."""
+    if wire_dtype is None or wire_dtype == tensor.dtype or axis.group is None:
+        return tensor
+    return tensor.to(wire_dtype)
+
+
+class WidenOnWait:
+    """An asynchronous reduction of a narrow wire copy: waiting also copies the result into the
+    caller's full-precision tensor. The traced handle keeps the copy alive until its wait."""
+
+    def __init__(self, handle, wire: torch.Tensor, target: torch.Tensor):
+        self.handle, self.wire, self.target = handle, wire, target
+
+    def wait(self) -> None:
+        self.handle.wait()
+        self.target.copy_(self.wire)  # on CUDA: after the compute stream has waited for the collective
+        self.wire = None
+
+
+def all_reduce(tensor: torch.Tensor, axis, op=dist.ReduceOp.SUM, wire_dtype=None) -> torch.Tensor:
+    """In-place all-reduce over `axis` (sent as `wire_dtype`, if given); returns the tensor."""
     if axis.group is not None:
-        with axis.record("all_reduce", _nbytes(tensor)):
-            dist.all_reduce(tensor, op=op, group=axis.group)
+        wire = _on_wire(tensor, axis, wire_dtype)
+        with axis.record("all_reduce", _nbytes(wire)):
+            dist.all_reduce(wire, op=op, group=axis.group)
+        if wire is not tensor:
+            tensor.copy_(wire)
     return tensor
 
 
-def all_reduce_start(tensor: torch.Tensor, axis):
-    """Start an in-place all-reduce; returns its handle (None when the axis has size 1)."""
+def all_reduce_start(tensor: torch.Tensor, axis, wire_dtype=None):
+    """Start an in-place all-reduce (sent as `wire_dtype`, if given); returns its handle (None
+    when the axis has size 1). The tensor holds the sum once the handle is waited for."""
     if axis.group is None:
         return None
-    work = dist.all_reduce(tensor, group=axis.group, async_op=True)
-    return axis.started("all_reduce", _nbytes(tensor), work, keep_alive=(tensor,))
+    wire = _on_wire(tensor, axis, wire_dtype)
+    work = dist.all_reduce(wire, group=axis.group, async_op=True)
+    handle = axis.started("all_reduce", _nbytes(wire), work, keep_alive=(wire,))
+    return handle if wire is tensor else WidenOnWait(handle, wire, tensor)
 
 
 def all_gather_flat(shard: torch.Tensor, axis) -> torch.Tensor:
@@ -130,9 +160,22 @@ def padded_flat(dblock: torch.Tensor, shard_numel: int, axis) -> torch.Tensor:
     return F.pad(flat, (0, pad)) if pad else flat
 
 
-def scatter_block_grad(dblock: torch.Tensor, shard_numel: int, axis) -> torch.Tensor:
-    """Reduce-scatter a block's gradient over depth into this rank's (padded) shard."""
-    return reduce_scatter_flat(padded_flat(dblock, shard_numel, axis), axis)
+def scatter_block_grad(dblock: torch.Tensor, shard_numel: int, axis, wire_dtype=None) -> torch.Tensor:
+    """Reduce-scatter a block's gradient over depth into this rank's (padded) shard, sent as
+    `wire_dtype` if given (cast before padding: one narrow copy); the shard has dblock's dtype."""
+    wire = padded_flat(_on_wire(dblock, axis, wire_dtype), shard_numel, axis)
+    return reduce_scatter_flat(wire, axis).to(dblock.dtype)
+
+
+def scatter_block_grad_start(dblock: torch.Tensor, shard_numel: int, axis, wire_dtype=None):
+    """scatter_block_grad, asynchronous (axis size > 1): (this rank's shard in dblock's dtype,
+    filled once the handle is waited for; the handle)."""
+    wire = padded_flat(_on_wire(dblock, axis, wire_dtype), shard_numel, axis)
+    shard, handle = reduce_scatter_start(wire, axis)
+    if shard.dtype == dblock.dtype:
+        return shard, handle
+    widened = torch.empty_like(shard, dtype=dblock.dtype)
+    return widened, WidenOnWait(handle, shard, widened)
 
 
 # World-wide helpers: start-up measurements and checkpoint bookkeeping, not the step.

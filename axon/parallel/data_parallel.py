@@ -21,6 +21,10 @@ into it from construction on (as DDP's `gradient_as_bucket_view`): autograd and 
 accumulate into the views in place, the all-reduce runs in place on the buffer, and
 gradients are held once, never copied into a second flat tensor. `zero_grad` zeroes the
 buffers at the start of a step instead of dropping the gradients.
+
+train.grad_reduce_dtype: bfloat16 sends every gradient reduction (these all-reduces and the
+depth reduce-scatters in backward) as a bf16 copy, half the bytes; the sums land in the fp32
+buffers. float32, the default, reduces the buffers themselves.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import torch
 
 from axon.parallel.comm import all_reduce, all_reduce_start
+from axon.parallel.overlap import depth_sharded_modules
 from axon.parallel.sharding import named_shardings
 
 
@@ -81,7 +86,7 @@ def _split_by_size(params: list[torch.nn.Parameter], limit_bytes: float) -> list
 class GradientBuckets:
     """Sums one model's gradients over data (and replicated ones over depth too)."""
 
-    def __init__(self, model, grid, bucket_mb: float, overlap: bool, pending):
+    def __init__(self, model, grid, bucket_mb: float, overlap: bool, pending, reduce_dtype: str = "float32"):
         sharded, replicated = [], []
         for _, param, sharding in reversed(list(named_shardings(model))):  # roughly backward order
             (sharded if sharding.depth_sharded else replicated).append(param)
@@ -94,6 +99,10 @@ class GradientBuckets:
             self.buckets.append(_Bucket(replicated, joint))
         self.bucket_of = {param: bucket for bucket in self.buckets for param in bucket.params}
         self.overlap, self.pending = overlap, pending
+        # The wire dtype of every gradient reduction; None (fp32) reduces the gradients themselves.
+        self.wire_dtype = None if reduce_dtype == "float32" else getattr(torch, reduce_dtype)
+        for module in depth_sharded_modules(model):
+            module.grad_reduce_dtype = self.wire_dtype
         self.final_micro_batch = False  # set by the trainer around the step's last backward
         self._ready: set[torch.nn.Parameter] = set()
         self._events = self._next_launch = 0
@@ -139,9 +148,9 @@ class GradientBuckets:
             self.pending.complete(param)  # adds the reduce-scattered shards into the view
         bucket.adopt_gradients()
         if self.overlap:
-            bucket.handle = all_reduce_start(bucket.buffer, bucket.axis)
+            bucket.handle = all_reduce_start(bucket.buffer, bucket.axis, wire_dtype=self.wire_dtype)
         else:
-            all_reduce(bucket.buffer, bucket.axis)
+            all_reduce(bucket.buffer, bucket.axis, wire_dtype=self.wire_dtype)
         self._next_launch += 1
 
     def finish(self) -> None:

@@ -27,6 +27,7 @@ class VocabParallelEmbedding(nn.Module):
         self.row_axis, self.depth_axis = grid.axis("row"), grid.axis("depth")
         self.weight = nn.Parameter(torch.empty(self.sharding.shard_numel(grid)))
         self.prefetcher = None  # WeightPrefetcher: OAG's depth all-gathers issued ahead
+        self.grad_reduce_dtype = None  # the gradient's depth reduce-scatter wire dtype; None = fp32
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         table = _GatheredTable.apply(self.weight, self)
@@ -49,4 +50,5 @@ class _GatheredTable(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dtable):
-        return scatter_block_grad(dtable, ctx.module.weight.numel(), ctx.module.depth_axis), None
+        module = ctx.module
+        return scatter_block_grad(dtable, module.weight.numel(), module.depth_axis, module.grad_reduce_dtype), None

@@ -6,7 +6,8 @@ is the next one's input layout, so consecutive layers need no re-layout.
 
 Forward:  all-gather W over depth -> local GEMM -> all-reduce Y over the axis splitting `in`.
 Backward: all-gather W over depth again (it is not kept) -> dX = dY W, all-reduced over the
-          axis splitting `out`; dW = dY^T X, reduce-scattered over depth.
+          axis splitting `out`; dW = dY^T X, reduce-scattered over depth (in bf16 on the wire
+          with train.grad_reduce_dtype: bfloat16, summed back into the fp32 gradient).
 
 The three local GEMMs run in fixed modes (forward x @ W^T "NT", dX "NN", dW "TN") unless a
 kernels.GemmTuner is attached as `layer.gemm_tuner`; then each runs the mode the tuner timed
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from axon.parallel.comm import all_reduce, all_reduce_start, padded_flat, reduce_scatter_start, scatter_block_grad
+from axon.parallel.comm import all_reduce, all_reduce_start, scatter_block_grad, scatter_block_grad_start
 from axon.parallel.prefetch import fetch_weight
 from axon.parallel.sharding import Sharding
 from kernels.gemm import mm_fp32_out
@@ -42,6 +43,7 @@ class TensorParallelLinear(nn.Module):
         self.pending = None  # PendingReductions: where ORS leaves its reduce-scatters
         self.prefetcher = None  # WeightPrefetcher: OAG's depth all-gathers issued ahead
         self.gemm_tuner = None  # kernels.GemmTuner, set from outside; None = the fixed modes
+        self.grad_reduce_dtype = None  # dW's depth reduce-scatter wire dtype (GradientBuckets sets bf16); None = fp32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _TensorParallelLinearFn.apply(x, self.weight, self)
@@ -89,11 +91,11 @@ class _TensorParallelLinearFn(torch.autograd.Function):
         if layer.pending is not None and layer.depth_axis.group is not None:
             # ORS: the reduce-scatter runs on through the rest of backward; PendingReductions
             # adds it to the gradient before anything reads it.
-            shard, handle = reduce_scatter_start(padded_flat(dw, weight_shard.numel(), layer.depth_axis),
-                                                 layer.depth_axis)
+            shard, handle = scatter_block_grad_start(dw, weight_shard.numel(), layer.depth_axis,
+                                                     layer.grad_reduce_dtype)
             layer.pending.add(layer.weight, handle, shard)
             return dx, None, None
-        return dx, scatter_block_grad(dw, weight_shard.numel(), layer.depth_axis), None
+        return dx, scatter_block_grad(dw, weight_shard.numel(), layer.depth_axis, layer.grad_reduce_dtype), None
 
 
 def _tuned(tuner, x: torch.Tensor, matrix: torch.Tensor, label: str) -> torch.Tensor:
