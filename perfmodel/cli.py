@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from perfmodel.collectives import group_placement
+from perfmodel.collectives import PRICED_GROUPS, group_placement
 from perfmodel.layout import AXES, DEFAULT_ORDER, Layout, sizes_text
 from perfmodel.machine import ProfileError, load_machine
 from perfmodel.models import PRESETS, ModelShape
@@ -134,10 +134,10 @@ def print_explain(prediction, shape_name, machine, setup) -> None:
     for name, gib in p.memory.items():
         print(f"    {name:<22} {gib:>10.3f} GiB")
     print("  links:")
-    for axes in [(a,) for a in AXES] + [("data", "depth")]:
+    for axes in PRICED_GROUPS:
         place = group_placement(lay, axes, machine)
         if place.size > 1:
-            where = "inside a node" if place.intra else "across nodes"
+            where = "inside a node" if place.intra else f"across nodes, {place.nic_streams} streams share the busiest node's NICs"
             print(f"    {'+'.join(axes):<12} {place.size:>5} ranks, {where}, {place.bandwidth_gbs:.1f} GB/s per rank, "
                   f"{place.latency_us:.1f} us")
 

@@ -8,13 +8,22 @@ Where a profile holds a measured fit for the op, placement and group size, the f
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
 
 from perfmodel.layout import Layout
 from perfmodel.machine import Machine
 
 # Per op: how many ring passes (all-reduce = reduce-scatter then all-gather).
 RING_PASSES = {"all_reduce": 2, "all_gather": 1, "reduce_scatter": 1, "send": 0}
+
+
+# The groups a step's collectives run over (perfmodel.workload): each axis, and data x depth
+# for the loss and the norm gains. A rank order changes a prediction only through these.
+PRICED_GROUPS = (("data",), ("pipe",), ("depth",), ("row",), ("col",), ("data", "depth"))
 
 
 @dataclass(frozen=True)
@@ -25,14 +34,15 @@ class Placement:
     intra: bool  # every group lies inside one node
     bandwidth_gbs: float  # per-rank one-way bandwidth each ring step gets
     latency_us: float
+    nic_streams: int = 0  # ring streams leaving the busiest node at once (0: no group leaves its node)
 
 
 def group_placement(layout: Layout, axes: tuple[str, ...], machine: Machine) -> Placement:
-    """Placement of the groups spanning `axes` (ranks that differ only there).
+    """Placement of the groups spanning `axes` (ranks that differ only there), all of them.
 
-    A group that spans k nodes with p/k members on each: every node it touches hosts
-    devices_per_node / (p/k) such groups at once, and each sends one ring stream out of
-    the node, so the node's NICs are shared by that many streams.
+    Every group runs the collective at once. A group over k > 1 nodes sends one ring stream
+    out of each node it touches, so a node's NICs are shared by the streams of every such
+    group touching it; the busiest node sets the pace of the slowest group, hence of the step.
     """
     size = 1
     for axis in axes:
@@ -40,17 +50,38 @@ def group_placement(layout: Layout, axes: tuple[str, ...], machine: Machine) -> 
     if size == 1:
         return Placement(1, True, float("inf"), 0.0)
     strides = layout.strides()
-    offsets = [0]
-    for axis in axes:
-        offsets = [o + i * strides[axis] for o in offsets for i in range(getattr(layout, axis))]
-    per_node = machine.devices_per_node
-    nodes = {rank // per_node for rank in offsets}  # rank 0's group; the others are alike
-    if len(nodes) == 1:
+    members = tuple(sorted((getattr(layout, a), strides[a]) for a in axes if getattr(layout, a) > 1))
+    streams = busiest_node_streams(members, layout.world_size, machine.devices_per_node)
+    if streams == 0:
         return Placement(size, True, machine.intra_node.bandwidth_gbs, machine.intra_node.latency_us)
-    members_per_node = max(1, size // len(nodes))
-    streams_out = max(1, per_node // members_per_node)
-    nic_share = machine.nics_per_node * machine.inter_node.bandwidth_gbs / streams_out
-    return Placement(size, False, min(machine.intra_node.bandwidth_gbs, nic_share), machine.inter_node.latency_us)
+    nic_share = machine.nics_per_node * machine.inter_node.bandwidth_gbs / streams
+    return Placement(size, False, min(machine.intra_node.bandwidth_gbs, nic_share), machine.inter_node.latency_us,
+                     streams)
+
+
+@lru_cache(maxsize=1 << 16)  # a plan asks for the same few geometries for thousands of layouts
+def busiest_node_streams(members: tuple[tuple[int, int], ...], world: int, per_node: int) -> int:
+    """Most groups leaving one node that touch it, over all nodes (0 if every group is inside one).
+
+    `members`: (size, stride) of each axis of the group. Groups live inside blocks of
+    `span` = the outermost axis's size x stride ranks, nodes are `per_node` ranks, so the
+    pattern repeats every lcm(span, per_node) ranks: only that window is counted (any
+    leftover tail of the world is a prefix of it, so it has no busier node).
+    """
+    span = max(size * stride for size, stride in members)
+    window = min(math.lcm(span, per_node), world)
+    ranks = np.arange(window)
+    group = ranks.copy()  # each rank's group, named by its first rank
+    for size, stride in members:
+        group -= (ranks // stride) % size * stride
+    node = ranks // per_node
+    nodes = -(-window // per_node)
+    pairs = np.unique(group * nodes + node)  # each (group, node) a group touches, once
+    pair_group, pair_node = pairs // nodes, pairs % nodes
+    spread = np.bincount(pair_group, minlength=window)[pair_group] > 1
+    if not spread.any():
+        return 0
+    return int(np.bincount(pair_node[spread]).max())
 
 
 def collective_time(op: str, nbytes: float, placement: Placement, machine: Machine, blocking: bool = False) -> float:
