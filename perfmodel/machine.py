@@ -51,6 +51,16 @@ class Machine:
     # Fraction of peak a GEMM reaches, by its FLOPs: (flops, efficiency) points, interpolated
     # in log(flops) and held flat outside.
     gemm_efficiency: tuple[tuple[float, float], ...]
+    # The same by FLOPs and the GEMM's smallest dimension (a skinny GEMM is slower than a square
+    # one of the same FLOPs): smallest dimension -> (flops, efficiency) points. Empty: the curve above.
+    gemm_efficiency_by_min_dim: dict[int, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    # Causal SDPA (flash) attention, phase -> (flops, efficiency) points with flops counted as
+    # 4 b s^2 d heads (no causal discount, as perfmodel.flops). Empty: priced like a GEMM.
+    attention_efficiency: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    # Memory-bound work, kind (norm, rope, swiglu, residual, loss, optimizer) -> (bytes, efficiency)
+    # points: the fraction of memory_bandwidth_gbs reached on the bytes perfmodel.workload counts.
+    # A kind not listed moves at the full memory bandwidth.
+    memory_efficiency: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     overlap_efficiency: float = 0.9  # share of overlappable communication compute really hides
     op_overhead_us: float = 5.0  # fixed cost of one kernel launch / framework op
     usable_memory_fraction: float = 0.9  # the rest goes to the runtime, allocator slack, buffers
@@ -107,13 +117,28 @@ def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
     peaks = get("peak_tflops")
     if not isinstance(peaks, dict) or not peaks:
         raise ProfileError(f"{where}: peak_tflops must map dtype names to TFLOP/s")
-    curve = get("gemm_efficiency")
-    if not isinstance(curve, list) or not curve or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in curve):
-        raise ProfileError(f"{where}: gemm_efficiency must be a list of [flops, efficiency] pairs")
-    points = tuple(sorted((number("gemm_efficiency flops", f), number("gemm_efficiency efficiency", e))
-                          for f, e in curve))
-    if any(e > 1.0 for _, e in points):
-        raise ProfileError(f"{where}: gemm_efficiency values are fractions of peak and must be <= 1")
+    def curve(key: str, value, most: float = 1.0) -> tuple[tuple[float, float], ...]:
+        if not isinstance(value, list) or not value or not all(isinstance(p, (list, tuple)) and len(p) == 2
+                                                               for p in value):
+            raise ProfileError(f"{where}: {key} must be a list of [size, efficiency] pairs")
+        points = tuple(sorted((number(f"{key} size", f), number(f"{key} efficiency", e)) for f, e in value))
+        if any(e > most for _, e in points):
+            raise ProfileError(f"{where}: {key} values are fractions of peak and must be <= {most:g}")
+        return points
+
+    def curves(key: str, keys_are_sizes: bool, most: float = 1.0) -> dict:
+        value = raw.get(key) or {}
+        if not isinstance(value, dict):
+            raise ProfileError(f"{where}: {key} must map names to lists of [size, efficiency] pairs")
+        if keys_are_sizes and not all(isinstance(k, int) and k > 0 for k in value):
+            raise ProfileError(f"{where}: {key} must be keyed by positive integer dimensions")
+        return {k: curve(f"{key}.{k}", v, most) for k, v in sorted(value.items())}
+
+    points = curve("gemm_efficiency", get("gemm_efficiency"))
+    # Causal attention does half the FLOPs it is credited with (no causal discount), so up to 2.
+    attention = curves("attention_efficiency", False, most=2.0)
+    if set(attention) - {"forward", "backward"}:
+        raise ProfileError(f"{where}: attention_efficiency keys are forward and backward, got {', '.join(attention)}")
     fits: dict[str, dict[str, dict[int, CollectiveFit]]] = {}
     for op, by_place in (raw.get("collectives") or {}).items():
         if op not in COLLECTIVE_OPS:
@@ -149,6 +174,9 @@ def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
         inter_node=link("inter_node"),
         nics_per_node=int(number("nics_per_node", get("nics_per_node"))),
         gemm_efficiency=points,
+        gemm_efficiency_by_min_dim=curves("gemm_efficiency_by_min_dim", True),
+        attention_efficiency=attention,
+        memory_efficiency=curves("memory_efficiency", False),
         overlap_efficiency=overlap,
         op_overhead_us=number("op_overhead_us", raw.get("op_overhead_us", 5.0), positive=False),
         usable_memory_fraction=number("usable_memory_fraction", raw.get("usable_memory_fraction", 0.9)),
@@ -171,6 +199,10 @@ def machine_to_dict(machine: Machine) -> dict:
         "inter_node": {"bandwidth_gbs": machine.inter_node.bandwidth_gbs, "latency_us": machine.inter_node.latency_us},
         "nics_per_node": machine.nics_per_node,
         "gemm_efficiency": [[f, e] for f, e in machine.gemm_efficiency],
+        **{key: {name: [[f, e] for f, e in points] for name, points in value.items()}
+           for key, value in (("gemm_efficiency_by_min_dim", machine.gemm_efficiency_by_min_dim),
+                              ("attention_efficiency", machine.attention_efficiency),
+                              ("memory_efficiency", machine.memory_efficiency)) if value},
         "overlap_efficiency": machine.overlap_efficiency,
         "op_overhead_us": machine.op_overhead_us,
         "usable_memory_fraction": machine.usable_memory_fraction,

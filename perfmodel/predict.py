@@ -1,7 +1,9 @@
 """Predict one training step: time by component, throughput, memory, and whether it fits.
 
-Per micro-batch and pipeline stage: GEMMs at the machine's size-dependent efficiency,
-elementwise traffic at memory bandwidth, kernel-launch overhead, and every collective of
+Per micro-batch and pipeline stage: each GEMM at the efficiency the machine reaches for its
+FLOPs and smallest dimension, attention at SDPA's own measured efficiency, norms, RoPE,
+SwiGLU, residual adds, the loss and the optimizer by the bytes they move at memory bandwidth
+times each kind's measured efficiency, kernel-launch overhead, and every collective of
 `workload` by `collectives`. Overlap then hides what it can:
 * OAR: each backward dX all-reduce behind its layer's dW GEMM;
 * OAG: depth gathers behind the compute of the same phase (the first one stays exposed);
@@ -15,6 +17,7 @@ even stages give the textbook bubble of (p - 1) / m of the busy time.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -27,11 +30,11 @@ from perfmodel.models import ModelShape
 from perfmodel.pipeline import step_seconds
 from perfmodel.stages import balanced_counts
 from perfmodel.training import TrainingSetup
-from perfmodel.workload import micro_batch_work, stage_parameters, step_collectives
+from perfmodel.workload import (OPTIMIZER_BYTES_PER_PARAM, Gemm, micro_batch_work, stage_parameters,
+                                step_collectives)
 
 COMPONENTS = ("gemm", "attention", "elementwise", "optimizer", "tensor_comm", "depth_gather",
               "depth_reduce_scatter", "data_comm", "pipeline_p2p", "pipeline_bubble", "step_sync")
-ADAMW_BYTES_PER_PARAM = 40  # read p, g, m, v; write p, m, v; zero and clip g (fp32)
 
 
 @dataclass
@@ -70,26 +73,72 @@ class Prediction:
         }
 
 
+@functools.lru_cache(maxsize=256)
+def _logs(points: tuple) -> tuple[list[float], list[float]]:
+    return [math.log(size) for size, _ in points], [e for _, e in points]
+
+
+def interpolate(points: tuple, x: float) -> float:
+    """The efficiency at size `x` on a curve of (size, efficiency) points: linear in log(size),
+    held flat outside the measured range."""
+    logs, effs = _logs(points)
+    lx = math.log(max(x, 1.0))
+    i = bisect.bisect_left(logs, lx)
+    if i == 0:
+        return effs[0]
+    if i == len(logs):
+        return effs[-1]
+    t = (lx - logs[i - 1]) / (logs[i] - logs[i - 1])
+    return effs[i - 1] + t * (effs[i] - effs[i - 1])
+
+
 class GemmClock:
-    """Seconds for a GEMM of a given FLOP count on one device (efficiency curve in log flops)."""
+    """Seconds for a GEMM on one device, by its shape: the efficiency curve of its smallest
+    dimension (interpolated in log(dimension) between the two measured ones around it), else
+    the profile's FLOPs-only curve. Attention products use the measured SDPA curves."""
 
     def __init__(self, machine: Machine, dtype: str):
         self.peak = machine.peak_flops(dtype)
-        self.logs = [math.log(f) for f, _ in machine.gemm_efficiency]
-        self.effs = [e for _, e in machine.gemm_efficiency]
+        self.curve = machine.gemm_efficiency
+        self.dims = sorted(machine.gemm_efficiency_by_min_dim)
+        self.by_dim = machine.gemm_efficiency_by_min_dim
+        self.attention = machine.attention_efficiency
 
-    def efficiency(self, flops: float) -> float:
-        x = math.log(max(flops, 1.0))
-        i = bisect.bisect_left(self.logs, x)
-        if i == 0:
-            return self.effs[0]
-        if i == len(self.logs):
-            return self.effs[-1]
-        t = (x - self.logs[i - 1]) / (self.logs[i] - self.logs[i - 1])
-        return self.effs[i - 1] + t * (self.effs[i] - self.effs[i - 1])
+    def efficiency(self, flops: float, min_dim: int | None = None) -> float:
+        if not self.dims or min_dim is None:
+            return interpolate(self.curve, flops)
+        i = bisect.bisect_left(self.dims, min_dim)
+        if i < len(self.dims) and self.dims[i] == min_dim or i == 0 or i == len(self.dims):
+            return interpolate(self.by_dim[self.dims[min(i, len(self.dims) - 1)]], flops)
+        low, high = self.dims[i - 1], self.dims[i]
+        t = math.log(min_dim / low) / math.log(high / low)
+        return (1 - t) * interpolate(self.by_dim[low], flops) + t * interpolate(self.by_dim[high], flops)
 
-    def seconds(self, flops: float) -> float:
-        return flops / (self.peak * self.efficiency(flops)) if flops > 0 else 0.0
+    def gemm_seconds(self, gemm: Gemm) -> float:
+        """Seconds for all `count` of them."""
+        flops = gemm.flops
+        if flops <= 0:
+            return 0.0
+        if gemm.kind == "attention":
+            # Keyed by one SDPA call's FLOPs; a profile without SDPA curves prices the call as one
+            # GEMM of those FLOPs.
+            curve = self.attention.get(gemm.phase)
+            eff = interpolate(curve, flops) if curve else self.efficiency(flops)
+        else:
+            eff = self.efficiency(flops, min(gemm.m, gemm.n, gemm.k))
+        return flops * gemm.count / (self.peak * eff)
+
+    def seconds(self, flops: float, min_dim: int | None = None) -> float:
+        return flops / (self.peak * self.efficiency(flops, min_dim)) if flops > 0 else 0.0
+
+
+def memory_seconds(machine: Machine, kind: str, nbytes: float) -> float:
+    """Seconds to move `nbytes` of `kind` work at memory bandwidth times its measured efficiency."""
+    if nbytes <= 0:
+        return 0.0
+    curve = machine.memory_efficiency.get(kind)
+    eff = interpolate(curve, nbytes) if curve else 1.0
+    return nbytes / (machine.memory_bandwidth_gbs * 1e9 * eff)
 
 
 class CommClock:
@@ -118,21 +167,24 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers
     """Seconds by component for one micro-batch on one stage, after overlap, and the
     forward's share of its compute."""
     work = micro_batch_work(shape, layout, micro, setup.seq_len, setup.dtype, setup.recompute == "block",
-                            stage_layers, first, last)
+                            stage_layers, first, last, getattr(setup, "grad_reduce_dtype", "float32"))
     eff = machine.overlap_efficiency
     on = set(setup.overlap)
     out = dict.fromkeys(COMPONENTS, 0.0)
     compute = {"forward": 0.0, "backward": 0.0}
     dw_times = []
     for g in work.gemms:
-        t = clock.seconds(g.flops) * g.count
+        t = clock.gemm_seconds(g)
         out["attention" if g.kind == "attention" else "gemm"] += t
         compute[g.phase] += t
         if g.kind == "dw":
             dw_times.append(t)
+    for memory_pass in work.memory:
+        t = memory_seconds(machine, memory_pass.kind, memory_pass.nbytes) * memory_pass.count
+        out["elementwise"] += t
+        compute[memory_pass.phase] += t
     for phase in ("forward", "backward"):
-        t = work.elementwise_bytes[phase] / (machine.memory_bandwidth_gbs * 1e9) \
-            + work.ops[phase] * machine.op_overhead_us * 1e-6
+        t = work.ops[phase] * machine.op_overhead_us * 1e-6
         out["elementwise"] += t
         compute[phase] += t
 
@@ -191,7 +243,8 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     priced = {}
     for stage in dict.fromkeys(stages):
         blocks, first, last = stage
-        step_comms = step_collectives(shape, layout, setup.bucket_mb, blocks, first, last)
+        step_comms = step_collectives(shape, layout, setup.bucket_mb, blocks, first, last,
+                                      getattr(setup, "grad_reduce_dtype", "float32"))
         dp_times = [seconds(c) for c in step_comms if c.kind == "dp"]
         per_mb, share = _stage_micro_batch(shape, layout, setup, machine, clock, micro, blocks, first, last,
                                            False, dp_times)
@@ -212,7 +265,7 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     breakdown["pipeline_bubble"] = max(0.0, step_seconds(forward_s, backward_s, count) - count * slowest["slot"])
     # Stages step their optimizers at once; the one with the most parameters finishes last.
     local = max(entry["local_params"] for entry in priced.values())
-    breakdown["optimizer"] += local * ADAMW_BYTES_PER_PARAM / (machine.memory_bandwidth_gbs * 1e9) \
+    breakdown["optimizer"] += memory_seconds(machine, "optimizer", local * OPTIMIZER_BYTES_PER_PARAM) \
         + 30 * machine.op_overhead_us * 1e-6
     breakdown["step_sync"] += max(entry["sync"] for entry in priced.values())
 

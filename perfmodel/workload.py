@@ -1,4 +1,4 @@
-"""What one micro-batch asks of one rank: its GEMMs, its collectives, its elementwise bytes.
+"""What one micro-batch asks of one rank: its GEMMs by shape, attention, memory-bound passes, collectives.
 
 This mirrors axon's implementation (DESIGN §4): each linear layer all-gathers its weight
 block over depth in forward and again in backward, all-reduces Y over the axis splitting
@@ -33,9 +33,31 @@ class Comm:
 
 @dataclass(frozen=True)
 class Gemm:
-    flops: float
+    """`batch` products C[m, n] = A[m, k] @ B[k, n] in one call, `count` calls. An attention call
+    (kind "attention", priced as SDPA) is its score and value products for every head and sequence."""
+
+    m: int
+    n: int
+    k: int
     phase: str
-    kind: str = "linear"  # linear (dX or forward), dw (the weight-gradient GEMM OAR hides behind), attention
+    kind: str = "linear"  # linear (forward or dX), dw (the weight-gradient GEMM OAR hides behind), attention
+    count: int = 1
+    batch: int = 1
+
+    @property
+    def flops(self) -> float:
+        """Of one call."""
+        return 2.0 * self.m * self.n * self.k * self.batch
+
+
+@dataclass(frozen=True)
+class MemoryPass:
+    """Memory-bound work (norms, RoPE, SwiGLU, residual adds, the loss): `nbytes` moved, counted
+    by `memory_bytes_per_token` (calibrate measures each kind's efficiency on the same count)."""
+
+    kind: str
+    nbytes: float  # of one pass
+    phase: str
     count: int = 1
 
 
@@ -43,8 +65,23 @@ class Gemm:
 class MicroBatchWork:
     gemms: list[Gemm] = field(default_factory=list)
     comms: list[Comm] = field(default_factory=list)
-    elementwise_bytes: dict[str, float] = field(default_factory=lambda: {"forward": 0.0, "backward": 0.0})
+    memory: list[MemoryPass] = field(default_factory=list)
     ops: dict[str, float] = field(default_factory=lambda: {"forward": 0.0, "backward": 0.0})
+
+
+# Bytes each kind of memory-bound work reads and writes per element of the tensor it acts on,
+# (forward, backward), as one fused kernel would; eager PyTorch makes more passes, which the
+# measured efficiency absorbs. norm: read x, write y / read x, dy, write dx; rope: read, write
+# (q or k) both ways; swiglu (per element of w1's output): read a, b, write out / read a, b, dout,
+# write da, db; residual: read two, write one / pass the gradient on; loss (per fp32 logit):
+# read logits, write the softmax / read it, write the gradient.
+PASSES = {"norm": (2, 3), "rope": (2, 2), "swiglu": (3, 5), "residual": (3, 1), "loss": (2, 2)}
+OPTIMIZER_BYTES_PER_PARAM = 40  # AdamW in fp32: read p, g, m, v; write p, m, v; zero and clip g
+
+
+def memory_bytes(kind: str, phase: str, elements: float, element_bytes: int) -> float:
+    """Bytes `kind` moves over a tensor of `elements` in `phase` (forward or backward)."""
+    return PASSES[kind][phase == "backward"] * elements * element_bytes
 
 
 def block_matrices(shape: ModelShape, with_head: bool):
@@ -67,9 +104,11 @@ def padded(numel: int, depth: int) -> int:
 
 
 def micro_batch_work(shape: ModelShape, layout: Layout, micro: int, seq: int, dtype: str,
-                     recompute: bool, stage_layers: int, first: bool, last: bool) -> MicroBatchWork:
-    """One micro-batch of `micro` sequences through one pipeline stage on one rank."""
-    eb = DTYPE_BYTES[dtype]
+                     recompute: bool, stage_layers: int, first: bool, last: bool,
+                     grad_reduce_dtype: str = "float32") -> MicroBatchWork:
+    """One micro-batch of `micro` sequences through one pipeline stage on one rank. Gradients
+    are reduce-scattered over depth in `grad_reduce_dtype` (train.grad_reduce_dtype)."""
+    eb, gb = DTYPE_BYTES[dtype], DTYPE_BYTES[grad_reduce_dtype]
     tokens = micro * seq
     r, c, d = layout.row, layout.col, layout.depth
     work = MicroBatchWork()
@@ -79,23 +118,23 @@ def micro_batch_work(shape: ModelShape, layout: Layout, micro: int, seq: int, dt
     for name, in_f, out_f, orientation in block_matrices(shape, last):
         n = 1 if name == "output" else stage_layers
         li, lo, in_axis, out_axis = local_dims(layout, in_f, out_f, orientation)
-        flops = 2.0 * tokens * li * lo
         block = padded(li * lo, d)
         for phase in (("forward",) if name == "output" else forward_passes):  # the head is not recomputed
-            work.gemms.append(Gemm(flops, phase, count=n))
+            work.gemms.append(Gemm(tokens, lo, li, phase, count=n))  # Y = X W^T
             work.comms.append(Comm("all_gather", ("depth",), block * eb, "gather", phase, n))
             work.comms.append(Comm("all_reduce", (in_axis,), tokens * lo * eb, "blocking", phase, n))
-        work.gemms += [Gemm(flops, "backward", count=n), Gemm(flops, "backward", "dw", n)]
+        work.gemms += [Gemm(tokens, li, lo, "backward", count=n),  # dX = dY W
+                       Gemm(lo, li, tokens, "backward", "dw", n)]  # dW = dY^T X
         work.comms += [Comm("all_gather", ("depth",), block * eb, "gather", "backward", n),
                        Comm("all_reduce", (out_axis,), tokens * li * eb, "dx", "backward", n),
-                       Comm("reduce_scatter", ("depth",), block * 4, "rs", "backward", n)]  # fp32 master grads
+                       Comm("reduce_scatter", ("depth",), block * gb, "rs", "backward", n)]
 
-    # Attention scores and values: 4 b s^2 d per head forward, twice that backward.
-    heads = shape.heads // r
-    attention = 4.0 * micro * seq * seq * shape.head_dim * heads * stage_layers
+    # Attention: scores Q K^T and values P V, two [s, s, d] products per head and sequence
+    # forward (4 b s^2 d per head, no causal discount), four backward.
+    products = micro * (shape.heads // r)
     for phase in forward_passes:
-        work.gemms.append(Gemm(attention, phase, "attention"))
-    work.gemms.append(Gemm(2 * attention, "backward", "attention"))
+        work.gemms.append(Gemm(seq, seq, shape.head_dim, phase, "attention", stage_layers, 2 * products))
+    work.gemms.append(Gemm(seq, seq, shape.head_dim, "backward", "attention", stage_layers, 4 * products))
 
     norms = 2 * stage_layers + (1 if last else 0)
     work.comms += [Comm("all_reduce", ("col",), tokens * 4, "blocking", "forward", norms),
@@ -107,7 +146,7 @@ def micro_batch_work(shape: ModelShape, layout: Layout, micro: int, seq: int, dt
         table = padded((shape.vocab // r) * (shape.hidden // c), d)
         work.comms += [Comm("all_gather", ("depth",), table * 4, "gather", "forward"),
                        Comm("all_reduce", ("row",), tokens * (shape.hidden // c) * 4, "blocking", "forward"),
-                       Comm("reduce_scatter", ("depth",), table * 4, "blocking", "backward")]
+                       Comm("reduce_scatter", ("depth",), table * gb, "blocking", "backward")]
     if last:  # vocab-parallel cross-entropy: max, then (sum of exp, target logit) in one
         work.comms += [Comm("all_reduce", ("row",), tokens * 4, "blocking", "forward"),
                        Comm("all_reduce", ("row",), 2 * tokens * 4, "blocking", "forward")]
@@ -117,15 +156,19 @@ def micro_batch_work(shape: ModelShape, layout: Layout, micro: int, seq: int, dt
         if not first:
             work.comms.append(Comm("send", ("pipe",), tokens * (shape.hidden // c) * eb, "p2p", "backward"))
 
-    # Elementwise traffic (norms, rotary, SwiGLU, residual adds, softmax of the loss) in bytes
-    # per token; a rough count of passes over each activation, the same for every layout.
-    h_c, qkv_r = shape.hidden / c, (shape.hidden + 2 * shape.kv_heads * shape.head_dim) / r
-    per_token = stage_layers * (16 * h_c + 6 * qkv_r + 6 * shape.ffn / r) * eb
+    # Memory-bound work on this rank's activations: two norms and two residual adds per block over
+    # [tokens, hidden/col]; RoPE on q and k [tokens, (heads + kv heads)/row x head_dim]; SwiGLU on
+    # [tokens, ffn/row]; the final norm and the fp32 loss over [tokens, vocab/row] on the last stage.
+    per_block = {"norm": (shape.hidden / c, 2), "residual": (shape.hidden / c, 2), "swiglu": (shape.ffn / r, 1),
+                 "rope": ((shape.heads // r + shape.kv_heads // r) * shape.head_dim, 1)}  # (width, passes)
+    for kind, (width, passes) in per_block.items():
+        for phase in (*forward_passes, "backward"):
+            work.memory.append(MemoryPass(kind, memory_bytes(kind, phase, tokens * width, eb), phase,
+                                          passes * stage_layers))
     if last:
-        per_token += 6 * (shape.vocab / r) * 4
-    for phase in forward_passes:
-        work.elementwise_bytes[phase] += tokens * per_token
-    work.elementwise_bytes["backward"] += 2 * tokens * per_token
+        for phase in ("forward", "backward"):
+            work.memory += [MemoryPass("norm", memory_bytes("norm", phase, tokens * shape.hidden / c, eb), phase),
+                            MemoryPass("loss", memory_bytes("loss", phase, tokens * shape.vocab / r, 4), phase)]
     # Framework ops (kernel launches) per layer: forward ~40, backward ~60.
     for phase in forward_passes:
         work.ops[phase] += 40 * stage_layers + 20
@@ -147,10 +190,11 @@ def stage_parameters(shape: ModelShape, layout: Layout, stage_layers: int, first
 
 
 def step_collectives(shape: ModelShape, layout: Layout, bucket_mb: float, stage_layers: int,
-                     first: bool, last: bool) -> list[Comm]:
-    """The collectives of a step outside the micro-batches: data-parallel buckets, then the
-    loss sum and the gradient norm's square-sum (axon.parallel.data_parallel, train, grads)."""
-    d = layout.depth
+                     first: bool, last: bool, grad_reduce_dtype: str = "float32") -> list[Comm]:
+    """The collectives of a step outside the micro-batches: data-parallel buckets (fp32 buffers,
+    sent in `grad_reduce_dtype`), then the loss sum and the gradient norm's square-sum
+    (axon.parallel.data_parallel, train, grads)."""
+    d, gb = layout.depth, DTYPE_BYTES[grad_reduce_dtype]
     sizes = []  # depth-sharded parameters in reverse module order, as the buckets take them
     if last:
         sizes.append(_shard(shape.hidden, shape.vocab, "normal", layout))
@@ -163,14 +207,14 @@ def step_collectives(shape: ModelShape, layout: Layout, bucket_mb: float, stage_
         limit, current = bucket_mb * 2 ** 20, 0
         for numel in sizes:
             if current and (current + numel) * 4 > limit:
-                comms.append(Comm("all_reduce", ("data",), current * 4, "dp", "backward"))
+                comms.append(Comm("all_reduce", ("data",), current * gb, "dp", "backward"))
                 current = 0
             current += numel
-        comms.append(Comm("all_reduce", ("data",), current * 4, "dp", "backward"))
+        comms.append(Comm("all_reduce", ("data",), current * gb, "dp", "backward"))
     gains = (2 * stage_layers + (1 if last else 0)) * shape.hidden // layout.col
     # The loss (fp32) and the clip norm's square-sum (fp64) each travel with the stop-signal vote.
     if layout.data * d > 1:
-        comms.append(Comm("all_reduce", ("data", "depth"), gains * 4, "dp", "backward"))
+        comms.append(Comm("all_reduce", ("data", "depth"), gains * gb, "dp", "backward"))
         comms.append(Comm("all_reduce", ("data", "depth"), 2 * 4, "sync", "step"))  # the loss
     if layout.pipe > 1:
         comms.append(Comm("all_reduce", ("pipe",), 2 * 4, "sync", "step"))  # the loss lives on the last stage

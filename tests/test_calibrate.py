@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from perfmodel.calibrate import LAUNCH_VARS, launch_from_env, main, run_calibration
+from perfmodel.calibrate.compute import ROLES, min_dim_curves, min_dim_shapes, role_shape
 from perfmodel.calibrate.measure import fit_alpha_beta, partitions
 from perfmodel.machine import load_machine, machine_from_dict
 from spawn import run_distributed
@@ -53,6 +54,13 @@ def test_quick_calibration_on_four_ranks_predicts_a_direct_all_reduce():
     assert all(0 < e <= 1 for _, e in machine.gemm_efficiency) and max(e for _, e in machine.gemm_efficiency) == 1.0
     assert 0 <= machine.overlap_efficiency <= 1
     assert "with 4 ranks" in machine.source
+    # GEMMs by smallest dimension (quick: 16, 64, 256), SDPA both ways, every memory-bound kind
+    assert set(machine.gemm_efficiency_by_min_dim) == {16, 64, 256}
+    assert all(0 < e <= 1 for points in machine.gemm_efficiency_by_min_dim.values() for _, e in points)
+    assert set(machine.attention_efficiency) == {"forward", "backward"}
+    assert all(0 < e <= 2 for points in machine.attention_efficiency.values() for _, e in points)
+    assert set(machine.memory_efficiency) == {"norm", "rope", "swiglu", "residual", "loss", "optimizer"}
+    assert all(0 < e <= 1 for points in machine.memory_efficiency.values() for _, e in points)
 
 
 def test_one_process_writes_a_profile_without_collectives(tmp_path, monkeypatch):
@@ -99,3 +107,22 @@ def test_groups_on_two_nodes_of_four():
     # One rank per node wins over consecutive ranks for an inter group of 2.
     assert found[("inter", 2)] == [[0, 4], [1, 5], [2, 6], [3, 7]]
     assert ("intra", 8) not in found
+
+
+def test_gemm_roles_put_the_small_dimension_where_axon_has_it():
+    # forward x @ W^T (K = in is small when col is large), dX (N = in), dW (M = out)
+    assert [role_shape(role, 16, 256) for role in ROLES] == [(256, 256, 16), (256, 16, 256), (16, 256, 256)]
+    assert {held for _, held in ROLES.values()} == {"NT", "NN", "TN"}
+    assert all(2.0 * b * b * d <= 4.5e9 and b >= d for d, b in min_dim_shapes(cuda=False, quick=False))
+
+
+def test_min_dim_curves_take_the_median_of_the_three_roles():
+    peak = 1e12
+    seconds = lambda flops, eff: flops / (eff * peak)  # noqa: E731
+    f16, f64 = 2.0 * 256 * 256 * 16, 2.0 * 256 * 256 * 64
+    results = [((256, 256, 16), "forward", seconds(f16, 0.2)), ((256, 16, 256), "dX", seconds(f16, 0.5)),
+               ((16, 256, 256), "dW", seconds(f16, 0.4)), ((256, 256, 64), "forward", seconds(f64, 0.9)),
+               ((256, 64, 256), "dX", seconds(f64, 0.7)), ((64, 256, 256), "dW", seconds(f64, 0.8))]
+    curves = min_dim_curves(results, peak)
+    assert curves.keys() == {16, 64}
+    assert curves[16] == [(f16, pytest.approx(0.4))] and curves[64] == [(f64, pytest.approx(0.8))]

@@ -15,6 +15,7 @@ import argparse
 import os
 import re
 import socket
+import statistics
 import sys
 from collections import Counter
 from datetime import date
@@ -23,8 +24,10 @@ from pathlib import Path
 import yaml
 
 from perfmodel.machine import CollectiveFit, Link, Machine, ProfileError, load_machine, machine_to_dict
-from perfmodel.calibrate.measure import (MIB, Bench, efficiency_curve, measure_collectives, measure_gemms, memory_bandwidth_gbs,
-                               op_overhead_us, overlap_efficiency, partitions)
+from perfmodel.calibrate.compute import (measure_attention, measure_gemms_by_min_dim, measure_memory_kinds,
+                                         min_dim_curves)
+from perfmodel.calibrate.measure import (MIB, Bench, efficiency_curve, measure_collectives, measure_gemms,
+                                         memory_bandwidth_gbs, op_overhead_us, overlap_efficiency, partitions)
 
 GIB = 1 << 30  # memory_gb is in GiB, as perfmodel.memory counts it; bandwidths use GB = 1e9
 
@@ -58,12 +61,14 @@ def launch_from_env(env=os.environ) -> tuple[str, int, int, int, int]:
 # ---------------------------------------------------------------- the profile
 
 def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: list[str] | None = None,
-                    launcher: str = "torch.distributed", report: bool = False) -> dict:
+                    launcher: str = "torch.distributed", report: bool = False, gemm_tuning: str = "auto") -> dict:
     """Measure on every rank at once; the profile (machine_to_dict form), the same on every rank.
 
     torch.distributed must be initialized, unless this is a single process (then the profile
     has no collective fits). `base` gives the peaks and NIC count (else: the best GEMM measured,
-    one NIC) and the links not measured here. The first of `dtypes` gives the efficiency curve.
+    one NIC) and the links not measured here. The first of `dtypes` gives the efficiency curves
+    (GEMMs by shape, attention, memory-bound work). `gemm_tuning` as train.gemm_tuning: "auto"
+    times GEMMs as the tuner would run them on a GPU and as held on a CPU.
     """
     import torch
     import torch.distributed as dist
@@ -83,8 +88,15 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
     peaks = dict(base.peak_tflops) if base else {}
     for d, results in gemms.items():
         peaks.setdefault(d, max(2.0 * m * n * k / s for (m, n, k), s in results) / 1e12)
-    curve = efficiency_curve(gemms[dtypes[0]], peaks[dtypes[0]] * 1e12)
+    tuned = cuda if gemm_tuning == "auto" else gemm_tuning == "on"
+    by_shape = measure_gemms_by_min_dim(bench, dtypes[0], quick, tuned)
+    if not base:
+        peaks[dtypes[0]] = max(peaks[dtypes[0]], max(2.0 * m * n * k / s for (m, n, k), _, s in by_shape) / 1e12)
+    peak = peaks[dtypes[0]] * 1e12
+    curve = efficiency_curve(gemms[dtypes[0]] + [(shape, s) for shape, _, s in by_shape], peak)
     mem_bw, overhead = memory_bandwidth_gbs(bench), op_overhead_us(bench)
+    attention = measure_attention(bench, dtypes[0], quick, peak)
+    memory_kinds = measure_memory_kinds(bench, dtypes[0], quick, mem_bw)
     memory = (torch.cuda.get_device_properties(device).total_memory if cuda
               else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / per_node)  # host RAM shared by its ranks
     memory_gib = bench.across_ranks([memory / GIB], largest=False)[0]
@@ -127,6 +139,9 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
         inter_node=Link(_sig(inter_link.bandwidth_gbs), _sig(inter_link.latency_us)),
         nics_per_node=nics,
         gemm_efficiency=tuple((_sig(f), _sig(e)) for f, e in curve),
+        gemm_efficiency_by_min_dim={d: _points(c) for d, c in min_dim_curves(by_shape, peak).items()},
+        attention_efficiency={phase: _points(c) for phase, c in attention.items()},
+        memory_efficiency={kind: _points(c) for kind, c in memory_kinds.items()},
         overlap_efficiency=_sig(overlap),
         op_overhead_us=_sig(overhead),
         usable_memory_fraction=0.9,
@@ -135,7 +150,8 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
         blocking_latency_us={place: {p: _sig(seconds * 1e6) for (kind, pl, p), seconds in raw.items()
                                      if kind == "in_context" and pl == place}
                              for place in {pl for kind, pl, _ in raw if kind == "in_context"}},
-        source="; ".join([f"calibrated on {where} with {world} rank{'s' * (world > 1)} ({launcher}) on {date.today()}, quick={quick}"]
+        source="; ".join([f"calibrated on {where} with {world} rank{'s' * (world > 1)} ({launcher}) on {date.today()}, "
+                          f"quick={quick}, GEMMs {'as the tuner picks' if tuned else 'as held'}"]
                          + ([f"peaks and NICs from {base.name}"] if base else []) + notes),
     )
     if report and rank == 0:
@@ -147,6 +163,14 @@ def _sig(x: float) -> float:
     return float(f"{x:.4g}")  # four significant digits: the measurements are not better
 
 
+def _points(curve) -> tuple[tuple[float, float], ...]:
+    """A curve of (size, efficiency) points, one per size (the median where sizes repeat)."""
+    by_size: dict[float, list[float]] = {}
+    for size, eff in curve:
+        by_size.setdefault(_sig(size), []).append(eff)
+    return tuple((size, _sig(max(statistics.median(effs), 1e-4))) for size, effs in sorted(by_size.items()))
+
+
 def print_report(machine: Machine, gemms, dtypes, raw, fits, overlap_times) -> None:
     print(f"perfmodel calibrate: {machine.source}")
     for d in dtypes:
@@ -155,6 +179,11 @@ def print_report(machine: Machine, gemms, dtypes, raw, fits, overlap_times) -> N
         print("  " + ",  ".join(f"{m}x{n}x{k}: {2 * m * n * k / s / 1e12:.3g} ({2 * m * n * k / s / 1e12 / peak:.0%})"
                                 for (m, n, k), s in gemms[d]))
     print("efficiency curve: " + ", ".join(f"{f:.2g}:{e:.2f}" for f, e in machine.gemm_efficiency))
+    for d, points in machine.gemm_efficiency_by_min_dim.items():
+        print(f"  smallest dimension {d}: " + ", ".join(f"{f:.2g}:{e:.2f}" for f, e in points))
+    for name, curves in (("attention (SDPA)", machine.attention_efficiency), ("memory-bound", machine.memory_efficiency)):
+        for kind, points in curves.items():
+            print(f"{name} {kind}: " + ", ".join(f"{f:.2g}:{e:.2f}" for f, e in points))
     print(f"memory bandwidth {machine.memory_bandwidth_gbs:.4g} GB/s, op overhead {machine.op_overhead_us:.3g} us, "
           f"memory {machine.memory_gb:.4g} GiB per rank")
     if fits:
@@ -188,6 +217,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="YAML file rank 0 writes")
     parser.add_argument("--quick", action="store_true", help="fewer shapes, message sizes and repeats")
     parser.add_argument("--base", help="profile name or YAML whose peaks, NIC count and unmeasured links to keep")
+    parser.add_argument("--gemm-tuning", choices=("auto", "on", "off"), default="auto",
+                        help="time GEMMs as kernels.tune picks them (auto: on GPUs, as train.gemm_tuning)")
     parser.add_argument("--dtype", help="comma list of GEMM dtypes; the first gives the efficiency curve "
                                         "(default float32; bfloat16,float32 on GPUs)")
     args = parser.parse_args(argv)
@@ -212,7 +243,7 @@ def main(argv: list[str]) -> int:
     if world > 1:
         dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", rank=rank, world_size=world)
     try:
-        profile = run_calibration(args.quick, base, dtypes, launcher, report=rank == 0)
+        profile = run_calibration(args.quick, base, dtypes, launcher, report=rank == 0, gemm_tuning=args.gemm_tuning)
         if rank == 0:
             write_profile(profile, args.out)
             print(f"wrote {args.out}")

@@ -1,0 +1,131 @@
+"""Does perfmodel reproduce published, measured training throughput? One row per published run.
+
+Each row pins a published figure with its source, the model, GPU count, layout, batch and
+sequence, and whether its FLOPs count activation recomputation. Figures are compared as
+tokens per second per GPU, which no FLOP convention changes: a TFLOP/s figure is turned
+into tokens/s with the formula its source used. perfmodel predicts the same run from the
+shipped profile alone (perfmodel/machines/*.yaml) and the table shows the error.
+
+    .venv/bin/python -m benchmarks.perfmodel_published
+
+Writes benchmarks/results/perfmodel_published.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from perfmodel.layout import Layout
+from perfmodel.machine import load_machine
+from perfmodel.models import ModelShape, preset
+from perfmodel.predict import predict
+from perfmodel.training import TrainingSetup
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TOLERANCE = 0.15  # issue 15: within 15% of each published figure
+
+MEGATRON_2021 = ("Narayanan et al., Efficient Large-Scale Language Model Training on GPU Clusters Using "
+                 "Megatron-LM, SC21, Table 1 (Selene, DGX A100, mixed precision)", "https://arxiv.org/abs/2104.04473")
+TORCHTITAN_A100 = ("TorchTitan docs/performance.md, Llama 3 on 64 A100 80GB, FSDP2 (torchtitan commit 0413364)",
+                   "https://github.com/pytorch/torchtitan/blob/041336434916bdc0f88c1f89fda176fd3c2092e4/docs/performance.md")
+TORCHTITAN_H100 = ("TorchTitan docs/performance.md, Llama 3.1 8B on H100 (Grand Teton, 96GB HBM2e, 500 W), "
+                   "bf16 FSDP without torch.compile (torchtitan commit eaea6f6)",
+                   "https://github.com/pytorch/torchtitan/blob/eaea6f6a2fa940f03a10906be1df3489cf30af85/docs/performance.md")
+
+
+def gpt(layers: int, hidden: int, heads: int, ffn: int) -> ModelShape:
+    """A GPT of Megatron's Table 1 as perfmodel's Llama-style shape with the same matmul FLOPs:
+    a SwiGLU MLP with ffn = 8h/3 has the 8h^2 weights of a GELU MLP with 4h; full multi-head
+    attention (kv heads = heads), vocabulary 51,200, sequence 2,048."""
+    return ModelShape(layers=layers, hidden=hidden, heads=heads, kv_heads=heads, ffn=ffn, vocab=51200, seq_len=2048)
+
+
+def megatron_tokens_per_gpu(tflops_per_gpu: float, layers: int, hidden: int, seq: int = 2048, vocab: int = 51200) -> float:
+    """Tokens/s per GPU from a Megatron-LM 2021 TFLOP/s figure. Its FLOPs per token are
+    96 l h^2 (1 + s / 6h + V / 16 l h) (the paper's equation 3, divided by B s): they count
+    the forward pass four times, i.e. full activation recomputation is included."""
+    flops_per_token = 96.0 * layers * hidden ** 2 * (1 + seq / (6 * hidden) + vocab / (16 * layers * hidden))
+    return tflops_per_gpu * 1e12 / flops_per_token
+
+
+@dataclass(frozen=True)
+class Published:
+    source: str
+    url: str
+    figure: str  # the figure as published
+    machine: str  # the shipped profile it is compared with
+    model_name: str
+    model: ModelShape
+    layout: Layout
+    global_batch: int  # sequences
+    seq_len: int
+    recompute: str  # what the run did, as perfmodel prices it
+    flops_count_recompute: str  # whether the source's FLOP figure includes recomputation
+    tokens_per_gpu: float  # the published figure as tokens/s per GPU
+    micro_batch: int = 0
+    note: str = ""
+
+
+PUBLISHED = [
+    Published(*MEGATRON_2021, "1.7B: 24 heads, h 2304, 24 layers, t=1 p=1, 32 GPUs, batch 512: 137 TFLOP/s per GPU (44%)",
+              "perlmutter", "GPT 1.7B", gpt(24, 2304, 24, 6144), Layout(data=32), 512, 2048, "block",
+              "yes (96 = 4 passes per token)", megatron_tokens_per_gpu(137, 24, 2304),
+              note="Selene has 8 A100-80GB per node and 8 HDR NICs (25 GB/s per GPU, as Perlmutter's 4 x 25 GB/s for 4 GPUs)"),
+    Published(*MEGATRON_2021, "3.6B: 32 heads, h 3072, 30 layers, t=2 p=1, 64 GPUs, batch 512: 138 TFLOP/s per GPU (44%)",
+              "perlmutter", "GPT 3.6B", gpt(30, 3072, 32, 8192), Layout(data=32, row=2), 512, 2048, "block",
+              "yes (96 = 4 passes per token)", megatron_tokens_per_gpu(138, 30, 3072),
+              note="Megatron's 1-D tensor parallelism of 2 is axon's row=2"),
+    Published(*MEGATRON_2021, "7.5B: 32 heads, h 4096, 36 layers, t=4 p=1, 128 GPUs, batch 512: 142 TFLOP/s per GPU (46%)",
+              "perlmutter", "GPT 7.5B", gpt(36, 4096, 32, 10920), Layout(data=32, row=4), 512, 2048, "block",
+              "yes (96 = 4 passes per token)", megatron_tokens_per_gpu(142, 36, 4096),
+              note="ffn 10,920 (8h/3 rounded to a multiple of 4 and 8)"),
+    Published(*TORCHTITAN_A100, "Llama 3 8B, batch 1 per GPU, selective layer AC: 2,904 WPS (56.8% MFU)",
+              "perlmutter", "Llama 3 8B", preset("8B"), Layout(depth=64), 64, 8192, "none",
+              "no (tokens/s; its MFU uses 6N + 12 l h s)", 2904.0, micro_batch=1,
+              note="A100 80GB (the Perlmutter profile's GPU has 40GB; memory is not compared); selective AC priced as none"),
+    Published(*TORCHTITAN_H100, "Table 1: 8 GPUs, FSDP, local batch 2, global 16, selective AC: 5,762 TPS/GPU",
+              "dgx-h100", "Llama 3.1 8B", preset("8B"), Layout(depth=8), 16, 8192, "none",
+              "no (tokens/s; 33-39% MFU quoted against the 700 W SXM peak)", 5762.0, micro_batch=2,
+              note="500 W HBM2e H100 (slower than a 700 W DGX H100 SXM5); selective AC priced as none"),
+    Published(*TORCHTITAN_H100, "Table 3: 128 GPUs, FSDP, local batch 2, global 256, selective AC: 5,605 TPS/GPU",
+              "dgx-h100", "Llama 3.1 8B", preset("8B"), Layout(depth=128), 256, 8192, "none",
+              "no (tokens/s)", 5605.0, micro_batch=2,
+              note="FSDP over 16 nodes; 400 Gb/s per GPU as DGX H100"),
+]
+
+
+def compare(row: Published) -> dict:
+    machine = load_machine(row.machine)
+    setup = TrainingSetup(global_batch=row.global_batch, seq_len=row.seq_len, micro_batch=row.micro_batch,
+                          recompute=row.recompute)
+    prediction = predict(row.model, row.layout, machine, setup)
+    predicted = row.global_batch * row.seq_len / prediction.step_time_s / row.layout.world_size
+    out = {k: v for k, v in asdict(row).items() if k not in ("model", "layout")}
+    out.update(model=asdict(row.model), layout=row.layout.sizes(), gpus=row.layout.world_size,
+               predicted_tokens_per_gpu=predicted, error=predicted / row.tokens_per_gpu - 1,
+               predicted_mfu=prediction.mfu, breakdown=prediction.breakdown)
+    return out
+
+
+def layout_name(sizes: dict) -> str:
+    return " ".join(f"{axis}={n}" for axis, n in sizes.items() if n > 1) or "1 GPU"
+
+
+def main() -> list[dict]:
+    rows = [compare(row) for row in PUBLISHED]
+    print(f"{'source':<22} {'machine':<11} {'model':<13} {'GPUs':>5} {'layout':<14} {'published tok/s/GPU':>20} "
+          f"{'predicted':>10} {'error':>7}")
+    for row in rows:
+        print(f"{row['source'].split(',')[0][:22]:<22} {row['machine']:<11} {row['model_name']:<13} {row['gpus']:>5} "
+              f"{layout_name(row['layout']):<14} {row['tokens_per_gpu']:>20.0f} {row['predicted_tokens_per_gpu']:>10.0f} "
+              f"{row['error']:>+7.1%}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "perfmodel_published.json").write_text(json.dumps(rows, indent=1))
+    print(f"wrote {RESULTS / 'perfmodel_published.json'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
