@@ -17,7 +17,7 @@ from perfmodel.layout import AXES, DEFAULT_ORDER, Layout, sizes_text
 from perfmodel.machine import ProfileError, load_machine
 from perfmodel.models import PRESETS, ModelShape
 from perfmodel.predict import predict
-from perfmodel.search import layout_problem, plan
+from perfmodel.search import layout_problem, search
 from perfmodel.training import OVERLAPS, TrainingSetup
 
 SHAPE_FLAGS = ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(plan_parser)
     plan_parser.add_argument("--top", type=int, default=10)
     plan_parser.add_argument("--no-pipe", action="store_true", help="leave the pipe axis at 1")
+    plan_parser.add_argument("--exhaustive", action="store_true",
+                             help="price every layout at every rank order (the reference the default search is "
+                                  "tested against; minutes at scale)")
     explain = commands.add_parser("explain", help="one layout's breakdown")
     _common(explain)
     explain.add_argument("--layout", required=True, help="e.g. data=8,depth=16,row=4,col=8[,pipe=2][,order=...]")
@@ -105,16 +108,17 @@ def order_text(layout: Layout) -> str:
     return "/".join(inner) or "-"
 
 
-def print_plan(predictions, shape_name, args, setup, seconds, ruled_out, evaluated, fitting) -> None:
+def print_plan(result, shape_name, args, setup, seconds) -> None:
     print(f"perfmodel plan: {shape_name} on {args.gpus} x {args.machine}, global batch {setup.global_batch} x "
           f"{setup.seq_len} tokens, {setup.dtype}, recompute {setup.recompute}, overlap {','.join(setup.overlap) or 'none'}")
+    ruled_out = result.ruled_out
     reasons = "; ".join(f"{n} by {why}" for why, n in sorted(ruled_out.items(), key=lambda kv: -kv[1]))
-    print(f"{evaluated} layouts predicted in {seconds:.2f} s ({fitting} fit in memory)"
-          + (f"; ruled out {sum(ruled_out.values())}: {reasons}" if ruled_out else ""))
+    print(f"{result.dividing} layouts ({result.fitting} fit in memory), ranked at their best rank order in {seconds:.2f} s "
+          f"({result.priced} predictions)" + (f"; ruled out {sum(ruled_out.values())}: {reasons}" if ruled_out else ""))
     header = f"{'#':>3}  {'layout':<36} {'order (outer/inner)':<24} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} {'GiB':>6}  biggest cost"
     print(header)
     print("-" * len(header))
-    for i, p in enumerate(predictions, 1):
+    for i, p in enumerate(result.predictions, 1):
         cost = p.biggest_cost if p.fits else f"does not fit: {p.why_not}"
         print(f"{i:>3}  {sizes_text(p.layout):<36} {order_text(p.layout):<24} {p.step_time_s:>8.3f} "
               f"{p.tflops_per_gpu:>8.1f} {p.mfu:>6.1%} {p.memory_gb_per_gpu:>6.1f}  {cost}")
@@ -137,7 +141,8 @@ def print_explain(prediction, shape_name, machine, setup) -> None:
     for axes in PRICED_GROUPS:
         place = group_placement(lay, axes, machine)
         if place.size > 1:
-            where = "inside a node" if place.intra else f"across nodes, {place.nic_streams} streams share the busiest node's NICs"
+            where = ("inside a node" if place.intra
+                     else f"across nodes, {place.nic_streams} streams share the busiest node's NICs")
             print(f"    {'+'.join(axes):<12} {place.size:>5} ranks, {where}, {place.bandwidth_gbs:.1f} GB/s per rank, "
                   f"{place.latency_us:.1f} us")
 
@@ -166,18 +171,19 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print_explain(prediction, name, machine, setup)
             return 0
+        if args.top < 1:
+            raise UsageError(f"--top must be at least 1, got {args.top}")
         started = time.perf_counter()
         axes = tuple(a for a in AXES if a != "pipe") if args.no_pipe else AXES
-        predictions, ruled_out = plan(shape, args.gpus, machine, setup, axes)
+        result = search(shape, args.gpus, machine, setup, axes, top=args.top, exhaustive=args.exhaustive)
         seconds = time.perf_counter() - started
-        if not predictions:
+        if not result.predictions:
             raise UsageError(f"no layout of {args.gpus} GPUs divides this model and batch: "
-                             + "; ".join(f"{n} by {why}" for why, n in ruled_out.items()))
-        top = predictions[: args.top]
+                             + "; ".join(f"{n} by {why}" for why, n in result.ruled_out.items()))
         if args.json:
-            print(json.dumps([p.to_dict() for p in top], indent=1))
+            print(json.dumps([p.to_dict() for p in result.predictions], indent=1))
         else:
-            print_plan(top, name, args, setup, seconds, ruled_out, len(predictions), sum(p.fits for p in predictions))
+            print_plan(result, name, args, setup, seconds)
         return 0
     except (UsageError, ProfileError, ValueError) as err:
         print(f"perfmodel: error: {err}", file=sys.stderr)

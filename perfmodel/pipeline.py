@@ -11,6 +11,7 @@ point-to-point latency between them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 def one_f_one_b(stage: int, stages: int, micro_batches: int) -> list[tuple[str, int]]:
@@ -162,6 +163,11 @@ def step_seconds(forward_s: list[float], backward_s: list[float], micro_batches:
     every stage's slot once plus m - 1 slots of the slowest stage (the critical path when the
     slowest stage never waits; within 3% of the replay for stages like the engine's: even
     middles, a heavier first and last)."""
+    return _step_seconds(tuple(forward_s), tuple(backward_s), micro_batches)
+
+
+@lru_cache(maxsize=4096)  # a plan prices many rank orders whose stages take the same times
+def _step_seconds(forward_s: tuple[float, ...], backward_s: tuple[float, ...], micro_batches: int) -> float:
     if 2 * len(forward_s) * micro_batches <= REPLAY_OPS:
         return simulate(forward_s, backward_s, micro_batches).step_s
     slots = [f + b for f, b in zip(forward_s, backward_s)]

@@ -1,20 +1,41 @@
-"""Search: every layout of a GPU count, the rank orders worth trying, ranked by predicted time.
+"""Search: every layout of a GPU count at its best rank order, ranked by predicted time.
 
 All factorizations of the GPU count over the five axes (any factors, not only powers of
-two) that the model and batch divide. Each is first predicted with the default order
-(tensor axes innermost, so their groups stay inside a node); the best `reorder_top` are then
-tried with every order of their non-trivial axes, and each layout keeps its best order.
+two) that the model and batch divide; each layout's time is its best over every order of
+its axes larger than 1. Layouts that fit in memory rank first. Two ways to the same ranking:
+* exhaustive: every layout that fits priced with every order (the reference, slow at
+  scale); one that does not fit keeps the default order, as no order changes its memory;
+* fast: orders that place every group alike are priced once (a rank order changes a
+  prediction only through its groups' placements), and for the best `top` only: layouts
+  that cannot fit are set aside by their memory, which no order changes, and the rest are
+  priced best-first by a lower bound (the layout on links no order can beat) until the
+  bound of the next one is no better than the `top`-th time found.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
+from dataclasses import dataclass
 from itertools import permutations
 
+from perfmodel.collectives import PRICED_GROUPS, group_placement
 from perfmodel.layout import AXES, DEFAULT_ORDER, Layout, factorizations
-from perfmodel.machine import Machine
+from perfmodel.machine import Link, Machine
+from perfmodel.memory import memory_per_device
 from perfmodel.models import ModelShape
 from perfmodel.predict import Prediction, predict
+from perfmodel.stages import balanced_counts
 from perfmodel.training import TrainingSetup
+
+
+@dataclass
+class PlanResult:
+    predictions: list[Prediction]  # best first: layouts that fit, then those that do not
+    ruled_out: dict[str, int]  # factorizations the model or batch does not divide, by reason
+    dividing: int  # layouts the model and batch divide
+    fitting: int  # of those, layouts that fit in memory
+    priced: int  # predictions made
 
 
 def layout_problem(shape: ModelShape, layout: Layout, setup: TrainingSetup) -> str | None:
@@ -45,34 +66,113 @@ def candidate_orders(layout: Layout) -> list[tuple[str, ...]]:
 
 
 def plan(shape: ModelShape, gpus: int, machine: Machine, setup: TrainingSetup, axes: tuple[str, ...] = AXES,
-         reorder_top: int = 48) -> tuple[list[Prediction], dict[str, int]]:
-    """Predictions best first (layouts that fit, then those that do not), and how many
-    factorizations were ruled out for each reason."""
-    ruled_out: dict[str, int] = {}
-    first_pass = []
+         top: int | None = None, exhaustive: bool = False) -> tuple[list[Prediction], dict[str, int]]:
+    """`search`'s predictions and ruled-out counts."""
+    result = search(shape, gpus, machine, setup, axes, top, exhaustive)
+    return result.predictions, result.ruled_out
+
+
+def search(shape: ModelShape, gpus: int, machine: Machine, setup: TrainingSetup, axes: tuple[str, ...] = AXES,
+           top: int | None = None, exhaustive: bool = False) -> PlanResult:
+    """The best `top` layouts (every layout when None), each at its best order."""
+    layouts, ruled_out = [], {}
     for layout in factorizations(gpus, axes):
         problem = layout_problem(shape, layout, setup)
         if problem:
             reason = problem.split(" is not")[0].split(" does not")[0]
             ruled_out[reason] = ruled_out.get(reason, 0) + 1
-            continue
-        first_pass.append(predict(shape, layout, machine, setup))
-    first_pass.sort(key=_rank_key)
-    best = []
-    for index, prediction in enumerate(first_pass):
-        if index < reorder_top:
-            for order in candidate_orders(prediction.layout)[1:]:
-                other = predict(shape, _with_order(prediction.layout, order), machine, setup)
-                if other.step_time_s < prediction.step_time_s * (1 - 1e-9):
-                    prediction = other
-        best.append(prediction)
-    best.sort(key=_rank_key)
-    return best, ruled_out
+        else:
+            layouts.append(layout)
+    pricer = _Pricer(shape, machine, setup, exhaustive)
+    if exhaustive or top is None:
+        ranked = sorted((pricer.best(layout) for layout in layouts), key=_rank_key)
+        return PlanResult(ranked[:top], ruled_out, len(layouts), sum(p.fits for p in ranked), pricer.calls)
+    fit = {layout: fits_in_memory(shape, layout, machine, setup) for layout in layouts}
+    ranked = _best_first([lay for lay in layouts if fit[lay]], top, pricer)
+    if len(ranked) < top:  # too few fit: the rest of the table is the fastest that do not
+        ranked += sorted((pricer.predict(lay) for lay in layouts if not fit[lay]), key=_rank_key)
+    ranked.sort(key=_rank_key)
+    return PlanResult(ranked[:top], ruled_out, len(layouts), sum(fit.values()), pricer.calls)
+
+
+def fits_in_memory(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup) -> bool:
+    """predict's memory verdict without its timing: the fullest stage against the usable memory.
+    No rank order changes it, so one check per layout serves every order."""
+    micro, _ = setup.micro_batches(layout.data * layout.depth, layout.pipe)
+    stages = {(blocks, s == 0, s == layout.pipe - 1) for s, blocks in enumerate(balanced_counts(shape, layout.pipe))}
+    fullest = max(sum(memory_per_device(shape, layout, setup, micro, *stage).values()) for stage in stages)
+    return fullest <= machine.memory_gb * machine.usable_memory_fraction
+
+
+def link_floor(machine: Machine) -> Machine:
+    """The machine with links no rank order can beat: every group priced as if inside a node on
+    the faster link's latency, with no blocking floor. A profile's measured collective fits
+    cannot be bounded that way, so there communication is free instead."""
+    if machine.collectives:
+        free = Link(float("inf"), 0.0)
+        return dataclasses.replace(machine, intra_node=free, inter_node=free, collectives={}, blocking_latency_us={})
+    best = Link(machine.intra_node.bandwidth_gbs, min(machine.intra_node.latency_us, machine.inter_node.latency_us))
+    # As many NICs as devices: a node's streams never share one, so a group across nodes gets
+    # the intra-node bandwidth too.
+    return dataclasses.replace(machine, intra_node=best, inter_node=best, nics_per_node=machine.devices_per_node,
+                               blocking_latency_us={})
+
+
+class _Pricer:
+    """Prices layouts at their best order, counting predictions."""
+
+    def __init__(self, shape: ModelShape, machine: Machine, setup: TrainingSetup, exhaustive: bool):
+        self.shape, self.machine, self.setup, self.exhaustive = shape, machine, setup, exhaustive
+        self.floor_machine = link_floor(machine)
+        self.calls = 0
+
+    def predict(self, layout: Layout, machine: Machine | None = None) -> Prediction:
+        self.calls += 1
+        return predict(self.shape, layout, machine or self.machine, self.setup)
+
+    def lower_bound(self, layout: Layout) -> float:
+        """No order of `layout` predicts a shorter step (a prediction never drops as a link slows)."""
+        return self.predict(layout, self.floor_machine).step_time_s
+
+    def best(self, layout: Layout) -> Prediction:
+        """The layout at its fastest order; the default order wins ties. A layout that does not
+        fit keeps the default order: no order changes its memory."""
+        best = self.predict(layout)
+        if not best.fits:
+            return best
+        placements_seen = set() if self.exhaustive else {self._placements(layout)}
+        for order in candidate_orders(layout)[1:]:
+            ordered = Layout(**layout.sizes(), order=order)
+            if not self.exhaustive:
+                placements = self._placements(ordered)
+                if placements in placements_seen:
+                    continue  # every group sits as in an order already priced: the same prediction
+                placements_seen.add(placements)
+            prediction = self.predict(ordered)
+            if prediction.step_time_s < best.step_time_s * (1 - 1e-9):
+                best = prediction
+        return best
+
+    def _placements(self, layout: Layout) -> tuple:
+        return tuple(group_placement(layout, axes, self.machine) for axes in PRICED_GROUPS)
+
+
+def _best_first(layouts: list[Layout], count: int, pricer: _Pricer) -> list[Prediction]:
+    """The `count` fastest of `layouts`, pricing them in the order of their lower bounds and
+    stopping once a bound is no better than the `count`-th time found."""
+    bounds = sorted((pricer.lower_bound(layout), index) for index, layout in enumerate(layouts))
+    kept: list[tuple[float, int, Prediction]] = []  # a heap of the best `count`, slowest on top
+    for bound, index in bounds:
+        if len(kept) == count and bound >= -kept[0][0]:
+            break
+        prediction = pricer.best(layouts[index])
+        entry = (-prediction.step_time_s, -index, prediction)
+        if len(kept) < count:
+            heapq.heappush(kept, entry)
+        elif entry > kept[0]:
+            heapq.heapreplace(kept, entry)
+    return [prediction for _, _, prediction in kept]
 
 
 def _rank_key(prediction: Prediction):
     return (not prediction.fits, prediction.step_time_s)
-
-
-def _with_order(layout: Layout, order: tuple[str, ...]) -> Layout:
-    return Layout(**layout.sizes(), order=order)

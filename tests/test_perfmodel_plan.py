@@ -1,0 +1,130 @@
+"""The fast plan ranks layouts like the exhaustive search, and its shortcuts are sound.
+
+The reference prices every layout that fits at every order of its axes larger than 1. The
+fast plan's top 10 must be the same layouts, place by place, or within 0.5% predicted time.
+GPU counts are picked so that the reference stays affordable; the big ones search a subset
+of the axes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from perfmodel.collectives import PRICED_GROUPS
+from perfmodel.layout import AXES, Layout
+from perfmodel.machine import CollectiveFit, load_machine
+from perfmodel.models import ModelShape, preset
+from perfmodel.pipeline import simulate, step_seconds
+from perfmodel.predict import predict
+from perfmodel.search import candidate_orders, fits_in_memory, link_floor, search
+from perfmodel.training import TrainingSetup
+from perfmodel.workload import micro_batch_work, step_collectives
+
+NO_PIPE = ("data", "depth", "row", "col")
+NO_DATA = ("pipe", "depth", "row", "col")
+MID = ModelShape(layers=24, hidden=3072, heads=24, kv_heads=8, ffn=8192, vocab=50304, seq_len=2048)
+# (model, GPUs, machine, global batch, sequence, axes, other setup)
+CASES = [
+    ("8B", 32, "perlmutter", 128, 4096, AXES, {}),
+    ("8B", 64, "perlmutter", 256, 4096, AXES, {"micro_batch": 1}),
+    ("8B", 64, "perlmutter", 256, 4096, NO_PIPE, {"micro_batch": 1}),
+    ("8B", 48, "alps", 96, 4096, NO_PIPE, {}),
+    ("8B", 24, "frontier", 96, 2048, AXES, {"recompute": "block"}),
+    ("70B", 256, "frontier", 512, 4096, AXES, {}),
+    ("70B", 128, "dgx-h100", 256, 4096, AXES, {}),
+    ("70B", 64, "alps", 128, 4096, AXES, {}),
+    ("70B", 96, "frontier", 192, 4096, AXES, {"recompute": "block"}),
+    ("70B", 512, "perlmutter", 512, 4096, NO_DATA, {"micro_batch": 1}),
+    ("405B", 1024, "alps", 512, 4096, NO_DATA, {}),
+    ("405B", 512, "frontier", 256, 4096, AXES, {"micro_batch": 1, "recompute": "block"}),
+    ("405B", 2048, "frontier", 1024, 8192, NO_DATA, {"recompute": "block"}),
+    ("1B", 16, "frontier", 64, 4096, AXES, {}),
+    ("1B", 64, "perlmutter", 128, 2048, NO_PIPE, {}),
+    ("1B", 12, "dgx-h100", 48, 4096, AXES, {"dtype": "float32"}),
+    ("350M", 8, "perlmutter", 32, 2048, AXES, {"overlap": ()}),
+    ("mid", 48, "alps", 192, 2048, AXES, {}),
+    ("mid", 72, "dgx-h100", 144, 2048, NO_PIPE, {}),
+    ("mid", 40, "perlmutter", 80, 2048, AXES, {"micro_batch": 1}),
+]
+
+
+def _shape(name: str) -> ModelShape:
+    return MID if name == "mid" else preset(name)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}-{len(c[5])}axes" for c in CASES])
+def test_fast_plan_top_10_is_the_exhaustive_top_10(case):
+    model, gpus, machine_name, batch, seq, axes, extra = case
+    shape, machine = _shape(model), load_machine(machine_name)
+    setup = TrainingSetup(global_batch=batch, seq_len=seq, **extra)
+    fast = search(shape, gpus, machine, setup, axes, top=10)
+    reference = search(shape, gpus, machine, setup, axes, top=10, exhaustive=True)
+    assert len(fast.predictions) == len(reference.predictions) == min(10, reference.dividing)
+    assert fast.dividing == reference.dividing and fast.fitting == reference.fitting
+    for mine, best in zip(fast.predictions, reference.predictions):
+        assert mine.fits == best.fits
+        assert mine.layout.sizes() == best.layout.sizes() or \
+            mine.step_time_s == pytest.approx(best.step_time_s, rel=0.005), (mine.layout, best.layout)
+    assert fast.priced < reference.priced
+
+
+def test_complete_plan_gives_every_layout_its_exhaustive_best_order():
+    # Skipping orders that place every group alike loses nothing, layout by layout.
+    shape, machine = preset("8B"), load_machine("frontier")
+    setup = TrainingSetup(global_batch=64, seq_len=2048, micro_batch=1)
+    complete = search(shape, 16, machine, setup)
+    reference = search(shape, 16, machine, setup, exhaustive=True)
+    assert complete.dividing == len(complete.predictions) == len(reference.predictions) > 50
+    best = {tuple(p.layout.sizes().values()): p.step_time_s for p in reference.predictions}
+    for p in complete.predictions:
+        assert p.step_time_s == pytest.approx(best[tuple(p.layout.sizes().values())], rel=1e-12)
+    assert complete.priced < reference.priced
+
+
+def test_memory_check_agrees_with_predict():
+    # The search sets aside layouts by their memory before pricing them; predict's verdict rules.
+    for model, gpus, machine_name, batch, extra in (("70B", 256, "frontier", 512, {}),
+                                                     ("8B", 64, "perlmutter", 256, {"recompute": "block"})):
+        shape, machine = preset(model), load_machine(machine_name)
+        setup = TrainingSetup(global_batch=batch, seq_len=4096, **extra)
+        layouts = [p.layout for p in search(shape, gpus, machine, setup, exhaustive=True).predictions]
+        verdicts = [fits_in_memory(shape, lay, machine, setup) for lay in layouts]
+        assert verdicts == [predict(shape, lay, machine, setup).fits for lay in layouts]
+        assert any(verdicts) and not all(verdicts)
+
+
+@pytest.mark.parametrize("machine_name", ["frontier", "perlmutter"])
+def test_link_floor_is_below_every_rank_order(machine_name):
+    shape, machine = preset("70B"), load_machine(machine_name)
+    setup = TrainingSetup(global_batch=256, seq_len=4096)
+    floor = link_floor(machine)
+    for sizes in (dict(data=4, pipe=4, depth=4, row=2, col=2), dict(data=2, depth=8, row=8), dict(pipe=8, row=4, col=4)):
+        bound = predict(shape, Layout(**sizes), floor, setup).step_time_s
+        times = [predict(shape, Layout(**sizes, order=order), machine, setup).step_time_s
+                 for order in candidate_orders(Layout(**sizes))]
+        assert bound <= min(times) and bound > 0.5 * min(times)
+
+
+def test_link_floor_with_measured_fits_frees_communication():
+    fit = CollectiveFit(alpha_us=1.0, bandwidth_gbs=500.0)  # faster than the links: no link bounds it
+    fitted = link_floor(dataclasses.replace(load_machine("frontier"), collectives={"all_reduce": {"intra": {8: fit}}}))
+    assert fitted.intra_node.bandwidth_gbs == float("inf") and fitted.inter_node.latency_us == 0
+
+
+def test_priced_groups_cover_every_collective_of_a_step():
+    # Orders are told apart by the placements of these groups only.
+    shape = preset("1B")
+    layout = Layout(data=2, pipe=2, depth=2, row=2, col=2)
+    for first, last in ((True, False), (False, True)):
+        axes = {c.axes for c in micro_batch_work(shape, layout, 1, 2048, "bfloat16", True, 8, first, last).comms}
+        axes |= {c.axes for c in step_collectives(shape, layout, 25.0, 8, first, last)}
+        assert axes <= set(PRICED_GROUPS)
+
+
+def test_memoized_replay_returns_the_replay():
+    forward, backward = [1.0, 1.5, 1.5, 2.0], [2.0, 3.0, 3.0, 4.5]
+    for m in (1, 3, 8):
+        first = step_seconds(forward, backward, m)
+        assert first == simulate(forward, backward, m).step_s == step_seconds(list(forward), list(backward), m)
