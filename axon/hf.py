@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from axon.parallel.sharding import named_shardings, shard_from_global
 from perfmodel.models import ModelShape
+from perfmodel.parameters import parameter_shapes
 
 # axon module inside layers.{i} -> Hugging Face module inside model.layers.{i}
 LAYER_NAMES = {
@@ -43,20 +44,6 @@ def hf_name(name: str) -> str:
         _, index, inner = module.split(".", 2)
         return f"model.layers.{index}.{LAYER_NAMES[inner]}.weight"
     return f"{TOP_NAMES[module]}.weight"
-
-
-def parameter_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
-    """axon name -> global shape of every parameter of a Llama of this shape."""
-    h, kv = shape.hidden, shape.kv_heads * shape.head_dim
-    per_layer = {"attention.wq": (shape.heads * shape.head_dim, h), "attention.wk": (kv, h),
-                 "attention.wv": (kv, h), "attention.wo": (h, shape.heads * shape.head_dim),
-                 "feed_forward.w1": (shape.ffn, h), "feed_forward.w3": (shape.ffn, h),
-                 "feed_forward.w2": (h, shape.ffn), "attention_norm": (h,), "ffn_norm": (h,)}
-    shapes = {"tok_embeddings.weight": (shape.vocab, h)}
-    for i in range(shape.layers):
-        shapes.update({f"layers.{i}.{module}.weight": dims for module, dims in per_layer.items()})
-    shapes.update({"norm.weight": (h,), "output.weight": (shape.vocab, h)})
-    return shapes
 
 
 # ---------------------------------------------------------------------------------------- config

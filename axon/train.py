@@ -15,7 +15,7 @@ from axon.goldfish import GoldfishMask
 from axon.metrics import MetricsLog
 from axon.model import Llama, initialize_parameters
 from axon.model.stages import stage_layers
-from perfmodel.stages import whole_model_parameters
+from perfmodel.parameters import whole_model_parameters
 from axon.parallel.comm import all_reduce
 from axon.parallel.data_parallel import GradientBuckets
 from axon.parallel.grads import clip_grad_norm

@@ -12,17 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from perfmodel.models import ModelShape
-
-
-def block_parameters(shape: ModelShape) -> int:
-    h, d = shape.hidden, shape.head_dim
-    attention = h * shape.heads * d * 2 + h * shape.kv_heads * d * 2
-    return attention + 3 * h * shape.ffn + 2 * h
-
-
-def whole_model_parameters(shape: ModelShape) -> int:
-    """Every parameter of the model: blocks, embedding, final norm and LM head."""
-    return shape.layers * block_parameters(shape) + 2 * shape.vocab * shape.hidden + shape.hidden
+from perfmodel.parameters import block_parameters, embedding_parameters, head_parameters
 
 
 def balanced_counts(shape: ModelShape, stages: int) -> list[int]:
@@ -33,7 +23,7 @@ def balanced_counts(shape: ModelShape, stages: int) -> list[int]:
 @lru_cache(maxsize=256)  # O(stages x layers^2): a plan asks for each stage count many times
 def _balanced_counts(shape: ModelShape, stages: int) -> tuple[int, ...]:
     layers, block = shape.layers, block_parameters(shape)
-    embedding, head = shape.vocab * shape.hidden, shape.vocab * shape.hidden + shape.hidden
+    embedding, head = embedding_parameters(shape), head_parameters(shape)
     # best[s][n]: the smallest possible maximum load placing the first n blocks on s stages.
     inf = float("inf")
     best = [[inf] * (layers + 1) for _ in range(stages + 1)]

@@ -10,7 +10,8 @@ from axon.model import init as init_module
 from axon.parallel.gather import full_parameters
 from axon.parallel.trace import Axis, CommTrace
 from benchmarks.plain_llama import PlainLlama
-from perfmodel.flops import flops_per_token, matmul_params
+from perfmodel.flops import flops_per_token
+from perfmodel.parameters import matmul_parameters
 from perfmodel.layout import Layout
 from perfmodel.models import ModelShape, preset
 
@@ -64,14 +65,14 @@ def test_llama31_parameter_counts_match_published_sizes():
     published = {"8B": 8_030_261_248, "70B": 70_553_706_496, "405B": 405_853_388_800}
     for name, count in published.items():
         shape = preset(name)
-        assert matmul_params(shape) + shape.vocab * shape.hidden == count
+        assert matmul_parameters(shape) + shape.vocab * shape.hidden == count
 
 
 def test_flops_per_token_by_hand():
     # tiny: per layer q,o 64*64 each, k,v 64*32 each, MLP 3*64*192, two norms 64 -> 49,280;
     # two layers + final norm 64 + LM head 256*64 = 115,008 matmul params.
     shape = preset("tiny")
-    assert matmul_params(shape) == 115_008
+    assert matmul_parameters(shape) == 115_008
     assert flops_per_token(shape) == 6 * 115_008 + 12 * 2 * 64 * 64
 
 

@@ -7,7 +7,8 @@ from itertools import product
 import pytest
 
 from axon.model.stages import stage_layers
-from perfmodel.stages import balanced_counts, block_parameters
+from perfmodel.parameters import block_parameters
+from perfmodel.stages import balanced_counts
 from perfmodel.models import ModelShape
 from perfmodel.pipeline import one_f_one_b, simulate, step_seconds
 from perfmodel.training import split_micro_batches
