@@ -51,7 +51,8 @@ def test_quick_calibration_on_four_ranks_predicts_a_direct_all_reduce():
     assert measured / 3 < predicted < measured * 3, (predicted, measured, fit)
     assert machine.devices_per_node == 4 and machine.peak_tflops["float32"] > 0
     assert machine.memory_bandwidth_gbs > 0 and machine.op_overhead_us > 0
-    assert all(0 < e <= 1 for _, e in machine.gemm_efficiency) and max(e for _, e in machine.gemm_efficiency) == 1.0
+    # The peak is the best GEMM measured; curve points are medians of shapes of like size
+    assert all(0 < e <= 1 for _, e in machine.gemm_efficiency) and max(e for _, e in machine.gemm_efficiency) > 0.5
     assert 0 <= machine.overlap_efficiency <= 1
     assert "with 4 ranks" in machine.source
     # GEMMs by smallest dimension (quick: 16, 64, 256), SDPA both ways, every memory-bound kind
