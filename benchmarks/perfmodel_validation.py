@@ -3,10 +3,11 @@
 For each world size (8, then 4 ranks):
 1. `torchrun --nproc-per-node N -m perfmodel calibrate --out results/machine_cpu_N.yaml`, the
    same launcher as training, so the profile sees N ranks sharing the cores;
-2. one gloo spawn of N ranks builds axon on every layout of N ranks the model divides (pipe 1:
-   the engine has no pipeline yet) and runs them round-robin: each round one step of each
+2. gloo spawns of N ranks build axon on every layout of N ranks the model divides, a group of
+   at most --group layouts per spawn (33 models held at once by 8 ranks outgrew this machine's
+   RAM and slowed every step), and run a group round-robin: each round one step of each
    layout, timed barrier to barrier, the max over ranks; rounds interleave so that the
-   machine's drift hits every layout alike; the first round is warm-up;
+   machine's drift hits every layout of a group alike; the first round is warm-up;
 3. perfmodel predicts each layout from the profile alone.
 Reported: predicted vs measured median step per layout, Kendall tau and Spearman rank
 correlations, mean absolute percentage error, the worst error, and the top-1 regret (measured
@@ -116,7 +117,14 @@ def measure_worker(rank, world, port, spec, out):
     dist.destroy_process_group()
 
 
-def measure(world: int, spec: dict) -> list[list[float]]:
+def measure(world: int, spec: dict, group: int) -> list[list[float]]:
+    """Step times per layout, `group` layouts per spawn."""
+    layouts = spec["layouts"]
+    return [times for start in range(0, len(layouts), group)
+            for times in measure_group(world, {**spec, "layouts": layouts[start:start + group]})]
+
+
+def measure_group(world: int, spec: dict) -> list[list[float]]:
     import socket
     import tempfile
 
@@ -147,7 +155,7 @@ def validate(world: int, args, shape: ModelShape, setup: TrainingSetup) -> dict:
     layouts = layouts_for(shape, world, setup)
     spec = {"model": {**shape.__dict__}, "layouts": [lay.sizes() for lay in layouts],
             "rounds": args.rounds + 1, "batch": args.batch}
-    raw = measure(world, spec)
+    raw = measure(world, spec, args.group)
     return score(world, profile, shape, setup, layouts, [times[1:] for times in raw])
 
 
@@ -196,6 +204,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--worlds", type=int, nargs="+", default=[8, 4])
     parser.add_argument("--quick-calibration", action="store_true")
     parser.add_argument("--profile", help="use this profile instead of calibrating")
+    parser.add_argument("--group", type=int, default=8, help="layouts measured together in one spawn")
     parser.add_argument("--repredict", action="store_true",
                         help="predict again from the last results' measured times and profiles (no measuring)")
     args = parser.parse_args(argv)
@@ -203,7 +212,9 @@ def main(argv=None) -> dict:
     setup = TrainingSetup(global_batch=args.batch, seq_len=args.seq, dtype="float32")
     RESULTS.mkdir(parents=True, exist_ok=True)
     results = {"model": args.model, "seq": args.seq, "batch": args.batch, "rounds": args.rounds, "worlds": []}
-    last = json.loads((RESULTS / "perfmodel_validation.json").read_text()) if args.repredict else None
+    path = RESULTS / "perfmodel_validation.json"
+    previous = json.loads(path.read_text()) if path.exists() else {"worlds": []}
+    last = previous if args.repredict else None
     for world in args.worlds:
         if last:
             old = next(w for w in last["worlds"] if w["world"] == world)
@@ -213,7 +224,9 @@ def main(argv=None) -> dict:
             result = validate(world, args, shape, setup)
         print_result(result)
         results["worlds"].append(result)
-    (RESULTS / "perfmodel_validation.json").write_text(json.dumps(results, indent=1))
+    # Worlds not run this time keep their last results.
+    results["worlds"] += [w for w in previous["worlds"] if w["world"] not in args.worlds]
+    path.write_text(json.dumps(results, indent=1))
     print(f"\nwrote {RESULTS / 'perfmodel_validation.json'}")
     return results
 
