@@ -69,19 +69,21 @@ def busiest_node_streams(members: tuple[tuple[int, int], ...], world: int, per_n
     leftover tail of the world is a prefix of it, so it has no busier node).
     """
     span = max(size * stride for size, stride in members)
+    last_member = sum((size - 1) * stride for size, stride in members)  # the last rank's offset in its group
     window = min(math.lcm(span, per_node), world)
-    ranks = np.arange(window)
+    nodes = -(-window // per_node)
+    ranks = np.arange(nodes * per_node)
     group = ranks.copy()  # each rank's group, named by its first rank
     for size, stride in members:
         group -= (ranks // stride) % size * stride
-    node = ranks // per_node
-    nodes = -(-window // per_node)
-    pairs = np.unique(group * nodes + node)  # each (group, node) a group touches, once
-    pair_group, pair_node = pairs // nodes, pairs % nodes
-    spread = np.bincount(pair_group, minlength=window)[pair_group] > 1
-    if not spread.any():
+    # A group's ranks lie between its first and last, so it leaves its node iff those two differ.
+    leaves = (group // per_node != (group + last_member) // per_node) & (ranks < window)
+    if not leaves.any():
         return 0
-    return int(np.bincount(pair_node[spread]).max())
+    # Per node (a row), the distinct groups that leave: sort the row, count the changes.
+    rows = np.sort(np.where(leaves, group, -1).reshape(nodes, per_node), axis=1)
+    starts = (rows[:, 1:] != rows[:, :-1]) & (rows[:, 1:] >= 0)
+    return int((starts.sum(axis=1) + (rows[:, 0] >= 0)).max())
 
 
 def collective_time(op: str, nbytes: float, placement: Placement, machine: Machine, blocking: bool = False) -> float:

@@ -13,12 +13,12 @@ import dataclasses
 import pytest
 
 from perfmodel.collectives import PRICED_GROUPS
-from perfmodel.layout import AXES, Layout
+from perfmodel.layout import AXES, Layout, factorizations
 from perfmodel.machine import CollectiveFit, load_machine
 from perfmodel.models import ModelShape, preset
 from perfmodel.pipeline import simulate, step_seconds
 from perfmodel.predict import predict
-from perfmodel.search import candidate_orders, fits_in_memory, link_floor, search
+from perfmodel.search import candidate_orders, fits_in_memory, layout_problem, link_floor, search
 from perfmodel.training import TrainingSetup
 from perfmodel.workload import micro_batch_work, step_collectives
 
@@ -35,11 +35,11 @@ CASES = [
     ("70B", 256, "frontier", 512, 4096, AXES, {}),
     ("70B", 128, "dgx-h100", 256, 4096, AXES, {}),
     ("70B", 64, "alps", 128, 4096, AXES, {}),
-    ("70B", 96, "frontier", 192, 4096, AXES, {"recompute": "block"}),
+    ("70B", 96, "frontier", 192, 4096, NO_PIPE, {"recompute": "block"}),
     ("70B", 512, "perlmutter", 512, 4096, NO_DATA, {"micro_batch": 1}),
     ("405B", 1024, "alps", 512, 4096, NO_DATA, {}),
-    ("405B", 512, "frontier", 256, 4096, AXES, {"micro_batch": 1, "recompute": "block"}),
-    ("405B", 2048, "frontier", 1024, 8192, NO_DATA, {"recompute": "block"}),
+    ("405B", 512, "frontier", 256, 4096, NO_DATA, {"recompute": "block"}),
+    ("405B", 1024, "frontier", 1024, 8192, NO_DATA, {"recompute": "block"}),
     ("1B", 16, "frontier", 64, 4096, AXES, {}),
     ("1B", 64, "perlmutter", 128, 2048, NO_PIPE, {}),
     ("1B", 12, "dgx-h100", 48, 4096, AXES, {"dtype": "float32"}),
@@ -67,7 +67,8 @@ def test_fast_plan_top_10_is_the_exhaustive_top_10(case):
         assert mine.fits == best.fits
         assert mine.layout.sizes() == best.layout.sizes() or \
             mine.step_time_s == pytest.approx(best.step_time_s, rel=0.005), (mine.layout, best.layout)
-    assert fast.priced < reference.priced
+    if reference.fitting >= 10:  # with fewer, both price every layout that does not fit
+        assert fast.priced < reference.priced
 
 
 def test_complete_plan_gives_every_layout_its_exhaustive_best_order():
@@ -89,7 +90,7 @@ def test_memory_check_agrees_with_predict():
                                                      ("8B", 64, "perlmutter", 256, {"recompute": "block"})):
         shape, machine = preset(model), load_machine(machine_name)
         setup = TrainingSetup(global_batch=batch, seq_len=4096, **extra)
-        layouts = [p.layout for p in search(shape, gpus, machine, setup, exhaustive=True).predictions]
+        layouts = [lay for lay in factorizations(gpus) if layout_problem(shape, lay, setup) is None]
         verdicts = [fits_in_memory(shape, lay, machine, setup) for lay in layouts]
         assert verdicts == [predict(shape, lay, machine, setup).fits for lay in layouts]
         assert any(verdicts) and not all(verdicts)
