@@ -62,7 +62,8 @@ def check_some_layout_fits_the_shape(config: RunConfig, world_size: int) -> None
 
 def choose(config: RunConfig, world_size: int, machine) -> tuple[RunConfig, LayoutChoice]:
     """The config with the best predicted layout that fits in memory filled in."""
-    predictions, ruled_out = plan(config.model, world_size, machine, training_setup(config), AXES)
+    # The best and three runners-up: the search prices only what can reach the top 4.
+    predictions, ruled_out = plan(config.model, world_size, machine, training_setup(config), AXES, top=4)
     fitting = [p for p in predictions if p.fits]
     if not fitting:
         why = predictions[0].why_not if predictions else "; ".join(f"{n} by {r}" for r, n in ruled_out.items())
