@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from perfmodel.divisibility import find_layout_problem
 from perfmodel.layout import AXES, DEFAULT_ORDER, Layout
 from perfmodel.models import ModelShape, PRESETS
 from perfmodel.training import split_micro_batches
@@ -364,37 +365,14 @@ def check_layout(config: RunConfig, world_size: int) -> None:
         raise ConfigError(
             f"layout {lay.data}x{lay.pipe}x{lay.depth}x{lay.row}x{lay.col} (data x pipe x depth x row x col) "
             f"has {lay.world_size} ranks but the job has world size {world_size}")
-    if m.layers < lay.pipe:
-        raise ConfigError(f"layout.pipe={lay.pipe} stages need at least one block each, but model.layers={m.layers}")
+    problem = find_layout_problem(m, lay, t.global_batch, t.micro_batch)
+    if problem:
+        raise ConfigError(problem.sentence)
     if t.stage_layers:
         counts = t.stage_layers
         if len(counts) != lay.pipe or sum(counts) != m.layers or min(counts) < 1:
             raise ConfigError(f"train.stage_layers={list(counts)} must give {lay.pipe} stage(s) (layout.pipe) at "
                               f"least one block each, summing to model.layers={m.layers}")
-    # Normal layers split their output over row and input over col; transposed layers the reverse.
-    splits = (
-        ("model.hidden", m.hidden, ("col",)),
-        ("model.heads", m.heads, ("row",)),
-        ("model.kv_heads", m.kv_heads, ("row",)),
-        ("model.ffn", m.ffn, ("row",)),
-        ("model.vocab", m.vocab, ("row",)),
-    )
-    for key, value, axes in splits:
-        for axis in axes:
-            size = getattr(lay, axis)
-            if value % size:
-                raise ConfigError(f"{key}={value} is not divisible by layout.{axis}={size}, which splits it")
-    shards = lay.data * lay.depth
-    if t.global_batch % shards:
-        raise ConfigError(
-            f"train.global_batch={t.global_batch} is not divisible by layout.data x layout.depth = "
-            f"{lay.data} x {lay.depth} = {shards}")
-    per_shard = t.global_batch // shards
-    micro = t.micro_batch or per_shard
-    if per_shard % micro:
-        raise ConfigError(
-            f"train.micro_batch={micro} does not divide the {per_shard} sequences each data x depth shard "
-            f"gets per step (train.global_batch={t.global_batch} / {shards} shards)")
 
 
 def micro_batch_plan(config: RunConfig) -> tuple[int, int]:

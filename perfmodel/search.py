@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from itertools import permutations
 
 from perfmodel.collectives import PRICED_GROUPS, group_placement
+from perfmodel.divisibility import find_layout_problem
 from perfmodel.layout import AXES, DEFAULT_ORDER, Layout, factorizations
 from perfmodel.machine import Link, Machine
 from perfmodel.memory import memory_per_device
@@ -40,19 +41,8 @@ class PlanResult:
 
 def layout_problem(shape: ModelShape, layout: Layout, setup: TrainingSetup) -> str | None:
     """Why this layout cannot run this model and batch (one sentence), or None."""
-    splits = (("hidden", shape.hidden, "col"), ("heads", shape.heads, "row"), ("kv_heads", shape.kv_heads, "row"),
-              ("ffn", shape.ffn, "row"), ("vocab", shape.vocab, "row"))
-    for name, value, axis in splits:
-        size = getattr(layout, axis)
-        if value % size:
-            return f"model.{name}={value} is not divisible by {axis}={size}"
-    if shape.layers < layout.pipe:  # stages split the blocks unevenly if they must, never to nothing
-        return f"model.layers={shape.layers} is not enough for pipe={layout.pipe} stages of a block or more"
-    shards = layout.data * layout.depth
-    if setup.micro_batches(shards, layout.pipe) is None:
-        return (f"global batch {setup.global_batch} does not split into micro-batches of {setup.micro_batch or 'any'} "
-                f"over data x depth = {shards}")
-    return None
+    problem = find_layout_problem(shape, layout, setup.global_batch, setup.micro_batch)
+    return problem.sentence if problem else None
 
 
 def candidate_orders(layout: Layout) -> list[tuple[str, ...]]:
@@ -77,10 +67,9 @@ def search(shape: ModelShape, gpus: int, machine: Machine, setup: TrainingSetup,
     """The best `top` layouts (every layout when None), each at its best order."""
     layouts, ruled_out = [], {}
     for layout in factorizations(gpus, axes):
-        problem = layout_problem(shape, layout, setup)
+        problem = find_layout_problem(shape, layout, setup.global_batch, setup.micro_batch)
         if problem:
-            reason = problem.split(" is not")[0].split(" does not")[0]
-            ruled_out[reason] = ruled_out.get(reason, 0) + 1
+            ruled_out[problem.reason] = ruled_out.get(problem.reason, 0) + 1
         else:
             layouts.append(layout)
     pricer = _Pricer(shape, machine, setup, exhaustive)

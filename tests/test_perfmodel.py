@@ -149,9 +149,13 @@ def test_search_covers_every_factorization_and_respects_divisibility():
 
 def test_layout_problem_names_the_key_and_numbers():
     setup = TrainingSetup(global_batch=6, seq_len=128)
-    assert layout_problem(preset("1M"), Layout(row=8), setup) == "model.heads=4 is not divisible by row=8"
-    assert layout_problem(preset("1M"), Layout(row=4), setup) == "model.kv_heads=2 is not divisible by row=4"
-    assert "global batch 6" in layout_problem(preset("1M"), Layout(data=4), setup)
+    # The engine's config check raises the same sentences (perfmodel/divisibility.py).
+    assert layout_problem(preset("1M"), Layout(row=8), setup) == \
+        "model.heads=4 is not divisible by layout.row=8, which splits it"
+    assert layout_problem(preset("1M"), Layout(row=4), setup) == \
+        "model.kv_heads=2 is not divisible by layout.row=4, which splits it"
+    assert layout_problem(preset("1M"), Layout(data=4), setup) == \
+        "train.global_batch=6 is not divisible by layout.data x layout.depth = 4 x 1 = 4"
 
 
 def test_shipped_profiles_load_and_cite_sources():
@@ -193,7 +197,7 @@ def test_plan_json_and_explain(tmp_path, capsys):
     assert "time by component" in capsys.readouterr().out
     assert cli_main(["explain", "--model", "1M", "--gpus", "8", "--machine", "perlmutter", "--global-batch", "8",
                      "--layout", "row=8"]) == 2
-    assert "model.heads=4 is not divisible by row=8" in capsys.readouterr().err
+    assert "model.heads=4 is not divisible by layout.row=8" in capsys.readouterr().err
 
 
 def test_planner_never_imports_torch():
