@@ -11,6 +11,14 @@ from math import prod
 
 from perfmodel.models import ModelShape
 
+# How a linear layer's weight is split (axon.parallel.linear): a "normal" layer splits its
+# output over row and its input over col, a "transposed" one the reverse, so a normal layer's
+# output is already split the way the transposed layer after it takes its input.
+ORIENTATIONS = {"normal": ("row", "col"), "transposed": ("col", "row")}  # (axis of out, axis of in)
+LINEAR_ORIENTATIONS = {"attention.wq": "normal", "attention.wk": "normal", "attention.wv": "normal",
+                       "attention.wo": "transposed", "feed_forward.w1": "normal", "feed_forward.w3": "normal",
+                       "feed_forward.w2": "transposed", "output": "normal"}
+
 
 def block_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
     """Module name inside `layers.{i}` -> global shape, for one transformer block."""
@@ -18,6 +26,14 @@ def block_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:
     return {"attention.wq": (q, h), "attention.wk": (kv, h), "attention.wv": (kv, h), "attention.wo": (h, q),
             "feed_forward.w1": (f, h), "feed_forward.w3": (f, h), "feed_forward.w2": (h, f),
             "attention_norm": (h,), "ffn_norm": (h,)}
+
+
+def linear_layers(shape: ModelShape, with_head: bool) -> list[tuple[str, int, int, str]]:
+    """(name, in, out, orientation) of one block's linear layers in forward order, then the
+    LM head's if asked for."""
+    layers = [(module.split(".")[-1], dims[1], dims[0], LINEAR_ORIENTATIONS[module])
+              for module, dims in block_shapes(shape).items() if module in LINEAR_ORIENTATIONS]
+    return layers + ([("output", shape.hidden, shape.vocab, LINEAR_ORIENTATIONS["output"])] if with_head else [])
 
 
 def parameter_shapes(shape: ModelShape) -> dict[str, tuple[int, ...]]:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from perfmodel.layout import Layout
 from perfmodel.models import ModelShape
+from perfmodel.parameters import ORIENTATIONS, linear_layers
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
-ORIENTATIONS = {"normal": ("row", "col"), "transposed": ("col", "row")}  # (axis of out, axis of in)
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,7 @@ def memory_bytes(kind: str, phase: str, elements: float, element_bytes: int) -> 
 def block_matrices(shape: ModelShape, with_head: bool):
     """(name, in, out, orientation) of one transformer block's matrices in forward order,
     then the LM head's if asked for."""
-    h, kv, f = shape.hidden, shape.kv_heads * shape.head_dim, shape.ffn
-    matrices = [("wq", h, h, "normal"), ("wk", h, kv, "normal"), ("wv", h, kv, "normal"),
-                ("wo", h, h, "transposed"), ("w1", h, f, "normal"), ("w3", h, f, "normal"),
-                ("w2", f, h, "transposed")]
-    return matrices + ([("output", h, shape.vocab, "normal")] if with_head else [])
+    return linear_layers(shape, with_head)
 
 
 def local_dims(layout: Layout, in_f: int, out_f: int, orientation: str) -> tuple[int, int, str, str]:

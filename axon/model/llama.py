@@ -22,6 +22,7 @@ from axon.parallel.pipeline import StagePeers
 from axon.model.stages import stage_layers
 from kernels import apply_rotary, causal_attention, rotary_tables
 from perfmodel.models import ModelShape
+from perfmodel.parameters import LINEAR_ORIENTATIONS as ORIENT
 
 INIT_STD = 0.02
 
@@ -32,10 +33,10 @@ class Attention(nn.Module):
         d, row = shape.head_dim, grid.size("row")
         self.head_dim = d
         self.local_heads, self.local_kv_heads = shape.heads // row, shape.kv_heads // row
-        self.wq = TensorParallelLinear(grid, shape.hidden, shape.heads * d, "normal", INIT_STD)
-        self.wk = TensorParallelLinear(grid, shape.hidden, shape.kv_heads * d, "normal", INIT_STD)
-        self.wv = TensorParallelLinear(grid, shape.hidden, shape.kv_heads * d, "normal", INIT_STD)
-        self.wo = TensorParallelLinear(grid, shape.heads * d, shape.hidden, "transposed", out_std)
+        self.wq = TensorParallelLinear(grid, shape.hidden, shape.heads * d, ORIENT["attention.wq"], INIT_STD)
+        self.wk = TensorParallelLinear(grid, shape.hidden, shape.kv_heads * d, ORIENT["attention.wk"], INIT_STD)
+        self.wv = TensorParallelLinear(grid, shape.hidden, shape.kv_heads * d, ORIENT["attention.wv"], INIT_STD)
+        self.wo = TensorParallelLinear(grid, shape.heads * d, shape.hidden, ORIENT["attention.wo"], out_std)
 
     def forward(self, x, cos, sin):
         batch, seq, _ = x.shape
@@ -51,9 +52,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, shape: ModelShape, grid, out_std: float):
         super().__init__()
-        self.w1 = TensorParallelLinear(grid, shape.hidden, shape.ffn, "normal", INIT_STD)
-        self.w3 = TensorParallelLinear(grid, shape.hidden, shape.ffn, "normal", INIT_STD)
-        self.w2 = TensorParallelLinear(grid, shape.ffn, shape.hidden, "transposed", out_std)
+        self.w1 = TensorParallelLinear(grid, shape.hidden, shape.ffn, ORIENT["feed_forward.w1"], INIT_STD)
+        self.w3 = TensorParallelLinear(grid, shape.hidden, shape.ffn, ORIENT["feed_forward.w3"], INIT_STD)
+        self.w2 = TensorParallelLinear(grid, shape.ffn, shape.hidden, ORIENT["feed_forward.w2"], out_std)
 
     def forward(self, x):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -96,7 +97,7 @@ class Llama(nn.Module):
         self.layers = nn.ModuleDict({str(i): Block(shape, grid) for i in self.layer_ids})
         if self.last_stage:
             self.norm = ShardedRMSNorm(grid, shape.hidden, shape.norm_eps)
-            self.output = TensorParallelLinear(grid, shape.hidden, shape.vocab, "normal", INIT_STD)
+            self.output = TensorParallelLinear(grid, shape.hidden, shape.vocab, ORIENT["output"], INIT_STD)
             self.vocab_start = self.output.sharding.block_slices(grid)[0].start
 
     def stage_forward(self, x: torch.Tensor) -> torch.Tensor:

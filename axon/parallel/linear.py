@@ -24,8 +24,8 @@ from axon.parallel.comm import all_reduce, all_reduce_start, scatter_block_grad,
 from axon.parallel.prefetch import fetch_weight
 from axon.parallel.sharding import Sharding
 from kernels.gemm import mm_fp32_out
+from perfmodel.parameters import ORIENTATIONS
 
-ORIENTATIONS = {"normal": ("row", "col"), "transposed": ("col", "row")}  # (axis of out, axis of in)
 
 
 class TensorParallelLinear(nn.Module):
