@@ -38,6 +38,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micro-batch", type=int, default=0, help="sequences per micro-batch per data x depth shard")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--recompute", default="none", choices=("none", "block"))
+    parser.add_argument("--grad-reduce-dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="dtype of the data-parallel and depth gradient reductions (train.grad_reduce_dtype)")
     parser.add_argument("--overlap", default="all", help=f"comma list of {','.join(OVERLAPS)}, or all, or none")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -84,7 +86,8 @@ def training_setup(args, shape: ModelShape) -> TrainingSetup:
     else:
         overlap = tuple(part.strip() for part in args.overlap.split(",") if part.strip())
     return TrainingSetup(global_batch=args.global_batch, seq_len=args.seq or shape.seq_len,
-                         micro_batch=args.micro_batch, dtype=args.dtype, recompute=args.recompute, overlap=overlap)
+                         micro_batch=args.micro_batch, dtype=args.dtype, recompute=args.recompute, overlap=overlap,
+                         grad_reduce_dtype=args.grad_reduce_dtype)
 
 
 def parse_layout(text: str) -> Layout:
@@ -110,7 +113,8 @@ def order_text(layout: Layout) -> str:
 
 def print_plan(result, shape_name, args, setup, seconds) -> None:
     print(f"perfmodel plan: {shape_name} on {args.gpus} x {args.machine}, global batch {setup.global_batch} x "
-          f"{setup.seq_len} tokens, {setup.dtype}, recompute {setup.recompute}, overlap {','.join(setup.overlap) or 'none'}")
+          f"{setup.seq_len} tokens, {setup.dtype}, recompute {setup.recompute}, overlap {','.join(setup.overlap) or 'none'}"
+          + (f", gradients reduced in {setup.grad_reduce_dtype}" if setup.grad_reduce_dtype != "float32" else ""))
     ruled_out = result.ruled_out
     reasons = "; ".join(f"{n} by {why}" for why, n in sorted(ruled_out.items(), key=lambda kv: -kv[1]))
     print(f"{result.dividing} layouts ({result.fitting} fit in memory), ranked at their best rank order in {seconds:.2f} s "

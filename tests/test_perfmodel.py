@@ -210,3 +210,19 @@ def test_planner_never_imports_torch():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "biggest cost" in result.stdout and "time by component" in result.stdout
+
+
+def test_cli_prices_bf16_gradient_reductions(capsys):
+    """--grad-reduce-dtype bfloat16 halves the bytes of the data all-reduces and depth
+    reduce-scatters: those components get cheaper, nothing else changes."""
+    base = ["explain", "--model", "8B", "--gpus", "64", "--machine", "perlmutter", "--global-batch", "256",
+            "--layout", "data=8,depth=8", "--overlap", "none", "--json"]
+    breakdowns = {}
+    for dtype in ("float32", "bfloat16"):
+        assert cli_main(base + ["--grad-reduce-dtype", dtype]) == 0
+        breakdowns[dtype] = json.loads(capsys.readouterr().out)["breakdown"]
+    fp32, bf16 = breakdowns["float32"], breakdowns["bfloat16"]
+    for component in ("data_comm", "depth_reduce_scatter"):
+        assert 0 < bf16[component] < 0.75 * fp32[component], component
+    for component in ("gemm", "attention", "depth_gather", "tensor_comm"):
+        assert bf16[component] == pytest.approx(fp32[component]), component
