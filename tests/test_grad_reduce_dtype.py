@@ -152,3 +152,33 @@ def test_config_and_perfmodel_setup_carry_the_option():
         build_config({"train": {"grad_reduce_dtype": "float16"}})
     with pytest.raises(ValueError, match="grad_reduce_dtype"):
         TrainingSetup(global_batch=8, seq_len=16, grad_reduce_dtype="fp8")
+
+
+def test_bf16_wire_copies_live_until_their_wait():
+    """DESIGN §10: a tensor an asynchronous collective uses must not return to the allocator
+    before the wait. The bf16 copies exist only for the wire, so the traced handle must hold
+    them; after the wait they are released and the sum is in the fp32 tensor."""
+    import torch.distributed as dist
+
+    from axon.parallel.trace import Axis, CommTrace
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        axis = Axis("data", dist.group.WORLD, 1, CommTrace())  # a real group, so the wire is cast
+        buffer = torch.tensor([1.0, 2.0 ** -9 + 1.0, 3.0])  # the middle value is not a bf16 number
+        handle = all_reduce_start(buffer, axis, wire_dtype=torch.bfloat16)
+        (wire,) = handle.handle.keep_alive
+        assert wire.dtype == torch.bfloat16 and wire is handle.wire
+        handle.wait()
+        assert handle.handle.keep_alive == () and handle.wire is None
+        assert buffer.tolist() == [1.0, 1.0, 3.0]  # rounded through bf16 on the wire, back in fp32
+
+        dblock = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+        shard, handle = scatter_block_grad_start(dblock, 6, axis, wire_dtype=torch.bfloat16)
+        full, narrow = handle.handle.keep_alive
+        assert full.dtype == narrow.dtype == torch.bfloat16 and narrow is handle.wire
+        assert shard.dtype == torch.float32
+        handle.wait()
+        assert handle.handle.keep_alive == () and shard.tolist() == dblock.reshape(-1).tolist()
+    finally:
+        dist.destroy_process_group()
