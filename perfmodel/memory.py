@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from perfmodel.layout import Layout
 from perfmodel.models import ModelShape
+from perfmodel.stages import balanced_counts
 from perfmodel.training import TrainingSetup
 from perfmodel.workload import DTYPE_BYTES, block_matrices, local_dims, stage_parameters
 
@@ -50,6 +51,27 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
         "gathered_weights": gathered / GIB,
         "activations": activations * in_flight / GIB,
     }
+
+
+def stage_memories(shape: ModelShape, layout: Layout, setup: TrainingSetup) -> dict[tuple, dict[str, float]]:
+    """Memory by component for each distinct stage (blocks, first, last) of the parameter-balanced split."""
+    micro, _ = setup.micro_batches(layout.data * layout.depth, layout.pipe)
+    stages = [(blocks, s == 0, s == layout.pipe - 1) for s, blocks in enumerate(balanced_counts(shape, layout.pipe))]
+    return {stage: memory_per_device(shape, layout, setup, micro, *stage) for stage in dict.fromkeys(stages)}
+
+
+def fullest(memories) -> dict[str, float]:
+    """The stage memory with the largest total: it decides whether a layout fits."""
+    return max(memories, key=lambda m: sum(m.values()))
+
+
+def why_it_does_not_fit(total_gib: float, machine) -> str:
+    """One sentence when `total_gib` per device exceeds the usable memory; empty when it fits."""
+    limit = machine.memory_gb * machine.usable_memory_fraction
+    if total_gib <= limit:
+        return ""
+    return (f"needs {total_gib:.1f} GiB per device, more than {limit:.1f} GiB usable "
+            f"({machine.usable_memory_fraction:.0%} of {machine.memory_gb:g})")
 
 
 def _micro_batches(setup: TrainingSetup, layout: Layout) -> int:

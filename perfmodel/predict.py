@@ -25,7 +25,7 @@ from perfmodel.collectives import collective_time, group_placement
 from perfmodel.flops import flops_per_token
 from perfmodel.layout import Layout
 from perfmodel.machine import Machine
-from perfmodel.memory import memory_per_device
+from perfmodel.memory import fullest, memory_per_device, why_it_does_not_fit
 from perfmodel.models import ModelShape
 from perfmodel.pipeline import step_seconds
 from perfmodel.stages import balanced_counts
@@ -272,10 +272,8 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     step = sum(breakdown.values())
     flops = flops_per_token(shape, setup.seq_len) * setup.global_batch * setup.seq_len
     tflops = flops / step / layout.world_size / 1e12
-    memory = max((entry["memory"] for entry in priced.values()), key=lambda m: sum(m.values()))
+    memory = fullest(entry["memory"] for entry in priced.values())
     total = sum(memory.values())
-    limit = machine.memory_gb * machine.usable_memory_fraction
-    why = "" if total <= limit else (f"needs {total:.1f} GiB per device, more than {limit:.1f} GiB usable "
-                                     f"({machine.usable_memory_fraction:.0%} of {machine.memory_gb:g})")
+    why = why_it_does_not_fit(total, machine)
     return Prediction(layout, step, tflops, tflops * 1e12 / machine.peak_flops(setup.dtype), total, not why, why,
                       breakdown, memory, micro, count)

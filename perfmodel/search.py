@@ -23,10 +23,9 @@ from perfmodel.collectives import PRICED_GROUPS, group_placement
 from perfmodel.divisibility import find_layout_problem
 from perfmodel.layout import AXES, DEFAULT_ORDER, Layout, factorizations
 from perfmodel.machine import Link, Machine
-from perfmodel.memory import memory_per_device
+from perfmodel.memory import fullest, stage_memories, why_it_does_not_fit
 from perfmodel.models import ModelShape
 from perfmodel.predict import Prediction, predict
-from perfmodel.stages import balanced_counts
 from perfmodel.training import TrainingSetup
 
 
@@ -87,10 +86,7 @@ def search(shape: ModelShape, gpus: int, machine: Machine, setup: TrainingSetup,
 def fits_in_memory(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup) -> bool:
     """predict's memory verdict without its timing: the fullest stage against the usable memory.
     No rank order changes it, so one check per layout serves every order."""
-    micro, _ = setup.micro_batches(layout.data * layout.depth, layout.pipe)
-    stages = {(blocks, s == 0, s == layout.pipe - 1) for s, blocks in enumerate(balanced_counts(shape, layout.pipe))}
-    fullest = max(sum(memory_per_device(shape, layout, setup, micro, *stage).values()) for stage in stages)
-    return fullest <= machine.memory_gb * machine.usable_memory_fraction
+    return not why_it_does_not_fit(sum(fullest(stage_memories(shape, layout, setup).values()).values()), machine)
 
 
 def link_floor(machine: Machine) -> Machine:
