@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import statistics
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from perfmodel.launch import LaunchInfo, detect_launch
 from perfmodel.machine import CollectiveFit, Link, Machine, ProfileError, load_machine, machine_to_dict
 from perfmodel.calibrate.compute import (measure_attention, measure_gemms_by_min_dim, measure_memory_kinds,
                                          min_dim_curves)
@@ -31,31 +31,21 @@ from perfmodel.calibrate.measure import (MIB, Bench, efficiency_curve, measure_c
 
 GIB = 1 << 30  # memory_gb is in GiB, as perfmodel.memory counts it; bandwidths use GB = 1e9
 
-# (launcher, rank, world, local rank, local world) variables; the first whose rank and world
-# are both set wins. torchrun comes first: inside an allocation it also sees SLURM_*.
-LAUNCH_VARS = (
-    ("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
-    ("srun", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"),
-    ("mpiexec", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
-    ("mpiexec", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
-)
+LAUNCHER_NAMES = {"torchrun": "torchrun", "slurm": "srun", "mpi": "mpiexec", "single": "single process"}
 
 
-def launch_from_env(env=os.environ) -> tuple[str, int, int, int, int]:
-    """(launcher, rank, world, local rank, local world) from what the launcher exported."""
-    for launcher, rank_var, world_var, local_var, local_world_var in LAUNCH_VARS:
-        if rank_var in env and world_var in env:
-            break
-    else:
-        return "single process", 0, 1, 0, 1
-    rank, world = int(env[rank_var]), int(env[world_var])
-    per_node = env.get(local_world_var) or (launcher == "srun" and env.get("SLURM_TASKS_PER_NODE")) or str(world)
-    local_world = int(re.match(r"\d+", per_node).group())  # srun writes "4(x2)" for 4 on each of 2 nodes
-    local = int(env.get(local_var, rank % local_world))
-    if world > 1 and not (env.get("MASTER_ADDR") and env.get("MASTER_PORT")):
-        raise ValueError(f"{launcher} started {world} ranks but MASTER_ADDR or MASTER_PORT is not set; "
-                         f"export both as the launch scripts do.")
-    return launcher, rank, world, local, local_world
+def launch_from_env(env=os.environ) -> tuple[LaunchInfo, str]:
+    """Where this rank sits, read as the engine reads it (`perfmodel.launch.detect_launch`), and
+    the launcher's name for the profile's source line."""
+    info = detect_launch(env)
+    if info.launcher == "mpi":  # the engine meets through mpi4py here; calibrate keeps to env:// instead
+        missing = [name for name, value in (("MASTER_ADDR", info.master_addr), ("MASTER_PORT", info.master_port),
+                                            ("the local rank", info.local_rank)) if value is None]
+        if missing and info.world_size > 1:
+            raise ValueError(f"mpiexec started {info.world_size} ranks but {' and '.join(missing)} "
+                             f"{'is' if len(missing) == 1 else 'are'} not set; export MASTER_ADDR and MASTER_PORT "
+                             f"as launch/mpiexec.sh does.")
+    return info, LAUNCHER_NAMES[info.launcher]
 
 
 # ---------------------------------------------------------------- the profile
@@ -228,7 +218,9 @@ def main(argv: list[str]) -> int:
         bad = [d for d in dtypes or [] if d not in ("float32", "bfloat16", "float16")]
         if bad:
             raise ValueError(f"--dtype {','.join(bad)} is not one of float32, bfloat16, float16")
-        launcher, rank, world, local, local_world = launch_from_env()
+        info, launcher = launch_from_env()
+        rank, world = info.rank, info.world_size
+        local, local_world = info.local_rank or 0, info.local_world_size or 1
     except (ProfileError, ValueError) as error:
         print(f"perfmodel calibrate: {error}", file=sys.stderr)
         return 2
@@ -241,7 +233,9 @@ def main(argv: list[str]) -> int:
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))  # the node's ranks share its cores
     if world > 1:
-        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", rank=rank, world_size=world)
+        host = f"[{info.master_addr}]" if ":" in info.master_addr else info.master_addr  # IPv6 literal
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://{host}:{info.master_port}",
+                                rank=rank, world_size=world)
     try:
         profile = run_calibration(args.quick, base, dtypes, launcher, report=rank == 0, gemm_tuning=args.gemm_tuning)
         if rank == 0:
