@@ -24,10 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config (see axon/configs/)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, dotted for nesting (repeatable), e.g. --set layout.col=2")
-    commands.add_parser("data", help="prepare or verify token files (python -m axon data prepare -h)")
-    commands.add_parser("convert", help="Hugging Face Llama <-> axon checkpoint (python -m axon convert -h)")
-    commands.add_parser("memorize", help="memorization sweep: models x {standard, goldfish} (python -m axon memorize -h)")
-    commands.add_parser("memorize-eval", help="memorization scores of one checkpoint (python -m axon memorize-eval -h)")
+    for name, (_, _, summary) in OWN_ARGUMENTS.items():
+        commands.add_parser(name, help=summary)
     return parser
 
 def _fail(rank: int, message: str) -> None:
@@ -178,28 +176,32 @@ def _train(config, runtime, source, reader, choice=None) -> None:
             save_outcome(config.out_dir, choice, median)
 
 
+# Subcommands that own their arguments: (module, function, help), imported only when used.
+OWN_ARGUMENTS = {
+    "data": ("axon.dataprep", "main", "prepare or verify token files (python -m axon data prepare -h)"),
+    "convert": ("axon.convert", "main", "Hugging Face Llama <-> axon checkpoint (python -m axon convert -h)"),
+    "memorize": ("axon.memorize.cli", "memorize_main",
+                 "memorization sweep: models x {standard, goldfish} (python -m axon memorize -h)"),
+    "memorize-eval": ("axon.memorize.cli", "memorize_eval_main",
+                      "memorization scores of one checkpoint (python -m axon memorize-eval -h)"),
+    "dry-run": ("axon.dry_run", "main",
+                "build what rank R of N would build, on fake devices, beside perfmodel (python -m axon dry-run -h)"),
+    "scaling": ("axon.scaling.cli", "main", "weak/strong scaling studies: plan, submit, report (python -m axon scaling -h)"),
+    "diagnose": ("axon.diagnose", "main", "name the rank and collective behind a hang from OUT_DIR/flight (python -m axon diagnose -h)"),
+}
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # These subcommands own their arguments: hand them over before parsing.
-    if argv[:1] == ["data"]:
-        from axon.dataprep import main as data_main
+    if argv[:1] and argv[0] in OWN_ARGUMENTS:  # hand the rest over before parsing
+        import importlib
 
-        return data_main(argv[1:])
-    if argv[:1] == ["convert"]:
-        from axon.convert import main as convert_main
-
-        return convert_main(argv[1:])
-    if argv[:1] == ["memorize"]:
-        from axon.memorize.cli import memorize_main
-
-        return memorize_main(argv[1:])
-    if argv[:1] == ["memorize-eval"]:
-        from axon.memorize.cli import memorize_eval_main
-
-        return memorize_eval_main(argv[1:])
+        module, function, _ = OWN_ARGUMENTS[argv[0]]
+        return getattr(importlib.import_module(module), function)(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "train":
         train_command(args)
+
 
 if __name__ == "__main__":
     main()
