@@ -60,7 +60,7 @@ class TrainConfig:
 class GoldfishSection:
     k: int = 4  # drop about 1 target token in k
     h: int = 13  # hash the h token ids that end at each target
-    strategy: str = "hash"  # "hash" (context hash, axon/goldfish.py) or "static" (every k-th position)
+    strategy: str = "hash"  # "hash" (axon/goldfish.py), "static" (every k-th position), "hash-table" (the reference's)
 
 
 @dataclass
@@ -347,8 +347,9 @@ def _check_values(config: RunConfig) -> None:
     g = config.goldfish
     if t.loss not in ("standard", "goldfish"):
         raise ConfigError(f"train.loss must be 'standard' or 'goldfish', got {t.loss!r}")
-    if g.k < 2 or g.h < 1 or g.strategy not in ("hash", "static"):
-        raise ConfigError(f"goldfish.k must be >= 2, goldfish.h >= 1 and goldfish.strategy 'hash' or 'static', "
+    if g.k < 2 or g.h < 1 or g.strategy not in ("hash", "static", "hash-table"):
+        raise ConfigError(f"goldfish.k must be >= 2, goldfish.h >= 1 and goldfish.strategy 'hash', 'static' or "
+                          f"'hash-table', "
                           f"got k={g.k}, h={g.h}, strategy={g.strategy!r}")
     if not 0 <= t.collective_timeout_s < float("inf"):
         raise ConfigError(f"train.collective_timeout_s must be a number of seconds > 0 (or 0 for the default), "

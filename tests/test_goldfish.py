@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from axon.config import ConfigError, build_config
-from axon.goldfish import GoldfishMask, window_hashes
+from axon.goldfish import GoldfishMask, reference_table, window_hashes
 from axon.grid import Grid
 from axon.model import Llama, initialize_parameters
 from axon.parallel.gather import full_parameters
@@ -67,6 +67,54 @@ def test_mask_ignores_dtype_and_matches_a_direct_hash():
     assert reference[2, 13] == (one % np.uint64(3) != 0)  # target 13 is token 14, window 10..14
 
 
+# Pinned masks: token ids drawn from default_rng(18), k=4, h=13; the dropped target positions.
+GOLDEN_TOKENS = np.random.default_rng(18).integers(1, 50_000, size=(2, 41))
+GOLDEN_DROPPED = {
+    "hash": [[14, 16, 17, 22, 30, 37, 38], [11, 15, 17, 30, 38]],
+    "hash-table": [[13, 15, 16, 17, 20, 24, 25, 29, 30, 33, 37], [17, 25, 33, 35, 36, 37, 38, 39]],
+}
+
+
+def test_golden_masks_of_both_strategies_never_change():
+    for strategy, want in GOLDEN_DROPPED.items():
+        keep = GoldfishMask(4, 13, strategy).keep(GOLDEN_TOKENS)
+        assert [np.flatnonzero(~row).tolist() for row in keep] == want, strategy
+    table = reference_table()  # torch's CPU generator, seeded 2971215073
+    assert table.shape == (1_000_003,) and table.dtype == np.float32
+    assert table[[0, 1, 2, 1_000_002]].tolist() == pytest.approx([0.23368388, 0.44126403, 0.7411477, 0.83600676],
+                                                                  abs=1e-7)
+
+
+def test_hash_table_matches_the_reference_formula_in_torch():
+    """The reference's own expression (ahans30/goldfish-loss, apply_goldfish, strategy
+    hash-table) on the targets, against axon's numpy version, on ids whose products wrap."""
+    tokens = np.random.default_rng(4).integers(0, 128_256, size=(16, 257))
+    generator = torch.Generator()
+    generator.manual_seed(2971215073)
+    table = torch.rand(1_000_003, generator=generator)
+    for k, h in ((4, 13), (3, 5), (2, 1)):
+        targets = torch.from_numpy(tokens[:, 1:])
+        dropped = table[targets.unfold(1, h, 1).prod(dim=-1) % 1_000_003] < 1 / k
+        keep = GoldfishMask(k, h, "hash-table").keep(tokens)
+        assert keep[:, : h - 1].all()  # the first h-1 targets are kept
+        assert np.array_equal(~keep[:, h - 1:], dropped.numpy()), (k, h)
+    big = np.random.default_rng(0).integers(0, 128_256, size=(64, 2049))
+    assert abs(1 - GoldfishMask(4, 13, "hash-table").keep(big)[:, 12:].mean() - 0.25) < 0.01
+
+
+def test_hash_table_ignores_order_and_collapses_on_id_zero():
+    """Why it is not the default: a window's product is the same in any order, and an id 0 in
+    the window makes every such window index table[0] (0.2337 < 1/4: all of them drop)."""
+    mask = GoldfishMask(4, 3, "hash-table")
+    forward, backward = np.array([[9, 5, 7, 11]]), np.array([[9, 11, 7, 5]])
+    assert mask.keep(forward)[0, 2] == mask.keep(backward)[0, 2]  # windows (5, 7, 11) and (11, 7, 5)
+    rows = np.random.default_rng(5).integers(1, 1000, size=(32, 20))
+    rows[:, 10] = 0
+    keep = mask.keep(rows)
+    assert not keep[:, 9:12].any()  # targets 9-11 (tokens 10-12) have the 0 in their window
+    assert GoldfishMask(4, 3, "hash").keep(rows)[:, 9:12].mean() > 0.5  # axon's hash: about 3/4 kept
+
+
 def test_masked_loss_equals_hand_computed_masked_mean():
     shape = ModelShape(layers=1, hidden=32, heads=4, kv_heads=2, ffn=48, vocab=40, seq_len=24)
     grid = Grid(Layout(), 0)
@@ -93,6 +141,10 @@ def test_masked_loss_equals_hand_computed_masked_mean():
 def test_goldfish_config_is_checked():
     with pytest.raises(ConfigError, match="goldfish.k must be >= 2"):
         build_config({"train": {"loss": "goldfish"}, "goldfish": {"k": 1}})
+    with pytest.raises(ConfigError, match="'hash', 'static' or 'hash-table'"):
+        build_config({"train": {"loss": "goldfish"}, "goldfish": {"strategy": "table"}})
+    assert build_config({"train": {"loss": "goldfish"}, "goldfish": {"strategy": "hash-table"}}).goldfish.strategy \
+        == "hash-table"
     with pytest.raises(ConfigError, match="train.loss must be"):
         build_config({"train": {"loss": "focal"}})
 
