@@ -36,20 +36,54 @@ SHAPE = ModelShape(layers=2, hidden=32, heads=4, kv_heads=2, ffn=64, vocab=48, s
 
 # ------------------------------------------------------------------ documents and the stream
 
-def test_user_targets_split_into_trained_and_held_out(tmp_path):
-    lines = [json.dumps({"text": f"document number {i}: " + "abc" * (i + 5)}) for i in range(10)]
-    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
-    docs = build_documents(str(tmp_path / "t.jsonl"), ByteTokenizer(), seed=1, documents=0, controls=3,
-                           canaries=2, digits=6)
-    assert (len(docs.targets), len(docs.controls)) == (7, 3)
-    texts = sorted(bytes(d[:-1].astype(np.uint8)).decode() for d in docs.targets + docs.controls)
-    assert texts == sorted(json.loads(line)["text"] for line in lines)  # every document, once, bytes + EOD
-    assert all(d[-1] == 256 for d in docs.targets)
+def _jsonl(path: Path, count: int, start: int = 0) -> Path:
+    lines = [json.dumps({"text": f"document number {i}: " + "abc" * (i % 7 + 5)}) for i in range(start, start + count)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_user_documents_are_all_targets_and_controls_come_from_a_file_or_a_share(tmp_path):
+    docs_file = _jsonl(tmp_path / "t.jsonl", 10)
+    texts = [json.loads(line)["text"] for line in docs_file.read_text().splitlines()]
+    decode = lambda ids: bytes(ids[:-1].astype(np.uint8)).decode()
+    # As given: every document trained, in the file's order; controls generated (never trained).
+    docs = build_documents(str(docs_file), ByteTokenizer(), seed=1, documents=0, controls=3, canaries=2, digits=6)
+    assert [decode(d) for d in docs.targets] == texts and len(docs.controls) == 3
+    assert all(d[-1] == 256 for d in docs.targets) and not set(map(decode, docs.controls)) & set(texts)
     for canary in docs.target_canaries + docs.control_canaries:
         assert set(canary.secret.tolist()) <= set(range(48, 58)) and canary.secret.size == 6  # digits
         assert np.array_equal(canary.tokens[: canary.prefix.size + 6], np.concatenate([canary.prefix, canary.secret]))
-    with pytest.raises(ConfigError, match="holds 10 documents, but experiment.controls=10"):
-        build_documents(str(tmp_path / "t.jsonl"), ByteTokenizer(), 1, 0, 10, 0, 6)
+    # A controls file: all of it, and all of the targets.
+    other = _jsonl(tmp_path / "c.jsonl", 4, start=100)
+    docs = build_documents(str(docs_file), ByteTokenizer(), 1, 0, 3, 0, 6, controls_path=str(other))
+    assert (len(docs.targets), [decode(d) for d in docs.controls]) == (10, [json.loads(x)["text"] for x in
+                                                                           other.read_text().splitlines()])
+    # A drawn share: round(0.25 x 10) = 2 held out, every document once.
+    docs = build_documents(str(docs_file), ByteTokenizer(), 1, 0, 3, 0, 6, control_fraction=0.25)
+    assert (len(docs.targets), len(docs.controls)) == (8, 2)
+    assert sorted(map(decode, docs.targets + docs.controls)) == sorted(texts)
+    one = _jsonl(tmp_path / "one.jsonl", 1)  # never more than all but one; one document is too few
+    assert len(build_documents(str(_jsonl(tmp_path / "two.jsonl", 2)), ByteTokenizer(), 1, 0, 3, 0, 6,
+                               control_fraction=0.9).targets) == 1
+    with pytest.raises(ConfigError, match="holds 1 document, too few to hold out experiment.control_fraction=0.5"):
+        build_documents(str(one), ByteTokenizer(), 1, 0, 3, 0, 6, control_fraction=0.5)
+
+
+def test_24_user_documents_with_the_shipped_local_config(tmp_path):
+    """A new user's first run: their 24 documents, the shipped defaults; all 24 are trained."""
+    from axon.memorize.experiment import load_experiment
+    from axon.memorize.runner import plan_runs
+
+    rng = np.random.default_rng(24)
+    words = "the a ship harbour ledger crown amber letter river sold bought sent to from of and".split()
+    lines = [json.dumps({"text": f"Note {i}: " + " ".join(rng.choice(words, size=120))}) for i in range(24)]
+    (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    experiment = load_experiment(ROOT / "axon/configs/memorize_local.yaml",
+                                 [f"targets={tmp_path / 'docs.jsonl'}", f"out_dir={tmp_path / 'out'}"])
+    docs, runs = plan_runs(experiment, 1)
+    assert len(docs.targets) == 24 and len(docs.controls) == experiment.section.controls
+    assert docs.source.startswith(f"{tmp_path / 'docs.jsonl'}: 24 documents trained; controls:")
+    assert all(len(r.stream.placements()) == 24 + experiment.section.canaries for r in runs)
 
 
 def test_stream_places_each_target_once_per_epoch_and_never_a_control():
@@ -313,6 +347,9 @@ def test_bad_experiment_configs_get_one_sentence(tmp_path):
         (["--set", "models=[{name: x, layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32, vocab: 200, "
                    "seq_len: 32}]"], "model.vocab=200 is smaller than the tokenizer's vocab 257"),
         (["--set", "layout.col=3"], "has 3 ranks but the job has world size 1"),
+        (["--set", f"targets={_jsonl(tmp_path / 'one.jsonl', 1)}", "--set", "experiment.control_fraction=0.5"],
+         "holds 1 document, too few to hold out experiment.control_fraction=0.5"),
+        (["--set", "controls=x.jsonl"], "controls='x.jsonl' needs targets=PATH too"),
     ]
     for extra, message in cases:
         done = _axon("memorize", str(config), *extra)

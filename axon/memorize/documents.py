@@ -1,7 +1,8 @@
 """The documents of a memorization experiment: targets trained on, controls never trained on.
 
-Targets are a user's file (.txt files, a directory, or .jsonl with a `text` field; a
-held-out share becomes the control set) or, by default, fictional records generated from
+Targets are a user's file (.txt files, a directory, or .jsonl with a `text` field; all of
+it is trained, and controls come from a controls file, a drawn share of the targets file, or
+generated records) or, by default, fictional records generated from
 the seed: invented people, places, sums and dates, facts no other text predicts. Canaries
 (Carlini et al., 2019) are one sentence with a secret of random digits; exposure asks how
 far the trained secret ranks above random secrets. Controls are drawn exactly like the
@@ -114,30 +115,60 @@ def _canaries(pairs, tokenizer, alphabet) -> list[Canary]:
     return out
 
 
+def _user_texts(path: str, key: str) -> list[str]:
+    from axon.dataprep import input_files, read_documents
+
+    texts = [t for t in read_documents(input_files([path])) if t.strip()]
+    if not texts:
+        raise ConfigError(f"{key} {path!r} holds no documents (no non-empty text)")
+    return texts
+
+
+def _generated(seed: int, count: int, min_tokens: int, tokenizer) -> tuple[list[str], int]:
+    """`count` fictional documents, with records added until each has `min_tokens` tokens."""
+    for records in range(3, 33):
+        texts = fictional_documents(seed, count, records)
+        if all(ids.size >= min_tokens for ids in tokenizer.encode_batch(texts)):
+            break
+    return texts, records
+
+
 def build_documents(targets: str, tokenizer, seed: int, documents: int, controls: int, canaries: int,
-                    digits: int, min_tokens: int = 0) -> DocumentSets:
-    """Targets and controls as token ids. `targets` is "default" or a path (see the module doc);
-    default documents get more records until each has `min_tokens` tokens in this tokenizer."""
+                    digits: int, min_tokens: int = 0, controls_path: str = "none",
+                    control_fraction: float = 0.0) -> DocumentSets:
+    """Targets and controls as token ids.
+
+    targets "default": `documents` generated documents, and `controls` more drawn the same way.
+    targets PATH: every document of the file is a target, as given. Controls then come from
+    `controls_path` (every document of it), else, with `control_fraction` > 0, that share of
+    the file drawn from the seed (at least 1, and at least 1 target left), else `controls`
+    generated documents (text never trained on, though not drawn like the user's)."""
     if targets == "default":
-        for records in range(3, 33):
-            texts = fictional_documents(seed, documents + controls, records)
-            if all(ids.size >= min_tokens for ids in tokenizer.encode_batch(texts)):
-                break
+        texts, records = _generated(seed, documents + controls, min_tokens, tokenizer)
         chosen, held = texts[:documents], texts[documents:]
         source = f"default: {documents} fictional documents of {records} records (seed {seed})"
     else:
-        from axon.dataprep import input_files, read_documents
-
-        texts = [t for t in read_documents(input_files([targets])) if t.strip()]
-        if len(texts) <= controls:
-            raise ConfigError(f"targets {targets!r} holds {len(texts)} documents, but experiment.controls={controls} "
-                              "of them are held out as controls; give more documents or fewer controls")
-        order = list(range(len(texts)))
-        random.Random(seed).shuffle(order)  # which documents are held out: drawn, not the file's tail
-        held_out = set(order[:controls])
-        chosen = [t for i, t in enumerate(texts) if i not in held_out]
-        held = [t for i, t in enumerate(texts) if i in held_out]
-        source = f"{targets}: {len(chosen)} documents trained, {len(held)} held out"
+        chosen, held = _user_texts(targets, "targets"), []
+        source = f"{targets}: {len(chosen)} documents trained"
+        if controls_path != "none":
+            held = _user_texts(controls_path, "controls")
+            source += f"; controls {controls_path}: {len(held)} documents"
+        elif control_fraction > 0:
+            if len(chosen) < 2:
+                raise ConfigError(f"targets {targets!r} holds {len(chosen)} document, too few to hold out "
+                                  f"experiment.control_fraction={control_fraction} of it as controls and train "
+                                  "on the rest; give more documents, controls=PATH, or control_fraction: 0")
+            count = min(len(chosen) - 1, max(1, round(control_fraction * len(chosen))))
+            order = list(range(len(chosen)))
+            random.Random(seed).shuffle(order)  # which documents are held out: drawn, not the file's tail
+            out = set(order[:count])
+            chosen, held = ([t for i, t in enumerate(chosen) if i not in out],
+                            [t for i, t in enumerate(chosen) if i in out])
+            source = (f"{targets}: {len(chosen)} documents trained, {len(held)} held out as controls "
+                      f"(experiment.control_fraction={control_fraction})")
+        elif controls:
+            held, records = _generated(seed, controls, min_tokens, tokenizer)
+            source += f"; controls: {controls} generated fictional documents of {records} records"
     encode = lambda batch: [_with_eos(ids, tokenizer) for ids in tokenizer.encode_batch(batch)] if batch else []
     sets = DocumentSets(encode(chosen), encode(held), source=source)
     if canaries:

@@ -3,7 +3,8 @@
     models:      list of model entries, each like a train config's `model` (a preset, a mapping,
                  or {init_from: hf:DIR}) plus an optional `name`
     losses:      list of `standard` or {kind: goldfish, k: 4, h: 13, strategy: hash}
-    targets:     default | a .txt/.jsonl file or a directory of them
+    targets:     default | a .txt/.jsonl file or a directory of them (all of it is trained)
+    controls:    none | a .txt/.jsonl file or a directory: documents never trained on (the baseline)
     tokenizer:   bytes | a local tokenizer.json
     filler:      default (the generated corpus) | a token file (.tok/.npy/.bin)
     experiment:  the knobs below (ExperimentSection)
@@ -30,7 +31,8 @@ from axon.config import ConfigError, RunConfig, build_section, reject_unknown, a
 @dataclass
 class ExperimentSection:
     documents: int = 32  # default targets: fictional documents trained on
-    controls: int = 32  # documents (and canaries) drawn the same way and never trained on
+    controls: int = 32  # generated documents drawn like the default targets and never trained on
+    control_fraction: float = 0.0  # with targets=PATH and no controls file: this share of it held out as controls
     canaries: int = 8  # canaries trained on (0 = none); as many control canaries
     canary_digits: int = 8  # digits in a canary's secret: 10^8 possible secrets
     exposure_samples: int = 255  # random secrets each canary is ranked against
@@ -70,6 +72,7 @@ class Experiment:
     models: list[ModelEntry]
     losses: list[LossSpec]
     targets: str
+    controls: str
     tokenizer: str
     filler: str
     section: ExperimentSection
@@ -87,7 +90,7 @@ class Experiment:
         return build_config(raw)
 
 
-TOP_LEVEL_KEYS = ("models", "losses", "targets", "tokenizer", "filler", "experiment", "layout", "layout_machine",
+TOP_LEVEL_KEYS = ("models", "losses", "targets", "controls", "tokenizer", "filler", "experiment", "layout", "layout_machine",
                   "train", "overlap", "out_dir")
 
 
@@ -159,15 +162,18 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     section = build_section(ExperimentSection, raw.get("experiment", {}) or {}, "experiment")
     _check_section(section)
     strings = {}
-    for key, default in (("targets", "default"), ("tokenizer", "bytes"), ("filler", "default"),
+    for key, default in (("targets", "default"), ("controls", "none"), ("tokenizer", "bytes"), ("filler", "default"),
                          ("out_dir", "runs/memorize")):
         value = raw.get(key, default)
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
         strings[key] = _expand(value, key)
     base = {key: raw[key] for key in ("layout", "layout_machine", "train", "overlap") if key in raw}
-    experiment = Experiment(models, losses, strings["targets"], strings["tokenizer"], strings["filler"], section,
-                            base, strings["out_dir"])
+    if strings["controls"] != "none" and strings["targets"] == "default":
+        raise ConfigError(f"controls={strings['controls']!r} needs targets=PATH too (the default targets come "
+                          "with generated controls: experiment.controls)")
+    experiment = Experiment(models, losses, strings["targets"], strings["controls"], strings["tokenizer"],
+                            strings["filler"], section, base, strings["out_dir"])
     for model in models:  # every model entry builds into a valid train config now, not mid-sweep
         experiment.run_config(model, losses[0], 1)
     return experiment
@@ -179,6 +185,8 @@ def _check_section(s: ExperimentSection) -> None:
     for name in positive:
         if getattr(s, name) < 1:
             raise ConfigError(f"experiment.{name} must be at least 1, got {getattr(s, name)}")
+    if not 0 <= s.control_fraction < 1:
+        raise ConfigError(f"experiment.control_fraction must be in [0, 1), got {s.control_fraction}")
     for name in ("documents", "controls", "canaries", "filler_per_epoch", "val_sequences"):
         if getattr(s, name) < 0:
             raise ConfigError(f"experiment.{name} must be >= 0, got {getattr(s, name)}")

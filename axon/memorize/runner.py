@@ -69,7 +69,7 @@ def plan_runs(exp: Experiment, world_size: int) -> tuple[DocumentSets, list[Plan
     tokenizer = load_tokenizer(exp.tokenizer)
     need = s.prefix + s.suffix
     docs = build_documents(exp.targets, tokenizer, s.seed, s.documents, s.controls, s.canaries, s.canary_digits,
-                           min_tokens=need)
+                           min_tokens=need, controls_path=exp.controls, control_fraction=s.control_fraction)
     short = [len(d) for d in docs.targets + docs.controls if len(d) < need]
     if short:
         raise ConfigError(f"{len(short)} target/control documents are shorter than experiment.prefix + "
