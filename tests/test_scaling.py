@@ -1,0 +1,192 @@
+"""`python -m axon scaling`: plan against perfmodel, efficiencies by hand, Slurm scripts,
+the report on hand-written metrics, and one sentence per bad point."""
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from axon.config import load_config
+from axon.scaling import submit as submit_module
+from axon.scaling.cli import main
+from axon.scaling.plan import efficiency, plan_study
+from axon.scaling.report import collect, report
+from axon.scaling.study import StudyError, load_study
+from perfmodel.layout import Layout
+from perfmodel.machine import load_machine
+from perfmodel.models import PRESETS, ModelShape
+from perfmodel.predict import predict
+from perfmodel.training import TrainingSetup
+
+# The tiny preset's model FLOPs per token at seq 64, by hand (6 N + 12 L h s, N without the
+# input embedding): a block has wq 64x64, wk and wv 64x32, wo 64x64, three 64x192 MLP
+# matrices and two 64-gains = 49,280; two blocks, the final gain and the 256x64 head: 115,008.
+TINY_FLOPS_PER_TOKEN = 6 * 115_008 + 12 * 2 * 64 * 64
+
+
+def write_study(tmp_path: Path, body: dict, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def test_plan_equals_perfmodel_predict_at_the_same_layout(tmp_path):
+    body = {"kind": "strong", "machine": "dgx-h100", "model": "1B", "seq_len": 2048, "global_batch": 64,
+            "steps": 5, "dtype": "bfloat16", "recompute": "block",
+            "points": [{"gpus": 8, "layout": {"depth": 8}},
+                       {"gpus": 16, "layout": {"data": 2, "depth": 4, "col": 2}},
+                       {"gpus": 16}]}
+    plans = plan_study(load_study(write_study(tmp_path, body)))
+    machine = load_machine("dgx-h100")
+    shape = ModelShape(**{**PRESETS["1B"].__dict__, "seq_len": 2048})
+    setup = TrainingSetup(global_batch=64, seq_len=2048, dtype="bfloat16", recompute="block")
+    for entry, layout in zip(plans, [Layout(depth=8), Layout(data=2, depth=4, col=2), plans[2].prediction.layout]):
+        expected = predict(shape, layout, machine, setup)
+        assert entry.problem == ""
+        assert entry.prediction.step_time_s == pytest.approx(expected.step_time_s, rel=1e-12)
+        assert entry.prediction.tflops_per_gpu == pytest.approx(expected.tflops_per_gpu, rel=1e-12)
+        assert entry.prediction.mfu == pytest.approx(expected.mfu, rel=1e-12)
+    # layout: auto is perfmodel's pick: no layout given above is predicted faster
+    assert plans[2].prediction.step_time_s <= plans[1].prediction.step_time_s
+    # strong: (t1 g1) / (tN gN), from the predictions
+    t1, t2 = plans[0].prediction.step_time_s, plans[1].prediction.step_time_s
+    assert plans[1].efficiency == pytest.approx(t1 * 8 / (t2 * 16), rel=1e-12)
+    assert plans[0].efficiency == 1.0
+
+
+def test_efficiency_formulas_by_hand():
+    # weak, the same work per GPU (model and batch per GPU fixed): t1 / tN
+    assert efficiency(1e15, 1, 2.0, 8e15, 8, 2.5) == pytest.approx(0.8)
+    # strong: (t1 g1) / (tN gN) = (10 x 2) / (3 x 8)
+    assert efficiency(5e15, 2, 10.0, 5e15, 8, 3.0) == pytest.approx(20 / 24)
+    # weak, the model doubles too (work per GPU doubles): 2 t1 / tN
+    assert efficiency(1e15, 1, 2.0, 4e15, 2, 5.0) == pytest.approx(0.8)
+
+
+def test_submit_slurm_writes_one_script_per_point(tmp_path, monkeypatch, capsys):
+    body = {"name": "s", "kind": "weak", "machine": "frontier", "seq_len": 2048, "batch_per_gpu": 2, "steps": 7,
+            "dtype": "bfloat16", "recompute": "block", "models": {"small": {"preset": "1B", "layers": 8}},
+            "points": [{"name": "one", "model": "small", "gpus": 4, "layout": {"depth": 4}},
+                       {"name": "four", "model": "1B", "gpus": 32, "layout": {"data": 4, "depth": 8}}],
+            "slurm": {"account": "FROM_STUDY", "partition": "batch", "time": "00:20:00"}}
+    study = load_study(write_study(tmp_path, body))
+    monkeypatch.setattr(submit_module.shutil, "which", lambda name: None)
+    args = argparse.Namespace(launcher="slurm", account="CSC999", partition=None, qos=None, time=None, template=None)
+    assert submit_module.submit(study, tmp_path / "run", args) == 0
+    printed = capsys.readouterr().out
+    for name, nodes, tasks, layout, batch in (("one", 1, 4, {"depth": 4}, 8), ("four", 4, 8, {"data": 4, "depth": 8}, 64)):
+        point_dir = (tmp_path / "run" / "points" / name).resolve()
+        script = (point_dir / "job.sbatch").read_text()
+        assert re.search(rf"^#SBATCH --nodes={nodes}$", script, re.M)
+        assert f"--ntasks-per-node={tasks} --gpus-per-node={tasks}" in script
+        assert re.search(r"^#SBATCH --account=CSC999\b", script, re.M)  # the command line wins
+        assert re.search(r"^#SBATCH --time=00:20:00$", script, re.M)
+        assert re.search(r"^#SBATCH --partition=batch$", script, re.M)
+        assert f'"{point_dir / "config.yaml"}"' in script and "${CONFIG" not in script
+        assert f"sbatch {point_dir / 'job.sbatch'}" in printed
+        config = load_config(point_dir / "config.yaml")  # axon reads it as written
+        assert {a: getattr(config.layout, a) for a in layout} == layout
+        assert config.train.global_batch == batch and config.train.steps == 7
+        assert config.out_dir == str(point_dir)
+        assert config.train.peak_tflops == 191.5  # the frontier profile's bf16 peak per GCD
+    assert load_config(tmp_path / "run" / "points" / "one" / "config.yaml").model.layers == 8
+
+
+def write_metrics(point_dir: Path, times, memory=1.5):
+    point_dir.mkdir(parents=True)
+    (point_dir / "config.yaml").write_text("{}\n")
+    with open(point_dir / "metrics.jsonl", "w") as f:
+        for step, seconds in enumerate(times, 1):
+            f.write(json.dumps({"step": step, "loss": 5.0, "step_time_s": seconds, "peak_memory_gb": memory + step / 100})
+                    + "\n")
+
+
+def test_report_on_hand_written_metrics(tmp_path):
+    body = {"name": "r", "kind": "strong", "machine": "dgx-h100", "model": "tiny", "seq_len": 64, "global_batch": 8,
+            "steps": 6, "warmup_steps": 2, "dtype": "float32",
+            "points": [{"name": "g1", "gpus": 1, "layout": {"data": 1}},
+                       {"name": "g2", "gpus": 2, "layout": {"data": 2}},
+                       {"name": "g4", "gpus": 4, "layout": {"data": 4}},
+                       {"name": "g8", "gpus": 8, "layout": {"data": 8}}]}
+    study = load_study(write_study(tmp_path, body))
+    points = tmp_path / "run" / "points"
+    write_metrics(points / "g1", [5.0, 4.0, 1.0, 1.2, 1.1, 0.9])  # steady: 1.0 1.2 1.1 0.9 -> median 1.05
+    write_metrics(points / "g2", [3.0, 0.5, 0.7, 0.6, 0.8, 0.7])  # steady: 0.7 0.6 0.8 0.7 -> median 0.7
+    write_metrics(points / "g4", [2.0, 1.0, 0.5])  # stopped after step 3 of 6
+    # g8 never ran: no directory at all
+    out = tmp_path / "results"
+    assert report(study, tmp_path / "run", out) == 1  # not every point finished
+    table = {row["point"]: row for row in json.loads((out / "results.json").read_text())}
+    flops = TINY_FLOPS_PER_TOKEN * 8 * 64
+    peak = load_machine("dgx-h100").peak_tflops["float32"]
+    assert table["g1"]["step_time_s"] == pytest.approx(1.05)
+    assert table["g2"]["step_time_s"] == pytest.approx(0.7)
+    assert table["g1"]["tflops_per_gpu"] == pytest.approx(flops / 1.05 / 1e12)
+    assert table["g2"]["tflops_per_gpu"] == pytest.approx(flops / 0.7 / 2 / 1e12)
+    assert table["g2"]["mfu"] == pytest.approx(flops / 0.7 / 2 / 1e12 / peak)
+    assert table["g2"]["efficiency"] == pytest.approx(1.05 * 1 / (0.7 * 2))  # strong: (t1 g1) / (tN gN)
+    assert table["g1"]["peak_memory_gb"] == pytest.approx(1.56)
+    assert [table[p]["status"] for p in ("g1", "g2", "g4", "g8")] == ["ok", "ok", "unfinished", "not run"]
+    assert table["g4"]["step_time_s"] == pytest.approx(0.5)  # step 3, the one step after warm-up
+    assert table["g8"]["step_time_s"] is None and table["g8"]["predicted_step_time_s"] > 0
+    assert "Not measured in full: g4 (unfinished), g8 (not run)." in (out / "results.md").read_text()
+    assert (out / "results.csv").read_text().count("\n") == 5
+    for png in ("efficiency.png", "tflops.png", "breakdown.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # a run that exited badly with no metrics is "failed"
+    (points / "g8").mkdir()
+    (points / "g8" / "config.yaml").write_text("{}\n")
+    (points / "g8" / "exit_code").write_text("1\n")
+    assert collect(study, tmp_path / "run")[3][1].status == "failed"
+
+
+def test_weak_report_efficiency_counts_the_work_per_gpu(tmp_path):
+    body = {"kind": "weak", "machine": "dgx-h100", "seq_len": 64, "batch_per_gpu": 4, "steps": 3, "warmup_steps": 1,
+            "dtype": "float32", "points": [{"model": "tiny", "gpus": 1, "layout": {"data": 1}},
+                                           {"model": "tiny", "gpus": 2, "layout": {"data": 2}}]}
+    study = load_study(write_study(tmp_path, body))
+    write_metrics(tmp_path / "run" / "points" / "tiny-1", [9.0, 2.0, 2.0])
+    write_metrics(tmp_path / "run" / "points" / "tiny-2", [9.0, 2.5, 2.5])
+    results = collect(study, tmp_path / "run")
+    assert results[1][1].efficiency == pytest.approx(2.0 / 2.5)  # same model and batch per GPU: t1 / tN
+
+
+def test_bad_points_one_sentence_each(tmp_path, capsys):
+    body = {"kind": "strong", "machine": "frontier", "model": "tiny", "seq_len": 64, "global_batch": 4, "steps": 3,
+            "dtype": "float32",
+            "points": [{"name": "ok", "gpus": 1},
+                       {"name": "heads", "gpus": 8, "layout": {"row": 8}},
+                       {"name": "batch", "gpus": 8, "layout": {"data": 8}},
+                       {"name": "nodes", "gpus": 12, "layout": {"data": 12}}]}
+    assert main(["plan", str(write_study(tmp_path, body))]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == [
+        "axon scaling: error: point heads (8 GPUs): layout row=8: model.heads=4 is not divisible by layout.row=8, "
+        "which splits it",
+        "axon scaling: error: point batch (8 GPUs): layout data=8: train.global_batch=4 is not divisible by "
+        "layout.data x layout.depth = 8 x 1 = 8",
+        "axon scaling: error: point nodes (12 GPUs): gpus=12 is not a multiple of the 8 devices per node of machine "
+        "'frontier' (nor a part of one node)"]
+    body = {"kind": "strong", "machine": "dgx-h100", "model": "405B", "seq_len": 8192, "global_batch": 8, "steps": 3,
+            "points": [{"gpus": 8, "layout": {"depth": 8}}]}
+    assert main(["plan", str(write_study(tmp_path, body)), "--json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"axon scaling: error: point 405B-8 \(8 GPUs\): layout depth=8 does not fit in memory: "
+                        r"needs \d+\.\d GiB per device, more than 72\.0 GiB usable \(90% of 80\)", err), err
+
+
+def test_unknown_study_keys_are_named(tmp_path, capsys):
+    body = {"kind": "weak", "machine": "frontier", "seq_len": 64, "batch_per_gpu": 1, "steps": 3, "stpes": 4,
+            "points": [{"model": "tiny", "gpus": 1}]}
+    assert main(["plan", str(write_study(tmp_path, body))]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "axon scaling: error: unknown study key 'stpes'; valid keys here are " + ", ".join(
+            __import__("axon.scaling.study", fromlist=["STUDY_KEYS"]).STUDY_KEYS))
+    body.pop("stpes")
+    body["points"][0]["gpu"] = 2
+    with pytest.raises(StudyError, match=r"^unknown study key 'points\[0\]\.gpu'; valid keys here are name, model, "
+                                         r"gpus, layout, machine$"):
+        load_study(write_study(tmp_path, body))
