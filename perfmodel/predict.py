@@ -17,13 +17,14 @@ even stages give the textbook bubble of (p - 1) / m of the busy time.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
 
 from perfmodel.collectives import collective_time, group_placement
 from perfmodel.flops import flops_per_token
-from perfmodel.layout import Layout
+from perfmodel.layout import DEFAULT_ORDER, Layout
 from perfmodel.machine import Machine
 from perfmodel.memory import fullest, memory_per_device, why_it_does_not_fit
 from perfmodel.models import ModelShape
@@ -163,11 +164,28 @@ def _category(comm) -> str:
     return "tensor_comm"
 
 
-def _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers, first, last, with_dp, dp_times):
-    """Seconds by component for one micro-batch on one stage, after overlap, and the
-    forward's share of its compute."""
-    work = micro_batch_work(shape, layout, micro, setup.seq_len, setup.dtype, setup.recompute == "block",
-                            stage_layers, first, last, getattr(setup, "grad_reduce_dtype", "float32"))
+def _unordered(layout: Layout) -> Layout:
+    """The layout in the default rank order: what a rank computes and sends does not depend on
+    the order, only where its groups sit, so work is worked out once per set of axis sizes."""
+    return layout if layout.order == DEFAULT_ORDER else dataclasses.replace(layout, order=DEFAULT_ORDER)
+
+
+@functools.lru_cache(maxsize=4096)
+def _micro_batch_work(shape, layout, micro, seq, dtype, recompute, stage_layers, first, last, grad_reduce_dtype):
+    return micro_batch_work(shape, layout, micro, seq, dtype, recompute, stage_layers, first, last, grad_reduce_dtype)
+
+
+@functools.lru_cache(maxsize=4096)
+def _step_collectives(shape, layout, bucket_mb, stage_layers, first, last, grad_reduce_dtype) -> tuple:
+    return tuple(step_collectives(shape, layout, bucket_mb, stage_layers, first, last, grad_reduce_dtype))
+
+
+def _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers, first, last, dp_times):
+    """Seconds by component for one micro-batch on one stage, after overlap, without and with
+    the data-parallel reductions (which ride on the last micro-batch), and the forward's share
+    of its compute."""
+    work = _micro_batch_work(shape, _unordered(layout), micro, setup.seq_len, setup.dtype, setup.recompute == "block",
+                             stage_layers, first, last, getattr(setup, "grad_reduce_dtype", "float32"))
     eff = machine.overlap_efficiency
     on = set(setup.overlap)
     out = dict.fromkeys(COMPONENTS, 0.0)
@@ -210,14 +228,19 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers
         else:
             out[category] += t
         dx_index += comm.kind == "dx"
-    if with_dp:
-        if "data_parallel" in on:
-            pools["backward"] += [("data_comm", t, t) for t in dp_times]
-        else:
-            out["data_comm"] += sum(dp_times)
+    share = compute["forward"] / max(compute["forward"] + compute["backward"], 1e-30)
+    plain = _expose(out, pools, compute, hidden_by_dx, eff)
+    if "data_parallel" in on:
+        pools["backward"] = pools["backward"] + [("data_comm", t, t) for t in dp_times]
+    else:
+        out = {**out, "data_comm": out["data_comm"] + sum(dp_times)}
+    return plain, _expose(out, pools, compute, hidden_by_dx, eff), share
+
+
+def _expose(out: dict, pools: dict, compute: dict, hidden_by_dx: float, eff: float) -> dict:
+    """`out` plus what each phase's pool of overlappable collectives leaves exposed."""
+    out = dict(out)
     for phase, pool in pools.items():
-        if not pool:
-            continue
         total = sum(t for _, t, _ in pool)
         if total <= 0:
             continue
@@ -227,7 +250,7 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers
         exposed = min(total, max(edge, total - window))
         for category, t, _ in pool:  # exposed time shared out in proportion
             out[category] += exposed * t / total
-    return out, compute["forward"] / max(compute["forward"] + compute["backward"], 1e-30)
+    return out
 
 
 def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup) -> Prediction:
@@ -243,13 +266,11 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     priced = {}
     for stage in dict.fromkeys(stages):
         blocks, first, last = stage
-        step_comms = step_collectives(shape, layout, setup.bucket_mb, blocks, first, last,
-                                      getattr(setup, "grad_reduce_dtype", "float32"))
+        step_comms = _step_collectives(shape, _unordered(layout), setup.bucket_mb, blocks, first, last,
+                                       getattr(setup, "grad_reduce_dtype", "float32"))
         dp_times = [seconds(c) for c in step_comms if c.kind == "dp"]
-        per_mb, share = _stage_micro_batch(shape, layout, setup, machine, clock, micro, blocks, first, last,
-                                           False, dp_times)
-        last_mb, _ = _stage_micro_batch(shape, layout, setup, machine, clock, micro, blocks, first, last,
-                                        True, dp_times)
+        per_mb, last_mb, share = _stage_micro_batch(shape, layout, setup, machine, clock, micro, blocks, first, last,
+                                                    dp_times)
         params = stage_parameters(shape, layout, blocks, first, last)
         priced[stage] = {
             "slot": sum(per_mb.values()), "share": share, "per_mb": per_mb, "last_mb": last_mb,
