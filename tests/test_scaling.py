@@ -38,7 +38,7 @@ def test_plan_equals_perfmodel_predict_at_the_same_layout(tmp_path):
             "steps": 5, "dtype": "bfloat16", "recompute": "block",
             "points": [{"gpus": 8, "layout": {"depth": 8}},
                        {"gpus": 16, "layout": {"data": 2, "depth": 4, "col": 2}},
-                       {"gpus": 16}]}
+                       {"gpus": 16, "name": "auto-16"}]}
     plans = plan_study(load_study(write_study(tmp_path, body)))
     machine = load_machine("dgx-h100")
     shape = ModelShape(**{**PRESETS["1B"].__dict__, "seq_len": 2048})
