@@ -48,7 +48,8 @@ class TrainConfig:
     recompute: str = "none"  # "block": keep only each block's input, recompute its activations in backward
     resume: str = ""  # "" = start fresh, "latest" = newest checkpoint in out_dir (if any), or a checkpoint path
     loss: str = "standard"  # "standard" cross-entropy or "goldfish" (the goldfish section says which tokens drop)
-    stage_layers: tuple[int, ...] = ()  # blocks per pipeline stage; () = balanced by parameter count
+    # blocks per pipeline stage (per chunk, in virtual-stage order, with layout.virtual_stages); () = balanced by parameters
+    stage_layers: tuple[int, ...] = ()
     collective_timeout_s: float = 0.0  # a collective waiting this long for a peer fails the job; 0 = $AXON_COLLECTIVE_TIMEOUT_S or 600
     # time each GEMM shape's operand layouts on first use and keep the fastest (kernels/tune.py);
     # "auto" = on for GPUs, off on CPUs (wins there were within noise, and noisy choices differ between runs)
@@ -97,6 +98,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         layout = {axis: getattr(self.layout, axis) for axis in AXES}
         layout["order"] = ",".join(self.layout.order)
+        layout["virtual_stages"] = self.layout.virtual_stages
         return {
             "model": {**dataclasses.asdict(self.model), **({"init_from": self.init_from} if self.init_from else {})},
             "layout": layout,
@@ -221,12 +223,12 @@ def _build_model(value: Any) -> tuple[ModelShape, str]:
 def _build_layout(value: Any) -> Layout:
     if not isinstance(value, dict):
         raise ConfigError(f"layout must be 'auto' or a mapping of {', '.join(AXES)}, got {value!r}")
-    reject_unknown(value, AXES + ("order",), "layout")
+    reject_unknown(value, AXES + ("order", "virtual_stages"), "layout")
     order = value.get("order", DEFAULT_ORDER)
     if isinstance(order, str):
         order = tuple(part.strip() for part in order.split(","))
     sizes = {}
-    for axis in AXES:
+    for axis in AXES + ("virtual_stages",):  # virtual_stages: interleaved 1F1B's chunks per stage
         size = value.get(axis, 1)
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ConfigError(f"layout.{axis} must be a positive integer, got {size!r}")
@@ -370,9 +372,11 @@ def check_layout(config: RunConfig, world_size: int) -> None:
     if problem:
         raise ConfigError(problem.sentence)
     if t.stage_layers:
-        counts = t.stage_layers
-        if len(counts) != lay.pipe or sum(counts) != m.layers or min(counts) < 1:
-            raise ConfigError(f"train.stage_layers={list(counts)} must give {lay.pipe} stage(s) (layout.pipe) at "
+        counts, chunks = t.stage_layers, lay.pipe * lay.virtual_stages
+        if len(counts) != chunks or sum(counts) != m.layers or min(counts) < 1:
+            what = (f"{lay.pipe} stage(s) (layout.pipe)" if lay.virtual_stages == 1 else
+                    f"{chunks} chunks (layout.pipe x layout.virtual_stages = {lay.pipe} x {lay.virtual_stages})")
+            raise ConfigError(f"train.stage_layers={list(counts)} must give {what} at "
                               f"least one block each, summing to model.layers={m.layers}")
 
 

@@ -33,6 +33,14 @@ def find_layout_problem(shape: ModelShape, layout: Layout, global_batch: int, mi
     if shape.layers < layout.pipe:  # stages split the blocks unevenly if they must, never to nothing
         return LayoutProblem(f"model.layers={shape.layers}", f"layout.pipe={layout.pipe} stages need at least one "
                                                               f"block each, but model.layers={shape.layers}")
+    v = layout.virtual_stages
+    if v > 1 and layout.pipe == 1:
+        return LayoutProblem("layout.virtual_stages", f"layout.virtual_stages={v} interleaves pipeline stages, "
+                                                      f"but layout.pipe=1")
+    if shape.layers < layout.pipe * v:
+        return LayoutProblem(f"model.layers={shape.layers}",
+                             f"layout.pipe x layout.virtual_stages = {layout.pipe} x {v} = {layout.pipe * v} chunks "
+                             f"need at least one block each, but model.layers={shape.layers}")
     shards = layout.data * layout.depth
     if global_batch % shards:
         return LayoutProblem(f"train.global_batch={global_batch}",
@@ -43,4 +51,10 @@ def find_layout_problem(shape: ModelShape, layout: Layout, global_batch: int, mi
         return LayoutProblem(f"train.micro_batch={micro_batch}",
                              f"train.micro_batch={micro_batch} does not divide the {per_shard} sequences each data x "
                              f"depth shard gets per step (train.global_batch={global_batch} / {shards} shards)")
+    _, count = split_micro_batches(global_batch, micro_batch, shards, layout.pipe)
+    if v > 1 and count % layout.pipe:
+        return LayoutProblem(f"train.micro_batch={micro_batch}",
+                             f"layout.virtual_stages={v} runs micro-batches in groups of layout.pipe={layout.pipe}, "
+                             f"but train.micro_batch={micro_batch} gives {count} per data x depth shard, not a "
+                             f"multiple of {layout.pipe}")
     return None

@@ -18,9 +18,12 @@ class Layout:
     row: int = 1
     col: int = 1
     order: tuple[str, ...] = DEFAULT_ORDER
+    # Interleaved 1F1B: each pipeline stage holds this many non-adjacent chunks of the layers.
+    # Not an axis: it changes no rank's coordinates, only what a stage holds and its schedule.
+    virtual_stages: int = 1
 
     def __post_init__(self):
-        for axis in AXES:
+        for axis in AXES + ("virtual_stages",):
             size = getattr(self, axis)
             if not isinstance(size, int) or isinstance(size, bool) or size < 1:
                 raise ValueError(f"layout.{axis} must be a positive integer, got {size!r}")
@@ -68,12 +71,14 @@ class Layout:
 
     def __str__(self) -> str:
         sizes = " x ".join(f"{axis} {getattr(self, axis)}" for axis in AXES)
-        return f"{sizes} (order {','.join(self.order)})"
+        chunks = f", {self.virtual_stages} virtual stages" if self.virtual_stages > 1 else ""
+        return f"{sizes} (order {','.join(self.order)}{chunks})"
 
 
 def sizes_text(layout: Layout) -> str:
-    """The axes larger than 1, e.g. "data=8 depth=16 row=4" (or "1 rank")."""
-    return " ".join(f"{axis}={getattr(layout, axis)}" for axis in AXES if getattr(layout, axis) > 1) or "1 rank"
+    """The axes larger than 1, e.g. "data=8 depth=16 row=4" (or "1 rank"), and v when interleaved."""
+    text = " ".join(f"{axis}={getattr(layout, axis)}" for axis in AXES if getattr(layout, axis) > 1) or "1 rank"
+    return text + (f" v={layout.virtual_stages}" if layout.virtual_stages > 1 else "")
 
 
 def factorizations(world_size: int, axes: tuple[str, ...] = AXES) -> list[Layout]:

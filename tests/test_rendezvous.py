@@ -20,7 +20,7 @@ from axon.grid import Grid
 from axon.parallel.rendezvous import P2POp, check_trace_files, planned_ops, replay
 from axon.train import Trainer
 from perfmodel.layout import Layout
-from perfmodel.pipeline import one_f_one_b
+from perfmodel.pipeline import Transfer, one_f_one_b
 from spawn import run_distributed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,6 +101,38 @@ def test_the_schedule_passes_for_every_stage_count_up_to_16_and_micro_batches_up
                 assert len(mine) == 2 * micro_batches * neighbours
 
 
+def test_interleaved_schedules_pass_with_every_send_meeting_the_same_tensor():
+    # the issue's matrix, then wider: every p <= 8, v <= 4 and m a multiple of p up to 8p
+    for stages, chunks, micro_batches in [(p, v, k * p) for p in (2, 4) for v in (2, 3) for k in (1, 2, 4)]:
+        verdict = replay(planned_ops(stages, micro_batches, chunks=chunks))
+        assert verdict.completed and not verdict.mismatched, (stages, chunks, micro_batches, str(verdict))
+    for stages in range(2, 9):
+        for chunks in (2, 3, 4):
+            assert replay(planned_ops(stages, 1, forward_only=True, chunks=chunks)).completed, (stages, chunks)
+            for micro_batches in range(stages, 8 * stages + 1, stages):
+                ops = planned_ops(stages, micro_batches, chunks=chunks)
+                assert replay(ops).completed, (stages, chunks, micro_batches)
+                # every chunk boundary moves each micro-batch's activations and gradient once
+                sends = sorted(op.label for mine in ops.values() for op in mine if op.op == "send")
+                boundaries = range(stages * chunks - 1)
+                assert sends == sorted([f"act {j} v{q}>v{q + 1}" for q in boundaries for j in range(micro_batches)]
+                                       + [f"grad {j} v{q + 1}>v{q}" for q in boundaries for j in range(micro_batches)])
+
+
+def test_a_send_that_meets_another_tensors_receive_is_reported():
+    # p = 2 interleaved: both neighbours are one rank. Rank 0 sends act then grad in one batch;
+    # rank 1 receives them in the other order: every operation completes, with the wrong tensors.
+    ops = {0: [_op(0, "send", 1, 0, "act 0 v0>v1", 0), _op(0, "send", 1, 1, "grad 0 v2>v1", 0)],
+           1: [_op(1, "recv", 0, 0, "grad 0 v2>v1", 0), _op(1, "recv", 0, 1, "act 0 v0>v1", 0)]}
+    verdict = replay(ops)
+    assert not verdict.completed and not verdict.stuck and not verdict.unmatched
+    assert verdict.mismatched == [(ops[0][0], ops[1][0]), (ops[0][1], ops[1][1])]
+    assert str(verdict).startswith("wrong tensors: rank 0: send act 0 v0>v1 to rank 1 (seq 0) pairs with rank 1's "
+                                   "recv grad 0 v2>v1 from rank 0 (seq 0)")
+    # the receives in the sends' order: right
+    assert replay({0: ops[0], 1: [_op(1, "recv", 0, 0, "act 0 v0>v1", 0), _op(1, "recv", 0, 1, "grad 0 v2>v1", 0)]}).completed
+
+
 def test_the_checker_needs_no_torch_and_reads_trace_files_from_the_shell(tmp_path):
     code = "import sys, axon.parallel.rendezvous; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
@@ -128,8 +160,8 @@ def traced_runs(rank, world, layout, out_dirs):
     out = []
     for micro_batches, out_dir in out_dirs.items():
         config = build_config({
-            "model": {**MODEL, "layers": layout.pipe},
-            "layout": {a: getattr(layout, a) for a in ("data", "pipe", "depth", "row", "col")},
+            "model": {**MODEL, "layers": layout.pipe * layout.virtual_stages},
+            "layout": {a: getattr(layout, a) for a in ("data", "pipe", "depth", "row", "col", "virtual_stages")},
             "out_dir": str(out_dir),
             "train": {"steps": 2, "global_batch": micro_batches * shards, "micro_batch": 1, "trace_steps": 1}})
         grid = Grid(layout, rank)
@@ -141,13 +173,15 @@ def traced_runs(rank, world, layout, out_dirs):
     return out
 
 
-@pytest.mark.parametrize("layout", [Layout(data=2, pipe=2, col=2), Layout(pipe=3, depth=2), Layout(pipe=4, row=2)],
-                         ids=lambda l: f"{l.data}x{l.pipe}x{l.depth}x{l.row}x{l.col}")
-def test_the_engine_traces_pass_the_checker(tmp_path, layout):
-    counts = (1, 2, 3, 8)
+@pytest.mark.parametrize("layout, counts", [
+    (Layout(data=2, pipe=2, col=2), (1, 2, 3, 8)), (Layout(pipe=3, depth=2), (1, 2, 3, 8)),
+    (Layout(pipe=4, row=2), (1, 2, 3, 8)),
+    (Layout(pipe=2, depth=2, virtual_stages=2), (2, 4)), (Layout(pipe=4, virtual_stages=2), (4, 8))],
+    ids=lambda x: f"{x.data}x{x.pipe}x{x.depth}x{x.row}x{x.col}v{x.virtual_stages}" if isinstance(x, Layout) else "")
+def test_the_engine_traces_pass_the_checker(tmp_path, layout, counts):
     out_dirs = {m: tmp_path / f"m{m}" for m in counts}
     results = run_distributed(layout.world_size, traced_runs, layout, out_dirs)
-    stride = layout.strides()["pipe"]
+    stride, p, v = layout.strides()["pipe"], layout.pipe, layout.virtual_stages
     for index, m in enumerate(counts):
         traces = sorted(out_dirs[m].glob("comm_trace_rank*.json"))
         assert len(traces) == layout.world_size
@@ -155,16 +189,20 @@ def test_the_engine_traces_pass_the_checker(tmp_path, layout):
         assert verdict.completed, (m, str(verdict))
         for rank, runs in enumerate(results):
             ops, stage = runs[index], layout.coords(rank)["pipe"]
-            neighbours = {r for r, real in ((rank - stride, stage > 0), (rank + stride, stage < layout.pipe - 1)) if real}
+            first = rank - stage * stride
+            ring = v > 1  # interleaved: the last stage feeds the first
+            neighbours = {first + (stage + d) % p * stride for d in (-1, 1) if ring or 0 <= stage + d < p}
             assert {peer for _, peer, _, _, _ in ops} == neighbours  # same data, depth, row, col
             assert [seq for _, _, _, seq, _ in ops] == list(range(len(ops)))
-            assert len(ops) == 2 * m * len(neighbours)
-            # every micro-batch's activations go forward once and their gradient comes back once
+            # every micro-batch's activations leave each chunk but the model's last once, and
+            # their gradient leaves each chunk but the first once
             sent = sorted(label for op, peer, _, _, label in ops if op == "send")
-            expected = [f"act {j}" for j in range(m)] * (stage < layout.pipe - 1)
-            expected += [f"grad {j}" for j in range(m)] * (stage > 0)
-            assert sent == sorted(expected)
+            expected = [Transfer("send", "act", j, c).label(stage, p) for c in range(v) for j in range(m)
+                        if c * p + stage < p * v - 1]
+            expected += [Transfer("send", "grad", j, c).label(stage, p) for c in range(v) for j in range(m)
+                         if c * p + stage > 0]
+            assert sent == sorted(expected) and len(ops) == 2 * len(expected)
             # and the engine issues exactly the planned schedule, batches included
-            planned = planned_ops(layout.pipe, m)[stage]
+            planned = planned_ops(p, m, chunks=v)[stage]
             assert [(op, batch, label) for op, _, batch, _, label in ops] == \
                 [(p.op, p.batch, p.label) for p in planned]

@@ -19,7 +19,7 @@ from axon.parallel.embedding import VocabParallelEmbedding
 from axon.parallel.linear import TensorParallelLinear
 from axon.parallel.norm import ShardedRMSNorm
 from axon.parallel.pipeline import StagePeers
-from axon.model.stages import stage_layers
+from axon.model.stages import chunk_layers
 from kernels import apply_rotary, causal_attention, rotary_tables
 from perfmodel.models import ModelShape
 from perfmodel.parameters import LINEAR_ORIENTATIONS as ORIENT
@@ -77,7 +77,9 @@ class Block(nn.Module):
 class Llama(nn.Module):
     """One pipeline stage of the model (the whole model when layout.pipe is 1): its blocks
     keep their global names (layers.{i}), the first stage adds the embedding, the last the
-    final norm and the vocab-parallel LM head."""
+    final norm and the vocab-parallel LM head. With layout.virtual_stages v the stage holds v
+    chunks of blocks (`chunks[c]`); the embedding runs before the first stage's chunk 0, the
+    head after the last stage's chunk v - 1."""
 
     def __init__(self, shape: ModelShape, grid, compute_dtype: torch.dtype = torch.float32,
                  stage_counts: tuple[int, ...] = ()):
@@ -91,7 +93,8 @@ class Llama(nn.Module):
         stages, stage = grid.size("pipe"), grid.coord("pipe")
         self.first_stage, self.last_stage = stage == 0, stage == stages - 1
         self.peers = StagePeers(grid, shape.hidden) if stages > 1 else None  # evaluation passes through stages
-        self.layer_ids = stage_layers(shape, stages, stage_counts)[stage]
+        self.chunks = chunk_layers(shape, stages, stage, stage_counts, grid.layout.virtual_stages)
+        self.layer_ids = [i for chunk in self.chunks for i in chunk]
         if self.first_stage:
             self.tok_embeddings = VocabParallelEmbedding(grid, shape.vocab, shape.hidden, INIT_STD)
         self.layers = nn.ModuleDict({str(i): Block(shape, grid) for i in self.layer_ids})
@@ -100,24 +103,24 @@ class Llama(nn.Module):
             self.output = TensorParallelLinear(grid, shape.hidden, shape.vocab, ORIENT["output"], INIT_STD)
             self.vocab_start = self.output.sharding.block_slices(grid)[0].start
 
-    def stage_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """This stage's part: ids [batch, seq] (first stage) or the residual stream
-        [batch, seq, hidden/col] in; the residual stream or, on the last stage, this
-        rank's logits slice [batch, seq, vocab/row] out."""
+    def stage_forward(self, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+        """This stage's chunk `chunk`: ids [batch, seq] (the first stage's chunk 0) or the
+        residual stream [batch, seq, hidden/col] in; the residual stream or, after the last
+        stage's last chunk, this rank's logits slice [batch, seq, vocab/row] out."""
         s = self.shape
         scaling = (s.rope_scaling_factor, s.rope_low_freq_factor, s.rope_high_freq_factor, s.rope_original_context)
         cos, sin = rotary_tables(x.shape[1], s.head_dim, s.rope_theta, x.device, scaling=scaling)
         cos, sin = cos.to(self.compute_dtype), sin.to(self.compute_dtype)
-        if self.first_stage:
+        if self.first_stage and chunk == 0:
             x = self.tok_embeddings(x).to(self.compute_dtype)
-        for layer in self.layers.values():
+        for layer in (self.layers[str(i)] for i in self.chunks[chunk]):
             if self.recompute_blocks and torch.is_grad_enabled():
                 # Keep only the block's input; backward re-runs its forward (collectives included,
                 # in the same order on every rank) to rebuild the activations.
                 x = checkpoint(layer, x, cos, sin, use_reentrant=False)
             else:
                 x = layer(x, cos, sin)
-        return self.output(self.norm(x)) if self.last_stage else x
+        return self.output(self.norm(x)) if self.last_stage and chunk == len(self.chunks) - 1 else x
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [batch, seq] -> this rank's logits slice [batch, seq, vocab/row] (one stage only)."""

@@ -1,19 +1,22 @@
-"""Pipeline stages: one step's micro-batches under 1F1B, and the transfers between stages.
+"""Pipeline stages: one step's micro-batches under 1F1B (plain or interleaved), and the
+transfers between stages.
 
-Stage s of p runs min(p - s - 1, m) forwards ahead, then alternates one forward and one
-backward, then drains the remaining backwards, so at most p - s micro-batches' activations
-are alive on a stage. Activations go to the next stage and their gradients come back over
-the pipe group, to the rank with the same (data, depth, row, col) coordinates.
+Plain 1F1B: stage s of p runs min(p - s - 1, m) forwards ahead, then alternates one forward
+and one backward, then drains the remaining backwards, so at most p - s micro-batches'
+activations are alive on a stage. Interleaved (layout.virtual_stages v > 1): the stage holds
+v chunks of layers and runs Megatron-LM's order (`perfmodel.pipeline.pipeline_order`); the
+stages form a ring, the last passing chunk c's output to the first's chunk c + 1.
+Activations go to the next stage and their gradients come back over the pipe group, to the
+rank with the same (data, depth, row, col) coordinates.
 
 Why this cannot deadlock on NCCL: between two neighbours, operations run in issue order on
 one stream and a send completes only with its receive. The schedule
-(`perfmodel.pipeline.one_f_one_b_with_transfers`) issues each steady-state send in one batch
-with the receive from the same neighbour that the neighbour issues in its own matching
-batch (send forward beside receive backward, send backward beside receive forward), and
-waits for each batch before going on; in warm-up and cool-down a stage only sends toward a
-neighbour whose next operation is the matching receive. So every batch meets its partner
-batches, for every p and m: `axon.parallel.rendezvous` replays the schedule under these
-rules (tests, p <= 16, m <= 64) and the engine's recorded traces likewise.
+(`perfmodel.pipeline.one_f_one_b_with_transfers`) issues each send in one batch with the
+receives it must run beside, which the neighbour issues in its own matching batch, and
+waits for each batch before going on. `axon.parallel.rendezvous` replays the schedule under
+these rules (tests: plain p <= 16, m <= 64; interleaved p <= 8, v <= 4, m <= 8p), checks
+that every send meets the receive of the same tensor, and checks the engine's recorded
+traces likewise.
 """
 
 from __future__ import annotations
@@ -28,32 +31,44 @@ from perfmodel.pipeline import Transfer, forward_only_with_transfers, one_f_one_
 
 
 class StagePeers:
-    """This rank's place in the pipe: its stage, and the global ranks of the stages around it
-    (same data, depth, row and col coordinates)."""
+    """This rank's place in the pipe: its stage, its chunks, and the global ranks of the
+    stages around it (same data, depth, row and col coordinates; a ring when interleaved)."""
 
     def __init__(self, grid, hidden: int):
         self.axis = grid.axis("pipe")
         self.stage, self.stages = grid.coord("pipe"), grid.size("pipe")
+        self.chunks = grid.layout.virtual_stages
         stride = grid.layout.strides()["pipe"]
-        self.previous = grid.rank - stride if self.stage > 0 else None
-        self.next = grid.rank + stride if self.stage < self.stages - 1 else None
-        self.last = grid.rank + (self.stages - 1 - self.stage) * stride
+        first = grid.rank - self.stage * stride
+        ring = self.chunks > 1  # the last stage's chunk c feeds the first stage's chunk c + 1
+        self.previous = first + (self.stage - 1) % self.stages * stride if self.stage > 0 or ring else None
+        self.next = first + (self.stage + 1) % self.stages * stride if self.stage < self.stages - 1 or ring else None
+        self.last = first + (self.stages - 1) * stride
         self.hidden_local = hidden // grid.size("col")
         self.joined = False  # has the pipe group had its first, all-member collective
 
+    def holds_input(self, chunk: int) -> bool:
+        """Chunk `chunk` here starts the model: its input is the token ids."""
+        return self.stage == 0 and chunk == 0
+
+    def holds_loss(self, chunk: int) -> bool:
+        """Chunk `chunk` here ends the model: its output is the logits."""
+        return self.stage == self.stages - 1 and chunk == self.chunks - 1
+
     def transfer(self, transfers: tuple[Transfer, ...], tensors: dict, new_buffer, device) -> None:
-        """Run one batch of the schedule. Sends take their tensor out of `tensors[(kind, j)]`
-        (kind "act" or "grad"); receives put theirs there, in a buffer from new_buffer(j)."""
+        """Run one batch of the schedule. Sends take their tensor out of `tensors[(kind, j, c)]`
+        (kind "act" or "grad", chunk c); receives put theirs there, in a buffer from new_buffer(j)."""
         if not self.joined:
             join_group(self.axis, device)
             self.joined = True
         batch = []
         for t in transfers:
-            key = (t.tensor, t.micro)
+            key = (t.tensor, t.micro, t.chunk)
             if t.op == "recv":
                 tensors[key] = new_buffer(t.micro)
             tensor = tensors.pop(key) if t.op == "send" else tensors[key]
-            batch.append((t.op, tensor, self.next if t.toward > 0 else self.previous, f"{t.tensor} {t.micro}"))
+            peer = self.next if t.toward > 0 else self.previous
+            batch.append((t.op, tensor, peer, t.label(self.stage, self.stages)))
         exchange(batch, self.axis)
 
     def activation_buffers(self, batches_ids, dtype: torch.dtype, device):
@@ -63,19 +78,21 @@ class StagePeers:
 
     def forward_only(self, stage_forward, ids: torch.Tensor, head, dtype: torch.dtype,
                      result_dtype: torch.dtype) -> torch.Tensor:
-        """Evaluation through every stage in turn (no schedule: nothing runs backward): each stage
-        receives the residual stream, runs its blocks and passes it on; the last applies
-        head(logits) -> [batch, seq], which is broadcast so every stage returns it."""
-        tensors, new_buffer = {("act", 0): ids}, self.activation_buffers([ids], dtype, ids.device)
+        """Evaluation through every stage (and chunk) in turn (no schedule: nothing runs
+        backward): each receives the residual stream, runs its blocks and passes it on; the
+        last applies head(logits) -> [batch, seq], which is broadcast so every stage returns it."""
+        tensors, new_buffer = {("act", 0, 0): ids}, self.activation_buffers([ids], dtype, ids.device)
         result = None
-        for action in forward_only_with_transfers(self.stage, self.stages):
+        for action in forward_only_with_transfers(self.stage, self.stages, self.chunks):
             if isinstance(action[0], Transfer):
                 self.transfer(action, tensors, new_buffer, ids.device)
+                continue
+            _, _, chunk = action
+            out = stage_forward(tensors.pop(("act", 0, chunk)), chunk)
+            if self.holds_loss(chunk):
+                result = head(out).to(result_dtype).contiguous()
             else:
-                out = stage_forward(tensors[("act", 0)])
-                if self.next is None:
-                    result = head(out).to(result_dtype).contiguous()
-                tensors[("act", 0)] = out.contiguous()
+                tensors[("act", 0, chunk)] = out.contiguous()  # the send's tensor
         if result is None:
             result = torch.empty(ids.shape, dtype=result_dtype, device=ids.device)
         return broadcast(result, self.axis, self.last)
@@ -88,8 +105,8 @@ class PipelineStep(StagePeers):
         super().__init__(grid, model.shape.hidden)
         self.model, self.grid, self.dtype = model, grid, dtype
         # Set to a list to record each run's compute intervals (benchmarks.pipeline_bubble):
-        # {"start", "end", "ops": [(kind, j, t0, t1)]} in perf_counter seconds. Off by default:
-        # on a GPU every interval costs a synchronize.
+        # {"start", "end", "ops": [(kind, j, t0, t1, chunk)]} in perf_counter seconds. Off by
+        # default: on a GPU every interval costs a synchronize.
         self.timeline: list | None = None
 
     def _now(self, device) -> float:
@@ -98,43 +115,46 @@ class PipelineStep(StagePeers):
         return time.perf_counter()
 
     def run(self, batches, keeps, kept_tokens: float, buckets, device) -> torch.Tensor:
-        """Forward and backward every micro-batch; returns this stage's loss sum (0 unless last).
+        """Forward and backward every micro-batch through every chunk; returns this stage's
+        loss sum (0 unless it holds the loss).
 
-        `tensors` holds what crosses stages until it is sent or used, keyed (kind, j): "act" is
-        micro-batch j's input to this stage coming in and its output going out, "grad" the
+        `tensors` holds what crosses stages until it is sent or used, keyed (kind, j, c): "act"
+        is micro-batch j's input to chunk c coming in and its output going out, "grad" the
         gradient of either."""
         loss_sum = torch.zeros((), device=device)
         tensors, inputs, outputs = {}, {}, {}
         new_buffer = self.activation_buffers([ids for ids, _ in batches], self.dtype, device)
         record = {"start": self._now(device), "ops": []} if self.timeline is not None else None
-        for action in one_f_one_b_with_transfers(self.stage, self.stages, len(batches)):
+        for action in one_f_one_b_with_transfers(self.stage, self.stages, len(batches), self.chunks):
             if isinstance(action[0], Transfer):
                 self.transfer(action, tensors, new_buffer, device)
                 continue
-            kind, j = action
+            kind, j, chunk = action
             began = self._now(device) if record else 0.0
             if kind == "F":
                 ids, targets = batches[j]
-                x = ids if self.previous is None else tensors.pop(("act", j)).requires_grad_()
-                out = self.model.stage_forward(x)
-                if self.next is None:
+                x = ids if self.holds_input(chunk) else tensors.pop(("act", j, chunk)).requires_grad_()
+                out = self.model.stage_forward(x, chunk)
+                if self.holds_loss(chunk):
                     losses = self.model.stage_losses(out, targets, keeps[j])
                     loss_sum += losses.detach().sum()
                     out = losses.sum() / kept_tokens
                 else:
-                    tensors[("act", j)] = out.detach().contiguous()  # the send's tensor
-                inputs[j], outputs[j] = x, out
+                    tensors[("act", j, chunk)] = out.detach().contiguous()  # the send's tensor
+                inputs[j, chunk], outputs[j, chunk] = x, out
             else:
-                buckets.final_micro_batch = j == len(batches) - 1  # DP buckets launch in this backward
-                x, out = inputs.pop(j), outputs.pop(j)
-                if self.next is None:
+                # A chunk's parameters get gradients only in its own backwards, so its last
+                # micro-batch's backward makes them final: DP buckets launch in it.
+                buckets.final_micro_batch = j == len(batches) - 1
+                x, out = inputs.pop((j, chunk)), outputs.pop((j, chunk))
+                if self.holds_loss(chunk):
                     out.backward()
                 else:
-                    out.backward(tensors.pop(("grad", j)))
-                if self.previous is not None:
-                    tensors[("grad", j)] = x.grad.contiguous()  # the send's tensor
+                    out.backward(tensors.pop(("grad", j, chunk)))
+                if not self.holds_input(chunk):
+                    tensors[("grad", j, chunk)] = x.grad.contiguous()  # the send's tensor
             if record:
-                record["ops"].append((kind, j, began, self._now(device)))
+                record["ops"].append((kind, j, began, self._now(device), chunk))
         if record:
             record["end"] = self._now(device)
             self.timeline.append(record)

@@ -6,7 +6,10 @@ them (`peer`, `batch`, `seq`), under the rules NCCL follows:
 
 * Between two ranks, operations run in issue order on one stream (FIFO per pair).
 * The k-th send from a to b and the k-th receive on b from a complete together; a send
-  never completes on its own (no eager buffer: activations are far larger than one).
+  never completes on its own (no eager buffer: activations are far larger than one). They
+  must carry the same tensor: a pair whose labels differ is reported (with interleaved
+  stages at p = 2, both neighbours are one rank, and a swapped pair would silently deliver
+  one micro-batch's activations as another's).
 * A batch (one `batch_isend_irecv` call) starts when all its operations can, runs them as
   one group, and completes when all of them have.
 * A rank waits for each batch before it issues the next one: the engine does, and on a GPU
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from perfmodel.pipeline import Transfer, forward_only_with_transfers, one_f_one_b_with_transfers
@@ -49,13 +52,15 @@ class Verdict:
     completed: bool
     stuck: dict[int, list[P2POp]]  # rank -> the operations of the batch it waits on, still open
     unmatched: list[P2POp]  # operations no peer issues a partner for
+    mismatched: list[tuple[P2POp, P2POp]] = field(default_factory=list)  # (send, the receive it pairs with) whose labels differ
 
     def __str__(self) -> str:
         if self.completed:
             return "every point-to-point operation completes"
         lines = [f"rank {rank} is stuck on " + "; ".join(map(str, ops)) for rank, ops in sorted(self.stuck.items())]
         lines += [f"rank {op.rank}: {op} has no matching operation on rank {op.peer}" for op in self.unmatched]
-        return "deadlock: " + "\n".join(lines)
+        lines += [f"rank {send.rank}: {send} pairs with rank {recv.rank}'s {recv}" for send, recv in self.mismatched]
+        return ("deadlock: " if self.stuck or self.unmatched else "wrong tensors: ") + "\n".join(lines)
 
 
 def replay(ops_by_rank: dict[int, list[P2POp]]) -> Verdict:
@@ -108,7 +113,9 @@ def replay(ops_by_rank: dict[int, list[P2POp]]) -> Verdict:
     stuck = {rank: [ops[i] for i in groups[position[rank]] if not done[i]]
              for rank, groups in batches.items() if position[rank] < len(groups)}
     unmatched = [op for index, op in enumerate(ops) if partner[index] < 0]
-    return Verdict(not stuck and not unmatched, stuck, unmatched)
+    mismatched = [(op, ops[partner[index]]) for index, op in enumerate(ops)
+                  if op.op == "send" and partner[index] >= 0 and op.label != ops[partner[index]].label]
+    return Verdict(not stuck and not unmatched and not mismatched, stuck, unmatched, mismatched)
 
 
 def ops_from_trace(records: list[dict]) -> list[P2POp]:
@@ -141,21 +148,23 @@ def check_trace_files(paths: list[str | Path]) -> Verdict:
         verdict = replay(steps[step])
         if not verdict.completed:
             return verdict
-    return Verdict(True, {}, [])
+    return Verdict(True, {}, [], [])
 
 
-def planned_ops(stages: int, micro_batches: int, forward_only: bool = False) -> dict[int, list[P2POp]]:
-    """The engine's schedule as operations, without running it: stage s is rank s."""
+def planned_ops(stages: int, micro_batches: int, forward_only: bool = False, chunks: int = 1) -> dict[int, list[P2POp]]:
+    """The engine's schedule as operations, without running it: stage s is rank s; `chunks`
+    is layout.virtual_stages (its stages form a ring)."""
     ops: dict[int, list[P2POp]] = {}
     for stage in range(stages):
-        actions = (forward_only_with_transfers(stage, stages) if forward_only
-                   else one_f_one_b_with_transfers(stage, stages, micro_batches))
+        actions = (forward_only_with_transfers(stage, stages, chunks) if forward_only
+                   else one_f_one_b_with_transfers(stage, stages, micro_batches, chunks))
         mine: list[P2POp] = []
         for action in actions:
             if isinstance(action[0], Transfer):
                 batch = len(mine)
                 for t in action:
-                    mine.append(P2POp(stage, t.op, stage + t.toward, batch, len(mine), f"{t.tensor} {t.micro}"))
+                    peer = (stage + t.toward) % stages
+                    mine.append(P2POp(stage, t.op, peer, batch, len(mine), t.label(stage, stages)))
         ops[stage] = mine
     return ops
 
