@@ -180,7 +180,7 @@ def _step_collectives(shape, layout, bucket_mb, stage_layers, first, last, grad_
     return tuple(step_collectives(shape, layout, bucket_mb, stage_layers, first, last, grad_reduce_dtype))
 
 
-def _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers, first, last, dp_times):
+def _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, stage_layers, first, last, dp_times):
     """Seconds by component for one micro-batch on one stage, after overlap, without and with
     the data-parallel reductions (which ride on the last micro-batch), and the forward's share
     of its compute."""
@@ -205,8 +205,6 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, micro, stage_layers
         t = work.ops[phase] * machine.op_overhead_us * 1e-6
         out["elementwise"] += t
         compute[phase] += t
-
-    seconds = CommClock(layout, machine)
 
     # Overlappable work per phase: (category, seconds of all, seconds of one) pools, hidden
     # behind that phase's compute.
@@ -269,8 +267,8 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
         step_comms = _step_collectives(shape, _unordered(layout), setup.bucket_mb, blocks, first, last,
                                        getattr(setup, "grad_reduce_dtype", "float32"))
         dp_times = [seconds(c) for c in step_comms if c.kind == "dp"]
-        per_mb, last_mb, share = _stage_micro_batch(shape, layout, setup, machine, clock, micro, blocks, first, last,
-                                                    dp_times)
+        per_mb, last_mb, share = _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, blocks,
+                                                    first, last, dp_times)
         params = stage_parameters(shape, layout, blocks, first, last)
         priced[stage] = {
             "slot": sum(per_mb.values()), "share": share, "per_mb": per_mb, "last_mb": last_mb,
