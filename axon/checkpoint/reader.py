@@ -57,7 +57,8 @@ class CheckpointReader:
             raise ConfigError(f"checkpoint {str(self.path)!r} has format {self.meta.get('format')!r}; "
                               f"this axon reads format {FORMAT_VERSION}")
         lay = self.meta["layout"]
-        self.layout = Layout(**{a: lay[a] for a in AXES}, order=tuple(lay["order"]))
+        self.layout = Layout(**{a: lay[a] for a in AXES}, order=tuple(lay["order"]),
+                             virtual_stages=lay.get("virtual_stages", 1))  # absent before interleaving
         self.shape = ModelShape(**self.meta["model"])
         self.tensors = self.meta["tensors"]
         self.files_read: set[int] = set()  # the ranks whose shard files this reader has read from

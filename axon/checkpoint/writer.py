@@ -136,6 +136,7 @@ def write_checkpoint(final: Path, model, optimizer, grid, shape, step: int, extr
         adam_steps = [s["step"].item() for s in optimizer.state.values() if "step" in s] if optimizer else []
         layout = {axis: grid.size(axis) for axis in AXES}
         layout["order"] = list(grid.layout.order)
+        layout["virtual_stages"] = grid.layout.virtual_stages  # which chunks a stage holds; readers use "stage"
         meta = {
             "format": FORMAT_VERSION,
             "step": step,
