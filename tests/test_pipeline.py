@@ -10,7 +10,8 @@ from axon.model.stages import stage_layers
 from perfmodel.parameters import block_parameters
 from perfmodel.stages import balanced_counts
 from perfmodel.models import ModelShape
-from perfmodel.pipeline import one_f_one_b, simulate, step_seconds
+from perfmodel.pipeline import (in_flight_peak, one_f_one_b, pipeline_order, simulate, simulate_interleaved,
+                                step_seconds)
 from perfmodel.training import split_micro_batches
 
 SMALL = ModelShape(layers=6, hidden=64, heads=4, kv_heads=2, ffn=128, vocab=1000, seq_len=16)
@@ -88,3 +89,90 @@ def test_long_schedules_are_estimated_within_3_percent_of_the_replay():
         estimate = sum(slots) + (m - 1) * max(slots)
         assert estimate == pytest.approx(simulate(forward, backward, m).step_s, rel=0.03)
     assert step_seconds([1.0, 2.0], [2.0, 4.0], 2) == simulate([1.0, 2.0], [2.0, 4.0], 2).step_s
+
+
+def F(j, c):
+    return ("F", j, c)
+
+
+def B(j, c):
+    return ("B", j, c)
+
+
+def test_interleaved_orders_by_hand():
+    # p = 2, v = 2, m = 4. Forwards go in groups of p micro-batches per chunk: (0,c0) (1,c0) (0,c1)
+    # (1,c1) (2,c0) ...; backwards likewise with the chunks reversed. Stage 0 warms up with
+    # 2 (p - 1) + (v - 1) p = 4 forwards, stage 1 with 2.
+    assert pipeline_order(0, 2, 4, 2) == [F(0, 0), F(1, 0), F(0, 1), F(1, 1), F(2, 0), B(0, 1), F(3, 0), B(1, 1),
+                                          F(2, 1), B(0, 0), F(3, 1), B(1, 0), B(2, 1), B(3, 1), B(2, 0), B(3, 0)]
+    assert pipeline_order(1, 2, 4, 2) == [F(0, 0), F(1, 0), F(0, 1), B(0, 1), F(1, 1), B(1, 1), F(2, 0), B(0, 0),
+                                          F(3, 0), B(1, 0), F(2, 1), B(2, 1), F(3, 1), B(3, 1), B(2, 0), B(3, 0)]
+    # p = 4, v = 2, m = 4: stage 0's warm-up (10) exceeds its 8 forwards: all forwards, then all backwards
+    assert pipeline_order(0, 4, 4, 2) == [F(j, c) for c in (0, 1) for j in range(4)] + \
+        [B(j, c) for c in (1, 0) for j in range(4)]
+    assert pipeline_order(3, 4, 4, 2) == [F(0, 0), F(1, 0), F(2, 0), F(3, 0), F(0, 1), B(0, 1), F(1, 1), B(1, 1),
+                                          F(2, 1), B(2, 1), F(3, 1), B(3, 1), B(0, 0), B(1, 0), B(2, 0), B(3, 0)]
+    # v = 1 is plain 1F1B
+    assert pipeline_order(0, 2, 3) == [(kind, j, 0) for kind, j in one_f_one_b(0, 2, 3)]
+    with pytest.raises(ValueError, match="multiple of the stages"):
+        pipeline_order(0, 4, 6, 2)
+
+
+def test_interleaved_orders_run_every_op_once_after_its_inputs():
+    for p, v, k in product((2, 3, 4, 8), (2, 3, 4), (1, 2, 3)):
+        m, everything = k * p, p * v
+        orders = {s: pipeline_order(s, p, m, v) for s in range(p)}
+        for s, order in orders.items():
+            assert sorted(order) == sorted([F(j, c) for j in range(m) for c in range(v)]
+                                           + [B(j, c) for j in range(m) for c in range(v)])
+        # replay compute only: an op runs once the virtual stage before (forward) or after (backward) has
+        done, position, progressed = set(), dict.fromkeys(orders, 0), True
+        while progressed:
+            progressed = False
+            for s, order in orders.items():
+                while position[s] < len(order):
+                    kind, j, c = order[position[s]]
+                    q = c * p + s
+                    needs = ("F", q - 1, j) if kind == "F" else (("F", q, j) if q == everything - 1 else ("B", q + 1, j))
+                    if (kind == "F" and q == 0) or needs in done:
+                        done.add((kind, q, j))
+                        position[s] += 1
+                        progressed = True
+                    else:
+                        break
+        assert len(done) == 2 * m * everything, (p, v, m)
+
+
+def test_activations_in_flight():
+    assert [in_flight_peak(s, 4, 8) for s in range(4)] == [4, 3, 2, 1]  # plain: p - s micro-batches
+    # p = 2, v = 2, m = 4: stage 0 runs its 4 warm-up chunk forwards and one more (each half a
+    # stage) before a backward: 2.5 micro-batches' activations where plain 1F1B keeps 2
+    assert in_flight_peak(0, 2, 4, 2) == 2.5 and in_flight_peak(1, 2, 4, 2) == 1.5
+    # p = 4, v = 2, m = 8: 2 (p - 1) + (v - 1) p + 1 = 11 chunk forwards in flight on stage 0
+    assert in_flight_peak(0, 4, 8, 2) == 5.5
+    # uneven chunks: the steady state trades chunk-1 backwards (0.25) for chunk-0 forwards (0.75)
+    # until all 8 chunk-0 forwards and 3 of chunk 1 are alive
+    assert in_flight_peak(0, 4, 8, 2, weights=(0.75, 0.25)) == 8 * 0.75 + 3 * 0.25
+
+
+@pytest.mark.parametrize("p, v", [(2, 2), (2, 4), (4, 2), (4, 3), (4, 4)])
+def test_interleaved_even_stages_idle_the_shrunk_bubble(p, v):
+    for m in (p, 2 * p, 4 * p):
+        # each chunk 1/v of a stage: forward 1/v, backward 2/v
+        timeline = simulate_interleaved([1.0 / v] * (p * v), [2.0 / v] * (p * v), p, m)
+        assert timeline.step_s == pytest.approx(3.0 * (m + (p - 1) / v))  # bubble (p - 1) / (v m) of busy
+        assert timeline.idle_fraction == pytest.approx([(p - 1) / (v * m + p - 1)] * p)
+        assert step_seconds([1.0 / v] * (p * v), [2.0 / v] * (p * v), m, p) == pytest.approx(timeline.step_s)
+    # point-to-point time lengthens the step: at least the three hand-offs of the ramp
+    assert simulate_interleaved([0.5] * 4, [1.0] * 4, 2, 2, p2p_s=0.1).step_s > simulate_interleaved(
+        [0.5] * 4, [1.0] * 4, 2, 2).step_s + 0.3
+
+
+def test_long_interleaved_schedules_are_estimated_near_the_replay():
+    for p, v, m in [(8, 2, 64), (16, 2, 32), (8, 4, 32)]:
+        forward = [1.0 * (1.25 if q % 3 else 1.0) for q in range(p * v)]
+        forward[0], forward[-1] = 1.3, 1.8
+        backward = [2 * f for f in forward]
+        slots = [f + b for f, b in zip(forward, backward)]
+        estimate = m * max(sum(slots[s::p]) for s in range(p)) + (p - 1) * max(slots)
+        assert estimate == pytest.approx(simulate_interleaved(forward, backward, p, m).step_s, rel=0.05)
