@@ -8,6 +8,7 @@ bad input ends every rank with the same one-sentence error instead of a hang.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ def _fail_together(rank: int, message: str) -> None:
     raise _EveryRankStops(2)
 
 def train_command(args) -> None:
-    from axon.bootstrap import detect_launch, init_distributed, shutdown
+    from axon.bootstrap import collective_timeout_s, detect_launch, init_distributed, process_group_timeout_s, shutdown
     from axon.config import ConfigError, check_layout, load_config
     from axon.data import token_source
 
@@ -69,7 +70,20 @@ def train_command(args) -> None:
     except ConfigError as err:
         _fail(launch.rank, str(err))
 
-    runtime = init_distributed(launch, timeout_s=config.train.collective_timeout_s or None)  # 0: bootstrap default
+    try:
+        from axon.parallel.flight import FaultPlan
+
+        FaultPlan.parse(os.environ.get("AXON_FAULT"))
+        watchdog_s = config.train.collective_timeout_s or collective_timeout_s()  # 0: the environment's default
+    except ValueError as err:
+        _fail(launch.rank, str(err))
+    runtime = init_distributed(launch, timeout_s=process_group_timeout_s(watchdog_s))
+    health = None
+    if runtime.world_size > 1:  # a heartbeat through the store, the collective watchdog, flight records on signals
+        from axon.health import HealthMonitor
+
+        health = HealthMonitor(runtime.rank, runtime.world_size, runtime.store_address, config.out_dir,
+                               config.train.peer_timeout_s, watchdog_s, runtime.hosts_store, runtime.backend).start()
     done = False
     try:
         if config.layout_auto and choice is None:
@@ -79,12 +93,18 @@ def train_command(args) -> None:
                 check_layout(config, launch.world_size)
             except ConfigError as err:  # the same plan on every rank: every rank stops here
                 _fail_together(launch.rank, str(err))
-        _train(config, runtime, source, reader, choice)
+        _train(config, runtime, source, reader, choice, health)
         done = True
     except _EveryRankStops:
         done = True  # every rank is here: meet once before tearing down
         raise
+    except Exception as err:
+        if health is not None:
+            health.after_error(err)  # a lost peer or a failed collective ends the process there, named
+        raise
     finally:
+        if health is not None:
+            health.stop()
         shutdown(all_ranks_done=done)
 
 
@@ -101,7 +121,7 @@ def _checkpoint_to_resume(config):
     return reader
 
 
-def _train(config, runtime, source, reader, choice=None) -> None:
+def _train(config, runtime, source, reader, choice=None, health=None) -> None:
     from axon.config import ConfigError
     from axon.grid import Grid
     from axon.metrics import MetricsLog
@@ -122,6 +142,8 @@ def _train(config, runtime, source, reader, choice=None) -> None:
         peak = world_mean(measure_gemm_tflops(runtime.device, getattr(torch, config.train.dtype)), runtime.device)
         peak_source = f"{DTYPE_NAMES[config.train.dtype]} GEMM timed on all ranks at once, averaged"
     trainer = Trainer(config, grid, runtime.device, peak_tflops=peak, source=source)
+    if health is not None:
+        health.follow(grid.trace.flight, config.layout)
     if leader:
         print(describe(config, trainer, runtime, peak_source), flush=True)
         if choice is not None:

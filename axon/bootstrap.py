@@ -30,6 +30,8 @@ class Runtime:
     launcher: str
     backend: str
     device: torch.device
+    store_address: tuple[str, int] | None = None  # the TCPStore the ranks met through (None: one process)
+    hosts_store: bool = False  # the store's server runs in this process (rank 0, unless torchrun's agent hosts it)
 
 
 # ---------------------------------------------------------------- the process group
@@ -90,6 +92,13 @@ def collective_timeout_s(env: Mapping[str, str] = os.environ) -> float:
     return seconds
 
 
+def process_group_timeout_s(watchdog_s: float) -> float:
+    """The process group's own timeout when axon's watchdog (axon.health) fires at `watchdog_s`:
+    later, so the watchdog writes the flight records first (NCCL's own watchdog would abort the
+    process at its timeout); it still ends collectives outside a step, e.g. a checkpoint's."""
+    return watchdog_s + max(30.0, 0.1 * watchdog_s)
+
+
 def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: float | None = None) -> Runtime:
     """Start torch.distributed for `info`; one GPU per local rank with NCCL/RCCL, else gloo on CPU.
 
@@ -136,8 +145,11 @@ def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: fl
         dist.init_process_group(backend, init_method=f"tcp://{host}:{info.master_port}",
                                 rank=info.rank, world_size=info.world_size,
                                 timeout=timeout, device_id=device_id)
+    address = None if info.world_size == 1 else (info.master_addr, int(info.master_port))
+    # Under torchrun the agent hosts the store ("TORCHELASTIC_USE_AGENT_STORE"); else init_method tcp:// puts it on rank 0.
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
     return Runtime(info.rank, info.world_size, info.local_rank, info.local_world_size,
-                   info.launcher, backend, device)
+                   info.launcher, backend, device, address, info.rank == 0 and not agent_store)
 
 
 def shutdown(all_ranks_done: bool = False) -> None:

@@ -51,6 +51,8 @@ class TrainConfig:
     # blocks per pipeline stage (per chunk, in virtual-stage order, with layout.virtual_stages); () = balanced by parameters
     stage_layers: tuple[int, ...] = ()
     collective_timeout_s: float = 0.0  # a collective waiting this long for a peer fails the job; 0 = $AXON_COLLECTIVE_TIMEOUT_S or 600
+    peer_timeout_s: float = 30.0  # a rank whose heartbeat is this old is lost: every survivor stops, naming it
+    straggler_every: int = 50  # every N steps rank 0 records the slowest rank's step (0 = never)
     # time each GEMM shape's operand layouts on first use and keep the fastest (kernels/tune.py);
     # "auto" = on for GPUs, off on CPUs (wins there were within noise, and noisy choices differ between runs)
     gemm_tuning: bool | str = "auto"
@@ -356,6 +358,9 @@ def _check_values(config: RunConfig) -> None:
     if not 0 <= t.collective_timeout_s < float("inf"):
         raise ConfigError(f"train.collective_timeout_s must be a number of seconds > 0 (or 0 for the default), "
                           f"got {t.collective_timeout_s}")
+    if not 1 <= t.peer_timeout_s < float("inf") or t.straggler_every < 0:
+        raise ConfigError(f"train.peer_timeout_s must be a number of seconds >= 1 and train.straggler_every >= 0, "
+                          f"got {t.peer_timeout_s} and {t.straggler_every}")
     if t.checkpoint_every < 0 or t.keep_checkpoints < 1:
         raise ConfigError(f"train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1, "
                           f"got {t.checkpoint_every} and {t.keep_checkpoints}")

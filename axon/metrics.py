@@ -56,6 +56,10 @@ class MetricsLog:
                   f" | {metrics['tokens_per_s']:,.0f} tok/s | {metrics['tflops_per_rank']:.3g} TFLOP/s/rank"
                   + (f" | MFU {100 * metrics['mfu']:.1f}%" if metrics["mfu"] > 0 else "")
                   + f" | ETA {format_duration(eta)}", flush=True)
+        if "slowest_rank" in metrics:  # every train.straggler_every steps
+            print(f"step {step}: slowest rank {metrics['slowest_rank']} computed "
+                  f"{metrics['slowest_rank_busy_s']:.3f} s outside collective waits (longest step "
+                  f"{metrics['slowest_step_time_s']:.3f} s on rank {metrics['slowest_step_rank']})", flush=True)
 
     def checkpoint(self, path, seconds: float) -> None:
         if self.enabled:

@@ -16,7 +16,7 @@ from axon.metrics import MetricsLog
 from axon.model import Llama, initialize_parameters
 from axon.model.stages import stage_layers
 from perfmodel.parameters import whole_model_parameters
-from axon.parallel.comm import all_reduce
+from axon.parallel.comm import all_reduce, world_max_with_rank
 from axon.parallel.data_parallel import GradientBuckets
 from axon.parallel.grads import clip_grad_norm
 from axon.parallel.overlap import enable_overlap
@@ -155,6 +155,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
+        self.grid.trace.flight.begin_step(step + 1)  # the flight recorder's steps count from 1, as the log's
         lr = learning_rate(self.config, step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -203,6 +204,7 @@ class Trainer:
         if self.device.type == "cuda":  # the clock counts the optimizer's kernels, not their enqueueing
             torch.cuda.synchronize(self.device)
         step_time = time.perf_counter() - start
+        self.grid.trace.flight.end_step()
         if self.grid.trace.unwaited:
             raise RuntimeError(f"step {step + 1} ended with {self.grid.trace.unwaited} collective(s) never waited for")
         events = self.grid.trace.take()
@@ -223,6 +225,15 @@ class Trainer:
             **summarize(events),
         }
 
+    def slowest_rank(self, metrics: dict) -> dict:
+        """Which rank computed longest this step (its time outside collective waits: a slow node
+        makes every rank's step slow, but only its own busy time long), and the longest step.
+        One world all-reduce of two numbers."""
+        busy = metrics["step_time_s"] - metrics["exposed_comm_s"]
+        (busy_s, busy_rank), (step_s, step_rank) = world_max_with_rank([busy, metrics["step_time_s"]], self.device)
+        return {"slowest_rank": busy_rank, "slowest_rank_busy_s": busy_s,
+                "slowest_step_time_s": step_s, "slowest_step_rank": step_rank}
+
     def fit(self, log: MetricsLog | None = None, stop_signal=None) -> list[dict]:
         """Train to train.steps, checkpointing as configured. With a `stop_signal`, a
         requested stop saves a checkpoint at the next step boundary and raises Preempted."""
@@ -233,6 +244,8 @@ class Trainer:
         self.stop_signal = stop_signal
         for step in range(self.start_step, t.steps):
             metrics = self.step(step)
+            if t.straggler_every and (step + 1) % t.straggler_every == 0:
+                metrics.update(self.slowest_rank(metrics))
             history.append(metrics)
             if log is not None:
                 log.record(metrics)
@@ -244,6 +257,7 @@ class Trainer:
             stop = self.stop_agreed
             if stop or (t.checkpoint_every and (done % t.checkpoint_every == 0 or done == t.steps)):
                 started = time.perf_counter()
+                self.grid.trace.flight.before_save(done)  # AXON_FAULT=die:...:at=save (a testing aid)
                 path = checkpoint.save(self, done, t.keep_checkpoints)
                 if log is not None:
                     log.checkpoint(path, time.perf_counter() - started)
@@ -266,13 +280,15 @@ def describe(config: RunConfig, trainer: Trainer, runtime, peak_source: str) -> 
         f"axon: {config.train.global_batch} sequences x {shape.seq_len} tokens per step; "
         f"{count} micro-batch(es) of {micro} per data x depth shard",
     ]
-    stages = config.layout.pipe
+    stages, chunks = config.layout.pipe, config.layout.virtual_stages
     if stages > 1:
-        blocks = [len(r) for r in stage_layers(shape, stages, config.train.stage_layers)]
+        blocks = [len(r) for r in stage_layers(shape, stages, config.train.stage_layers, chunks)]
         how = "train.stage_layers" if config.train.stage_layers else "balanced by parameters"
-        idle = (stages - 1) / (count + stages - 1)
-        lines.append(f"axon: {stages} pipeline stages of {blocks} blocks ({how}), 1F1B over {count} micro-batches: "
-                     f"each stage idles about {idle:.0%} of a step (bubble (p-1)/m = {(stages - 1) / count:.2f})")
+        idle = (stages - 1) / (chunks * count + stages - 1)
+        what = (f"{stages} pipeline stages of {blocks} blocks ({how}), 1F1B" if chunks == 1 else
+                f"{stages} pipeline stages of {chunks} chunks each, chunks of {blocks} blocks ({how}), interleaved 1F1B")
+        lines.append(f"axon: {what} over {count} micro-batches: each stage idles about {idle:.0%} of a step "
+                     f"(bubble (p-1)/(vm) = {(stages - 1) / (chunks * count):.2f})")
         if count < stages:
             lines.append(f"axon: warning: {count} micro-batch(es) for {stages} stages leave most stages idle; "
                          f"a smaller train.micro_batch or a larger train.global_batch gives more")

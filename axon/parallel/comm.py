@@ -51,8 +51,9 @@ def all_reduce(tensor: torch.Tensor, axis, op=dist.ReduceOp.SUM, wire_dtype=None
     """In-place all-reduce over `axis` (sent as `wire_dtype`, if given); returns the tensor."""
     if axis.group is not None:
         wire = _on_wire(tensor, axis, wire_dtype)
-        with axis.record("all_reduce", _nbytes(wire)):
-            dist.all_reduce(wire, op=op, group=axis.group)
+        with axis.record("all_reduce", _nbytes(wire)) as run:
+            if run:
+                dist.all_reduce(wire, op=op, group=axis.group)
         if wire is not tensor:
             tensor.copy_(wire)
     return tensor
@@ -64,8 +65,9 @@ def all_reduce_start(tensor: torch.Tensor, axis, wire_dtype=None):
     if axis.group is None:
         return None
     wire = _on_wire(tensor, axis, wire_dtype)
+    entry = axis.issuing("all_reduce", _nbytes(wire))
     work = dist.all_reduce(wire, group=axis.group, async_op=True)
-    handle = axis.started("all_reduce", _nbytes(wire), work, keep_alive=(wire,))
+    handle = axis.started("all_reduce", _nbytes(wire), work, keep_alive=(wire,), entry=entry)
     return handle if wire is tensor else WidenOnWait(handle, wire, tensor)
 
 
@@ -74,16 +76,18 @@ def all_gather_flat(shard: torch.Tensor, axis) -> torch.Tensor:
     if axis.group is None:
         return shard
     full = shard.new_empty(shard.numel() * axis.size)
-    with axis.record("all_gather", _nbytes(full)):
-        _all_gather_single(full, shard.contiguous(), group=axis.group)
+    with axis.record("all_gather", _nbytes(full)) as run:
+        if run:
+            _all_gather_single(full, shard.contiguous(), group=axis.group)
     return full
 
 
 def all_gather_start(shard: torch.Tensor, axis):
     """Start an all-gather of a 1-D shard; returns (the full buffer, handle). Axis size > 1."""
     full, shard = shard.new_empty(shard.numel() * axis.size), shard.contiguous()
+    entry = axis.issuing("all_gather", _nbytes(full))
     work = _all_gather_single(full, shard, group=axis.group, async_op=True)
-    return full, axis.started("all_gather", _nbytes(full), work, keep_alive=(full, shard))
+    return full, axis.started("all_gather", _nbytes(full), work, keep_alive=(full, shard), entry=entry)
 
 
 def reduce_scatter_flat(full: torch.Tensor, axis) -> torch.Tensor:
@@ -91,22 +95,25 @@ def reduce_scatter_flat(full: torch.Tensor, axis) -> torch.Tensor:
     if axis.group is None:
         return full
     shard = full.new_empty(full.numel() // axis.size)
-    with axis.record("reduce_scatter", _nbytes(full)):
-        _reduce_scatter_single(shard, full.contiguous(), group=axis.group)
+    with axis.record("reduce_scatter", _nbytes(full)) as run:
+        if run:
+            _reduce_scatter_single(shard, full.contiguous(), group=axis.group)
     return shard
 
 
 def reduce_scatter_start(full: torch.Tensor, axis):
     """Start a reduce-scatter of a 1-D tensor; returns (this rank's shard buffer, handle)."""
     shard, full = full.new_empty(full.numel() // axis.size), full.contiguous()
+    entry = axis.issuing("reduce_scatter", _nbytes(full))
     work = _reduce_scatter_single(shard, full, group=axis.group, async_op=True)
-    return shard, axis.started("reduce_scatter", _nbytes(full), work, keep_alive=(full, shard))
+    return shard, axis.started("reduce_scatter", _nbytes(full), work, keep_alive=(full, shard), entry=entry)
 
 
 def broadcast(tensor: torch.Tensor, axis, src: int) -> torch.Tensor:
     """Fill `tensor` on every rank of the axis's group with global rank `src`'s copy."""
-    with axis.record("broadcast", _nbytes(tensor)):
-        dist.broadcast(tensor, src=src, group=axis.group)
+    with axis.record("broadcast", _nbytes(tensor)) as run:
+        if run:
+            dist.broadcast(tensor, src=src, group=axis.group)
     return tensor
 
 
@@ -243,3 +250,13 @@ def world_mean(value: float, device) -> float:
         dist.all_reduce(tensor)
         tensor /= dist.get_world_size()
     return tensor.item()
+
+
+def world_max_with_rank(values: list[float], device) -> list[tuple[float, int]]:
+    """For each per-rank number, the largest over the world and the rank that holds it (ties:
+    the highest rank): one MAX all-reduce of len(values) int64 keys, microseconds << 20 | rank."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    keys = torch.tensor([(max(0, round(v * 1e6)) << 20) | rank for v in values], dtype=torch.int64, device=device)
+    if _many_ranks():
+        dist.all_reduce(keys, op=dist.ReduceOp.MAX)
+    return [((k >> 20) / 1e6, k & ((1 << 20) - 1)) for k in keys.tolist()]

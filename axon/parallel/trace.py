@@ -20,6 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
+
+from axon.parallel.flight import FlightRecorder
 
 
 @dataclass
@@ -42,6 +45,8 @@ class CommTrace:
         self.in_flight: list[TracedWork] = []
         self.unwaited = 0  # asynchronous collectives issued and not yet waited for
         self.p2p_issued = 0  # point-to-point operations issued this step: the next one's `seq`
+        # Always on, unlike `enabled`: what a hang is diagnosed from (axon.parallel.flight).
+        self.flight = FlightRecorder(dist.get_rank() if dist.is_initialized() else 0)
 
     def use_cuda_events(self) -> None:
         """Time collectives on the current CUDA stream instead of the host clock."""
@@ -115,9 +120,10 @@ class TracedWork:
     It also holds the collective's input and output tensors until the wait: on GPU they are
     used on the communication stream, and must not return to the allocator before it is done."""
 
-    def __init__(self, work, axis: "Axis", op: str, nbytes: int, keep_alive: tuple = ()):
+    def __init__(self, work, axis: "Axis", op: str, nbytes: int, keep_alive: tuple = (), entry=None):
         self.work, self.axis, self.op, self.nbytes = work, axis, op, nbytes
         self.keep_alive = keep_alive
+        self.entry = entry  # the flight recorder's
         self.issued = axis.trace.stamp()
         self.done = False
         self.seen_complete = None
@@ -130,6 +136,8 @@ class TracedWork:
             raise RuntimeError(f"{self.op} on {self.axis.name} was already waited for")
         trace = self.axis.trace
         wait_start = trace.stamp()
+        if self.entry is not None:
+            trace.flight.waiting(self.entry)
         self.work.wait()  # on CUDA: the current stream waits for the communication stream
         self.done, self.keep_alive = True, ()
         trace.unwaited -= 1
@@ -137,6 +145,8 @@ class TracedWork:
             wait_start = completed = self.seen_complete
         else:
             completed = trace.stamp()
+        if self.entry is not None:
+            trace.flight.done(self.entry, None if isinstance(completed, float) else completed)
         trace.add(CommEvent(self.op, self.axis.name, self.nbytes, self.issued, wait_start, completed))
 
 
@@ -146,12 +156,30 @@ class Axis:
 
     def __init__(self, name: str, group, size: int, trace: CommTrace):
         self.name, self.group, self.size, self.trace = name, group, size, trace
+        self._ranks = None
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """The global ranks of this rank's group along the axis (what the flight recorder names)."""
+        if self._ranks is None:
+            self._ranks = tuple(dist.get_process_group_ranks(self.group)) if self.group is not None else ()
+        return self._ranks
 
     @contextmanager
     def record(self, op: str, nbytes: int):
+        """Around a blocking collective; yields False when fault injection (AXON_FAULT=skip)
+        says to leave it out."""
+        entry = self.trace.flight.issue(op, self.name, self.ranks, nbytes, blocking=True)
         start = self.trace.stamp()
-        yield
-        self.trace.add(CommEvent(op, self.name, nbytes, start, start, self.trace.stamp()))
+        yield entry is not None
+        end = self.trace.stamp()
+        if entry is not None:
+            self.trace.flight.done(entry, None if isinstance(end, float) else end)
+        self.trace.add(CommEvent(op, self.name, nbytes, start, start, end))
 
-    def started(self, op: str, nbytes: int, work, keep_alive: tuple = ()) -> TracedWork:
-        return TracedWork(work, self, op, nbytes, keep_alive)
+    def issuing(self, op: str, nbytes: int):
+        """Before an asynchronous collective is issued: its flight-recorder entry."""
+        return self.trace.flight.issue(op, self.name, self.ranks, nbytes, blocking=False)
+
+    def started(self, op: str, nbytes: int, work, keep_alive: tuple = (), entry=None) -> TracedWork:
+        return TracedWork(work, self, op, nbytes, keep_alive, entry)

@@ -1,0 +1,321 @@
+"""A lost rank or a stuck collective ends the job in seconds, and each rank says why.
+
+One thread per rank (`HealthMonitor`), beating once per `interval`:
+
+* Heartbeat: it writes this rank's wall-clock time to the job's c10d store (the TCPStore the
+  process group met through) and reads its ring neighbour's (rank + 1). A stamp older than
+  train.peer_timeout_s means a lost rank; a store that stops answering means rank 0, which
+  hosts it, is gone. The rank that notices scans every stamp once, posts the verdict under one
+  key that every rank reads each beat, and every survivor prints one sentence (lost ranks,
+  their grid coordinates and host, the step, the newest loadable checkpoint) and exits.
+* Watchdog: it asks the flight recorder (axon.parallel.flight) whether a collective has waited
+  longer than train.collective_timeout_s; if so every rank writes OUT_DIR/flight/rank_R.json
+  (`python -m axon diagnose OUT_DIR` reads them) and the job ends.
+* Signals: SIGTERM and SIGINT wake it through signal.set_wakeup_fd even while the main thread
+  is blocked inside a collective (where no Python handler runs); it writes the flight record.
+
+Safe with NCCL: the thread never issues, waits for or aborts a collective. It talks to the
+store over its own TCP connection, reads host memory and queries CUDA events (which enqueue
+nothing), and ends the process with os._exit, which a rank blocked inside a collective (in
+C++, GIL released) cannot delay. Store load: per beat each rank sets one key and reads two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+EXIT_PEER_LOST = 3
+EXIT_HUNG = 4
+EXIT_SIGTERM = 143  # as a shell reports a SIGTERM death
+# What a collective raises when its transport failed (gloo and torch.distributed raise plain
+# RuntimeErrors in some paths; checkpoint barriers are not in the flight recorder).
+TRANSPORT_ERRORS = ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe", "timed out")
+
+
+def _first_sentence(error: BaseException) -> str:
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text.split(". ")[0][:200]
+
+
+def _when(recorder) -> str:
+    if recorder is None or recorder.step == 0 and not recorder.in_step:
+        return "before the first step"
+    return f"{'during' if recorder.in_step else 'after'} step {recorder.step}"
+
+
+class HealthMonitor:
+    def __init__(self, rank: int, world: int, address: tuple[str, int], out_dir: str, peer_timeout_s: float,
+                 collective_timeout_s: float, hosts_store: bool, backend: str = "gloo"):
+        self.rank, self.world, self.address, self.out_dir = rank, world, address, Path(out_dir)
+        self.peer_timeout_s, self.collective_timeout_s = peer_timeout_s, collective_timeout_s
+        self.hosts_store, self.backend = hosts_store, backend
+        self.interval = min(1.0, peer_timeout_s / 10)
+        # A stamp at most `interval` old at death, seen within `interval`, posted and read within
+        # two more: every survivor stops within peer_timeout_s.
+        self.stale_after = peer_timeout_s - 3 * self.interval
+        # torchrun's agent keeps its store across restarts: a new attempt must not read the last one's verdict.
+        self.prefix = f"axon/health/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+        self.recorder, self.layout = None, None
+        self.started = time.monotonic()
+        self.stopped, self.ending = False, threading.Lock()
+        self.store = None
+
+    # ------------------------------------------------------------ set-up (main thread)
+    def start(self) -> "HealthMonitor":
+        self.store = self._connect()
+        self.store.set(self.prefix + f"host/{self.rank}", socket.gethostname())
+        self._beat()
+        self._wake_read, wake_write = socket.socketpair()
+        wake_write.setblocking(False)
+        self._wake_write = wake_write  # kept open for the process's life
+        signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
+        # SIGTERM outside the training loop (whose StopSignal stops gracefully at a step boundary,
+        # and gives this handler back when it is left, also by an exception): the thread decides.
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        threading.Thread(target=self._run, name="axon-health", daemon=True).start()
+        return self
+
+    def follow(self, recorder, layout) -> None:
+        """The flight recorder to watch and the layout that names coordinates (once the grid exists)."""
+        self.recorder, self.layout = recorder, layout
+
+    def stop(self) -> None:
+        """Training ended on this rank as planned: peers must not count it lost when it exits."""
+        self.stopped = True
+        try:
+            self.store.set(self.prefix + f"finished/{self.rank}", "1")
+        except Exception:  # noqa: BLE001 (the store may already be gone at the very end)
+            pass
+
+    def _connect(self):
+        import torch.distributed as dist
+
+        host, port = self.address
+        return dist.TCPStore(host, port, is_master=False, wait_for_workers=False,
+                             timeout=timedelta(seconds=max(2.0, 2 * self.interval)))
+
+    def _beat(self) -> None:
+        self.store.set(self.prefix + f"beat/{self.rank}", f"{time.time():.3f}")
+
+    def _read(self, key: str) -> str | None:
+        key = self.prefix + key
+        return self.store.get(key).decode() if self.store.check([key]) else None
+
+    # ------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        failing_since = None
+        while not self.stopped:
+            ready, _, _ = select.select([self._wake_read], [], [], self.interval)
+            if ready:
+                self._on_signals(self._wake_read.recv(64))
+            if self.stopped:
+                return
+            try:
+                self._beat()
+                verdict = self._read("verdict")
+                failing_since = None
+            except Exception:  # noqa: BLE001 (any store failure: connection reset, refused, timeout)
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > self.stale_after:
+                    self._end_lost([0], store_gone=True)
+                try:
+                    self.store = self._connect()
+                except Exception:  # noqa: BLE001
+                    pass
+                continue
+            if verdict is not None:
+                self._end_by_verdict(json.loads(verdict))
+            try:
+                if self._stale((self.rank + 1) % self.world):
+                    self._declare_lost()
+            except Exception:  # noqa: BLE001 (the next beat tells a dead store from a blip)
+                continue
+            reason = self.recorder.stuck(self.collective_timeout_s) if self.recorder is not None else None
+            if reason is not None:
+                self._post({"kind": "hung", "by": self.rank, "reason": reason})
+                self._end(f"{reason}, longer than train.collective_timeout_s ({self.collective_timeout_s:g} s)",
+                          EXIT_HUNG, flight=True)
+
+    def _stale(self, rank: int) -> bool:
+        if rank == self.rank or self._read(f"finished/{rank}") is not None:
+            return False
+        stamp = self._read(f"beat/{rank}")
+        if stamp is None:  # never beat: count from our own start
+            return time.monotonic() - self.started > self.stale_after
+        return time.time() - float(stamp) > self.stale_after
+
+    def _declare_lost(self) -> None:
+        lost = [r for r in range(self.world) if self._stale(r)]  # one scan: name every lost rank, not only ours
+        self._post({"kind": "lost", "by": self.rank, "ranks": lost})
+        self._end_lost(lost)
+
+    def _post(self, verdict: dict) -> None:
+        try:
+            self.store.set(self.prefix + "verdict", json.dumps(verdict))
+        except Exception:  # noqa: BLE001 (the others find out by themselves)
+            pass
+
+    def _on_sigterm(self, signum, frame) -> None:
+        pass  # the wake-up byte is what counts: the thread sees it even while this thread is blocked
+
+    def _on_signals(self, data: bytes) -> None:
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                name = signal.Signals(signum).name
+                self.dump_flight(f"{name} received {_when(self.recorder)}")
+                if signum == signal.SIGINT:
+                    self._end(f"{name} received", 130, flight=False)
+                # torchrun (and some schedulers) send SIGTERM because a rank died: say which, at once.
+                # After a plain preemption every rank still beats and the graceful stop goes on.
+                lost = self._not_beating()
+                if lost:
+                    self._post({"kind": "lost", "by": self.rank, "ranks": lost})
+                    self._end_lost(lost)
+                if signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+                    self._end(f"{name} received", EXIT_SIGTERM, flight=False)  # no graceful stop outside the loop
+
+    def _not_beating(self) -> list[int]:
+        """The ranks whose stamp does not move over three beats of ours (all ranks that got
+        the same signal are checking too, and keep beating while they do)."""
+        def stamps():
+            return {r: self._read(f"beat/{r}") for r in range(self.world)
+                    if r != self.rank and self._read(f"finished/{r}") is None}
+        try:
+            before = stamps()
+            for _ in range(3):
+                time.sleep(self.interval)
+                self._beat()
+            after = stamps()
+        except Exception:  # noqa: BLE001 (a store that stopped answering is the beat loop's to judge)
+            return []
+        return sorted(r for r, stamp in after.items() if stamp is None or stamp == before.get(r))
+
+    # ------------------------------------------------------------ ending
+    def _end_by_verdict(self, verdict: dict) -> None:
+        if verdict["kind"] == "lost":
+            self._end_lost(verdict["ranks"])
+        by = verdict["by"]
+        if by == self.rank:
+            return
+        what = "reports" if verdict["kind"] == "hung" else "failed:"
+        self._end(f"rank {by} {what} {verdict['reason']}", EXIT_HUNG, flight=True)
+
+    def _end_lost(self, lost: list[int], store_gone: bool = False) -> None:
+        names = " and ".join(self.describe_rank(r, store_gone) for r in lost)
+        self._end(f"lost {'rank' if len(lost) == 1 else 'ranks'} {names}", EXIT_PEER_LOST, flight=True,
+                  survivors=self.world - len(lost))
+
+    def describe_rank(self, rank: int, store_gone: bool = False) -> str:
+        where = ""
+        if self.layout is not None:
+            coords = self.layout.coords(rank)
+            where = " (" + ", ".join(f"{axis} {coords[axis]}" for axis in ("data", "pipe", "depth", "row", "col")) + ")"
+        host = None
+        if not store_gone:
+            try:
+                host = self._read(f"host/{rank}")
+            except Exception:  # noqa: BLE001
+                pass
+        text = f"{rank}{where} on host {host or 'unknown'}"
+        return text + (f", which hosted the job's store at {self.address[0]}:{self.address[1]}" if store_gone else "")
+
+    def newest_checkpoint(self) -> str:
+        from axon.checkpoint import checkpoint_root, find_latest
+
+        latest = find_latest(checkpoint_root(self.out_dir))
+        if latest is None:
+            return "no checkpoint has been written yet"
+        return f"the newest loadable checkpoint is {latest} (continue with --set train.resume=latest)"
+
+    def _end(self, what: str, code: int, flight: bool, survivors: int | None = None) -> None:
+        """Say why in one sentence, write the flight record, let the others read the verdict, exit."""
+        if not self.ending.acquire(blocking=False):
+            return  # the other thread is already ending the process
+        if flight:
+            self.dump_flight(what)
+        where = f"; flight records in {self.out_dir / 'flight'} (python -m axon diagnose {self.out_dir})" if flight else ""
+        print(f"axon: rank {self.rank}: {what} {_when(self.recorder)}; {self.newest_checkpoint()}{where}; "
+              f"stopping (exit {code})", file=sys.stderr, flush=True)
+        self._linger(self.world if survivors is None else survivors)
+        sys.stdout.flush()
+        os._exit(code)
+
+    def _linger(self, survivors: int) -> None:
+        """The store lives in this process (rank 0 outside torchrun): keep it up until the
+        others have read the verdict, or a few beats."""
+        try:
+            self.store.add(self.prefix + "ended", 1)
+            deadline = time.monotonic() + 3 * self.interval + 2
+            while self.hosts_store and time.monotonic() < deadline:
+                if self.store.add(self.prefix + "ended", 0) >= survivors:
+                    return
+                time.sleep(0.05)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def dump_flight(self, reason: str) -> Path | None:
+        """OUT_DIR/flight/rank_R.json: this rank's recent collectives and why it was written."""
+        if self.recorder is None:
+            return None
+        folder = self.out_dir / "flight"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            record = {"rank": self.rank, "world": self.world, "host": socket.gethostname(), "reason": reason,
+                      "time": time.time(), "coords": self.layout.coords(self.rank) if self.layout else None,
+                      **self.recorder.snapshot()}
+            path = folder / f"rank_{self.rank}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=1))
+            os.replace(tmp, path)
+            if self.backend == "nccl":
+                self._dump_nccl(folder)
+            return path
+        except OSError:
+            return None
+
+    def _dump_nccl(self, folder: Path) -> None:
+        """PyTorch's own NCCL flight recorder (TORCH_NCCL_TRACE_BUFFER_SIZE > 0), pickled, beside ours."""
+        import torch
+
+        c10d = torch._C._distributed_c10d
+        dump = getattr(c10d, "_dump_fr_trace", None) or getattr(c10d, "_dump_nccl_trace", None)
+        if dump is not None:
+            try:
+                (folder / f"nccl_trace_rank_{self.rank}.pkl").write_bytes(dump())
+            except Exception:  # noqa: BLE001 (recorder off or unavailable: ours is written anyway)
+                pass
+
+    # ------------------------------------------------------------ the main thread's errors
+    def _communication_failed(self, error: BaseException) -> bool:
+        import torch.distributed as dist
+
+        if isinstance(error, getattr(dist, "DistError", ())):
+            return True
+        if self.recorder is not None and any(e["state"] == "waiting" for e in self.recorder.snapshot()["entries"]):
+            return True
+        return any(mark in str(error) for mark in TRANSPORT_ERRORS)
+
+    def after_error(self, error: BaseException) -> None:
+        """Training raised on the main thread. A collective that failed (a peer died: gloo
+        resets the connection at once) waits for the heartbeat's verdict, which ends the
+        process; otherwise the error is this rank's own: post it so the others stop too."""
+        first = _first_sentence(error)
+        if self._communication_failed(error):
+            deadline = time.monotonic() + self.peer_timeout_s + 3 * self.interval  # the thread decides first
+            while time.monotonic() < deadline:
+                time.sleep(self.interval)
+            self._post({"kind": "failed", "by": self.rank, "reason": f"a collective failed ({first})"})
+            self._end(f"a collective failed ({first}) and no peer was lost", EXIT_HUNG, flight=True)
+        self._post({"kind": "failed", "by": self.rank, "reason": f"{type(error).__name__}: {first}"})
+        self.stopped = True
+        self.dump_flight(f"{type(error).__name__}: {first}")
+        self._linger(self.world)

@@ -1,0 +1,164 @@
+"""The flight recorder: an always-on ring of this rank's recent step collectives, and the
+faults tests inject into them.
+
+Each collective that axon.parallel.trace's `Axis` issues adds one entry: op, axis, the
+group's global ranks, bytes, step, its index in the step and in the run, the group's own
+sequence number (the same collective has the same number on every member, as NCCL's
+seq_id), and its state. Cost: one small object and two clock reads per collective; the ring
+keeps the last `capacity` entries.
+
+A watchdog thread (axon.health) reads the ring to find a collective that waits too long
+and writes it to OUT_DIR/flight/rank_R.json; `python -m axon diagnose` compares the files.
+The watchdog only reads host memory (and, on CUDA, queries an event, which enqueues nothing),
+so it never issues or waits on a collective of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import deque
+
+
+class FlightEntry:
+    __slots__ = ("index", "step", "step_index", "op", "axis", "group", "seq", "bytes", "state", "since",
+                 "finished", "event")
+
+    def to_dict(self, now: float) -> dict:
+        return {"index": self.index, "step": self.step, "step_index": self.step_index, "op": self.op,
+                "axis": self.axis, "group": list(self.group), "seq": self.seq, "bytes": self.bytes,
+                "state": self.state, "age_s": round(now - self.since, 3)}
+
+
+class FaultPlan:
+    """AXON_FAULT, a testing aid: `stall:rank=R:step=S` makes rank R sleep (until the job ends)
+    before its first collective of step S; `skip:rank=R:step=S` makes it leave out its first
+    blocking collective of step S; `die:rank=R:step=S` SIGKILLs rank R at its first collective
+    of step S, and `die:rank=R:step=S:at=save` just before it saves the checkpoint after step S."""
+
+    KINDS = ("stall", "skip", "die")
+
+    def __init__(self, kind: str = "", rank: int = -1, step: int = -1, at: str = "step"):
+        self.kind, self.rank, self.step, self.at = kind, rank, step, at
+        self.fired = False
+
+    @classmethod
+    def parse(cls, text: str | None) -> "FaultPlan":
+        if not text:
+            return cls()
+        kind, *fields = text.split(":")
+        values = dict(f.split("=", 1) for f in fields if "=" in f)
+        try:
+            plan = cls(kind, int(values["rank"]), int(values["step"]), values.get("at", "step"))
+        except (KeyError, ValueError):
+            plan = None
+        if plan is None or kind not in cls.KINDS or plan.at not in ("step", "save") or plan.step < 1:
+            raise ValueError(f"AXON_FAULT must look like stall:rank=R:step=S, skip:rank=R:step=S or "
+                             f"die:rank=R:step=S[:at=save] with S >= 1, got {text!r}")
+        return plan
+
+    def applies(self, rank: int, step: int, at: str = "step") -> bool:
+        return (not self.fired and self.kind != "" and rank == self.rank and step == self.step
+                and at == self.at)
+
+    def die(self, rank: int, step: int, where: str) -> None:
+        print(f"axon: AXON_FAULT: rank {rank} kills itself {where} step {step} at t={time.time():.3f}",
+              file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class FlightRecorder:
+    def __init__(self, rank: int, capacity: int = 2048, faults: FaultPlan | None = None):
+        self.rank = rank
+        self.entries: deque[FlightEntry] = deque(maxlen=capacity)
+        self.issued = 0  # collectives issued in this run
+        self.step, self.step_index, self.in_step = 0, 0, False
+        self.last_activity = time.monotonic()  # the last issue or completion: a hang shows as none
+        self.group_seq: dict[tuple, int] = {}
+        self.faults = faults if faults is not None else FaultPlan.parse(os.environ.get("AXON_FAULT"))
+
+    def begin_step(self, step: int) -> None:
+        """Step `step` (1-based, as printed and in metrics.jsonl) starts."""
+        self.step, self.step_index, self.in_step = step, 0, True
+        self.last_activity = time.monotonic()
+
+    def end_step(self) -> None:
+        self.in_step = False
+
+    def before_save(self, step: int) -> None:
+        if self.faults.applies(self.rank, step, at="save") and self.faults.kind == "die":
+            self.faults.die(self.rank, step, "before saving the checkpoint after")
+
+    def issue(self, op: str, axis: str, group: tuple, nbytes: int, blocking: bool) -> FlightEntry | None:
+        """Record a collective about to be issued; None means skip it (fault injection only)."""
+        if self.faults.applies(self.rank, self.step) and self.in_step and (blocking or self.faults.kind != "skip"):
+            self.faults.fired = True
+            if self.faults.kind == "die":
+                self.faults.die(self.rank, self.step, "at its first collective of")
+            if self.faults.kind == "stall":
+                print(f"axon: AXON_FAULT: rank {self.rank} stalls before {op} on {axis} in step {self.step}",
+                      file=sys.stderr, flush=True)
+                while True:  # until the job ends it
+                    time.sleep(3600)
+            print(f"axon: AXON_FAULT: rank {self.rank} skips {op} on {axis} in step {self.step}",
+                  file=sys.stderr, flush=True)
+            return None
+        entry = FlightEntry()
+        now = time.monotonic()
+        seq = self.group_seq.get(group, 0)
+        self.group_seq[group] = seq + 1
+        entry.index, entry.step, entry.step_index, entry.seq = self.issued, self.step, self.step_index, seq
+        entry.op, entry.axis, entry.group, entry.bytes = op, axis, group, nbytes
+        # A blocking collective waits from its issue; an asynchronous one from its wait.
+        entry.state, entry.since, entry.finished, entry.event = ("waiting" if blocking else "issued"), now, None, None
+        self.issued += 1
+        self.step_index += 1
+        self.last_activity = now
+        self.entries.append(entry)
+        return entry
+
+    def waiting(self, entry: FlightEntry) -> None:
+        entry.state, entry.since = "waiting", time.monotonic()
+        self.last_activity = entry.since
+
+    def done(self, entry: FlightEntry, event=None) -> None:
+        """The host call returned. On CUDA that means enqueued: `event`, recorded on the compute
+        stream after it, says when the collective really finished."""
+        now = time.monotonic()
+        if event is None:
+            entry.state, entry.finished = "done", now
+        else:
+            entry.event, entry.state = event, "enqueued"
+        self.last_activity = now
+
+    def _settle(self, entries) -> None:
+        for e in entries:
+            if e.state == "enqueued" and e.event is not None and e.event.query():  # cudaEventQuery: enqueues nothing
+                e.state, e.finished, e.event = "done", time.monotonic(), None
+
+    def stuck(self, timeout_s: float) -> str | None:
+        """Why this rank looks hung (a collective waiting, or a step without any collective
+        activity, for more than `timeout_s`), else None. Called from the watchdog thread."""
+        entries = list(self.entries)  # a C-level copy under the GIL: safe while the main thread appends
+        self._settle(entries)
+        now = time.monotonic()
+        for e in entries:
+            if e.state in ("waiting", "enqueued") and now - e.since > timeout_s:
+                return (f"{e.op} on axis {e.axis} (ranks {_ranks(e.group)}, {e.bytes} B, collective #{e.step_index} "
+                        f"of step {e.step}) has waited {now - e.since:.1f} s")
+        if self.in_step and now - self.last_activity > timeout_s:
+            return f"step {self.step} has issued or finished no collective for {now - self.last_activity:.1f} s"
+        return None
+
+    def snapshot(self) -> dict:
+        entries = list(self.entries)
+        self._settle(entries)
+        now = time.monotonic()
+        return {"step": self.step, "in_step": self.in_step, "issued": self.issued,
+                "idle_s": round(now - self.last_activity, 3), "entries": [e.to_dict(now) for e in entries]}
+
+
+def _ranks(group) -> str:
+    return ",".join(map(str, group))

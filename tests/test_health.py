@@ -1,0 +1,150 @@
+"""A lost rank stops every survivor within train.peer_timeout_s, named; a stuck or skipped
+collective ends the job within train.collective_timeout_s + 30 s, and diagnose names it.
+
+Four ranks of a tiny model at depth 2 x col 2, started from the environment (as srun starts
+them) and by torchrun; one rank is SIGKILLed from outside during a step, or kills itself just
+before a checkpoint save (AXON_FAULT=die:...:at=save).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from axon.checkpoint import CheckpointReader, find_latest
+from test_launchers import _clean_env, _free_port
+
+REPO = Path(__file__).resolve().parents[1]
+PEER_TIMEOUT = 6
+COLLECTIVE_TIMEOUT = 8
+LOST = 2  # the rank that dies
+CONFIG = {"model": {"preset": "tiny", "seq_len": 16}, "layout": {"depth": 2, "col": 2},
+          "train": {"steps": 100_000, "global_batch": 8, "lr": 1e-3, "seed": 3, "schedule": "constant",
+                    "peak_tflops": 1.0, "checkpoint_every": 3, "peer_timeout_s": PEER_TIMEOUT,
+                    "collective_timeout_s": COLLECTIVE_TIMEOUT, "straggler_every": 2}}
+
+
+def write_config(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump({**CONFIG, "out_dir": str(folder)}))
+    return path
+
+
+def start(config: Path, launcher: str, fault: str = "", *overrides: str) -> list[subprocess.Popen]:
+    """Four ranks: each its own process from the environment, or torchrun's four workers (one Popen)."""
+    port = _free_port()
+    cmd = ["-m", "axon", "train", str(config), *overrides]
+    env = _clean_env()
+    env.update(OMP_NUM_THREADS="1", **({"AXON_FAULT": fault} if fault else {}))
+    if launcher == "torchrun":
+        return [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4",
+                                  "--master-addr", "127.0.0.1", "--master-port", str(port),
+                                  *cmd], env=env, cwd=REPO, text=True, start_new_session=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)]
+    procs = []
+    for rank in range(4):
+        env_r = {**env, "RANK": str(rank), "WORLD_SIZE": "4", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "4",
+                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, *cmd], env=env_r, cwd=REPO, text=True, start_new_session=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    return procs
+
+
+def worker_pid(torchrun: subprocess.Popen, rank: int) -> int:
+    """The pid of torchrun's worker with RANK=rank."""
+    children = Path(f"/proc/{torchrun.pid}/task/{torchrun.pid}/children").read_text().split()
+    for pid in map(int, children):
+        if f"RANK={rank}\0".encode() in b"\0" + Path(f"/proc/{pid}/environ").read_bytes():
+            return pid
+    raise AssertionError(f"no worker with RANK={rank} among {children}")
+
+
+def steps_logged(folder: Path) -> int:
+    path = folder / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_all(procs, timeout=150) -> tuple[list[int], list[str], list[float]]:
+    """Exit codes, outputs and exit times (time.time()) of every process."""
+    ended = [None] * len(procs)
+    deadline = time.time() + timeout
+    while None in ended:
+        for i, p in enumerate(procs):
+            if ended[i] is None and p.poll() is not None:
+                ended[i] = time.time()
+        if time.time() > deadline:
+            for p in procs:
+                os.killpg(p.pid, signal.SIGKILL)
+            raise AssertionError(f"still running after {timeout} s: {[p.stdout.read() for p in procs]}")
+        time.sleep(0.05)
+    return [p.returncode for p in procs], [p.stdout.read() for p in procs], ended
+
+
+def losses(folder: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())}
+
+
+LOST_SENTENCE = re.compile(r"axon: rank (\d): lost rank 2 \(data 0, pipe 0, depth 1, row 0, col 0\) on host \S+ "
+                           r"(during|after) step (\d+); the newest loadable checkpoint is (\S+) ")
+
+
+def check_survivors(outputs: list[str], survivors: list[int]) -> tuple[set[int], Path]:
+    said = {}
+    for out in outputs:
+        for match in LOST_SENTENCE.finditer(out):
+            said[int(match.group(1))] = (int(match.group(3)), Path(match.group(4)))
+    assert sorted(said) == survivors, outputs
+    assert len({ckpt for _, ckpt in said.values()}) == 1, said
+    return {step for step, _ in said.values()}, next(iter(said.values()))[1]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("launcher,when", [("env", "step"), ("torchrun", "save"), ("env", "save"), ("torchrun", "step")])
+def test_a_killed_rank_stops_every_survivor_naming_it(tmp_path, launcher, when):
+    run = tmp_path / "run"
+    config = write_config(run)
+    fault = f"die:rank={LOST}:step=6:at=save" if when == "save" else ""
+    procs = start(config, launcher, fault)
+    if when == "step":
+        deadline = time.time() + 120
+        while steps_logged(run) < 5:
+            assert time.time() < deadline and all(p.poll() is None for p in procs), "the run did not start"
+            time.sleep(0.02)
+        pid = procs[LOST].pid if launcher == "env" else worker_pid(procs[0], LOST)
+        killed_at = time.time()
+        os.kill(pid, signal.SIGKILL)
+    codes, outputs, ended = wait_all(procs)
+    if when == "save":
+        killed_at = float(re.search(r"rank 2 kills itself before saving the checkpoint after step 6 at t=(\S+)",
+                                    "".join(outputs)).group(1))
+    survivors = [0, 1, 3]
+    steps, named = check_survivors(outputs, survivors)
+    latest = find_latest(run / "checkpoints")
+    assert named == latest
+    if launcher == "env":
+        assert codes[LOST] == -signal.SIGKILL
+        assert all(codes[r] == 3 for r in survivors), (codes, outputs)
+        stop = max(ended[r] for r in survivors) - killed_at
+    else:
+        assert codes[0] != 0
+        stop = ended[0] - killed_at
+    print(f"{launcher}, killed {when}: survivors stopped {stop:.2f} s after the kill (steps {steps})")
+    assert stop < PEER_TIMEOUT, stop
+    if when == "save":  # the step-6 checkpoint never completed: step 3's is the newest loadable
+        assert CheckpointReader(latest).step == 3 and (run / "checkpoints" / "step_00000006.partial").is_dir()
+    if (launcher, when) == ("env", "save"):  # resume from it: the logged losses of steps 4-6 again, bitwise
+        before = losses(run)
+        codes, outputs, _ = wait_all(start(config, "env", "", "--set", "train.resume=latest", "--set", "train.steps=6"))
+        assert codes == [0, 0, 0, 0], outputs
+        after = losses(run)
+        assert [after[s] for s in (4, 5, 6)] == [before[s] for s in (4, 5, 6)]
