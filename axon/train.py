@@ -280,13 +280,15 @@ def describe(config: RunConfig, trainer: Trainer, runtime, peak_source: str) -> 
         f"axon: {config.train.global_batch} sequences x {shape.seq_len} tokens per step; "
         f"{count} micro-batch(es) of {micro} per data x depth shard",
     ]
-    stages = config.layout.pipe
+    stages, chunks = config.layout.pipe, config.layout.virtual_stages
     if stages > 1:
-        blocks = [len(r) for r in stage_layers(shape, stages, config.train.stage_layers)]
+        blocks = [len(r) for r in stage_layers(shape, stages, config.train.stage_layers, chunks)]
         how = "train.stage_layers" if config.train.stage_layers else "balanced by parameters"
-        idle = (stages - 1) / (count + stages - 1)
-        lines.append(f"axon: {stages} pipeline stages of {blocks} blocks ({how}), 1F1B over {count} micro-batches: "
-                     f"each stage idles about {idle:.0%} of a step (bubble (p-1)/m = {(stages - 1) / count:.2f})")
+        idle = (stages - 1) / (chunks * count + stages - 1)
+        what = (f"{stages} pipeline stages of {blocks} blocks ({how}), 1F1B" if chunks == 1 else
+                f"{stages} pipeline stages of {chunks} chunks each, chunks of {blocks} blocks ({how}), interleaved 1F1B")
+        lines.append(f"axon: {what} over {count} micro-batches: each stage idles about {idle:.0%} of a step "
+                     f"(bubble (p-1)/(vm) = {(stages - 1) / (chunks * count):.2f})")
         if count < stages:
             lines.append(f"axon: warning: {count} micro-batch(es) for {stages} stages leave most stages idle; "
                          f"a smaller train.micro_batch or a larger train.global_batch gives more")
