@@ -5,7 +5,7 @@
     losses:      list of `standard` or {kind: goldfish, k: 4, h: 13, strategy: hash}
     targets:     default | a .txt/.jsonl file or a directory of them (all of it is trained)
     controls:    none | a .txt/.jsonl file or a directory: documents never trained on (the baseline)
-    tokenizer:   bytes | a local tokenizer.json
+    tokenizer:   bytes | bpe:V (trained on the generated corpus, cached in out_dir) | a local tokenizer.json
     filler:      default (the generated corpus) | a token file (.tok/.npy/.bin)
     experiment:  the knobs below (ExperimentSection)
     layout, layout_machine, train, overlap, out_dir: as in a train config (train.steps and

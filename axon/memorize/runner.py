@@ -18,16 +18,11 @@ from axon.config import ConfigError, check_layout
 from axon.memorize.documents import DocumentSets, build_documents
 from axon.memorize.experiment import Experiment, LossSpec, ModelEntry
 from axon.memorize.stream import FillerTokens, MemorizationStream
+from axon.memorize.tokenizer import load_tokenizer
 
 RESULT_COLUMNS = ("model", "params", "loss_kind", "k", "h", "strategy", "epoch", "step", "exact_match", "token_acc",
                   "rougeL", "exposure", "control_exact_match", "control_token_acc", "control_rougeL",
                   "control_exposure", "val_loss", "train_loss", "kept_fraction", "train_seconds")
-
-
-def load_tokenizer(name: str):
-    from axon.dataprep import ByteTokenizer, HFTokenizer
-
-    return ByteTokenizer() if name == "bytes" else HFTokenizer(name)
 
 
 def filler_tokens(exp: Experiment, tokenizer, needed: int) -> tuple[np.ndarray, int]:
@@ -66,7 +61,7 @@ def plan_runs(exp: Experiment, world_size: int) -> tuple[DocumentSets, list[Plan
     from axon import auto_layout
 
     s = exp.section
-    tokenizer = load_tokenizer(exp.tokenizer)
+    tokenizer = load_tokenizer(exp.tokenizer, exp.out_dir, s.seed)
     need = s.prefix + s.suffix
     docs = build_documents(exp.targets, tokenizer, s.seed, s.documents, s.controls, s.canaries, s.canary_digits,
                            min_tokens=need, controls_path=exp.controls, control_fraction=s.control_fraction)
