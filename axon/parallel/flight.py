@@ -98,11 +98,12 @@ class FlightRecorder:
             if self.faults.kind == "die":
                 self.faults.die(self.rank, self.step, "at its first collective of")
             if self.faults.kind == "stall":
-                print(f"axon: AXON_FAULT: rank {self.rank} stalls before {op} on {axis} in step {self.step}",
+                print(f"axon: AXON_FAULT: rank {self.rank} stalls before {op} on {axis} in step {self.step} "
+                      f"at t={time.time():.3f}",
                       file=sys.stderr, flush=True)
                 while True:  # until the job ends it
                     time.sleep(3600)
-            print(f"axon: AXON_FAULT: rank {self.rank} skips {op} on {axis} in step {self.step}",
+            print(f"axon: AXON_FAULT: rank {self.rank} skips {op} on {axis} in step {self.step} at t={time.time():.3f}",
                   file=sys.stderr, flush=True)
             return None
         entry = FlightEntry()
