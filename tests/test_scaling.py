@@ -152,6 +152,16 @@ def test_weak_report_efficiency_counts_the_work_per_gpu(tmp_path):
     write_metrics(tmp_path / "run" / "points" / "tiny-2", [9.0, 2.5, 2.5])
     results = collect(study, tmp_path / "run")
     assert results[1][1].efficiency == pytest.approx(2.0 / 2.5)  # same model and batch per GPU: t1 / tN
+    # a point that ran at another layout than today's plan is predicted at the layout it ran at
+    ran = {"data": 1, "pipe": 1, "depth": 2, "row": 1, "col": 1, "order": "data,pipe,depth,row,col"}
+    (tmp_path / "run" / "points" / "tiny-2" / "config.yaml").write_text(yaml.safe_dump({"layout": ran}))
+    entry = collect(study, tmp_path / "run")[1][0]
+    expected = predict(ModelShape(**{**PRESETS["tiny"].__dict__, "seq_len": 64}), Layout(depth=2),
+                       load_machine("dgx-h100"), TrainingSetup(global_batch=8, seq_len=64, dtype="float32"))
+    assert entry.prediction.layout == Layout(depth=2)
+    assert entry.prediction.step_time_s == pytest.approx(expected.step_time_s, rel=1e-12)
+    first = results[0][0].prediction.step_time_s
+    assert entry.efficiency == pytest.approx(first / expected.step_time_s, rel=1e-12)  # same work per GPU: t1 / tN
 
 
 def test_bad_points_one_sentence_each(tmp_path, capsys):

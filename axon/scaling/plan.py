@@ -103,12 +103,18 @@ def plan_study(study: Study) -> list[PointPlan]:
             continue
         prediction, problem = plan_point(study, point, machine)
         plans.append(PointPlan(point, machine, flops, prediction, problem))
+    set_efficiencies(plans)
+    return plans
+
+
+def set_efficiencies(plans: list[PointPlan]) -> None:
+    """Each point's predicted efficiency against the first point's (none when either cannot run)."""
     first = plans[0]
     for entry in plans:
+        entry.efficiency = None
         if not first.problem and not entry.problem:
             entry.efficiency = efficiency(first.flops_per_step, first.point.gpus, first.prediction.step_time_s,
                                           entry.flops_per_step, entry.point.gpus, entry.prediction.step_time_s)
-    return plans
 
 
 def problems(plans: list[PointPlan]) -> list[str]:
@@ -126,13 +132,17 @@ def plan_table(study: Study, plans: list[PointPlan]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for entry in plans:
         p, point = entry.prediction, entry.point
-        params = f"{whole_model_parameters(point.shape) / 1e9:.1f}B"
+        params = _count(whole_model_parameters(point.shape))
         node_count = nodes(point.gpus, entry.machine) if entry.machine else "?"
         if entry.problem or p is None:
             lines.append(f"| {point.name} | {point.model_name} | {params} | {point.gpus} | {node_count} | "
                          f"cannot run: {entry.problem} | | | | | |")
             continue
         lines.append(f"| {point.name} | {point.model_name} | {params} | {point.gpus} | {node_count} | "
-                     f"{sizes_text(p.layout)} | {p.step_time_s:.3f} | {p.tflops_per_gpu:.1f} | {p.mfu:.1%} | "
-                     f"{p.memory_gb_per_gpu:.1f} | {entry.efficiency:.1%} |")
+                     f"{sizes_text(p.layout)} | {p.step_time_s:.4g} | {p.tflops_per_gpu:.4g} | {p.mfu:.1%} | "
+                     f"{p.memory_gb_per_gpu:.3g} | {entry.efficiency:.1%} |")
     return "\n".join(lines)
+
+
+def _count(parameters: int) -> str:
+    return f"{parameters / 1e9:.1f}B" if parameters >= 1e9 else f"{parameters / 1e6:.1f}M"

@@ -15,10 +15,12 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from perfmodel.layout import sizes_text
-from perfmodel.predict import COMPONENTS
+import yaml
 
-from axon.scaling.plan import PointPlan, efficiency, plan_study
+from perfmodel.layout import AXES, Layout, sizes_text
+from perfmodel.predict import COMPONENTS, predict
+
+from axon.scaling.plan import PointPlan, efficiency, plan_study, set_efficiencies
 from axon.scaling.study import Study
 
 
@@ -64,8 +66,22 @@ def _exited_badly(point_dir: Path) -> bool:
     return code.is_file() and code.read_text().strip() != "0"
 
 
+def ran_layout(point_dir: Path) -> Layout | None:
+    """The layout a point's config.yaml names (the one it ran at), or None."""
+    try:
+        layout = yaml.safe_load((point_dir / "config.yaml").read_text())["layout"]
+        return Layout(**{axis: layout[axis] for axis in AXES}, order=tuple(layout["order"].split(",")))
+    except (OSError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
 def collect(study: Study, directory: Path) -> list[tuple[PointPlan, Measured]]:
     plans = plan_study(study)
+    for entry in plans:  # predict at the layout each point ran at, should today's plan pick another
+        layout = ran_layout(directory / "points" / entry.point.name)
+        if entry.prediction and layout and layout != entry.prediction.layout and not entry.problem:
+            entry.prediction = predict(entry.point.shape, layout, entry.machine, study.setup(entry.point))
+    set_efficiencies(plans)
     results = [(entry, measure_point(study, entry, directory / "points" / entry.point.name)) for entry in plans]
     first_plan, first = results[0]
     for entry, measured in results:
@@ -153,6 +169,7 @@ def plot(study: Study, results, out: Path) -> list[Path]:
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set(xscale="log", xlabel="GPUs (ranks)", ylabel="scaling efficiency", title=f"{study.name} ({study.kind})")
     ax.set_xticks(gpus, [str(g) for g in gpus])
+    ax.set_xticks([], minor=True)  # no 3x10^0 between the points
     ax.legend()
     save(fig, "efficiency.png")
 
