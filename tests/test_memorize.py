@@ -234,13 +234,14 @@ def test_metrics_on_four_rank_layouts_equal_one_process():
 TINY = {"heads": 2, "kv_heads": 1, "vocab": 257, "seq_len": 32}
 
 
-def write_tiny_experiment(path: Path, out_dir: Path, layout: dict | None = None) -> Path:
+def write_tiny_experiment(path: Path, out_dir: Path, layout: dict | None = None, acr: str = "largest") -> Path:
     config = {
         "models": [{"name": "a", "layers": 2, "hidden": 16, "ffn": 32, **TINY},
                    {"name": "b", "layers": 2, "hidden": 32, "ffn": 64, **TINY}],
         "losses": ["standard", {"kind": "goldfish", "k": 3, "h": 4}],
         "experiment": {"documents": 4, "controls": 3, "canaries": 2, "epochs": 2, "filler_per_epoch": 6,
-                       "prefix": 8, "suffix": 8, "val_sequences": 4, "exposure_samples": 15, "eval_batch": 4},
+                       "prefix": 8, "suffix": 8, "val_sequences": 4, "exposure_samples": 15, "eval_batch": 4,
+                       "acr": acr, "acr_iterations": 2, "acr_candidates": 4, "acr_top_k": 4},
         "layout": layout or {"data": 1},
         "train": {"global_batch": 4, "lr": 3e-3, "seed": 5, "checkpoint_every": 1000},
         "out_dir": str(out_dir),
@@ -300,24 +301,44 @@ def test_sweep_writes_results_plots_and_summary(tiny_sweep):
     for name in ("exact_match_vs_size.png", "exact_match_vs_epoch.png", "rougeL_hist.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     summary = (out / "summary.md").read_text()
-    assert summary.count("| a |") == 2 and "goldfish k=3 h=4" in summary
+    assert summary.count("| a |") == 4 and "goldfish k=3 h=4" in summary  # the last-epoch and epochs-to-50% tables
     placements = json.loads((out / "placements.json").read_text())
     assert [len(p["sequences"]) for p in placements["placements"]] == [2] * 6  # 4 documents + 2 canaries, 2 epochs
     # per-run training metrics: the loss fell in both runs of the larger model
     metrics = [json.loads(line) for line in (out / "runs" / "b-standard" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     assert "memorize run 4/4: model b, loss goldfish-k3-h4" in stdout
+    # ACR: the largest model (b), both losses, at the last epoch only; 1 = empty in the CSV.
+    for row in rows:
+        measured = row["model"] == "b" and row["epoch"] == "2"
+        assert (row["acr"] != "") == measured and (row["control_acr"] != "") == measured, row
+        if measured:  # ACR is 8 / prompt length (1, 2 or 4) or 0; the fraction above 1 follows
+            documents = json.loads((out / "per_document.json").read_text())
+            found = next(d for d in documents if d["model"] == "b" and d["loss_kind"] == row["loss_kind"])
+            values = found["targets_acr"]["acr"]
+            assert set(values) <= {0.0, 2.0, 4.0, 8.0} and len(values) == 4
+            assert float(row["acr"]) == pytest.approx(np.mean(values))
+            assert float(row["acr_memorized"]) == pytest.approx(np.mean(np.array(values) > 1))
+            assert all(len(p) == (8 / a if a else 0) for p, a in zip(found["targets_acr"]["prompt"], values))
+    assert "| ACR | ACR > 1 |" in summary.replace("ACR | ACR > 1 | control ACR", "ACR | ACR > 1 |")
+    # Epochs to 50%: the first evaluated epoch with exact match >= 0.5, by hand from the rows.
+    for model in "ab":
+        for loss, label in (("standard", "standard"), ("goldfish", "goldfish k=3 h=4")):
+            mine = [r for r in rows if r["model"] == model and r["loss_kind"] == loss]
+            first = next((r["epoch"] for r in mine if float(r["exact_match"]) >= 0.5), "never")
+            assert f"| {model} | " in summary and f"| {label} | {first} | 2 |" in summary
+    assert (out / "epochs_to_50_vs_size.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_memorize_eval_scores_a_checkpoint_like_the_sweep(tiny_sweep, tmp_path):
     config, out, _ = tiny_sweep
     checkpoint = next((out / "runs" / "b-standard" / "checkpoints").iterdir())
-    done = _axon("memorize-eval", str(config), "--checkpoint", str(checkpoint), "--model", "b",
+    done = _axon("memorize-eval", str(config), "--checkpoint", str(checkpoint), "--model", "b", "--acr",
                  "--out", str(tmp_path / "scores.json"))
     assert done.returncode == 0, done.stderr
     scores = json.loads((tmp_path / "scores.json").read_text())
     final = [r for r in read_rows(out) if r["model"] == "b" and r["loss_kind"] == "standard"][-1]
-    for key in ("exact_match", "token_acc", "rougeL", "exposure", "control_exact_match"):
+    for key in ("exact_match", "token_acc", "rougeL", "exposure", "control_exact_match", "acr", "control_acr"):
         assert scores[key] == pytest.approx(float(final[key]), abs=1e-9), key
     assert scores["val_loss"] == pytest.approx(float(final["val_loss"]), rel=1e-6)
 
@@ -327,7 +348,8 @@ def test_sweep_on_two_ranks_matches_one_process(tiny_sweep, tmp_path, layout):
     """col splits every matrix; pipe puts one block on each stage (training and evaluation pass
     activations between them, and the Goldfish kept count is the same on both stages)."""
     _, one_out, _ = tiny_sweep
-    config = write_tiny_experiment(tmp_path / "exp.yaml", tmp_path / "out", layout=layout)
+    config = write_tiny_experiment(tmp_path / "exp.yaml", tmp_path / "out", layout=layout,
+                                   acr="largest" if "col" in layout else "none")  # ACR needs pipe=1
     done = _axon("memorize", str(config), torchrun=2)
     assert done.returncode == 0, done.stderr
     for got, want in zip(read_rows(tmp_path / "out"), read_rows(one_out)):
@@ -335,6 +357,8 @@ def test_sweep_on_two_ranks_matches_one_process(tiny_sweep, tmp_path, layout):
             assert float(got[key]) == pytest.approx(float(want[key]), abs=1e-9), key
         for key in ("val_loss", "train_loss", "rougeL"):
             assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-4), key
+        if "col" in layout:  # the prompt search with the hidden size split over col
+            assert (got["acr"], got["control_acr"]) == (want["acr"], want["control_acr"])
 
 
 def test_bad_experiment_configs_get_one_sentence(tmp_path):
@@ -350,6 +374,7 @@ def test_bad_experiment_configs_get_one_sentence(tmp_path):
         (["--set", f"targets={_jsonl(tmp_path / 'one.jsonl', 1)}", "--set", "experiment.control_fraction=0.5"],
          "holds 1 document, too few to hold out experiment.control_fraction=0.5"),
         (["--set", "controls=x.jsonl"], "controls='x.jsonl' needs targets=PATH too"),
+        (["--set", "layout.pipe=1", "--set", "experiment.acr=every"], "experiment.acr must be none, largest or all"),
     ]
     for extra, message in cases:
         done = _axon("memorize", str(config), *extra)

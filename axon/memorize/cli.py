@@ -26,6 +26,9 @@ def _parser(name: str, evaluate: bool) -> argparse.ArgumentParser:
         parser.add_argument("--checkpoint", required=True, help="an axon checkpoint directory (any layout)")
         parser.add_argument("--model", help="which models entry the checkpoint is (default: the first)")
         parser.add_argument("--out", help="write the scores as JSON here too")
+        parser.add_argument("--acr", action="store_true",
+                            help="also the Adversarial Compression Ratio of every target and control (prompt search "
+                                 "with the experiment's acr_* budget; needs layout.pipe=1)")
     return parser
 
 
@@ -50,6 +53,8 @@ def _start(args):
             experiment.models = chosen
         if getattr(args, "checkpoint", None):
             experiment.models, experiment.losses = experiment.models[:1], experiment.losses[:1]
+        if getattr(args, "acr", False):
+            experiment.section.acr = "all"
         docs, runs = plan_runs(experiment, launch.world_size)
         reader = _checkpoint(args, runs[0].config) if getattr(args, "checkpoint", None) else None
     except ConfigError as err:
@@ -96,7 +101,7 @@ def memorize_eval_main(argv) -> None:
     from axon import checkpoint
     from axon.bootstrap import shutdown
     from axon.grid import Grid
-    from axon.memorize.runner import evaluate_all
+    from axon.memorize.runner import acr_all, evaluate_all
     from axon.train import Trainer
 
     args = _parser("memorize-eval", evaluate=True).parse_args(argv)
@@ -108,6 +113,9 @@ def memorize_eval_main(argv) -> None:
         trainer = Trainer(run.config, grid, runtime.device, source=run.stream)
         checkpoint.load(trainer, reader)
         scores, _ = evaluate_all(trainer, docs, run.stream, experiment.section)
+        if args.acr:
+            acr_scores, acr_documents = acr_all(trainer, docs, experiment.section)
+            scores.update(acr_scores, **acr_documents)
         grid.destroy()
         if runtime.rank == 0:
             record = {"checkpoint": str(reader.path), "model": run.model.name, "step": reader.step, **scores}

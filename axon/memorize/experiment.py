@@ -45,6 +45,11 @@ class ExperimentSection:
     eval_batch: int = 64  # sequences per forward per data x depth shard during evaluation
     val_sequences: int = 64  # held-out filler sequences for the validation loss
     seed: int = 0  # documents, canaries, filler and the stream's order
+    acr: str = "none"  # ACR at the last epoch: none | largest (the model with the most parameters) | all
+    acr_iterations: int = 8  # greedy coordinate-gradient iterations per prompt length (1, 2, 4, ... < suffix)
+    acr_candidates: int = 16  # prompts scored per iteration
+    acr_top_k: int = 16  # tokens per prompt position the swaps are drawn from
+    acr_init: str = "context"  # start each length from the document's own last prefix tokens, or "random"
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,13 @@ def _check_section(s: ExperimentSection) -> None:
     for name in positive:
         if getattr(s, name) < 1:
             raise ConfigError(f"experiment.{name} must be at least 1, got {getattr(s, name)}")
+    if s.acr not in ("none", "largest", "all") or s.acr_init not in ("context", "random"):
+        raise ConfigError(f"experiment.acr must be none, largest or all and experiment.acr_init context or random, "
+                          f"got {s.acr!r} and {s.acr_init!r}")
+    for name in ("acr_iterations", "acr_candidates", "acr_top_k"):
+        if getattr(s, name) < 1 + (name == "acr_candidates"):
+            raise ConfigError(f"experiment.{name} must be at least {1 + (name == 'acr_candidates')}, "
+                              f"got {getattr(s, name)}")
     if not 0 <= s.control_fraction < 1:
         raise ConfigError(f"experiment.control_fraction must be in [0, 1), got {s.control_fraction}")
     for name in ("documents", "controls", "canaries", "filler_per_epoch", "val_sequences"):

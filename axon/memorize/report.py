@@ -6,7 +6,8 @@ placements.json              where every target was injected (global sequence in
 exact_match_vs_size.png      last-epoch exact match against parameters, one line per loss, controls dashed
 exact_match_vs_epoch.png     exact match against epoch, one panel per loss, one line per model
 rougeL_hist.png              last-epoch Rouge-L of the targets, one panel per model, losses overlaid
-summary.md                   the last-epoch table
+epochs_to_50_vs_size.png     the first evaluated epoch with exact match >= 50% against parameters, per loss
+summary.md                   the last-epoch table (ACR columns where measured) and the epochs-to-50% table
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from axon.memorize.documents import DocumentSets
 
 LABELS = {"exact_match": "exact match", "control_exact_match": "control exact match", "token_acc": "token acc",
           "rougeL": "Rouge-L", "exposure": "exposure (bits)", "control_exposure": "control exposure",
-          "val_loss": "filler val loss", "kept_fraction": "tokens in loss"}
+          "val_loss": "filler val loss", "kept_fraction": "tokens in loss", "acr": "ACR", "acr_memorized": "ACR > 1",
+          "control_acr": "control ACR", "control_acr_memorized": "control ACR > 1"}
+ACR_COLUMNS = ("acr", "acr_memorized", "control_acr", "control_acr_memorized")
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _clean(value):
@@ -47,7 +54,7 @@ def write_results(out: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row[k] is None else row[k]) for k in RESULT_COLUMNS})
+            writer.writerow({k: ("" if _missing(row[k]) else row[k]) for k in RESULT_COLUMNS})
 
 
 def write_per_document(out: Path, documents: list[dict]) -> None:
@@ -67,17 +74,40 @@ def loss_label(row: dict) -> str:
     return f"goldfish k={row['k']} h={row['h']}" + ("" if row["strategy"] == "hash" else f" {row['strategy']}")
 
 
+def epochs_to_half(rows: list[dict]) -> list[dict]:
+    """Per model and loss: the first evaluated epoch whose exact match reaches 50%, or None."""
+    out = {}
+    for row in rows:
+        key = (row["model"], loss_label(row))
+        entry = out.setdefault(key, {"model": row["model"], "params": row["params"], "loss": loss_label(row),
+                                     "epoch": None, "evaluated": 0})
+        entry["evaluated"] = row["epoch"]
+        if entry["epoch"] is None and row["exact_match"] >= 0.5:
+            entry["epoch"] = row["epoch"]
+    return list(out.values())
+
+
+def half_table(rows: list[dict]) -> str:
+    lines = ["| model | params | loss | first epoch with exact match >= 50% | epochs run |", "|---|---:|---|---:|---:|"]
+    for e in epochs_to_half(rows):
+        lines.append(f"| {e['model']} | {e['params'] / 1e6:.2f}M | {e['loss']} | "
+                     f"{'never' if e['epoch'] is None else e['epoch']} | {e['evaluated']} |")
+    return "\n".join(lines)
+
+
 def summary_table(rows: list[dict]) -> str:
     cols = ("exact_match", "control_exact_match", "token_acc", "rougeL", "exposure", "control_exposure",
             "val_loss", "kept_fraction")
+    if any(not _missing(row.get("acr")) for row in _final(rows)):
+        cols = cols[:6] + ACR_COLUMNS + cols[6:]
     lines = ["| model | params | loss | epochs | " + " | ".join(LABELS[c] for c in cols) + " |",
              "|---|---:|---|---:|" + "---:|" * len(cols)]
     for row in _final(rows):
         cells = []
         for c in cols:
-            value = row[c]
-            cells.append("n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else
-                         (f"{value:.2f}" if "exposure" in c else f"{value:.3f}"))
+            value = row.get(c)
+            cells.append("n/a" if _missing(value) else
+                         (f"{value:.2f}" if "exposure" in c or c.endswith("acr") else f"{value:.3f}"))
         lines.append(f"| {row['model']} | {row['params'] / 1e6:.2f}M | {loss_label(row)} | {row['epoch']} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -136,7 +166,26 @@ def write_report(out: Path, rows: list[dict], documents: list[dict]) -> None:
     fig.savefig(out / "rougeL_hist.png", dpi=120)
     plt.close(fig)
 
+    fig, ax = plt.subplots(figsize=(6, 4))
+    halves = epochs_to_half(rows)
+    ceiling = max(e["evaluated"] for e in halves)
+    for label in losses:
+        points = sorted((e["params"], e["epoch"]) for e in halves if e["loss"] == label)
+        line, = ax.plot([p[0] for p in points if p[1] is not None], [p[1] for p in points if p[1] is not None], "o-",
+                        label=label)
+        never = [p[0] for p in points if p[1] is None]
+        if never:  # drawn above the last epoch run, hollow: not reached
+            ax.plot(never, [ceiling * 1.15] * len(never), "^", mfc="none", color=line.get_color(),
+                    label=f"{label}: never (>{ceiling})")
+    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="first epoch with exact match >= 50%",
+           title="Memorization speed vs model size")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "epochs_to_50_vs_size.png", dpi=120)
+    plt.close(fig)
+
     (out / "summary.md").write_text(
         "# Memorization sweep\n\nLast evaluated epoch of each run (rates are fractions of documents; exposure in "
-        "bits).\n\n" + summary_table(rows) + "\n\nPlots: exact_match_vs_size.png, exact_match_vs_epoch.png, "
-        "rougeL_hist.png\n")
+        "bits; ACR where measured: mean over documents, and the fraction above 1).\n\n" + summary_table(rows)
+        + "\n\nMemorization speed: the first evaluated epoch at which exact match reaches 50%.\n\n" + half_table(rows)
+        + "\n\nPlots: exact_match_vs_size.png, exact_match_vs_epoch.png, rougeL_hist.png, epochs_to_50_vs_size.png\n")

@@ -22,7 +22,8 @@ from axon.memorize.tokenizer import load_tokenizer
 
 RESULT_COLUMNS = ("model", "params", "loss_kind", "k", "h", "strategy", "epoch", "step", "exact_match", "token_acc",
                   "rougeL", "exposure", "control_exact_match", "control_token_acc", "control_rougeL",
-                  "control_exposure", "val_loss", "train_loss", "kept_fraction", "train_seconds")
+                  "control_exposure", "acr", "acr_memorized", "control_acr", "control_acr_memorized", "val_loss",
+                  "train_loss", "kept_fraction", "train_seconds", "acr_seconds")
 
 
 def filler_tokens(exp: Experiment, tokenizer, needed: int) -> tuple[np.ndarray, int]:
@@ -54,6 +55,7 @@ class PlannedRun:
     config: object  # RunConfig with the layout filled in
     stream: MemorizationStream
     choice: object = None  # LayoutChoice under layout: auto
+    acr: bool = False  # ACR at the last epoch (experiment.acr)
 
 
 def plan_runs(exp: Experiment, world_size: int) -> tuple[DocumentSets, list[PlannedRun]]:
@@ -103,7 +105,23 @@ def plan_runs(exp: Experiment, world_size: int) -> tuple[DocumentSets, list[Plan
                 config, choice = auto_layout.choose(config, world_size, machine)
             check_layout(config, world_size)
             runs.append(PlannedRun(model, loss, config, stream, choice))
+    _mark_acr(exp, runs)
     return docs, runs
+
+
+def _mark_acr(exp: Experiment, runs: list[PlannedRun]) -> None:
+    """experiment.acr: which runs search prompts at their last epoch (pipe must be 1)."""
+    from perfmodel.parameters import whole_model_parameters
+
+    if exp.section.acr == "none":
+        return
+    largest = max(whole_model_parameters(r.config.model) for r in runs)
+    for run in runs:
+        run.acr = exp.section.acr == "all" or whole_model_parameters(run.config.model) == largest
+        if run.acr and run.config.layout.pipe > 1:
+            raise ConfigError(f"experiment.acr={exp.section.acr} needs layout.pipe=1 (the prompt search "
+                              f"backpropagates through the whole model), got layout.pipe={run.config.layout.pipe} "
+                              f"for model {run.model.name}")
 
 
 def _row(run: PlannedRun, params: int, epoch: int, step: int, scores: dict, losses: list[dict],
@@ -113,8 +131,24 @@ def _row(run: PlannedRun, params: int, epoch: int, step: int, scores: dict, loss
     return {"model": run.model.name, "params": params, "loss_kind": loss.kind,
             "k": loss.k if goldfish else None, "h": loss.h if goldfish else None,
             "strategy": loss.strategy if goldfish else None, "epoch": epoch, "step": step, **scores,
+            **{key: scores.get(key, float("nan")) for key in ("acr", "acr_memorized", "control_acr",
+                                                              "control_acr_memorized", "acr_seconds")},
             "train_loss": float(np.mean([m["loss"] for m in losses])),
             "kept_fraction": float(np.mean([m["kept_fraction"] for m in losses])), "train_seconds": seconds}
+
+
+def acr_all(trainer, docs: DocumentSets, s) -> tuple[dict, dict]:
+    """ACR of every target and control: (means for the results row, per-document values)."""
+    from axon.memorize.acr import AcrBudget, PromptSearch
+
+    budget = AcrBudget(s.acr_iterations, s.acr_candidates, s.acr_top_k, batch=s.eval_batch * 4, init=s.acr_init)
+    search = PromptSearch(trainer.model, trainer.grid, trainer.device, budget, s.seed)
+    target, control = (search.run(documents, s.prefix, s.suffix) for documents in (docs.targets, docs.controls))
+    mean = lambda values: float(np.mean(values)) if len(values) else float("nan")
+    scores = {"acr": mean(target["acr"]), "acr_memorized": mean(target["acr"] > 1),
+              "control_acr": mean(control["acr"]), "control_acr_memorized": mean(control["acr"] > 1)}
+    listed = lambda found: {"acr": found["acr"].tolist(), "prompt": [p.tolist() for p in found["prompt"]]}
+    return scores, {"targets_acr": listed(target), "controls_acr": listed(control)}
 
 
 def evaluate_all(trainer, docs: DocumentSets, stream, s) -> tuple[dict, dict]:
@@ -169,13 +203,21 @@ def train_and_measure(run: PlannedRun, docs: DocumentSets, s, runtime, leader: b
             if epoch % s.eval_every and epoch != s.epochs:
                 continue
             scores, per_document = evaluate_all(trainer, docs, stream, s)
+            if run.acr and epoch == s.epochs:
+                started = time.perf_counter()
+                acr_scores, acr_documents = acr_all(trainer, docs, s)
+                scores.update(acr_scores, acr_seconds=time.perf_counter() - started)
+                per_document.update(acr_documents)
             row = _row(run, params, epoch, epoch * stream.steps_per_epoch, scores, losses, trained_s)
             on_row(row)
             if leader:
                 print(f"  epoch {epoch}/{s.epochs} | train loss {row['train_loss']:.3f} | exact match "
                       f"{row['exact_match']:.3f} (control {row['control_exact_match']:.3f}) | token acc "
                       f"{row['token_acc']:.3f} | Rouge-L {row['rougeL']:.3f} | exposure {row['exposure']:.2f} bits "
-                      f"(control {row['control_exposure']:.2f}) | val loss {row['val_loss']:.3f}", flush=True)
+                      f"(control {row['control_exposure']:.2f}) | val loss {row['val_loss']:.3f}"
+                      + (f" | ACR {row['acr']:.2f}, {row['acr_memorized']:.3f} > 1 (control {row['control_acr']:.2f}, "
+                         f"{row['control_acr_memorized']:.3f}) in {row['acr_seconds']:.0f} s" if "acr" in scores else ""),
+                      flush=True)
     finally:
         log.close()
         grid.destroy()
