@@ -181,11 +181,14 @@ def test_bad_points_one_sentence_each(tmp_path, capsys):
         "axon scaling: error: point nodes (12 GPUs): gpus=12 is not a multiple of the 8 devices per node of machine "
         "'frontier' (nor a part of one node)"]
     body = {"kind": "strong", "machine": "dgx-h100", "model": "405B", "seq_len": 8192, "global_batch": 8, "steps": 3,
-            "points": [{"gpus": 8, "layout": {"depth": 8}}]}
+            "points": [{"gpus": 8, "layout": {"depth": 8}}, {"gpus": 8, "name": "auto"}]}
     assert main(["plan", str(write_study(tmp_path, body)), "--json"]) == 2
-    err = capsys.readouterr().err.strip()
+    explicit, auto = capsys.readouterr().err.strip().splitlines()
+    usable = r"needs \d+\.\d GiB per device, more than 72\.0 GiB usable \(90% of 80\)"
     assert re.fullmatch(r"axon scaling: error: point 405B-8 \(8 GPUs\): layout depth=8 does not fit in memory: "
-                        r"needs \d+\.\d GiB per device, more than 72\.0 GiB usable \(90% of 80\)", err), err
+                        + usable, explicit), explicit
+    assert re.fullmatch(r"axon scaling: error: point auto \(8 GPUs\): no layout fits in memory; the fastest, "
+                        r"[a-z=0-9 ]+, " + usable, auto), auto
 
 
 def test_unknown_study_keys_are_named(tmp_path, capsys):
