@@ -4,6 +4,7 @@ the report on hand-written metrics, and one sentence per bad point."""
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,28 @@ def test_unknown_study_keys_are_named(tmp_path, capsys):
     with pytest.raises(StudyError, match=r"^unknown study key 'points\[0\]\.gpu'; valid keys here are name, model, "
                                          r"gpus, layout, machine$"):
         load_study(write_study(tmp_path, body))
+
+
+def test_submit_local_runs_points_in_turn_and_keeps_exit_codes(tmp_path, monkeypatch):
+    body = {"kind": "strong", "machine": "dgx-h100", "model": "tiny", "seq_len": 64, "global_batch": 8, "steps": 2,
+            "dtype": "float32", "points": [{"name": "a", "gpus": 1}, {"name": "b", "gpus": 2, "layout": {"data": 2}}]}
+    study = load_study(write_study(tmp_path, body))
+    started = []
+
+    def fake_torchrun(gpus, config):  # stands in for torchrun: says what it was given, exits 0 on 1 rank, 3 on 2
+        started.append((gpus, config))
+        return [sys.executable, "-c", f"print('ranks {gpus}'); raise SystemExit({0 if gpus == 1 else 3})"]
+
+    monkeypatch.setattr(submit_module, "torchrun_command", fake_torchrun)
+    args = argparse.Namespace(launcher="local", timeout=60.0)
+    assert submit_module.submit(study, tmp_path / "run", args) == 1
+    points = (tmp_path / "run" / "points").resolve()
+    assert started == [(1, points / "a" / "config.yaml"), (2, points / "b" / "config.yaml")]
+    assert [(points / p / "exit_code").read_text() for p in "ab"] == ["0\n", "3\n"]
+    assert (points / "b" / "log.txt").read_text() == "ranks 2\n"
+    assert collect(study, tmp_path / "run")[1][1].status == "failed"
+    body["points"].append({"name": "c", "gpus": 16})  # two nodes of 8: not for torchrun here
+    with pytest.raises(StudyError, match=r"^point c needs 2 nodes of 'dgx-h100'; --launcher local runs one node's "
+                                         r"ranks here: use slurm$"):
+        submit_module.submit(load_study(write_study(tmp_path, body)), tmp_path / "run2", args)
+    assert not (tmp_path / "run2").exists()

@@ -39,8 +39,10 @@ def run_config(study: Study, entry: PointPlan, out_dir: Path) -> dict:
             "data": {"source": study.data}, "out_dir": str(out_dir)}
 
 
-def write_configs(study: Study, directory: Path, chosen: set[str] | None) -> list[tuple[PointPlan, Path]]:
-    """Plan, stop on any point that cannot run, and write each chosen point's config.yaml."""
+def write_configs(study: Study, directory: Path, chosen: set[str] | None,
+                  one_node: bool = False) -> list[tuple[PointPlan, Path]]:
+    """Plan, stop on any point that cannot run (or, with `one_node`, needs more than one node of
+    its machine: torchrun here starts one node's ranks), and write each chosen point's config.yaml."""
     from axon.config import ConfigError, build_config, check_layout
 
     plans = plan_study(study)
@@ -51,10 +53,13 @@ def write_configs(study: Study, directory: Path, chosen: set[str] | None) -> lis
         unknown = chosen - {p.point.name for p in plans}
         if unknown:
             raise StudyError(f"--points names {', '.join(sorted(unknown))}, which the study does not have")
+    plans = [entry for entry in plans if not chosen or entry.point.name in chosen]
+    for entry in plans:
+        if one_node and nodes(entry.point.gpus, entry.machine) > 1:
+            raise StudyError(f"point {entry.point.name} needs {nodes(entry.point.gpus, entry.machine)} nodes of "
+                             f"{entry.machine.name!r}; --launcher local runs one node's ranks here: use slurm")
     written = []
     for entry in plans:
-        if chosen and entry.point.name not in chosen:
-            continue
         out_dir = (directory / "points" / entry.point.name).resolve()
         raw = run_config(study, entry, out_dir)
         try:
@@ -69,7 +74,7 @@ def write_configs(study: Study, directory: Path, chosen: set[str] | None) -> lis
 
 
 def submit(study: Study, directory: Path, args, chosen: set[str] | None = None) -> int:
-    written = write_configs(study, directory, chosen)
+    written = write_configs(study, directory, chosen, one_node=args.launcher == "local")
     if args.launcher == "local":
         return run_local(written, args.timeout)
     commands = []
