@@ -192,6 +192,15 @@ def test_bad_points_one_sentence_each(tmp_path, capsys):
                         r"[a-z=0-9 ]+, " + usable, auto), auto
 
 
+def test_a_profile_without_the_study_dtype_is_one_sentence(tmp_path, capsys):
+    profile = Path(__file__).resolve().parents[1] / "benchmarks" / "studies" / "machines" / "cpu_1ranks.yaml"
+    body = {"kind": "strong", "machine": str(profile), "model": "tiny", "seq_len": 64, "global_batch": 4,
+            "steps": 3, "dtype": "bfloat16", "points": [{"gpus": 1, "name": "p"}]}
+    assert main(["plan", str(write_study(tmp_path, body))]) == 2
+    assert capsys.readouterr().err.strip() == ("axon scaling: error: point p (1 GPU): machine 'calibrated-vm' has no "
+                                               "peak_tflops for dtype 'bfloat16'; it lists float32")
+
+
 def test_unknown_study_keys_are_named(tmp_path, capsys):
     body = {"kind": "weak", "machine": "frontier", "seq_len": 64, "batch_per_gpu": 1, "steps": 3, "stpes": 4,
             "points": [{"model": "tiny", "gpus": 1}]}

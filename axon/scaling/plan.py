@@ -94,12 +94,14 @@ def plan_study(study: Study) -> list[PointPlan]:
     plans = []
     for point in study.points:
         flops = flops_per_token(point.shape, study.seq_len) * study.point_batch(point) * study.seq_len
+        machine = None
         try:
             if point.machine not in machines:
                 machines[point.machine] = load_machine(point.machine)
             machine = machines[point.machine]
+            machine.peak_flops(study.dtype)  # a profile without this dtype's peak cannot price the point
         except ProfileError as err:
-            plans.append(PointPlan(point, None, flops, None, str(err)))
+            plans.append(PointPlan(point, machine, flops, None, str(err)))
             continue
         prediction, problem = plan_point(study, point, machine)
         plans.append(PointPlan(point, machine, flops, prediction, problem))
@@ -119,7 +121,8 @@ def set_efficiencies(plans: list[PointPlan]) -> None:
 
 def problems(plans: list[PointPlan]) -> list[str]:
     """One sentence per point that cannot run."""
-    return [f"point {p.point.name} ({p.point.gpus} GPUs): {p.problem}" for p in plans if p.problem]
+    return [f"point {p.point.name} ({p.point.gpus} GPU{'s' if p.point.gpus > 1 else ''}): {p.problem}"
+            for p in plans if p.problem]
 
 
 def plan_table(study: Study, plans: list[PointPlan]) -> str:
