@@ -442,3 +442,38 @@ def test_405b_config_builds_and_validates_on_512_fake_ranks(tmp_path):
         assert pipe > 1 or stage == sum(int(np.prod(s)) for s in shapes.values())
         assert steps == 8 * 8  # 8 epochs x ceil((100 + 8 + 400) / 64) steps
     assert docs_line == "100 100 8"
+
+
+def test_single_pass_configs_are_the_launcher_overrides_of_the_scale_configs(monkeypatch, tmp_path):
+    """memorize_<size>_single_pass.yaml is what launch/memorize_llama.sh runs with the three
+    --set keys its header gives; the local single-pass config sees each target once per epoch."""
+    from axon.memorize.experiment import load_experiment
+
+    for size in ("8b", "70b", "405b"):
+        monkeypatch.setenv(f"LLAMA_{size.upper()}_DIR", str(tmp_path))
+        variant = load_experiment(ROOT / f"axon/configs/memorize_{size}_single_pass.yaml")
+        base = load_experiment(ROOT / f"axon/configs/memorize_{size}.yaml",
+                               ["experiment.epochs=3", "experiment.filler_per_epoch=1172",
+                                f"out_dir=runs/memorize_{size}_single_pass"])
+        assert variant == base and variant.section.repeats == 1, size
+    local = load_experiment(ROOT / "axon/configs/memorize_single_pass.yaml")
+    assert (local.section.epochs, local.section.repeats, local.section.eval_every) == (3, 1, 1)
+
+
+def test_bpe_tokenizer_is_trained_on_the_generated_corpus_and_cached(tmp_path):
+    from axon.corpus import default_corpus_documents
+    from axon.memorize.documents import digit_alphabet, fictional_documents
+    from axon.memorize.tokenizer import bpe_path, load_tokenizer, train_bpe
+
+    path = train_bpe(bpe_path(str(tmp_path), 400, 0), 400, 0, documents=300)
+    stamp = path.stat().st_mtime_ns
+    tokenizer = load_tokenizer("bpe:400", str(tmp_path), 0)  # the cached file, not trained again
+    assert path.stat().st_mtime_ns == stamp and tokenizer.vocab == 400
+    assert tokenizer.tokenizer.id_to_token(tokenizer.eos) == "<|endoftext|>"
+    assert digit_alphabet(tokenizer).size == 10  # one token per digit: canaries and sums
+    texts = list(default_corpus_documents(0, 400))[300:] + fictional_documents(5, 20)
+    encoded = tokenizer.encode_batch(texts)
+    assert [tokenizer.tokenizer.decode(ids.tolist()) for ids in encoded] == texts  # byte-level: lossless
+    assert sum(map(len, texts)) / sum(map(len, encoded)) > 2.0  # h=13 tokens span more than 13 bytes
+    with pytest.raises(ConfigError, match="bpe:V needs a whole vocabulary V >= 300"):
+        load_tokenizer("bpe:lots", str(tmp_path))

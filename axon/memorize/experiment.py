@@ -95,8 +95,8 @@ class Experiment:
         return build_config(raw)
 
 
-TOP_LEVEL_KEYS = ("models", "losses", "targets", "controls", "tokenizer", "filler", "experiment", "layout", "layout_machine",
-                  "train", "overlap", "out_dir")
+TOP_LEVEL_KEYS = ("models", "losses", "targets", "controls", "tokenizer", "filler", "experiment", "layout",
+                  "layout_machine", "train", "overlap", "out_dir")
 
 
 def _expand(value: str, key: str) -> str:

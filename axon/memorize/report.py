@@ -169,15 +169,16 @@ def write_report(out: Path, rows: list[dict], documents: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     halves = epochs_to_half(rows)
     ceiling = max(e["evaluated"] for e in halves)
-    for label in losses:
+    for index, label in enumerate(losses):
         points = sorted((e["params"], e["epoch"]) for e in halves if e["loss"] == label)
         line, = ax.plot([p[0] for p in points if p[1] is not None], [p[1] for p in points if p[1] is not None], "o-",
                         label=label)
         never = [p[0] for p in points if p[1] is None]
-        if never:  # drawn above the last epoch run, hollow: not reached
-            ax.plot(never, [ceiling * 1.15] * len(never), "^", mfc="none", color=line.get_color(),
-                    label=f"{label}: never (>{ceiling})")
-    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="first epoch with exact match >= 50%",
+        if never:  # drawn above the last epoch run, hollow, side by side: not reached
+            ax.plot([x * 1.06 ** index for x in never], [ceiling * 1.1] * len(never), "^", mfc="none",
+                    color=line.get_color(), label=f"{label}: never (> {ceiling})")
+    ax.axhline(ceiling, color="grey", lw=0.8, ls=":")
+    ax.set(xscale="log", xlabel="parameters", ylabel="first epoch with exact match >= 50%", ylim=(0, ceiling * 1.2),
            title="Memorization speed vs model size")
     ax.legend(fontsize=8)
     fig.tight_layout()

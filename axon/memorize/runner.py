@@ -215,9 +215,9 @@ def train_and_measure(run: PlannedRun, docs: DocumentSets, s, runtime, leader: b
                       f"{row['exact_match']:.3f} (control {row['control_exact_match']:.3f}) | token acc "
                       f"{row['token_acc']:.3f} | Rouge-L {row['rougeL']:.3f} | exposure {row['exposure']:.2f} bits "
                       f"(control {row['control_exposure']:.2f}) | val loss {row['val_loss']:.3f}"
-                      + (f" | ACR {row['acr']:.2f}, {row['acr_memorized']:.3f} > 1 (control {row['control_acr']:.2f}, "
-                         f"{row['control_acr_memorized']:.3f}) in {row['acr_seconds']:.0f} s" if "acr" in scores else ""),
-                      flush=True)
+                      + (f" | ACR {row['acr']:.2f}, {row['acr_memorized']:.3f} > 1 (control "
+                         f"{row['control_acr']:.2f}, {row['control_acr_memorized']:.3f}) in {row['acr_seconds']:.0f} s"
+                         if "acr" in scores else ""), flush=True)
     finally:
         log.close()
         grid.destroy()
