@@ -160,11 +160,11 @@ class PromptSearch:
                 if i in found:
                     continue
                 rng = np.random.default_rng([self.seed, 0xAC5, i, length])
-                start = rng.integers(0, self.vocab, size=length)
+                initial = rng.integers(0, self.vocab, size=length)
                 if b.init == "context":  # the document's own tokens just before the target, as far as they go
                     own = tokens[i, max(0, prefix - length): prefix]
-                    start[length - own.size:] = own
-                prompts[i] = torch.as_tensor(start, dtype=torch.long, device=device)
+                    initial[length - own.size:] = own
+                prompts[i] = torch.as_tensor(initial, dtype=torch.long, device=device)
             for step in range(b.iterations):  # candidate 0 is the current prompt: each is checked as it stands
                 active = [i for i in mine if i not in found]
                 if not self._any(bool(active)):
@@ -184,8 +184,8 @@ class PromptSearch:
                 rows = torch.cat([flat, target[order].repeat_interleave(b.candidates, dim=0)], dim=1)
                 losses, exact = [], []
                 with torch.no_grad():
-                    for start in range(0, rows.shape[0], b.batch):
-                        loss, hit = self._forward(rows[start: start + b.batch], length)
+                    for first in range(0, rows.shape[0], b.batch):
+                        loss, hit = self._forward(rows[first: first + b.batch], length)
                         losses.append(loss)
                         exact.append(hit)
                 losses = torch.cat(losses).view(width, b.candidates)
