@@ -12,7 +12,7 @@ import yaml
 
 from axon.config import load_config
 from axon.scaling import submit as submit_module
-from axon.scaling.cli import main
+from axon.scaling.cli import main, run
 from axon.scaling.plan import efficiency, plan_study
 from axon.scaling.report import collect, report
 from axon.scaling.study import StudyError, load_study
@@ -172,7 +172,7 @@ def test_bad_points_one_sentence_each(tmp_path, capsys):
                        {"name": "heads", "gpus": 8, "layout": {"row": 8}},
                        {"name": "batch", "gpus": 8, "layout": {"data": 8}},
                        {"name": "nodes", "gpus": 12, "layout": {"data": 12}}]}
-    assert main(["plan", str(write_study(tmp_path, body))]) == 2
+    assert run(["plan", str(write_study(tmp_path, body))]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors == [
         "axon scaling: error: point heads (8 GPUs): layout row=8: model.heads=4 is not divisible by layout.row=8, "
@@ -183,7 +183,7 @@ def test_bad_points_one_sentence_each(tmp_path, capsys):
         "'frontier' (nor a part of one node)"]
     body = {"kind": "strong", "machine": "dgx-h100", "model": "405B", "seq_len": 8192, "global_batch": 8, "steps": 3,
             "points": [{"gpus": 8, "layout": {"depth": 8}}, {"gpus": 8, "name": "auto"}]}
-    assert main(["plan", str(write_study(tmp_path, body)), "--json"]) == 2
+    assert run(["plan", str(write_study(tmp_path, body)), "--json"]) == 2
     explicit, auto = capsys.readouterr().err.strip().splitlines()
     usable = r"needs \d+\.\d GiB per device, more than 72\.0 GiB usable \(90% of 80\)"
     assert re.fullmatch(r"axon scaling: error: point 405B-8 \(8 GPUs\): layout depth=8 does not fit in memory: "
@@ -196,7 +196,7 @@ def test_a_profile_without_the_study_dtype_is_one_sentence(tmp_path, capsys):
     profile = Path(__file__).resolve().parents[1] / "benchmarks" / "studies" / "machines" / "cpu_1ranks.yaml"
     body = {"kind": "strong", "machine": str(profile), "model": "tiny", "seq_len": 64, "global_batch": 4,
             "steps": 3, "dtype": "bfloat16", "points": [{"gpus": 1, "name": "p"}]}
-    assert main(["plan", str(write_study(tmp_path, body))]) == 2
+    assert run(["plan", str(write_study(tmp_path, body))]) == 2
     assert capsys.readouterr().err.strip() == ("axon scaling: error: point p (1 GPU): machine 'calibrated-vm' has no "
                                                "peak_tflops for dtype 'bfloat16'; it lists float32")
 
@@ -204,7 +204,9 @@ def test_a_profile_without_the_study_dtype_is_one_sentence(tmp_path, capsys):
 def test_unknown_study_keys_are_named(tmp_path, capsys):
     body = {"kind": "weak", "machine": "frontier", "seq_len": 64, "batch_per_gpu": 1, "steps": 3, "stpes": 4,
             "points": [{"model": "tiny", "gpus": 1}]}
-    assert main(["plan", str(write_study(tmp_path, body))]) == 2
+    with pytest.raises(SystemExit) as stopped:  # what `python -m axon scaling plan` exits with
+        main(["plan", str(write_study(tmp_path, body))])
+    assert stopped.value.code == 2
     assert capsys.readouterr().err.strip() == (
         "axon scaling: error: unknown study key 'stpes'; valid keys here are " + ", ".join(
             __import__("axon.scaling.study", fromlist=["STUDY_KEYS"]).STUDY_KEYS))

@@ -43,7 +43,14 @@ def study_dir(study, given: str | None) -> Path:
     return Path(given) if given else Path("runs") / "scaling" / study.name
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
+    """The entry point axon's dispatcher calls: exits with run's status when it is not 0."""
+    code = run(argv)
+    if code:
+        sys.exit(code)
+
+
+def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         study = load_study(args.study)
