@@ -13,44 +13,95 @@ from perfmodel.layout import Layout
 from perfmodel.models import ModelShape
 from perfmodel.stages import balanced_counts
 from perfmodel.training import TrainingSetup
-from perfmodel.workload import DTYPE_BYTES, block_matrices, local_dims, stage_parameters
+from perfmodel.workload import DTYPE_BYTES, block_matrices, local_dims, padded, stage_parameters
 
 GIB = 2.0 ** 30
+# axon's ORS waits for the oldest weight-gradient reduce-scatter once this many are in flight
+# (axon.parallel.overlap): each holds its whole block until then.
+REDUCE_SCATTERS_IN_FLIGHT = 4
 
 
 def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, micro: int,
-                      stage_layers: int, first: bool, last: bool) -> dict[str, float]:
+                      stage_layers: int, first: bool, last: bool, stage: int | None = None) -> dict[str, float]:
+    """`stage` (its index) sets the micro-batches 1F1B keeps in flight there, p - stage; without
+    it the first stage's count applies to the first stage, one to the others."""
     eb = DTYPE_BYTES[setup.dtype]
     r, c, d = layout.row, layout.col, layout.depth
     params = stage_parameters(shape, layout, stage_layers, first, last)
     local = params["sharded"] + params["replicated"]
     tokens = micro * setup.seq_len
 
-    gathered = 0.0
-    if d > 1 or eb != 4:  # a depth gather (or a cast to bf16) materializes a whole block
-        largest = max(local_dims(layout, i, o, orient)[0] * local_dims(layout, i, o, orient)[1]
-                      for _, i, o, orient in block_matrices(shape, last))
-        gathered = (setup.prefetch_distance + 1 if "all_gather" in setup.overlap else 1) * largest * eb
+    gathered = gathered_weight_bytes(shape, layout, setup, first, last)
+    blocks_in_flight = gradient_block_bytes(shape, layout, setup, last)
 
     h_c, f_r = shape.hidden / c, shape.ffn / r
     qkv_r = (shape.hidden + 2 * shape.kv_heads * shape.head_dim) / r
-    # Saved for backward per token of one layer: block input, two norm outputs, q/k/v and their
-    # rotated copies, attention output, the residual, SwiGLU's two inputs, gate and product.
-    per_layer = (4 * h_c + 2 * qkv_r + shape.hidden / r + 4 * f_r) * eb
+    # RMSNorm works in fp32: it keeps its fp32 input (in an fp32 run, the block input or the
+    # residual itself), x / rms (for the gain's gradient) and its output in the compute dtype.
+    norm = (8 + eb) * h_c
+    # Saved for backward per token of one layer: two norms; the rotated q and k and v, the
+    # attention output and its log-sum-exp (fused attention); SwiGLU's two inputs, gate and product.
+    per_layer = 2 * norm + (qkv_r + shape.hidden / r + 4 * f_r) * eb + shape.heads / r * 4
     if setup.recompute == "block":  # keep block inputs; one block's activations rebuilt at a time
         activations = tokens * (stage_layers * h_c * eb + per_layer)
     else:
         activations = tokens * stage_layers * per_layer
-    if last:  # fp32 logits slice and the saved softmax
-        activations += tokens * (shape.vocab / r) * 4 * 2
+    if last:  # the final norm, the fp32 logits slice and the saved softmax
+        activations += tokens * (norm + (shape.vocab / r) * 4 * 2)
     in_flight = min(layout.pipe, _micro_batches(setup, layout)) if layout.pipe > 1 and first else 1
+    if stage is not None and layout.pipe > 1:
+        in_flight = min(layout.pipe - stage, _micro_batches(setup, layout))
     return {
         "weights": local * 4 / GIB,
         "gradients": local * 4 / GIB,
         "optimizer": local * 8 / GIB,
         "gathered_weights": gathered / GIB,
+        "gradient_blocks": blocks_in_flight / GIB,
         "activations": activations * in_flight / GIB,
     }
+
+
+def gathered_weight_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup, first: bool, last: bool) -> float:
+    """The most bytes of gathered weights alive at once: the one in use and, with OAG, the
+    `prefetch_distance` after it in the order the step gathers them (a block forward, the LM
+    head forward and backward, a block backward: enough to see every neighbourhood). Blocks
+    come in the compute dtype (plus the cast shard a bf16 gather sends); the embedding table
+    in fp32 (its gather keeps the master dtype)."""
+    eb, d = DTYPE_BYTES[setup.dtype], layout.depth
+    if d == 1 and eb == 4:
+        return 0.0  # the parameter itself is used: nothing is gathered or cast
+    cast = eb if eb != 4 else 0  # the bf16 copy of the shard the gather sends (none at depth 1)
+
+    def block(in_f, out_f, orient):
+        li, lo, _, _ = local_dims(layout, in_f, out_f, orient)
+        return li * lo * eb + (cast * li * lo / d if d > 1 else 0)
+
+    layer = [block(i, o, orient) for _, i, o, orient in block_matrices(shape, False)]
+    order = ([(shape.vocab // layout.row) * (shape.hidden // layout.col) * 4] if first else []) + layer + layer
+    if last:
+        head = block(shape.hidden, shape.vocab, "normal")
+        order += [head, head]
+    order += layer[::-1] * 2
+    window = setup.prefetch_distance + 1 if d > 1 and "all_gather" in setup.overlap else 1
+    return max(sum(order[i:i + window]) for i in range(len(order)))
+
+
+def gradient_block_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup, last: bool) -> float:
+    """Weight-gradient blocks on their way through the depth reduce-scatter: the padded block
+    sent and the shard received, in the reduction dtype, for each in flight (ORS keeps
+    REDUCE_SCATTERS_IN_FLIGHT, and one more is issued before the oldest is waited for)."""
+    d, gb = layout.depth, DTYPE_BYTES[setup.grad_reduce_dtype]
+    if d == 1:
+        return 0.0
+
+    def block(in_f, out_f, orient):
+        li, lo, _, _ = local_dims(layout, in_f, out_f, orient)
+        return padded(li * lo, d) * gb * (1 + 1 / d)
+
+    layer = [block(i, o, orient) for _, i, o, orient in block_matrices(shape, False)][::-1]
+    order = ([block(shape.hidden, shape.vocab, "normal")] if last else []) + layer * 2  # backward order
+    window = REDUCE_SCATTERS_IN_FLIGHT + 1 if "reduce_scatter" in setup.overlap else 1
+    return max(sum(order[i:i + window]) for i in range(len(order)))
 
 
 def stage_memories(shape: ModelShape, layout: Layout, setup: TrainingSetup) -> dict[tuple, dict[str, float]]:

@@ -14,14 +14,22 @@ from __future__ import annotations
 import torch
 
 from axon.parallel.prefetch import WeightPrefetcher
+from perfmodel.memory import REDUCE_SCATTERS_IN_FLIGHT
 
 
 class PendingReductions:
-    """Weight-gradient reduce-scatters still in flight, owned by one model."""
+    """Weight-gradient reduce-scatters still in flight, owned by one model; at most `limit`
+    (0: no bound), the oldest parameter's completed when one more is issued.
 
-    def __init__(self):
+    Each one in flight holds its whole (depth x shard) gradient block until waited for. Waited
+    for only at the step's end, they held every micro-batch's blocks at once (axon dry-run:
+    several times the weights per rank); a few in flight still hide each behind the next GEMMs.
+    perfmodel's memory counts the same number."""
+
+    def __init__(self, limit: int = REDUCE_SCATTERS_IN_FLIGHT):
         self._pending: dict[torch.nn.Parameter, list[tuple[object, torch.Tensor]]] = {}
         self.issued = self.waited = 0
+        self.limit = limit
         self.on_issue = None  # called with the parameter after each reduce-scatter is issued
 
     def add(self, param: torch.nn.Parameter, handle, shard: torch.Tensor) -> None:
@@ -29,6 +37,8 @@ class PendingReductions:
         self.issued += 1
         if self.on_issue is not None:
             self.on_issue(param)
+        while self.limit and len(self) > self.limit:
+            self.complete(next(iter(self._pending)))  # in issue order, as the unbounded path adds them
 
     def has(self, param: torch.nn.Parameter) -> bool:
         return param in self._pending

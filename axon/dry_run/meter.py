@@ -1,0 +1,137 @@
+"""Bytes of the meta tensors a step creates, by what they hold, over the step's lifetime.
+
+Meta tensors have shapes and storages but no data, so "memory" here is what a device would
+have allocated: every storage an op creates is recorded with its size, and it counts as
+live until only this meter still references it (torch's storage use count drops to 1).
+Each storage is classed by the last thing that happened to it: filled by a depth
+all-gather (gathered weights), sent into or out of a reduce-scatter (gradient blocks in
+flight), or neither (activations and their gradients). Peaks are computed at the end, so a
+storage that became a parameter's gradient during the step is counted as a gradient from
+its birth (autograd creates those without saying so).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+_GATHERS = {"c10d::_allgather_base_", "c10d::allgather_", "c10d::allgather_into_tensor_coalesced_"}
+_SCATTERS = {"c10d::_reduce_scatter_base_", "c10d::reduce_scatter_", "c10d::reduce_scatter_tensor_coalesced_"}
+_use_count = torch._C._storage_Use_Count
+
+
+def _scalar(tensor: torch.Tensor):
+    """What `.item()` of a meta tensor reads: 1 (a loss, a gradient norm and a stop vote that
+    keep the step on its normal path: finite, no clipping at grad_clip >= 1, no stop)."""
+    if tensor.dtype == torch.bool:
+        return False
+    return 0 if not tensor.dtype.is_floating_point else 1.0
+
+
+class ScalarsOnly(TorchDispatchMode):
+    """Answers `.item()` of meta tensors (see `_scalar`) and records nothing."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default and args[0].is_meta:
+            return _scalar(args[0])
+        return func(*args, **(kwargs or {}))
+
+
+class LiveBytes(TorchDispatchMode):
+    """Records every meta storage created while active: (serial, bytes, kind) and its lifetime
+    in op counts. `kinds()` then gives each kind's peak live bytes."""
+
+    def __init__(self):
+        super().__init__()
+        self.clock = 0  # ops dispatched so far
+        self.live: dict[int, tuple[torch.UntypedStorage, int]] = {}  # storage key -> (storage, serial)
+        self.born: list[int] = []  # per serial: clock at creation
+        self.died: list[int | None] = []
+        self.nbytes: list[int] = []
+        self.kind: list[str] = []
+        self.scalars = 0  # .item() calls answered
+        self.forward_end = None  # clock of the first op autograd's backward ran
+        self.excluded: set[int] = set()  # storages that existed before: never counted
+        self.weights: set[int] = set()  # the parameters' storages, among those
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._local_scalar_dense.default and args[0].is_meta:
+            self.scalars += 1
+            return _scalar(args[0])
+        if self.forward_end is None and torch._C._current_graph_task_id() != -1:
+            self.forward_end = self.clock
+        out = func(*args, **kwargs)
+        self.clock += 1
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                self._track(tensor)
+        name = func.name()
+        if name in _GATHERS:
+            self._tag(args[0], "gathered_weights")
+        elif name == "aten::_to_copy" and args[0].is_meta and args[0].untyped_storage()._cdata in self.weights:
+            self._tag(out, "gathered_weights")  # a parameter cast to the compute dtype: a weight copy
+        elif name in _SCATTERS:
+            self._tag(args[0], "gradient_blocks")
+            self._tag(args[1], "gradient_blocks")
+        self._sweep()
+        return out
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key in self.live or key in self.excluded:
+            return
+        self.live[key] = (storage, len(self.born))
+        self.born.append(self.clock)
+        self.died.append(None)
+        self.nbytes.append(storage.nbytes())
+        self.kind.append("activations")
+
+    def _tag(self, tensors, kind: str) -> None:
+        for tensor in tree_leaves(tensors):
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                entry = self.live.get(tensor.untyped_storage()._cdata)
+                if entry is not None:
+                    self.kind[entry[1]] = kind
+
+    def _sweep(self) -> None:
+        dead = [key for key, (storage, _) in self.live.items() if _use_count(key) <= 1]
+        for key in dead:
+            _, serial = self.live.pop(key)
+            self.died[serial] = self.clock
+
+    def reclass(self, tensors, kind: str) -> None:
+        """Class the live storages of `tensors` as `kind` for their whole life (e.g. gradients)."""
+        self._tag(tensors, kind)
+
+    def exclude(self, tensors, weights: bool = False) -> None:
+        """Storages that existed before the measured stretch (parameters, gradient buckets,
+        optimizer state): views of them made here are not new memory. A cast of a weight
+        (`weights`) is a gathered weight."""
+        keys = {t.untyped_storage()._cdata for t in tree_leaves(tensors) if isinstance(t, torch.Tensor) and t.is_meta}
+        self.excluded |= keys
+        if weights:
+            self.weights |= keys
+
+    def peaks(self) -> dict[str, int]:
+        """Each kind's largest live total over the stretch, "together": the largest sum, and
+        "held_for_backward": activations live when backward began."""
+        deltas: dict[int, Counter] = {}
+        for serial, kind in enumerate(self.kind):
+            deltas.setdefault(self.born[serial], Counter())[kind] += self.nbytes[serial]
+            end = self.died[serial] if self.died[serial] is not None else self.clock + 1
+            deltas.setdefault(end, Counter())[kind] -= self.nbytes[serial]
+        current, peak, together, held = Counter(), Counter(), 0, 0
+        for clock in sorted(deltas):
+            current.update(deltas[clock])
+            if self.forward_end is not None and clock <= self.forward_end:
+                held = current["activations"]
+            for kind, value in current.items():
+                peak[kind] = max(peak[kind], value)
+            together = max(together, sum(current.values()))
+        return {**{k: peak.get(k, 0) for k in ("activations", "gathered_weights", "gradient_blocks")},
+                "together": together, "held_for_backward": held}
