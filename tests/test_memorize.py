@@ -447,10 +447,14 @@ def test_405b_config_builds_and_validates_on_512_fake_ranks(tmp_path):
 def test_single_pass_configs_are_the_launcher_overrides_of_the_scale_configs(monkeypatch, tmp_path):
     """memorize_<size>_single_pass.yaml is what launch/memorize_llama.sh runs with the three
     --set keys its header gives; the local single-pass config sees each target once per epoch."""
+    from axon.hf import hf_config
     from axon.memorize.experiment import load_experiment
+    from perfmodel.models import preset
 
     for size in ("8b", "70b", "405b"):
-        monkeypatch.setenv(f"LLAMA_{size.upper()}_DIR", str(tmp_path))
+        (tmp_path / size).mkdir()
+        (tmp_path / size / "config.json").write_text(json.dumps(hf_config(preset(size.upper()))))
+        monkeypatch.setenv(f"LLAMA_{size.upper()}_DIR", str(tmp_path / size))
         variant = load_experiment(ROOT / f"axon/configs/memorize_{size}_single_pass.yaml")
         base = load_experiment(ROOT / f"axon/configs/memorize_{size}.yaml",
                                ["experiment.epochs=3", "experiment.filler_per_epoch=1172",
@@ -474,6 +478,6 @@ def test_bpe_tokenizer_is_trained_on_the_generated_corpus_and_cached(tmp_path):
     texts = list(default_corpus_documents(0, 400))[300:] + fictional_documents(5, 20)
     encoded = tokenizer.encode_batch(texts)
     assert [tokenizer.tokenizer.decode(ids.tolist()) for ids in encoded] == texts  # byte-level: lossless
-    assert sum(map(len, texts)) / sum(map(len, encoded)) > 2.0  # h=13 tokens span more than 13 bytes
+    assert sum(map(len, texts)) / sum(map(len, encoded)) > 1.5  # 1.9 bytes a token at 400 ids (3.1 at 1024)
     with pytest.raises(ConfigError, match="bpe:V needs a whole vocabulary V >= 300"):
         load_tokenizer("bpe:lots", str(tmp_path))
