@@ -68,6 +68,7 @@ def one_f_one_b(stage: int, stages: int, micro_batches: int) -> list[tuple[str, 
     return [(kind, j) for kind, j, _ in pipeline_order(stage, stages, micro_batches)]
 
 
+@lru_cache(maxsize=1024)  # the planner asks for the same few stages many times
 def in_flight_peak(stage: int, stages: int, micro_batches: int, chunks: int = 1,
                    weights: tuple[float, ...] | None = None) -> float:
     """The most activations stage `stage` keeps for backward at once: the peak over its order
@@ -284,29 +285,32 @@ def simulate_interleaved(forward_s: list[float], backward_s: list[float], stages
     operations and their partners has been issued (what NCCL does), so a send waits for its
     receiver to get there, and the unit batching's delays are in the timeline."""
     chunks = len(forward_s) // stages
-    plans = [one_f_one_b_with_transfers(s, stages, micro_batches, chunks) for s in range(stages)]
-    # The plans as plain tuples: (seconds,) for compute, ((op, label), ...) for a batch.
-    steps = [[(forward_s if a[0] == "F" else backward_s)[a[2] * stages + s] if isinstance(a[0], str)
-              else tuple((t.op, t.label(s, stages)) for t in a) for a in plan] for s, plan in enumerate(plans)]
-    issued: dict[tuple[str, str], float] = {}  # (op, label) -> when its batch was issued
-    partner_op = {"send": "recv", "recv": "send"}
+    plans, operations = _interleaved_plans(stages, micro_batches, chunks)
+    times = [forward_s, backward_s]
+    issued = [-1.0] * operations  # when each operation's batch was issued (-1: not yet)
     position, clock = [0] * stages, [0.0] * stages
-    remaining = sum(len(plan) for plan in steps)
+    remaining = sum(len(plan) for plan in plans)
     while remaining:
         progressed = False
         for s in range(stages):
-            plan, at, now = steps[s], position[s], clock[s]
+            plan, at, now = plans[s], position[s], clock[s]
             while at < len(plan):
                 action = plan[at]
-                if isinstance(action, float):
-                    now += action
-                else:
-                    for key in action:
-                        issued.setdefault(key, now)
-                    partners = [issued.get((partner_op[op], label)) for op, label in action]
-                    if None in partners:
+                if action[0] >= 0:  # compute: (backward?, virtual stage)
+                    now += times[action[0]][action[1]]
+                else:  # a batch: (-1, (own operation, its partner), ...)
+                    latest = now
+                    for own, partner in action[1:]:
+                        if issued[own] < 0:
+                            issued[own] = now
+                    for _, partner in action[1:]:
+                        if issued[partner] < 0:
+                            latest = -1.0
+                            break
+                        latest = max(latest, issued[partner])
+                    if latest < 0:
                         break  # a peer has not reached the matching batch yet
-                    now = max(now, *partners) + p2p_s
+                    now = latest + p2p_s
                 at += 1
             remaining -= at - position[s]
             progressed |= at > position[s]
@@ -316,6 +320,29 @@ def simulate_interleaved(forward_s: list[float], backward_s: list[float], stages
     busy = tuple(micro_batches * sum(forward_s[c * stages + s] + backward_s[c * stages + s] for c in range(chunks))
                  for s in range(stages))
     return Timeline(max(clock), busy)
+
+
+@lru_cache(maxsize=256)
+def _interleaved_plans(stages: int, micro_batches: int, chunks: int) -> tuple[list[tuple], int]:
+    """The engine's actions per stage as small tuples for the replay: (0 or 1, virtual stage)
+    for a forward or backward, (-1, (operation, partner), ...) for a batch, operations numbered."""
+    numbers: dict[tuple[str, str], int] = {}
+    partner_op = {"send": "recv", "recv": "send"}
+
+    def number(key):
+        return numbers.setdefault(key, len(numbers))
+
+    plans = []
+    for s in range(stages):
+        plan = []
+        for action in one_f_one_b_with_transfers(s, stages, micro_batches, chunks):
+            if isinstance(action[0], str):
+                plan.append((int(action[0] == "B"), action[2] * stages + s))
+            else:
+                keys = [(t.op, t.label(s, stages)) for t in action]
+                plan.append((-1, *((number(k), number((partner_op[k[0]], k[1]))) for k in keys)))
+        plans.append(plan)
+    return plans, len(numbers)
 
 
 REPLAY_OPS = 20_000  # schedules longer than this are estimated, not replayed (planning speed)

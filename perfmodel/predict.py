@@ -59,7 +59,7 @@ class Prediction:
     def to_dict(self) -> dict:
         lay = self.layout
         return {
-            "layout": {**lay.sizes(), "order": ",".join(lay.order)},
+            "layout": {**lay.sizes(), "order": ",".join(lay.order), "virtual_stages": lay.virtual_stages},
             "step_time_s": self.step_time_s,
             "tflops_per_gpu": self.tflops_per_gpu,
             "mfu": self.mfu,
@@ -256,32 +256,44 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     shards = layout.data * layout.depth
     micro, count = setup.micro_batches(shards, layout.pipe)
     clock = GemmClock(machine, setup.dtype)
-    p = layout.pipe
+    p, v = layout.pipe, layout.virtual_stages
     seconds = CommClock(layout, machine)
-    # Each stage as the engine builds it: its block count (the parameter-balanced split),
-    # whether it holds the embedding (first) and the head and loss (last).
-    stages = [(blocks, s == 0, s == p - 1) for s, blocks in enumerate(balanced_counts(shape, p))]
+    # Each stage as the engine builds it: its chunks' block counts (the parameter-balanced split
+    # into p x v chunks; stage s holds chunks s, s + p, ...), whether it holds the embedding
+    # (first) and the head and loss (last). Each chunk of a micro-batch sends its activations on
+    # and its gradient back: v times the point-to-point traffic of plain 1F1B.
+    counts = balanced_counts(shape, p * v)
+    chunks = [(blocks, q == 0, q == p * v - 1) for q, blocks in enumerate(counts)]
+    stages = [(tuple(chunks[c * p + s] for c in range(v)), s == 0, s == p - 1) for s in range(p)]
     priced = {}
     for stage in dict.fromkeys(stages):
-        blocks, first, last = stage
+        stage_chunks, first, last = stage
+        blocks = sum(chunk[0] for chunk in stage_chunks)
         step_comms = _step_collectives(shape, _unordered(layout), setup.bucket_mb, blocks, first, last,
                                        getattr(setup, "grad_reduce_dtype", "float32"))
         dp_times = [seconds(c) for c in step_comms if c.kind == "dp"]
-        per_mb, last_mb, share = _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, blocks,
-                                                    first, last, dp_times)
+        per_chunk = [_stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, *chunk, dp_times)
+                     for chunk in stage_chunks]
+        # The data-parallel reductions ride on the stage's last backward, of its chunk 0.
+        per_mb = {k: sum(plain[k] for plain, _, _ in per_chunk) for k in COMPONENTS}
+        last_mb = {k: per_mb[k] - per_chunk[0][0][k] + per_chunk[0][1][k] for k in COMPONENTS}
         params = stage_parameters(shape, layout, blocks, first, last)
         priced[stage] = {
-            "slot": sum(per_mb.values()), "share": share, "per_mb": per_mb, "last_mb": last_mb,
+            "slot": sum(per_mb.values()), "per_mb": per_mb, "last_mb": last_mb,
+            "chunk_slots": [(sum(plain.values()), share) for plain, _, share in per_chunk],
             "local_params": params["sharded"] + params["replicated"],
             # The loss summed over data x depth (and pipe), the clip norm's square-sum over depth, row, col, pipe.
             "sync": sum(seconds(c) * c.count for c in step_comms if c.kind == "sync"),
             "memory": memory_per_device(shape, layout, setup, micro, blocks, first, last),
         }
-    forward_s = [priced[stage]["slot"] * priced[stage]["share"] for stage in stages]
-    backward_s = [priced[stage]["slot"] * (1 - priced[stage]["share"]) for stage in stages]
+    # Per virtual stage q = c p + s (per stage when v = 1): forward and backward seconds.
+    forward_s, backward_s = [0.0] * (p * v), [0.0] * (p * v)
+    for s, stage in enumerate(stages):
+        for c, (slot, share) in enumerate(priced[stage]["chunk_slots"]):
+            forward_s[c * p + s], backward_s[c * p + s] = slot * share, slot * (1 - share)
     slowest = max(priced.values(), key=lambda entry: entry["slot"])
     breakdown = {k: slowest["per_mb"][k] * (count - 1) + slowest["last_mb"][k] for k in COMPONENTS}
-    breakdown["pipeline_bubble"] = max(0.0, step_seconds(forward_s, backward_s, count) - count * slowest["slot"])
+    breakdown["pipeline_bubble"] = max(0.0, step_seconds(forward_s, backward_s, count, p) - count * slowest["slot"])
     # Stages step their optimizers at once; the one with the most parameters finishes last.
     local = max(entry["local_params"] for entry in priced.values())
     breakdown["optimizer"] += memory_seconds(machine, "optimizer", local * OPTIMIZER_BYTES_PER_PARAM) \

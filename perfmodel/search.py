@@ -1,8 +1,9 @@
 """Search: every layout of a GPU count at its best rank order, ranked by predicted time.
 
 All factorizations of the GPU count over the five axes (any factors, not only powers of
-two) that the model and batch divide; each layout's time is its best over every order of
-its axes larger than 1. Layouts that fit in memory rank first. Two ways to the same ranking:
+two) that the model and batch divide, pipelined ones also interleaved (layout.virtual_stages
+in VIRTUAL_STAGES, where the layers and micro-batches allow); each layout's time is its best
+over every order of its axes larger than 1. Layouts that fit in memory rank first. Two ways to the same ranking:
 * exhaustive: every layout that fits priced with every order (the reference, slow at
   scale); one that does not fit keeps the default order, as no order changes its memory;
 * fast: orders that place every group alike are priced once (a rank order changes a
@@ -27,6 +28,10 @@ from perfmodel.memory import fullest, stage_memories, why_it_does_not_fit
 from perfmodel.models import ModelShape
 from perfmodel.predict import Prediction, predict
 from perfmodel.training import TrainingSetup
+
+# Interleaved 1F1B's chunks per stage tried on every pipelined layout: v = 2 takes most of the
+# bubble's shrinking ((p - 1) / m to (p - 1) / (v m)); each doubling doubles the point-to-point traffic.
+VIRTUAL_STAGES = (1, 2, 4)
 
 
 @dataclass
@@ -62,15 +67,22 @@ def plan(shape: ModelShape, gpus: int, machine: Machine, setup: TrainingSetup, a
 
 
 def search(shape: ModelShape, gpus: int, machine: Machine, setup: TrainingSetup, axes: tuple[str, ...] = AXES,
-           top: int | None = None, exhaustive: bool = False) -> PlanResult:
-    """The best `top` layouts (every layout when None), each at its best order."""
+           top: int | None = None, exhaustive: bool = False,
+           virtual_stages: tuple[int, ...] = VIRTUAL_STAGES) -> PlanResult:
+    """The best `top` layouts (every layout when None), each at its best order. A pipelined
+    layout is also tried interleaved at each of `virtual_stages` its layers and micro-batches
+    allow (those that do not are skipped, not counted as ruled out)."""
     layouts, ruled_out = [], {}
     for layout in factorizations(gpus, axes):
         problem = find_layout_problem(shape, layout, setup.global_batch, setup.micro_batch)
         if problem:
             ruled_out[problem.reason] = ruled_out.get(problem.reason, 0) + 1
-        else:
-            layouts.append(layout)
+            continue
+        layouts.append(layout)
+        for v in (v for v in virtual_stages if v > 1 and layout.pipe > 1):
+            interleaved = dataclasses.replace(layout, virtual_stages=v)
+            if not find_layout_problem(shape, interleaved, setup.global_batch, setup.micro_batch):
+                layouts.append(interleaved)
     pricer = _Pricer(shape, machine, setup, exhaustive)
     if exhaustive or top is None:
         ranked = sorted((pricer.best(layout) for layout in layouts), key=_rank_key)
@@ -127,7 +139,7 @@ class _Pricer:
             return best
         placements_seen = set() if self.exhaustive else {self._placements(layout)}
         for order in candidate_orders(layout)[1:]:
-            ordered = Layout(**layout.sizes(), order=order)
+            ordered = dataclasses.replace(layout, order=order)
             if not self.exhaustive:
                 placements = self._placements(ordered)
                 if placements in placements_seen:

@@ -16,8 +16,15 @@ from perfmodel.parameters import block_parameters, embedding_parameters, head_pa
 
 
 def balanced_counts(shape: ModelShape, stages: int) -> list[int]:
-    """Blocks per stage (each at least 1) minimizing the largest stage's parameter count."""
+    """Blocks per stage (each at least 1) minimizing the largest stage's parameter count.
+    Interleaved (layout.virtual_stages v), the engine splits into p x v chunks this way."""
     return list(_balanced_counts(shape, stages))
+
+
+def stage_block_counts(shape: ModelShape, stages: int, chunks: int = 1) -> list[int]:
+    """Blocks each stage holds: with v chunks per stage, stage s holds chunks s, s + p, ..."""
+    counts = balanced_counts(shape, stages * chunks)
+    return [sum(counts[s::stages]) for s in range(stages)]
 
 
 @lru_cache(maxsize=256)  # O(stages x layers^2): a plan asks for each stage count many times

@@ -176,3 +176,23 @@ def test_long_interleaved_schedules_are_estimated_near_the_replay():
         slots = [f + b for f, b in zip(forward, backward)]
         estimate = m * max(sum(slots[s::p]) for s in range(p)) + (p - 1) * max(slots)
         assert estimate == pytest.approx(simulate_interleaved(forward, backward, p, m).step_s, rel=0.05)
+
+
+def test_perfmodel_prices_interleaving_and_plan_searches_it():
+    from perfmodel.layout import Layout
+    from perfmodel.machine import load_machine
+    from perfmodel.models import PRESETS
+    from perfmodel.predict import predict
+    from perfmodel.search import search
+    from perfmodel.training import TrainingSetup
+
+    shape, machine = PRESETS["70B"], load_machine("perlmutter")
+    setup = TrainingSetup(global_batch=512, seq_len=4096, micro_batch=1)
+    plain, twice = (predict(shape, Layout(data=16, pipe=4, row=4, col=4, virtual_stages=v), machine, setup)
+                    for v in (1, 2))
+    # v times the point-to-point traffic, a smaller bubble, and 1 + (p - 1) / (p v) the activations
+    assert twice.breakdown["pipeline_p2p"] == pytest.approx(2 * plain.breakdown["pipeline_p2p"], rel=0.01)
+    assert twice.breakdown["pipeline_bubble"] < 0.7 * plain.breakdown["pipeline_bubble"]
+    assert twice.memory["activations"] == pytest.approx(plain.memory["activations"] * (1 + 3 / 8))
+    result = search(PRESETS["8B"], 64, machine, TrainingSetup(global_batch=256, seq_len=4096, micro_batch=1), top=3)
+    assert result.predictions[0].layout.virtual_stages > 1  # an interleaved layout wins here
