@@ -96,6 +96,15 @@ def test_submit_slurm_writes_one_script_per_point(tmp_path, monkeypatch, capsys)
     assert load_config(tmp_path / "run" / "points" / "one" / "config.yaml").model.layers == 8
 
 
+def test_an_interleaved_layout_reaches_the_run_config(tmp_path):
+    body = {"kind": "strong", "machine": "frontier", "model": "1B", "seq_len": 1024, "global_batch": 32, "steps": 3,
+            "points": [{"name": "v2", "gpus": 4, "layout": {"pipe": 2, "depth": 2, "virtual_stages": 2}}]}
+    study = load_study(write_study(tmp_path, body))
+    (entry, path), = submit_module.write_configs(study, tmp_path / "run", None)
+    assert entry.prediction.layout == Layout(pipe=2, depth=2, virtual_stages=2)
+    assert load_config(path).layout == Layout(pipe=2, depth=2, virtual_stages=2)
+
+
 def write_metrics(point_dir: Path, times, memory=1.5):
     point_dir.mkdir(parents=True)
     (point_dir / "config.yaml").write_text("{}\n")

@@ -70,7 +70,8 @@ def ran_layout(point_dir: Path) -> Layout | None:
     """The layout a point's config.yaml names (the one it ran at), or None."""
     try:
         layout = yaml.safe_load((point_dir / "config.yaml").read_text())["layout"]
-        return Layout(**{axis: layout[axis] for axis in AXES}, order=tuple(layout["order"].split(",")))
+        return Layout(**{axis: layout[axis] for axis in AXES}, order=tuple(layout["order"].split(",")),
+                      virtual_stages=layout.get("virtual_stages", 1))
     except (OSError, KeyError, TypeError, ValueError, AttributeError):
         return None
 

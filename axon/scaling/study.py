@@ -191,11 +191,12 @@ def _layout(value, where: str) -> Layout | None:
         return None
     if not isinstance(value, dict):
         raise StudyError(f"study key {where}layout must be 'auto' or a mapping of {', '.join(AXES)}, got {value!r}")
-    _unknown(value, AXES + ("order",), f"{where}layout.")
+    _unknown(value, AXES + ("order", "virtual_stages"), f"{where}layout.")
     order = value.get("order", DEFAULT_ORDER)
     order = tuple(p.strip() for p in order.split(",")) if isinstance(order, str) else tuple(order)
     try:
-        return Layout(**{axis: value.get(axis, 1) for axis in AXES}, order=order)
+        return Layout(**{axis: value.get(axis, 1) for axis in AXES}, order=order,
+                      virtual_stages=value.get("virtual_stages", 1))
     except ValueError as err:
         raise StudyError(f"study key {where}{err}") from None
 

@@ -35,7 +35,10 @@ def run_config(study: Study, entry: PointPlan, out_dir: Path) -> dict:
              # MFU against the profile's peak, the one the prediction uses (and no GEMM timed at start-up)
              "peak_tflops": entry.machine.peak_tflops[study.dtype], "log_every": max(1, study.steps // 10)}
     train.update(study.train)
-    return {"model": shape, "layout": {**layout.sizes(), "order": ",".join(layout.order)}, "train": train,
+    layout_raw = {**layout.sizes(), "order": ",".join(layout.order)}
+    if layout.virtual_stages > 1:  # interleaved 1F1B's chunks per stage
+        layout_raw["virtual_stages"] = layout.virtual_stages
+    return {"model": shape, "layout": layout_raw, "train": train,
             "data": {"source": study.data}, "out_dir": str(out_dir)}
 
 
