@@ -44,7 +44,8 @@ def _fail_together(rank: int, message: str) -> None:
     raise _EveryRankStops(2)
 
 def train_command(args) -> None:
-    from axon.bootstrap import collective_timeout_s, detect_launch, init_distributed, process_group_timeout_s, shutdown
+    from axon.bootstrap import (collective_timeout_s, detect_launch, init_distributed, leave, process_group_timeout_s,
+                                shutdown)
     from axon.config import ConfigError, check_layout, load_config
     from axon.data import token_source
 
@@ -77,14 +78,15 @@ def train_command(args) -> None:
         watchdog_s = config.train.collective_timeout_s or collective_timeout_s()  # 0: the environment's default
     except ValueError as err:
         _fail(launch.rank, str(err))
-    runtime = init_distributed(launch, timeout_s=process_group_timeout_s(watchdog_s))
+    runtime = init_distributed(launch, timeout_s=process_group_timeout_s(watchdog_s),
+                               flight_dir=Path(config.out_dir) / "flight")
     health = None
     if runtime.world_size > 1:  # a heartbeat through the store, the collective watchdog, flight records on signals
         from axon.health import HealthMonitor
 
         health = HealthMonitor(runtime.rank, runtime.world_size, runtime.store_address, config.out_dir,
                                config.train.peer_timeout_s, watchdog_s, runtime.hosts_store, runtime.backend).start()
-    done = False
+    done, stopped_together = False, None
     try:
         if config.layout_auto and choice is None:
             try:
@@ -95,9 +97,8 @@ def train_command(args) -> None:
                 _fail_together(launch.rank, str(err))
         _train(config, runtime, source, reader, choice, health)
         done = True
-    except _EveryRankStops:
-        done = True  # every rank is here: meet once before tearing down
-        raise
+    except _EveryRankStops as stop:
+        done, stopped_together = True, stop.code  # every rank is here: meet once before tearing down
     except Exception as err:
         if health is not None:
             health.after_error(err)  # a lost peer or a failed collective ends the process there, named
@@ -106,6 +107,8 @@ def train_command(args) -> None:
         if health is not None:
             health.stop()
         shutdown(all_ranks_done=done)
+    if stopped_together is not None:
+        leave(stopped_together)
 
 
 def _checkpoint_to_resume(config):

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Mapping
+from pathlib import Path
+from typing import Mapping, NoReturn
 
 from perfmodel.launch import LaunchInfo, detect_launch, expand_hostlist, parse_tasks_per_node  # noqa: F401 (re-exported)
 
@@ -99,10 +101,26 @@ def process_group_timeout_s(watchdog_s: float) -> float:
     return watchdog_s + max(30.0, 0.1 * watchdog_s)
 
 
-def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: float | None = None) -> Runtime:
+def nccl_flight_recorder_defaults(flight_dir: str | Path, env=os.environ) -> None:
+    """PyTorch's NCCL flight recorder, unless the user set it: keep the last 2000 collectives,
+    dump them when NCCL's watchdog times a collective out, into `flight_dir` (beside axon's
+    own records, where `python -m axon diagnose` looks); and let that watchdog end the rank
+    (TORCH_NCCL_ASYNC_ERROR_HANDLING=1) instead of leaving it blocked."""
+    if "TORCH_FR_BUFFER_SIZE" not in env:
+        env.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000")
+    env.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1")
+    env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    if "TORCH_NCCL_DEBUG_INFO_TEMP_FILE" not in env:
+        Path(flight_dir).mkdir(parents=True, exist_ok=True)  # NCCL's dump does not create folders
+        env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] = str(Path(flight_dir) / "nccl_trace_rank_")
+
+
+def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: float | None = None,
+                     flight_dir: str | Path | None = None) -> Runtime:
     """Start torch.distributed for `info`; one GPU per local rank with NCCL/RCCL, else gloo on CPU.
 
-    `timeout_s`: how long a collective waits for a peer before failing (default: collective_timeout_s())."""
+    `timeout_s`: how long a collective waits for a peer before failing (default: collective_timeout_s()).
+    `flight_dir`: where NCCL's flight recorder dumps on a timeout (see nccl_flight_recorder_defaults)."""
     import torch  # here, not at the top: detecting the launcher and failing on bad input stays torch-free
     import torch.distributed as dist
 
@@ -128,6 +146,8 @@ def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: fl
         # sees the collective end (allocator thrash); from 2.8 it stashes them always and warns if this is set.
         if torch.__version__ < "2.8":
             os.environ.setdefault("TORCH_NCCL_AVOID_RECORD_STREAMS", "1")
+        if flight_dir is not None:  # read when the NCCL process group is created, just below
+            nccl_flight_recorder_defaults(flight_dir)
     else:
         device = torch.device("cpu")
         if "OMP_NUM_THREADS" not in os.environ:  # an explicit user setting wins
@@ -164,3 +184,15 @@ def shutdown(all_ranks_done: bool = False) -> None:
         if all_ranks_done and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def leave(code: int) -> NoReturn:
+    """End this process with `code` now that shutdown() is done, skipping the interpreter's
+    finalization. After an error the exception's frames keep the trainer and its gloo groups
+    (and on rank 0 the store's server) alive past destroy_process_group; finalization then
+    destroys them in no set order while the peer closes its connections, and rank 0 was seen
+    to abort there ("terminate called without an active exception": a C++ thread destroyed
+    unjoined, with no Python frame left), exiting -6 instead of `code`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

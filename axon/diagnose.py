@@ -131,14 +131,19 @@ def all_waiting(records: dict[int, dict], world: int) -> list[str]:
 
 
 def nccl_dumps(out_dir: Path, env=os.environ) -> list[str]:
-    """PyTorch's NCCL flight-recorder dumps: ours beside the flight records, and those NCCL's
-    watchdog writes on a timeout to $TORCH_NCCL_DEBUG_INFO_TEMP_FILE<rank> (default /tmp/nccl_trace_rank_)."""
-    prefix = env.get("TORCH_NCCL_DEBUG_INFO_TEMP_FILE", "/tmp/nccl_trace_rank_")
-    found = sorted(glob.glob(str(out_dir / "flight" / "nccl_trace_rank_*.pkl"))) + sorted(glob.glob(prefix + "*"))
-    if not found:
-        return []
-    return [f"PyTorch NCCL flight-recorder dumps ({len(found)}): {found[0]}" + (" ..." if len(found) > 1 else "")
-            + "; read them with: python -m torch.distributed.flight_recorder.fr_trace -j <folder of the dumps>"]
+    """PyTorch's NCCL flight-recorder dumps, <prefix><rank>: OUT_DIR/flight/nccl_trace_rank_ (axon's
+    default for TORCH_NCCL_DEBUG_INFO_TEMP_FILE, and where axon's watchdog dumps them too), the
+    prefix $TORCH_NCCL_DEBUG_INFO_TEMP_FILE names here, and torch's default /tmp/nccl_trace_rank_."""
+    prefixes = [str(out_dir / "flight" / "nccl_trace_rank_"),
+                env.get("TORCH_NCCL_DEBUG_INFO_TEMP_FILE", ""), "/tmp/nccl_trace_rank_"]
+    lines = []
+    for prefix in dict.fromkeys(p for p in prefixes if p):
+        found = sorted(glob.glob(glob.escape(prefix) + "*"))
+        if found:
+            folder, name = os.path.split(prefix)
+            lines.append(f"PyTorch NCCL flight-recorder dumps: {len(found)} file(s) {prefix}*; read them with: "
+                         f"python -m torch.distributed.flight_recorder.fr_trace {folder} -p {name} --allow-incomplete-ranks")
+    return lines
 
 
 def diagnose(out_dir: Path, env=os.environ) -> list[str]:

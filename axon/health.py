@@ -67,7 +67,7 @@ class HealthMonitor:
         self.recorder, self.layout = None, None
         self.started = time.monotonic()
         self.stopped, self.ending = False, threading.Lock()
-        self.store = None
+        self.store, self.store_host = None, None
 
     # ------------------------------------------------------------ set-up (main thread)
     def start(self) -> "HealthMonitor":
@@ -91,17 +91,19 @@ class HealthMonitor:
     def stop(self) -> None:
         """Training ended on this rank as planned: peers must not count it lost when it exits."""
         self.stopped = True
+        if signal.getsignal(signal.SIGTERM) == self._on_sigterm:  # the thread that acted on it is done
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
             self.store.set(self.prefix + f"finished/{self.rank}", "1")
         except Exception:  # noqa: BLE001 (the store may already be gone at the very end)
             pass
 
-    def _connect(self):
+    def _connect(self, timeout_s: float | None = None):
         import torch.distributed as dist
 
         host, port = self.address
         return dist.TCPStore(host, port, is_master=False, wait_for_workers=False,
-                             timeout=timedelta(seconds=max(2.0, 2 * self.interval)))
+                             timeout=timedelta(seconds=timeout_s or max(2.0, 2 * self.interval)))
 
     def _beat(self) -> None:
         self.store.set(self.prefix + f"beat/{self.rank}", f"{time.time():.3f}")
@@ -125,15 +127,18 @@ class HealthMonitor:
                 failing_since = None
             except Exception:  # noqa: BLE001 (any store failure: connection reset, refused, timeout)
                 failing_since = failing_since or time.monotonic()
-                if time.monotonic() - failing_since > self.stale_after:
+                # Each rank judges the store by itself (no verdict to post and read): one beat less.
+                if time.monotonic() - failing_since > self.stale_after - self.interval:
                     self._end_lost([0], store_gone=True)
-                try:
-                    self.store = self._connect()
+                try:  # briefly: the connection attempt must not stretch the beat
+                    self.store = self._connect(self.interval / 2)
                 except Exception:  # noqa: BLE001
                     pass
                 continue
             if verdict is not None:
                 self._end_by_verdict(json.loads(verdict))
+            if self.store_host is None:  # kept: if rank 0 dies, its store goes with it
+                self.store_host = self._read("host/0")
             try:
                 if self._stale((self.rank + 1) % self.world):
                     self._declare_lost()
@@ -219,7 +224,7 @@ class HealthMonitor:
         if self.layout is not None:
             coords = self.layout.coords(rank)
             where = " (" + ", ".join(f"{axis} {coords[axis]}" for axis in ("data", "pipe", "depth", "row", "col")) + ")"
-        host = None
+        host = self.store_host if rank == 0 else None
         if not store_gone:
             try:
                 host = self._read(f"host/{rank}")
@@ -290,7 +295,7 @@ class HealthMonitor:
         dump = getattr(c10d, "_dump_fr_trace", None) or getattr(c10d, "_dump_nccl_trace", None)
         if dump is not None:
             try:
-                (folder / f"nccl_trace_rank_{self.rank}.pkl").write_bytes(dump())
+                (folder / f"nccl_trace_rank_{self.rank}").write_bytes(dump())  # NCCL's own name for it
             except Exception:  # noqa: BLE001 (recorder off or unavailable: ours is written anyway)
                 pass
 

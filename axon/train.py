@@ -230,9 +230,11 @@ class Trainer:
         makes every rank's step slow, but only its own busy time long), and the longest step.
         One world all-reduce of two numbers."""
         busy = metrics["step_time_s"] - metrics["exposed_comm_s"]
+        started = time.perf_counter()
         (busy_s, busy_rank), (step_s, step_rank) = world_max_with_rank([busy, metrics["step_time_s"]], self.device)
         return {"slowest_rank": busy_rank, "slowest_rank_busy_s": busy_s,
-                "slowest_step_time_s": step_s, "slowest_step_rank": step_rank}
+                "slowest_step_time_s": step_s, "slowest_step_rank": step_rank,
+                "straggler_check_s": time.perf_counter() - started}  # what finding them cost, outside the step
 
     def fit(self, log: MetricsLog | None = None, stop_signal=None) -> list[dict]:
         """Train to train.steps, checkpointing as configured. With a `stop_signal`, a

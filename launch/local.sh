@@ -8,4 +8,6 @@ cd "$AXON_ROOT"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / 4 > 0 ? $(nproc) / 4 : 1 ))}
 # The default corpus is generated (5 MB of invented-world English, byte tokens), not downloaded.
 [ -f runs/data/corpus.tok ] || "$AXON_VENV/bin/python" -m axon data prepare --default-corpus --out runs/data/corpus.tok
+# A rank that dies: torchrun stops the others at once and each names it (axon's heartbeat, within
+# train.peer_timeout_s); a hang ends after train.collective_timeout_s, see `python -m axon diagnose`.
 exec "$AXON_VENV/bin/torchrun" --nproc-per-node 4 -m axon train axon/configs/local.yaml "$@"

@@ -74,8 +74,8 @@ def test_all_waiting_in_one_collective_is_a_stuck_peer_and_missing_ranks_stopped
         "ranks 0,1,2 wait in the same collective #0 of step 7, all_gather on axis depth (group of ranks 0,2, "
         "4096 B), for up to 11.0 s: a stuck peer or a network fault",
         "  rank 3 stopped reporting (no flight record)",
-        f"PyTorch NCCL flight-recorder dumps (1): {nccl / 'trace_rank_0'}; read them with: "
-        "python -m torch.distributed.flight_recorder.fr_trace -j <folder of the dumps>"]
+        f"PyTorch NCCL flight-recorder dumps: 1 file(s) {nccl / 'trace_rank_'}*; read them with: "
+        f"python -m torch.distributed.flight_recorder.fr_trace {nccl} -p trace_rank_ --allow-incomplete-ranks"]
 
 
 def test_the_ring_is_bounded_and_compared_only_where_every_rank_still_holds_it(tmp_path):

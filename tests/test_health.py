@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +27,6 @@ from test_launchers import _clean_env, _free_port
 REPO = Path(__file__).resolve().parents[1]
 PEER_TIMEOUT = 6
 COLLECTIVE_TIMEOUT = 8
-LOST = 2  # the rank that dies
 CONFIG = {"model": {"preset": "tiny", "seq_len": 16}, "layout": {"depth": 2, "col": 2},
           "train": {"steps": 100_000, "global_batch": 8, "lr": 1e-3, "seed": 3, "schedule": "constant",
                     "peak_tflops": 1.0, "checkpoint_every": 3, "peer_timeout_s": PEER_TIMEOUT,
@@ -94,14 +94,18 @@ def losses(folder: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())}
 
 
-LOST_SENTENCE = re.compile(r"axon: rank (\d): lost rank 2 \(data 0, pipe 0, depth 1, row 0, col 0\) on host \S+ "
-                           r"(during|after) step (\d+); the newest loadable checkpoint is (\S+) ")
+def lost_sentence(lost: int) -> re.Pattern:
+    coords = f"data 0, pipe 0, depth {lost // 2}, row 0, col {lost % 2}"
+    store = r", which hosted the job's store at \S+" if lost == 0 else ""
+    return re.compile(rf"axon: rank (\d): lost rank {lost} \({coords}\) on host {socket.gethostname()}{store} "
+                      r"(during|after) step (\d+); the newest loadable checkpoint is (\S+) ")
 
 
-def check_survivors(outputs: list[str], survivors: list[int]) -> tuple[set[int], Path]:
+def check_survivors(outputs: list[str], lost: int) -> tuple[set[int], Path]:
     said = {}
+    survivors = [r for r in range(4) if r != lost]
     for out in outputs:
-        for match in LOST_SENTENCE.finditer(out):
+        for match in lost_sentence(lost).finditer(out):
             said[int(match.group(1))] = (int(match.group(3)), Path(match.group(4)))
     assert sorted(said) == survivors, outputs
     assert len({ckpt for _, ckpt in said.values()}) == 1, said
@@ -109,40 +113,49 @@ def check_survivors(outputs: list[str], survivors: list[int]) -> tuple[set[int],
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("launcher,when", [("env", "step"), ("torchrun", "save"), ("env", "save"), ("torchrun", "step")])
-def test_a_killed_rank_stops_every_survivor_naming_it(tmp_path, launcher, when):
+@pytest.mark.parametrize("launcher,when,lost", [("env", "step", 2), ("torchrun", "save", 2), ("env", "save", 2),
+                                                ("torchrun", "step", 2), ("env", "step", 0)])
+def test_a_killed_rank_stops_every_survivor_naming_it(tmp_path, launcher, when, lost):
+    """Rank 0 hosts the store outside torchrun: the others name it from the store's silence."""
     run = tmp_path / "run"
     config = write_config(run)
-    fault = f"die:rank={LOST}:step=6:at=save" if when == "save" else ""
+    fault = f"die:rank={lost}:step=6:at=save" if when == "save" else ""
     procs = start(config, launcher, fault)
     if when == "step":
         deadline = time.time() + 120
         while steps_logged(run) < 5:
             assert time.time() < deadline and all(p.poll() is None for p in procs), "the run did not start"
             time.sleep(0.02)
-        pid = procs[LOST].pid if launcher == "env" else worker_pid(procs[0], LOST)
+        pid = procs[lost].pid if launcher == "env" else worker_pid(procs[0], lost)
         killed_at = time.time()
         os.kill(pid, signal.SIGKILL)
     codes, outputs, ended = wait_all(procs)
     if when == "save":
-        killed_at = float(re.search(r"rank 2 kills itself before saving the checkpoint after step 6 at t=(\S+)",
+        killed_at = float(re.search(rf"rank {lost} kills itself before saving the checkpoint after step 6 at t=(\S+)",
                                     "".join(outputs)).group(1))
-    survivors = [0, 1, 3]
-    steps, named = check_survivors(outputs, survivors)
+    survivors = [r for r in range(4) if r != lost]
+    steps, named = check_survivors(outputs, lost)
     latest = find_latest(run / "checkpoints")
     assert named == latest
     if launcher == "env":
-        assert codes[LOST] == -signal.SIGKILL
+        assert codes[lost] == -signal.SIGKILL
         assert all(codes[r] == 3 for r in survivors), (codes, outputs)
         stop = max(ended[r] for r in survivors) - killed_at
     else:
         assert codes[0] != 0
         stop = ended[0] - killed_at
-    print(f"{launcher}, killed {when}: survivors stopped {stop:.2f} s after the kill (steps {steps})")
+    print(f"{launcher}, rank {lost} killed {when}: survivors stopped {stop:.2f} s after the kill (steps {steps})")
     assert stop < PEER_TIMEOUT, stop
     if when == "save":  # the step-6 checkpoint never completed: step 3's is the newest loadable
         assert CheckpointReader(latest).step == 3 and (run / "checkpoints" / "step_00000006.partial").is_dir()
     if (launcher, when) == ("env", "save"):  # resume from it: the logged losses of steps 4-6 again, bitwise
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for row in rows:  # train.straggler_every=2: the slowest rank's numbers on even steps, at least rank 0's own
+            assert ("slowest_rank" in row) == (row["step"] % 2 == 0)
+            if "slowest_rank" in row:
+                assert 0 <= row["slowest_rank"] < 4 and 0 <= row["slowest_step_rank"] < 4
+                assert row["slowest_step_time_s"] >= round(row["step_time_s"], 6) - 1e-6
+                assert row["slowest_rank_busy_s"] >= round(row["step_time_s"] - row["exposed_comm_s"], 6) - 1e-6
         before = losses(run)
         codes, outputs, _ = wait_all(start(config, "env", "", "--set", "train.resume=latest", "--set", "train.steps=6"))
         assert codes == [0, 0, 0, 0], outputs

@@ -57,3 +57,29 @@ def test_grid_groups_keep_the_world_timeout():
     """torch gives a new group its backend's default (30 min on gloo), not the world's timeout."""
     for timeouts in run_distributed(4, group_timeouts):
         assert timeouts == dict.fromkeys(("data", "depth", "data+depth"), COLLECTIVE_TIMEOUT)
+
+
+def test_nccl_flight_recorder_defaults_point_the_dump_at_the_flight_folder(tmp_path):
+    from axon.bootstrap import nccl_flight_recorder_defaults, process_group_timeout_s
+
+    env = {}
+    nccl_flight_recorder_defaults(tmp_path / "flight", env)
+    assert env == {"TORCH_NCCL_TRACE_BUFFER_SIZE": "2000", "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+                   "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+                   "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": str(tmp_path / "flight" / "nccl_trace_rank_")}
+    assert (tmp_path / "flight").is_dir()
+    mine = {"TORCH_FR_BUFFER_SIZE": "50", "TORCH_NCCL_DUMP_ON_TIMEOUT": "0", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": "/x/t_"}
+    nccl_flight_recorder_defaults(tmp_path / "other", mine)  # what the user set wins
+    assert mine == {"TORCH_FR_BUFFER_SIZE": "50", "TORCH_NCCL_DUMP_ON_TIMEOUT": "0",
+                    "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": "/x/t_", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+    # the process group's own timeout backs axon's watchdog up: later by 30 s, or 10% of long ones
+    assert [process_group_timeout_s(t) for t in (8, 600, 1200)] == [38, 660, 1320]
+
+
+def test_peer_timeout_and_straggler_keys():
+    train = build_config({}).train
+    assert (train.peer_timeout_s, train.straggler_every) == (30.0, 50)
+    for bad in ({"peer_timeout_s": 0.5}, {"straggler_every": -1}):
+        with pytest.raises(ConfigError, match="train.peer_timeout_s must be a number of seconds >= 1 and "
+                                              "train.straggler_every >= 0, got"):
+            build_config({"train": bad})

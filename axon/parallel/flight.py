@@ -136,7 +136,8 @@ class FlightRecorder:
 
     def _settle(self, entries) -> None:
         for e in entries:
-            if e.state == "enqueued" and e.event is not None and e.event.query():  # cudaEventQuery: enqueues nothing
+            # cudaEventQuery enqueues nothing and takes no NCCL lock; torch guards the event's own device.
+            if e.state == "enqueued" and e.event is not None and e.event.query():
                 e.state, e.finished, e.event = "done", time.monotonic(), None
 
     def stuck(self, timeout_s: float) -> str | None:
