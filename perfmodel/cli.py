@@ -97,8 +97,9 @@ def parse_layout(text: str) -> Layout:
         if key == "order":
             order = tuple(value.split("/")) if "/" in value else tuple(value)
             continue
-        if not sep or key not in AXES or not value.isdigit():
-            raise UsageError(f"--layout part {part!r} must be AXIS=N with AXIS one of {', '.join(AXES)}")
+        if not sep or key not in AXES + ("virtual_stages",) or not value.isdigit():
+            raise UsageError(f"--layout part {part!r} must be AXIS=N with AXIS one of {', '.join(AXES)} "
+                             f"(or virtual_stages=N, interleaved 1F1B)")
         sizes[key] = int(value)
     if order != DEFAULT_ORDER and sorted(order) != sorted(AXES):
         raise UsageError("--layout order=... names the five axes outermost first, separated by '/', "

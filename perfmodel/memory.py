@@ -45,12 +45,14 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
     # Saved for backward per token of one layer: two norms; the rotated q and k and v, the
     # attention output and its log-sum-exp (fused attention); SwiGLU's two inputs, gate and product.
     per_layer = 2 * norm + (qkv_r + shape.hidden / r + 4 * f_r) * eb + shape.heads / r * 4
-    if setup.recompute == "block":  # keep block inputs; one block's activations rebuilt at a time
-        activations = tokens * (stage_layers * h_c * eb + per_layer)
+    # Each micro-batch in flight keeps what its backward needs; under recompute that is its block
+    # inputs, and one block's activations are rebuilt at a time (for one micro-batch: once).
+    if setup.recompute == "block":
+        held, rebuilt = tokens * stage_layers * h_c * eb, tokens * per_layer
     else:
-        activations = tokens * stage_layers * per_layer
+        held, rebuilt = tokens * stage_layers * per_layer, 0.0
     if last:  # the final norm, the fp32 logits slice and the saved softmax
-        activations += tokens * (norm + (shape.vocab / r) * 4 * 2)
+        held += tokens * (norm + (shape.vocab / r) * 4 * 2)
     in_flight = min(layout.pipe, _micro_batches(setup, layout)) if layout.pipe > 1 and first else 1
     if stage is not None and layout.pipe > 1:
         in_flight = min(layout.pipe - stage, _micro_batches(setup, layout))
@@ -62,7 +64,7 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
         "optimizer": local * 8 / GIB,
         "gathered_weights": gathered / GIB,
         "gradient_blocks": blocks_in_flight / GIB,
-        "activations": activations * in_flight / GIB,
+        "activations": (held * in_flight + rebuilt) / GIB,
     }
 
 
