@@ -217,7 +217,7 @@ class HealthMonitor:
     def _end_lost(self, lost: list[int], store_gone: bool = False) -> None:
         names = " and ".join(self.describe_rank(r, store_gone) for r in lost)
         self._end(f"lost {'rank' if len(lost) == 1 else 'ranks'} {names}", EXIT_PEER_LOST, flight=True,
-                  survivors=self.world - len(lost))
+                  survivors=0 if store_gone else self.world - len(lost))  # no store: nothing to linger for
 
     def describe_rank(self, rank: int, store_gone: bool = False) -> str:
         where = ""
@@ -257,6 +257,8 @@ class HealthMonitor:
     def _linger(self, survivors: int) -> None:
         """The store lives in this process (rank 0 outside torchrun): keep it up until the
         others have read the verdict, or a few beats."""
+        if survivors == 0:
+            return
         try:
             self.store.add(self.prefix + "ended", 1)
             deadline = time.monotonic() + 3 * self.interval + 2
