@@ -73,32 +73,33 @@ def _storage_bytes(tensors) -> int:
 
 def one_micro_batch(config):
     """The config as the dry run steps it: one micro-batch of the real size per data x depth
-    shard; the stage split written out (it depends on the model, not the batch); no GEMM
-    timing (local: changes no collective or size); no weights to load; one traced step."""
+    shard (the stage split depends on the model, not the batch); no GEMM timing (local:
+    changes no collective or size); no weights to load; one traced step."""
     from axon.config import micro_batch_plan
-    from axon.model.stages import stage_layers
 
     lay = config.layout
     micro, _ = micro_batch_plan(config)
-    counts = tuple(len(r) for r in stage_layers(config.model, lay.pipe, config.train.stage_layers))
     train = dataclasses.replace(config.train, gemm_tuning=False, trace_steps=1, resume="", micro_batch=micro,
-                                global_batch=micro * lay.data * lay.depth, stage_layers=counts)
+                                global_batch=micro * lay.data * lay.depth)
     return dataclasses.replace(config, train=train, init_from="")
 
 
-def in_flight(stage: int, stages: int, micro_batches: int) -> int:
+def in_flight(stage: int, stages: int, micro_batches: int, chunks: int = 1) -> float:
     """The most micro-batches whose activations this stage holds at once under the engine's
-    schedule (forwards run and not yet run backward)."""
+    schedule (forwards run and not yet run backward); interleaved, in whole stages (each of
+    the `chunks` forwards holds 1/chunks of one)."""
     from perfmodel.pipeline import one_f_one_b_with_transfers
 
     if stages == 1:
         return 1  # the trainer runs each micro-batch's backward right after its forward
+    schedule = (one_f_one_b_with_transfers(stage, stages, micro_batches, chunks) if chunks > 1
+                else one_f_one_b_with_transfers(stage, stages, micro_batches))
     held = most = 0
-    for action in one_f_one_b_with_transfers(stage, stages, micro_batches):
+    for action in schedule:
         if action[0] in ("F", "B"):
             held += 1 if action[0] == "F" else -1
             most = max(most, held)
-    return most
+    return most / chunks
 
 
 def full_step(events, finish_at: float, micro_batches: int) -> Counter:
@@ -154,19 +155,19 @@ def run_rank(config, rank: int) -> dict:
                     del trainer.buckets.finish
             peaks = meter.peaks()
             stage, stages = grid.coord("pipe"), grid.size("pipe")
-            flight = in_flight(stage, stages, micro_batches)
+            flight = in_flight(stage, stages, micro_batches, getattr(config.layout, "virtual_stages", 1))
             memory = {
                 "parameters": _storage_bytes(params),
                 "gradients": _storage_bytes([p.grad for p in params]),
                 "optimizer": _storage_bytes(optimizer),
                 "gathered_weights": peaks["gathered_weights"],
                 # the other micro-batches in flight hold what one holds when its backward begins
-                "activations": peaks["activations"] + (flight - 1) * peaks["held_for_backward"],
+                "activations": round(peaks["activations"] + (flight - 1) * peaks["held_for_backward"]),
                 "gradient_blocks": peaks["gradient_blocks"],
             }
             memory["total"] = sum(memory.values())
             return {"rank": rank, "coords": dict(grid.coords), "stage": stage,
-                    "blocks": len(trainer.model.layer_ids), "first": trainer.model.first_stage,
+                    "blocks": sum(1 for _ in trainer.model.layers), "first": trainer.model.first_stage,
                     "last": trainer.model.last_stage, "memory": memory, "micro_batches": micro_batches,
                     "in_flight": flight, "activations_one_micro_batch": peaks["activations"],
                     "held_for_backward": peaks["held_for_backward"],
