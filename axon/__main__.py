@@ -229,4 +229,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())  # a subcommand's return value is its exit status
