@@ -71,7 +71,7 @@ def _storage_bytes(tensors) -> int:
     return sum(seen.values())
 
 
-def one_micro_batch(config):
+def one_micro_batch(config, run: int = 1):
     """The config as the dry run steps it: one micro-batch of the real size per data x depth
     shard (the stage split depends on the model, not the batch); no GEMM timing (local:
     changes no collective or size); no weights to load; one traced step."""
@@ -80,7 +80,7 @@ def one_micro_batch(config):
     lay = config.layout
     micro, _ = micro_batch_plan(config)
     train = dataclasses.replace(config.train, gemm_tuning=False, trace_steps=1, resume="", micro_batch=micro,
-                                global_batch=micro * lay.data * lay.depth)
+                                global_batch=run * micro * lay.data * lay.depth)
     return dataclasses.replace(config, train=train, init_from="")
 
 
@@ -102,7 +102,7 @@ def in_flight(stage: int, stages: int, micro_batches: int, chunks: int = 1) -> f
     return most / chunks
 
 
-def full_step(events, finish_at: float, micro_batches: int) -> Counter:
+def full_step(events, finish_at: float, micro_batches: int, run: int = 1) -> Counter:
     """(op, axis, bytes) -> count of a step of `micro_batches` from a traced one-micro-batch
     step: what was issued before the gradient buckets finished, bar the buckets, once per
     micro-batch."""
@@ -111,7 +111,7 @@ def full_step(events, finish_at: float, micro_batches: int) -> Counter:
         if e.op == "recv":
             continue  # each hand-off between stages is counted once, at its sender (as perfmodel prices it)
         per_micro_batch = e.issued < finish_at and e.axis not in STEP_AXES
-        counts[(e.op, e.axis, e.bytes)] += micro_batches if per_micro_batch else 1
+        counts[(e.op, e.axis, e.bytes)] += micro_batches // run if per_micro_batch else 1
     return counts
 
 
@@ -123,7 +123,11 @@ def run_rank(config, rank: int) -> dict:
     from axon.train import Trainer
 
     _, micro_batches = micro_batch_plan(config)
-    config = one_micro_batch(config)
+    chunks = getattr(config.layout, "virtual_stages", 1)
+    # Interleaved 1F1B needs a multiple of `pipe` micro-batches: run `pipe`, whose schedule
+    # already holds its peak in flight; otherwise one, and the schedule says how many more.
+    run = config.layout.pipe if chunks > 1 else 1
+    config = one_micro_batch(config, run)
     world = config.layout.world_size
     with fake_world(rank, world):
         grid = Grid(config.layout, rank)
@@ -155,7 +159,7 @@ def run_rank(config, rank: int) -> dict:
                     del trainer.buckets.finish
             peaks = meter.peaks()
             stage, stages = grid.coord("pipe"), grid.size("pipe")
-            flight = in_flight(stage, stages, micro_batches, getattr(config.layout, "virtual_stages", 1))
+            flight = in_flight(stage, stages, micro_batches, chunks) if run == 1 else 1
             memory = {
                 "parameters": _storage_bytes(params),
                 "gradients": _storage_bytes([p.grad for p in params]),
@@ -171,7 +175,7 @@ def run_rank(config, rank: int) -> dict:
                     "last": trainer.model.last_stage, "memory": memory, "micro_batches": micro_batches,
                     "in_flight": flight, "activations_one_micro_batch": peaks["activations"],
                     "held_for_backward": peaks["held_for_backward"],
-                    "collectives": full_step(trainer.traced_events, mark["at"], micro_batches),
+                    "collectives": full_step(trainer.traced_events, mark["at"], micro_batches, run),
                     "all_meta": all(p.is_meta for p in params)}
         finally:
             grid.destroy()
