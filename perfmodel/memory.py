@@ -3,15 +3,18 @@
 fp32 master weights, fp32 gradients and AdamW's two fp32 moments for the local shards;
 the gathered weight blocks in flight (the one in use plus `prefetch_distance` ahead); the
 activations backward needs, for the recompute choice, times the micro-batches a pipeline
-stage keeps in flight (1F1B: up to `pipe` of them on the first stage). Attention is assumed
-fused (no [seq, seq] score matrix kept), as on GPUs.
+stage keeps in flight (1F1B: up to `pipe` of them on the first stage; interleaved, the peak
+of its order's chunks in flight, each 1/v of the stage: 1 + (p - 1) / (p v) times more at
+large m, as Megatron-LM states). Attention is assumed fused (no [seq, seq] score matrix
+kept), as on GPUs.
 """
 
 from __future__ import annotations
 
 from perfmodel.layout import Layout
 from perfmodel.models import ModelShape
-from perfmodel.stages import balanced_counts
+from perfmodel.pipeline import in_flight_peak
+from perfmodel.stages import stage_block_counts
 from perfmodel.training import TrainingSetup
 from perfmodel.workload import DTYPE_BYTES, block_matrices, local_dims, padded, stage_parameters
 
@@ -53,6 +56,8 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
     in_flight = min(layout.pipe, _micro_batches(setup, layout)) if layout.pipe > 1 and first else 1
     if stage is not None and layout.pipe > 1:
         in_flight = min(layout.pipe - stage, _micro_batches(setup, layout))
+    if layout.virtual_stages > 1 and (first or stage is not None):
+        in_flight = in_flight_peak(stage or 0, layout.pipe, _micro_batches(setup, layout), layout.virtual_stages)
     return {
         "weights": local * 4 / GIB,
         "gradients": local * 4 / GIB,
@@ -109,7 +114,8 @@ def gradient_block_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup
 def stage_memories(shape: ModelShape, layout: Layout, setup: TrainingSetup) -> dict[tuple, dict[str, float]]:
     """Memory by component for each distinct stage (blocks, first, last) of the parameter-balanced split."""
     micro, _ = setup.micro_batches(layout.data * layout.depth, layout.pipe)
-    stages = [(blocks, s == 0, s == layout.pipe - 1) for s, blocks in enumerate(balanced_counts(shape, layout.pipe))]
+    counts = stage_block_counts(shape, layout.pipe, layout.virtual_stages)
+    stages = [(blocks, s == 0, s == layout.pipe - 1) for s, blocks in enumerate(counts)]
     return {stage: memory_per_device(shape, layout, setup, micro, *stage) for stage in dict.fromkeys(stages)}
 
 
