@@ -251,8 +251,11 @@ def _expose(out: dict, pools: dict, compute: dict, hidden_by_dx: float, eff: flo
     return out
 
 
-def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup) -> Prediction:
-    """Predict one optimizer step. The layout must already pass `search.layout_problem`."""
+def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup,
+            replay_pipeline: bool = True) -> Prediction:
+    """Predict one optimizer step. The layout must already pass `search.layout_problem`.
+    `replay_pipeline=False` leaves the pipeline bubble out (it is never negative), which makes
+    the step a cheap lower bound for the planner: replaying an interleaved order is the costly part."""
     shards = layout.data * layout.depth
     micro, count = setup.micro_batches(shards, layout.pipe)
     clock = GemmClock(machine, setup.dtype)
@@ -293,7 +296,8 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
             forward_s[c * p + s], backward_s[c * p + s] = slot * share, slot * (1 - share)
     slowest = max(priced.values(), key=lambda entry: entry["slot"])
     breakdown = {k: slowest["per_mb"][k] * (count - 1) + slowest["last_mb"][k] for k in COMPONENTS}
-    breakdown["pipeline_bubble"] = max(0.0, step_seconds(forward_s, backward_s, count, p) - count * slowest["slot"])
+    if replay_pipeline:
+        breakdown["pipeline_bubble"] = max(0.0, step_seconds(forward_s, backward_s, count, p) - count * slowest["slot"])
     # Stages step their optimizers at once; the one with the most parameters finishes last.
     local = max(entry["local_params"] for entry in priced.values())
     breakdown["optimizer"] += memory_seconds(machine, "optimizer", local * OPTIMIZER_BYTES_PER_PARAM) \

@@ -89,8 +89,10 @@ def search(shape: ModelShape, gpus: int, machine: Machine, setup: TrainingSetup,
         return PlanResult(ranked[:top], ruled_out, len(layouts), sum(p.fits for p in ranked), pricer.calls)
     fit = {layout: fits_in_memory(shape, layout, machine, setup) for layout in layouts}
     ranked = _best_first([lay for lay in layouts if fit[lay]], top, pricer)
-    if len(ranked) < top:  # too few fit: the rest of the table is the fastest that do not
-        ranked += sorted((pricer.predict(lay) for lay in layouts if not fit[lay]), key=_rank_key)
+    if len(ranked) < top:  # too few fit: the rest of the table is the fastest that do not, uninterleaved
+        # (interleaving only adds activations, so an interleaved layout never fits where its plain one does not)
+        ranked += sorted((pricer.predict(lay) for lay in layouts if not fit[lay] and lay.virtual_stages == 1),
+                         key=_rank_key)
     ranked.sort(key=_rank_key)
     return PlanResult(ranked[:top], ruled_out, len(layouts), sum(fit.values()), pricer.calls)
 
@@ -123,20 +125,22 @@ class _Pricer:
         self.floor_machine = link_floor(machine)
         self.calls = 0
 
-    def predict(self, layout: Layout, machine: Machine | None = None) -> Prediction:
+    def predict(self, layout: Layout, machine: Machine | None = None, replay_pipeline: bool = True) -> Prediction:
         self.calls += 1
-        return predict(self.shape, layout, machine or self.machine, self.setup)
+        return predict(self.shape, layout, machine or self.machine, self.setup, replay_pipeline)
 
     def lower_bound(self, layout: Layout) -> float:
-        """No order of `layout` predicts a shorter step (a prediction never drops as a link slows)."""
-        return self.predict(layout, self.floor_machine).step_time_s
+        """No order of `layout` predicts a shorter step (a prediction never drops as a link slows).
+        Interleaved layouts are bounded without their bubble: replaying their order costs more
+        than the rest of a prediction, and the bubble is what interleaving keeps small."""
+        return self.predict(layout, self.floor_machine, replay_pipeline=layout.virtual_stages == 1).step_time_s
 
-    def best(self, layout: Layout) -> Prediction:
+    def best(self, layout: Layout, cutoff: float = float("inf")) -> Prediction:
         """The layout at its fastest order; the default order wins ties. A layout that does not
-        fit keeps the default order: no order changes its memory."""
-        best = self.predict(layout)
-        if not best.fits:
-            return best
+        fit keeps the default order: no order changes its memory. An interleaved layout whose
+        orders all take at least `cutoff` even without their bubble comes back unreplayed: its
+        time is then a lower bound, and no better than `cutoff`."""
+        orders = [layout]
         placements_seen = set() if self.exhaustive else {self._placements(layout)}
         for order in candidate_orders(layout)[1:]:
             ordered = dataclasses.replace(layout, order=order)
@@ -145,9 +149,32 @@ class _Pricer:
                 if placements in placements_seen:
                     continue  # every group sits as in an order already priced: the same prediction
                 placements_seen.add(placements)
-            prediction = self.predict(ordered)
-            if prediction.step_time_s < best.step_time_s * (1 - 1e-9):
-                best = prediction
+            orders.append(ordered)
+        if layout.virtual_stages == 1:
+            best = self.predict(layout)
+            if not best.fits:
+                return best
+            for ordered in orders[1:]:
+                prediction = self.predict(ordered)
+                if prediction.step_time_s < best.step_time_s * (1 - 1e-9):
+                    best = prediction
+            return best
+        # Interleaved: replaying the order is the costly part, so bound every order without its
+        # bubble first and replay from the most promising, while a bound can still win.
+        bounds = [(self.predict(ordered, replay_pipeline=False), index) for index, ordered in enumerate(orders)]
+        if not bounds[0][0].fits:
+            return self.predict(layout)
+        best, best_index = None, -1
+        for bound, index in sorted(bounds, key=lambda entry: (entry[0].step_time_s, entry[1])):
+            limit = cutoff if best is None else min(cutoff, best.step_time_s * (1 - 1e-9))
+            if bound.step_time_s >= limit and (best is None or index > best_index):
+                if best is None:
+                    return bound
+                continue
+            prediction = self.predict(orders[index])
+            if best is None or prediction.step_time_s < best.step_time_s * (1 - 1e-9) or \
+                    (prediction.step_time_s <= best.step_time_s * (1 + 1e-9) and index < best_index):
+                best, best_index = prediction, index
         return best
 
     def _placements(self, layout: Layout) -> tuple:
@@ -162,7 +189,7 @@ def _best_first(layouts: list[Layout], count: int, pricer: _Pricer) -> list[Pred
     for bound, index in bounds:
         if len(kept) == count and bound >= -kept[0][0]:
             break
-        prediction = pricer.best(layouts[index])
+        prediction = pricer.best(layouts[index], -kept[0][0] if len(kept) == count else float("inf"))
         entry = (-prediction.step_time_s, -index, prediction)
         if len(kept) < count:
             heapq.heappush(kept, entry)
