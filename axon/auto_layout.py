@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from axon.config import ConfigError, RunConfig
+from axon.config import ConfigError, RunConfig, check_layout
 from perfmodel.layout import AXES, factorizations, sizes_text
 from perfmodel.machine import ProfileError, load_machine, machine_from_dict
 from perfmodel.predict import Prediction
@@ -71,6 +71,19 @@ def choose(config: RunConfig, world_size: int, machine) -> tuple[RunConfig, Layo
     best = fitting[0]
     return (dataclasses.replace(config, layout=best.layout),
             LayoutChoice(best, fitting[1:4], machine.name))
+
+
+def choose_from_named_profile(config: RunConfig, world_size: int, where: str) -> tuple[RunConfig, LayoutChoice | None]:
+    """For commands that cannot calibrate (a dry run, a memorization sweep): `layout: auto`
+    planned with the config's named profile, then the layout checked against the world."""
+    choice = None
+    if config.layout_auto:
+        machine = profile_before_start(config)
+        if machine is None:
+            raise ConfigError(f"layout: auto needs layout_machine (a profile name such as frontier, or a YAML) {where}")
+        config, choice = choose(config, world_size, machine)
+    check_layout(config, world_size)
+    return config, choice
 
 
 def calibrate_here(config: RunConfig, rank: int):

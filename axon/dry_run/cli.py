@@ -31,20 +31,12 @@ def resolve_config(path, overrides, world: int):
     """The config with its layout checked against `world` (layout: auto planned with its named
     profile); raises ConfigError with one sentence."""
     from axon import auto_layout
-    from axon.config import ConfigError, check_layout, load_config
+    from axon.config import ConfigError, load_config
 
     if world < 1:
         raise ConfigError(f"--world must be at least 1, got {world}")
-    config = load_config(path, overrides)
-    choice = None
-    if config.layout_auto:
-        machine = auto_layout.profile_before_start(config)
-        if machine is None:
-            raise ConfigError("layout: auto needs layout_machine (a profile name such as frontier, or a YAML) "
-                              "for a dry run: there is no allocation to calibrate on")
-        config, choice = auto_layout.choose(config, world, machine)
-    check_layout(config, world)
-    return config, choice
+    return auto_layout.choose_from_named_profile(load_config(path, overrides), world,
+                                                 "for a dry run: there is no allocation to calibrate on")
 
 
 def stage_plan(config) -> list[tuple[int, bool, bool]]:

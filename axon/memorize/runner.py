@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from axon.config import ConfigError, check_layout
+from axon.config import ConfigError
 from axon.memorize.documents import DocumentSets, build_documents
 from axon.memorize.experiment import Experiment, LossSpec, ModelEntry
 from axon.memorize.stream import FillerTokens, MemorizationStream
@@ -96,14 +96,8 @@ def plan_runs(exp: Experiment, world_size: int) -> tuple[DocumentSets, list[Plan
                                     shape.seq_len, probe.train.global_batch, s.epochs, s.repeats,
                                     s.filler_per_epoch, s.val_sequences, s.seed)
         for loss in exp.losses:
-            config, choice = exp.run_config(model, loss, stream.total_steps), None
-            if config.layout_auto:
-                machine = auto_layout.profile_before_start(config)
-                if machine is None:
-                    raise ConfigError("layout: auto in an experiment needs layout_machine (a profile name or "
-                                      "YAML); the sweep does not calibrate")
-                config, choice = auto_layout.choose(config, world_size, machine)
-            check_layout(config, world_size)
+            config, choice = auto_layout.choose_from_named_profile(
+                exp.run_config(model, loss, stream.total_steps), world_size, "in an experiment: the sweep does not calibrate")
             runs.append(PlannedRun(model, loss, config, stream, choice))
     _mark_acr(exp, runs)
     return docs, runs
