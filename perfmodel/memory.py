@@ -5,8 +5,9 @@ the gathered weight blocks in flight (the one in use plus `prefetch_distance` ah
 activations backward needs, for the recompute choice, times the micro-batches a pipeline
 stage keeps in flight (1F1B: up to `pipe` of them on the first stage; interleaved, the peak
 of its order's chunks in flight, each 1/v of the stage: 1 + (p - 1) / (p v) times more at
-large m, as Megatron-LM states). Attention is assumed fused (no [seq, seq] score matrix
-kept), as on GPUs.
+large m, as Megatron-LM states), plus what one backward (or the loss) holds for a moment.
+Attention is assumed fused (no [seq, seq] score matrix kept), as on GPUs. `axon dry-run`
+measures the same components from the engine on meta tensors.
 """
 
 from __future__ import annotations
@@ -37,22 +38,38 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
     gathered = gathered_weight_bytes(shape, layout, setup, first, last)
     blocks_in_flight = gradient_block_bytes(shape, layout, setup, last)
 
-    h_c, f_r = shape.hidden / c, shape.ffn / r
+    h_c, f_r, v_r = shape.hidden / c, shape.ffn / r, shape.vocab / r
     qkv_r = (shape.hidden + 2 * shape.kv_heads * shape.head_dim) / r
     # RMSNorm works in fp32: it keeps its fp32 input (in an fp32 run, the block input or the
-    # residual itself), x / rms (for the gain's gradient) and its output in the compute dtype.
-    norm = (8 + eb) * h_c
+    # residual itself), x / rms (for the gain's gradient), its output in the compute dtype
+    # and the 1 / rms of each token.
+    norm = (8 + eb) * h_c + 4
     # Saved for backward per token of one layer: two norms; the rotated q and k and v, the
     # attention output and its log-sum-exp (fused attention); SwiGLU's two inputs, gate and product.
     per_layer = 2 * norm + (qkv_r + shape.hidden / r + 4 * f_r) * eb + shape.heads / r * 4
+    # What crosses a chunk boundary stays until that micro-batch's backward: each chunk's
+    # output (the root its backward starts from) and, except in an fp32 run whose first norm
+    # keeps the received tensor itself, its input. Under recompute the input is the first
+    # block's saved input already.
+    chunks = layout.virtual_stages
+    outputs = chunks - (1 if last else 0)
+    inputs = chunks - (1 if first else 0) if setup.recompute != "block" and eb != 4 else 0
+    boundary = (outputs + inputs) * h_c * eb
     # Each micro-batch in flight keeps what its backward needs; under recompute that is its block
     # inputs, and one block's activations are rebuilt at a time (for one micro-batch: once).
     if setup.recompute == "block":
-        held, rebuilt = tokens * stage_layers * h_c * eb, tokens * per_layer
+        held, rebuilt = tokens * (stage_layers * h_c * eb + boundary), tokens * per_layer
     else:
-        held, rebuilt = tokens * stage_layers * per_layer, 0.0
-    if last:  # the final norm, the fp32 logits slice and the saved softmax
-        held += tokens * (norm + (shape.vocab / r) * 4 * 2)
+        held, rebuilt = tokens * (stage_layers * per_layer + boundary), 0.0
+    # One backward at a time also holds the gradient received from the next stage and the
+    # fp32 gradient of a norm's input.
+    working = tokens * ((h_c * eb if not last else 0) + h_c * 4)
+    transient = rebuilt + working
+    if last:
+        # The final norm and the softmax are kept; the loss's forward also holds, for a moment,
+        # the logits slice, its fp32 copy (in a non-fp32 run) and the max-shifted logits.
+        held += tokens * (norm + v_r * 4)
+        transient = max(transient, tokens * v_r * (eb + 4 + (4 if eb != 4 else 0)))
     in_flight = min(layout.pipe, _micro_batches(setup, layout)) if layout.pipe > 1 and first else 1
     if stage is not None and layout.pipe > 1:
         in_flight = min(layout.pipe - stage, _micro_batches(setup, layout))
@@ -64,7 +81,7 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
         "optimizer": local * 8 / GIB,
         "gathered_weights": gathered / GIB,
         "gradient_blocks": blocks_in_flight / GIB,
-        "activations": (held * in_flight + rebuilt) / GIB,
+        "activations": (held * in_flight + transient) / GIB,
     }
 
 
@@ -73,18 +90,19 @@ def gathered_weight_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetu
     `prefetch_distance` after it in the order the step gathers them (a block forward, the LM
     head forward and backward, a block backward: enough to see every neighbourhood). Blocks
     come in the compute dtype (plus the cast shard a bf16 gather sends); the embedding table
-    in fp32 (its gather keeps the master dtype)."""
+    in fp32 (its gather keeps the master dtype; at depth 1 the table itself is used)."""
     eb, d = DTYPE_BYTES[setup.dtype], layout.depth
     if d == 1 and eb == 4:
         return 0.0  # the parameter itself is used: nothing is gathered or cast
     cast = eb if eb != 4 else 0  # the bf16 copy of the shard the gather sends (none at depth 1)
+    table = (shape.vocab // layout.row) * (shape.hidden // layout.col) * 4 if first and d > 1 else 0
 
     def block(in_f, out_f, orient):
         li, lo, _, _ = local_dims(layout, in_f, out_f, orient)
         return li * lo * eb + (cast * li * lo / d if d > 1 else 0)
 
     layer = [block(i, o, orient) for _, i, o, orient in block_matrices(shape, False)]
-    order = ([(shape.vocab // layout.row) * (shape.hidden // layout.col) * 4] if first else []) + layer + layer
+    order = [table] + layer + layer
     if last:
         head = block(shape.hidden, shape.vocab, "normal")
         order += [head, head]

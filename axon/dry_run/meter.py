@@ -55,6 +55,9 @@ class LiveBytes(TorchDispatchMode):
         self.scalars = 0  # .item() calls answered
         self.forward_end = None  # clock of the first op autograd's backward ran
         self.excluded: set[int] = set()  # storages that existed before: never counted
+        # Keys are StorageImpl addresses: holding the excluded storages keeps a freed one's
+        # address from being reused by a new storage, which would then go uncounted.
+        self._held: list[torch.UntypedStorage] = []
         self.weights: set[int] = set()  # the parameters' storages, among those
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -112,14 +115,18 @@ class LiveBytes(TorchDispatchMode):
         """Storages that existed before the measured stretch (parameters, gradient buckets,
         optimizer state): views of them made here are not new memory. A cast of a weight
         (`weights`) is a gathered weight."""
-        keys = {t.untyped_storage()._cdata for t in tree_leaves(tensors) if isinstance(t, torch.Tensor) and t.is_meta}
+        storages = [t.untyped_storage() for t in tree_leaves(tensors) if isinstance(t, torch.Tensor) and t.is_meta]
+        self._held += storages
+        keys = {storage._cdata for storage in storages}
         self.excluded |= keys
         if weights:
             self.weights |= keys
 
     def peaks(self) -> dict[str, int]:
         """Each kind's largest live total over the stretch, "together": the largest sum, and
-        "held_for_backward": activations live when backward began."""
+        "held_for_backward": activations live when backward began. A gradient received from
+        the next stage (kind "incoming_gradients") is an activation for the peak, but not one
+        the other micro-batches in flight hold: it arrives just before its own backward."""
         deltas: dict[int, Counter] = {}
         for serial, kind in enumerate(self.kind):
             deltas.setdefault(self.born[serial], Counter())[kind] += self.nbytes[serial]
@@ -132,6 +139,7 @@ class LiveBytes(TorchDispatchMode):
                 held = current["activations"]
             for kind, value in current.items():
                 peak[kind] = max(peak[kind], value)
+            peak["activations"] = max(peak["activations"], current["activations"] + current["incoming_gradients"])
             together = max(together, sum(current.values()))
         return {**{k: peak.get(k, 0) for k in ("activations", "gathered_weights", "gradient_blocks")},
                 "together": together, "held_for_backward": held}

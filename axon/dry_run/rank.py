@@ -32,6 +32,18 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     return out
 
 
+def _marking_incoming_gradients(transfer, meter: LiveBytes):
+    """The pipeline's `transfer`, telling `meter` which receive buffers hold a gradient from
+    the next stage (see `LiveBytes.peaks`)."""
+
+    def marked(transfers, tensors, new_buffer, device):
+        transfer(transfers, tensors, new_buffer, device)
+        incoming = [tensors[(t.tensor, t.micro, t.chunk)] for t in transfers if t.op == "recv" and t.tensor == "grad"]
+        meter.reclass(incoming, "incoming_gradients")
+
+    return marked
+
+
 @contextmanager
 def fake_world(rank: int, world: int):
     """torch's fake process group as rank `rank` of `world`, for meta and CPU tensors."""
@@ -151,12 +163,16 @@ def run_rank(config, rank: int) -> dict:
                     finish()
 
                 trainer.buckets.finish = finish_marked
+                if trainer.pipeline is not None:
+                    trainer.pipeline.transfer = _marking_incoming_gradients(trainer.pipeline.transfer, meter)
                 try:
                     with meter:
                         trainer.step(1)
                         meter.reclass([p.grad for p in params if p.grad is not None], "gradients")
                 finally:
                     del trainer.buckets.finish
+                    if trainer.pipeline is not None:
+                        del trainer.pipeline.transfer
             peaks = meter.peaks()
             stage, stages = grid.coord("pipe"), grid.size("pipe")
             flight = in_flight(stage, stages, micro_batches, chunks) if run == 1 else 1
