@@ -99,6 +99,17 @@ def padded(numel: int, depth: int) -> int:
     return -(-numel // depth) * depth
 
 
+def pipeline_sends(shape: ModelShape, layout: Layout, tokens: int, dtype: str, first: bool, last: bool,
+                   chunks: int = 1) -> list[Comm]:
+    """The point-to-point sends of one micro-batch through `chunks` chunks of the layers: each
+    sends its activations on, except the model's last chunk, and its input's gradient back,
+    except the model's first (`first`, `last`: whether these chunks include those)."""
+    nbytes = tokens * (shape.hidden // layout.col) * DTYPE_BYTES[dtype]
+    sends = [Comm("send", ("pipe",), nbytes, "p2p", "forward", chunks - last),
+             Comm("send", ("pipe",), nbytes, "p2p", "backward", chunks - first)]
+    return [send for send in sends if send.count]
+
+
 def micro_batch_work(shape: ModelShape, layout: Layout, micro: int, seq: int, dtype: str,
                      recompute: bool, stage_layers: int, first: bool, last: bool,
                      grad_reduce_dtype: str = "float32") -> MicroBatchWork:
@@ -146,11 +157,8 @@ def micro_batch_work(shape: ModelShape, layout: Layout, micro: int, seq: int, dt
     if last:  # vocab-parallel cross-entropy: max, then (sum of exp, target logit) in one
         work.comms += [Comm("all_reduce", ("row",), tokens * 4, "blocking", "forward"),
                        Comm("all_reduce", ("row",), 2 * tokens * 4, "blocking", "forward")]
-    if layout.pipe > 1:  # activations to the next stage, their gradients back
-        if not last:
-            work.comms.append(Comm("send", ("pipe",), tokens * (shape.hidden // c) * eb, "p2p", "forward"))
-        if not first:
-            work.comms.append(Comm("send", ("pipe",), tokens * (shape.hidden // c) * eb, "p2p", "backward"))
+    if layout.pipe > 1:
+        work.comms += pipeline_sends(shape, layout, tokens, dtype, first, last)
 
     # Memory-bound work on this rank's activations: two norms and two residual adds per block over
     # [tokens, hidden/col]; RoPE on q and k [tokens, (heads + kv heads)/row x head_dim]; SwiGLU on

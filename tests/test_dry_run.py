@@ -133,7 +133,7 @@ def empty_config(tmp_path):
 def test_json_output_and_no_real_weight(capsys, empty_config):
     """1B (5 GiB of fp32 weights on one rank) dry-runs without the process growing by a weight."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    main([empty_config, "--world", "4", "--json", "--set", "model=1B", "--set", "model.seq_len=128",
+    main([empty_config, "--world", "4", "--json", "--jobs", "1", "--set", "model=1B", "--set", "model.seq_len=128",
           "--set", "model.layers=4", "--set", "layout.pipe=2", "--set", "layout.row=2",
           "--set", "train.global_batch=8", "--set", "train.dtype=bfloat16"])
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
@@ -167,3 +167,30 @@ def test_layout_auto_with_a_named_profile(capsys, empty_config):
     results = json.loads(capsys.readouterr().out)
     assert results and all(r["collectives_agree"] for r in results)
     assert Counter(r["coords"]["pipe"] for r in results)  # the chosen layout's ranks were built
+
+
+def test_ranks_in_parallel_processes_give_the_same_results(capsys, empty_config):
+    """--jobs 2 spawns two processes; every rank's numbers are those of the in-process run."""
+    argv = [empty_config, "--world", "4", "--json", "--set", "model=1M", "--set", "layout.pipe=2",
+            "--set", "layout.col=2", "--set", "train.global_batch=8"]
+    runs = []
+    for jobs in ("1", "2"):
+        main([*argv, "--jobs", jobs])
+        runs.append([{k: v for k, v in r.items() if k != "seconds"} for r in json.loads(capsys.readouterr().out)])
+    assert [r["rank"] for r in runs[0]] == [0, 1, 2, 3]
+    assert runs[1] == runs[0]
+
+
+@pytest.mark.parametrize("recompute", ["none", "block"])
+def test_interleaved_stages_agree_with_perfmodel(recompute):
+    """virtual_stages 2: every chunk sends (v - 1 or v sends each way per micro-batch), and
+    activations follow the interleaved order's chunks in flight."""
+    layout = Layout(pipe=2, row=2, virtual_stages=2)
+    config = config_for(layout, "bfloat16", recompute, 4, model={**MODEL, "layers": 4})
+    for rank in default_ranks(config):
+        result = rehearse(config, rank)
+        sends = [r for r in result["collectives"] if r["op"] == "send"]
+        assert sends and all(r["count"] == r["perfmodel_count"] for r in sends), sends
+        assert result["collectives_agree"] and result["collective_bytes"] == result["perfmodel_collective_bytes"]
+        assert abs(result["memory_diff_percent"]["total"]) < 5.0, (rank, result["memory_bytes"],
+                                                                  result["perfmodel_memory_bytes"])

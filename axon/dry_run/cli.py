@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 from axon.dry_run.compare import (MEMORY_KEYS, by_axis, collective_rows, percent, perfmodel_collectives,
                                   perfmodel_memory)
@@ -24,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, dotted for nesting (repeatable)")
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per rank")
+    parser.add_argument("--jobs", type=int, default=0, help="ranks rehearsed at once, each in its own "
+                                                            "process (default: one per CPU core)")
     return parser
 
 
@@ -128,6 +133,17 @@ def describe(config, result: dict) -> str:
     return "\n".join(lines)
 
 
+def rehearse_all(config, ranks: list[int], jobs: int):
+    """`rehearse` of each rank, in rank order. Ranks are independent (each its own fake world),
+    so with jobs > 1 they run in that many spawned processes (a forked torch may deadlock)."""
+    if jobs <= 1 or len(ranks) <= 1:
+        yield from (rehearse(config, rank) for rank in ranks)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(jobs, len(ranks)), mp_context=context) as pool:
+        yield from pool.map(rehearse, [config] * len(ranks), ranks)
+
+
 def main(argv=None) -> None:
     from axon.config import ConfigError
 
@@ -144,10 +160,10 @@ def main(argv=None) -> None:
         print(f"axon dry-run: {config.model_name} on {args.world} ranks, {how}{config.layout}; "
               f"ranks {', '.join(map(str, ranks))}", flush=True)
     results = []
-    for rank in ranks:
-        results.append(rehearse(config, rank))
+    for result in rehearse_all(config, ranks, args.jobs or os.cpu_count() or 1):
+        results.append(result)
         if not args.json:
-            print(describe(config, results[-1]), flush=True)
+            print(describe(config, result), flush=True)
     if args.json:
         print(json.dumps(results, indent=1))
     else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from perfmodel.memory import GIB, memory_per_device
-from perfmodel.workload import micro_batch_work, step_collectives
+from perfmodel.workload import micro_batch_work, pipeline_sends, step_collectives
 
 MEMORY_KEYS = ("parameters", "gradients", "optimizer", "gathered_weights", "activations", "gradient_blocks")
 
@@ -32,8 +32,11 @@ def perfmodel_collectives(config, blocks: int, first: bool, last: bool) -> Count
     micro, count = micro_batch_plan(config)
     work = micro_batch_work(config.model, layout, micro, config.model.seq_len, t.dtype, t.recompute == "block",
                             blocks, first, last, t.grad_reduce_dtype)
+    # With virtual stages every chunk of the stage sends (perfmodel prices them chunk by chunk).
+    sends = pipeline_sends(config.model, layout, micro * config.model.seq_len, t.dtype, first, last,
+                           layout.virtual_stages) if layout.pipe > 1 else []
     counts = Counter()
-    for comm in work.comms:
+    for comm in [c for c in work.comms if c.kind != "p2p"] + sends:
         if all(getattr(layout, axis) == 1 for axis in comm.axes):
             continue  # axon skips collectives over an axis of size 1
         counts[(comm.op, "+".join(comm.axes), int(comm.nbytes))] += comm.count * count

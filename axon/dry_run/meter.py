@@ -102,7 +102,7 @@ class LiveBytes(TorchDispatchMode):
                     self.kind[entry[1]] = kind
 
     def _sweep(self) -> None:
-        dead = [key for key, (storage, _) in self.live.items() if _use_count(key) <= 1]
+        dead = [key for key in self.live if _use_count(key) <= 1]
         for key in dead:
             _, serial = self.live.pop(key)
             self.died[serial] = self.clock
