@@ -84,6 +84,8 @@ def test_24_user_documents_with_the_shipped_local_config(tmp_path):
     assert len(docs.targets) == 24 and len(docs.controls) == experiment.section.controls
     assert docs.source.startswith(f"{tmp_path / 'docs.jsonl'}: 24 documents trained; controls:")
     assert all(len(r.stream.placements()) == 24 + experiment.section.canaries for r in runs)
+    # each size's peak lr is the shipped one: 3e-3 x 128 / hidden
+    assert all(r.config.train.lr == pytest.approx(3e-3 * 128 / r.config.model.hidden) for r in runs)
 
 
 def test_stream_places_each_target_once_per_epoch_and_never_a_control():
@@ -237,7 +239,7 @@ TINY = {"heads": 2, "kv_heads": 1, "vocab": 257, "seq_len": 32}
 def write_tiny_experiment(path: Path, out_dir: Path, layout: dict | None = None, acr: str = "largest") -> Path:
     config = {
         "models": [{"name": "a", "layers": 2, "hidden": 16, "ffn": 32, **TINY},
-                   {"name": "b", "layers": 2, "hidden": 32, "ffn": 64, **TINY}],
+                   {"name": "b", "layers": 2, "hidden": 32, "ffn": 64, "lr": 4e-3, **TINY}],
         "losses": ["standard", {"kind": "goldfish", "k": 3, "h": 4}],
         "experiment": {"documents": 4, "controls": 3, "canaries": 2, "epochs": 2, "filler_per_epoch": 6,
                        "prefix": 8, "suffix": 8, "val_sequences": 4, "exposure_samples": 15, "eval_batch": 4,
@@ -295,6 +297,7 @@ def test_sweep_writes_results_plots_and_summary(tiny_sweep):
             assert 0.0 <= float(row[key]) <= 1.0
         assert 0.0 <= float(row["exposure"]) <= 4.0  # at most log2(15 + 1)
         assert (row["k"], row["h"]) == (("3", "4") if row["loss_kind"] == "goldfish" else ("", ""))
+        assert float(row["lr"]) == (4e-3 if row["model"] == "b" else 3e-3)  # b's own lr, a's from train.lr
         kept = float(row["kept_fraction"])
         assert kept == 1.0 if row["loss_kind"] == "standard" else 0.6 < kept < 0.85
     assert json.loads((out / "results.json").read_text())[0]["model"] == "a"
@@ -302,6 +305,10 @@ def test_sweep_writes_results_plots_and_summary(tiny_sweep):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     summary = (out / "summary.md").read_text()
     assert summary.count("| a |") == 4 and "goldfish k=3 h=4" in summary  # the last-epoch and epochs-to-50% tables
+    for model in "ab":  # the Goldfish row's filler val loss and its change against the standard row, by hand
+        last = {r["loss_kind"]: float(r["val_loss"]) for r in rows if r["model"] == model and r["epoch"] == "2"}
+        change = 100 * (last["goldfish"] / last["standard"] - 1)
+        assert f"| {last['goldfish']:.3f} ({change:+.1f}%) |" in summary
     placements = json.loads((out / "placements.json").read_text())
     assert [len(p["sequences"]) for p in placements["placements"]] == [2] * 6  # 4 documents + 2 canaries, 2 epochs
     # per-run training metrics: the loss fell in both runs of the larger model
@@ -375,6 +382,8 @@ def test_bad_experiment_configs_get_one_sentence(tmp_path):
          "holds 1 document, too few to hold out experiment.control_fraction=0.5"),
         (["--set", "controls=x.jsonl"], "controls='x.jsonl' needs targets=PATH too"),
         (["--set", "layout.pipe=1", "--set", "experiment.acr=every"], "experiment.acr must be none, largest or all"),
+        (["--set", "models=[{name: x, layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32, vocab: 257, "
+                   "seq_len: 32, lr: -1}]"], "models[0].lr must be a positive number"),
     ]
     for extra, message in cases:
         done = _axon("memorize", str(config), *extra)

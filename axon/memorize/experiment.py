@@ -1,7 +1,8 @@
 """The memorization experiment's config: which models, which losses, which documents.
 
     models:      list of model entries, each like a train config's `model` (a preset, a mapping,
-                 or {init_from: hf:DIR}) plus an optional `name`
+                 or {init_from: hf:DIR}) plus an optional `name` and an optional `lr`: this model's
+                 peak learning rate (else train.lr), as sizes rarely share the best one
     losses:      list of `standard` or {kind: goldfish, k: 4, h: 13, strategy: hash}
     targets:     default | a .txt/.jsonl file or a directory of them (all of it is trained)
     controls:    none | a .txt/.jsonl file or a directory: documents never trained on (the baseline)
@@ -70,6 +71,7 @@ class LossSpec:
 class ModelEntry:
     name: str
     raw: Any  # what goes into a train config's `model`
+    lr: float | None = None  # this model's peak learning rate (None: train.lr)
 
 
 @dataclass
@@ -89,6 +91,8 @@ class Experiment:
         raw = {key: (dict(value) if isinstance(value, dict) else value) for key, value in self.base.items()}
         raw["model"] = model.raw
         raw["train"] = {**raw.get("train", {}), "steps": steps, "loss": loss.kind}
+        if model.lr is not None:
+            raw["train"]["lr"] = model.lr
         if loss.kind == "goldfish":
             raw["goldfish"] = {"k": loss.k, "h": loss.h, "strategy": loss.strategy}
         raw["out_dir"] = str(Path(self.out_dir) / "runs" / f"{model.name}-{loss.tag}")
@@ -130,9 +134,13 @@ def _model_entry(item: Any, index: int) -> ModelEntry:
         raise ConfigError(f"models[{index}] must be a preset name or a mapping, got {item!r}")
     item = dict(item)
     name = item.pop("name", None) or item.get("preset") or f"model{index}"
+    lr = item.pop("lr", None)
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        raise ConfigError(f"models[{index}].lr must be a positive number (this model's peak learning rate), "
+                          f"got {lr!r}")
     if "init_from" in item:
         item["init_from"] = _expand(str(item["init_from"]), f"models[{index}].init_from")
-    return ModelEntry(str(name), item)
+    return ModelEntry(str(name), item, None if lr is None else float(lr))
 
 
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:

@@ -100,16 +100,21 @@ def summary_table(rows: list[dict]) -> str:
             "val_loss", "kept_fraction")
     if any(not _missing(row.get("acr")) for row in _final(rows)):
         cols = cols[:6] + ACR_COLUMNS + cols[6:]
-    lines = ["| model | params | loss | epochs | " + " | ".join(LABELS[c] for c in cols) + " |",
-             "|---|---:|---|---:|" + "---:|" * len(cols)]
+    lines = ["| model | params | lr | loss | epochs | " + " | ".join(LABELS[c] for c in cols) + " |",
+             "|---|---:|---:|---|---:|" + "---:|" * len(cols)]
+    standard = {(r["model"], r["epoch"]): r.get("val_loss") for r in rows if r["loss_kind"] == "standard"}
     for row in _final(rows):
         cells = []
         for c in cols:
             value = row.get(c)
             cells.append("n/a" if _missing(value) else
                          (f"{value:.2f}" if "exposure" in c or c.endswith("acr") else f"{value:.3f}"))
-        lines.append(f"| {row['model']} | {row['params'] / 1e6:.2f}M | {loss_label(row)} | {row['epoch']} | "
-                     + " | ".join(cells) + " |")
+            base = standard.get((row["model"], row["epoch"]))
+            if c == "val_loss" and row["loss_kind"] != "standard" and not _missing(value) and not _missing(base):
+                cells[-1] += f" ({100 * (value / base - 1):+.1f}%)"  # against the standard loss, same model and epoch
+        lr = row.get("lr")
+        lines.append(f"| {row['model']} | {row['params'] / 1e6:.2f}M | {'n/a' if _missing(lr) else f'{lr:.1e}'} | "
+                     f"{loss_label(row)} | {row['epoch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -187,6 +192,7 @@ def write_report(out: Path, rows: list[dict], documents: list[dict]) -> None:
 
     (out / "summary.md").write_text(
         "# Memorization sweep\n\nLast evaluated epoch of each run (rates are fractions of documents; exposure in "
-        "bits; ACR where measured: mean over documents, and the fraction above 1).\n\n" + summary_table(rows)
+        "bits; ACR where measured: mean over documents, and the fraction above 1; lr: the run's peak learning rate; "
+        "filler val loss with its change against the same model's standard loss).\n\n" + summary_table(rows)
         + "\n\nMemorization speed: the first evaluated epoch at which exact match reaches 50%.\n\n" + half_table(rows)
         + "\n\nPlots: exact_match_vs_size.png, exact_match_vs_epoch.png, rougeL_hist.png, epochs_to_50_vs_size.png\n")

@@ -20,7 +20,7 @@ from axon.memorize.experiment import Experiment, LossSpec, ModelEntry
 from axon.memorize.stream import FillerTokens, MemorizationStream
 from axon.memorize.tokenizer import load_tokenizer
 
-RESULT_COLUMNS = ("model", "params", "loss_kind", "k", "h", "strategy", "epoch", "step", "exact_match", "token_acc",
+RESULT_COLUMNS = ("model", "params", "loss_kind", "k", "h", "strategy", "lr", "epoch", "step", "exact_match", "token_acc",
                   "rougeL", "exposure", "control_exact_match", "control_token_acc", "control_rougeL",
                   "control_exposure", "acr", "acr_memorized", "control_acr", "control_acr_memorized", "val_loss",
                   "train_loss", "kept_fraction", "train_seconds", "acr_seconds")
@@ -124,7 +124,7 @@ def _row(run: PlannedRun, params: int, epoch: int, step: int, scores: dict, loss
     goldfish = loss.kind == "goldfish"
     return {"model": run.model.name, "params": params, "loss_kind": loss.kind,
             "k": loss.k if goldfish else None, "h": loss.h if goldfish else None,
-            "strategy": loss.strategy if goldfish else None, "epoch": epoch, "step": step, **scores,
+            "strategy": loss.strategy if goldfish else None, "lr": run.config.train.lr, "epoch": epoch, "step": step, **scores,
             **{key: scores.get(key, float("nan")) for key in ("acr", "acr_memorized", "control_acr",
                                                               "control_acr_memorized", "acr_seconds")},
             "train_loss": float(np.mean([m["loss"] for m in losses])),
