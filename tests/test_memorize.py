@@ -88,6 +88,22 @@ def test_24_user_documents_with_the_shipped_local_config(tmp_path):
     assert all(r.config.train.lr == pytest.approx(3e-3 * 128 / r.config.model.hidden) for r in runs)
 
 
+def test_recurring_validation_windows_match_a_brute_force_search():
+    """stream.recurring(h): a validation target whose h ids ending at it occur in the training filler."""
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, 5, size=4000)  # 5 ids: many 4-grams recur, not all
+    stream = MemorizationStream([rng.integers(0, 5, size=17) for _ in range(3)], FillerTokens(tokens, 16, "test"),
+                                seq_len=16, global_batch=4, epochs=3, repeats=1, filler_per_epoch=5, val_windows=6,
+                                seed=1)
+    h = 4
+    trained = tokens[stream.train_filler_start * 16: stream.pad_start * 16 + 1]
+    grams = {tuple(trained[i: i + h]) for i in range(trained.size - h + 1)}
+    val = stream.validation()
+    want = np.array([[j + 2 >= h and tuple(row[j + 2 - h: j + 2]) in grams for j in range(16)] for row in val])
+    got = stream.recurring(h)
+    assert got.shape == (6, 16) and 0 < got.mean() < 1 and (got == want).all()
+
+
 def test_stream_places_each_target_once_per_epoch_and_never_a_control():
     docs = build_documents("default", ByteTokenizer(), seed=0, documents=5, controls=4, canaries=2, digits=8)
     rng = np.random.default_rng(0)
@@ -298,17 +314,26 @@ def test_sweep_writes_results_plots_and_summary(tiny_sweep):
         assert 0.0 <= float(row["exposure"]) <= 4.0  # at most log2(15 + 1)
         assert (row["k"], row["h"]) == (("3", "4") if row["loss_kind"] == "goldfish" else ("", ""))
         assert float(row["lr"]) == (4e-3 if row["model"] == "b" else 3e-3)  # b's own lr, a's from train.lr
+        # the filler val loss, apart on Goldfish's never-supervised recurring tokens and the rest, averages back
+        share = float(row["val_recurring_dropped_fraction"])
+        assert 0 < share < 1 and float(row["val_loss"]) == pytest.approx(
+            share * float(row["val_loss_recurring_dropped"]) + (1 - share) * float(row["val_loss_rest"]), rel=1e-9)
         kept = float(row["kept_fraction"])
         assert kept == 1.0 if row["loss_kind"] == "standard" else 0.6 < kept < 0.85
     assert json.loads((out / "results.json").read_text())[0]["model"] == "a"
     for name in ("exact_match_vs_size.png", "exact_match_vs_epoch.png", "rougeL_hist.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     summary = (out / "summary.md").read_text()
-    assert summary.count("| a |") == 4 and "goldfish k=3 h=4" in summary  # the last-epoch and epochs-to-50% tables
-    for model in "ab":  # the Goldfish row's filler val loss and its change against the standard row, by hand
-        last = {r["loss_kind"]: float(r["val_loss"]) for r in rows if r["model"] == model and r["epoch"] == "2"}
-        change = 100 * (last["goldfish"] / last["standard"] - 1)
-        assert f"| {last['goldfish']:.3f} ({change:+.1f}%) |" in summary
+    assert summary.count("| a |") == 6 and "goldfish k=3 h=4" in summary  # last-epoch, split, epochs-to-50% tables
+    for model in "ab":  # the Goldfish rows' filler val losses and their change against the standard rows, by hand
+        last = {r["loss_kind"]: r for r in rows if r["model"] == model and r["epoch"] == "2"}
+        cells = []
+        for key in ("val_loss", "val_loss_recurring_dropped", "val_loss_rest"):
+            gold, std = float(last["goldfish"][key]), float(last["standard"][key])
+            cells.append(f"{gold:.3f} ({100 * (gold / std - 1):+.1f}%)")
+        assert f"| {cells[0]} |" in summary
+        share = float(last["goldfish"]["val_recurring_dropped_fraction"])
+        assert f"| {model} | goldfish k=3 h=4 | {share:.3f} | {cells[1]} | {cells[2]} |" in summary
     placements = json.loads((out / "placements.json").read_text())
     assert [len(p["sequences"]) for p in placements["placements"]] == [2] * 6  # 4 documents + 2 canaries, 2 epochs
     # per-run training metrics: the loss fell in both runs of the larger model

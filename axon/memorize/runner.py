@@ -23,7 +23,7 @@ from axon.memorize.tokenizer import load_tokenizer
 RESULT_COLUMNS = ("model", "params", "loss_kind", "k", "h", "strategy", "lr", "epoch", "step", "exact_match", "token_acc",
                   "rougeL", "exposure", "control_exact_match", "control_token_acc", "control_rougeL",
                   "control_exposure", "acr", "acr_memorized", "control_acr", "control_acr_memorized", "val_loss",
-                  "train_loss", "kept_fraction", "train_seconds", "acr_seconds")
+                  "val_loss_recurring_dropped", "val_loss_rest", "val_recurring_dropped_fraction", "train_loss", "kept_fraction", "train_seconds", "acr_seconds")
 
 
 def filler_tokens(exp: Experiment, tokenizer, needed: int) -> tuple[np.ndarray, int]:
@@ -95,12 +95,26 @@ def plan_runs(exp: Experiment, world_size: int) -> tuple[DocumentSets, list[Plan
         stream = MemorizationStream(docs.trained(), FillerTokens(filler, shape.seq_len, repr(exp.filler)),
                                     shape.seq_len, probe.train.global_batch, s.epochs, s.repeats,
                                     s.filler_per_epoch, s.val_sequences, s.seed)
+        stream.val_split = _recurring_dropped(stream, exp.losses)
         for loss in exp.losses:
             config, choice = auto_layout.choose_from_named_profile(
                 exp.run_config(model, loss, stream.total_steps), world_size, "in an experiment: the sweep does not calibrate")
             runs.append(PlannedRun(model, loss, config, stream, choice))
     _mark_acr(exp, runs)
     return docs, runs
+
+
+def _recurring_dropped(stream: MemorizationStream, losses: list[LossSpec]) -> np.ndarray | None:
+    """[val_windows, seq_len]: the validation tokens the experiment's (first) Goldfish loss drops
+    and whose window of h ids recurs in the training filler, so that loss never supervises them
+    there; the validation loss is reported on them and on the rest apart. None without Goldfish."""
+    from axon.goldfish import GoldfishMask
+
+    goldfish = next((loss for loss in losses if loss.kind == "goldfish"), None)
+    if goldfish is None or stream.val_windows == 0:
+        return None
+    dropped = ~GoldfishMask(goldfish.k, goldfish.h, goldfish.strategy).keep(stream.validation())
+    return dropped & stream.recurring(goldfish.h)
 
 
 def _mark_acr(exp: Experiment, runs: list[PlannedRun]) -> None:
@@ -126,7 +140,9 @@ def _row(run: PlannedRun, params: int, epoch: int, step: int, scores: dict, loss
             "k": loss.k if goldfish else None, "h": loss.h if goldfish else None,
             "strategy": loss.strategy if goldfish else None, "lr": run.config.train.lr, "epoch": epoch, "step": step, **scores,
             **{key: scores.get(key, float("nan")) for key in ("acr", "acr_memorized", "control_acr",
-                                                              "control_acr_memorized", "acr_seconds")},
+                                                              "control_acr_memorized", "acr_seconds",
+                                                              "val_loss_recurring_dropped", "val_loss_rest",
+                                                              "val_recurring_dropped_fraction")},
             "train_loss": float(np.mean([m["loss"] for m in losses])),
             "kept_fraction": float(np.mean([m["kept_fraction"] for m in losses])), "train_seconds": seconds}
 
@@ -145,9 +161,24 @@ def acr_all(trainer, docs: DocumentSets, s) -> tuple[dict, dict]:
     return scores, {"targets_acr": listed(target), "controls_acr": listed(control)}
 
 
+def filler_losses(evaluator, stream) -> dict:
+    """The mean next-token loss on the held-out filler, and apart on the tokens Goldfish never
+    supervises in their recurring context (stream.val_split) and on the rest."""
+    if not stream.val_windows:
+        return {"val_loss": float("nan")}
+    losses = evaluator.token_losses(stream.validation())
+    split = stream.val_split
+    scores = {"val_loss": float(losses.mean())}
+    if split is not None:
+        scores.update(val_loss_recurring_dropped=float(losses[split].mean()) if split.any() else float("nan"),
+                      val_loss_rest=float(losses[~split].mean()) if (~split).any() else float("nan"),
+                      val_recurring_dropped_fraction=float(split.mean()))
+    return scores
+
+
 def evaluate_all(trainer, docs: DocumentSets, stream, s) -> tuple[dict, dict]:
     """The metrics of every target and control; (means for the results row, per-document scores)."""
-    from axon.memorize.evaluate import ShardedEval, exposure, memorization, validation_loss
+    from axon.memorize.evaluate import ShardedEval, exposure, memorization
 
     evaluator = ShardedEval(trainer.model, trainer.grid, trainer.device, s.eval_batch)
     target = memorization(evaluator, docs.targets, s.prefix, s.suffix)
@@ -160,8 +191,8 @@ def evaluate_all(trainer, docs: DocumentSets, stream, s) -> tuple[dict, dict]:
     scores = {"exact_match": mean(target["exact_match"]), "token_acc": mean(target["token_acc"]),
               "rougeL": mean(target["rougeL"]), "exposure": mean(target_exposure),
               "control_exact_match": mean(control["exact_match"]), "control_token_acc": mean(control["token_acc"]),
-              "control_rougeL": mean(control["rougeL"]), "control_exposure": mean(control_exposure),
-              "val_loss": validation_loss(evaluator, stream.validation())}
+              "control_rougeL": mean(control["rougeL"]), "control_exposure": mean(control_exposure)}
+    scores.update(filler_losses(evaluator, stream))
     per_document = {"targets": {k: v.tolist() for k, v in target.items()},
                     "controls": {k: v.tolist() for k, v in control.items()},
                     "exposure": target_exposure, "control_exposure": control_exposure}

@@ -53,6 +53,7 @@ class MemorizationStream:
                 f"{needed:,} this experiment reads ({val_windows} validation + {epochs} epochs x "
                 f"({self.filler_per_epoch} filler + {injected} target paddings)); give a longer filler or fewer epochs")
         self._orders: dict[int, np.ndarray] = {}
+        self.val_split: np.ndarray | None = None  # validation tokens reported apart (runner._recurring_dropped)
 
     @property
     def total_steps(self) -> int:
@@ -82,6 +83,22 @@ class MemorizationStream:
     def validation(self) -> np.ndarray:
         """[val_windows, seq_len + 1] filler never trained on."""
         return np.stack([self.filler.window(w) for w in range(self.val_windows)])
+
+    def recurring(self, h: int) -> np.ndarray:
+        """[val_windows, seq_len]: does the validation target's window of h ids (the h ids ending at
+        it) occur, h consecutive ids, in the training filler (the filler sequences between targets;
+        the paddings after short targets are left out)? Such a window gets the same Goldfish decision
+        wherever it recurs, so a token the mask drops there is never supervised in that context."""
+        val = self.validation()
+        out = np.zeros((val.shape[0], self.seq_len), dtype=bool)
+        if h > self.seq_len + 1 or not val.size:
+            return out
+        trained = self.filler.tokens[self.train_filler_start * self.seq_len: self.pad_start * self.seq_len + 1]
+        from axon.goldfish import window_hashes
+
+        seen = np.unique(window_hashes(trained, h))
+        out[:, max(h - 2, 0):] = np.isin(window_hashes(val if h >= 2 else val[:, 1:], h), seen)
+        return out
 
     def placements(self) -> list[list[int]]:
         """For each trained target, the global sequence indices it was trained at."""
