@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from perfmodel.calibrate import launch_from_env, main, run_calibration
-from perfmodel.calibrate.compute import ROLES, cold_copies, min_dim_curves, min_dim_shapes, role_shape
+from perfmodel.calibrate.compute import ROLES, min_dim_curves, min_dim_shapes, role_shape
 from perfmodel.calibrate.measure import fit_alpha_beta, partitions
 from perfmodel.machine import load_machine, machine_from_dict
 from spawn import run_distributed
@@ -56,9 +56,6 @@ def test_quick_calibration_on_four_ranks_predicts_a_direct_all_reduce():
     assert all(0 < e <= 1 for _, e in machine.gemm_efficiency) and max(e for _, e in machine.gemm_efficiency) > 0.5
     assert 0 <= machine.overlap_efficiency <= 1
     assert "with 4 ranks" in machine.source
-    # One reference training step on all ranks at once, against what its kernels price alone
-    ratio = float(machine.source.split(" ms, ")[1].split("x what its kernels")[0])
-    assert 0.7 < ratio < 3.0, machine.source
     # GEMMs by smallest dimension (quick: 16, 64, 256), SDPA both ways, every memory-bound kind
     assert set(machine.gemm_efficiency_by_min_dim) == {16, 64, 256}
     assert all(0 < e <= 1 for points in machine.gemm_efficiency_by_min_dim.values() for _, e in points)
@@ -140,9 +137,3 @@ def test_min_dim_curves_take_the_median_of_the_three_roles():
     curves = min_dim_curves(results, peak)
     assert curves.keys() == {16, 64}
     assert curves[16] == [(f16, pytest.approx(0.4))] and curves[64] == [(f64, pytest.approx(0.8))]
-
-
-def test_cpu_gemm_operands_outgrow_the_caches():
-    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert cold_copies(cpu, 1 << 20) == 16 and cold_copies(cpu, 16 << 20) == 4 and cold_copies(cpu, 1 << 30) == 1
-    assert cold_copies(gpu, 1 << 20) == 1

@@ -12,7 +12,6 @@ perfmodel runs on a login node without it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import socket
 import statistics
@@ -26,7 +25,7 @@ import yaml
 from perfmodel.launch import LaunchInfo, detect_launch
 from perfmodel.machine import CollectiveFit, Link, Machine, ProfileError, load_machine, machine_to_dict
 from perfmodel.calibrate.compute import (measure_attention, measure_gemms_by_min_dim, measure_memory_kinds,
-                                         measure_training_step, min_dim_curves, priced_training_step)
+                                         min_dim_curves)
 from perfmodel.calibrate.measure import (MIB, Bench, efficiency_curve, measure_collectives, measure_gemms,
                                          memory_bandwidth_gbs, op_overhead_us, overlap_efficiency, partitions)
 
@@ -145,17 +144,6 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
                           f"quick={quick}, GEMMs {'as the tuner picks' if tuned else 'as held'}"]
                          + ([f"peaks and NICs from {base.name}"] if base else []) + notes),
     )
-    if not cuda and dtypes[0] == "float32":
-        # The kernels above ran alone, each over and over on the same operands; a training step
-        # runs them among each other. One step of a small reference model, as the engine runs
-        # it, says how much slower compute is in context. Recorded, not applied: dividing every
-        # efficiency by it overshot on this VM (see measure_training_step).
-        measured = measure_training_step(bench, world, rank)
-        ratio = measured / priced_training_step(machine, world)
-        machine = dataclasses.replace(machine, source=machine.source + (
-            f"; in context: one training step of a reference model (perfmodel.calibrate.compute."
-            f"REFERENCE_MODEL) took {measured * 1e3:.4g} ms, {ratio:.3g}x what its kernels measured "
-            f"alone price (not applied)"))
     if report and rank == 0:
         print_report(machine, gemms, dtypes, raw, fits, overlap_times)
     return machine_to_dict(machine)

@@ -9,7 +9,6 @@ uses: GEMM FLOPs 2mnk, attention FLOPs 4 b s^2 d heads, and the bytes of
 
 from __future__ import annotations
 
-import itertools
 import statistics
 
 from perfmodel.workload import OPTIMIZER_BYTES_PER_PARAM, memory_bytes
@@ -45,40 +44,18 @@ def gemm_call(m: int, n: int, k: int, role: str, dtype, device, tuned: bool):
     from kernels.tune import GemmTuner
 
     held = ROLES[role][1]
-
-    def operands():
-        a = torch.randn(m, k, device=device, dtype=dtype) if held[0] == "N" else \
-            torch.randn(k, m, device=device, dtype=dtype).t()
-        b = torch.randn(k, n, device=device, dtype=dtype) if held[1] == "N" else \
-            torch.randn(n, k, device=device, dtype=dtype).t()
-        return a, b
-
-    # In a training step a GEMM's weight and activation were last touched many ops ago (on a
-    # CPU, by other ranks sharing the cores too), so they come from memory, not cache: a CPU
-    # cycles through copies that together outgrow the caches (see cold_copies).
-    pairs = [operands() for _ in range(cold_copies(device, (m * k + k * n) * torch.finfo(dtype).bits // 8))]
-    a, b = pairs[0]
-    turn = itertools.cycle(pairs)
+    a = torch.randn(m, k, device=device, dtype=dtype) if held[0] == "N" else \
+        torch.randn(k, m, device=device, dtype=dtype).t()
+    b = torch.randn(k, n, device=device, dtype=dtype) if held[1] == "N" else \
+        torch.randn(n, k, device=device, dtype=dtype).t()
     if role == "dW" and dtype != torch.float32:
-        return lambda: mm_fp32_out(*next(turn))  # bf16 weight gradients leave the GEMM in fp32
+        return lambda: mm_fp32_out(a, b)  # bf16 weight gradients leave the GEMM in fp32
     if not tuned:
-        return lambda: torch.mm(*next(turn))
+        return lambda: torch.mm(a, b)
     tuner = GemmTuner()  # the tuner's own choice: the fastest candidate unless the held one is as fast
     names, _ = tuner.feasible(a, b, held)
     best = tuner.pick(tuner.time_candidates(a, b, names), held) if len(names) > 1 else names[0]
-    return (lambda: torch.mm(*next(turn))) if best == held else (lambda: run_candidate(best, *next(turn)))
-
-
-COLD_BYTES = 64 << 20  # more than a CPU's last-level cache holds for one rank (32 MiB shared on this VM's L3)
-
-
-def cold_copies(device, operand_bytes: int) -> int:
-    """Operand copies a CPU timing cycles through so that each call reads them from memory,
-    as a training step does: at least COLD_BYTES in all, at most 16 copies. One on a GPU,
-    whose training GEMMs outgrow its L2 by themselves."""
-    if device.type == "cuda":
-        return 1
-    return max(1, min(16, -(-COLD_BYTES // max(operand_bytes, 1))))
+    return (lambda: torch.mm(a, b)) if best == held else (lambda: run_candidate(best, a, b))
 
 
 def measure_gemms_by_min_dim(bench, dtype_name: str, quick: bool, tuned: bool) -> list[tuple[tuple, str, float]]:
@@ -227,64 +204,3 @@ def measure_optimizer(bench, quick: bool, bandwidth_gbs: float) -> list[tuple[fl
         seconds = bench.seconds(optimizer.step, local=True)
         points.append((float(moved), min(1.0, moved / seconds / (bandwidth_gbs * 1e9))))
     return points
-
-
-# A small Llama, fixed here (not any model perfmodel is asked about), that calibrate trains for
-# one step on every rank at once, as the engine does, to price compute in context (CPU only).
-REFERENCE_MODEL = {"layers": 2, "hidden": 256, "heads": 4, "kv_heads": 2, "ffn": 768, "vocab": 2048, "seq_len": 128}
-REFERENCE_MICRO_BATCH = 2
-
-
-def measure_training_step(bench, world: int, rank: int) -> float:
-    """Seconds of one optimizer step of REFERENCE_MODEL (REFERENCE_MICRO_BATCH sequences per rank,
-    layout data = world, fp32) on every rank at once, through axon's own model, loss,
-    gradient clipping and AdamW: what a training step really runs, between the kernels
-    measured alone (operands and optimizer state evicted by the other work of the step
-    and by the other ranks sharing the cores, autograd and module overhead, fresh
-    allocations). The gradients are not reduced over data: no communication is timed.
-
-    Measured on the 2-core VM (issue 15): 1.17-1.32x the kernels' price at 8 ranks, 1.23x
-    in one process, where training the 10M preset ran 1.2x its kernels' price too (GEMMs
-    1.1x, memory-bound work and AdamW 1.6x, attention 1.1x). Dividing every efficiency by
-    it overshot the validation's data-parallel layouts by ~10% and its pipelines by 30-75%,
-    so calibrate records the ratio in the profile's source and does not apply it."""
-    import torch
-
-    from axon.config import build_config
-    from axon.grid import Grid
-    from axon.model.llama import Llama
-    from axon.parallel.grads import clip_grad_norm
-    from axon.train import build_optimizer
-
-    config = build_config({"model": dict(REFERENCE_MODEL), "layout": {"data": world},
-                           "train": {"steps": 1, "global_batch": REFERENCE_MICRO_BATCH * world, "lr": 1e-4}})
-    grid = Grid(config.layout, rank)
-    torch.manual_seed(rank)
-    model = Llama(config.model, grid).to(bench.device)
-    optimizer = build_optimizer(model, config)
-    seq, vocab = REFERENCE_MODEL["seq_len"], REFERENCE_MODEL["vocab"]
-    ids = torch.randint(0, vocab, (REFERENCE_MICRO_BATCH, seq), device=bench.device)
-    targets = torch.randint(0, vocab, (REFERENCE_MICRO_BATCH, seq), device=bench.device)
-
-    def step():
-        optimizer.zero_grad(set_to_none=False)
-        losses = model.token_losses(ids, targets)
-        (losses.sum() / losses.numel()).backward()
-        clip_grad_norm(model, grid, config.train.grad_clip)
-        optimizer.step()
-
-    return bench.seconds(step, local=True)
-
-
-def priced_training_step(machine, world: int) -> float:
-    """The compute seconds perfmodel.predict gives measure_training_step's step on `machine`."""
-    from perfmodel.layout import Layout
-    from perfmodel.models import ModelShape
-    from perfmodel.predict import predict
-    from perfmodel.training import TrainingSetup
-
-    shape = ModelShape(**REFERENCE_MODEL)
-    setup = TrainingSetup(global_batch=REFERENCE_MICRO_BATCH * world, seq_len=shape.seq_len, dtype="float32")
-    breakdown = predict(shape, Layout(data=world), machine, setup).breakdown
-    return sum(breakdown[k] for k in ("gemm", "attention", "elementwise", "optimizer"))
-
