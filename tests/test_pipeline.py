@@ -191,8 +191,10 @@ def test_perfmodel_prices_interleaving_and_plan_searches_it():
     plain, twice = (predict(shape, Layout(data=16, pipe=4, row=4, col=4, virtual_stages=v), machine, setup)
                     for v in (1, 2))
     # v times the point-to-point traffic, a smaller bubble, and 1 + (p - 1) / (p v) the activations
+    # (within 1%: each chunk also keeps its boundary tensors, and one backward's working set
+    # does not scale with the micro-batches in flight)
     assert twice.breakdown["pipeline_p2p"] == pytest.approx(2 * plain.breakdown["pipeline_p2p"], rel=0.01)
     assert twice.breakdown["pipeline_bubble"] < 0.7 * plain.breakdown["pipeline_bubble"]
-    assert twice.memory["activations"] == pytest.approx(plain.memory["activations"] * (1 + 3 / 8))
+    assert twice.memory["activations"] == pytest.approx(plain.memory["activations"] * (1 + 3 / 8), rel=0.01)
     result = search(PRESETS["8B"], 64, machine, TrainingSetup(global_batch=256, seq_len=4096, micro_batch=1), top=3)
     assert result.predictions[0].layout.virtual_stages > 1  # an interleaved layout wins here
