@@ -33,6 +33,12 @@ TORCHTITAN_A100 = ("TorchTitan docs/performance.md, Llama 3 on 64 A100 80GB, FSD
 TORCHTITAN_H100 = ("TorchTitan docs/performance.md, Llama 3.1 8B on H100 (Grand Teton, 96GB HBM2e, 500 W), "
                    "bf16 FSDP without torch.compile (torchtitan commit eaea6f6)",
                    "https://github.com/pytorch/torchtitan/blob/eaea6f6a2fa940f03a10906be1df3489cf30af85/docs/performance.md")
+SWISSAI_8B = ("swiss-ai PR #33, swiss-ai/Megatron-LM \"Improved performance of the 8B model\", Alps/Clariden GH200, "
+              "Megatron-LM with Transformer Engine, bf16; scripts submit-llama3-8b.sh at abccdf52 (baseline) and e50c6ba0 (this PR)",
+              "https://github.com/swiss-ai/Megatron-LM/pull/33")
+SWISSAI_3B = ("swiss-ai PR #10, swiss-ai/Megatron-LM \"Adding Llama3.2-3B config\", Alps/Clariden GH200, Megatron-LM "
+              "with Transformer Engine, bf16; script submit-Llama3.2-3B.sh at 109b7d1e",
+              "https://github.com/swiss-ai/Megatron-LM/pull/10")
 
 
 def gpt(layers: int, hidden: int, heads: int, ffn: int) -> ModelShape:
@@ -48,6 +54,23 @@ def megatron_tokens_per_gpu(tflops_per_gpu: float, layers: int, hidden: int, seq
     the forward pass four times, i.e. full activation recomputation is included."""
     flops_per_token = 96.0 * layers * hidden ** 2 * (1 + seq / (6 * hidden) + vocab / (16 * layers * hidden))
     return tflops_per_gpu * 1e12 / flops_per_token
+
+
+def megatron_2025_tokens_per_gpu(tflops_per_gpu: float, shape: ModelShape, seq: int) -> float:
+    """Tokens/s per GPU from the TFLOP/s/GPU that Megatron-LM logs (`--log-throughput`;
+    `num_floating_point_operations` in megatron/training/training.py, swiss-ai fork at 109b7d1e and
+    e50c6ba0, the same function at both): per token 12 l h^2 ((1 + g/a + s/h) + 1.5 ffn/h + V / 2lh)
+    for SwiGLU with g query groups of a heads -- three passes (forward, dX, dW) of every matmul
+    including the LM head (not the embedding), the s x s scores without a causal discount, and no
+    recomputation. It equals perfmodel's 6 N + 12 l h s (perfmodel.flops)."""
+    l, h = shape.layers, shape.hidden
+    attention = (1 + shape.kv_heads / shape.heads + seq / h) * (shape.heads * shape.head_dim / h)
+    flops_per_token = 12.0 * l * h * h * (attention + 1.5 * shape.ffn / h + shape.vocab / (2 * l * h))
+    return tflops_per_gpu * 1e12 / flops_per_token
+
+
+LLAMA32_3B = ModelShape(layers=28, hidden=3072, heads=24, kv_heads=8, ffn=8192, vocab=128256, seq_len=8192,
+                        rope_scaling_factor=32.0)
 
 
 @dataclass(frozen=True)
@@ -66,6 +89,7 @@ class Published:
     tokens_per_gpu: float  # the published figure as tokens/s per GPU
     micro_batch: int = 0
     note: str = ""
+    grad_reduce_dtype: str = "float32"  # the gradients' dtype in the data-parallel reduction
 
 
 PUBLISHED = [
@@ -93,13 +117,36 @@ PUBLISHED = [
               "dgx-h100", "Llama 3.1 8B", preset("8B"), Layout(depth=128), 256, 8192, "none",
               "no (tokens/s)", 5605.0, micro_batch=2,
               note="FSDP over 16 nodes; 400 Gb/s per GPU as DGX H100"),
+    Published(*SWISSAI_8B, "64 nodes, MBS 1, SEQLEN 8192, TP 1 (GBS 512): ~8290 Tokens/Sec/GPU",
+              "alps", "Llama 3.1 8B", preset("8B"), Layout(data=256), 512, 8192, "none",
+              "no (tokens/s; Megatron's logged TFLOP/s count 3 passes, no recomputation)", 8290.0, micro_batch=1,
+              grad_reduce_dtype="bfloat16",
+              note="distributed optimizer (ZeRO-1, --main-grads-dtype bf16) priced as data=256 with bf16 gradient "
+                   "all-reduce (same bytes); memory is not compared (perfmodel's data axis keeps full optimizer state)"),
+    Published(*SWISSAI_8B, "64 nodes, baseline MBS 4, SEQLEN 4096, TP 2 (GBS 1024): ~8000 Tokens/Sec/GPU",
+              "alps", "Llama 3.1 8B", preset("8B"), Layout(data=128, row=2), 1024, 4096, "none",
+              "no (tokens/s)", 8000.0, micro_batch=4, grad_reduce_dtype="bfloat16",
+              note="Megatron TP 2 is axon row=2 (TP 2 within a node, sequence parallelism off); distributed "
+                   "optimizer as data-parallel bf16 all-reduce, memory not compared"),
+    Published(*SWISSAI_3B, "1 node, micro_batch_size 1 (GBS 256, seq 8192, TP 1): ~505 TFLOPS/Sec/GPU",
+              "alps", "Llama 3.2 3B", LLAMA32_3B, Layout(data=4), 256, 8192, "none",
+              "no (Megatron's num_floating_point_operations: 3 passes, no recomputation)",
+              megatron_2025_tokens_per_gpu(505, LLAMA32_3B, 8192), micro_batch=1, grad_reduce_dtype="bfloat16",
+              note="the script at 109b7d1e ties the embedding (the PR text says untied; FLOPs are the same); "
+                   "distributed optimizer as data-parallel bf16 all-reduce, memory not compared"),
+    Published(*SWISSAI_3B, "8 nodes, micro_batch_size 2 (GBS 256 assumed, seq 8192, TP 1): ~493 TFLOPS/Sec/GPU",
+              "alps", "Llama 3.2 3B", LLAMA32_3B, Layout(data=32), 256, 8192, "none",
+              "no (Megatron's num_floating_point_operations: 3 passes, no recomputation)",
+              megatron_2025_tokens_per_gpu(493, LLAMA32_3B, 8192), micro_batch=2, grad_reduce_dtype="bfloat16",
+              note="the PR gives nodes and MBS only; GBS 256 and seq 8192 are the script's (109b7d1e); "
+                   "distributed optimizer as data-parallel bf16 all-reduce, memory not compared"),
 ]
 
 
 def compare(row: Published) -> dict:
     machine = load_machine(row.machine)
     setup = TrainingSetup(global_batch=row.global_batch, seq_len=row.seq_len, micro_batch=row.micro_batch,
-                          recompute=row.recompute)
+                          recompute=row.recompute, grad_reduce_dtype=row.grad_reduce_dtype)
     prediction = predict(row.model, row.layout, machine, setup)
     predicted = row.global_batch * row.seq_len / prediction.step_time_s / row.layout.world_size
     out = {k: v for k, v in asdict(row).items() if k not in ("model", "layout")}
