@@ -1,8 +1,9 @@
 """Is perfmodel right on this machine? Calibrate, then measure every layout and compare.
 
 For each world size (8, then 4 ranks):
-1. `torchrun --nproc-per-node N -m perfmodel calibrate --out results/machine_cpu_N.yaml`, the
-   same launcher as training, so the profile sees N ranks sharing the cores;
+1. `torchrun --nproc-per-node N -m perfmodel calibrate --out results/machine_cpu_N.yaml --model M
+   --seq S --micro-batch B/N`, the same launcher as training, so the profile sees N ranks
+   sharing the cores; its whole-step reference is the model at one rank's share of the batch;
 2. gloo spawns of N ranks build axon on every layout of N ranks the model divides, a group of
    at most --group layouts per spawn (33 models held at once by 8 ranks outgrew this machine's
    RAM and slowed every step), and run a group round-robin: each round one step of each
@@ -142,16 +143,18 @@ def measure_group(world: int, spec: dict) -> list[list[float]]:
         os.unlink(out)
 
 
-def calibrate(world: int, quick: bool) -> Path:
+def calibrate(world: int, args) -> Path:
+    """The profile, its whole-step reference being one rank's data-parallel share of the batch."""
     path = RESULTS / f"machine_cpu_{world}ranks.yaml"
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--nproc-per-node", str(world), "-m", "perfmodel", "calibrate", "--out", str(path)]
-    subprocess.run(command + (["--quick"] if quick else []), check=True, cwd=ROOT)
+    command = [str(torchrun), "--nproc-per-node", str(world), "-m", "perfmodel", "calibrate", "--out", str(path),
+               "--model", args.model, "--seq", str(args.seq), "--micro-batch", str(max(1, args.batch // world))]
+    subprocess.run(command + (["--quick"] if args.quick_calibration else []), check=True, cwd=ROOT)
     return path
 
 
 def validate(world: int, args, shape: ModelShape, setup: TrainingSetup) -> dict:
-    profile = Path(args.profile) if args.profile else calibrate(world, args.quick_calibration)
+    profile = Path(args.profile) if args.profile else calibrate(world, args)
     layouts = layouts_for(shape, world, setup)
     spec = {"model": {**shape.__dict__}, "layouts": [lay.sizes() for lay in layouts],
             "rounds": args.rounds + 1, "batch": args.batch}

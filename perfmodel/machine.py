@@ -64,6 +64,13 @@ class Machine:
     overlap_efficiency: float = 0.9  # share of overlappable communication compute really hides
     op_overhead_us: float = 5.0  # fixed cost of one kernel launch / framework op
     usable_memory_fraction: float = 0.9  # the rest goes to the runtime, allocator slack, buffers
+    # A whole step's compute over the sum of its ops' prices from the curves above (operands
+    # evicted between ops, fresh pages, the interpreter): calibrate measures it on a reference
+    # step (perfmodel.calibrate.reference); every compute time is multiplied by it.
+    in_context_slowdown: float = 1.0
+    # Compute threads of a node's ranks per core: 1 where each rank owns a device; more when
+    # CPU ranks share cores, so a rank idle in a pipeline bubble gives its share to busy ones.
+    oversubscription: float = 1.0
     # Measured fits, op -> placement -> group size -> fit; missing ones fall back to the links.
     collectives: dict[str, dict[str, dict[int, CollectiveFit]]] = field(default_factory=dict)
     # Measured latency of a small all-reduce between bursts of compute, placement -> group
@@ -164,6 +171,10 @@ def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
     overlap = number("overlap_efficiency", raw.get("overlap_efficiency", 0.9), positive=False)
     if overlap > 1:
         raise ProfileError(f"{where}: overlap_efficiency is a fraction in [0, 1], got {overlap}")
+    oversubscription = number("oversubscription", raw.get("oversubscription", 1.0))
+    if oversubscription < 1:
+        raise ProfileError(f"{where}: oversubscription counts compute threads per core and is at least 1, "
+                           f"got {oversubscription}")
     return Machine(
         name=str(get("name")),
         devices_per_node=int(number("devices_per_node", get("devices_per_node"))),
@@ -180,6 +191,8 @@ def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
         overlap_efficiency=overlap,
         op_overhead_us=number("op_overhead_us", raw.get("op_overhead_us", 5.0), positive=False),
         usable_memory_fraction=number("usable_memory_fraction", raw.get("usable_memory_fraction", 0.9)),
+        in_context_slowdown=number("in_context_slowdown", raw.get("in_context_slowdown", 1.0)),
+        oversubscription=oversubscription,
         collectives=fits,
         blocking_latency_us=blocking,
         source=str(raw.get("source", where)),
@@ -206,6 +219,8 @@ def machine_to_dict(machine: Machine) -> dict:
         "overlap_efficiency": machine.overlap_efficiency,
         "op_overhead_us": machine.op_overhead_us,
         "usable_memory_fraction": machine.usable_memory_fraction,
+        "in_context_slowdown": machine.in_context_slowdown,
+        "oversubscription": machine.oversubscription,
         "collectives": {op: {place: {size: {"alpha_us": fit.alpha_us, "bandwidth_gbs": fit.bandwidth_gbs}
                                      for size, fit in sorted(by_size.items())}
                              for place, by_size in by_place.items()}

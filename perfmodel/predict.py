@@ -3,15 +3,18 @@
 Per micro-batch and pipeline stage: each GEMM at the efficiency the machine reaches for its
 FLOPs and smallest dimension, attention at SDPA's own measured efficiency, norms, RoPE,
 SwiGLU, residual adds, the loss and the optimizer by the bytes they move at memory bandwidth
-times each kind's measured efficiency, kernel-launch overhead, and every collective of
-`workload` by `collectives`. Overlap then hides what it can:
+times each kind's measured efficiency, kernel-launch overhead (all of these compute times
+times the machine's measured `in_context_slowdown`), and every collective of `workload` by
+`collectives`. Overlap then hides what it can:
 * OAR: each backward dX all-reduce behind its layer's dW GEMM;
 * OAG: depth gathers behind the compute of the same phase (the first one stays exposed);
 * ORS and DP: reduce-scatters and data-parallel buckets behind backward compute (the last
   one of each stays exposed);
 each limited to `overlap_efficiency` of the compute. Pipeline stages: the 1F1B schedule the
 engine runs is replayed with each stage's forward and backward times (`perfmodel.pipeline`);
-even stages give the textbook bubble of (p - 1) / m of the busy time.
+even stages give the textbook bubble of (p - 1) / m of the busy time; where ranks share
+cores (`oversubscription` > 1) the replay runs that much faster, since idle ranks lend their
+cores, but never faster than the busy time.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ class GemmClock:
     the profile's FLOPs-only curve. Attention products use the measured SDPA curves."""
 
     def __init__(self, machine: Machine, dtype: str):
-        self.peak = machine.peak_flops(dtype)
+        self.peak = machine.peak_flops(dtype) / machine.in_context_slowdown  # what a step's ops reach in turn
         self.curve = machine.gemm_efficiency
         self.dims = sorted(machine.gemm_efficiency_by_min_dim)
         self.by_dim = machine.gemm_efficiency_by_min_dim
@@ -134,12 +137,18 @@ class GemmClock:
 
 
 def memory_seconds(machine: Machine, kind: str, nbytes: float) -> float:
-    """Seconds to move `nbytes` of `kind` work at memory bandwidth times its measured efficiency."""
+    """Seconds to move `nbytes` of `kind` work at memory bandwidth times its measured efficiency,
+    slowed as the ops of a whole step are (`in_context_slowdown`)."""
     if nbytes <= 0:
         return 0.0
     curve = machine.memory_efficiency.get(kind)
     eff = interpolate(curve, nbytes) if curve else 1.0
-    return nbytes / (machine.memory_bandwidth_gbs * 1e9 * eff)
+    return nbytes * machine.in_context_slowdown / (machine.memory_bandwidth_gbs * 1e9 * eff)
+
+
+def overhead_seconds(machine: Machine, ops: float) -> float:
+    """Seconds of framework overhead for `ops` eager ops."""
+    return ops * machine.op_overhead_us * 1e-6 * machine.in_context_slowdown
 
 
 class CommClock:
@@ -202,7 +211,7 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, sta
         out["elementwise"] += t
         compute[memory_pass.phase] += t
     for phase in ("forward", "backward"):
-        t = work.ops[phase] * machine.op_overhead_us * 1e-6
+        t = overhead_seconds(machine, work.ops[phase])
         out["elementwise"] += t
         compute[phase] += t
 
@@ -297,11 +306,14 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     slowest = max(priced.values(), key=lambda entry: entry["slot"])
     breakdown = {k: slowest["per_mb"][k] * (count - 1) + slowest["last_mb"][k] for k in COMPONENTS}
     if replay_pipeline:
-        breakdown["pipeline_bubble"] = max(0.0, step_seconds(forward_s, backward_s, count, p) - count * slowest["slot"])
+        # Ranks sharing cores (oversubscription f > 1) lend a waiting rank's share to the busy
+        # ones: the replayed order then runs up to f times faster, down to the busy time.
+        replayed = step_seconds(forward_s, backward_s, count, p) / machine.oversubscription
+        breakdown["pipeline_bubble"] = max(0.0, replayed - count * slowest["slot"])
     # Stages step their optimizers at once; the one with the most parameters finishes last.
     local = max(entry["local_params"] for entry in priced.values())
     breakdown["optimizer"] += memory_seconds(machine, "optimizer", local * OPTIMIZER_BYTES_PER_PARAM) \
-        + 30 * machine.op_overhead_us * 1e-6
+        + overhead_seconds(machine, 30)
     breakdown["step_sync"] += max(entry["sync"] for entry in priced.values())
 
     step = sum(breakdown.values())

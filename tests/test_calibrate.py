@@ -37,12 +37,12 @@ def calibrate_then_time_all_reduce(rank: int, world: int):
         runs.append((time.perf_counter() - start) / 4)
     slowest = torch.tensor(runs, dtype=torch.float64)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-    return profile, statistics.median(slowest.tolist())
+    return profile, statistics.median(slowest.tolist()), torch.get_num_threads(), len(os.sched_getaffinity(0))
 
 
 def test_quick_calibration_on_four_ranks_predicts_a_direct_all_reduce():
     results = run_distributed(4, calibrate_then_time_all_reduce)
-    profile, measured = results[0]
+    profile, measured, threads, cores = results[0]
     assert all(r[0] == profile for r in results)  # every rank fitted the same numbers
     machine = machine_from_dict(profile, "calibrated")
     for op in ("all_reduce", "all_gather", "reduce_scatter"):
@@ -63,6 +63,10 @@ def test_quick_calibration_on_four_ranks_predicts_a_direct_all_reduce():
     assert all(0 < e <= 2 for points in machine.attention_efficiency.values() for _, e in points)
     assert set(machine.memory_efficiency) == {"norm", "rope", "swiglu", "residual", "loss", "optimizer"}
     assert all(0 < e <= 1 for points in machine.memory_efficiency.values() for _, e in points)
+    # A whole reference step against the price of its ops: the same work, so within a few x;
+    # four ranks' threads over the cores they share.
+    assert 0.5 < machine.in_context_slowdown < 3
+    assert machine.oversubscription == pytest.approx(max(1.0, 4 * threads / cores), rel=1e-3)
 
 
 def test_one_process_writes_a_profile_without_collectives(tmp_path, monkeypatch):
@@ -137,3 +141,18 @@ def test_min_dim_curves_take_the_median_of_the_three_roles():
     curves = min_dim_curves(results, peak)
     assert curves.keys() == {16, 64}
     assert curves[16] == [(f16, pytest.approx(0.4))] and curves[64] == [(f64, pytest.approx(0.8))]
+
+
+def test_threads_per_core_counts_each_node_s_ranks_over_the_cores_they_may_use():
+    from perfmodel.calibrate import reference_from_args, threads_per_core
+
+    shared = [("a", frozenset({0, 1}), 1)] * 8  # eight one-thread ranks in one 2-core allocation
+    bound = [("a", frozenset({r}), 1) for r in range(4)] + [("b", frozenset({0, 1}), 2)]  # srun --cpu-bind
+    assert threads_per_core(shared) == 4.0 and threads_per_core(bound) == 1.0
+    assert threads_per_core([("a", frozenset(range(8)), 2)]) == 1.0  # never below one
+    shape, micro = reference_from_args("1M", 64, 3)
+    assert (shape.seq_len, shape.hidden, micro) == (64, 128, 3) and reference_from_args(None, None, 1) is None
+    with pytest.raises(ValueError, match="--model '7M' is not a preset"):
+        reference_from_args("7M", None, 1)
+    with pytest.raises(ValueError, match="--micro-batch must be at least 1, got 0"):
+        reference_from_args("1M", None, 0)

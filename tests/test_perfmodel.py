@@ -110,6 +110,34 @@ def test_pipeline_bubble_is_p_minus_1_over_m():
     assert 0 < heavy.breakdown["pipeline_bubble"] < 3 / 8 * (heavy.step_time_s - heavy.breakdown["pipeline_bubble"])
 
 
+def test_in_context_slowdown_scales_compute_and_oversubscribed_cores_absorb_the_bubble():
+    shape = ModelShape(layers=8, hidden=256, heads=8, kv_heads=8, ffn=512, vocab=8, seq_len=128)
+    setup = TrainingSetup(global_batch=16, seq_len=128, micro_batch=2, dtype="float32")
+    machine = machine_from_dict({**BASE, "op_overhead_us": 5})
+    compute = ("gemm", "attention", "elementwise", "optimizer")
+    for layout in (Layout(data=4), Layout(row=2, col=2)):
+        plain = predict(shape, layout, machine, setup).breakdown
+        slowed = predict(shape, layout, machine_from_dict({**BASE, "op_overhead_us": 5, "in_context_slowdown": 1.25}),
+                         setup).breakdown
+        for k in compute:
+            assert slowed[k] == pytest.approx(1.25 * plain[k], rel=1e-12), k
+        # With every overlap window at 100%, slower compute hides at least as much communication.
+        assert sum(slowed[k] for k in slowed if k not in compute) <= sum(plain[k] for k in plain if k not in compute)
+    # pipe=4, 8 even micro-batches: the replay is (8 + 3) slots. Four threads per core run it four
+    # times faster, under the 8 busy slots, so no bubble is left; two per core leave 11/2 - 8 < 0 too;
+    # 1.25 per core leaves 11 / 1.25 - 8 = 0.8 slot.
+    base = predict(shape, Layout(pipe=4), machine, setup)
+    busy = base.step_time_s - base.breakdown["pipeline_bubble"]
+    for f, bubble_slots in ((4, 0.0), (2, 0.0), (1.25, 11 / 1.25 - 8)):
+        shared = predict(shape, Layout(pipe=4), machine_from_dict({**BASE, "op_overhead_us": 5, "oversubscription": f}),
+                         setup)
+        assert shared.step_time_s - shared.breakdown["pipeline_bubble"] == pytest.approx(busy, rel=1e-12)
+        slot = (base.breakdown["pipeline_bubble"] + 8 * busy / 8) / 11  # about one slot, from the 1F1B replay
+        assert shared.breakdown["pipeline_bubble"] == pytest.approx(bubble_slots * slot, rel=0.05, abs=1e-9), f
+    with pytest.raises(ProfileError, match="oversubscription .* at least 1, got 0.5"):
+        machine_from_dict({**BASE, "oversubscription": 0.5})
+
+
 def test_memory_by_hand_and_layouts_that_do_not_fit():
     tiny = preset("tiny")
     setup = TrainingSetup(global_batch=8, seq_len=64, dtype="float32")

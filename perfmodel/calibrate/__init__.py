@@ -12,6 +12,7 @@ perfmodel runs on a login node without it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import socket
 import statistics
@@ -24,10 +25,12 @@ import yaml
 
 from perfmodel.launch import LaunchInfo, detect_launch
 from perfmodel.machine import CollectiveFit, Link, Machine, ProfileError, load_machine, machine_to_dict
+from perfmodel.models import PRESETS, ModelShape, preset
 from perfmodel.calibrate.compute import (measure_attention, measure_gemms_by_min_dim, measure_memory_kinds,
                                          min_dim_curves)
 from perfmodel.calibrate.measure import (MIB, Bench, efficiency_curve, measure_collectives, measure_gemms,
                                          memory_bandwidth_gbs, op_overhead_us, overlap_efficiency, partitions)
+from perfmodel.calibrate.reference import measure_in_context_slowdown, reference_shape
 
 GIB = 1 << 30  # memory_gb is in GiB, as perfmodel.memory counts it; bandwidths use GB = 1e9
 
@@ -51,14 +54,17 @@ def launch_from_env(env=os.environ) -> tuple[LaunchInfo, str]:
 # ---------------------------------------------------------------- the profile
 
 def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: list[str] | None = None,
-                    launcher: str = "torch.distributed", report: bool = False, gemm_tuning: str = "auto") -> dict:
+                    launcher: str = "torch.distributed", report: bool = False, gemm_tuning: str = "auto",
+                    reference: tuple[ModelShape, int] | None = None) -> dict:
     """Measure on every rank at once; the profile (machine_to_dict form), the same on every rank.
 
     torch.distributed must be initialized, unless this is a single process (then the profile
     has no collective fits). `base` gives the peaks and NIC count (else: the best GEMM measured,
     one NIC) and the links not measured here. The first of `dtypes` gives the efficiency curves
     (GEMMs by shape, attention, memory-bound work). `gemm_tuning` as train.gemm_tuning: "auto"
-    times GEMMs as the tuner would run them on a GPU and as held on a CPU.
+    times GEMMs as the tuner would run them on a GPU and as held on a CPU. `reference`, a
+    (model, micro-batch), is the whole step `in_context_slowdown` is measured on (else a small
+    built-in one): best the model to be planned at one rank's share of the batch.
     """
     import torch
     import torch.distributed as dist
@@ -69,9 +75,10 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     dtypes = dtypes or (["bfloat16", "float32"] if cuda else ["float32"])
     bench, notes = Bench(device, world, quick), []
-    hosts = [socket.gethostname()] * world
+    placed = [(socket.gethostname(), _usable_cores(), torch.get_num_threads())] * world
     if world > 1:
-        dist.all_gather_object(hosts, socket.gethostname())
+        dist.all_gather_object(placed, placed[0])
+    hosts = [host for host, _, _ in placed]
     per_node, nodes = max(Counter(hosts).values()), len(set(hosts))
 
     gemms = {d: measure_gemms(bench, d, quick) for d in dtypes}
@@ -144,9 +151,52 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
                           f"quick={quick}, GEMMs {'as the tuner picks' if tuned else 'as held'}"]
                          + ([f"peaks and NICs from {base.name}"] if base else []) + notes),
     )
+    # A whole reference step against its price from the curves above; how many compute threads
+    # share each core (CPU ranks of a node; a GPU rank owns its device).
+    slowdown, step_s, priced_s = measure_in_context_slowdown(bench, machine, dtypes[0], reference)
+    shape, micro = reference or reference_shape(cuda)
+    machine = dataclasses.replace(
+        machine, in_context_slowdown=_sig(slowdown), oversubscription=1.0 if cuda else _sig(threads_per_core(placed)),
+        source=f"{machine.source}; whole-step reference: {shape.layers} layers of hidden {shape.hidden}, "
+               f"{micro} x {shape.seq_len} tokens")
     if report and rank == 0:
         print_report(machine, gemms, dtypes, raw, fits, overlap_times)
+        print(f"whole step of a reference model: {step_s * 1e3:.4g} ms measured, {priced_s * 1e3:.4g} ms priced "
+              f"-> in_context_slowdown {machine.in_context_slowdown:.3g}; oversubscription {machine.oversubscription:.3g}")
+        sys.stdout.flush()
     return machine_to_dict(machine)
+
+
+def _usable_cores() -> frozenset[int]:
+    """The cores this process may run on (its binding or the allocation's, not the node's)."""
+    return frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset(range(os.cpu_count() or 1))
+
+
+def threads_per_core(placed: list[tuple[str, frozenset[int], int]]) -> float:
+    """The most compute threads per core on any node, at least 1: (host, cores, threads) per rank;
+    a node's ranks may share cores (one allocation) or hold their own (srun --cpu-bind)."""
+    cores: dict[str, set[int]] = {}
+    threads: Counter = Counter()
+    for host, rank_cores, rank_threads in placed:
+        cores.setdefault(host, set()).update(rank_cores)
+        threads[host] += rank_threads
+    return max(1.0, max(threads[host] / max(1, len(cores[host])) for host in cores))
+
+
+def reference_from_args(model: str | None, seq: int | None, micro_batch: int) -> tuple[ModelShape, int] | None:
+    """The whole-step reference the command line names, or None for the built-in one."""
+    if micro_batch < 1:
+        raise ValueError(f"--micro-batch must be at least 1, got {micro_batch}")
+    if model is None:
+        if seq is not None:
+            raise ValueError("--seq sets the reference model's sequence length; give --model too")
+        return None
+    if model not in PRESETS:
+        raise ValueError(f"--model {model!r} is not a preset; known presets are {', '.join(PRESETS)}")
+    if seq is not None and seq < 1:
+        raise ValueError(f"--seq must be at least 1, got {seq}")
+    shape = preset(model)
+    return (dataclasses.replace(shape, seq_len=seq) if seq else shape), micro_batch
 
 
 def _sig(x: float) -> float:
@@ -211,6 +261,11 @@ def main(argv: list[str]) -> int:
                         help="time GEMMs as kernels.tune picks them (auto: on GPUs, as train.gemm_tuning)")
     parser.add_argument("--dtype", help="comma list of GEMM dtypes; the first gives the efficiency curve "
                                         "(default float32; bfloat16,float32 on GPUs)")
+    parser.add_argument("--model", help=f"the whole-step reference: a preset ({', '.join(PRESETS)}), best the "
+                                        "model you will plan (default: a small built-in one)")
+    parser.add_argument("--seq", type=int, help="the reference's sequence length (default: the preset's)")
+    parser.add_argument("--micro-batch", type=int, default=1,
+                        help="the reference's sequences per step, best one rank's share of the batch (default 1)")
     args = parser.parse_args(argv)
     try:  # the user's mistakes, before any rank waits on another
         base = load_machine(args.base) if args.base else None
@@ -218,6 +273,7 @@ def main(argv: list[str]) -> int:
         bad = [d for d in dtypes or [] if d not in ("float32", "bfloat16", "float16")]
         if bad:
             raise ValueError(f"--dtype {','.join(bad)} is not one of float32, bfloat16, float16")
+        reference = reference_from_args(args.model, args.seq, args.micro_batch)
         info, launcher = launch_from_env()
         rank, world = info.rank, info.world_size
         local, local_world = info.local_rank or 0, info.local_world_size or 1
@@ -237,7 +293,8 @@ def main(argv: list[str]) -> int:
         dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://{host}:{info.master_port}",
                                 rank=rank, world_size=world)
     try:
-        profile = run_calibration(args.quick, base, dtypes, launcher, report=rank == 0, gemm_tuning=args.gemm_tuning)
+        profile = run_calibration(args.quick, base, dtypes, launcher, report=rank == 0, gemm_tuning=args.gemm_tuning,
+                                  reference=reference)
         if rank == 0:
             write_profile(profile, args.out)
             print(f"wrote {args.out}")
