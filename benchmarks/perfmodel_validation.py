@@ -23,6 +23,7 @@ MAPE <= 10%, no layout off by more than 25%, regret 1.00; at 4 ranks tau >= 0.8.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -174,14 +175,26 @@ def score(world: int, profile: Path, shape: ModelShape, setup: TrainingSetup, la
     predicted = [r["predicted_s"] for r in rows]
     measured = [r["measured_s"] for r in rows]
     pick = min(range(len(rows)), key=predicted.__getitem__)
+    # What each whole-machine figure of the profile contributes: the same scores without it.
+    without = {}
+    for key in ("in_context_slowdown", "oversubscription"):
+        plain = dataclasses.replace(machine, **{key: 1.0})
+        guess = [predict(shape, lay, plain, setup).step_time_s for lay in layouts]
+        without[f"{key}=1"] = {"kendall_tau": kendall_tau(guess, measured), **errors(guess, measured)}
     return {
         "world": world, "profile": str(profile), "layouts": len(rows), "rows": rows,
         "kendall_tau": kendall_tau(predicted, measured), "spearman": spearman(predicted, measured),
-        "mape": statistics.fmean(abs(p - m) / m for p, m in zip(predicted, measured)),
-        "worst_error": max((p / m - 1 for p, m in zip(predicted, measured)), key=abs),
+        **errors(predicted, measured),
         "top1_regret": measured[pick] / min(measured), "predicted_best": rows[pick]["layout"],
         "measured_best": rows[min(range(len(rows)), key=measured.__getitem__)]["layout"],
+        "without": without,
     }
+
+
+def errors(predicted: list[float], measured: list[float]) -> dict:
+    ratios = [p / m - 1 for p, m in zip(predicted, measured)]
+    return {"mape": statistics.fmean(abs(r) for r in ratios), "worst_error": max(ratios, key=abs),
+            "over_25_percent": sum(abs(r) > 0.25 for r in ratios)}
 
 
 def print_result(r: dict) -> None:
@@ -196,6 +209,9 @@ def print_result(r: dict) -> None:
           f"worst {r['worst_error']:+.0%}, "
           f"top-1 regret {r['top1_regret']:.3f} (predicted best {r['predicted_best']}, measured best "
           f"{r['measured_best']})")
+    for name, w in r.get("without", {}).items():
+        print(f"  with {name}: Kendall tau {w['kendall_tau']:.3f}, MAPE {w['mape']:.1%}, worst {w['worst_error']:+.0%}, "
+              f"{w['over_25_percent']} layouts off by more than 25%")
 
 
 def main(argv=None) -> dict:
