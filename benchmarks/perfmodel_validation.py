@@ -12,7 +12,8 @@ For each world size (8, then 4 ranks):
 3. perfmodel predicts each layout from the profile alone.
 Reported: predicted vs measured median step per layout, Kendall tau and Spearman rank
 correlations, mean absolute percentage error, the worst error, and the top-1 regret (measured
-time of the predicted best / the measured best). Targets (issue 15): at 8 ranks tau >= 0.85,
+time of the predicted best / the measured best), and the same scores with the profile's
+`in_context_slowdown` or `oversubscription` set to 1, to show what each contributes. Targets (issue 15): at 8 ranks tau >= 0.85,
 MAPE <= 10%, no layout off by more than 25%, regret 1.00; at 4 ranks tau >= 0.8.
 
     .venv/bin/python -m benchmarks.perfmodel_validation [--model 10M] [--seq 128] [--batch 16]
