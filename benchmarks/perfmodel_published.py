@@ -39,6 +39,10 @@ SWISSAI_8B = ("swiss-ai PR #33, swiss-ai/Megatron-LM \"Improved performance of t
 SWISSAI_3B = ("swiss-ai PR #10, swiss-ai/Megatron-LM \"Adding Llama3.2-3B config\", Alps/Clariden GH200, Megatron-LM "
               "with Transformer Engine, bf16; script submit-Llama3.2-3B.sh at 109b7d1e",
               "https://github.com/swiss-ai/Megatron-LM/pull/10")
+FRONTIER_TORCHTITAN = ("eminorhan/frontier-torchtitan README at commit d4ffe60 (2025-02-22), a TorchTitan fork on OLCF "
+                       "Frontier (MI250X), PyTorch-ROCm nightly 2.7.0.dev20250221+rocm6.3, eager; benchmark config "
+                       "train_configs/llama3_8b_n8_benchmark.toml and script train_8B_n8_benchmark.sh at that commit",
+                       "https://github.com/eminorhan/frontier-torchtitan/blob/d4ffe602a3e3ee346da3b1799954ba4cd00c0d3d/README.md")
 
 
 def gpt(layers: int, hidden: int, heads: int, ffn: int) -> ModelShape:
@@ -140,6 +144,18 @@ PUBLISHED = [
               megatron_2025_tokens_per_gpu(493, LLAMA32_3B, 8192), micro_batch=2, grad_reduce_dtype="bfloat16",
               note="the PR gives nodes and MBS only; GBS 256 and seq 8192 are the script's (109b7d1e); "
                    "distributed optimizer as data-parallel bf16 all-reduce, memory not compared"),
+    Published(*FRONTIER_TORCHTITAN, "8 nodes = 64 GCDs, FSDP2 only (dp_shard -1), local batch 1, seq 8192, selective "
+              "(op) AC, layernorm, no torch.compile: wps ~1333, mfu ~40%",
+              "frontier", "Llama 3 8B LN", preset("8B"), Layout(depth=64), 64, 8192, "none",
+              "no (tokens/s per GCD; its ~40% MFU is 6N + 12 l h s per token over 191.5 TFLOP/s, no recomputation)",
+              1333.0, micro_batch=1,
+              note="Llama 3 8B shape with norm_type layernorm (nn.LayerNorm without bias, one native kernel, where "
+                   "perfmodel prices RMSNorm; both memory-bound, no matmul FLOPs); the fork calls fully_shard with "
+                   "reshard_after_forward=False (no re-gather for backward; perfmodel prices FSDP's re-gather, "
+                   "hidden here, and keeps less memory); selective op AC (every second mm recomputed) priced as none, "
+                   "as the TorchTitan A100/H100 rows; memory is not compared; the same set-up read ~645 (2024-09-25), "
+                   "~1250 (2024-10-01), ~2050 (2024-11-05), ~1300 (2024-11-07..2025-02-22 09369ff) as the software "
+                   "changed: ~1333 is the figure at d4ffe60 (unchanged through 50284af, 2025-04-20)"),
 ]
 
 
