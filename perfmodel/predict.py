@@ -14,7 +14,8 @@ each limited to `overlap_efficiency` of the compute. Pipeline stages: the 1F1B s
 engine runs is replayed with each stage's forward and backward times (`perfmodel.pipeline`);
 even stages give the textbook bubble of (p - 1) / m of the busy time; where ranks share
 cores (`oversubscription` > 1) the replay runs that much faster, since idle ranks lend their
-cores, but never faster than the busy time.
+cores, but never faster than the busy time; and each stage computes faster while other
+stages' ranks on its node wait in their collectives (`perfmodel.core_sharing`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import math
 from dataclasses import dataclass, field
 
 from perfmodel.collectives import collective_time, group_placement
+from perfmodel.core_sharing import lent_compute_factor, stage_mates_on_node
 from perfmodel.flops import flops_per_token
 from perfmodel.layout import DEFAULT_ORDER, Layout
 from perfmodel.machine import Machine
@@ -39,6 +41,8 @@ from perfmodel.workload import (OPTIMIZER_BYTES_PER_PARAM, Gemm, micro_batch_wor
 
 COMPONENTS = ("gemm", "attention", "elementwise", "optimizer", "tensor_comm", "depth_gather",
               "depth_reduce_scatter", "data_comm", "pipeline_p2p", "pipeline_bubble", "step_sync")
+STAGE_COMPUTE = ("gemm", "attention", "elementwise")  # a stage's own compute, out of phase with other stages'
+STAGE_COMMS = ("tensor_comm", "depth_gather", "depth_reduce_scatter", "data_comm", "pipeline_p2p")
 
 
 @dataclass
@@ -159,10 +163,24 @@ class CommClock:
         self.layout, self.machine, self.placements = layout, machine, {}
 
     def __call__(self, comm) -> float:
+        return collective_time(comm.op, comm.nbytes, self._placement(comm), self.machine, self._blocking(comm))
+
+    def asleep(self, comm) -> float:
+        """Seconds of one collective its early ranks sleep, waiting for the last: the blocking
+        latency beyond the collective's own time. Counted only where ranks share cores."""
+        if self.machine.oversubscription <= 1 or not self._blocking(comm):
+            return 0.0
+        placement = self._placement(comm)
+        return self(comm) - collective_time(comm.op, comm.nbytes, placement, self.machine)
+
+    def _placement(self, comm):
         if comm.axes not in self.placements:
             self.placements[comm.axes] = group_placement(self.layout, comm.axes, self.machine)
-        blocking = comm.kind in ("blocking", "dx", "sync")
-        return collective_time(comm.op, comm.nbytes, self.placements[comm.axes], self.machine, blocking)
+        return self.placements[comm.axes]
+
+    @staticmethod
+    def _blocking(comm) -> bool:
+        return comm.kind in ("blocking", "dx", "sync")
 
 
 def _category(comm) -> str:
@@ -191,8 +209,8 @@ def _step_collectives(shape, layout, bucket_mb, stage_layers, first, last, grad_
 
 def _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, stage_layers, first, last, dp_times):
     """Seconds by component for one micro-batch on one stage, after overlap, without and with
-    the data-parallel reductions (which ride on the last micro-batch), and the forward's share
-    of its compute."""
+    the data-parallel reductions (which ride on the last micro-batch), the forward's share of
+    its compute, and the seconds its ranks sleep in exposed blocking collectives."""
     work = _micro_batch_work(shape, _unordered(layout), micro, setup.seq_len, setup.dtype, setup.recompute == "block",
                              stage_layers, first, last, getattr(setup, "grad_reduce_dtype", "float32"))
     eff = machine.overlap_efficiency
@@ -218,7 +236,7 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, sta
     # Overlappable work per phase: (category, seconds of all, seconds of one) pools, hidden
     # behind that phase's compute.
     pools = {"forward": [], "backward": []}
-    hidden_by_dx = 0.0
+    hidden_by_dx = asleep = 0.0
     dx_index = 0
     for comm in work.comms:
         one = seconds(comm)
@@ -232,8 +250,10 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, sta
             hidden = min(t, eff * dw_times[dx_index])  # both summed over the same layers
             hidden_by_dx += hidden
             out[category] += t - hidden
+            asleep += seconds.asleep(comm) * comm.count * (1 - hidden / t if t > 0 else 0.0)
         else:
             out[category] += t
+            asleep += seconds.asleep(comm) * comm.count
         dx_index += comm.kind == "dx"
     share = compute["forward"] / max(compute["forward"] + compute["backward"], 1e-30)
     plain = _expose(out, pools, compute, hidden_by_dx, eff)
@@ -241,7 +261,12 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, sta
         pools["backward"] = pools["backward"] + [("data_comm", t, t) for t in dp_times]
     else:
         out = {**out, "data_comm": out["data_comm"] + sum(dp_times)}
-    return plain, _expose(out, pools, compute, hidden_by_dx, eff), share
+    return plain, _expose(out, pools, compute, hidden_by_dx, eff), share, asleep
+
+
+def _scaled(seconds: dict, factor: float) -> dict:
+    """`seconds` with the stage's compute components times `factor`."""
+    return {k: t * factor if k in STAGE_COMPUTE else t for k, t in seconds.items()}
 
 
 def _expose(out: dict, pools: dict, compute: dict, hidden_by_dx: float, eff: float) -> dict:
@@ -277,6 +302,7 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     counts = balanced_counts(shape, p * v)
     chunks = [(blocks, q == 0, q == p * v - 1) for q, blocks in enumerate(counts)]
     stages = [(tuple(chunks[c * p + s] for c in range(v)), s == 0, s == p - 1) for s in range(p)]
+    lending = stage_mates_on_node(layout, machine.devices_per_node) if p > 1 and machine.oversubscription > 1 else None
     priced = {}
     for stage in dict.fromkeys(stages):
         stage_chunks, first, last = stage
@@ -286,13 +312,21 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
         dp_times = [seconds(c) for c in step_comms if c.kind == "dp"]
         per_chunk = [_stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, *chunk, dp_times)
                      for chunk in stage_chunks]
+        if lending:  # other stages' ranks on the node lend this stage the cores they leave while asleep
+            plain_sum = {k: sum(plain[k] for plain, _, _, _ in per_chunk) for k in COMPONENTS}
+            factor = lent_compute_factor(sum(plain_sum[k] for k in STAGE_COMPUTE),
+                                         sum(plain_sum[k] for k in STAGE_COMMS),
+                                         sum(asleep for _, _, _, asleep in per_chunk), *lending,
+                                         machine.oversubscription)
+            per_chunk = [(_scaled(plain, factor), _scaled(with_dp, factor), share, asleep)
+                         for plain, with_dp, share, asleep in per_chunk]
         # The data-parallel reductions ride on the stage's last backward, of its chunk 0.
-        per_mb = {k: sum(plain[k] for plain, _, _ in per_chunk) for k in COMPONENTS}
+        per_mb = {k: sum(plain[k] for plain, _, _, _ in per_chunk) for k in COMPONENTS}
         last_mb = {k: per_mb[k] - per_chunk[0][0][k] + per_chunk[0][1][k] for k in COMPONENTS}
         params = stage_parameters(shape, layout, blocks, first, last)
         priced[stage] = {
             "slot": sum(per_mb.values()), "per_mb": per_mb, "last_mb": last_mb,
-            "chunk_slots": [(sum(plain.values()), share) for plain, _, share in per_chunk],
+            "chunk_slots": [(sum(plain.values()), share) for plain, _, share, _ in per_chunk],
             "local_params": params["sharded"] + params["replicated"],
             # The loss summed over data x depth (and pipe), the clip norm's square-sum over depth, row, col, pipe.
             "sync": sum(seconds(c) * c.count for c in step_comms if c.kind == "sync"),
