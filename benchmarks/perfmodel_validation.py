@@ -19,6 +19,7 @@ MAPE <= 10%, no layout off by more than 25%, regret 1.00; at 4 ranks tau >= 0.8.
     .venv/bin/python -m benchmarks.perfmodel_validation [--model 10M] [--seq 128] [--batch 16]
         [--rounds 6] [--worlds 8 4] [--quick-calibration] [--profile FILE.yaml (skip calibrating)]
         [--repredict (keep the measured times and profiles of the last results; predict again)]
+        [--results FILE.json (default benchmarks/results/perfmodel_validation.json)]
 """
 
 from __future__ import annotations
@@ -183,13 +184,19 @@ def score(world: int, profile: Path, shape: ModelShape, setup: TrainingSetup, la
         guess = [predict(shape, lay, plain, setup).step_time_s for lay in layouts]
         without[f"{key}=1"] = {"kendall_tau": kendall_tau(guess, measured), **errors(guess, measured)}
     return {
-        "world": world, "profile": str(profile), "layouts": len(rows), "rows": rows,
+        "world": world, "profile": _from_root(profile), "layouts": len(rows), "rows": rows,
         "kendall_tau": kendall_tau(predicted, measured), "spearman": spearman(predicted, measured),
         **errors(predicted, measured),
         "top1_regret": measured[pick] / min(measured), "predicted_best": rows[pick]["layout"],
         "measured_best": rows[min(range(len(rows)), key=measured.__getitem__)]["layout"],
         "without": without,
     }
+
+
+def _from_root(path: Path) -> str:
+    """The path as the results file keeps it: from the repository root where it lies inside."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def errors(predicted: list[float], measured: list[float]) -> dict:
@@ -227,19 +234,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--group", type=int, default=8, help="layouts measured together in one spawn")
     parser.add_argument("--repredict", action="store_true",
                         help="predict again from the last results' measured times and profiles (no measuring)")
+    parser.add_argument("--results", default=str(RESULTS / "perfmodel_validation.json"),
+                        help="the results file written (and read back by --repredict)")
     args = parser.parse_args(argv)
     shape = ModelShape(**{**preset(args.model).__dict__, "seq_len": args.seq})
     setup = TrainingSetup(global_batch=args.batch, seq_len=args.seq, dtype="float32")
     RESULTS.mkdir(parents=True, exist_ok=True)
     results = {"model": args.model, "seq": args.seq, "batch": args.batch, "rounds": args.rounds, "worlds": []}
-    path = RESULTS / "perfmodel_validation.json"
+    path = Path(args.results)
     previous = json.loads(path.read_text()) if path.exists() else {"worlds": []}
     last = previous if args.repredict else None
+    if last and "note" in last:
+        results["note"] = last["note"]
     for world in args.worlds:
         if last:
             old = next(w for w in last["worlds"] if w["world"] == world)
             layouts = [Layout(**row["layout"]) for row in old["rows"]]
-            result = score(world, Path(old["profile"]), shape, setup, layouts, [row["raw_s"] for row in old["rows"]])
+            result = score(world, ROOT / old["profile"], shape, setup, layouts, [row["raw_s"] for row in old["rows"]])
         else:
             result = validate(world, args, shape, setup)
         print_result(result)
@@ -247,7 +258,7 @@ def main(argv=None) -> dict:
     # Worlds not run this time keep their last results.
     results["worlds"] += [w for w in previous["worlds"] if w["world"] not in args.worlds]
     path.write_text(json.dumps(results, indent=1))
-    print(f"\nwrote {RESULTS / 'perfmodel_validation.json'}")
+    print(f"\nwrote {path}")
     return results
 
 
