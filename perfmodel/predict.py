@@ -165,13 +165,13 @@ class CommClock:
     def __call__(self, comm) -> float:
         return collective_time(comm.op, comm.nbytes, self._placement(comm), self.machine, self._blocking(comm))
 
-    def asleep(self, comm) -> float:
-        """Seconds of one collective its early ranks sleep, waiting for the last: the blocking
-        latency beyond the collective's own time. Counted only where ranks share cores."""
+    def asleep(self, comm, priced: float) -> float:
+        """Seconds of one collective (priced at `priced` by this clock) its early ranks sleep,
+        waiting for the last: the blocking latency beyond the collective's own time. Counted
+        only where ranks share cores."""
         if self.machine.oversubscription <= 1 or not self._blocking(comm):
             return 0.0
-        placement = self._placement(comm)
-        return self(comm) - collective_time(comm.op, comm.nbytes, placement, self.machine)
+        return priced - collective_time(comm.op, comm.nbytes, self._placement(comm), self.machine)
 
     def _placement(self, comm):
         if comm.axes not in self.placements:
@@ -250,10 +250,10 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, sta
             hidden = min(t, eff * dw_times[dx_index])  # both summed over the same layers
             hidden_by_dx += hidden
             out[category] += t - hidden
-            asleep += seconds.asleep(comm) * comm.count * (1 - hidden / t if t > 0 else 0.0)
+            asleep += seconds.asleep(comm, one) * comm.count * (1 - hidden / t if t > 0 else 0.0)
         else:
             out[category] += t
-            asleep += seconds.asleep(comm) * comm.count
+            asleep += seconds.asleep(comm, one) * comm.count
         dx_index += comm.kind == "dx"
     share = compute["forward"] / max(compute["forward"] + compute["backward"], 1e-30)
     plain = _expose(out, pools, compute, hidden_by_dx, eff)
