@@ -1,8 +1,9 @@
 """Cross-entropy over logits whose vocabulary is split over row.
 
 No rank ever holds a full logits row: the max, the sum of exponentials and the
-target's logit are each reduced over row from the local slices. A keep mask (the
-Goldfish loss) zeroes the loss and the gradient of the tokens it leaves out.
+target's logit are each reduced over row from the local slices (the local work in between
+is kernels.cross_entropy's). A keep mask (the Goldfish loss) zeroes the loss and the
+gradient of the tokens it leaves out.
 """
 
 from __future__ import annotations
@@ -11,19 +12,18 @@ import torch
 import torch.distributed as dist
 
 from axon.parallel.comm import all_reduce
+from kernels.cross_entropy import row_max, shifted_exp, softmax_grad_
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, keep, vocab_start, axis):
         # logits: [tokens, vocab/row] on this rank; targets: [tokens] global ids.
-        row_max = all_reduce(logits.max(dim=-1).values, axis, op=dist.ReduceOp.MAX)
-        shifted = logits - row_max.unsqueeze(-1)
-        exp = shifted.exp()
+        top = all_reduce(row_max(logits), axis, op=dist.ReduceOp.MAX)
         local = targets - vocab_start
         inside = (local >= 0) & (local < logits.shape[-1])
         local = local.masked_fill(~inside, 0)
-        target_logit = shifted.gather(-1, local.unsqueeze(-1)).squeeze(-1).masked_fill(~inside, 0.0)
+        exp, target_logit = shifted_exp(logits, top, local, inside)
         # One all-reduce carries both per-token sums.
         sums = all_reduce(torch.stack([exp.sum(dim=-1), target_logit]), axis)
         sum_exp, target_logit = sums[0], sums[1]
@@ -33,13 +33,10 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dloss):
-        softmax, local, inside, keep = ctx.saved_tensors
-        grad = softmax  # saved for this one use; modified in place
-        rows = torch.arange(grad.shape[0], device=grad.device)
-        grad[rows[inside], local[inside]] -= 1.0
+        softmax, local, inside, keep = ctx.saved_tensors  # saved for this one use: modified in place
         if keep is not None:
             dloss = dloss.masked_fill(~keep, 0.0)
-        return grad.mul_(dloss.unsqueeze(-1)), None, None, None, None
+        return softmax_grad_(softmax, local, inside, dloss), None, None, None, None
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_start: int,

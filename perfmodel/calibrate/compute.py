@@ -147,20 +147,19 @@ def _memory_work(kind: str, elements: int, dtype, device):
 
         def fn():
             return a + b
-    elif kind == "loss":  # axon.parallel.cross_entropy's local work, forward then backward, in fp32
+    elif kind == "loss":  # the engine's local cross-entropy work (kernels.cross_entropy), both ways, in fp32
+        from kernels.cross_entropy import row_max, shifted_exp, softmax_grad_
+
         vocab = 4096
         logits = torch.randn(elements // vocab, vocab, device=device)
         targets = torch.randint(0, vocab, (elements // vocab,), device=device)
-        rows = torch.arange(elements // vocab, device=device)
+        everywhere = torch.ones_like(targets, dtype=torch.bool)
 
         def loss_both():
-            shifted = logits - logits.max(dim=-1).values.unsqueeze(-1)
-            exp = shifted.exp()
-            target = shifted.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            sums = torch.stack([exp.sum(dim=-1), target])
-            grad = exp.div_(sums[0].unsqueeze(-1))
-            grad[rows, targets] -= 1.0
-            return grad.mul_((sums[0].log() - sums[1]).unsqueeze(-1))
+            exp, target = shifted_exp(logits, row_max(logits), targets, everywhere)
+            sum_exp = exp.sum(dim=-1)
+            softmax = exp.div_(sum_exp.unsqueeze(-1))
+            return softmax_grad_(softmax, targets, everywhere, sum_exp.log() - target)
         return None, loss_both, 4
     else:
         raise ValueError(f"unknown memory-bound kind {kind!r}")

@@ -1,0 +1,35 @@
+"""The local work of a cross-entropy over a slice of the vocabulary, shared by the engine's
+vocab-parallel loss (axon.parallel.cross_entropy, which adds the reductions over row) and by
+`perfmodel calibrate`, which times exactly these ops.
+
+The logits are [tokens, vocab slice] in fp32, often the largest tensor of a step, so each
+pass over them counts: the max skips the indices it does not need, and the exponentials are
+taken in place in the one new tensor, which is then kept as the softmax for backward. On a
+CPU every fresh tensor of that size is also fresh pages the kernel must fault in.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def row_max(logits: torch.Tensor) -> torch.Tensor:
+    """Each token's largest logit on this slice [tokens] (values only: no argmax pass)."""
+    return logits.amax(dim=-1)
+
+
+def shifted_exp(logits: torch.Tensor, top: torch.Tensor, local_targets: torch.Tensor,
+                inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(exp(logits - top) [tokens, slice], each token's target logit minus top [tokens], 0
+    where the target is not on this slice). `local_targets` index the slice, 0 where not `inside`."""
+    shifted = logits - top.unsqueeze(-1)
+    target = shifted.gather(-1, local_targets.unsqueeze(-1)).squeeze(-1).masked_fill_(~inside, 0.0)
+    return shifted.exp_(), target
+
+
+def softmax_grad_(softmax: torch.Tensor, local_targets: torch.Tensor, inside: torch.Tensor,
+                  dloss: torch.Tensor) -> torch.Tensor:
+    """d(loss)/d(logits), in place in `softmax`: (softmax - one_hot(target)) * dloss per token."""
+    rows = torch.arange(softmax.shape[0], device=softmax.device)
+    softmax[rows[inside], local_targets[inside]] -= 1.0
+    return softmax.mul_(dloss.unsqueeze(-1))
