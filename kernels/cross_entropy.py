@@ -33,3 +33,22 @@ def softmax_grad_(softmax: torch.Tensor, local_targets: torch.Tensor, inside: to
     rows = torch.arange(softmax.shape[0], device=softmax.device)
     softmax[rows[inside], local_targets[inside]] -= 1.0
     return softmax.mul_(dloss.unsqueeze(-1))
+
+
+class SliceCrossEntropy(torch.autograd.Function):
+    """Per-token loss [tokens] over logits [tokens, vocab] that hold the whole vocabulary: the
+    engine's vocab-parallel loss with row = 1 (its reductions skipped), for measurements that
+    must run the engine's ops (perfmodel calibrate)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        everywhere = torch.ones_like(targets, dtype=torch.bool)
+        exp, target = shifted_exp(logits, row_max(logits), targets, everywhere)
+        sum_exp = exp.sum(dim=-1)
+        ctx.save_for_backward(exp.div_(sum_exp.unsqueeze(-1)), targets, everywhere)
+        return sum_exp.log() - target
+
+    @staticmethod
+    def backward(ctx, dloss):
+        softmax, targets, everywhere = ctx.saved_tensors
+        return softmax_grad_(softmax, targets, everywhere, dloss), None

@@ -34,3 +34,18 @@ def test_targets_off_the_slice_take_no_logit_and_no_one_hot():
     grad = softmax_grad_(softmax.clone(), local, inside, torch.tensor([1.0, 2.0]))
     torch.testing.assert_close(grad[0], softmax[0] - torch.tensor([0.0, 0.0, 1.0]))
     torch.testing.assert_close(grad[1], 2 * softmax[1])  # no one-hot subtracted off the slice
+
+
+def test_slice_cross_entropy_autograd_matches_torch():
+    from kernels.cross_entropy import SliceCrossEntropy
+
+    generator = torch.Generator().manual_seed(5)
+    logits = (torch.randn(19, 64, generator=generator) * 3).requires_grad_()
+    targets = torch.randint(0, 64, (19,), generator=generator)
+    loss = SliceCrossEntropy.apply(logits, targets).mean()
+    (grad,) = torch.autograd.grad(loss, logits)
+    leaf = logits.detach().clone().requires_grad_()
+    want = F.cross_entropy(leaf, targets)
+    want.backward()
+    torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, leaf.grad, rtol=1e-6, atol=1e-8)

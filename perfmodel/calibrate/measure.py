@@ -62,18 +62,18 @@ class Bench:
             done += calls
         return (time.perf_counter() - start) / done
 
-    def seconds(self, fn, local: bool = False, target_s: float | None = None) -> float:
+    def seconds(self, fn, local: bool = False, target_s: float | None = None, window_s: float | None = None) -> float:
         """Seconds per call of fn(): median over repeats of the slowest rank. Call on every rank.
 
         A collective runs a fixed number of calls, the same on every rank, about `target_s`
-        (default the bench's) per repeat. A local op (`local`) runs for a fixed time instead, so
-        every rank is busy for the whole window: on a CPU the ranks share cores, and a rank
-        finishing early would hand its core to the others."""
+        (default the bench's) per repeat. A local op (`local`) runs for a fixed time instead,
+        `window_s` (default the bench's), so every rank is busy for the whole window: on a CPU
+        the ranks share cores, and a rank finishing early would hand its core to the others."""
         fn()  # warm-up: allocation, communicator set-up, caches
         pilot = self.across_ranks([self._run(fn, 1)])[0]
         target = self.target_s if target_s is None else target_s
         calls = max(1, min(1000, round(target / max(pilot, 1e-9) / (10 if local else 1))))
-        window = self.window_s if local else 0.0
+        window = (self.window_s if window_s is None else window_s) if local else 0.0
         return statistics.median(self.across_ranks([self._run(fn, calls, window) for _ in range(self.repeats)]))
 
 

@@ -3,8 +3,9 @@
 The curves `calibrate` fits time each kind of op alone, on operands it just touched. In a
 real step the ops follow one another: operands come from memory the previous op evicted,
 the allocator hands out fresh pages, the interpreter runs between kernels. This module runs
-one forward, backward and AdamW step of a small plain-PyTorch Llama (the ops and kernels
-axon's engine uses, on one rank, every rank at once) and divides its time by what
+one forward, backward, gradient-clipping and AdamW step of a small plain-PyTorch Llama (the
+ops and kernels axon's engine uses: its attention, RoPE and cross-entropy; on one rank,
+every rank at once) and divides its time by what
 `perfmodel.predict` prices the same step at from the curves just measured. `predict`
 multiplies every compute time by that ratio. torch is imported inside functions only.
 """
@@ -18,6 +19,7 @@ from perfmodel.predict import predict
 from perfmodel.training import TrainingSetup
 
 COMPUTE = ("gemm", "attention", "elementwise", "optimizer")
+STEP_WINDOWS = 12  # the reference step's timing window, in the bench's windows for one op
 
 
 def reference_shape(cuda: bool) -> tuple[ModelShape, int]:
@@ -33,6 +35,7 @@ def reference_step(shape: ModelShape, micro: int, dtype_name: str, device):
     import torch.nn.functional as F
 
     from kernels.attention import causal_attention
+    from kernels.cross_entropy import SliceCrossEntropy
     from kernels.rope import apply_rotary, rotary_tables
 
     dtype, generator = getattr(torch, dtype_name), torch.Generator().manual_seed(0)
@@ -70,7 +73,7 @@ def reference_step(shape: ModelShape, micro: int, dtype_name: str, device):
             y = norm(x, w["mlp_norm"])
             x = x + (F.silu(y @ w["w1"].t()) * (y @ w["w3"].t())) @ w["w2"].t()
         logits = norm(x, final_norm) @ head.t()
-        return F.cross_entropy(logits.float().view(-1, shape.vocab), tokens[:, 1:].reshape(-1))
+        return SliceCrossEntropy.apply(logits.float().view(-1, shape.vocab), tokens[:, 1:].reshape(-1)).mean()
 
     params = [embedding, head, final_norm] + [p for w in blocks for p in w.values()]
     optimizer = torch.optim.AdamW(params, lr=1e-4, eps=1e-8)
@@ -78,6 +81,7 @@ def reference_step(shape: ModelShape, micro: int, dtype_name: str, device):
     def step():
         optimizer.zero_grad(set_to_none=True)
         loss().backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # the engine clips every step: a norm, then a scale
         optimizer.step()
     return step
 
@@ -96,6 +100,9 @@ def measure_in_context_slowdown(bench, machine: Machine, dtype_name: str,
     once, over its price from `machine` (whose own slowdown must still be 1). `reference`:
     (model, micro-batch), else `reference_shape`."""
     shape, micro = reference or reference_shape(bench.cuda)
-    measured = bench.seconds(reference_step(shape, micro, dtype_name, bench.device), local=True)
+    # A step is about a second at 8 ranks on 2 cores: a window of several steps per repeat, not
+    # one, so one slow step (a scheduler hiccup) does not set the machine's level.
+    step = reference_step(shape, micro, dtype_name, bench.device)
+    measured = bench.seconds(step, local=True, window_s=STEP_WINDOWS * bench.window_s)
     priced = priced_compute_s(machine, shape, micro, dtype_name)
     return measured / priced, measured, priced
