@@ -68,8 +68,9 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
     if last:
         # The final norm and the softmax are kept, by the one micro-batch in the last chunk at a
         # time (its backward follows its forward); the loss's forward also holds, for a moment,
-        # the logits slice, its fp32 copy (in a non-fp32 run) and the max-shifted logits.
-        transient = tokens * (norm + v_r * 4) + max(transient, tokens * v_r * (eb + 4 + (4 if eb != 4 else 0)))
+        # the logits slice and its fp32 copy (in a non-fp32 run). The softmax is exponentiated
+        # in place in the max-shifted logits (kernels.cross_entropy), so they are one tensor.
+        transient = tokens * (norm + v_r * 4) + max(transient, tokens * v_r * (eb + (4 if eb != 4 else 0)))
     in_flight = min(layout.pipe, _micro_batches(setup, layout)) if layout.pipe > 1 and first else 1
     if stage is not None and layout.pipe > 1:
         in_flight = min(layout.pipe - stage, _micro_batches(setup, layout))
