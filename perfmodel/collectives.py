@@ -9,7 +9,7 @@ Where a profile holds a measured fit for the op, placement and group size, the f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -93,12 +93,15 @@ def collective_time(op: str, nbytes: float, placement: Placement, machine: Machi
     p = placement.size
     if p == 1 or nbytes <= 0:
         return 0.0
+    if op == "send":  # a point-to-point transfer between neighbouring pipeline stages
+        transfer = placement.latency_us * 1e-6 + nbytes / (placement.bandwidth_gbs * 1e9)
+        # Blocking: the engine waits for each batch of sends and receives before it computes on,
+        # a rendezvous of two ranks whatever the number of stages.
+        return max(_blocking_latency(replace(placement, size=2), machine), transfer) if blocking else transfer
     if blocking:
         floor = _blocking_latency(placement, machine)
         if floor:
             return max(floor, collective_time(op, nbytes, placement, machine))
-    if op == "send":  # a point-to-point transfer between neighbouring pipeline stages
-        return placement.latency_us * 1e-6 + nbytes / (placement.bandwidth_gbs * 1e9)
     fit = _measured_fit(op, placement, machine)
     if fit is not None:
         alpha, bandwidth, measured_p = fit

@@ -168,8 +168,9 @@ class CommClock:
     def asleep(self, comm, priced: float) -> float:
         """Seconds of one collective (priced at `priced` by this clock) its early ranks sleep,
         waiting for the last: the blocking latency beyond the collective's own time. Counted
-        only where ranks share cores."""
-        if self.machine.oversubscription <= 1 or not self._blocking(comm):
+        only where ranks share cores, and not for pipeline transfers: the neighbour a stage
+        waits for is in the same exchange, so the sleep frees no core for a computing stage."""
+        if self.machine.oversubscription <= 1 or not self._blocking(comm) or comm.kind == "p2p":
             return 0.0
         return priced - collective_time(comm.op, comm.nbytes, self._placement(comm), self.machine)
 
@@ -180,7 +181,7 @@ class CommClock:
 
     @staticmethod
     def _blocking(comm) -> bool:
-        return comm.kind in ("blocking", "dx", "sync")
+        return comm.kind in ("blocking", "dx", "sync", "p2p")
 
 
 def _category(comm) -> str:

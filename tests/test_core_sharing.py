@@ -54,7 +54,8 @@ def test_predict_lends_only_to_pipeline_stages():
     for layout in (Layout(data=2, col=4), Layout(depth=2, row=2, col=2)):
         assert predict(shape, layout, shared, setup).breakdown == predict(shape, layout, own_cores, setup).breakdown
     # pipe=2 x col=4 on one node of 8: the other stage's 4 ranks sleep through every blocking
-    # col all-reduce (tensor_comm is all sleep here); pipeline p2p is awake. Solve the fixed point
+    # col all-reduce (tensor_comm is all sleep here); a pipeline transfer lends nothing (its
+    # neighbour waits in the same exchange). Solve the fixed point
     # from the unlent breakdown: k = demand / 8 with demand = 4 + 4 (1 - asleep / (k C + W)).
     layout = Layout(pipe=2, col=4)
     unlent = predict(shape, layout, own_cores, setup).breakdown

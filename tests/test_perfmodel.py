@@ -78,6 +78,17 @@ def test_blocking_collectives_pay_the_measured_latency_between_compute():
     assert machine_from_dict(machine_to_dict(machine)) == machine  # what calibrate writes reads back the same
 
 
+def test_pipeline_transfers_pay_the_two_rank_blocking_latency():
+    """The engine waits on each batch of sends and receives: a two-rank rendezvous whatever the
+    number of stages, so a send pays the 2-rank latency (500 us here), not the pipe group's."""
+    machine = machine_from_dict({**BASE, "blocking_latency_us": {"intra": {2: 500}}})
+    four = group_placement(Layout(pipe=4), ("pipe",), machine)
+    assert collective_time("send", 8, four, machine, blocking=True) == pytest.approx(500e-6)
+    assert collective_time("send", 8, four, machine) == pytest.approx(2e-6 + 8 / 100e9)  # the link alone
+    big = 1e9
+    assert collective_time("send", big, four, machine, blocking=True) == pytest.approx(2e-6 + big / 100e9)
+
+
 def test_gemm_efficiency_interpolates_in_log_flops():
     clock = GemmClock(HAND, "float32")
     assert clock.efficiency(1e7) == pytest.approx(0.4)
