@@ -4,11 +4,14 @@ For each world size (8, then 4 ranks):
 1. `torchrun --nproc-per-node N -m perfmodel calibrate --out results/machine_cpu_N.yaml --model M
    --seq S --micro-batch B/N`, the same launcher as training, so the profile sees N ranks
    sharing the cores; its whole-step reference is the model at one rank's share of the batch;
-2. gloo spawns of N ranks build axon on every layout of N ranks the model divides, a group of
-   at most --group layouts per spawn (33 models held at once by 8 ranks outgrew this machine's
-   RAM and slowed every step), and run a group round-robin: each round one step of each
-   layout, timed barrier to barrier, the max over ranks; rounds interleave so that the
-   machine's drift hits every layout of a group alike; the first round is warm-up;
+2. gloo spawns of N ranks build axon on every layout of N ranks the model divides, in groups
+   of near-equal size, at most --group layouts per spawn, and run a group round-robin: each
+   round one step of each layout, timed barrier to barrier, the max over ranks; rounds
+   interleave so that the machine's drift hits every layout of a group alike; the first round
+   is warm-up. Groups are small and even because the models a spawn holds slow each other's
+   steps, and unevenly: with 9 held, data=2 pipe=4 took 10% longer than with 3, data=8 4%
+   (33 at once outgrew this machine's RAM; groups of 8 left data=8 alone in a spawn of its own
+   and favoured it over every other layout);
 3. perfmodel predicts each layout from the profile alone.
 Reported: predicted vs measured median step per layout, Kendall tau and Spearman rank
 correlations, mean absolute percentage error, the worst error, and the top-1 regret (measured
@@ -17,7 +20,7 @@ time of the predicted best / the measured best), and the same scores with the pr
 MAPE <= 10%, no layout off by more than 25%, regret 1.00; at 4 ranks tau >= 0.8.
 
     .venv/bin/python -m benchmarks.perfmodel_validation [--model 10M] [--seq 128] [--batch 16]
-        [--rounds 6] [--worlds 8 4] [--quick-calibration] [--profile FILE.yaml (skip calibrating)]
+        [--rounds 6] [--worlds 8 4] [--group 3] [--quick-calibration] [--profile FILE.yaml (skip calibrating)]
         [--repredict (keep the measured times and profiles of the last results; predict again)]
         [--results FILE.json (default benchmarks/results/perfmodel_validation.json)]
 """
@@ -122,10 +125,12 @@ def measure_worker(rank, world, port, spec, out):
 
 
 def measure(world: int, spec: dict, group: int) -> list[list[float]]:
-    """Step times per layout, `group` layouts per spawn."""
+    """Step times per layout: consecutive groups of near-equal size, at most `group` per spawn."""
     layouts = spec["layouts"]
-    return [times for start in range(0, len(layouts), group)
-            for times in measure_group(world, {**spec, "layouts": layouts[start:start + group]})]
+    spawns = -(-len(layouts) // group)
+    bounds = [len(layouts) * k // spawns for k in range(spawns + 1)]
+    return [times for start, end in zip(bounds, bounds[1:])
+            for times in measure_group(world, {**spec, "layouts": layouts[start:end]})]
 
 
 def measure_group(world: int, spec: dict) -> list[list[float]]:
@@ -231,7 +236,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--worlds", type=int, nargs="+", default=[8, 4])
     parser.add_argument("--quick-calibration", action="store_true")
     parser.add_argument("--profile", help="use this profile instead of calibrating")
-    parser.add_argument("--group", type=int, default=8, help="layouts measured together in one spawn")
+    parser.add_argument("--group", type=int, default=3, help="at most this many layouts measured together in one spawn")
     parser.add_argument("--repredict", action="store_true",
                         help="predict again from the last results' measured times and profiles (no measuring)")
     parser.add_argument("--results", default=str(RESULTS / "perfmodel_validation.json"),
