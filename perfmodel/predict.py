@@ -13,9 +13,11 @@ times the machine's measured `in_context_slowdown`), and every collective of `wo
 each limited to `overlap_efficiency` of the compute. Pipeline stages: the 1F1B schedule the
 engine runs is replayed with each stage's forward and backward times (`perfmodel.pipeline`);
 even stages give the textbook bubble of (p - 1) / m of the busy time; where ranks share
-cores (`oversubscription` > 1) the replay runs that much faster, since idle ranks lend their
-cores, but never faster than the busy time; and each stage computes faster while other
-stages' ranks on its node wait in their collectives (`perfmodel.core_sharing`).
+cores (`oversubscription` > 1), each stage computes faster while other stages' ranks on its
+node wait in their collectives, and the plain 1F1B order is replayed event by event with the
+node's cores shared among the ranks busy at each moment, so a stage waiting for its
+neighbour lends its cores (`perfmodel.core_sharing`; interleaved orders: the replay up to f
+times faster, never faster than the busy time).
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ import math
 from dataclasses import dataclass, field
 
 from perfmodel.collectives import collective_time, group_placement
-from perfmodel.core_sharing import lent_compute_factor, stage_mates_on_node
+from perfmodel.core_sharing import lent_compute_factor, shared_core_replay, stage_mates_on_node, stage_mix_by_node
 from perfmodel.flops import flops_per_token
 from perfmodel.layout import DEFAULT_ORDER, Layout
 from perfmodel.machine import Machine
 from perfmodel.memory import fullest, memory_per_device, why_it_does_not_fit
 from perfmodel.models import ModelShape
-from perfmodel.pipeline import step_seconds
+from perfmodel.pipeline import REPLAY_OPS, pipeline_order, step_seconds
 from perfmodel.stages import balanced_counts
 from perfmodel.training import TrainingSetup
 from perfmodel.workload import (OPTIMIZER_BYTES_PER_PARAM, Gemm, micro_batch_work, stage_parameters,
@@ -43,6 +45,7 @@ COMPONENTS = ("gemm", "attention", "elementwise", "optimizer", "tensor_comm", "d
               "depth_reduce_scatter", "data_comm", "pipeline_p2p", "pipeline_bubble", "step_sync")
 STAGE_COMPUTE = ("gemm", "attention", "elementwise")  # a stage's own compute, out of phase with other stages'
 STAGE_COMMS = ("tensor_comm", "depth_gather", "depth_reduce_scatter", "data_comm", "pipeline_p2p")
+SLOT_PARTS = STAGE_COMPUTE + ("tensor_comm", "depth_gather", "depth_reduce_scatter", "pipeline_p2p")  # a micro-batch's slot
 
 
 @dataclass
@@ -265,6 +268,13 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, sta
     return plain, _expose(out, pools, compute, hidden_by_dx, eff), share, asleep
 
 
+@functools.lru_cache(maxsize=4096)
+def _shared_core_step(forward_s: tuple, backward_s: tuple, micro_batches: int, mix: tuple, oversubscription: float) -> float:
+    p = len(forward_s)
+    orders = [[(kind, j) for kind, j, _ in pipeline_order(s, p, micro_batches)] for s in range(p)]
+    return shared_core_replay(orders, forward_s, backward_s, mix, oversubscription)
+
+
 def _scaled(seconds: dict, factor: float) -> dict:
     """`seconds` with the stage's compute components times `factor`."""
     return {k: t * factor if k in STAGE_COMPUTE else t for k, t in seconds.items()}
@@ -341,10 +351,19 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     slowest = max(priced.values(), key=lambda entry: entry["slot"])
     breakdown = {k: slowest["per_mb"][k] * (count - 1) + slowest["last_mb"][k] for k in COMPONENTS}
     if replay_pipeline:
-        # Ranks sharing cores (oversubscription f > 1) lend a waiting rank's share to the busy
-        # ones: the replayed order then runs up to f times faster, down to the busy time.
-        replayed = step_seconds(forward_s, backward_s, count, p) / machine.oversubscription
-        breakdown["pipeline_bubble"] = max(0.0, replayed - count * slowest["slot"])
+        busy = count * slowest["slot"]
+        if lending and v == 1 and 2 * p * count <= REPLAY_OPS:
+            # Ranks sharing cores: a stage waiting for its neighbour lends its cores to the busy
+            # ones, event by event; the slowest stage can then finish sooner than its price.
+            replayed = _shared_core_step(tuple(forward_s), tuple(backward_s), count,
+                                         stage_mix_by_node(layout, machine.devices_per_node), machine.oversubscription)
+            if replayed < busy:  # the replay scales whole slots: so do their parts
+                breakdown = {k: t * replayed / busy if k in SLOT_PARTS else t for k, t in breakdown.items()}
+        else:
+            # Interleaved, or schedules too long to replay event by event: a waiting rank's share
+            # goes to the busy ones, the replay running up to f times faster, down to the busy time.
+            replayed = step_seconds(forward_s, backward_s, count, p) / machine.oversubscription
+        breakdown["pipeline_bubble"] = max(0.0, replayed - busy)
     # Stages step their optimizers at once; the one with the most parameters finishes last.
     local = max(entry["local_params"] for entry in priced.values())
     breakdown["optimizer"] += memory_seconds(machine, "optimizer", local * OPTIMIZER_BYTES_PER_PARAM) \

@@ -156,3 +156,26 @@ def test_threads_per_core_counts_each_node_s_ranks_over_the_cores_they_may_use()
         reference_from_args("7M", None, 1)
     with pytest.raises(ValueError, match="--micro-batch must be at least 1, got 0"):
         reference_from_args("1M", None, 0)
+
+
+def test_op_overhead_is_a_tiny_steps_time_beyond_its_work_over_the_ops_predict_counts():
+    """A bench that reports the tiny reference step at its priced work plus 280 ops of 7 us:
+    2 blocks x (40 forward + 60 backward) + 20 + 30 for the ends + 30 for AdamW (hand count)."""
+    from perfmodel.calibrate.reference import measure_op_overhead_us, overhead_shape, priced_compute_s
+
+    profile = {"name": "t", "devices_per_node": 1, "nics_per_node": 1, "overlap_efficiency": 0.0, "peak_tflops": {"float32": 0.05}, "memory_gb": 8,
+               "memory_bandwidth_gbs": 10, "intra_node": {"bandwidth_gbs": 1, "latency_us": 5},
+               "inter_node": {"bandwidth_gbs": 1, "latency_us": 5}, "gemm_efficiency": [[1e4, 0.1], [1e8, 0.6]]}
+    machine = machine_from_dict({**profile, "op_overhead_us": 3, "in_context_slowdown": 1.3})
+    bare = machine_from_dict({**profile, "op_overhead_us": 0})
+    work_s = priced_compute_s(bare, overhead_shape(), 1, "float32")
+    assert 0 < work_s < 280 * 7e-6  # the tiny step's work is small next to its ops
+
+    class Bench:
+        device = torch.device("cpu")
+
+        def seconds(self, fn, local=False):
+            fn()  # the step runs
+            return work_s + 280 * 7e-6
+
+    assert measure_op_overhead_us(Bench(), machine, "float32") == pytest.approx(7.0, rel=1e-9)

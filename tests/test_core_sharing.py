@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from perfmodel.core_sharing import lent_compute_factor, stage_mates_on_node
+from perfmodel.core_sharing import lent_compute_factor, shared_core_replay, stage_mates_on_node, stage_mix_by_node
 from perfmodel.layout import Layout
 from perfmodel.machine import machine_from_dict
 from perfmodel.models import ModelShape
@@ -29,6 +29,27 @@ def test_stage_mates_on_node_by_hand():
     # data, pipe, depth, row, col outermost first: ranks 0, 1 (data 0) and 4, 5 (data 1) are stage 0.
     assert stage_mates_on_node(Layout(data=2, pipe=2, row=2), 8) == (4, 4)
     assert stage_mates_on_node(Layout(pipe=4, row=2), 8) == (2, 6)
+
+
+def test_stage_mix_by_node_by_hand():
+    # pipe=4 x row=2 (strides: pipe 2, row 1) on nodes of 4: stages 0, 1 share one node, 2, 3 the next.
+    assert stage_mix_by_node(Layout(pipe=4, row=2), 4) == ((2, 2, 0, 0), (2, 2, 0, 0), (0, 0, 2, 2), (0, 0, 2, 2))
+    # data=2 x pipe=4 on one node of 8: two ranks of every stage.
+    assert stage_mix_by_node(Layout(data=2, pipe=4), 8) == ((2, 2, 2, 2),) * 4
+    assert stage_mix_by_node(Layout(pipe=2, col=4), 4) == ((4, 0), (0, 4))
+
+
+def test_shared_core_replay_by_hand():
+    """p = 2, m = 2, forward 1 and backward 2 on both stages. Stage 0 runs F0 F1 B0 B1, stage 1
+    F0 B0 F1 B1. With one core of its own per stage: 9 (F0 0-1; F1 and F0 1-2; B0 2-4; B0 4-6 and
+    F1 4-5; B1 5-7; B1 7-9). Both stages' ranks on one core (f = 2), a lone busy stage running at
+    twice the shared price: F0 0-0.5; F1, F0 to 1.5; stage 1's B0 alone to 2.5; B0 and F1 together,
+    F1 done at 3.5; B0 and B1 together, B0 done at 4.5; B1 alone to 5; B1 alone to 6."""
+    orders = [[("F", 0), ("F", 1), ("B", 0), ("B", 1)], [("F", 0), ("B", 0), ("F", 1), ("B", 1)]]
+    own = shared_core_replay(orders, [1.0, 1.0], [2.0, 2.0], ((1, 0), (0, 1)), 2.0)
+    shared = shared_core_replay(orders, [1.0, 1.0], [2.0, 2.0], ((1, 1), (1, 1)), 2.0)
+    unshared = shared_core_replay(orders, [1.0, 1.0], [2.0, 2.0], ((1, 1), (1, 1)), 1.0)
+    assert (own, shared, unshared) == (pytest.approx(9.0), pytest.approx(6.0), pytest.approx(9.0))
 
 
 def test_lent_compute_factor_by_hand():
@@ -57,6 +78,7 @@ def test_predict_lends_only_to_pipeline_stages():
     # col all-reduce (tensor_comm is all sleep here); a pipeline transfer lends nothing (its
     # neighbour waits in the same exchange). Solve the fixed point
     # from the unlent breakdown: k = demand / 8 with demand = 4 + 4 (1 - asleep / (k C + W)).
+    # The shared-core replay then scales every part of a slot alike (by g, its own test above).
     layout = Layout(pipe=2, col=4)
     unlent = predict(shape, layout, own_cores, setup).breakdown
     lent = predict(shape, layout, shared, setup).breakdown
@@ -66,7 +88,10 @@ def test_predict_lends_only_to_pipeline_stages():
     k = 1.0
     for _ in range(200):
         k = (4 + 4 * (1 - asleep / (k * c + w))) / 8
+    g = lent["tensor_comm"] / unlent["tensor_comm"]
+    assert 0.9 < g <= 1.0
     for key in compute:
-        assert lent[key] == pytest.approx(k * unlent[key], rel=1e-6), key
-    for key in ("tensor_comm", "pipeline_p2p", "optimizer", "step_sync"):
+        assert lent[key] == pytest.approx(k * g * unlent[key], rel=1e-6), key
+    assert lent["pipeline_p2p"] == pytest.approx(g * unlent["pipeline_p2p"], rel=1e-12)
+    for key in ("optimizer", "step_sync"):
         assert lent[key] == pytest.approx(unlent[key], rel=1e-12), key

@@ -134,17 +134,16 @@ def test_in_context_slowdown_scales_compute_and_oversubscribed_cores_absorb_the_
             assert slowed[k] == pytest.approx(1.25 * plain[k], rel=1e-12), k
         # With every overlap window at 100%, slower compute hides at least as much communication.
         assert sum(slowed[k] for k in slowed if k not in compute) <= sum(plain[k] for k in plain if k not in compute)
-    # pipe=4, 8 even micro-batches: the replay is (8 + 3) slots. Four threads per core run it four
-    # times faster, under the 8 busy slots, so no bubble is left; two per core leave 11/2 - 8 < 0 too;
-    # 1.25 per core leaves 11 / 1.25 - 8 = 0.8 slot.
+    # pipe=4, 8 micro-batches, one rank per stage on a node of 4, stages near even (a vocabulary
+    # of 8): the replay is about (8 + 3) slots. Sharing cores, a stage alone in the warm-up or
+    # drain runs faster (up to f times); in the steady state all four compute: the step falls
+    # with f, towards the busy 8 slots, never below the work over the cores (the mean stage).
     base = predict(shape, Layout(pipe=4), machine, setup)
     busy = base.step_time_s - base.breakdown["pipeline_bubble"]
-    for f, bubble_slots in ((4, 0.0), (2, 0.0), (1.25, 11 / 1.25 - 8)):
-        shared = predict(shape, Layout(pipe=4), machine_from_dict({**BASE, "op_overhead_us": 5, "oversubscription": f}),
-                         setup)
-        assert shared.step_time_s - shared.breakdown["pipeline_bubble"] == pytest.approx(busy, rel=1e-12)
-        slot = (base.breakdown["pipeline_bubble"] + 8 * busy / 8) / 11  # about one slot, from the 1F1B replay
-        assert shared.breakdown["pipeline_bubble"] == pytest.approx(bubble_slots * slot, rel=0.05, abs=1e-9), f
+    steps = [predict(shape, Layout(pipe=4), machine_from_dict({**BASE, "op_overhead_us": 5, "oversubscription": f}),
+                     setup).step_time_s for f in (1.25, 2, 4)]
+    assert base.step_time_s > steps[0] > steps[1] > steps[2] > 0.99 * busy
+    assert base.breakdown["pipeline_bubble"] > 0.25 * busy
     with pytest.raises(ProfileError, match="oversubscription .* at least 1, got 0.5"):
         machine_from_dict({**BASE, "oversubscription": 0.5})
 

@@ -29,8 +29,8 @@ from perfmodel.models import PRESETS, ModelShape, preset
 from perfmodel.calibrate.compute import (measure_attention, measure_gemms_by_min_dim, measure_memory_kinds,
                                          min_dim_curves)
 from perfmodel.calibrate.measure import (MIB, Bench, efficiency_curve, measure_collectives, measure_gemms,
-                                         memory_bandwidth_gbs, op_overhead_us, overlap_efficiency, partitions)
-from perfmodel.calibrate.reference import measure_in_context_slowdown, reference_shape
+                                         memory_bandwidth_gbs, bare_op_us, overlap_efficiency, partitions)
+from perfmodel.calibrate.reference import measure_in_context_slowdown, measure_op_overhead_us, reference_shape
 
 GIB = 1 << 30  # memory_gb is in GiB, as perfmodel.memory counts it; bandwidths use GB = 1e9
 
@@ -91,7 +91,7 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
         peaks[dtypes[0]] = max(peaks[dtypes[0]], max(2.0 * m * n * k / s for (m, n, k), _, s in by_shape) / 1e12)
     peak = peaks[dtypes[0]] * 1e12
     curve = efficiency_curve(gemms[dtypes[0]] + [(shape, s) for shape, _, s in by_shape], peak)
-    mem_bw, overhead = memory_bandwidth_gbs(bench), op_overhead_us(bench)
+    mem_bw, bare_op = memory_bandwidth_gbs(bench), bare_op_us(bench)
     attention = measure_attention(bench, dtypes[0], quick, peak)
     memory_kinds = measure_memory_kinds(bench, dtypes[0], quick, mem_bw)
     memory = (torch.cuda.get_device_properties(device).total_memory if cuda
@@ -110,7 +110,7 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
         overlap, overlap_times = overlap_efficiency(bench, groups[("intra", p)], p, intra[p],
                                                     gemms[dtypes[0]], dtypes[0], quick)
     else:
-        intra_link = base.intra_node if base else Link(mem_bw, max(overhead, 0.01))
+        intra_link = base.intra_node if base else Link(mem_bw, max(bare_op, 0.01))
         notes.append("intra_node not measured (" + ("from the base profile" if base else
                                                      "memory bandwidth and op overhead stand in") + ")")
         notes.append("overlap_efficiency not measured")
@@ -140,7 +140,6 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
         attention_efficiency={phase: _points(c) for phase, c in attention.items()},
         memory_efficiency={kind: _points(c) for kind, c in memory_kinds.items()},
         overlap_efficiency=_sig(overlap),
-        op_overhead_us=_sig(overhead),
         usable_memory_fraction=0.9,
         collectives={op: {place: {p: CollectiveFit(_sig(a * 1e6), _sig(b / 1e9)) for p, (a, b) in by_p.items()}
                           for place, by_p in by_place.items()} for op, by_place in fits.items()},
@@ -153,6 +152,8 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
     )
     # A whole reference step against its price from the curves above; how many compute threads
     # share each core (CPU ranks of a node; a GPU rank owns its device).
+    # The cost per framework op of a real step, then the whole reference step against its price.
+    machine = dataclasses.replace(machine, op_overhead_us=_sig(measure_op_overhead_us(bench, machine, dtypes[0])))
     slowdown, step_s, priced_s = measure_in_context_slowdown(bench, machine, dtypes[0], reference)
     shape, micro = reference or reference_shape(cuda)
     machine = dataclasses.replace(

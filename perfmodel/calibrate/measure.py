@@ -124,7 +124,10 @@ def memory_bandwidth_gbs(bench: Bench) -> float:
     return 3 * 4 * n / bench.seconds(lambda: y.add_(x), local=True) / 1e9  # reads x and y, writes y
 
 
-def op_overhead_us(bench: Bench) -> float:
+def bare_op_us(bench: Bench) -> float:
+    """Microseconds of a bare op (a no-grad add of one element): the link latency a profile
+    without collectives stands in with. A training step's ops cost more: see
+    `reference.measure_op_overhead_us`."""
     import torch
 
     a, b = torch.ones(1, device=bench.device), torch.ones(1, device=bench.device)
