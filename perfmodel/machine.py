@@ -71,6 +71,10 @@ class Machine:
     # Compute threads of a node's ranks per core: 1 where each rank owns a device; more when
     # CPU ranks share cores, so a rank idle in a pipeline bubble gives its share to busy ones.
     oversubscription: float = 1.0
+    # Asynchronous collectives one process group progresses at once: gloo's worker threads (2 by
+    # default), NCCL's one stream (1). Prefetched gathers and pending reduce-scatters in flight
+    # together wait out their fixed costs side by side, that many at a time.
+    concurrent_collectives: int = 1
     # Measured fits, op -> placement -> group size -> fit; missing ones fall back to the links.
     collectives: dict[str, dict[str, dict[int, CollectiveFit]]] = field(default_factory=dict)
     # Measured latency of a small all-reduce between bursts of compute, placement -> group
@@ -193,6 +197,7 @@ def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
         usable_memory_fraction=number("usable_memory_fraction", raw.get("usable_memory_fraction", 0.9)),
         in_context_slowdown=number("in_context_slowdown", raw.get("in_context_slowdown", 1.0)),
         oversubscription=oversubscription,
+        concurrent_collectives=int(number("concurrent_collectives", raw.get("concurrent_collectives", 1))),
         collectives=fits,
         blocking_latency_us=blocking,
         source=str(raw.get("source", where)),
@@ -221,6 +226,7 @@ def machine_to_dict(machine: Machine) -> dict:
         "usable_memory_fraction": machine.usable_memory_fraction,
         "in_context_slowdown": machine.in_context_slowdown,
         "oversubscription": machine.oversubscription,
+        "concurrent_collectives": machine.concurrent_collectives,
         "collectives": {op: {place: {size: {"alpha_us": fit.alpha_us, "bandwidth_gbs": fit.bandwidth_gbs}
                                      for size, fit in sorted(by_size.items())}
                              for place, by_size in by_place.items()}

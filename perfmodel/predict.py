@@ -168,6 +168,17 @@ class CommClock:
     def __call__(self, comm) -> float:
         return collective_time(comm.op, comm.nbytes, self._placement(comm), self.machine, self._blocking(comm))
 
+    def in_flight(self, comm, together: int) -> float:
+        """Seconds of one of `together` asynchronous collectives issued back to back: the
+        process group waits out their fixed costs (time at one byte) side by side, up to the
+        machine's `concurrent_collectives` at a time; transfers still take their turn."""
+        priced = self(comm)
+        k = min(together, self.machine.concurrent_collectives)
+        if k <= 1:
+            return priced
+        fixed = collective_time(comm.op, 1.0, self._placement(comm), self.machine)
+        return priced - fixed * (1 - 1 / k)
+
     def asleep(self, comm, priced: float) -> float:
         """Seconds of one collective (priced at `priced` by this clock) its early ranks sleep,
         waiting for the last: the blocking latency beyond the collective's own time. Counted
@@ -242,21 +253,27 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, sta
     pools = {"forward": [], "backward": []}
     hidden_by_dx = asleep = 0.0
     dx_index = 0
+    pending_rs = sum(comm.count for comm in work.comms if comm.kind == "rs")
     for comm in work.comms:
-        one = seconds(comm)
-        t = one * comm.count
         category = _category(comm)
+        # Prefetched gathers run the one in use and prefetch_distance ahead at once; reduce-
+        # scatters stay pending to the step's end.
         if comm.kind == "gather" and "all_gather" in on:
-            pools[comm.phase].append((category, t, one))
+            one = seconds.in_flight(comm, setup.prefetch_distance + 1)
+            pools[comm.phase].append((category, one * comm.count, one))
         elif comm.kind == "rs" and "reduce_scatter" in on:
-            pools["backward"].append((category, t, one))
+            one = seconds.in_flight(comm, pending_rs)
+            pools["backward"].append((category, one * comm.count, one))
         elif comm.kind == "dx" and "all_reduce" in on:
+            one = seconds(comm)
+            t = one * comm.count
             hidden = min(t, eff * dw_times[dx_index])  # both summed over the same layers
             hidden_by_dx += hidden
             out[category] += t - hidden
             asleep += seconds.asleep(comm, one) * comm.count * (1 - hidden / t if t > 0 else 0.0)
         else:
-            out[category] += t
+            one = seconds(comm)
+            out[category] += one * comm.count
             asleep += seconds.asleep(comm, one) * comm.count
         dx_index += comm.kind == "dx"
     share = compute["forward"] / max(compute["forward"] + compute["backward"], 1e-30)

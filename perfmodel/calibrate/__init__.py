@@ -158,6 +158,7 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
     shape, micro = reference or reference_shape(cuda)
     machine = dataclasses.replace(
         machine, in_context_slowdown=_sig(slowdown), oversubscription=1.0 if cuda else _sig(threads_per_core(placed)),
+        concurrent_collectives=1 if cuda else gloo_threads(),
         source=f"{machine.source}; whole-step reference: {shape.layers} layers of hidden {shape.hidden}, "
                f"{micro} x {shape.seq_len} tokens")
     if report and rank == 0:
@@ -171,6 +172,17 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
 def _usable_cores() -> frozenset[int]:
     """The cores this process may run on (its binding or the allocation's, not the node's)."""
     return frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset(range(os.cpu_count() or 1))
+
+
+def gloo_threads() -> int:
+    """Asynchronous collectives a gloo process group runs at once: its worker threads (torch's
+    default 2; NCCL runs a group's collectives one after another on its stream)."""
+    import torch.distributed as dist
+
+    try:
+        return int(dist.ProcessGroupGloo._Options()._threads)
+    except (AttributeError, TypeError, RuntimeError):
+        return 2
 
 
 def threads_per_core(placed: list[tuple[str, frozenset[int], int]]) -> float:
