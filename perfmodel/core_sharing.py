@@ -30,10 +30,8 @@ from perfmodel.layout import Layout
 
 def stage_mates_on_node(layout: Layout, ranks_per_node: int) -> tuple[int, int]:
     """(ranks of rank 0's pipeline stage, ranks of other stages) among node 0's ranks."""
-    ranks = range(min(ranks_per_node, layout.world_size))
-    own = layout.coords(0)["pipe"]
-    same = sum(layout.coords(r)["pipe"] == own for r in ranks)
-    return same, len(ranks) - same
+    own = stage_mix_by_node(layout, ranks_per_node)[0]
+    return own[0], sum(own) - own[0]
 
 
 def lent_compute_factor(compute_s: float, comm_s: float, sleep_s: float, same: int, other: int,
