@@ -25,6 +25,8 @@ Torch-free: predict imports it.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from perfmodel.layout import Layout
 
 
@@ -55,6 +57,7 @@ def lent_compute_factor(compute_s: float, comm_s: float, sleep_s: float, same: i
     return (low + high) / 2
 
 
+@lru_cache(maxsize=1024)  # predict asks for rank 0's row (lending) and every row (the replay)
 def stage_mix_by_node(layout: Layout, ranks_per_node: int) -> tuple[tuple[int, ...], ...]:
     """mix[s][t]: ranks of stage t on the node of stage s's first rank (stages' replicas run
     in step, so one node per stage stands for all of its nodes)."""

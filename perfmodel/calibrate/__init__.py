@@ -150,9 +150,9 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
                           f"quick={quick}, GEMMs {'as the tuner picks' if tuned else 'as held'}"]
                          + ([f"peaks and NICs from {base.name}"] if base else []) + notes),
     )
-    # A whole reference step against its price from the curves above; how many compute threads
-    # share each core (CPU ranks of a node; a GPU rank owns its device).
-    # The cost per framework op of a real step, then the whole reference step against its price.
+    # The cost per framework op of a real step; a whole reference step against its price from
+    # the curves above; how many compute threads share each core (CPU ranks of a node; a GPU
+    # rank owns its device) and how many collectives a process group runs at once.
     machine = dataclasses.replace(machine, op_overhead_us=_sig(measure_op_overhead_us(bench, machine, dtypes[0])))
     slowdown, step_s, priced_s = measure_in_context_slowdown(bench, machine, dtypes[0], reference)
     shape, micro = reference or reference_shape(cuda)
