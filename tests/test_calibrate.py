@@ -179,3 +179,51 @@ def test_op_overhead_is_a_tiny_steps_time_beyond_its_work_over_the_ops_predict_c
             return work_s + 280 * 7e-6
 
     assert measure_op_overhead_us(Bench(), machine, "float32") == pytest.approx(7.0, rel=1e-9)
+
+
+def test_interleaved_rounds_time_each_function_in_turn_on_one_clock(monkeypatch):
+    """Three functions that advance a fake clock by 1, 2 and 3 ms: every round reads those
+    times, and the calls alternate round by round."""
+    import perfmodel.calibrate.measure as measure
+
+    clock, calls = [0.0], []
+
+    def ticking(label, seconds):
+        def fn():
+            calls.append(label)
+            clock[0] += seconds
+        return fn
+
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock[0])
+    bench = measure.Bench(torch.device("cpu"), world=1, quick=True)
+    bench.window_s = 0.0  # a local op then runs its planned calls once per round
+    fns = [(ticking("a", 1e-3), True), (ticking("b", 2e-3), False), (ticking("c", 3e-3), False)]
+    rows = bench.interleaved(fns, rounds=4)
+    assert [[round(t * 1e3, 9) for t in row] for row in rows] == [[1.0, 2.0, 3.0]] * 4
+    timed = calls[3 * 2:]  # after each function's warm-up call and pilot
+    runs = [label for i, label in enumerate(timed) if i == 0 or timed[i - 1] != label]
+    assert runs == ["a", "b", "c"] * 4
+
+
+def test_overlap_efficiency_is_the_median_of_paired_rounds():
+    """Rounds (t_c, t_m, t_b) in ms whose efficiencies (t_c + t_m - t_b) / min(t_c, t_m) are,
+    by hand, 0.5, 0.0, -0.1, 0.3 and 2/3: the median 0.3, not the 0.1 the columns' medians give."""
+    from perfmodel.calibrate.measure import overlap_efficiency
+
+    rounds = [(100, 100, 150), (100, 100, 200), (100, 100, 210), (120, 100, 190), (100, 90, 130)]
+
+    class Bench:
+        device, cuda = torch.device("cpu"), False
+
+        def seconds(self, fn, local=False):
+            return 0.1  # sizes the GEMM burst; the all-reduce is not run
+
+        def interleaved(self, fns, rounds_count):
+            assert [local for _, local in fns] == [True, False, False] and rounds_count == 15
+            return [[t / 1e3 for t in row] for row in rounds]
+
+    efficiency, (nbytes, t_c, t_m, t_b) = overlap_efficiency(Bench(), None, 2, (1e-3, 1e9), [((32, 32, 32), 0.01)],
+                                                              "float32", quick=False)
+    assert efficiency == pytest.approx(0.3)
+    assert (t_c, t_m, t_b) == pytest.approx((0.1, 0.1, 0.19))  # the columns' medians, reported
+    assert nbytes % 8 == 0

@@ -62,8 +62,8 @@ class Bench:
             done += calls
         return (time.perf_counter() - start) / done
 
-    def seconds(self, fn, local: bool = False, target_s: float | None = None, window_s: float | None = None) -> float:
-        """Seconds per call of fn(): median over repeats of the slowest rank. Call on every rank.
+    def _plan(self, fn, local: bool, target_s: float | None, window_s: float | None) -> tuple[int, float]:
+        """(calls, window) for one repeat of fn, after a warm-up call and a timed pilot.
 
         A collective runs a fixed number of calls, the same on every rank, about `target_s`
         (default the bench's) per repeat. A local op (`local`) runs for a fixed time instead,
@@ -73,8 +73,21 @@ class Bench:
         pilot = self.across_ranks([self._run(fn, 1)])[0]
         target = self.target_s if target_s is None else target_s
         calls = max(1, min(1000, round(target / max(pilot, 1e-9) / (10 if local else 1))))
-        window = (self.window_s if window_s is None else window_s) if local else 0.0
+        return calls, ((self.window_s if window_s is None else window_s) if local else 0.0)
+
+    def seconds(self, fn, local: bool = False, target_s: float | None = None, window_s: float | None = None) -> float:
+        """Seconds per call of fn(): median over repeats of the slowest rank. Call on every rank."""
+        calls, window = self._plan(fn, local, target_s, window_s)
         return statistics.median(self.across_ranks([self._run(fn, calls, window) for _ in range(self.repeats)]))
+
+    def interleaved(self, fns: list[tuple], rounds: int) -> list[list[float]]:
+        """Seconds per call of each (fn, local) pair, timed one after another in each of `rounds`
+        rounds; one row per round, each the slowest rank's. For a figure computed from several
+        timings: a drift in the machine's load then moves all of a round's timings alike."""
+        plans = [self._plan(fn, local, None, None) for fn, local in fns]
+        rows = [[self._run(fn, calls, window) for (fn, _), (calls, window) in zip(fns, plans)] for _ in range(rounds)]
+        flat = self.across_ranks([t for row in rows for t in row])
+        return [flat[i * len(fns):(i + 1) * len(fns)] for i in range(rounds)]
 
 
 # ---------------------------------------------------------------- compute and memory
@@ -262,7 +275,11 @@ def overlap_efficiency(bench: Bench, group, p: int, fit, gemms, dtype_name: str,
     alpha, bw = fit
     nbytes = math.ceil(min(max((target - alpha) * bw, MIB), 256 * MIB) / (4 * p)) * 4 * p
     buf = torch.zeros(nbytes // 4, device=bench.device)
-    t_m = bench.seconds(lambda: dist.all_reduce(buf, group=group))
+
+    def all_reduce():
+        dist.all_reduce(buf, group=group)
+
+    t_m = bench.seconds(all_reduce)  # sizes the GEMM burst
     fitting = [(s, t) for s, t in gemms if t <= t_m] or [min(gemms, key=lambda r: r[1])]
     (m, n, k), t_one = max(fitting, key=lambda r: r[1])
     reps = max(1, round(t_m / t_one))
@@ -279,5 +296,9 @@ def overlap_efficiency(bench: Bench, group, p: int, fit, gemms, dtype_name: str,
         compute()
         work.wait()
 
-    t_c, t_b = bench.seconds(compute, local=True), bench.seconds(both)
-    return min(1.0, max(0.0, (t_c + t_m - t_b) / min(t_c, t_m))), (nbytes, t_c, t_m, t_b)
+    # The median of paired rounds' efficiencies: the figure is a small difference of three
+    # timings. At 8 CPU ranks one round's reading scatters by +-0.13 about zero, and three
+    # medians taken apart read 0.00-0.19 in calibrations an hour apart.
+    rows = bench.interleaved([(compute, True), (all_reduce, False), (both, False)], 5 if quick else 15)
+    efficiency = statistics.median(min(1.0, max(0.0, (t_c + t_m - t_b) / min(t_c, t_m))) for t_c, t_m, t_b in rows)
+    return efficiency, (nbytes, *(statistics.median(column) for column in zip(*rows)))
