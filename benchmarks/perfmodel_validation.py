@@ -5,13 +5,16 @@ For each world size (8, then 4 ranks):
    --seq S --micro-batch B/N`, the same launcher as training, so the profile sees N ranks
    sharing the cores; its whole-step reference is the model at one rank's share of the batch;
 2. gloo spawns of N ranks build axon on every layout of N ranks the model divides, in groups
-   of near-equal size, at most --group layouts per spawn, and run a group round-robin: each
-   round one step of each layout, timed barrier to barrier, the max over ranks; rounds
-   interleave so that the machine's drift hits every layout of a group alike; the first round
-   is warm-up. Groups are small and even because the models a spawn holds slow each other's
-   steps, and unevenly: with 9 held, data=2 pipe=4 took 10% longer than with 3, data=8 4%
-   (33 at once outgrew this machine's RAM; groups of 8 left data=8 alone in a spawn of its own
-   and favoured it over every other layout);
+   of near-equal size, and run a group round-robin: each round one step of each layout, timed
+   barrier to barrier, the max over ranks; rounds interleave so that the machine's drift hits
+   every layout of a group alike; the first round is warm-up. Every spawn also runs the
+   anchor, pure data parallelism, at most --group layouts in all: the machine drifts between
+   spawns too (data=8 read 871-931 ms in three spawns within minutes), so each spawn's times
+   are scaled by the anchor's median over all spawns / its median in that spawn (the factor
+   is kept per layout, `drift_scale`, next to the raw times). Groups are small and even
+   because the models a spawn holds slow each other's steps, and unevenly: with 9 held,
+   data=2 pipe=4 took 10% longer than with 3, data=8 4% (33 at once outgrew this machine's
+   RAM; groups of 8 left data=8 alone in a spawn of its own and favoured it);
 3. perfmodel predicts each layout from the profile alone.
 Reported: predicted vs measured median step per layout, Kendall tau and Spearman rank
 correlations, mean absolute percentage error, the worst error, and the top-1 regret (measured
@@ -20,7 +23,7 @@ time of the predicted best / the measured best), and the same scores with the pr
 MAPE <= 10%, no layout off by more than 25%, regret 1.00; at 4 ranks tau >= 0.8.
 
     .venv/bin/python -m benchmarks.perfmodel_validation [--model 10M] [--seq 128] [--batch 16]
-        [--rounds 6] [--worlds 8 4] [--group 3] [--quick-calibration] [--profile FILE.yaml (skip calibrating)]
+        [--rounds 6] [--worlds 8 4] [--group 4] [--quick-calibration] [--profile FILE.yaml (skip calibrating)]
         [--repredict (keep the measured times and profiles of the last results; predict again)]
         [--results FILE.json (default benchmarks/results/perfmodel_validation.json)]
 """
@@ -92,7 +95,9 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def layouts_for(shape: ModelShape, world: int, setup: TrainingSetup):
-    return [lay for lay in factorizations(world, AXES) if layout_problem(shape, lay, setup) is None]
+    """Every layout the model divides, pure data parallelism (the anchor of `measure`) first."""
+    layouts = [lay for lay in factorizations(world, AXES) if layout_problem(shape, lay, setup) is None]
+    return sorted(layouts, key=lambda lay: lay.data != world)
 
 
 def measure_worker(rank, world, port, spec, out):
@@ -124,13 +129,24 @@ def measure_worker(rank, world, port, spec, out):
     dist.destroy_process_group()
 
 
-def measure(world: int, spec: dict, group: int) -> list[list[float]]:
-    """Step times per layout: consecutive groups of near-equal size, at most `group` per spawn."""
-    layouts = spec["layouts"]
-    spawns = -(-len(layouts) // group)
-    bounds = [len(layouts) * k // spawns for k in range(spawns + 1)]
-    return [times for start, end in zip(bounds, bounds[1:])
-            for times in measure_group(world, {**spec, "layouts": layouts[start:end]})]
+def measure(world: int, spec: dict, group: int) -> tuple[list[list[float]], list[float]]:
+    """Step times per layout, and the factor each layout's times are scaled by.
+
+    The anchor (pure data parallelism, the first layout) runs in every spawn, with consecutive
+    groups of near-equal size of the others, at most `group` layouts per spawn in all. The
+    machine drifts between spawns (data=8 read 871-931 ms in three spawns within minutes), so a
+    spawn's times are scaled by the anchor's median over all spawns / its median in this spawn."""
+    anchor, others = spec["layouts"][0], spec["layouts"][1:]
+    spawns = -(-len(others) // max(1, group - 1))
+    bounds = [len(others) * k // spawns for k in range(spawns + 1)]
+    runs = [measure_group(world, {**spec, "layouts": [anchor] + others[start:end]}) for start, end in zip(bounds, bounds[1:])]
+    anchor_medians = [statistics.median(times[0][1:]) for times in runs]  # the first round is warm-up
+    reference = statistics.median(anchor_medians)
+    anchor_all = statistics.median(t for times in runs for t in times[0][1:])
+    times = [[t for times in runs for t in times[0]]] + [t for times in runs for t in times[1:]]
+    scales = [reference / anchor_all] + [reference / anchor_median for anchor_median, times in zip(anchor_medians, runs)
+                                          for _ in times[1:]]
+    return times, scales
 
 
 def measure_group(world: int, spec: dict) -> list[list[float]]:
@@ -166,18 +182,22 @@ def validate(world: int, args, shape: ModelShape, setup: TrainingSetup) -> dict:
     layouts = layouts_for(shape, world, setup)
     spec = {"model": {**shape.__dict__}, "layouts": [lay.sizes() for lay in layouts],
             "rounds": args.rounds + 1, "batch": args.batch}
-    raw = measure(world, spec, args.group)
-    return score(world, profile, shape, setup, layouts, [times[1:] for times in raw])
+    raw, scales = measure(world, spec, args.group)
+    # The anchor's rounds from every spawn, warm-ups dropped; the others' first rounds dropped.
+    timed = [[t for k, t in enumerate(raw[0]) if k % spec["rounds"]]] + [times[1:] for times in raw[1:]]
+    return score(world, profile, shape, setup, layouts, timed, scales)
 
 
-def score(world: int, profile: Path, shape: ModelShape, setup: TrainingSetup, layouts, timed) -> dict:
-    """Predictions from the profile alone next to the measured step times (warm-up dropped)."""
+def score(world: int, profile: Path, shape: ModelShape, setup: TrainingSetup, layouts, timed,
+          scales: list[float] | None = None) -> dict:
+    """Predictions from the profile alone next to the measured step times (warm-up dropped),
+    each layout's median times its spawn's drift factor (`measure`; runs without one: 1)."""
     machine = load_machine(profile)
     rows = []
-    for lay, times in zip(layouts, timed):
+    for lay, times, scale in zip(layouts, timed, scales or [1.0] * len(layouts)):
         prediction = predict(shape, lay, machine, setup)
         rows.append({"layout": {a: getattr(lay, a) for a in AXES}, "predicted_s": prediction.step_time_s,
-                     "measured_s": statistics.median(times), "raw_s": times,
+                     "measured_s": statistics.median(times) * scale, "raw_s": times, "drift_scale": scale,
                      "biggest_cost": prediction.biggest_cost, "breakdown": prediction.breakdown})
     predicted = [r["predicted_s"] for r in rows]
     measured = [r["measured_s"] for r in rows]
@@ -236,7 +256,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--worlds", type=int, nargs="+", default=[8, 4])
     parser.add_argument("--quick-calibration", action="store_true")
     parser.add_argument("--profile", help="use this profile instead of calibrating")
-    parser.add_argument("--group", type=int, default=3, help="at most this many layouts measured together in one spawn")
+    parser.add_argument("--group", type=int, default=4,
+                        help="at most this many layouts measured together in one spawn, the anchor included")
     parser.add_argument("--repredict", action="store_true",
                         help="predict again from the last results' measured times and profiles (no measuring)")
     parser.add_argument("--results", default=str(RESULTS / "perfmodel_validation.json"),
@@ -255,7 +276,8 @@ def main(argv=None) -> dict:
         if last:
             old = next(w for w in last["worlds"] if w["world"] == world)
             layouts = [Layout(**row["layout"]) for row in old["rows"]]
-            result = score(world, ROOT / old["profile"], shape, setup, layouts, [row["raw_s"] for row in old["rows"]])
+            result = score(world, ROOT / old["profile"], shape, setup, layouts, [row["raw_s"] for row in old["rows"]],
+                           [row.get("drift_scale", 1.0) for row in old["rows"]])
         else:
             result = validate(world, args, shape, setup)
         print_result(result)

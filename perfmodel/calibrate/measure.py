@@ -80,11 +80,11 @@ class Bench:
         calls, window = self._plan(fn, local, target_s, window_s)
         return statistics.median(self.across_ranks([self._run(fn, calls, window) for _ in range(self.repeats)]))
 
-    def interleaved(self, fns: list[tuple], rounds: int) -> list[list[float]]:
+    def interleaved(self, fns: list[tuple], rounds: int, target_s: float | None = None) -> list[list[float]]:
         """Seconds per call of each (fn, local) pair, timed one after another in each of `rounds`
         rounds; one row per round, each the slowest rank's. For a figure computed from several
         timings: a drift in the machine's load then moves all of a round's timings alike."""
-        plans = [self._plan(fn, local, None, None) for fn, local in fns]
+        plans = [self._plan(fn, local, target_s, None) for fn, local in fns]
         rows = [[self._run(fn, calls, window) for (fn, _), (calls, window) in zip(fns, plans)] for _ in range(rounds)]
         flat = self.across_ranks([t for row in rows for t in row])
         return [flat[i * len(fns):(i + 1) * len(fns)] for i in range(rounds)]
@@ -259,10 +259,12 @@ def latency_between_compute(bench: Bench, group, p: int) -> float:
         compute()
         dist.all_reduce(buf, group=group)
 
-    # Tens of calls per repeat: a handful of calls right after a barrier, when every rank starts
-    # at once, read 20-35% high on 8 ranks sharing 2 cores, and vary from run to run.
-    target = bench.target_s * 10
-    return max(0.0, bench.seconds(compute_then_all_reduce, target_s=target) - bench.seconds(compute, target_s=target))
+    # Tens of calls per timing: a handful right after a barrier, when every rank starts at once,
+    # read 20-35% high on 8 ranks sharing 2 cores. The median of paired rounds' differences, as
+    # for the overlap: the two timings drift together.
+    rows = bench.interleaved([(compute_then_all_reduce, False), (compute, False)], bench.repeats + 2,
+                             target_s=bench.target_s * 5)
+    return max(0.0, statistics.median(both - alone for both, alone in rows))
 
 
 def overlap_efficiency(bench: Bench, group, p: int, fit, gemms, dtype_name: str, quick: bool) -> tuple[float, tuple]:

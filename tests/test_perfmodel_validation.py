@@ -1,0 +1,48 @@
+"""benchmarks/perfmodel_validation.py's bookkeeping, with the spawns replaced by made-up times:
+the anchor runs in every spawn and each spawn's times are scaled by its drift; the scores
+are computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import perfmodel_validation as validation
+from perfmodel.models import ModelShape, preset
+from perfmodel.training import TrainingSetup
+
+
+def test_every_spawn_runs_the_anchor_and_is_scaled_by_its_drift(monkeypatch):
+    """Anchor and six layouts, group 3: three spawns of the anchor and two others, the machine
+    1.0x, 1.2x and 0.9x as fast as usual in them. Each spawn's first round is a slow warm-up.
+    The anchor's median over spawns is 1.0 s (the 1.0x spawn), so every layout comes back at
+    its own time, and the scale of spawn k is 1 / its drift."""
+    true_s = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0, "f": 6.0, "g": 7.0}
+    drifts, spawned = iter([1.0, 1.2, 0.9]), []
+
+    def fake_group(world, spec):
+        drift = next(drifts)
+        spawned.append(spec["layouts"])
+        return [[99.0] + [true_s[name] * drift] * (spec["rounds"] - 1) for name in spec["layouts"]]
+
+    monkeypatch.setattr(validation, "measure_group", fake_group)
+    times, scales = validation.measure(8, {"layouts": list("abcdefg"), "rounds": 4}, group=3)
+    assert spawned == [["a", "b", "c"], ["a", "d", "e"], ["a", "f", "g"]]
+    assert scales == pytest.approx([1.0, 1.0, 1.0, 1 / 1.2, 1 / 1.2, 1 / 0.9, 1 / 0.9])
+    assert times[0] == [99.0, 1.0, 1.0, 1.0, 99.0, 1.2, 1.2, 1.2, 99.0, 0.9, 0.9, 0.9]  # the anchor's, spawn by spawn
+    for name, row, scale in zip("bcdefg", times[1:], scales[1:]):
+        assert row[1] * scale == pytest.approx(true_s[name])
+
+
+def test_scores_use_the_scaled_medians_and_name_the_pure_data_layout_first():
+    shape = ModelShape(**{**preset("10M").__dict__, "seq_len": 128})
+    setup = TrainingSetup(global_batch=16, seq_len=128, dtype="float32")
+    layouts = validation.layouts_for(shape, 4, setup)
+    assert layouts[0].data == 4 and len(layouts) == 15
+    profile = validation.ROOT / "perfmodel" / "machines" / "perlmutter.yaml"
+    timed = [[float(k + 1)] * 3 for k in range(len(layouts))]
+    plain = validation.score(4, profile, shape, setup, layouts, timed)
+    halved = validation.score(4, profile, shape, setup, layouts, timed, [0.5] * len(layouts))
+    assert [r["measured_s"] for r in halved["rows"]] == [k / 2 + 0.5 for k in range(len(layouts))]
+    assert halved["kendall_tau"] == pytest.approx(plain["kendall_tau"])  # one factor: the same ranking
+    ratios = [r["predicted_s"] / r["measured_s"] - 1 for r in halved["rows"]]
+    assert halved["mape"] == pytest.approx(sum(abs(x) for x in ratios) / len(ratios))
