@@ -9,9 +9,10 @@ For each world size (8, then 4 ranks):
    barrier to barrier, the max over ranks; rounds interleave so that the machine's drift hits
    every layout of a group alike; the first round is warm-up. Every spawn also runs the
    anchor, pure data parallelism, at most --group layouts in all: the machine drifts between
-   spawns too (data=8 read 871-931 ms in three spawns within minutes), so each spawn's times
-   are scaled by the anchor's median over all spawns / its median in that spawn (the factor
-   is kept per layout, `drift_scale`, next to the raw times). Groups are small and even
+   spawns too (in two runs here the anchor's median per spawn spread over 11%, and one spawn
+   ran 15% slow), so each spawn's times are scaled by the anchor's median over all spawns /
+   its median in that spawn (the factor is kept per layout, `drift_scale`, next to the raw
+   times). Groups are small and even
    because the models a spawn holds slow each other's steps, and unevenly: with 9 held,
    data=2 pipe=4 took 10% longer than with 3, data=8 4% (33 at once outgrew this machine's
    RAM; groups of 8 left data=8 alone in a spawn of its own and favoured it);
@@ -134,7 +135,7 @@ def measure(world: int, spec: dict, group: int) -> tuple[list[list[float]], list
 
     The anchor (pure data parallelism, the first layout) runs in every spawn, with consecutive
     groups of near-equal size of the others, at most `group` layouts per spawn in all. The
-    machine drifts between spawns (data=8 read 871-931 ms in three spawns within minutes), so a
+    machine drifts between spawns (one spawn of a run here ran 15% slow), so a
     spawn's times are scaled by the anchor's median over all spawns / its median in this spawn."""
     anchor, others = spec["layouts"][0], spec["layouts"][1:]
     spawns = -(-len(others) // max(1, group - 1))
