@@ -12,10 +12,10 @@ For each world size (8, then 4 ranks):
    spawns too (in two runs here the anchor's median per spawn spread over 11%, and one spawn
    ran 15% slow), so each spawn's times are scaled by the anchor's median over all spawns /
    its median in that spawn (the factor is kept per layout, `drift_scale`, next to the raw
-   times). Groups are small and even
-   because the models a spawn holds slow each other's steps, and unevenly: with 9 held,
-   data=2 pipe=4 took 10% longer than with 3, data=8 4% (33 at once outgrew this machine's
-   RAM; groups of 8 left data=8 alone in a spawn of its own and favoured it);
+   times). Groups are small and even because the models a spawn holds slow each other's
+   steps, and unevenly: with 9 held, data=2 pipe=4 took 10% longer than with 3, data=8 4%
+   (33 at once outgrew this machine's RAM; groups of 8 left data=8 alone in a spawn of its
+   own and favoured it);
 3. perfmodel predicts each layout from the profile alone.
 Reported: predicted vs measured median step per layout, Kendall tau and Spearman rank
 correlations, mean absolute percentage error, the worst error, and the top-1 regret (measured
@@ -131,23 +131,27 @@ def measure_worker(rank, world, port, spec, out):
 
 
 def measure(world: int, spec: dict, group: int) -> tuple[list[list[float]], list[float]]:
-    """Step times per layout, and the factor each layout's times are scaled by.
+    """Timed steps per layout (each spawn's first round, its warm-up, dropped), and the factor
+    each layout's times are scaled by.
 
     The anchor (pure data parallelism, the first layout) runs in every spawn, with consecutive
-    groups of near-equal size of the others, at most `group` layouts per spawn in all. The
-    machine drifts between spawns (one spawn of a run here ran 15% slow), so a
-    spawn's times are scaled by the anchor's median over all spawns / its median in this spawn."""
+    groups of near-equal size of the others, at most `group` layouts per spawn in all; its
+    times are those of every spawn. The machine drifts between spawns (one spawn of a run here
+    ran 15% slow), so a spawn's times are scaled by the anchor's median over all spawns / its
+    median in this spawn."""
     anchor, others = spec["layouts"][0], spec["layouts"][1:]
     spawns = -(-len(others) // max(1, group - 1))
     bounds = [len(others) * k // spawns for k in range(spawns + 1)]
-    runs = [measure_group(world, {**spec, "layouts": [anchor] + others[start:end]}) for start, end in zip(bounds, bounds[1:])]
-    anchor_medians = [statistics.median(times[0][1:]) for times in runs]  # the first round is warm-up
+    runs = [[times[1:] for times in measure_group(world, {**spec, "layouts": [anchor] + others[start:end]})]
+            for start, end in zip(bounds, bounds[1:])]
+    anchor_medians = [statistics.median(run[0]) for run in runs]
     reference = statistics.median(anchor_medians)
-    anchor_all = statistics.median(t for times in runs for t in times[0][1:])
-    times = [[t for times in runs for t in times[0]]] + [t for times in runs for t in times[1:]]
-    scales = [reference / anchor_all] + [reference / anchor_median for anchor_median, times in zip(anchor_medians, runs)
-                                          for _ in times[1:]]
-    return times, scales
+    anchor_times = [t for run in runs for t in run[0]]
+    timed = [anchor_times] + [times for run in runs for times in run[1:]]
+    scales = [reference / statistics.median(anchor_times)] + [reference / anchor_median
+                                                              for anchor_median, run in zip(anchor_medians, runs)
+                                                              for _ in run[1:]]
+    return timed, scales
 
 
 def measure_group(world: int, spec: dict) -> list[list[float]]:
@@ -183,9 +187,7 @@ def validate(world: int, args, shape: ModelShape, setup: TrainingSetup) -> dict:
     layouts = layouts_for(shape, world, setup)
     spec = {"model": {**shape.__dict__}, "layouts": [lay.sizes() for lay in layouts],
             "rounds": args.rounds + 1, "batch": args.batch}
-    raw, scales = measure(world, spec, args.group)
-    # The anchor's rounds from every spawn, warm-ups dropped; the others' first rounds dropped.
-    timed = [[t for k, t in enumerate(raw[0]) if k % spec["rounds"]]] + [times[1:] for times in raw[1:]]
+    timed, scales = measure(world, spec, args.group)
     return score(world, profile, shape, setup, layouts, timed, scales)
 
 
