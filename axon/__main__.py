@@ -44,16 +44,16 @@ def _fail_together(rank: int, message: str) -> None:
     raise _EveryRankStops(2)
 
 def train_command(args) -> None:
-    from axon.bootstrap import (collective_timeout_s, detect_launch, init_distributed, leave, process_group_timeout_s,
+    from axon.runtime.bootstrap import (collective_timeout_s, detect_launch, init_distributed, leave, process_group_timeout_s,
                                 shutdown)
     from axon.config import ConfigError, check_layout, load_config
-    from axon.data import token_source
+    from axon.data.batches import token_source
 
     try:
         launch = detect_launch()
     except ValueError as err:
         _fail(0, str(err))
-    from axon import auto_layout
+    from axon.planning import auto_layout
 
     choice = None
     try:
@@ -82,7 +82,7 @@ def train_command(args) -> None:
                                flight_dir=Path(config.out_dir) / "flight")
     health = None
     if runtime.world_size > 1:  # a heartbeat through the store, the collective watchdog, flight records on signals
-        from axon.health import HealthMonitor
+        from axon.runtime.health import HealthMonitor
 
         health = HealthMonitor(runtime.rank, runtime.world_size, runtime.store_address, config.out_dir,
                                config.train.peer_timeout_s, watchdog_s, runtime.hosts_store, runtime.backend).start()
@@ -126,14 +126,14 @@ def _checkpoint_to_resume(config):
 
 def _train(config, runtime, source, reader, choice=None, health=None) -> None:
     from axon.config import ConfigError
-    from axon.grid import Grid
-    from axon.metrics import MetricsLog
+    from axon.parallel.grid import Grid
+    from axon.runtime.metrics import MetricsLog
     from axon.parallel.comm import first_error, world_barrier, world_mean
-    from axon.preemption import StopSignal
-    from axon.train import Preempted, Trainer, TrainingDiverged, describe
+    from axon.runtime.preemption import StopSignal
+    from axon.runtime.trainer import Preempted, Trainer, TrainingDiverged, describe
     import torch
 
-    from kernels import measure_gemm_tflops
+    from axon.kernels import measure_gemm_tflops
 
     leader = runtime.rank == 0
     grid = Grid(config.layout, runtime.rank)
@@ -150,7 +150,7 @@ def _train(config, runtime, source, reader, choice=None, health=None) -> None:
     if leader:
         print(describe(config, trainer, runtime, peak_source), flush=True)
         if choice is not None:
-            from axon.auto_layout import describe_choice
+            from axon.planning.auto_layout import describe_choice
 
             print(describe_choice(choice), flush=True)
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,7 @@ def _train(config, runtime, source, reader, choice=None, health=None) -> None:
               f"{trainer.tokens_per_step / median:,.0f} tok/s, mean MFU {100 * mean_mfu:.1f}%; "
               f"metrics in {Path(config.out_dir) / 'metrics.jsonl'}", flush=True)
         if choice is not None:
-            from axon.auto_layout import describe_outcome, save_outcome
+            from axon.planning.auto_layout import describe_outcome, save_outcome
 
             print(describe_outcome(choice, median), flush=True)
             save_outcome(config.out_dir, choice, median)
@@ -203,16 +203,16 @@ def _train(config, runtime, source, reader, choice=None, health=None) -> None:
 
 # Subcommands that own their arguments: (module, function, help), imported only when used.
 OWN_ARGUMENTS = {
-    "data": ("axon.dataprep", "main", "prepare or verify token files (python -m axon data prepare -h)"),
-    "convert": ("axon.convert", "main", "Hugging Face Llama <-> axon checkpoint (python -m axon convert -h)"),
+    "data": ("axon.data.prepare", "main", "prepare or verify token files (python -m axon data prepare -h)"),
+    "convert": ("axon.checkpoint.convert", "main", "Hugging Face Llama <-> axon checkpoint (python -m axon convert -h)"),
     "memorize": ("axon.memorize.cli", "memorize_main",
                  "memorization sweep: models x {standard, goldfish} (python -m axon memorize -h)"),
     "memorize-eval": ("axon.memorize.cli", "memorize_eval_main",
                       "memorization scores of one checkpoint (python -m axon memorize-eval -h)"),
-    "dry-run": ("axon.dry_run", "main",
+    "dry-run": ("axon.planning.dry_run", "main",
                 "build what rank R of N would build, on fake devices, beside perfmodel (python -m axon dry-run -h)"),
-    "scaling": ("axon.scaling.cli", "main", "weak/strong scaling studies: plan, submit, report (python -m axon scaling -h)"),
-    "diagnose": ("axon.diagnose", "main", "name the rank and collective behind a hang from OUT_DIR/flight (python -m axon diagnose -h)"),
+    "scaling": ("axon.planning.scaling.cli", "main", "weak/strong scaling studies: plan, submit, report (python -m axon scaling -h)"),
+    "diagnose": ("axon.runtime.diagnose", "main", "name the rank and collective behind a hang from OUT_DIR/flight (python -m axon diagnose -h)"),
 }
 
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import yaml
 
-from perfmodel.divisibility import find_layout_problem
-from perfmodel.layout import AXES, DEFAULT_ORDER, Layout
-from perfmodel.models import ModelShape, PRESETS
-from perfmodel.training import split_micro_batches
+from axon.spec.layout_rules import find_layout_problem
+from axon.spec.layout import AXES, DEFAULT_ORDER, Layout
+from axon.spec.shapes import ModelShape, PRESETS
+from axon.spec.training import split_micro_batches
 
 
 class ConfigError(ValueError):
@@ -53,7 +53,7 @@ class TrainConfig:
     collective_timeout_s: float = 0.0  # a collective waiting this long for a peer fails the job; 0 = $AXON_COLLECTIVE_TIMEOUT_S or 600
     peer_timeout_s: float = 30.0  # a rank whose heartbeat is this old is lost: every survivor stops, naming it
     straggler_every: int = 50  # every N steps rank 0 records the slowest rank's step (0 = never)
-    # time each GEMM shape's operand layouts on first use and keep the fastest (kernels/tune.py);
+    # time each GEMM shape's operand layouts on first use and keep the fastest (axon/kernels/tune.py);
     # "auto" = on for GPUs, off on CPUs (wins there were within noise, and noisy choices differ between runs)
     gemm_tuning: bool | str = "auto"
     gemm_tuning_cache: str = ""  # JSON file of tuned choices, kept across restarts; "" = OUT_DIR/gemm_tuning.json
@@ -63,7 +63,7 @@ class TrainConfig:
 class GoldfishSection:
     k: int = 4  # drop about 1 target token in k
     h: int = 13  # hash the h token ids that end at each target
-    strategy: str = "hash"  # "hash" (axon/goldfish.py), "static" (every k-th position), "hash-table" (the reference's)
+    strategy: str = "hash"  # "hash" (axon/data/goldfish.py), "static" (every k-th position), "hash-table" (the reference's)
 
 
 @dataclass
@@ -92,7 +92,7 @@ class RunConfig:
     out_dir: str = "runs/default"
     model_name: str = "custom"
     init_from: str = ""  # model.init_from: "" (random init) or "hf:DIR" (Hugging Face Llama weights)
-    # layout: auto -- perfmodel picks the layout at start-up (axon.auto_layout); until then
+    # layout: auto -- perfmodel picks the layout at start-up (axon.planning.auto_layout); until then
     # `layout` is a 1-rank placeholder.
     layout_auto: bool = False
     layout_machine: str = ""  # profile name or YAML for layout: auto; "" = OUT_DIR/machine_profile.yaml or calibrate
@@ -187,7 +187,7 @@ def _model_from_init(init_from, model_raw: dict) -> dict:
     """model.init_from: hf:DIR takes the shape from DIR/config.json; other model keys must agree."""
     if not isinstance(init_from, str) or not init_from.startswith("hf:"):
         raise ConfigError(f"model.init_from must look like hf:DIR, got {init_from!r}")
-    from axon.hf import shape_from_hf  # reads config.json only
+    from axon.checkpoint.huggingface import shape_from_hf  # reads config.json only
 
     try:
         shape = dataclasses.asdict(shape_from_hf(init_from[3:]))

@@ -45,8 +45,8 @@ import torch.distributed as dist
 
 from axon import checkpoint
 from axon.config import load_config
-from axon.grid import Grid
-from axon.train import Trainer
+from axon.parallel.grid import Grid
+from axon.runtime.trainer import Trainer
 from benchmarks.compare_native import quiet, spawn
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -44,10 +44,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from axon.config import RunConfig, apply_override, build_config
-from axon.data import shard_micro_batches, token_source
-from axon.grid import Grid
-from axon.parallel.gather import full_parameters
-from axon.train import Trainer
+from axon.data.batches import shard_micro_batches, token_source
+from axon.parallel.grid import Grid
+from axon.parallel.full_tensor import full_parameters
+from axon.runtime.trainer import Trainer
 from benchmarks.native_models import NativeStep
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compare_native.json"
@@ -196,7 +196,7 @@ def summarize(pair, raw, memory=None) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="20M", help="preset of perfmodel/models.py")
+    parser.add_argument("--model", default="20M", help="preset of axon/spec/shapes.py")
     parser.add_argument("--seq", type=int, default=128, help="sequence length (overrides the preset's)")
     parser.add_argument("--batch", type=int, default=8, help="global batch in sequences, the same for both sides")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side")

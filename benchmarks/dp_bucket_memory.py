@@ -23,11 +23,11 @@ import torch.distributed as dist
 
 import axon
 from axon.config import build_config
-from axon.grid import Grid
-from axon.train import Trainer
+from axon.parallel.grid import Grid
+from axon.runtime.trainer import Trainer
 from benchmarks.compare_native import quiet, spawn
 from perfmodel.memory import memory_per_device
-from perfmodel.training import TrainingSetup
+from axon.spec.training import TrainingSetup
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dp_bucket_memory.json"
 MIB = 2.0 ** 20

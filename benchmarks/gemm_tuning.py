@@ -32,11 +32,11 @@ import torch
 import torch.distributed as dist
 
 from axon.config import build_config
-from axon.grid import Grid
+from axon.parallel.grid import Grid
 from axon.parallel.linear import TensorParallelLinear
-from axon.train import Trainer
+from axon.runtime.trainer import Trainer
 from benchmarks.compare_native import quiet, spawn
-from kernels.tune import GemmTuner, device_name
+from axon.kernels.tune import GemmTuner, device_name
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gemm_tuning.json"
 # off: the fixed modes; held: routed through a tuner that always keeps the mode as held (what
@@ -116,7 +116,7 @@ def summarize(name: str, world: int, raw: dict, warmup: int) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="20M", help="preset of perfmodel/models.py")
+    parser.add_argument("--model", default="20M", help="preset of axon/spec/shapes.py")
     parser.add_argument("--batch", type=int, default=8, help="global batch in sequences")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side (the first one tunes)")

@@ -30,15 +30,15 @@ import torch
 import torch.distributed as dist
 
 from axon.config import build_config
-from axon.grid import Grid
+from axon.parallel.grid import Grid
 from axon.parallel.comm import all_reduce_start
 from axon.parallel.trace import Axis, CommTrace
-from axon.train import Trainer
-from kernels import measure_gemm_tflops
-from kernels.timing import DeviceClock
+from axon.runtime.trainer import Trainer
+from axon.kernels import measure_gemm_tflops
+from axon.kernels.timing import DeviceClock
 from perfmodel.gpus import gpu_sheet
 from perfmodel.memory import memory_per_device
-from perfmodel.training import TrainingSetup
+from axon.spec.training import TrainingSetup
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_acceptance.json"
 DTYPE = "bfloat16"

@@ -36,8 +36,8 @@ import json, sys, time
 import torch.distributed as dist
 from torch.testing._internal.distributed.fake_pg import FakeStore
 sys.path.insert(0, sys.argv[1])
-from axon.grid import Grid
-from perfmodel.layout import Layout
+from axon.parallel.grid import Grid
+from axon.spec.layout import Layout
 rank = 20_001
 dist.init_process_group("fake", rank=rank, world_size=32_768, store=FakeStore())
 real_new_group = dist.new_group

@@ -22,11 +22,11 @@ import torch
 import torch.distributed as dist
 
 from axon.config import build_config
-from axon.grid import Grid
-from axon.parallel.gather import full_parameters
-from axon.train import Trainer
+from axon.parallel.grid import Grid
+from axon.parallel.full_tensor import full_parameters
+from axon.runtime.trainer import Trainer
 from benchmarks.compare_native import quiet, spawn
-from perfmodel.layout import AXES, Layout, factorizations
+from axon.spec.layout import AXES, Layout, factorizations
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "interleaved_equivalence.json"

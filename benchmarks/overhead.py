@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 
 from axon.config import build_config
-from axon.data import shard_micro_batches
-from axon.grid import Grid
-from axon.parallel.gather import full_parameters
-from axon.train import Trainer
+from axon.data.batches import shard_micro_batches
+from axon.parallel.grid import Grid
+from axon.parallel.full_tensor import full_parameters
+from axon.runtime.trainer import Trainer
 from benchmarks.plain_llama import PlainLlama
-from kernels.peak import measure_gemm_tflops
-from perfmodel.flops import flops_per_token
-from perfmodel.layout import Layout
+from axon.kernels.peak import measure_gemm_tflops
+from axon.spec.flops import flops_per_token
+from axon.spec.layout import Layout
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 

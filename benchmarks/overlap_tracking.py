@@ -24,10 +24,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from axon.config import load_config
-from axon.dataprep import main as data_main
-from axon.grid import Grid
-from axon.parallel.gather import full_parameters
-from axon.train import Trainer
+from axon.data.prepare import main as data_main
+from axon.parallel.grid import Grid
+from axon.parallel.full_tensor import full_parameters
+from axon.runtime.trainer import Trainer
 from benchmarks.compare_native import quiet, spawn
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,11 +17,11 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from perfmodel.layout import Layout
+from axon.spec.layout import Layout
 from perfmodel.machine import load_machine
-from perfmodel.models import ModelShape, preset
+from axon.spec.shapes import ModelShape, preset
 from perfmodel.predict import predict
-from perfmodel.training import TrainingSetup
+from axon.spec.training import TrainingSetup
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOLERANCE = 0.15  # issue 15: within 15% of each published figure
@@ -66,7 +66,7 @@ def megatron_2025_tokens_per_gpu(tflops_per_gpu: float, shape: ModelShape, seq: 
     e50c6ba0, the same function at both): per token 12 l h^2 ((1 + g/a + s/h) + 1.5 ffn/h + V / 2lh)
     for SwiGLU with g query groups of a heads -- three passes (forward, dX, dW) of every matmul
     including the LM head (not the embedding), the s x s scores without a causal discount, and no
-    recomputation. It equals perfmodel's 6 N + 12 l h s (perfmodel.flops)."""
+    recomputation. It equals perfmodel's 6 N + 12 l h s (axon.spec.flops)."""
     l, h = shape.layers, shape.hidden
     attention = (1 + shape.kv_heads / shape.heads + seq / h) * (shape.heads * shape.head_dim / h)
     flops_per_token = 12.0 * l * h * h * (attention + 1.5 * shape.ffn / h + shape.vocab / (2 * l * h))

@@ -40,13 +40,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from axon.auto_layout import AXES
-from perfmodel.layout import Layout, factorizations
+from axon.planning.auto_layout import AXES
+from axon.spec.layout import Layout, factorizations
 from perfmodel.machine import load_machine
-from perfmodel.models import ModelShape, preset
+from axon.spec.shapes import ModelShape, preset
 from perfmodel.predict import predict
 from perfmodel.search import layout_problem
-from perfmodel.training import TrainingSetup
+from axon.spec.training import TrainingSetup
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -107,8 +107,8 @@ def measure_worker(rank, world, port, spec, out):
     import torch.distributed as dist
 
     from axon.config import build_config
-    from axon.grid import Grid
-    from axon.train import Trainer
+    from axon.parallel.grid import Grid
+    from axon.runtime.trainer import Trainer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -252,7 +252,7 @@ def print_result(r: dict) -> None:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="10M", help="preset of perfmodel/models.py")
+    parser.add_argument("--model", default="10M", help="preset of axon/spec/shapes.py")
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16, help="global batch in sequences")
     parser.add_argument("--rounds", type=int, default=6, help="timed steps per layout (after one warm-up)")

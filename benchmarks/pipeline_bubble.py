@@ -6,7 +6,7 @@ the last stage's end, and a stage's idle fraction is the share of that window it
 not computing (waiting for activations or gradients). Three numbers per stage:
 
 * measured: medians over the timed steps;
-* perfmodel: `perfmodel.pipeline.simulate` (v = 1) or `simulate_interleaved` replaying the
+* perfmodel: `perfmodel.pipeline_replay.simulate` (v = 1) or `simulate_interleaved` replaying the
   same order with this run's median forward and backward time of each stage's chunks (what
   `perfmodel.predict` does with modelled times);
 * formula: (p - 1) / (v m + p - 1) idle, i.e. a bubble of (p - 1) / (v m) of the busy time.
@@ -30,10 +30,10 @@ import torch
 import torch.distributed as dist
 
 from axon.config import build_config
-from axon.grid import Grid
-from axon.train import Trainer
+from axon.parallel.grid import Grid
+from axon.runtime.trainer import Trainer
 from benchmarks.compare_native import quiet, spawn
-from perfmodel.pipeline import simulate, simulate_interleaved
+from perfmodel.pipeline_replay import simulate, simulate_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline_bubble.json"

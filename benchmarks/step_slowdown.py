@@ -32,7 +32,7 @@ def main(argv=None) -> list[dict]:
     from perfmodel.calibrate.measure import Bench
     from perfmodel.calibrate.reference import priced_compute_s, reference_shape, reference_step
     from perfmodel.machine import load_machine
-    from perfmodel.models import preset
+    from axon.spec.shapes import preset
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))

@@ -13,12 +13,12 @@ import sys
 import time
 
 from perfmodel.collectives import PRICED_GROUPS, group_placement
-from perfmodel.layout import AXES, DEFAULT_ORDER, Layout, sizes_text
+from axon.spec.layout import AXES, DEFAULT_ORDER, Layout, sizes_text
 from perfmodel.machine import ProfileError, load_machine
-from perfmodel.models import PRESETS, ModelShape
+from axon.spec.shapes import PRESETS, ModelShape
 from perfmodel.predict import predict
 from perfmodel.search import layout_problem, search
-from perfmodel.training import OVERLAPS, TrainingSetup
+from axon.spec.training import OVERLAPS, TrainingSetup
 
 SHAPE_FLAGS = ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")
 

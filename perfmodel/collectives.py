@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from perfmodel.layout import Layout
+from axon.spec.layout import Layout
 from perfmodel.machine import Machine
 
 # Per op: how many ring passes (all-reduce = reduce-scatter then all-gather).

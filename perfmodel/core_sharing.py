@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from perfmodel.layout import Layout
+from axon.spec.layout import Layout
 
 
 def stage_mates_on_node(layout: Layout, ranks_per_node: int) -> tuple[int, int]:

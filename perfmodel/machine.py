@@ -55,7 +55,7 @@ class Machine:
     # one of the same FLOPs): smallest dimension -> (flops, efficiency) points. Empty: the curve above.
     gemm_efficiency_by_min_dim: dict[int, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     # Causal SDPA (flash) attention, phase -> (flops, efficiency) points with flops counted as
-    # 4 b s^2 d heads (no causal discount, as perfmodel.flops). Empty: priced like a GEMM.
+    # 4 b s^2 d heads (no causal discount, as axon.spec.flops). Empty: priced like a GEMM.
     attention_efficiency: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     # Memory-bound work, kind (norm, rope, swiglu, residual, loss, optimizer) -> (bytes, efficiency)
     # points: the fraction of memory_bandwidth_gbs reached on the bytes perfmodel.workload counts.

@@ -12,17 +12,14 @@ measures the same components from the engine on meta tensors.
 
 from __future__ import annotations
 
-from perfmodel.layout import Layout
-from perfmodel.models import ModelShape
-from perfmodel.pipeline import in_flight_peak
-from perfmodel.stages import stage_block_counts
-from perfmodel.training import TrainingSetup
+from axon.spec.layout import Layout
+from axon.spec.shapes import ModelShape
+from axon.spec.schedules import in_flight_peak
+from axon.spec.stage_split import stage_block_counts
+from axon.spec.training import REDUCE_SCATTERS_IN_FLIGHT, TrainingSetup
 from perfmodel.workload import DTYPE_BYTES, block_matrices, local_dims, padded, stage_parameters
 
 GIB = 2.0 ** 30
-# axon's ORS waits for the oldest weight-gradient reduce-scatter once this many are in flight
-# (axon.parallel.overlap): each holds its whole block until then.
-REDUCE_SCATTERS_IN_FLIGHT = 4
 
 
 def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, micro: int,
@@ -69,7 +66,7 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
         # The final norm and the softmax are kept, by the one micro-batch in the last chunk at a
         # time (its backward follows its forward); the loss's forward also holds, for a moment,
         # the logits slice and its fp32 copy (in a non-fp32 run). The softmax is exponentiated
-        # in place in the max-shifted logits (kernels.cross_entropy), so they are one tensor.
+        # in place in the max-shifted logits (axon.kernels.cross_entropy), so they are one tensor.
         transient = tokens * (norm + v_r * 4) + max(transient, tokens * v_r * (eb + (4 if eb != 4 else 0)))
     in_flight = min(layout.pipe, _micro_batches(setup, layout)) if layout.pipe > 1 and first else 1
     if stage is not None and layout.pipe > 1:

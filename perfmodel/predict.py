@@ -11,7 +11,7 @@ times the machine's measured `in_context_slowdown`), and every collective of `wo
 * ORS and DP: reduce-scatters and data-parallel buckets behind backward compute (the last
   one of each stays exposed);
 each limited to `overlap_efficiency` of the compute. Pipeline stages: the 1F1B schedule the
-engine runs is replayed with each stage's forward and backward times (`perfmodel.pipeline`);
+engine runs is replayed with each stage's forward and backward times (`perfmodel.pipeline_replay`);
 even stages give the textbook bubble of (p - 1) / m of the busy time; where ranks share
 cores (`oversubscription` > 1), each stage computes faster while other stages' ranks on its
 node wait in their collectives, and the plain 1F1B order is replayed event by event with the
@@ -30,14 +30,15 @@ from dataclasses import dataclass, field
 
 from perfmodel.collectives import collective_time, group_placement
 from perfmodel.core_sharing import lent_compute_factor, shared_core_replay, stage_mates_on_node, stage_mix_by_node
-from perfmodel.flops import flops_per_token
-from perfmodel.layout import DEFAULT_ORDER, Layout
+from axon.spec.flops import flops_per_token
+from axon.spec.layout import DEFAULT_ORDER, Layout
 from perfmodel.machine import Machine
 from perfmodel.memory import fullest, memory_per_device, why_it_does_not_fit
-from perfmodel.models import ModelShape
-from perfmodel.pipeline import REPLAY_OPS, pipeline_order, step_seconds
-from perfmodel.stages import balanced_counts
-from perfmodel.training import TrainingSetup
+from axon.spec.shapes import ModelShape
+from axon.spec.schedules import pipeline_order
+from perfmodel.pipeline_replay import REPLAY_OPS, step_seconds
+from axon.spec.stage_split import balanced_counts
+from axon.spec.training import TrainingSetup
 from perfmodel.workload import (OPTIMIZER_BYTES_PER_PARAM, Gemm, micro_batch_work, stage_parameters,
                                 step_collectives)
 

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from itertools import permutations
 
 from perfmodel.collectives import PRICED_GROUPS, group_placement
-from perfmodel.divisibility import find_layout_problem
-from perfmodel.layout import AXES, DEFAULT_ORDER, Layout, factorizations
+from axon.spec.layout_rules import find_layout_problem
+from axon.spec.layout import AXES, DEFAULT_ORDER, Layout, factorizations
 from perfmodel.machine import Link, Machine
 from perfmodel.memory import fullest, stage_memories, why_it_does_not_fit
-from perfmodel.models import ModelShape
+from axon.spec.shapes import ModelShape
 from perfmodel.predict import Prediction, predict
-from perfmodel.training import TrainingSetup
+from axon.spec.training import TrainingSetup
 
 # Interleaved 1F1B's chunks per stage tried on every pipelined layout: v = 2 takes most of the
 # bubble's shrinking ((p - 1) / m to (p - 1) / (v m)); each doubling doubles the point-to-point traffic.

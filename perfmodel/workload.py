@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from perfmodel.layout import Layout
-from perfmodel.models import ModelShape
-from perfmodel.parameters import ORIENTATIONS, linear_layers
+from axon.spec.layout import Layout
+from axon.spec.shapes import ModelShape
+from axon.spec.parameters import ORIENTATIONS, linear_layers
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 

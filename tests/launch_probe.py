@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from axon.bootstrap import detect_launch, init_distributed, shutdown  # noqa: E402
+from axon.runtime.bootstrap import detect_launch, init_distributed, shutdown  # noqa: E402
 
 
 def main(outfile: str, drop: list[str]) -> None:

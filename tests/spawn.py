@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 # A rank left waiting in a collective (a peer died or issued another one) fails after this,
-# in every group: axon.grid gives its groups the world group's timeout.
+# in every group: axon.parallel.grid gives its groups the world group's timeout.
 COLLECTIVE_TIMEOUT = timedelta(seconds=120)
 
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from axon.grid import Grid
-from axon.memorize.acr import AcrBudget, PromptSearch
+from axon.parallel.grid import Grid
+from axon.memorize.adversarial_compression import AcrBudget, PromptSearch
 from axon.model import Llama, initialize_parameters
-from axon.parallel.gather import full_parameters
+from axon.parallel.full_tensor import full_parameters
 from axon.parallel.sharding import named_shardings, shard_from_global
 from benchmarks.plain_llama import PlainLlama
-from perfmodel.layout import Layout
-from perfmodel.models import ModelShape
+from axon.spec.layout import Layout
+from axon.spec.shapes import ModelShape
 from spawn import run_distributed
 
 SHAPE = ModelShape(layers=2, hidden=32, heads=4, kv_heads=2, ffn=64, vocab=64, seq_len=32)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from axon.auto_layout import training_setup
+from axon.planning.auto_layout import training_setup
 from axon.config import ConfigError, load_config
 from perfmodel.machine import load_machine
 from perfmodel.search import plan
@@ -65,7 +65,7 @@ def test_auto_layout_config_errors(tmp_path):
         load_config(write_config(tmp_path, {"col": 2}, layout_machine="perlmutter"))
     path = tmp_path / "auto.yaml"
     path.write_text(yaml.safe_dump({**AUTO, "layout_machine": "nosuch", "out_dir": str(tmp_path / "o")}))
-    from axon.auto_layout import profile_before_start
+    from axon.planning.auto_layout import profile_before_start
 
     with pytest.raises(ConfigError, match="layout_machine='nosuch': machine 'nosuch' is neither a shipped profile"):
         profile_before_start(load_config(path))

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from axon.bootstrap import (LaunchInfo, detect_launch, expand_hostlist, init_distributed,
+from axon.runtime.bootstrap import (LaunchInfo, detect_launch, expand_hostlist, init_distributed,
                             parse_tasks_per_node, shutdown)
 
 

@@ -99,7 +99,7 @@ def _place(env):
 
 
 def test_launchers_map_to_rank_world_and_local_as_the_engine_reads_them():
-    # srun without MASTER_*: the step's first node and a port from the job id, as axon.bootstrap finds them.
+    # srun without MASTER_*: the step's first node and a port from the job id, as axon.runtime.bootstrap finds them.
     srun = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
             "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_NODELIST": "nid[001-002]", "SLURM_JOB_ID": "123"}
     assert _place(srun) == ("srun", 5, 8, 1, 4, "nid001", 20123)

@@ -19,11 +19,11 @@ from axon import checkpoint
 from axon.checkpoint import reader as reader_module
 from axon.checkpoint import writer as writer_module
 from axon.config import ConfigError, build_config
-from axon.grid import Grid
+from axon.parallel.grid import Grid
 from axon.parallel.comm import broadcast_object, first_error
-from axon.parallel.gather import full_parameters
-from axon.train import Trainer, learning_rate
-from perfmodel.layout import Layout
+from axon.parallel.full_tensor import full_parameters
+from axon.runtime.trainer import Trainer, learning_rate
+from axon.spec.layout import Layout
 from spawn import run_distributed
 
 # hidden 96 = 16 heads x 6, 8 kv heads: every split up to 8 divides the model.

@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from axon.config import load_config
-from axon.grid import Grid
-from axon.metrics import METRIC_KEYS
-from axon.train import Trainer
-from perfmodel.layout import Layout
+from axon.parallel.grid import Grid
+from axon.runtime.metrics import METRIC_KEYS
+from axon.runtime.trainer import Trainer
+from axon.spec.layout import Layout
 from test_launchers import _clean_env, _free_port, _spawn, _wait
 
 REPO = Path(__file__).resolve().parents[1]

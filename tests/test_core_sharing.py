@@ -7,11 +7,11 @@ import math
 import pytest
 
 from perfmodel.core_sharing import lent_compute_factor, shared_core_replay, stage_mates_on_node, stage_mix_by_node
-from perfmodel.layout import Layout
+from axon.spec.layout import Layout
 from perfmodel.machine import machine_from_dict
-from perfmodel.models import ModelShape
+from axon.spec.shapes import ModelShape
 from perfmodel.predict import predict
-from perfmodel.training import TrainingSetup
+from axon.spec.training import TrainingSetup
 
 MACHINE = dict(name="shared-cpu", devices_per_node=8, memory_gb=4, peak_tflops={"float32": 0.02},
                memory_bandwidth_gbs=10, intra_node={"bandwidth_gbs": 1, "latency_us": 100},

@@ -1,9 +1,9 @@
-"""kernels.cross_entropy against torch's own cross-entropy and autograd, on one vocabulary slice."""
+"""axon.kernels.cross_entropy against torch's own cross-entropy and autograd, on one vocabulary slice."""
 
 import torch
 import torch.nn.functional as F
 
-from kernels.cross_entropy import row_max, shifted_exp, softmax_grad_
+from axon.kernels.cross_entropy import row_max, shifted_exp, softmax_grad_
 
 
 def test_local_cross_entropy_matches_torch():
@@ -37,7 +37,7 @@ def test_targets_off_the_slice_take_no_logit_and_no_one_hot():
 
 
 def test_slice_cross_entropy_autograd_matches_torch():
-    from kernels.cross_entropy import SliceCrossEntropy
+    from axon.kernels.cross_entropy import SliceCrossEntropy
 
     generator = torch.Generator().manual_seed(5)
     logits = (torch.randn(19, 64, generator=generator) * 3).requires_grad_()

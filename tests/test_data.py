@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from axon.config import ConfigError, build_config
-from axon.data import SyntheticTokens, TokenFile, shard_micro_batches, token_source
-from axon.grid import Grid
-from perfmodel.layout import Layout
+from axon.data.batches import SyntheticTokens, TokenFile, shard_micro_batches, token_source
+from axon.parallel.grid import Grid
+from axon.spec.layout import Layout
 
 
 def test_shards_of_any_layout_cover_the_one_process_batch_once():

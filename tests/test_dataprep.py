@@ -12,10 +12,10 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from axon.config import ConfigError, build_config
-from axon.corpus import DEFAULT_BYTES, DEFAULT_DOCS, DEFAULT_SHA256, default_corpus_documents
-from axon.data import TokenFile, token_source
-from axon.dataprep import main
-from axon.token_file import TokenFileWriter, open_token_file
+from axon.data.corpus import DEFAULT_BYTES, DEFAULT_DOCS, DEFAULT_SHA256, default_corpus_documents
+from axon.data.batches import TokenFile, token_source
+from axon.data.prepare import main
+from axon.data.token_file import TokenFileWriter, open_token_file
 
 EOD = 256
 

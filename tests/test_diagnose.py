@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from axon.diagnose import diagnose
+from axon.runtime.diagnose import diagnose
 from axon.parallel.flight import FaultPlan, FlightRecorder
 from test_health import COLLECTIVE_TIMEOUT, REPO, start, wait_all, write_config
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from axon.config import build_config
-from axon.dry_run import main
-from axon.dry_run.cli import default_ranks, rehearse
-from perfmodel.layout import Layout
+from axon.planning.dry_run import main
+from axon.planning.dry_run.cli import default_ranks, rehearse
+from axon.spec.layout import Layout
 from spawn import run_distributed
 
 MODEL = {"layers": 2, "hidden": 96, "heads": 8, "kv_heads": 4, "ffn": 80, "vocab": 136, "seq_len": 16}
@@ -102,8 +102,8 @@ def test_state_bytes_equal_a_hand_count():
 
 
 def _real_state_bytes(rank, world, config):
-    from axon.grid import Grid
-    from axon.train import Trainer
+    from axon.parallel.grid import Grid
+    from axon.runtime.trainer import Trainer
 
     grid = Grid(config.layout, rank)
     trainer = Trainer(config, grid, torch.device("cpu"), peak_tflops=1.0)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from axon.config import build_config
-from axon.grid import Grid
-from axon.parallel.gather import full_parameters
-from axon.train import Trainer
-from perfmodel.layout import Layout, factorizations
+from axon.parallel.grid import Grid
+from axon.parallel.full_tensor import full_parameters
+from axon.runtime.trainer import Trainer
+from axon.spec.layout import Layout, factorizations
 from spawn import run_distributed
 
 STEPS = 5

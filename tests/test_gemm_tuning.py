@@ -1,4 +1,4 @@
-"""GEMM tuning (kernels.gemm / kernels.tune): every candidate computes the same product, the
+"""GEMM tuning (axon.kernels.gemm / axon.kernels.tune): every candidate computes the same product, the
 tuner keeps the fastest, caches it, bounds its copies, and training with it matches training without."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from axon.config import build_config
-from axon.grid import Grid
+from axon.parallel.grid import Grid
 from axon.parallel.linear import TensorParallelLinear
-from axon.train import Trainer
-from kernels.gemm import CANDIDATES, LAYOUT_MODES, in_layout, layout_of, run_candidate
-from kernels.tune import GemmTuner
-from perfmodel.layout import Layout
+from axon.runtime.trainer import Trainer
+from axon.kernels.gemm import CANDIDATES, LAYOUT_MODES, in_layout, layout_of, run_candidate
+from axon.kernels.tune import GemmTuner
+from axon.spec.layout import Layout
 
 ODD_SHAPES = [(7, 13, 5), (33, 17, 65), (3, 130, 9)]  # M, N, K
 MODEL = {"layers": 2, "hidden": 96, "heads": 16, "kv_heads": 8, "ffn": 72, "vocab": 136, "seq_len": 16}
@@ -157,7 +157,7 @@ def test_train_gemm_tuning_attaches_one_tuner_and_keeps_its_cache(tmp_path):
 
 def test_gemm_tuning_auto_tunes_on_gpus_only():
     from axon.config import ConfigError
-    from axon.train import gemm_tuning_enabled
+    from axon.runtime.trainer import gemm_tuning_enabled
 
     def train(value):
         return build_config({"model": MODEL, "train": {"gemm_tuning": value}}).train

@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from axon.config import ConfigError, build_config
-from axon.goldfish import GoldfishMask, reference_table, window_hashes
-from axon.grid import Grid
+from axon.data.goldfish import GoldfishMask, reference_table, window_hashes
+from axon.parallel.grid import Grid
 from axon.model import Llama, initialize_parameters
-from axon.parallel.gather import full_parameters
-from axon.train import Trainer
+from axon.parallel.full_tensor import full_parameters
+from axon.runtime.trainer import Trainer
 from benchmarks.plain_llama import PlainLlama
-from perfmodel.layout import Layout
-from perfmodel.models import ModelShape
+from axon.spec.layout import Layout
+from axon.spec.shapes import ModelShape
 from spawn import run_distributed
 
 

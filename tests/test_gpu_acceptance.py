@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from perfmodel.flops import flops_per_token
+from axon.spec.flops import flops_per_token
 from perfmodel.gpus import gpu_sheet
-from perfmodel.models import PRESETS
+from axon.spec.shapes import PRESETS
 
 
 def test_data_sheet_matches_the_names_drivers_report():

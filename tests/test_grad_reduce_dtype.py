@@ -14,13 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from axon.auto_layout import training_setup
+from axon.planning.auto_layout import training_setup
 from axon.config import ConfigError, build_config
-from axon.grid import Grid
+from axon.parallel.grid import Grid
 from axon.parallel.comm import all_reduce, all_reduce_start, scatter_block_grad, scatter_block_grad_start
-from axon.train import Trainer
-from perfmodel.layout import Layout
-from perfmodel.training import TrainingSetup
+from axon.runtime.trainer import Trainer
+from axon.spec.layout import Layout
+from axon.spec.training import TrainingSetup
 from spawn import run_distributed
 
 MODEL = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "ffn": 96, "vocab": 128, "seq_len": 16}

@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 
 import axon.parallel.groups as groups_module
-from axon.grid import Grid
-from perfmodel.layout import AXES, Layout, factorizations
+from axon.parallel.grid import Grid
+from axon.spec.layout import AXES, Layout, factorizations
 from spawn import run_distributed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,8 +149,8 @@ import json, sys, time, torch.distributed as dist
 from torch.testing._internal.distributed.fake_pg import FakeStore
 sys.path.insert(0, sys.argv[1])
 import axon.parallel.groups as groups_module
-from axon.grid import Grid
-from perfmodel.layout import AXES, Layout
+from axon.parallel.grid import Grid
+from axon.spec.layout import AXES, Layout
 rank, layout = 20_001, Layout(data=16, pipe=4, depth=8, row=8, col=8)
 dist.init_process_group("fake", rank=rank, world_size=32768, store=FakeStore())
 real_new_group = dist.new_group

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from axon import hf
-from axon.grid import Grid
+from axon.checkpoint import huggingface as hf
+from axon.parallel.grid import Grid
 from axon.model import Llama
-from axon.parallel.gather import full_parameters
-from perfmodel.layout import Layout
+from axon.parallel.full_tensor import full_parameters
+from axon.spec.layout import Layout
 from spawn import run_distributed
 
 # transformers is imported inside the functions that use it: the spawned ranks import this
@@ -151,7 +151,7 @@ def test_llama3_rope_matches_transformers():
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    from kernels.rope import inverse_frequencies, rotary_tables
+    from axon.kernels.rope import inverse_frequencies, rotary_tables
 
     # Llama 3.1 8B's attention shape and RoPE
     scaling = {**LLAMA3, "original_max_position_embeddings": 8192}
@@ -288,7 +288,7 @@ def test_wrong_tensor_shape_is_named(models, tmp_path):
 
 
 def test_convert_cli_round_trip(models, tmp_path):
-    from axon.convert import main
+    from axon.checkpoint.convert import main
 
     directory = models["llama3"][0]
     assert main(["--from-hf", str(directory), "--to", str(tmp_path / "ckpt")]) == 0
@@ -306,8 +306,8 @@ def test_training_starts_from_hf_weights_via_the_config(models, tmp_path):
     """model.init_from: hf:DIR through the config contract and the Trainer: the first step's
     loss is transformers' loss on the same sequences."""
     from axon.config import build_config
-    from axon.data import shard_micro_batches
-    from axon.train import Trainer
+    from axon.data.batches import shard_micro_batches
+    from axon.runtime.trainer import Trainer
 
     directory, reference, _, _ = models["llama3"]
     config = build_config({"model": {"init_from": f"hf:{directory}", "seq_len": 16},

@@ -15,10 +15,10 @@ import torch
 
 from axon import checkpoint
 from axon.config import ConfigError, build_config, check_layout
-from axon.grid import Grid
-from axon.parallel.gather import full_parameters
-from axon.train import Trainer
-from perfmodel.layout import AXES, Layout, factorizations
+from axon.parallel.grid import Grid
+from axon.parallel.full_tensor import full_parameters
+from axon.runtime.trainer import Trainer
+from axon.spec.layout import AXES, Layout, factorizations
 from spawn import run_distributed
 from test_equivalence import MODEL, relative_errors
 

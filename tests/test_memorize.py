@@ -18,16 +18,16 @@ import torch
 from rouge_score import rouge_scorer
 
 from axon.config import ConfigError
-from axon.dataprep import ByteTokenizer
-from axon.grid import Grid
+from axon.data.prepare import ByteTokenizer
+from axon.parallel.grid import Grid
 from axon.memorize.documents import Canary, build_documents
 from axon.memorize.evaluate import ShardedEval, exposure, memorization, validation_loss
 from axon.memorize.stream import FillerTokens, MemorizationStream
 from axon.model import Llama, initialize_parameters
-from axon.parallel.gather import full_parameters
+from axon.parallel.full_tensor import full_parameters
 from benchmarks.plain_llama import PlainLlama
-from perfmodel.layout import Layout
-from perfmodel.models import ModelShape
+from axon.spec.layout import Layout
+from axon.spec.shapes import ModelShape
 from spawn import run_distributed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -421,7 +421,7 @@ def test_bad_experiment_configs_get_one_sentence(tmp_path):
 FAKE_405B = r"""
 import sys, torch, torch.distributed as dist
 from torch.testing._internal.distributed.fake_pg import FakeStore
-from axon.grid import Grid
+from axon.parallel.grid import Grid
 from axon.memorize.experiment import load_experiment
 from axon.memorize.runner import plan_runs
 from axon.model import Llama
@@ -448,8 +448,8 @@ print(len(docs.targets), len(docs.controls), len(docs.target_canaries))
 def test_405b_config_builds_and_validates_on_512_fake_ranks(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from axon.hf import hf_config
-    from perfmodel.models import preset
+    from axon.checkpoint.huggingface import hf_config
+    from axon.spec.shapes import preset
 
     hf_dir = tmp_path / "Llama-3.1-405B"
     hf_dir.mkdir()
@@ -467,7 +467,7 @@ def test_405b_config_builds_and_validates_on_512_fake_ranks(tmp_path):
     runs_line, docs_line = done.stdout.strip().splitlines()[-2:]
     runs = eval(runs_line)
     assert [r[0] for r in runs] == ["standard", "goldfish-k4-h13"] and [r[8] for r in runs] == ["standard", "goldfish"]
-    shapes = __import__("axon.hf", fromlist=["parameter_shapes"]).parameter_shapes(preset("405B"))
+    shapes = __import__("axon.checkpoint.huggingface", fromlist=["parameter_shapes"]).parameter_shapes(preset("405B"))
     for tag, data, pipe, depth, row, col, local, steps, _, fits, names in runs:
         assert data * pipe * depth * row * col == 512 and fits
         # each rank holds 1/(depth x row x col) of its stage's weights (norm gains are replicated: tiny)
@@ -481,9 +481,9 @@ def test_405b_config_builds_and_validates_on_512_fake_ranks(tmp_path):
 def test_single_pass_configs_are_the_launcher_overrides_of_the_scale_configs(monkeypatch, tmp_path):
     """memorize_<size>_single_pass.yaml is what launch/memorize_llama.sh runs with the three
     --set keys its header gives; the local single-pass config sees each target once per epoch."""
-    from axon.hf import hf_config
+    from axon.checkpoint.huggingface import hf_config
     from axon.memorize.experiment import load_experiment
-    from perfmodel.models import preset
+    from axon.spec.shapes import preset
 
     for size in ("8b", "70b", "405b"):
         (tmp_path / size).mkdir()
@@ -499,7 +499,7 @@ def test_single_pass_configs_are_the_launcher_overrides_of_the_scale_configs(mon
 
 
 def test_bpe_tokenizer_is_trained_on_the_generated_corpus_and_cached(tmp_path):
-    from axon.corpus import default_corpus_documents
+    from axon.data.corpus import default_corpus_documents
     from axon.memorize.documents import digit_alphabet, fictional_documents
     from axon.memorize.tokenizer import bpe_path, load_tokenizer, train_bpe
 

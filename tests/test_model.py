@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from axon.grid import Grid
+from axon.parallel.grid import Grid
 from axon.model import Llama, initialize_parameters
 from axon.model import init as init_module
-from axon.parallel.gather import full_parameters
+from axon.parallel.full_tensor import full_parameters
 from axon.parallel.trace import Axis, CommTrace
 from benchmarks.plain_llama import PlainLlama
-from perfmodel.flops import flops_per_token
-from perfmodel.parameters import matmul_parameters
-from perfmodel.layout import Layout
-from perfmodel.models import ModelShape, preset
+from axon.spec.flops import flops_per_token
+from axon.spec.parameters import matmul_parameters
+from axon.spec.layout import Layout
+from axon.spec.shapes import ModelShape, preset
 
 
 def test_one_process_axon_equals_plain_pytorch():

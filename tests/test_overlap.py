@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from axon.config import build_config
-from axon.grid import Grid
-from axon.parallel.gather import full_parameters
-from axon.train import Trainer
-from perfmodel.layout import Layout
+from axon.parallel.grid import Grid
+from axon.parallel.full_tensor import full_parameters
+from axon.runtime.trainer import Trainer
+from axon.spec.layout import Layout
 from spawn import run_distributed
 
 MODEL = {"layers": 2, "hidden": 96, "heads": 16, "kv_heads": 8, "ffn": 72, "vocab": 136, "seq_len": 16}

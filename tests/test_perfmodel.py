@@ -15,12 +15,12 @@ import pytest
 
 from perfmodel.cli import main as cli_main
 from perfmodel.collectives import collective_time, group_placement
-from perfmodel.layout import AXES, Layout, factorizations
+from axon.spec.layout import AXES, Layout, factorizations
 from perfmodel.machine import MACHINES_DIR, ProfileError, load_machine, machine_from_dict, machine_to_dict
-from perfmodel.models import ModelShape, preset
+from axon.spec.shapes import ModelShape, preset
 from perfmodel.predict import GemmClock, predict
 from perfmodel.search import layout_problem, plan
-from perfmodel.training import TrainingSetup
+from axon.spec.training import TrainingSetup
 from perfmodel.workload import stage_parameters
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +188,7 @@ def test_search_covers_every_factorization_and_respects_divisibility():
 
 def test_layout_problem_names_the_key_and_numbers():
     setup = TrainingSetup(global_batch=6, seq_len=128)
-    # The engine's config check raises the same sentences (perfmodel/divisibility.py).
+    # The engine's config check raises the same sentences (axon/spec/layout_rules.py).
     assert layout_problem(preset("1M"), Layout(row=8), setup) == \
         "model.heads=4 is not divisible by layout.row=8, which splits it"
     assert layout_problem(preset("1M"), Layout(row=4), setup) == \

@@ -11,10 +11,10 @@ from collections import Counter
 import torch
 
 from axon.config import build_config
-from axon.grid import Grid
-from axon.train import Trainer
-from perfmodel.layout import Layout
-from perfmodel.models import ModelShape
+from axon.parallel.grid import Grid
+from axon.runtime.trainer import Trainer
+from axon.spec.layout import Layout
+from axon.spec.shapes import ModelShape
 from perfmodel.workload import micro_batch_work, step_collectives
 from spawn import run_distributed
 

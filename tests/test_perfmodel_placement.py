@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from perfmodel.collectives import busiest_node_streams, collective_time, group_placement
-from perfmodel.layout import AXES, Layout
+from axon.spec.layout import AXES, Layout
 from perfmodel.machine import machine_from_dict
 
 BASE = dict(name="hand", devices_per_node=4, memory_gb=40, peak_tflops={"float32": 10, "bfloat16": 100},

@@ -13,13 +13,13 @@ import dataclasses
 import pytest
 
 from perfmodel.collectives import PRICED_GROUPS
-from perfmodel.layout import AXES, Layout, factorizations
+from axon.spec.layout import AXES, Layout, factorizations
 from perfmodel.machine import CollectiveFit, load_machine
-from perfmodel.models import ModelShape, preset
-from perfmodel.pipeline import simulate, step_seconds
+from axon.spec.shapes import ModelShape, preset
+from perfmodel.pipeline_replay import simulate, step_seconds
 from perfmodel.predict import predict
 from perfmodel.search import candidate_orders, fits_in_memory, layout_problem, link_floor, search
-from perfmodel.training import TrainingSetup
+from axon.spec.training import TrainingSetup
 from perfmodel.workload import micro_batch_work, step_collectives
 
 NO_PIPE = ("data", "depth", "row", "col")

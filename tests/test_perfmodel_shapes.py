@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from perfmodel.layout import Layout
+from axon.spec.layout import Layout
 from perfmodel.machine import ProfileError, machine_from_dict, machine_to_dict
-from perfmodel.models import ModelShape, preset
+from axon.spec.shapes import ModelShape, preset
 from perfmodel.predict import GemmClock, predict
-from perfmodel.training import TrainingSetup
+from axon.spec.training import TrainingSetup
 from perfmodel.workload import Gemm, micro_batch_work, step_collectives
 
 BASE = dict(name="hand", devices_per_node=4, memory_gb=40, peak_tflops={"float32": 10, "bfloat16": 100},

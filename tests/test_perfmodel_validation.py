@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import perfmodel_validation as validation
-from perfmodel.models import ModelShape, preset
-from perfmodel.training import TrainingSetup
+from axon.spec.shapes import ModelShape, preset
+from axon.spec.training import TrainingSetup
 
 
 def test_every_spawn_runs_the_anchor_and_is_scaled_by_its_drift(monkeypatch):

@@ -7,12 +7,13 @@ from itertools import product
 import pytest
 
 from axon.model.stages import stage_layers
-from perfmodel.parameters import block_parameters
-from perfmodel.stages import balanced_counts
-from perfmodel.models import ModelShape
-from perfmodel.pipeline import (in_flight_peak, one_f_one_b, pipeline_order, simulate, simulate_interleaved,
+from axon.spec.parameters import block_parameters
+from axon.spec.stage_split import balanced_counts
+from axon.spec.shapes import ModelShape
+from axon.spec.schedules import in_flight_peak, one_f_one_b, pipeline_order
+from perfmodel.pipeline_replay import (simulate, simulate_interleaved,
                                 step_seconds)
-from perfmodel.training import split_micro_batches
+from axon.spec.training import split_micro_batches
 
 SMALL = ModelShape(layers=6, hidden=64, heads=4, kv_heads=2, ffn=128, vocab=1000, seq_len=16)
 
@@ -179,12 +180,12 @@ def test_long_interleaved_schedules_are_estimated_near_the_replay():
 
 
 def test_perfmodel_prices_interleaving_and_plan_searches_it():
-    from perfmodel.layout import Layout
+    from axon.spec.layout import Layout
     from perfmodel.machine import load_machine
-    from perfmodel.models import PRESETS
+    from axon.spec.shapes import PRESETS
     from perfmodel.predict import predict
     from perfmodel.search import search
-    from perfmodel.training import TrainingSetup
+    from axon.spec.training import TrainingSetup
 
     shape, machine = PRESETS["70B"], load_machine("perlmutter")
     setup = TrainingSetup(global_batch=512, seq_len=4096, micro_batch=1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from axon.config import build_config
-from axon.grid import Grid
-from axon.train import Trainer
-from perfmodel.layout import Layout
+from axon.parallel.grid import Grid
+from axon.runtime.trainer import Trainer
+from axon.spec.layout import Layout
 from spawn import run_distributed
 
 MODEL = {"layers": 2, "hidden": 96, "heads": 16, "kv_heads": 8, "ffn": 72, "vocab": 136, "seq_len": 16}
@@ -52,9 +52,9 @@ def test_bfloat16_on_every_kind_of_axis_matches_one_process():
 def test_bf16_weight_gradients_leave_the_gemm_in_fp32():
     """dW of a bf16 linear layer equals an fp32 computation from the same bf16 activations and
     output gradients (the products summed in fp32, never rounded to bf16)."""
-    from axon.grid import Grid
+    from axon.parallel.grid import Grid
     from axon.parallel.linear import TensorParallelLinear
-    from perfmodel.layout import Layout
+    from axon.spec.layout import Layout
 
     torch.manual_seed(0)
     layer = TensorParallelLinear(Grid(Layout(), 0), 96, 80, "normal", 0.02)

@@ -118,8 +118,8 @@ def lone_votes(rank, world, layouts, voters):
     import torch
 
     from axon.config import build_config
-    from axon.grid import Grid
-    from axon.train import Trainer
+    from axon.parallel.grid import Grid
+    from axon.runtime.trainer import Trainer
 
     seen = []
     for layout in layouts:
@@ -138,7 +138,7 @@ def lone_votes(rank, world, layouts, voters):
 
 
 def test_one_ranks_stop_signal_reaches_every_rank_without_a_collective_of_its_own():
-    from perfmodel.layout import Layout
+    from axon.spec.layout import Layout
     from spawn import run_distributed
 
     # Every axis is crossed by some layout; the lone voter sits at a different corner each step.

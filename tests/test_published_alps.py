@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.perfmodel_published import LLAMA32_3B, PUBLISHED, compare, megatron_2025_tokens_per_gpu
-from perfmodel.flops import flops_per_token
-from perfmodel.models import preset
+from axon.spec.flops import flops_per_token
+from axon.spec.shapes import preset
 
 
 def test_megatron_2025_tflops_become_tokens_by_hand():

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.perfmodel_published import PUBLISHED, compare
-from perfmodel.flops import flops_per_token
+from axon.spec.flops import flops_per_token
 from perfmodel.machine import load_machine
-from perfmodel.models import preset
+from axon.spec.shapes import preset
 
 ROW = next(row for row in PUBLISHED if row.machine == "frontier")
 

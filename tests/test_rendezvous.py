@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from axon.config import build_config
-from axon.grid import Grid
-from axon.parallel.rendezvous import P2POp, check_trace_files, planned_ops, replay
-from axon.train import Trainer
-from perfmodel.layout import Layout
-from perfmodel.pipeline import Transfer, one_f_one_b
+from axon.parallel.grid import Grid
+from axon.spec.deadlock_check import P2POp, check_trace_files, planned_ops, replay
+from axon.runtime.trainer import Trainer
+from axon.spec.layout import Layout
+from axon.spec.schedules import Transfer, one_f_one_b
 from spawn import run_distributed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_a_send_that_meets_another_tensors_receive_is_reported():
 
 
 def test_the_checker_needs_no_torch_and_reads_trace_files_from_the_shell(tmp_path):
-    code = "import sys, axon.parallel.rendezvous; assert 'torch' not in sys.modules"
+    code = "import sys, axon.spec.deadlock_check; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
     # two ranks' Chrome traces of the earlier order at p = 2, m = 2: a deadlock, exit status 1
     order = {0: [("send", "act 0"), ("send", "act 1"), ("recv", "grad 0"), ("recv", "grad 1")],
@@ -146,7 +146,7 @@ def test_the_checker_needs_no_torch_and_reads_trace_files_from_the_shell(tmp_pat
                    for seq, (op, label) in enumerate(ops)]
         paths.append(tmp_path / f"comm_trace_rank{rank}.json")
         paths[-1].write_text(json.dumps({"traceEvents": records}))
-    out = subprocess.run([sys.executable, "-m", "axon.parallel.rendezvous", *map(str, paths)], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "axon.spec.deadlock_check", *map(str, paths)], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "rank 1 is stuck on send grad 0 to rank 0 (seq 1)" in out.stdout, out
 

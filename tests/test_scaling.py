@@ -11,16 +11,16 @@ import pytest
 import yaml
 
 from axon.config import load_config
-from axon.scaling import submit as submit_module
-from axon.scaling.cli import main, run
-from axon.scaling.plan import efficiency, plan_study
-from axon.scaling.report import collect, report
-from axon.scaling.study import StudyError, load_study
-from perfmodel.layout import Layout
+from axon.planning.scaling import submit as submit_module
+from axon.planning.scaling.cli import main, run
+from axon.planning.scaling.plan import efficiency, plan_study
+from axon.planning.scaling.report import collect, report
+from axon.planning.scaling.study import StudyError, load_study
+from axon.spec.layout import Layout
 from perfmodel.machine import load_machine
-from perfmodel.models import PRESETS, ModelShape
+from axon.spec.shapes import PRESETS, ModelShape
 from perfmodel.predict import predict
-from perfmodel.training import TrainingSetup
+from axon.spec.training import TrainingSetup
 
 # The tiny preset's model FLOPs per token at seq 64, by hand (6 N + 12 L h s, N without the
 # input embedding): a block has wq 64x64, wk and wv 64x32, wo 64x64, three 64x192 MLP
@@ -218,7 +218,7 @@ def test_unknown_study_keys_are_named(tmp_path, capsys):
     assert stopped.value.code == 2
     assert capsys.readouterr().err.strip() == (
         "axon scaling: error: unknown study key 'stpes'; valid keys here are " + ", ".join(
-            __import__("axon.scaling.study", fromlist=["STUDY_KEYS"]).STUDY_KEYS))
+            __import__("axon.planning.scaling.study", fromlist=["STUDY_KEYS"]).STUDY_KEYS))
     body.pop("stpes")
     body["points"][0]["gpu"] = 2
     with pytest.raises(StudyError, match=r"^unknown study key 'points\[0\]\.gpu'; valid keys here are name, model, "

@@ -7,11 +7,11 @@ from datetime import timedelta
 import pytest
 import torch
 
-from axon.bootstrap import collective_timeout_s, detect_launch, init_distributed, shutdown
+from axon.runtime.bootstrap import collective_timeout_s, detect_launch, init_distributed, shutdown
 from axon.config import ConfigError, build_config
-from axon.grid import Grid
+from axon.parallel.grid import Grid
 from axon.parallel.groups import world_timeout
-from perfmodel.layout import Layout
+from axon.spec.layout import Layout
 from spawn import COLLECTIVE_TIMEOUT, run_distributed
 
 
@@ -60,7 +60,7 @@ def test_grid_groups_keep_the_world_timeout():
 
 
 def test_nccl_flight_recorder_defaults_point_the_dump_at_the_flight_folder(tmp_path):
-    from axon.bootstrap import nccl_flight_recorder_defaults, process_group_timeout_s
+    from axon.runtime.bootstrap import nccl_flight_recorder_defaults, process_group_timeout_s
 
     env = {}
     nccl_flight_recorder_defaults(tmp_path / "flight", env)

@@ -18,8 +18,8 @@ from safetensors import safe_open
 
 from axon.config import ConfigError
 from axon.parallel.comm import world_min
-from perfmodel.layout import AXES, Layout
-from perfmodel.models import ModelShape
+from axon.spec.layout import AXES, Layout
+from axon.spec.shapes import ModelShape
 
 FORMAT_VERSION = 1
 META = "meta.json"

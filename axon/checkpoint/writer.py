@@ -20,7 +20,7 @@ import torch
 from axon.checkpoint.reader import FORMAT_VERSION, META, rank_file
 from axon.parallel.comm import gather_objects_to_rank0, gather_to_rank0, world_barrier
 from axon.parallel.sharding import named_shardings
-from perfmodel.layout import AXES
+from axon.spec.layout import AXES
 
 # A device tensor reaches the host this many bytes at a time, so a save needs about this
 # much extra host memory whatever the size of the rank's shards (CPU tensors are not copied).

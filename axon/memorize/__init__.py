@@ -1,5 +1,5 @@
 """Catastrophic-memorization experiments: does a model reproduce its training text verbatim,
-and does the Goldfish loss (axon/goldfish.py) stop it?
+and does the Goldfish loss (axon/data/goldfish.py) stop it?
 
 documents.py   target, control and canary documents (generated, or the user's file)
 stream.py      the training stream: filler with the targets injected at recorded places

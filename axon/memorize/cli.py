@@ -34,7 +34,7 @@ def _parser(name: str, evaluate: bool) -> argparse.ArgumentParser:
 
 def _start(args):
     """The launch, the experiment and its planned runs, all checked; then the ranks meet."""
-    from axon.bootstrap import detect_launch, init_distributed
+    from axon.runtime.bootstrap import detect_launch, init_distributed
     from axon.config import ConfigError
     from axon.memorize.experiment import load_experiment
     from axon.memorize.runner import plan_runs
@@ -72,9 +72,9 @@ def _checkpoint(args, config):
 
 
 def memorize_main(argv) -> None:
-    from axon.bootstrap import shutdown
+    from axon.runtime.bootstrap import shutdown
     from axon.memorize.runner import run_sweep
-    from axon.train import TrainingDiverged
+    from axon.runtime.trainer import TrainingDiverged
 
     args = _parser("memorize", evaluate=False).parse_args(argv)
     experiment, docs, runs, _, runtime = _start(args)
@@ -99,10 +99,10 @@ def memorize_main(argv) -> None:
 def memorize_eval_main(argv) -> None:
     """Scores of one checkpoint on the experiment's targets and controls."""
     from axon import checkpoint
-    from axon.bootstrap import shutdown
-    from axon.grid import Grid
+    from axon.runtime.bootstrap import shutdown
+    from axon.parallel.grid import Grid
     from axon.memorize.runner import acr_all, evaluate_all
-    from axon.train import Trainer
+    from axon.runtime.trainer import Trainer
 
     args = _parser("memorize-eval", evaluate=True).parse_args(argv)
     experiment, docs, runs, reader, runtime = _start(args)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from axon.config import ConfigError
-from axon.corpus import _name  # the invented-world name generator: pronounceable, unpredictable
+from axon.data.corpus import _name  # the invented-world name generator: pronounceable, unpredictable
 
 _TRADES = "salt wool copper amber timber wine glass silk pepper tin".split()
 _MONTHS = ("January February March April May June July August September October November "
@@ -116,7 +116,7 @@ def _canaries(pairs, tokenizer, alphabet) -> list[Canary]:
 
 
 def _user_texts(path: str, key: str) -> list[str]:
-    from axon.dataprep import input_files, read_documents
+    from axon.data.prepare import input_files, read_documents
 
     texts = [t for t in read_documents(input_files([path])) if t.strip()]
     if not texts:

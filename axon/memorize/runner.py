@@ -30,7 +30,7 @@ def filler_tokens(exp: Experiment, tokenizer, needed: int) -> tuple[np.ndarray, 
     """(tokens, a bound on their ids): at least `needed` tokens of the generated default corpus,
     or the user's token file (whose header bounds its ids, so a huge file is not scanned)."""
     if exp.filler == "default":
-        from axon.corpus import default_corpus_documents
+        from axon.data.corpus import default_corpus_documents
 
         pieces, count = [], 0
         documents = default_corpus_documents(exp.section.seed, n_docs=10**9)  # lazy: taken until enough
@@ -42,7 +42,7 @@ def filler_tokens(exp: Experiment, tokenizer, needed: int) -> tuple[np.ndarray, 
                 count += pieces[-1].size
         tokens = np.concatenate(pieces)
         return tokens, int(tokens.max()) + 1
-    from axon.data import TokenFile
+    from axon.data.batches import TokenFile
 
     file = TokenFile(exp.filler, 1 << 62, 1, 1)  # the file's own checks
     return file.tokens, file.file_vocab or int(file.tokens.max()) + 1
@@ -60,7 +60,7 @@ class PlannedRun:
 
 def plan_runs(exp: Experiment, world_size: int) -> tuple[DocumentSets, list[PlannedRun]]:
     """Everything checked and built before any collective; raises ConfigError."""
-    from axon import auto_layout
+    from axon.planning import auto_layout
 
     s = exp.section
     tokenizer = load_tokenizer(exp.tokenizer, exp.out_dir, s.seed)
@@ -108,7 +108,7 @@ def _recurring_dropped(stream: MemorizationStream, losses: list[LossSpec]) -> np
     """[val_windows, seq_len]: the validation tokens the experiment's (first) Goldfish loss drops
     and whose window of h ids recurs in the training filler, so that loss never supervises them
     there; the validation loss is reported on them and on the rest apart. None without Goldfish."""
-    from axon.goldfish import GoldfishMask
+    from axon.data.goldfish import GoldfishMask
 
     goldfish = next((loss for loss in losses if loss.kind == "goldfish"), None)
     if goldfish is None or stream.val_windows == 0:
@@ -119,7 +119,7 @@ def _recurring_dropped(stream: MemorizationStream, losses: list[LossSpec]) -> np
 
 def _mark_acr(exp: Experiment, runs: list[PlannedRun]) -> None:
     """experiment.acr: which runs search prompts at their last epoch (pipe must be 1)."""
-    from perfmodel.parameters import whole_model_parameters
+    from axon.spec.parameters import whole_model_parameters
 
     if exp.section.acr == "none":
         return
@@ -149,7 +149,7 @@ def _row(run: PlannedRun, params: int, epoch: int, step: int, scores: dict, loss
 
 def acr_all(trainer, docs: DocumentSets, s) -> tuple[dict, dict]:
     """ACR of every target and control: (means for the results row, per-document values)."""
-    from axon.memorize.acr import AcrBudget, PromptSearch
+    from axon.memorize.adversarial_compression import AcrBudget, PromptSearch
 
     budget = AcrBudget(s.acr_iterations, s.acr_candidates, s.acr_top_k, batch=s.eval_batch * 4, init=s.acr_init)
     search = PromptSearch(trainer.model, trainer.grid, trainer.device, budget, s.seed)
@@ -204,10 +204,10 @@ def train_and_measure(run: PlannedRun, docs: DocumentSets, s, runtime, leader: b
     import torch
 
     from axon import checkpoint
-    from axon.grid import Grid
-    from axon.metrics import MetricsLog
+    from axon.parallel.grid import Grid
+    from axon.runtime.metrics import MetricsLog
     from axon.parallel.sharding import named_shardings
-    from axon.train import Trainer
+    from axon.runtime.trainer import Trainer
 
     config, stream = run.config, run.stream
     grid = Grid(config.layout, runtime.rank)

@@ -94,7 +94,7 @@ class MemorizationStream:
         if h > self.seq_len + 1 or not val.size:
             return out
         trained = self.filler.tokens[self.train_filler_start * self.seq_len: self.pad_start * self.seq_len + 1]
-        from axon.goldfish import window_hashes
+        from axon.data.goldfish import window_hashes
 
         seen = np.unique(window_hashes(trained, h))
         out[:, max(h - 2, 0):] = np.isin(window_hashes(val if h >= 2 else val[:, 1:], h), seen)

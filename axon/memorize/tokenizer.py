@@ -1,7 +1,7 @@
 """The experiment's tokenizer: `bytes`, `bpe:V`, or a local tokenizer.json.
 
 `bpe:V` trains a byte-level BPE tokenizer of V ids with the `tokenizers` library's trainer on
-the generated default corpus (axon/corpus.py, the experiment's seed) and as many generated
+the generated default corpus (axon/data/corpus.py, the experiment's seed) and as many generated
 fictional records from another seed (never a target or a control: the genre's words, "Ledger",
 "January", "bales", not the documents'): nothing is downloaded.
 Digits are split one per token, as Llama 3's pre-tokenizer groups them at most three at a
@@ -47,7 +47,7 @@ def train_bpe(path: Path, vocab: int, seed: int, documents: int = BPE_TRAINING_D
         return path
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from axon.corpus import default_corpus_documents
+    from axon.data.corpus import default_corpus_documents
     from axon.memorize.documents import fictional_documents
 
     tokenizer = Tokenizer(models.BPE())
@@ -67,7 +67,7 @@ def train_bpe(path: Path, vocab: int, seed: int, documents: int = BPE_TRAINING_D
 
 
 def load_tokenizer(name: str, out_dir: str = "runs/memorize", seed: int = 0):
-    from axon.dataprep import ByteTokenizer, HFTokenizer
+    from axon.data.prepare import ByteTokenizer, HFTokenizer
 
     if name == "bytes":
         return ByteTokenizer()

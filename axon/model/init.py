@@ -40,7 +40,7 @@ def _normal_rows(name: str, seed: int, shape: tuple[int, int], rows: slice, std:
 @torch.no_grad()
 def initialize_parameters(model, grid, seed: int) -> None:
     if any(p.is_meta for p in model.parameters()):
-        return  # a dry run (axon.dry_run) builds shapes only: there is nothing to draw
+        return  # a dry run (axon.planning.dry_run) builds shapes only: there is nothing to draw
     for name, param, sharding in named_shardings(model):
         if len(sharding.global_shape) == 1:  # norm gains
             param.fill_(1.0)

@@ -20,9 +20,9 @@ from axon.parallel.linear import TensorParallelLinear
 from axon.parallel.norm import ShardedRMSNorm
 from axon.parallel.pipeline import StagePeers
 from axon.model.stages import chunk_layers
-from kernels import apply_rotary, causal_attention, rotary_tables
-from perfmodel.models import ModelShape
-from perfmodel.parameters import LINEAR_ORIENTATIONS as ORIENT
+from axon.kernels import apply_rotary, causal_attention, rotary_tables
+from axon.spec.shapes import ModelShape
+from axon.spec.parameters import LINEAR_ORIENTATIONS as ORIENT
 
 INIT_STD = 0.02
 

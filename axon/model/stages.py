@@ -1,11 +1,11 @@
 """Which global blocks each pipeline stage holds: `train.stage_layers` if given, else the
-parameter-balanced split of `perfmodel.stages`. With layout.virtual_stages v the layers are
+parameter-balanced split of `axon.spec.stage_split`. With layout.virtual_stages v the layers are
 cut into p x v chunks (virtual stages) and stage s holds chunks s, s + p, ..., s + (v - 1) p."""
 
 from __future__ import annotations
 
-from perfmodel.models import ModelShape
-from perfmodel.stages import balanced_counts
+from axon.spec.shapes import ModelShape
+from axon.spec.stage_split import balanced_counts
 
 
 def stage_layers(shape: ModelShape, stages: int, counts: tuple[int, ...] = (), chunks: int = 1) -> list[range]:

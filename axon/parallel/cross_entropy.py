@@ -2,7 +2,7 @@
 
 No rank ever holds a full logits row: the max, the sum of exponentials and the
 target's logit are each reduced over row from the local slices (the local work in between
-is kernels.cross_entropy's). A keep mask (the Goldfish loss) zeroes the loss and the
+is axon.kernels.cross_entropy's). A keep mask (the Goldfish loss) zeroes the loss and the
 gradient of the tokens it leaves out.
 """
 
@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from axon.parallel.comm import all_reduce
-from kernels.cross_entropy import row_max, shifted_exp, softmax_grad_
+from axon.kernels.cross_entropy import row_max, shifted_exp, softmax_grad_
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):

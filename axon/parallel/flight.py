@@ -7,7 +7,7 @@ sequence number (the same collective has the same number on every member, as NCC
 seq_id), and its state. Cost: one small object and two clock reads per collective; the ring
 keeps the last `capacity` entries.
 
-A watchdog thread (axon.health) reads the ring to find a collective that waits too long
+A watchdog thread (axon.runtime.health) reads the ring to find a collective that waits too long
 and writes it to OUT_DIR/flight/rank_R.json; `python -m axon diagnose` compares the files.
 The watchdog only reads host memory (and, on CUDA, queries an event, which enqueues nothing),
 so it never issues or waits on a collective of its own.

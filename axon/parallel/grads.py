@@ -23,7 +23,7 @@ def clip_grad_norm(model, grid, max_norm: float, stop_votes: float = 0.0) -> tup
     and `stop_votes` summed over pipe, depth, row and col.
 
     The stop votes ride in the same all-reduces as the square-norm, so agreeing on a stop
-    signal costs no collective of its own (axon.train sums them over data first).
+    signal costs no collective of its own (axon.runtime.trainer sums them over data first).
 
     Each distinct shard's square-norm is counted exactly once: depth-sharded blocks are
     distinct on every (depth, row, col) rank; replicated gains are distinct only over

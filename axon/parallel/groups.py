@@ -1,6 +1,6 @@
 """Creating every group of one grid axis at once, with as few world-wide collectives as torch allows.
 
-With a device bound in init_process_group (NCCL, as axon.bootstrap does), torch creates each
+With a device bound in init_process_group (NCCL, as axon.runtime.bootstrap does), torch creates each
 new_group by splitting the world's communicator: an ncclCommSplit that every rank of the world
 joins, members or not. One `split_group` call creates all the groups of an axis in a single
 such split, so a grid costs one world-wide collective per axis instead of one per group.

@@ -23,8 +23,8 @@ from torch import nn
 from axon.parallel.comm import all_reduce, all_reduce_start, scatter_block_grad, scatter_block_grad_start
 from axon.parallel.prefetch import fetch_weight
 from axon.parallel.sharding import Sharding
-from kernels.gemm import mm_fp32_out
-from perfmodel.parameters import ORIENTATIONS
+from axon.kernels.gemm import mm_fp32_out
+from axon.spec.parameters import ORIENTATIONS
 
 
 

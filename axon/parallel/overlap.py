@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from axon.parallel.prefetch import WeightPrefetcher
-from perfmodel.memory import REDUCE_SCATTERS_IN_FLIGHT
+from axon.spec.training import REDUCE_SCATTERS_IN_FLIGHT
 
 
 class PendingReductions:

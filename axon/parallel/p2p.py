@@ -3,7 +3,7 @@
 NCCL runs the operations between two ranks in order on one stream and completes a send
 only together with its receive. A stage therefore issues the send and the receive it must
 run beside as one `batch_isend_irecv` (one NCCL group) and waits for the whole batch before
-it computes on; `axon.parallel.rendezvous` replays the recorded order under these rules.
+it computes on; `axon.spec.deadlock_check` replays the recorded order under these rules.
 """
 
 from __future__ import annotations

@@ -4,16 +4,16 @@ transfers between stages.
 Plain 1F1B: stage s of p runs min(p - s - 1, m) forwards ahead, then alternates one forward
 and one backward, then drains the remaining backwards, so at most p - s micro-batches'
 activations are alive on a stage. Interleaved (layout.virtual_stages v > 1): the stage holds
-v chunks of layers and runs Megatron-LM's order (`perfmodel.pipeline.pipeline_order`); the
+v chunks of layers and runs Megatron-LM's order (`axon.spec.schedules.pipeline_order`); the
 stages form a ring, the last passing chunk c's output to the first's chunk c + 1.
 Activations go to the next stage and their gradients come back over the pipe group, to the
 rank with the same (data, depth, row, col) coordinates.
 
 Why this cannot deadlock on NCCL: between two neighbours, operations run in issue order on
 one stream and a send completes only with its receive. The schedule
-(`perfmodel.pipeline.one_f_one_b_with_transfers`) issues each send in one batch with the
+(`axon.spec.schedules.one_f_one_b_with_transfers`) issues each send in one batch with the
 receives it must run beside, which the neighbour issues in its own matching batch, and
-waits for each batch before going on. `axon.parallel.rendezvous` replays the schedule under
+waits for each batch before going on. `axon.spec.deadlock_check` replays the schedule under
 these rules (tests: plain p <= 16, m <= 64; interleaved p <= 8, v <= 4, m <= 8p), checks
 that every send meets the receive of the same tensor, and checks the engine's recorded
 traces likewise.
@@ -27,7 +27,7 @@ import torch
 
 from axon.parallel.comm import broadcast
 from axon.parallel.p2p import exchange, join_group
-from perfmodel.pipeline import Transfer, forward_only_with_transfers, one_f_one_b_with_transfers
+from axon.spec.schedules import Transfer, forward_only_with_transfers, one_f_one_b_with_transfers
 
 
 class StagePeers:

@@ -102,7 +102,7 @@ def summarize(events: list[CommEvent]) -> dict:
 def write_chrome_trace(path, events: list[CommEvent], origin: float, rank: int) -> None:
     """Chrome trace-event JSON: each collective as an issue-to-completion span on its axis's
     track, with the exposed wait as a second span on the 'waiting' track. Point-to-point
-    events carry peer, batch and seq (axon.parallel.rendezvous replays them)."""
+    events carry peer, batch and seq (axon.spec.deadlock_check replays them)."""
     records = []
     for e in events:
         args = {"bytes": e.bytes, "axis": e.axis, **e.args}

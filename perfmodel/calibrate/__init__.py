@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from perfmodel.launch import LaunchInfo, detect_launch
+from axon.spec.launcher import LaunchInfo, detect_launch
 from perfmodel.machine import CollectiveFit, Link, Machine, ProfileError, load_machine, machine_to_dict
-from perfmodel.models import PRESETS, ModelShape, preset
+from axon.spec.shapes import PRESETS, ModelShape, preset
 from perfmodel.calibrate.compute import (measure_attention, measure_gemms_by_min_dim, measure_memory_kinds,
                                          min_dim_curves)
 from perfmodel.calibrate.measure import (MIB, Bench, efficiency_curve, measure_collectives, measure_gemms,
@@ -38,7 +38,7 @@ LAUNCHER_NAMES = {"torchrun": "torchrun", "slurm": "srun", "mpi": "mpiexec", "si
 
 
 def launch_from_env(env=os.environ) -> tuple[LaunchInfo, str]:
-    """Where this rank sits, read as the engine reads it (`perfmodel.launch.detect_launch`), and
+    """Where this rank sits, read as the engine reads it (`axon.spec.launcher.detect_launch`), and
     the launcher's name for the profile's source line."""
     info = detect_launch(env)
     if info.launcher == "mpi":  # the engine meets through mpi4py here; calibrate keeps to env:// instead
@@ -271,7 +271,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer shapes, message sizes and repeats")
     parser.add_argument("--base", help="profile name or YAML whose peaks, NIC count and unmeasured links to keep")
     parser.add_argument("--gemm-tuning", choices=("auto", "on", "off"), default="auto",
-                        help="time GEMMs as kernels.tune picks them (auto: on GPUs, as train.gemm_tuning)")
+                        help="time GEMMs as axon.kernels.tune picks them (auto: on GPUs, as train.gemm_tuning)")
     parser.add_argument("--dtype", help="comma list of GEMM dtypes; the first gives the efficiency curve "
                                         "(default float32; bfloat16,float32 on GPUs)")
     parser.add_argument("--model", help=f"the whole-step reference: a preset ({', '.join(PRESETS)}), best the "

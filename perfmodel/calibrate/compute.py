@@ -40,8 +40,8 @@ def gemm_call(m: int, n: int, k: int, role: str, dtype, device, tuned: bool):
     """A no-argument function computing C[m, n] = A[m, k] @ B[k, n] as axon's `role` GEMM does."""
     import torch
 
-    from kernels.gemm import mm_fp32_out, run_candidate
-    from kernels.tune import GemmTuner
+    from axon.kernels.gemm import mm_fp32_out, run_candidate
+    from axon.kernels.tune import GemmTuner
 
     held = ROLES[role][1]
     a = torch.randn(m, k, device=device, dtype=dtype) if held[0] == "N" else \
@@ -94,10 +94,10 @@ def attention_shapes(cuda: bool, quick: bool) -> list[tuple[int, int, int, int, 
 
 def measure_attention(bench, dtype_name: str, quick: bool, peak_flops: float) -> dict[str, list[tuple[float, float]]]:
     """{forward, backward: [(flops of the call, efficiency)]}: forward 4 b s^2 d heads, backward
-    twice that (no causal discount, the FLOPs convention of perfmodel.flops)."""
+    twice that (no causal discount, the FLOPs convention of axon.spec.flops)."""
     import torch
 
-    from kernels.attention import causal_attention
+    from axon.kernels.attention import causal_attention
 
     dtype = getattr(torch, dtype_name)
     curves = {"forward": [], "backward": []}
@@ -118,7 +118,7 @@ def _memory_work(kind: str, elements: int, dtype, device):
     import torch
     import torch.nn.functional as F
 
-    from kernels.rope import apply_rotary, rotary_tables
+    from axon.kernels.rope import apply_rotary, rotary_tables
 
     def leaf(*shape, dt=dtype):
         return torch.randn(*shape, device=device, dtype=dt, requires_grad=True)
@@ -130,7 +130,7 @@ def _memory_work(kind: str, elements: int, dtype, device):
         def fn():
             x32 = x.float()
             return (x32 * torch.rsqrt(x32.pow(2).sum(-1, keepdim=True) / width + 1e-5) * weight).to(x.dtype)
-    elif kind == "rope":  # kernels.apply_rotary on [batch, heads, seq, head_dim]
+    elif kind == "rope":  # axon.kernels.apply_rotary on [batch, heads, seq, head_dim]
         seq, dim = 256, 64
         x = leaf(1, elements // (seq * dim), seq, dim)
         cos, sin = (t.to(dtype) for t in rotary_tables(seq, dim, 500000.0, device))
@@ -147,8 +147,8 @@ def _memory_work(kind: str, elements: int, dtype, device):
 
         def fn():
             return a + b
-    elif kind == "loss":  # the engine's local cross-entropy work (kernels.cross_entropy), both ways, in fp32
-        from kernels.cross_entropy import SliceCrossEntropy
+    elif kind == "loss":  # the engine's local cross-entropy work (axon.kernels.cross_entropy), both ways, in fp32
+        from axon.kernels.cross_entropy import SliceCrossEntropy
 
         vocab = 4096
         logits = torch.randn(elements // vocab, vocab, device=device, requires_grad=True)

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from perfmodel.layout import Layout
+from axon.spec.layout import Layout
 from perfmodel.machine import Machine
-from perfmodel.models import ModelShape
+from axon.spec.shapes import ModelShape
 from perfmodel.predict import predict
-from perfmodel.training import TrainingSetup
+from axon.spec.training import TrainingSetup
 
 COMPUTE = ("gemm", "attention", "elementwise", "optimizer")
 STEP_WINDOWS = 12  # the reference step's timing window, in the bench's windows for one op
@@ -47,9 +47,9 @@ def reference_step(shape: ModelShape, micro: int, dtype_name: str, device):
     import torch
     import torch.nn.functional as F
 
-    from kernels.attention import causal_attention
-    from kernels.cross_entropy import SliceCrossEntropy
-    from kernels.rope import apply_rotary, rotary_tables
+    from axon.kernels.attention import causal_attention
+    from axon.kernels.cross_entropy import SliceCrossEntropy
+    from axon.kernels.rope import apply_rotary, rotary_tables
 
     dtype, generator = getattr(torch, dtype_name), torch.Generator().manual_seed(0)
     hidden, head_dim, seq = shape.hidden, shape.head_dim, shape.seq_len

@@ -1,0 +1,236 @@
+"""Hugging Face Llama checkpoints in and out: config.json <-> ModelShape, safetensors <-> axon.
+
+Loading reads each rank's part straight from the safetensors files (`safe_open` +
+`get_slice`), so a rank holds its shard plus at most a partial row at each end, never a
+whole weight. Hugging Face keeps q/k projections in the rotate-half RoPE layout axon
+uses, so names map one to one and no weight is permuted.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from axon.parallel.sharding import named_shardings, shard_from_global
+from axon.spec.shapes import ModelShape
+from axon.spec.parameters import parameter_shapes
+
+# axon module inside layers.{i} -> Hugging Face module inside model.layers.{i}
+LAYER_NAMES = {
+    "attention.wq": "self_attn.q_proj",
+    "attention.wk": "self_attn.k_proj",
+    "attention.wv": "self_attn.v_proj",
+    "attention.wo": "self_attn.o_proj",
+    "feed_forward.w1": "mlp.gate_proj",
+    "feed_forward.w3": "mlp.up_proj",
+    "feed_forward.w2": "mlp.down_proj",
+    "attention_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+TOP_NAMES = {"tok_embeddings": "model.embed_tokens", "norm": "model.norm", "output": "lm_head"}
+EMBEDDING = "model.embed_tokens.weight"
+SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
+
+
+def hf_name(name: str) -> str:
+    """axon parameter name -> Hugging Face tensor name."""
+    module = name.removesuffix(".weight")
+    if module.startswith("layers."):
+        _, index, inner = module.split(".", 2)
+        return f"model.layers.{index}.{LAYER_NAMES[inner]}.weight"
+    return f"{TOP_NAMES[module]}.weight"
+
+
+# ---------------------------------------------------------------------------------------- config
+
+
+def read_hf_config(hf_dir: str | Path) -> tuple[ModelShape, bool]:
+    """(ModelShape, tie_word_embeddings) from a LlamaForCausalLM config.json; ValueError on what axon lacks."""
+    path = Path(hf_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: not a Hugging Face model directory")
+    cfg = json.loads(path.read_text())
+
+    def unsupported(key, value, why):
+        return ValueError(f"{path}: {key}={value!r} is not supported; {why}")
+
+    if cfg.get("model_type", "llama") != "llama":
+        raise unsupported("model_type", cfg["model_type"], "axon loads Llama (LlamaForCausalLM) models")
+    for key, axon_value in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
+        if cfg.get(key, axon_value) != axon_value:
+            raise unsupported(key, cfg[key], f"axon's Llama has {key}={axon_value!r}")
+    for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
+        if not isinstance(cfg.get(key), int):
+            raise ValueError(f"{path}: {key} is missing or not an integer ({cfg.get(key)!r})")
+    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    if hidden % heads:
+        raise ValueError(f"{path}: hidden_size={hidden} is not a multiple of num_attention_heads={heads}")
+    if cfg.get("head_dim") not in (None, hidden // heads):
+        raise unsupported("head_dim", cfg["head_dim"], f"axon's head_dim is hidden_size / num_attention_heads "
+                                                      f"= {hidden // heads}")
+    theta, scaling = _rope(cfg, path)
+    shape = ModelShape(
+        layers=cfg["num_hidden_layers"], hidden=hidden, heads=heads,
+        kv_heads=cfg.get("num_key_value_heads") or heads, ffn=cfg["intermediate_size"],
+        vocab=cfg["vocab_size"], seq_len=cfg.get("max_position_embeddings", 2048),
+        rope_theta=float(theta), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), **scaling)
+    return shape, bool(cfg.get("tie_word_embeddings", False))
+
+
+def shape_from_hf(hf_dir: str | Path) -> ModelShape:
+    return read_hf_config(hf_dir)[0]
+
+
+def _rope(cfg: dict, path: Path) -> tuple[float, dict]:
+    """rope_theta and the ModelShape scaling fields, from either config format.
+
+    Published Llama 3.1 configs hold `rope_theta` and `rope_scaling`; transformers >= 5
+    writes both into one `rope_parameters` mapping.
+    """
+    key = "rope_scaling" if cfg.get("rope_scaling") else "rope_parameters"
+    params = cfg.get(key) or {}
+    theta = cfg.get("rope_theta", (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(f"{path}: {key}.partial_rotary_factor={params['partial_rotary_factor']!r} "
+                         f"is not supported; axon rotates the whole head")
+    if rope_type == "default":
+        return theta, {}
+    if rope_type != "llama3":
+        raise ValueError(f"{path}: {key}.rope_type={rope_type!r} is not supported; axon implements "
+                         f"default and llama3 RoPE")
+    fields = {"factor": "rope_scaling_factor", "low_freq_factor": "rope_low_freq_factor",
+              "high_freq_factor": "rope_high_freq_factor", "original_max_position_embeddings": "rope_original_context"}
+    missing = [name for name in fields if name not in params]
+    if missing:
+        raise ValueError(f"{path}: {key} of rope_type llama3 lacks {', '.join(missing)}")
+    scaling = {ours: float(params[theirs]) for theirs, ours in fields.items()}
+    scaling["rope_original_context"] = int(params["original_max_position_embeddings"])
+    return theta, scaling
+
+
+def hf_config(shape: ModelShape) -> dict:
+    """A LlamaForCausalLM config.json for this shape (the format published Llama 3.1 configs use)."""
+    scaling = None
+    if shape.rope_scaling_factor != 1.0:
+        scaling = {"rope_type": "llama3", "factor": shape.rope_scaling_factor,
+                   "low_freq_factor": shape.rope_low_freq_factor, "high_freq_factor": shape.rope_high_freq_factor,
+                   "original_max_position_embeddings": shape.rope_original_context}
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+        "vocab_size": shape.vocab, "hidden_size": shape.hidden, "intermediate_size": shape.ffn,
+        "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads, "head_dim": shape.head_dim,
+        "max_position_embeddings": shape.seq_len, "rms_norm_eps": shape.norm_eps,
+        "rope_theta": shape.rope_theta, "rope_scaling": scaling,
+        "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
+        "tie_word_embeddings": False, "torch_dtype": "float32", "initializer_range": 0.02, "use_cache": True,
+    }
+
+
+# ---------------------------------------------------------------------------------------- weights in
+
+
+def weight_files(hf_dir: str | Path) -> dict[str, Path]:
+    """Hugging Face tensor name -> the safetensors file holding it."""
+    root = Path(hf_dir)
+    if (root / INDEX_FILE).is_file():
+        weight_map = json.loads((root / INDEX_FILE).read_text())["weight_map"]
+        return {name: root / file for name, file in weight_map.items()}
+    if (root / SINGLE_FILE).is_file():
+        with safe_open(str(root / SINGLE_FILE), framework="pt") as f:
+            return {name: root / SINGLE_FILE for name in f.keys()}
+    raise FileNotFoundError(f"{root} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+
+@torch.no_grad()
+def load_hf_weights(model, grid, hf_dir: str | Path) -> None:
+    """Fill this rank's shard of every parameter of `model` (built on `grid`) from Hugging Face files.
+
+    No collectives: every rank reads its own slices, and every rank checks every tensor's
+    name and shape (file headers only) before any weight is read, so a bad directory
+    fails on all ranks alike with the same message.
+    """
+    _, tied = read_hf_config(hf_dir)
+    files = weight_files(hf_dir)
+    with ExitStack() as stack:
+        handles = {}
+
+        def tensor_slice(hf_tensor: str):
+            file = files[hf_tensor]
+            if file not in handles:
+                handles[file] = stack.enter_context(safe_open(str(file), framework="pt"))
+            return handles[file].get_slice(hf_tensor)
+
+        plan = []
+        for name, param, sharding in named_shardings(model):
+            source = hf_name(name)
+            if name == "output.weight" and (tied or source not in files):
+                source = EMBEDDING  # tied LM head: the output projection is the embedding table
+            if source not in files:
+                raise ValueError(f"{hf_dir}: no tensor {source} (for axon's {name}) in its safetensors files")
+            piece = tensor_slice(source)
+            found = tuple(piece.get_shape())
+            if found != sharding.global_shape:
+                raise ValueError(f"{files[source]}: tensor {source} has shape {list(found)}, but the model "
+                                 f"expects {list(sharding.global_shape)} (axon's {name})")
+            plan.append((param, sharding, piece))
+        for param, sharding, piece in plan:
+
+            def read_region(rows, cols, piece=piece):
+                # a 1-D gain is one row to shard_from_global; only its columns are read
+                region = piece[cols] if len(piece.get_shape()) == 1 else piece[rows, cols]
+                return region.to(torch.float32)
+
+            param.copy_(shard_from_global(sharding, grid, read_region, param.numel()).to(param.device))
+
+
+# ---------------------------------------------------------------------------------------- weights out
+
+
+def export_hf(full_tensors: dict[str, torch.Tensor], shape: ModelShape, out_dir: str | Path,
+              max_shard_bytes: float = 5e9) -> None:
+    """Write config.json and float32 safetensors (sharded with an index above max_shard_bytes).
+
+    `full_tensors` holds every parameter under its axon name at its global shape, as
+    `axon.parallel.full_tensor.full_parameters` or `axon.checkpoint.read_full_model` return it.
+    """
+    out = Path(out_dir)
+    expected = parameter_shapes(shape)
+    if set(full_tensors) != set(expected):
+        absent, extra = sorted(set(expected) - set(full_tensors)), sorted(set(full_tensors) - set(expected))
+        raise ValueError(f"export_hf: tensors do not match the model shape (missing {absent}, unexpected {extra})")
+    for name, dims in expected.items():
+        if tuple(full_tensors[name].shape) != dims:
+            raise ValueError(f"export_hf: {name} has shape {list(full_tensors[name].shape)}, expected {list(dims)}")
+    if out.is_dir() and any(out.glob("model*.safetensors*")):
+        raise ValueError(f"{out} already holds model weights; export into an empty directory")
+    out.mkdir(parents=True, exist_ok=True)
+
+    shards, size = [{}], 0  # greedy: start a new file when the next tensor would overflow this one
+    for name in expected:
+        tensor = full_tensors[name].detach().to("cpu", torch.float32).contiguous()
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][hf_name(name)] = tensor
+        size += nbytes
+    (out / "config.json").write_text(json.dumps(hf_config(shape), indent=2) + "\n")
+    if len(shards) == 1:
+        save_file(shards[0], str(out / SINGLE_FILE), metadata={"format": "pt"})
+        return
+    weight_map, total = {}, 0
+    for i, tensors in enumerate(shards, start=1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(tensors, str(out / file), metadata={"format": "pt"})
+        for hf_tensor, tensor in tensors.items():
+            weight_map[hf_tensor] = file
+            total += tensor.numel() * tensor.element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")

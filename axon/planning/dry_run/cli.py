@@ -1,0 +1,171 @@
+"""`python -m axon dry-run CONFIG --world N [--ranks R,...] [--set KEY=VALUE]... [--json]`.
+
+Builds what rank R of N builds in a real run, on meta tensors under torch's fake process
+group, runs a step, and prints its memory and collectives beside perfmodel's prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from axon.planning.dry_run.compare import (MEMORY_KEYS, by_axis, collective_rows, percent, perfmodel_collectives,
+                                  perfmodel_memory)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m axon dry-run", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="YAML config (see axon/configs/)")
+    parser.add_argument("--world", type=int, required=True, help="number of ranks of the run to rehearse")
+    parser.add_argument("--ranks", default="", help="comma-separated ranks to build (default: the first and "
+                                                    "last rank of each distinct pipeline stage)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, dotted for nesting (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per rank")
+    parser.add_argument("--jobs", type=int, default=0, help="ranks rehearsed at once, each in its own "
+                                                            "process (default: one per CPU core)")
+    return parser
+
+
+def resolve_config(path, overrides, world: int):
+    """The config with its layout checked against `world` (layout: auto planned with its named
+    profile); raises ConfigError with one sentence."""
+    from axon.planning import auto_layout
+    from axon.config import ConfigError, load_config
+
+    if world < 1:
+        raise ConfigError(f"--world must be at least 1, got {world}")
+    return auto_layout.choose_from_named_profile(load_config(path, overrides), world,
+                                                 "for a dry run: there is no allocation to calibrate on")
+
+
+def stage_plan(config) -> list[tuple[int, bool, bool]]:
+    """(blocks, first, last) of every pipeline stage, as the model builds them."""
+    from axon.model.stages import stage_layers
+
+    p = config.layout.pipe
+    return [(len(r), s == 0, s == p - 1) for s, r in enumerate(stage_layers(config.model, p, config.train.stage_layers))]
+
+
+def default_ranks(config) -> list[int]:
+    """The first and the last rank of each distinct stage (blocks, first, last)."""
+    layout = config.layout
+    seen, ranks = set(), []
+    for stage, kind in enumerate(stage_plan(config)):
+        if kind in seen:
+            continue
+        seen.add(kind)
+        lowest = {axis: 0 for axis in layout.sizes()}
+        highest = {axis: size - 1 for axis, size in layout.sizes().items()}
+        ranks += [layout.rank_of({**lowest, "pipe": stage}), layout.rank_of({**highest, "pipe": stage})]
+    return sorted(dict.fromkeys(ranks))
+
+
+def parse_ranks(text: str, world: int) -> list[int]:
+    from axon.config import ConfigError
+
+    try:
+        ranks = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--ranks must be comma-separated integers, got {text!r}") from None
+    outside = [r for r in ranks if not 0 <= r < world]
+    if outside:
+        raise ConfigError(f"--ranks {outside[0]} is outside the world of {world} ranks (0 to {world - 1})")
+    return ranks
+
+
+def rehearse(config, rank: int) -> dict:
+    """One rank's dry run beside perfmodel's prediction, as the JSON object `--json` prints."""
+    from axon.planning.dry_run.rank import run_rank
+
+    started = time.perf_counter()
+    built = run_rank(config, rank)
+    stage = (built["blocks"], built["first"], built["last"])
+    predicted = perfmodel_memory(config, *stage, built["stage"])
+    rows = collective_rows(built["collectives"], perfmodel_collectives(config, *stage))
+    traced_bytes, predicted_bytes = (sum(r["bytes"] * r[f] for r in rows) for f in ("count", "perfmodel_count"))
+    return {
+        "rank": rank, "coords": built["coords"], "stage": built["stage"], "blocks": built["blocks"],
+        "memory_bytes": built["memory"], "perfmodel_memory_bytes": predicted,
+        "memory_diff_percent": {k: percent(built["memory"][k], predicted[k]) for k in (*MEMORY_KEYS, "total")},
+        "micro_batches": built["micro_batches"], "in_flight": built["in_flight"],
+        "activations_one_micro_batch": built["activations_one_micro_batch"],
+        "held_for_backward": built["held_for_backward"],
+        "collectives": rows,
+        "collectives_agree": all(r["count"] == r["perfmodel_count"] for r in rows),
+        "collective_bytes": traced_bytes, "perfmodel_collective_bytes": predicted_bytes,
+        "collective_bytes_diff_percent": percent(traced_bytes, predicted_bytes),
+        "parameters_on_meta": built["all_meta"], "seconds": time.perf_counter() - started,
+    }
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:9.3f}"
+
+
+def _pct(x) -> str:
+    return "    -" if x is None else f"{x:+6.1f}%"
+
+
+def describe(config, result: dict) -> str:
+    c = result["coords"]
+    lines = [f"rank {result['rank']} (data {c['data']} pipe {c['pipe']} depth {c['depth']} row {c['row']} "
+             f"col {c['col']}): stage {result['stage']}, {result['blocks']} blocks, built and stepped in "
+             f"{result['seconds']:.1f} s",
+             f"  {'memory GiB':18}{'dry run':>9} {'perfmodel':>9} {'diff':>8}"]
+    for key in (*MEMORY_KEYS, "total"):
+        lines.append(f"  {key:18}{_gib(result['memory_bytes'][key])} {_gib(result['perfmodel_memory_bytes'][key])} "
+                     f"{_pct(result['memory_diff_percent'][key]):>8}")
+    traced, predicted = by_axis(result["collectives"], "count"), by_axis(result["collectives"], "perfmodel_count")
+    calls = lambda field, op, axis: sum(r[field] for r in result["collectives"]  # noqa: E731
+                                        if (r["op"], r["axis"]) == (op, axis))
+    lines.append(f"  {'collectives':24}{'calls':>7} {'GiB':>9} {'perfmodel calls':>16} {'GiB':>9}")
+    for op, axis in sorted(set(traced) | set(predicted), key=lambda k: (k[1], k[0])):
+        lines.append(f"  {op + ' [' + axis + ']':24}{calls('count', op, axis):7d} {_gib(traced[(op, axis)])} "
+                     f"{calls('perfmodel_count', op, axis):16d} {_gib(predicted[(op, axis)])}")
+    verdict = "every (op, axis, bytes) as often" if result["collectives_agree"] else "DIFFERENT collectives"
+    lines.append(f"  inventory vs perfmodel: {verdict}; bytes {_pct(result['collective_bytes_diff_percent'])}")
+    return "\n".join(lines)
+
+
+def rehearse_all(config, ranks: list[int], jobs: int):
+    """`rehearse` of each rank, in rank order. Ranks are independent (each its own fake world),
+    so with jobs > 1 they run in that many spawned processes (a forked torch may deadlock)."""
+    if jobs <= 1 or len(ranks) <= 1:
+        yield from (rehearse(config, rank) for rank in ranks)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(jobs, len(ranks)), mp_context=context) as pool:
+        yield from pool.map(rehearse, [config] * len(ranks), ranks)
+
+
+def main(argv=None) -> None:
+    from axon.config import ConfigError
+
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    started = time.perf_counter()
+    try:
+        config, choice = resolve_config(args.config, args.overrides, args.world)
+        ranks = parse_ranks(args.ranks, args.world) if args.ranks else default_ranks(config)
+    except ConfigError as err:
+        print(f"axon dry-run: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if not args.json:
+        how = f"layout: auto on {choice.machine_name} -> " if choice else "layout "
+        print(f"axon dry-run: {config.model_name} on {args.world} ranks, {how}{config.layout}; "
+              f"ranks {', '.join(map(str, ranks))}", flush=True)
+    results = []
+    for result in rehearse_all(config, ranks, args.jobs or os.cpu_count() or 1):
+        results.append(result)
+        if not args.json:
+            print(describe(config, result), flush=True)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        print(f"axon dry-run: {len(ranks)} rank(s) in {time.perf_counter() - started:.1f} s; no weight was "
+              f"allocated (every parameter on the meta device: {all(r['parameters_on_meta'] for r in results)})")

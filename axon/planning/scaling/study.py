@@ -1,0 +1,241 @@
+"""A scaling study file: what it may say, read and checked into a `Study`.
+
+    name: frontier_weak           # optional; default the file's stem
+    kind: weak                    # weak: the model grows with the GPUs; strong: one model
+    machine: frontier             # perfmodel profile name or YAML (relative to this file)
+    seq_len: 2048
+    batch_per_gpu: 4              # weak: sequences per GPU per step (global = this x GPUs)
+    global_batch: 2048            # strong: sequences per step at every point
+    micro_batch: 0                # optional, train.micro_batch (0 = automatic)
+    steps: 20                     # optimizer steps per point
+    warmup_steps: 5               # steps left out of the report's medians
+    dtype: bfloat16               # optional: recompute, grad_reduce_dtype, train (more train.* keys)
+    models:                       # optional custom shapes, by name (a preset name needs none)
+      gpt-5b: {layers: 24, hidden: 4096, heads: 32, kv_heads: 32, ffn: 11008, vocab: 51200}
+    model: 8B                     # strong: the model of every point (weak: a default)
+    layout: auto                  # or per point: layout: {data: 8, depth: 64, ...}
+    points:
+      - {model: gpt-5b, gpus: 512}            # optional: name, layout, machine
+    slurm: {account: ABC123, partition: batch, time: "00:30:00", template: frontier}
+
+Every mistake is one sentence naming the key (and the point) and the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from axon.spec.layout import AXES, DEFAULT_ORDER, Layout
+from axon.spec.shapes import PRESETS, ModelShape
+from axon.spec.training import TrainingSetup
+
+KINDS = ("weak", "strong")
+STUDY_KEYS = ("name", "description", "kind", "machine", "seq_len", "batch_per_gpu", "global_batch", "micro_batch",
+              "steps", "warmup_steps", "dtype", "recompute", "grad_reduce_dtype", "train", "data", "models",
+              "model", "layout", "points", "slurm")
+POINT_KEYS = ("name", "model", "gpus", "layout", "machine")
+SLURM_KEYS = ("template", "account", "partition", "qos", "time", "constraint")
+SHAPE_KEYS = ("preset", "layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "rope_theta")
+
+
+class StudyError(ValueError):
+    """A mistake in a study file, in one sentence."""
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    model_name: str
+    shape: ModelShape
+    gpus: int
+    layout: Layout | None  # None: layout auto (perfmodel picks)
+    machine: str  # profile name or resolved YAML path
+
+
+@dataclass
+class Study:
+    name: str
+    kind: str
+    path: Path
+    seq_len: int
+    steps: int
+    warmup_steps: int
+    points: list[Point]
+    batch_per_gpu: int = 0
+    global_batch: int = 0
+    micro_batch: int = 0
+    dtype: str = "bfloat16"
+    recompute: str = "none"
+    grad_reduce_dtype: str = "float32"
+    train: dict = field(default_factory=dict)  # more train.* keys for every point's run
+    data: str = "synthetic"
+    slurm: dict = field(default_factory=dict)
+    description: str = ""
+
+    def point_batch(self, point: Point) -> int:
+        """Sequences per step at this point: per GPU x GPUs for weak, the global batch for strong."""
+        return self.batch_per_gpu * point.gpus if self.kind == "weak" else self.global_batch
+
+    def setup(self, point: Point) -> TrainingSetup:
+        return TrainingSetup(global_batch=self.point_batch(point), seq_len=self.seq_len, micro_batch=self.micro_batch,
+                             dtype=self.dtype, recompute=self.recompute, grad_reduce_dtype=self.grad_reduce_dtype)
+
+
+def load_study(path: str | Path) -> Study:
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"study file {str(path)!r} does not exist")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise StudyError(f"study file {path} must hold a mapping of {', '.join(STUDY_KEYS)}")
+    return study_from_dict(raw, path)
+
+
+def _unknown(mapping: dict, known: tuple[str, ...], where: str) -> None:
+    for key in mapping:
+        if key not in known:
+            raise StudyError(f"unknown study key {where + str(key)!r}; valid keys here are {', '.join(known)}")
+
+
+def _positive(raw: dict, key: str, where: str = "", default=None, zero_ok=False) -> int:
+    value = raw.get(key, default)
+    if value is None:
+        raise StudyError(f"study key {where}{key} is required")
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if zero_ok else 1):
+        raise StudyError(f"study key {where}{key} must be a {'non-negative' if zero_ok else 'positive'} integer, "
+                         f"got {value!r}")
+    return value
+
+
+def study_from_dict(raw: dict, path: Path) -> Study:
+    _unknown(raw, STUDY_KEYS, "")
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise StudyError(f"study key kind must be weak or strong, got {kind!r}")
+    seq_len = _positive(raw, "seq_len")
+    batch_key = "batch_per_gpu" if kind == "weak" else "global_batch"
+    other = "global_batch" if kind == "weak" else "batch_per_gpu"
+    if other in raw:
+        raise StudyError(f"a {kind} study gives {batch_key}, not {other} (={raw[other]!r})")
+    batch = _positive(raw, batch_key)
+    steps = _positive(raw, "steps")
+    warmup = _positive(raw, "warmup_steps", default=min(2, steps - 1), zero_ok=True)
+    if warmup >= steps:
+        raise StudyError(f"study key warmup_steps={warmup} leaves no step to measure of steps={steps}")
+    for key in ("train", "slurm", "models"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise StudyError(f"study key {key} must be a mapping, got {raw[key]!r}")
+    _unknown(raw.get("slurm", {}), SLURM_KEYS, "slurm.")
+    machine = raw.get("machine")
+    if not isinstance(machine, str) or not machine:
+        raise StudyError(f"study key machine must name a perfmodel profile or a YAML file, got {machine!r}")
+    models = {name: _custom_shape(name, value, seq_len) for name, value in raw.get("models", {}).items()}
+    points = _points(raw, path, kind, seq_len, models, machine)
+    study = Study(name=str(raw.get("name", path.stem)), kind=kind, path=path, seq_len=seq_len, steps=steps,
+                  warmup_steps=warmup, points=points, micro_batch=_positive(raw, "micro_batch", default=0, zero_ok=True),
+                  dtype=raw.get("dtype", "bfloat16"), recompute=raw.get("recompute", "none"),
+                  grad_reduce_dtype=raw.get("grad_reduce_dtype", "float32"), train=dict(raw.get("train", {})),
+                  data=str(raw.get("data", "synthetic")), slurm=dict(raw.get("slurm", {})),
+                  description=str(raw.get("description", "")), **{batch_key: batch})
+    for reserved in ("steps", "global_batch", "micro_batch", "dtype", "recompute", "grad_reduce_dtype"):
+        if reserved in study.train:
+            raise StudyError(f"study key train.{reserved} is set by the study itself; give it at the top level")
+    try:
+        study.setup(points[0])
+    except ValueError as err:  # dtype, recompute, grad_reduce_dtype
+        raise StudyError(f"study: {err}") from None
+    return study
+
+
+def _custom_shape(name: str, value, seq_len: int) -> ModelShape:
+    if not isinstance(value, dict):
+        raise StudyError(f"study key models.{name} must map {', '.join(SHAPE_KEYS)}, got {value!r}")
+    _unknown(value, SHAPE_KEYS, f"models.{name}.")
+    values = dict(value)
+    base = values.pop("preset", None)
+    merged = {}
+    if base is not None:
+        if base not in PRESETS:
+            raise StudyError(f"models.{name}.preset={base!r} is not a preset; known presets are {', '.join(PRESETS)}")
+        merged = dataclasses.asdict(PRESETS[base])
+    merged.update(values)
+    missing = [k for k in SHAPE_KEYS[1:-1] if k not in merged]
+    if missing:
+        raise StudyError(f"models.{name} is missing {', '.join(missing)} (or a preset to start from)")
+    for key in SHAPE_KEYS[1:-1]:
+        if isinstance(merged[key], bool) or not isinstance(merged[key], int) or merged[key] < 1:
+            raise StudyError(f"models.{name}.{key} must be a positive integer, got {merged[key]!r}")
+    merged["seq_len"] = seq_len
+    shape = ModelShape(**merged)
+    if shape.hidden % shape.heads or shape.heads % shape.kv_heads:
+        raise StudyError(f"models.{name}: hidden {shape.hidden} must divide by heads {shape.heads}, "
+                         f"and heads by kv_heads {shape.kv_heads}")
+    return shape
+
+
+def _shape(name, models: dict, seq_len: int, where: str) -> ModelShape:
+    if name in models:
+        return models[name]
+    if name in PRESETS:
+        return dataclasses.replace(PRESETS[name], seq_len=seq_len)
+    raise StudyError(f"study key {where}model={name!r} is neither in models ({', '.join(models) or 'none'}) "
+                     f"nor a preset ({', '.join(PRESETS)})")
+
+
+def _layout(value, where: str) -> Layout | None:
+    if value in (None, "auto"):
+        return None
+    if not isinstance(value, dict):
+        raise StudyError(f"study key {where}layout must be 'auto' or a mapping of {', '.join(AXES)}, got {value!r}")
+    _unknown(value, AXES + ("order", "virtual_stages"), f"{where}layout.")
+    order = value.get("order", DEFAULT_ORDER)
+    order = tuple(p.strip() for p in order.split(",")) if isinstance(order, str) else tuple(order)
+    try:
+        return Layout(**{axis: value.get(axis, 1) for axis in AXES}, order=order,
+                      virtual_stages=value.get("virtual_stages", 1))
+    except ValueError as err:
+        raise StudyError(f"study key {where}{err}") from None
+
+
+def _machine(name: str, path: Path) -> str:
+    """A profile name stays a name; a YAML path is read relative to the study file, then as given."""
+    if not Path(name).suffix:
+        return name
+    beside = path.parent / name
+    return str(beside if beside.is_file() else Path(name))
+
+
+def _points(raw: dict, path: Path, kind: str, seq_len: int, models: dict, machine: str) -> list[Point]:
+    points = raw.get("points")
+    if not isinstance(points, list) or not points:
+        raise StudyError("study key points must be a non-empty list of {gpus: N, ...} mappings")
+    default_layout = _layout(raw.get("layout"), "")
+    built, names = [], set()
+    for i, value in enumerate(points):
+        where = f"points[{i}]."
+        if not isinstance(value, dict):
+            raise StudyError(f"study key points[{i}] must be a mapping with gpus (and model, layout, name), got {value!r}")
+        _unknown(value, POINT_KEYS, where)
+        gpus = _positive(value, "gpus", where)
+        model = value.get("model", raw.get("model"))
+        if model is None:
+            raise StudyError(f"study key {where}model is required (or a top-level model)")
+        if kind == "strong" and "model" in value and value["model"] != raw.get("model", value["model"]):
+            raise StudyError(f"a strong study keeps one model, but {where}model={value['model']!r} differs from "
+                             f"model={raw['model']!r}")
+        shape = _shape(model, models, seq_len, where)
+        layout = _layout(value["layout"], where) if "layout" in value else default_layout
+        if layout is not None and layout.world_size != gpus:
+            raise StudyError(f"study key {where}layout has {layout.world_size} ranks, not gpus={gpus}")
+        name = str(value.get("name", f"{model}-{gpus}"))
+        if name in names or "/" in name:
+            raise StudyError(f"study key {where}name={name!r} must be unique and contain no '/'")
+        names.add(name)
+        built.append(Point(name, str(model), shape, gpus, layout, _machine(str(value.get("machine", machine)), path)))
+    if kind == "strong" and len({p.shape for p in built}) > 1:
+        raise StudyError("a strong study keeps one model: give it once as the top-level model")
+    return built

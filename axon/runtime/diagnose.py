@@ -1,0 +1,170 @@
+"""`python -m axon diagnose OUT_DIR`: name the rank and the collective behind a hang.
+
+Reads the flight records every rank writes to OUT_DIR/flight/rank_R.json when a collective
+waits longer than train.collective_timeout_s, a peer is lost, or a stop signal arrives
+(axon.runtime.health, axon.parallel.flight), and prints a few lines:
+
+* the first collective where ranks that run the same code (the ranks of one pipeline stage)
+  differ: which ranks issued what (op, axis, group, bytes), and which never arrived; or
+* that every rank waits in the same collective: a stuck peer or a network fault, with the
+  ranks that stopped reporting (no file);
+* where PyTorch's own NCCL flight-recorder dumps are, if any.
+
+Collectives are matched by (step, index in the step): ranks of one stage issue the same
+sequence, so the first index where their records differ is where their code diverged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+
+def load_records(folder: Path) -> dict[int, dict]:
+    records = {}
+    for path in sorted(folder.glob("rank_*.json")):
+        record = json.loads(path.read_text())
+        records[record["rank"]] = record
+    return records
+
+
+def _what(entry: dict | None) -> tuple | None:
+    return None if entry is None else (entry["op"], entry["axis"], entry["bytes"])
+
+
+def _describe(entry: dict) -> str:
+    return (f"{entry['op']} on axis {entry['axis']} (group of ranks {','.join(map(str, entry['group']))}, "
+            f"{entry['bytes']} B)")
+
+
+def _ranks(ranks) -> str:
+    ranks = sorted(ranks)
+    return f"rank{'s' if len(ranks) > 1 else ''} {','.join(map(str, ranks))}"
+
+
+def _last(record: dict) -> str:
+    if not record["entries"]:
+        return "it recorded no collective"
+    e = record["entries"][-1]
+    return f"its last was collective #{e['step_index']} of step {e['step']}, {_describe(e)}, {e['state']}"
+
+
+def first_difference(records: dict[int, dict]) -> list[str] | None:
+    """Lines naming the first (step, index) where ranks of one pipeline stage differ, or None."""
+    stages: dict[int, list[int]] = {}
+    for rank, record in records.items():
+        stages.setdefault((record.get("coords") or {}).get("pipe", 0), []).append(rank)
+    found = []
+    for ranks in stages.values():
+        if len(ranks) < 2:
+            continue
+        by_key = {r: {(e["step"], e["step_index"]): e for e in records[r]["entries"]} for r in ranks}
+        # Only what every rank's ring still holds can be compared: from the latest first entry on.
+        starts = [min(keys) for keys in by_key.values() if keys]
+        start = max(starts) if len(starts) == len(ranks) else (0, 0)
+        for key in sorted(set().union(*by_key.values())):
+            if key < start:
+                continue
+            seen = {r: by_key[r].get(key) for r in ranks}
+            if len({_what(e) for e in seen.values()}) > 1:
+                found.append((key, seen))
+                break
+    if not found:
+        return None
+    (step, index), seen = min(found, key=lambda item: item[0])
+    counts = Counter(_what(e) for e in seen.values() if e is not None)
+    majority = counts.most_common(1)[0][0]
+    lines = [f"first difference: collective #{index} of step {step}:"]
+    issued = {}
+    for rank, entry in seen.items():
+        if entry is not None:
+            issued.setdefault(_what(entry), []).append(rank)
+    for what, ranks in sorted(issued.items(), key=lambda item: (item[0] != majority, item[1])):
+        sample = seen[ranks[0]]
+        groups = sorted({tuple(seen[r]["group"]) for r in ranks})
+        lines.append(f"  {_ranks(ranks)} issued {sample['op']} on axis {sample['axis']} ({sample['bytes']} B; "
+                     f"group{'s' if len(groups) > 1 else ''} {' '.join('[' + ','.join(map(str, g)) + ']' for g in groups)})")
+    absent = sorted(r for r, e in seen.items() if e is None)
+    for rank in absent:
+        lines.append(f"  rank {rank} never arrived ({_last(records[rank])})")
+    odd = sorted(r for r, e in seen.items() if _what(e) != majority)
+    if odd and len(odd) < len(seen) / 2 + (len(seen) == 2):
+        coords = records[odd[0]].get("coords")
+        where = (" (" + ", ".join(f"{axis} {coords[axis]}" for axis in ("data", "pipe", "depth", "row", "col"))
+                 + f", host {records[odd[0]].get('host')})") if coords and len(odd) == 1 else ""
+        lines.append(f"  -> {_ranks(odd)}{where} diverged from {len(seen) - len(odd)} peer(s) running the same code")
+    return lines
+
+
+def all_waiting(records: dict[int, dict], world: int) -> list[str]:
+    pending = {}
+    for rank, record in records.items():
+        waiting = [e for e in record["entries"] if e["state"] in ("waiting", "enqueued")]
+        if waiting:
+            e = waiting[0]
+            pending.setdefault((e["step"], e["step_index"], _what(e)), []).append((rank, e))
+    missing = sorted(set(range(world)) - set(records))
+    lines = []
+    if len(pending) == 1:
+        (step, index, _), waiters = next(iter(pending.items()))
+        e = waiters[0][1]
+        lines.append(f"{_ranks(r for r, _ in waiters)} wait in the same collective #{index} of step {step}, "
+                     f"{_describe(e)}, for up to {max(w['age_s'] for _, w in waiters):.1f} s: "
+                     "a stuck peer or a network fault")
+    elif pending:
+        lines.append("ranks wait in different collectives:")
+        for (step, index, _), waiters in sorted(pending.items()):
+            lines.append(f"  {_ranks(r for r, _ in waiters)}: #{index} of step {step}, {_describe(waiters[0][1])}")
+    else:
+        lines.append("no rank was waiting in a collective when the records were written")
+    idle = sorted(r for r in records if r not in {r for w in pending.values() for r, _ in w})
+    if pending and idle:
+        lines.append(f"  {_ranks(idle)} waited in none: " + "; ".join(f"rank {r}: {_last(records[r])}" for r in idle))
+    if missing:
+        lines.append(f"  {_ranks(missing)} stopped reporting (no flight record)")
+    return lines
+
+
+def nccl_dumps(out_dir: Path, env=os.environ) -> list[str]:
+    """PyTorch's NCCL flight-recorder dumps, <prefix><rank>: OUT_DIR/flight/nccl_trace_rank_ (axon's
+    default for TORCH_NCCL_DEBUG_INFO_TEMP_FILE, and where axon's watchdog dumps them too), the
+    prefix $TORCH_NCCL_DEBUG_INFO_TEMP_FILE names here, and torch's default /tmp/nccl_trace_rank_."""
+    prefixes = [str(out_dir / "flight" / "nccl_trace_rank_"),
+                env.get("TORCH_NCCL_DEBUG_INFO_TEMP_FILE", ""), "/tmp/nccl_trace_rank_"]
+    lines = []
+    for prefix in dict.fromkeys(p for p in prefixes if p):
+        found = sorted(glob.glob(glob.escape(prefix) + "*"))
+        if found:
+            folder, name = os.path.split(prefix)
+            lines.append(f"PyTorch NCCL flight-recorder dumps: {len(found)} file(s) {prefix}*; read them with: "
+                         f"python -m torch.distributed.flight_recorder.fr_trace {folder} -p {name} --allow-incomplete-ranks")
+    return lines
+
+
+def diagnose(out_dir: Path, env=os.environ) -> list[str]:
+    folder = out_dir / "flight" if (out_dir / "flight").is_dir() else out_dir
+    records = load_records(folder)
+    if not records:
+        return [f"no flight records in {folder} (rank_R.json): the job wrote none"] + nccl_dumps(out_dir, env)
+    world = max(r["world"] for r in records.values())
+    reasons = Counter(r["reason"] for r in records.values())
+    lines = [f"{len(records)} of {world} ranks wrote flight records in {folder}; why: "
+             + "; ".join(f"{reason} ({n})" for reason, n in reasons.most_common(3))]
+    lines += first_difference(records) or all_waiting(records, world)
+    return lines + nccl_dumps(out_dir, env)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m axon diagnose", description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", help="the run's out_dir (or its flight/ folder)")
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out_dir)
+    if not out_dir.is_dir():
+        print(f"axon diagnose: {out_dir} is not a directory", file=sys.stderr)
+        sys.exit(2)
+    print("\n".join(diagnose(out_dir)))

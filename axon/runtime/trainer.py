@@ -1,0 +1,298 @@
+"""The training loop: build the model on a grid, then step AdamW on the local shards."""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from axon.config import RunConfig, micro_batch_plan
+from axon.data.batches import shard_micro_batches, token_source
+from axon.data.goldfish import GoldfishMask
+from axon.runtime.metrics import MetricsLog
+from axon.model import Llama, initialize_parameters
+from axon.model.stages import stage_layers
+from axon.spec.parameters import whole_model_parameters
+from axon.parallel.comm import all_reduce, world_max_with_rank
+from axon.parallel.data_parallel import GradientBuckets
+from axon.parallel.grads import clip_grad_norm
+from axon.parallel.overlap import enable_overlap
+from axon.parallel.pipeline import PipelineStep
+from axon.parallel.trace import summarize, write_chrome_trace
+from axon.parallel.sharding import named_shardings
+from axon.spec.flops import flops_per_token
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm stopped being finite; raised on every rank at the same step."""
+
+
+class Preempted(Exception):
+    """A stop signal arrived; a checkpoint was saved at the step boundary."""
+
+    def __init__(self, step: int, path):
+        super().__init__(f"stopped after step {step}; checkpoint {path}")
+        self.step, self.path = step, path
+
+
+def build_optimizer(model, config: RunConfig) -> torch.optim.Optimizer:
+    """AdamW on the local shards; weight decay on matrices (depth-sharded weights) only."""
+    decay, no_decay = [], []
+    for _, param, sharding in named_shardings(model):
+        (decay if sharding.depth_sharded else no_decay).append(param)
+    t = config.train
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, eps=1e-8)
+
+
+def learning_rate(config: RunConfig, step: int) -> float:
+    """Linear warm-up over train.warmup_steps, then constant or cosine down to min_lr_ratio x lr."""
+    t = config.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.schedule == "constant":
+        return t.lr
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    floor = t.lr * t.min_lr_ratio
+    return floor + 0.5 * (t.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def gemm_tuning_enabled(train, device: torch.device) -> bool:
+    """train.gemm_tuning as it applies on `device`: "auto" tunes on GPUs (CUDA and ROCm), where
+    kernels differ by operand layout, and not on CPUs, where measured wins were within noise."""
+    if train.gemm_tuning == "auto":
+        return device.type == "cuda"
+    return bool(train.gemm_tuning)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, grid, device: torch.device, peak_tflops: float = 0.0, source=None):
+        self.config, self.grid, self.device = config, grid, device
+        self.model = Llama(config.model, grid, compute_dtype=getattr(torch, config.train.dtype),
+                           stage_counts=config.train.stage_layers).to(device)
+        if config.init_from:
+            from axon.checkpoint.huggingface import load_hf_weights
+
+            load_hf_weights(self.model, grid, config.init_from.removeprefix("hf:"))
+        else:
+            initialize_parameters(self.model, grid, config.train.seed)
+        self.model.recompute_blocks = config.train.recompute == "block"
+        self.pending, self.prefetcher = enable_overlap(self.model, config.overlap, grid.axis("depth"))
+        self.gemm_tuner = self._attach_gemm_tuner() if gemm_tuning_enabled(config.train, device) else None
+        self.buckets = GradientBuckets(self.model, grid, config.overlap.bucket_mb, config.overlap.data_parallel,
+                                       self.pending, config.train.grad_reduce_dtype)
+        self.optimizer = build_optimizer(self.model, config)
+        self.source = source if source is not None else token_source(config)
+        self.pipeline = PipelineStep(self.model, grid, self.model.compute_dtype) if grid.size("pipe") > 1 else None
+        g = config.goldfish
+        self.goldfish = GoldfishMask(g.k, g.h, g.strategy) if config.train.loss == "goldfish" else None
+        self.tokens_per_step = config.train.global_batch * config.model.seq_len
+        self.flops_per_step = flops_per_token(config.model) * self.tokens_per_step
+        self.peak_tflops = peak_tflops
+        self.start_step, self.start_sequence = 0, 0
+        grid.trace.enabled = True  # a few clock reads per collective: cheap enough to keep on
+        if device.type == "cuda":
+            grid.trace.use_cuda_events()
+        self.traced_events = []  # what goes into the Chrome trace (train.trace_steps)
+        self.stop_signal = None  # set by fit: a StopSignal whose requests the step's reductions agree on
+        self.stop_agreed = False  # some rank's stop signal was seen in the last step
+
+    def _attach_gemm_tuner(self):
+        """One tuner for every linear layer of this rank (GEMMs are local: ranks may choose
+        differently without changing any collective); rank 0 prints each choice once."""
+        from axon.parallel.linear import TensorParallelLinear
+        from axon.kernels import GemmTuner
+
+        path = self.config.train.gemm_tuning_cache or str(Path(self.config.out_dir) / "gemm_tuning.json")
+        report = (lambda choice: print(f"axon: {choice.describe()}", flush=True)) if self.grid.rank == 0 else None
+        tuner = GemmTuner(cache_path=path, on_choice=report)
+        for module in self.model.modules():
+            if isinstance(module, TensorParallelLinear):
+                module.gemm_tuner = tuner
+        return tuner
+
+    def next_sequence(self, step: int) -> int:
+        """Global index of the first sequence step `step` trains on."""
+        return self.start_sequence + (step - self.start_step) * self.config.train.global_batch
+
+    def keep_masks(self, batches) -> list:
+        """The Goldfish keep mask of each micro-batch (None with the standard loss), hashed on
+        the host from the token ids so every device and layout drops the same tokens."""
+        if self.goldfish is None:
+            return [None] * len(batches)
+        masks = []
+        for ids, targets in batches:
+            tokens = torch.cat([ids[:, :1], targets], dim=1).cpu().numpy()
+            masks.append(torch.from_numpy(self.goldfish.keep(tokens)).to(ids.device))
+        return masks
+
+    def data_identity(self) -> dict:
+        return {"source": self.config.data.source, "seed": self.config.train.seed}
+
+    def resume_from(self, reader) -> str | None:
+        """Load a checkpoint of any layout; returns a warning if the data stream changed."""
+        from axon import checkpoint
+
+        checkpoint.load(self, reader)
+        self.start_step, self.start_sequence = reader.step, reader.meta["next_sequence"]
+        saved = reader.meta.get("data")
+        if saved is not None and saved != self.data_identity():
+            return (f"WARNING: the checkpoint was trained on data {saved}, this run reads {self.data_identity()}; "
+                    f"training continues from sequence {self.start_sequence} of the new stream")
+        return None
+
+    def step(self, step: int) -> dict:
+        """One optimizer step over the global batch; returns the step's metrics (same on every rank)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        self.grid.trace.flight.begin_step(step + 1)  # the flight recorder's steps count from 1, as the log's
+        lr = learning_rate(self.config, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        # Bucketed gradients are views of persistent buffers: zeroed in place; the rest set to None.
+        self.buckets.zero_grad()
+        self.grid.trace.take()  # start the step with an empty record
+        loss_sum = torch.zeros((), device=self.device)
+        batches = shard_micro_batches(self.source, self.config, self.grid, step, self.device,
+                                      first_sequence=self.next_sequence(step))
+        keeps = self.keep_masks(batches)
+        kept_tokens = self.tokens_per_step
+        if self.goldfish is not None:  # the mean is over the kept tokens of the whole global batch
+            kept = torch.tensor(float(sum(int(k.sum()) for k in keeps)), device=self.device)
+            kept_tokens = max(1.0, all_reduce(kept, self.grid.axis("data+depth")).item())
+        if self.prefetcher is not None:
+            self.prefetcher.begin_step()
+        try:
+            if self.pipeline is not None:
+                loss_sum = self.pipeline.run(batches, keeps, kept_tokens, self.buckets, self.device)
+            else:
+                for index, ((ids, targets), keep) in enumerate(zip(batches, keeps)):
+                    self.buckets.final_micro_batch = index == len(batches) - 1  # DP buckets launch in this backward
+                    # Sum of token losses over the global batch's (kept) token count: gradients summed
+                    # over data and depth then give the exact mean-loss gradient.
+                    token_losses = self.model.token_losses(ids, targets, keep)
+                    (token_losses.sum() / kept_tokens).backward()
+                    loss_sum += token_losses.detach().sum()
+        finally:
+            if self.prefetcher is not None:
+                self.prefetcher.end_step()
+        self.buckets.finish()  # every gradient is summed over data and depth from here on
+        # A stop signal (preemption) is agreed on in the step's own reductions: summed with the
+        # loss over data, depth and pipe, then with the clip norm over pipe, depth, row and col,
+        # every rank's vote reaches every rank without a world-wide collective of its own.
+        vote = 1.0 if self.stop_signal is not None and self.stop_signal.requested else 0.0
+        sums = torch.stack([loss_sum, loss_sum.new_tensor(vote)])
+        all_reduce(sums, self.grid.axis("data+depth"))
+        all_reduce(sums, self.grid.axis("pipe"))  # only the last stage has a loss; the others add 0
+        loss = sums[0].item() / kept_tokens
+        grad_norm, votes = clip_grad_norm(self.model, self.grid, self.config.train.grad_clip, sums[1].item())
+        self.stop_agreed = votes > 0
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # the same on every rank: all stop here
+            raise TrainingDiverged(f"step {step + 1}: loss {loss}, gradient norm {grad_norm}; "
+                                   "stopped before applying the update")
+        self.optimizer.step()
+        if self.device.type == "cuda":  # the clock counts the optimizer's kernels, not their enqueueing
+            torch.cuda.synchronize(self.device)
+        step_time = time.perf_counter() - start
+        self.grid.trace.flight.end_step()
+        if self.grid.trace.unwaited:
+            raise RuntimeError(f"step {step + 1} ended with {self.grid.trace.unwaited} collective(s) never waited for")
+        events = self.grid.trace.take()
+        if 1 <= step - self.start_step <= self.config.train.trace_steps:  # skip the warm-up step
+            self.traced_events += events
+        tflops_per_rank = self.flops_per_step / step_time / self.grid.layout.world_size / 1e12
+        return {
+            "step": step + 1,
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "step_time_s": step_time,
+            "tokens_per_s": self.tokens_per_step / step_time,
+            "tflops_per_rank": tflops_per_rank,
+            "mfu": tflops_per_rank / self.peak_tflops if self.peak_tflops > 0 else 0.0,
+            "peak_memory_gb": peak_memory_gb(self.device),
+            "kept_fraction": kept_tokens / self.tokens_per_step,
+            **summarize(events),
+        }
+
+    def slowest_rank(self, metrics: dict) -> dict:
+        """Which rank computed longest this step (its time outside collective waits: a slow node
+        makes every rank's step slow, but only its own busy time long), and the longest step.
+        One world all-reduce of two numbers."""
+        busy = metrics["step_time_s"] - metrics["exposed_comm_s"]
+        started = time.perf_counter()
+        (busy_s, busy_rank), (step_s, step_rank) = world_max_with_rank([busy, metrics["step_time_s"]], self.device)
+        return {"slowest_rank": busy_rank, "slowest_rank_busy_s": busy_s,
+                "slowest_step_time_s": step_s, "slowest_step_rank": step_rank,
+                "straggler_check_s": time.perf_counter() - started}  # what finding them cost, outside the step
+
+    def fit(self, log: MetricsLog | None = None, stop_signal=None) -> list[dict]:
+        """Train to train.steps, checkpointing as configured. With a `stop_signal`, a
+        requested stop saves a checkpoint at the next step boundary and raises Preempted."""
+        from axon import checkpoint
+
+        t = self.config.train
+        history = []
+        self.stop_signal = stop_signal
+        for step in range(self.start_step, t.steps):
+            metrics = self.step(step)
+            if t.straggler_every and (step + 1) % t.straggler_every == 0:
+                metrics.update(self.slowest_rank(metrics))
+            history.append(metrics)
+            if log is not None:
+                log.record(metrics)
+            if t.trace_steps and step - self.start_step == t.trace_steps:
+                path = Path(self.config.out_dir) / f"comm_trace_rank{self.grid.rank}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_chrome_trace(path, self.traced_events, self.grid.trace.origin, self.grid.rank)
+            done = step + 1
+            stop = self.stop_agreed
+            if stop or (t.checkpoint_every and (done % t.checkpoint_every == 0 or done == t.steps)):
+                started = time.perf_counter()
+                self.grid.trace.flight.before_save(done)  # AXON_FAULT=die:...:at=save (a testing aid)
+                path = checkpoint.save(self, done, t.keep_checkpoints)
+                if log is not None:
+                    log.checkpoint(path, time.perf_counter() - started)
+                if stop:
+                    raise Preempted(done, path)
+        return history
+
+
+def describe(config: RunConfig, trainer: Trainer, runtime, peak_source: str) -> str:
+    """The start-up banner rank 0 prints."""
+    shape = config.model
+    params = sum(p.numel() for p in trainer.model.parameters())
+    total = whole_model_parameters(shape)
+    micro, count = micro_batch_plan(config)
+    lines = [
+        f"axon: world {runtime.world_size} via {runtime.launcher}, backend {runtime.backend}, device {runtime.device.type}",
+        f"axon: layout {config.layout}",
+        f"axon: model {config.model_name}: {shape.layers} layers, hidden {shape.hidden}, "
+        f"{total / 1e6:.2f}M parameters ({params / 1e6:.2f}M on this rank)",
+        f"axon: {config.train.global_batch} sequences x {shape.seq_len} tokens per step; "
+        f"{count} micro-batch(es) of {micro} per data x depth shard",
+    ]
+    stages, chunks = config.layout.pipe, config.layout.virtual_stages
+    if stages > 1:
+        blocks = [len(r) for r in stage_layers(shape, stages, config.train.stage_layers, chunks)]
+        how = "train.stage_layers" if config.train.stage_layers else "balanced by parameters"
+        idle = (stages - 1) / (chunks * count + stages - 1)
+        what = (f"{stages} pipeline stages of {blocks} blocks ({how}), 1F1B" if chunks == 1 else
+                f"{stages} pipeline stages of {chunks} chunks each, chunks of {blocks} blocks ({how}), interleaved 1F1B")
+        lines.append(f"axon: {what} over {count} micro-batches: each stage idles about {idle:.0%} of a step "
+                     f"(bubble (p-1)/(vm) = {(stages - 1) / (chunks * count):.2f})")
+        if count < stages:
+            lines.append(f"axon: warning: {count} micro-batch(es) for {stages} stages leave most stages idle; "
+                         f"a smaller train.micro_batch or a larger train.global_batch gives more")
+    lines.append(f"axon: MFU peak {trainer.peak_tflops:.3f} TFLOP/s per rank ({peak_source})")
+    return "\n".join(lines)

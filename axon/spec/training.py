@@ -1,0 +1,61 @@
+"""The training setup a prediction is for: batch, sequence, dtype, recompute, overlaps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OVERLAPS = ("all_reduce", "reduce_scatter", "all_gather", "data_parallel")  # axon's overlap.* switches
+# With ORS on, the engine waits for the oldest weight-gradient reduce-scatter once this many
+# are in flight (axon.parallel.overlap); the memory model holds each block until then.
+REDUCE_SCATTERS_IN_FLIGHT = 4
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    global_batch: int  # sequences per optimizer step
+    seq_len: int
+    micro_batch: int = 0  # sequences per micro-batch per data x depth shard; 0 = automatic
+    dtype: str = "bfloat16"  # compute dtype; master weights and optimizer state stay fp32
+    recompute: str = "none"  # "none" or "block"
+    overlap: tuple[str, ...] = OVERLAPS  # which overlaps are on
+    prefetch_distance: int = 2
+    bucket_mb: float = 25.0
+    grad_reduce_dtype: str = "float32"  # dtype of the data all-reduces and depth reduce-scatters of gradients
+
+    def __post_init__(self):
+        if self.global_batch < 1 or self.seq_len < 1 or self.micro_batch < 0:
+            raise ValueError(f"global batch ({self.global_batch}) and sequence length ({self.seq_len}) must be "
+                             f"positive and the micro-batch ({self.micro_batch}) >= 0")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.grad_reduce_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"grad_reduce_dtype must be float32 or bfloat16, got {self.grad_reduce_dtype!r}")
+        if self.recompute not in ("none", "block"):
+            raise ValueError(f"recompute must be none or block, got {self.recompute!r}")
+        unknown = set(self.overlap) - set(OVERLAPS)
+        if unknown:
+            raise ValueError(f"unknown overlap(s) {', '.join(sorted(unknown))}; known: {', '.join(OVERLAPS)}")
+
+    def micro_batches(self, shards: int, pipe: int) -> tuple[int, int] | None:
+        """(sequences per micro-batch, micro-batches per step) for data x depth = `shards`,
+        or None when the batch does not divide (see `split_micro_batches`)."""
+        return split_micro_batches(self.global_batch, self.micro_batch, shards, pipe)
+
+
+def split_micro_batches(global_batch: int, micro_batch: int, shards: int, pipe: int) -> tuple[int, int] | None:
+    """(sequences per micro-batch, micro-batches per step) for data x depth = `shards`, or None
+    when the batch does not divide. micro_batch 0 is automatic: one micro-batch without a
+    pipeline; with one, the biggest micro-batch that still gives 4 per stage (a bubble of at
+    most (p-1)/4p), else 1."""
+    if global_batch % shards:
+        return None
+    per_shard = global_batch // shards
+    micro = micro_batch
+    if micro == 0:
+        micro = per_shard
+        if pipe > 1:
+            micro = max([m for m in range(1, per_shard + 1) if per_shard % m == 0 and per_shard // m >= 4 * pipe],
+                        default=1)
+    if per_shard % micro:
+        return None
+    return micro, per_shard // micro
