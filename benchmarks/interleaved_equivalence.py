@@ -1,6 +1,6 @@
 """Interleaved 1F1B against the 1-process run: every factorization of 4 and 8 ranks with
 pipe >= 2, at layout.virtual_stages = 2, over 5 fp32 steps (the test suite runs every 4-rank
-layout and a subset of 8: tests/test_interleaved.py).
+layout and a subset of 8: tests/distributed/test_interleaved.py).
 
 Relative errors per layout: the worst step's loss, the whole model's parameters
 (||p - ref|| / ||ref|| over every tensor) and the worst single tensor. The model is the

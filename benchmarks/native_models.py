@@ -1,4 +1,4 @@
-"""PyTorch's own parallelism applied to the plain Llama of benchmarks/plain_llama.py:
+"""PyTorch's own parallelism applied to the plain Llama of axon/testing/reference_model.py:
 what a user would pick instead of axon. Used by benchmarks/compare_native.py.
 
 * DDP: `DistributedDataParallel` over the data ranks (bucketed, overlapped all-reduce).
@@ -26,7 +26,7 @@ from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
                                                parallelize_module)
 from torch.nn.parallel import DistributedDataParallel
 
-from benchmarks.plain_llama import PlainLlama
+from axon.testing.reference_model import PlainLlama
 
 KINDS = ("ddp", "fsdp", "tp", "fsdp_tp")
 

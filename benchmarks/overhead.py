@@ -25,7 +25,7 @@ from axon.data.batches import shard_micro_batches
 from axon.parallel.grid import Grid
 from axon.parallel.full_tensor import full_parameters
 from axon.runtime.trainer import Trainer
-from benchmarks.plain_llama import PlainLlama
+from axon.testing.reference_model import PlainLlama
 from axon.kernels.peak import measure_gemm_tflops
 from axon.spec.flops import flops_per_token
 from axon.spec.layout import Layout

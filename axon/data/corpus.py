@@ -8,7 +8,7 @@ arithmetic is right, so a small model can learn far more than byte frequencies.
 Document i depends only on (seed, i): any prefix of the corpus is reproducible alone.
 
 The default (seed 0, DEFAULT_DOCS documents) is DEFAULT_BYTES bytes of UTF-8 text whose
-sha256 is DEFAULT_SHA256 (tests/test_dataprep.py holds it to these numbers).
+sha256 is DEFAULT_SHA256 (tests/data/test_prepare.py holds it to these numbers).
 """
 
 from __future__ import annotations

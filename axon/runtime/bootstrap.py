@@ -49,7 +49,8 @@ def _reachable_address() -> str:
     return host if addr.startswith("127.") else addr
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port no one listens on now (the one free-port helper: tests and benchmarks use it too)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
         return s.getsockname()[1]
@@ -65,7 +66,7 @@ def _mpi_rendezvous(info: LaunchInfo) -> LaunchInfo:
     if (comm.Get_rank(), comm.Get_size()) != (info.rank, info.world_size):
         raise RuntimeError(f"mpi4py says rank {comm.Get_rank()} of {comm.Get_size()} but mpiexec said "
                            f"{info.rank} of {info.world_size}; is mpi4py built against another MPI than this mpiexec?")
-    mine = (info.master_addr or _reachable_address(), info.master_port or _free_port()) if info.rank == 0 else None
+    mine = (info.master_addr or _reachable_address(), info.master_port or free_port()) if info.rank == 0 else None
     addr, port = comm.bcast(mine, root=0)
     local, local_world = info.local_rank, info.local_world_size
     if local is None or local_world is None:

@@ -24,7 +24,7 @@ from axon.parallel.comm import broadcast_object, first_error
 from axon.parallel.full_tensor import full_parameters
 from axon.runtime.trainer import Trainer, learning_rate
 from axon.spec.layout import Layout
-from spawn import run_distributed
+from axon.testing.spawn import run_distributed
 
 # hidden 96 = 16 heads x 6, 8 kv heads: every split up to 8 divides the model.
 MODEL = {"layers": 2, "hidden": 96, "heads": 16, "kv_heads": 8, "ffn": 72, "vocab": 136, "seq_len": 16}

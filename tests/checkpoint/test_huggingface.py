@@ -22,7 +22,7 @@ from axon.parallel.grid import Grid
 from axon.model import Llama
 from axon.parallel.full_tensor import full_parameters
 from axon.spec.layout import Layout
-from spawn import run_distributed
+from axon.testing.spawn import run_distributed
 
 # transformers is imported inside the functions that use it: the spawned ranks import this
 # module too, and only need axon (importing transformers costs each of them seconds).

@@ -14,10 +14,10 @@ from axon.parallel.grid import Grid
 from axon.model import Llama, initialize_parameters
 from axon.parallel.full_tensor import full_parameters
 from axon.runtime.trainer import Trainer
-from benchmarks.plain_llama import PlainLlama
+from axon.testing.reference_model import PlainLlama
 from axon.spec.layout import Layout
 from axon.spec.shapes import ModelShape
-from spawn import run_distributed
+from axon.testing.spawn import run_distributed
 
 
 def test_drop_rate_is_one_in_k_on_random_data():

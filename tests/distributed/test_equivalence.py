@@ -10,7 +10,8 @@ from axon.parallel.grid import Grid
 from axon.parallel.full_tensor import full_parameters
 from axon.runtime.trainer import Trainer
 from axon.spec.layout import Layout, factorizations
-from spawn import run_distributed
+from axon.testing.runs import relative_errors
+from axon.testing.spawn import run_distributed
 
 STEPS = 5
 # hidden 96 = 16 heads x 6 with 8 kv heads (GQA); every split size up to 8 divides it.
@@ -66,21 +67,6 @@ def references():
     for model in (MODEL, ODD_MODEL, *STAGED_MODELS.values()):
         refs[id(model)] = train_and_gather(make_config(model, Layout()), 0)
     return refs
-
-
-def relative_errors(losses, params, ref_losses, ref_params) -> tuple[float, float, float]:
-    """(worst per-step loss error, whole-model parameter error, worst single-tensor parameter error).
-
-    Parameter errors are ||p - ref|| / ||ref||. The whole model is the contract (1e-5); a single
-    tensor only gets a looser bound: AdamW moves an element whose gradient sums to about its eps
-    by a visible fraction of lr on fp32 summation-order noise alone, and deeper models have more
-    such elements (with or without pipe, e.g. one element of 9216 off by 1.4e-5 in an 8-block run).
-    """
-    loss_error = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses))
-    diff = sum((params[name] - ref).square().sum() for name, ref in ref_params.items())
-    norm = sum(ref.square().sum() for ref in ref_params.values())
-    tensor_error = max(((params[name] - ref).norm() / ref.norm()).item() for name, ref in ref_params.items())
-    return loss_error, (diff / norm).sqrt().item(), tensor_error
 
 
 @pytest.mark.parametrize("world", [2, 4, 8])

@@ -1,6 +1,6 @@
 """One rank of a launcher test: detect, initialize, all-reduce rank+1, write a JSON line.
 
-Usage: launch_probe.py OUTFILE [VAR,VAR,...]. Run by tests/test_launchers.py under torchrun,
+Usage: launch_probe.py OUTFILE [VAR,VAR,...]. Run by tests/end_to_end/test_launchers.py under torchrun,
 mpiexec and a fake srun; OUTFILE.rank{N} receives this rank's view of the world. The
 optional VARs are removed from the environment before detection.
 """
@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `axon`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `axon`
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402

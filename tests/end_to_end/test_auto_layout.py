@@ -13,8 +13,8 @@ from axon.planning.auto_layout import training_setup
 from axon.config import ConfigError, load_config
 from perfmodel.machine import load_machine
 from perfmodel.search import plan
-from test_cli import one_process_losses, read_metrics, write_config
-from test_launchers import _clean_env, _free_port, _spawn, _wait
+from axon.testing.processes import clean_env, free_port, start, wait
+from axon.testing.runs import one_process_losses, read_metrics, write_tiny_config
 
 AUTO = {"model": {"preset": "tiny", "seq_len": 16}, "layout": "auto",
         "train": {"steps": 3, "global_batch": 8, "lr": 1e-3, "seed": 3}}
@@ -22,8 +22,8 @@ AUTO = {"model": {"preset": "tiny", "seq_len": 16}, "layout": "auto",
 
 def torchrun(config, *extra) -> str:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4",
-           "--master-port", str(_free_port()), "-m", "axon", "train", str(config), *extra]
-    return _wait([_spawn(cmd, _clean_env())])
+           "--master-port", str(free_port()), "-m", "axon", "train", str(config), *extra]
+    return wait([start(cmd, clean_env())])
 
 
 def test_auto_layout_with_a_named_profile_trains_the_planned_layout(tmp_path):
@@ -42,7 +42,7 @@ def test_auto_layout_with_a_named_profile_trains_the_planned_layout(tmp_path):
     assert {a: saved["layout"][a] for a in ("data", "depth", "row", "col")} == \
         {a: record["chosen"]["layout"][a] for a in ("data", "depth", "row", "col")}
     # Whatever it picked trains like one process.
-    losses = [r["loss"] for r in read_metrics(tmp_path)]
+    losses = [r["loss"] for r in read_metrics(tmp_path / "out")]
     for got, want in zip(losses, one_process_losses(config)):
         assert abs(got - want) / want < 1e-5
 
@@ -62,7 +62,7 @@ def test_auto_layout_calibrates_once_then_reuses_the_profile(tmp_path):
 
 def test_auto_layout_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="layout_machine='perlmutter' only applies to layout: auto"):
-        load_config(write_config(tmp_path, {"col": 2}, layout_machine="perlmutter"))
+        load_config(write_tiny_config(tmp_path, {"col": 2}, layout_machine="perlmutter"))
     path = tmp_path / "auto.yaml"
     path.write_text(yaml.safe_dump({**AUTO, "layout_machine": "nosuch", "out_dir": str(tmp_path / "o")}))
     from axon.planning.auto_layout import profile_before_start

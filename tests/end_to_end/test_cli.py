@@ -8,39 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from axon.config import load_config
-from axon.parallel.grid import Grid
 from axon.runtime.metrics import METRIC_KEYS
-from axon.runtime.trainer import Trainer
-from axon.spec.layout import Layout
-from test_launchers import _clean_env, _free_port, _spawn, _wait
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = {"model": {"preset": "tiny", "seq_len": 16},
-        "train": {"steps": 3, "global_batch": 8, "lr": 1e-3, "seed": 3}}
-
-
-def write_config(tmp_path: Path, layout: dict, **extra) -> Path:
-    config = {**TINY, "layout": layout, "out_dir": str(tmp_path / "out"), **extra}
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def one_process_losses(path: Path) -> list[float]:
-    config = load_config(path)
-    config.layout = Layout()
-    return [m["loss"] for m in Trainer(config, Grid(config.layout, 0), __import__("torch").device("cpu")).fit()]
-
-
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in (path / "out" / "metrics.jsonl").read_text().splitlines()]
-
+from axon.testing.processes import clean_env, free_port, start, wait
+from axon.testing.runs import one_process_losses, read_metrics, write_tiny_config
 
 def check_run(tmp_path: Path, config: Path, log: str) -> None:
-    rows = read_metrics(tmp_path)
+    rows = read_metrics(tmp_path / "out")
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:
         assert set(METRIC_KEYS) <= set(row)
@@ -67,26 +41,26 @@ def check_tensorboard(folder: Path, rows: list[dict]) -> None:
 
 
 def test_torchrun_trains_like_one_process(tmp_path):
-    config = write_config(tmp_path, {"depth": 2, "col": 2})
+    config = write_tiny_config(tmp_path, {"depth": 2, "col": 2})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4",
-           "--master-port", str(_free_port()), "-m", "axon", "train", str(config)]
-    check_run(tmp_path, config, _wait([_spawn(cmd, _clean_env())]))
+           "--master-port", str(free_port()), "-m", "axon", "train", str(config)]
+    check_run(tmp_path, config, wait([start(cmd, clean_env())]))
 
 
 def test_mpiexec_trains_like_one_process(tmp_path):
-    config = write_config(tmp_path, {"depth": 2, "col": 2})
+    config = write_tiny_config(tmp_path, {"depth": 2, "col": 2})
     mpiexec = Path(sys.executable).parent / "mpiexec"
     cmd = [str(mpiexec), "-launcher", "fork", "-n", "4", sys.executable, "-m", "axon", "train", str(config),
            "--set", "train.log_every=1"]
-    check_run(tmp_path, config, _wait([_spawn(cmd, _clean_env())]))
+    check_run(tmp_path, config, wait([start(cmd, clean_env())]))
 
 
 def test_set_overrides_reach_the_run(tmp_path):
-    config = write_config(tmp_path, {})
+    config = write_tiny_config(tmp_path, {})
     out = tmp_path / "other"
     cmd = [sys.executable, "-m", "axon", "train", str(config), "--set", "train.steps=2",
            "--set", f"out_dir={out}", "--set", "train.lr=0.01", "--set", "train.dtype=bfloat16"]
-    log = _wait([_spawn(cmd, _clean_env())])
+    log = wait([start(cmd, clean_env())])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["lr"] == pytest.approx(0.01)
     # a bf16 run's MFU is measured against a bf16 GEMM, and so stays below 1
@@ -115,10 +89,10 @@ def launch_four_ranks_by_env(config: Path) -> list:
     a bad input must stop each one before it would try to connect."""
     procs = []
     for rank in range(4):
-        env = _clean_env()
+        env = clean_env()
         env.update(RANK=str(rank), WORLD_SIZE="4", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="4",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-        procs.append(_spawn([sys.executable, "-m", "axon", "train", str(config)], env))
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        procs.append(start([sys.executable, "-m", "axon", "train", str(config)], env))
     return procs
 
 
@@ -126,7 +100,7 @@ def test_bad_inputs_stop_every_rank_with_one_sentence(tmp_path):
     for case, (layout, extra, words) in enumerate(BAD_INPUTS):
         folder = tmp_path / f"case{case}"
         folder.mkdir()
-        procs = launch_four_ranks_by_env(write_config(folder, layout, **extra))
+        procs = launch_four_ranks_by_env(write_tiny_config(folder, layout, **extra))
         for rank, proc in enumerate(procs):
             out, _ = proc.communicate(timeout=120)
             assert proc.returncode == 2, out
@@ -137,10 +111,10 @@ def test_bad_inputs_stop_every_rank_with_one_sentence(tmp_path):
 
 
 def test_bad_layout_under_real_torchrun_exits_without_hanging(tmp_path):
-    config = write_config(tmp_path, {"row": 4}, model={"preset": "tiny", "heads": 2, "kv_heads": 2})
+    config = write_tiny_config(tmp_path, {"row": 4}, model={"preset": "tiny", "heads": 2, "kv_heads": 2})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4",
-           "--master-port", str(_free_port()), "-m", "axon", "train", str(config)]
-    proc = _spawn(cmd, _clean_env())
+           "--master-port", str(free_port()), "-m", "axon", "train", str(config)]
+    proc = start(cmd, clean_env())
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
     # torchrun stops the remaining workers once the first one exits, so how many ranks get to

@@ -7,12 +7,20 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from axon.runtime.diagnose import diagnose
 from axon.parallel.flight import FaultPlan, FlightRecorder
-from test_health import COLLECTIVE_TIMEOUT, REPO, start, wait_all, write_config
+from axon.testing.processes import REPO, start_ranks as start, wait_all
+from axon.testing.runs import fault_run_config
+
+COLLECTIVE_TIMEOUT = 8
+
+
+def write_config(folder: Path) -> Path:
+    return fault_run_config(folder, peer_timeout_s=6, collective_timeout_s=COLLECTIVE_TIMEOUT)
 
 COORDS = [{"data": 0, "pipe": 0, "depth": r // 2, "row": 0, "col": r % 2} for r in range(4)]
 GROUPS = {"col": [(0, 1), (0, 1), (2, 3), (2, 3)], "depth": [(0, 2), (1, 3), (0, 2), (1, 3)]}

@@ -14,50 +14,21 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from axon.checkpoint import CheckpointReader, find_latest
-from test_launchers import _clean_env, _free_port
+from axon.testing.processes import start_ranks as start, wait_all
+from axon.testing.runs import fault_run_config
 
-REPO = Path(__file__).resolve().parents[1]
 PEER_TIMEOUT = 6
 COLLECTIVE_TIMEOUT = 8
-CONFIG = {"model": {"preset": "tiny", "seq_len": 16}, "layout": {"depth": 2, "col": 2},
-          "train": {"steps": 100_000, "global_batch": 8, "lr": 1e-3, "seed": 3, "schedule": "constant",
-                    "peak_tflops": 1.0, "checkpoint_every": 3, "peer_timeout_s": PEER_TIMEOUT,
-                    "collective_timeout_s": COLLECTIVE_TIMEOUT, "straggler_every": 2}}
 
 
 def write_config(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "run.yaml"
-    path.write_text(yaml.safe_dump({**CONFIG, "out_dir": str(folder)}))
-    return path
-
-
-def start(config: Path, launcher: str, fault: str = "", *overrides: str) -> list[subprocess.Popen]:
-    """Four ranks: each its own process from the environment, or torchrun's four workers (one Popen)."""
-    port = _free_port()
-    cmd = ["-m", "axon", "train", str(config), *overrides]
-    env = _clean_env()
-    env.update(OMP_NUM_THREADS="1", **({"AXON_FAULT": fault} if fault else {}))
-    if launcher == "torchrun":
-        return [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4",
-                                  "--master-addr", "127.0.0.1", "--master-port", str(port),
-                                  *cmd], env=env, cwd=REPO, text=True, start_new_session=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)]
-    procs = []
-    for rank in range(4):
-        env_r = {**env, "RANK": str(rank), "WORLD_SIZE": "4", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "4",
-                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, *cmd], env=env_r, cwd=REPO, text=True, start_new_session=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    return procs
+    return fault_run_config(folder, PEER_TIMEOUT, COLLECTIVE_TIMEOUT)
 
 
 def worker_pid(torchrun: subprocess.Popen, rank: int) -> int:
@@ -72,22 +43,6 @@ def worker_pid(torchrun: subprocess.Popen, rank: int) -> int:
 def steps_logged(folder: Path) -> int:
     path = folder / "metrics.jsonl"
     return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-def wait_all(procs, timeout=150) -> tuple[list[int], list[str], list[float]]:
-    """Exit codes, outputs and exit times (time.time()) of every process."""
-    ended = [None] * len(procs)
-    deadline = time.time() + timeout
-    while None in ended:
-        for i, p in enumerate(procs):
-            if ended[i] is None and p.poll() is not None:
-                ended[i] = time.time()
-        if time.time() > deadline:
-            for p in procs:
-                os.killpg(p.pid, signal.SIGKILL)
-            raise AssertionError(f"still running after {timeout} s: {[p.stdout.read() for p in procs]}")
-        time.sleep(0.05)
-    return [p.returncode for p in procs], [p.stdout.read() for p in procs], ended
 
 
 def losses(folder: Path) -> dict[int, float]:

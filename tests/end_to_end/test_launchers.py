@@ -1,4 +1,4 @@
-"""Real 4-process launches of tests/launch_probe.py: torchrun, mpiexec, and srun's environment.
+"""Real 4-process launches of tests/end_to_end/launch_probe.py: torchrun, mpiexec, and srun's environment.
 
 Each launch starts 4 gloo ranks on this machine; every rank all-reduces rank+1, so all of
 them must report 1+2+3+4 = 10. Children get an environment with every launcher variable
@@ -7,69 +7,13 @@ stripped, so one launcher's variables cannot leak into another's test.
 
 import json
 import os
-import random
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PROBE = REPO / "tests" / "launch_probe.py"
+from axon.testing.processes import REPO, clean_env, free_port, start, wait
+
+PROBE = REPO / "tests" / "end_to_end" / "launch_probe.py"
 WORLD = 4
-TIMEOUT_S = 120
-
-_LAUNCHER_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                  "MASTER_ADDR", "MASTER_PORT", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", "OMP_NUM_THREADS"}
-_LAUNCHER_PREFIXES = ("SLURM_", "PMI_", "PMIX_", "OMPI_", "HYDRA_", "TORCHELASTIC_")
-
-
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in _LAUNCHER_VARS and not k.startswith(_LAUNCHER_PREFIXES)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(lo: int = 20000, hi: int = 40000) -> int:
-    for _ in range(200):
-        port = random.randrange(lo, hi)
-        if _port_is_free(port):
-            return port
-    raise RuntimeError(f"no free TCP port found in [{lo}, {hi})")
-
-
-def _wait(procs: list[subprocess.Popen]) -> str:
-    """Wait for all processes (each leads its own session); kill every session on timeout."""
-    logs = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=TIMEOUT_S)
-            logs.append(f"--- pid {p.pid} rc {p.returncode}\n{out}")
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        raise AssertionError(f"launch did not finish in {TIMEOUT_S} s:\n" + "\n".join(logs))
-    log = "\n".join(logs)
-    assert all(p.returncode == 0 for p in procs), log
-    return log
-
-
-def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, cwd=REPO, text=True, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def _records(out: Path, log: str) -> list[dict]:
@@ -104,8 +48,8 @@ def _expected_threads() -> int:
 def test_torchrun(tmp_path):
     out = tmp_path / "torchrun.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD),
-           "--master-port", str(_free_port()), str(PROBE), str(out)]
-    log = _wait([_spawn(cmd, _clean_env())])
+           "--master-port", str(free_port()), str(PROBE), str(out)]
+    log = wait([start(cmd, clean_env())])
     recs = _records(out, log)
     _check_world(recs, "torchrun")
     # torchrun exports OMP_NUM_THREADS=1 for several workers; an explicit setting must win.
@@ -121,7 +65,7 @@ def test_mpiexec(tmp_path):
     # rank through MPI's shared-memory communicator, the path other MPIs need.
     cmd = [str(mpiexec), "-launcher", "fork", "-n", str(WORLD), sys.executable, str(PROBE), str(out),
            "MPI_LOCALRANKID,MPI_LOCALNRANKS"]
-    log = _wait([_spawn(cmd, _clean_env())])
+    log = wait([start(cmd, clean_env())])
     recs = _records(out, log)
     _check_world(recs, "mpi")
     assert [r["num_threads"] for r in recs] == [_expected_threads()] * WORLD
@@ -130,16 +74,16 @@ def test_mpiexec(tmp_path):
 def test_slurm_environment(tmp_path):
     """What srun exports, set by hand: the port comes from the job id alone, the same on every rank."""
     out = tmp_path / "slurm.json"
-    port = _free_port(20000, 40000)
+    port = free_port()
     job_id = 731 * 20000 + (port - 20000)  # so that 20000 + job_id % 20000 == port
     procs = []
     for rank in range(WORLD):
-        env = _clean_env()
+        env = clean_env()
         env.update(SLURM_PROCID=str(rank), SLURM_NTASKS=str(WORLD), SLURM_LOCALID=str(rank),
                    SLURM_NODEID="0", SLURM_STEP_TASKS_PER_NODE=str(WORLD),
                    SLURM_STEP_NODELIST="localhost", SLURM_JOB_ID=str(job_id))
-        procs.append(_spawn([sys.executable, str(PROBE), str(out)], env))
-    log = _wait(procs)
+        procs.append(start([sys.executable, str(PROBE), str(out)], env))
+    log = wait(procs)
     recs = _records(out, log)
     _check_world(recs, "slurm")
     assert [r["master_port"] for r in recs] == [port] * WORLD

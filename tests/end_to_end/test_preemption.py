@@ -13,9 +13,8 @@ from pathlib import Path
 import yaml
 
 from axon.checkpoint import CheckpointReader, find_latest
-from test_launchers import _clean_env, _free_port
+from axon.testing.processes import REPO, clean_env as _clean_env, free_port as _free_port
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = {"model": {"preset": "tiny", "seq_len": 16},
           "train": {"steps": 100_000, "global_batch": 8, "lr": 1e-3, "seed": 2, "schedule": "constant"}}
 
@@ -139,7 +138,7 @@ def lone_votes(rank, world, layouts, voters):
 
 def test_one_ranks_stop_signal_reaches_every_rank_without_a_collective_of_its_own():
     from axon.spec.layout import Layout
-    from spawn import run_distributed
+    from axon.testing.spawn import run_distributed
 
     # Every axis is crossed by some layout; the lone voter sits at a different corner each step.
     layouts = [Layout(data=2, depth=2, col=2), Layout(pipe=2, row=2, col=2)]

@@ -8,7 +8,7 @@ from axon.config import build_config
 from axon.parallel.grid import Grid
 from axon.runtime.trainer import Trainer
 from axon.spec.layout import Layout
-from spawn import run_distributed
+from axon.testing.spawn import run_distributed
 
 MODEL = {"layers": 2, "hidden": 96, "heads": 16, "kv_heads": 8, "ffn": 72, "vocab": 136, "seq_len": 16}
 

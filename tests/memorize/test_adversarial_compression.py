@@ -12,10 +12,10 @@ from axon.memorize.adversarial_compression import AcrBudget, PromptSearch
 from axon.model import Llama, initialize_parameters
 from axon.parallel.full_tensor import full_parameters
 from axon.parallel.sharding import named_shardings, shard_from_global
-from benchmarks.plain_llama import PlainLlama
+from axon.testing.reference_model import PlainLlama
 from axon.spec.layout import Layout
 from axon.spec.shapes import ModelShape
-from spawn import run_distributed
+from axon.testing.spawn import run_distributed
 
 SHAPE = ModelShape(layers=2, hidden=32, heads=4, kv_heads=2, ffn=64, vocab=64, seq_len=32)
 PREFIX, SUFFIX = 8, 16

@@ -25,12 +25,12 @@ from axon.memorize.evaluate import ShardedEval, exposure, memorization, validati
 from axon.memorize.stream import FillerTokens, MemorizationStream
 from axon.model import Llama, initialize_parameters
 from axon.parallel.full_tensor import full_parameters
-from benchmarks.plain_llama import PlainLlama
+from axon.testing.reference_model import PlainLlama
 from axon.spec.layout import Layout
 from axon.spec.shapes import ModelShape
-from spawn import run_distributed
+from axon.testing.spawn import free_port, run_distributed
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHAPE = ModelShape(layers=2, hidden=32, heads=4, kv_heads=2, ffn=64, vocab=48, seq_len=24)
 
 
@@ -275,14 +275,8 @@ def _axon(*args, env_extra=None, torchrun: int = 0):
                                                             "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", **(env_extra or {}))
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(torchrun),
-                 "--master-port", str(_free_port()), "-m", "axon"] if torchrun else [sys.executable, "-m", "axon"])
+                 "--master-port", str(free_port()), "-m", "axon"] if torchrun else [sys.executable, "-m", "axon"])
     return subprocess.run(launcher + list(args), capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-
-
-def _free_port():
-    from spawn import free_port
-
-    return free_port()
 
 
 def read_rows(out_dir: Path) -> list[dict]:

@@ -9,7 +9,7 @@ from axon.model import Llama, initialize_parameters
 from axon.model import init as init_module
 from axon.parallel.full_tensor import full_parameters
 from axon.parallel.trace import Axis, CommTrace
-from benchmarks.plain_llama import PlainLlama
+from axon.testing.reference_model import PlainLlama
 from axon.spec.flops import flops_per_token
 from axon.spec.parameters import matmul_parameters
 from axon.spec.layout import Layout

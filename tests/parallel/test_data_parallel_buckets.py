@@ -11,11 +11,11 @@ from axon.parallel import data_parallel
 from axon.parallel.grid import Grid
 from axon.runtime.trainer import Trainer
 from axon.spec.layout import Layout
-from spawn import run_distributed
+from axon.testing.spawn import run_distributed
 
 MODEL = {"layers": 2, "hidden": 96, "heads": 16, "kv_heads": 8, "ffn": 72, "vocab": 136, "seq_len": 16}
 SWITCHES = ("all_reduce", "reduce_scatter", "all_gather", "data_parallel")
-AXON = Path(__file__).resolve().parents[1] / "axon"
+AXON = Path(__file__).resolve().parents[2] / "axon"
 
 
 def make_trainer(layout: Layout, rank: int, overlap: bool) -> Trainer:

@@ -21,7 +21,7 @@ from axon.parallel.comm import all_reduce, all_reduce_start, scatter_block_grad,
 from axon.runtime.trainer import Trainer
 from axon.spec.layout import Layout
 from axon.spec.training import TrainingSetup
-from spawn import run_distributed
+from axon.testing.spawn import run_distributed
 
 MODEL = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "ffn": 96, "vocab": 128, "seq_len": 16}
 LAYOUT = Layout(data=2, depth=2)  # default order, depth inside data: depth peers 0-1, data peers 0-2

@@ -14,9 +14,9 @@ import torch.distributed as dist
 import axon.parallel.groups as groups_module
 from axon.parallel.grid import Grid
 from axon.spec.layout import AXES, Layout, factorizations
-from spawn import run_distributed
+from axon.testing.spawn import run_distributed
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_default_order_puts_col_fastest():

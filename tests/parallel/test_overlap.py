@@ -13,7 +13,7 @@ from axon.parallel.grid import Grid
 from axon.parallel.full_tensor import full_parameters
 from axon.runtime.trainer import Trainer
 from axon.spec.layout import Layout
-from spawn import run_distributed
+from axon.testing.spawn import run_distributed
 
 MODEL = {"layers": 2, "hidden": 96, "heads": 16, "kv_heads": 8, "ffn": 72, "vocab": 136, "seq_len": 16}
 SWITCH_NAMES = ("all_reduce", "reduce_scatter", "all_gather", "data_parallel")

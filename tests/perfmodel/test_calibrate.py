@@ -15,7 +15,7 @@ from perfmodel.calibrate import launch_from_env, main, run_calibration
 from perfmodel.calibrate.compute import ROLES, min_dim_curves, min_dim_shapes, role_shape
 from perfmodel.calibrate.measure import fit_alpha_beta, partitions
 from perfmodel.machine import load_machine, machine_from_dict
-from spawn import run_distributed
+from axon.testing.spawn import run_distributed
 
 MIB = 1 << 20
 

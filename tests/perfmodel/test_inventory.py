@@ -16,7 +16,7 @@ from axon.runtime.trainer import Trainer
 from axon.spec.layout import Layout
 from axon.spec.shapes import ModelShape
 from perfmodel.workload import micro_batch_work, step_collectives
-from spawn import run_distributed
+from axon.testing.spawn import run_distributed
 
 MODEL = {"layers": 2, "hidden": 96, "heads": 8, "kv_heads": 4, "ffn": 80, "vocab": 136, "seq_len": 16}
 BUCKET_MB = 0.01

@@ -23,7 +23,7 @@ from perfmodel.search import layout_problem, plan
 from axon.spec.training import TrainingSetup
 from perfmodel.workload import stage_parameters
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASE = dict(name="hand", devices_per_node=4, memory_gb=40, peak_tflops={"float32": 10, "bfloat16": 100},
             memory_bandwidth_gbs=1000, intra_node={"bandwidth_gbs": 100, "latency_us": 2},
             inter_node={"bandwidth_gbs": 25, "latency_us": 5}, nics_per_node=4,

@@ -1,7 +1,7 @@
 """The Alps (GH200) rows of the published-results benchmark: the figures are the sources' numbers,
 and Megatron-LM's 2025 TFLOP/s convention turns into tokens/s by hand-checked arithmetic.
 
-The within-15% check of every row, the Alps ones included, is tests/test_perfmodel_published.py."""
+The within-15% check of every row, the Alps ones included, is tests/perfmodel/test_published.py."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 source's (eminorhan/frontier-torchtitan README and benchmark config at d4ffe60), and its ~40% MFU
 follows from the same FLOP count and peak perfmodel uses, so tokens/s and MFU tell one story.
 
-The within-15% check of every row, this one included, is tests/test_perfmodel_published.py."""
+The within-15% check of every row, this one included, is tests/perfmodel/test_published.py."""
 
 from __future__ import annotations
 

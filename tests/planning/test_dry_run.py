@@ -17,7 +17,7 @@ from axon.config import build_config
 from axon.planning.dry_run import main
 from axon.planning.dry_run.cli import default_ranks, rehearse
 from axon.spec.layout import Layout
-from spawn import run_distributed
+from axon.testing.spawn import run_distributed
 
 MODEL = {"layers": 2, "hidden": 96, "heads": 8, "kv_heads": 4, "ffn": 80, "vocab": 136, "seq_len": 16}
 

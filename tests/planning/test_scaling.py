@@ -202,7 +202,7 @@ def test_bad_points_one_sentence_each(tmp_path, capsys):
 
 
 def test_a_profile_without_the_study_dtype_is_one_sentence(tmp_path, capsys):
-    profile = Path(__file__).resolve().parents[1] / "benchmarks" / "studies" / "machines" / "cpu_1ranks.yaml"
+    profile = Path(__file__).resolve().parents[2] / "benchmarks" / "studies" / "machines" / "cpu_1ranks.yaml"
     body = {"kind": "strong", "machine": str(profile), "model": "tiny", "seq_len": 64, "global_batch": 4,
             "steps": 3, "dtype": "bfloat16", "points": [{"gpus": 1, "name": "p"}]}
     assert run(["plan", str(write_study(tmp_path, body))]) == 2

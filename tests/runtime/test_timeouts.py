@@ -12,7 +12,7 @@ from axon.config import ConfigError, build_config
 from axon.parallel.grid import Grid
 from axon.parallel.groups import world_timeout
 from axon.spec.layout import Layout
-from spawn import COLLECTIVE_TIMEOUT, run_distributed
+from axon.testing.spawn import COLLECTIVE_TIMEOUT, run_distributed
 
 
 def test_environment_default():

@@ -21,9 +21,9 @@ from axon.spec.deadlock_check import P2POp, check_trace_files, planned_ops, repl
 from axon.runtime.trainer import Trainer
 from axon.spec.layout import Layout
 from axon.spec.schedules import Transfer, one_f_one_b
-from spawn import run_distributed
+from axon.testing.spawn import run_distributed
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _op(rank, op, peer, seq, label, batch=None):
