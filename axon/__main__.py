@@ -1,205 +1,13 @@
-"""Command line: `python -m axon train CONFIG [--set KEY=VALUE]...`.
+"""Command line: `python -m axon COMMAND ...`, the table of commands and nothing else.
 
-Order matters: the launcher is read from the environment, then the config, layout
-and data are checked on every rank, and only then does any communication start, so a
-bad input ends every rank with the same one-sentence error instead of a hang.
+`train` runs a job (axon.runtime.run); the others own their arguments and are imported
+only when used, so `python -m axon data ...` on a login node never imports torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
-from pathlib import Path
-
-import yaml
-
-DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16"}  # train.dtype as the MFU banner names it
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m axon", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a model with the layout a config names")
-    train.add_argument("config", help="YAML config (see axon/configs/)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, dotted for nesting (repeatable), e.g. --set layout.col=2")
-    for name, (_, _, summary) in OWN_ARGUMENTS.items():
-        commands.add_parser(name, help=summary)
-    return parser
-
-def _fail(rank: int, message: str) -> None:
-    print(f"axon: error (rank {rank}): {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
-
-
-class _EveryRankStops(SystemExit):
-    """An error every rank reached together (the same check on agreed numbers), so the
-    ranks can still meet once before tearing down, as after a normal finish."""
-
-
-def _fail_together(rank: int, message: str) -> None:
-    print(f"axon: error (rank {rank}): {message}", file=sys.stderr, flush=True)
-    raise _EveryRankStops(2)
-
-def train_command(args) -> None:
-    from axon.runtime.bootstrap import (collective_timeout_s, detect_launch, init_distributed, leave, process_group_timeout_s,
-                                shutdown)
-    from axon.config import ConfigError, check_layout, load_config
-    from axon.data.batches import token_source
-
-    try:
-        launch = detect_launch()
-    except ValueError as err:
-        _fail(0, str(err))
-    from axon.planning import auto_layout
-
-    choice = None
-    try:
-        config = load_config(args.config, args.overrides)
-        if config.layout_auto:
-            machine = auto_layout.profile_before_start(config)
-            if machine is None:  # calibrate once the ranks have met
-                auto_layout.check_some_layout_fits_the_shape(config, launch.world_size)
-            else:
-                config, choice = auto_layout.choose(config, launch.world_size, machine)
-        if not config.layout_auto or choice is not None:
-            check_layout(config, launch.world_size)
-        source = token_source(config)
-        reader = _checkpoint_to_resume(config)
-    except ConfigError as err:
-        _fail(launch.rank, str(err))
-
-    try:
-        from axon.parallel.flight import FaultPlan
-
-        FaultPlan.parse(os.environ.get("AXON_FAULT"))
-        watchdog_s = config.train.collective_timeout_s or collective_timeout_s()  # 0: the environment's default
-    except ValueError as err:
-        _fail(launch.rank, str(err))
-    runtime = init_distributed(launch, timeout_s=process_group_timeout_s(watchdog_s),
-                               flight_dir=Path(config.out_dir) / "flight")
-    health = None
-    if runtime.world_size > 1:  # a heartbeat through the store, the collective watchdog, flight records on signals
-        from axon.runtime.health import HealthMonitor
-
-        health = HealthMonitor(runtime.rank, runtime.world_size, runtime.store_address, config.out_dir,
-                               config.train.peer_timeout_s, watchdog_s, runtime.hosts_store, runtime.backend).start()
-    done, stopped_together = False, None
-    try:
-        if config.layout_auto and choice is None:
-            try:
-                config, choice = auto_layout.choose(config, launch.world_size,
-                                                    auto_layout.calibrate_here(config, runtime.rank))
-                check_layout(config, launch.world_size)
-            except ConfigError as err:  # the same plan on every rank: every rank stops here
-                _fail_together(launch.rank, str(err))
-        _train(config, runtime, source, reader, choice, health)
-        done = True
-    except _EveryRankStops as stop:
-        done, stopped_together = True, stop.code  # every rank is here: meet once before tearing down
-    except Exception as err:
-        if health is not None:
-            health.after_error(err)  # a lost peer or a failed collective ends the process there, named
-        raise
-    finally:
-        if health is not None:
-            health.stop()
-        shutdown(all_ranks_done=done)
-    if stopped_together is not None:
-        leave(stopped_together)
-
-
-def _checkpoint_to_resume(config):
-    """The checkpoint train.resume names, checked (metadata, model, file sizes) before any collective."""
-    from axon.checkpoint import CheckpointReader, resolve_resume
-
-    path = resolve_resume(config.out_dir, config.train.resume)
-    if path is None:
-        return None
-    reader = CheckpointReader(path)
-    reader.check_model(config.model)
-    reader.check_files()
-    return reader
-
-
-def _train(config, runtime, source, reader, choice=None, health=None) -> None:
-    from axon.config import ConfigError
-    from axon.parallel.grid import Grid
-    from axon.runtime.metrics import MetricsLog
-    from axon.parallel.comm import first_error, world_barrier, world_mean
-    from axon.runtime.preemption import StopSignal
-    from axon.runtime.trainer import Preempted, Trainer, TrainingDiverged, describe
-    import torch
-
-    from axon.kernels import measure_gemm_tflops
-
-    leader = runtime.rank == 0
-    grid = Grid(config.layout, runtime.rank)
-    if config.train.peak_tflops > 0:
-        peak, peak_source = config.train.peak_tflops, "train.peak_tflops from the config"
-    else:
-        # In the training dtype: a bf16 run measured against an fp32 GEMM would read several x MFU.
-        world_barrier()  # all ranks time the GEMM at once, sharing the node as they will in training
-        peak = world_mean(measure_gemm_tflops(runtime.device, getattr(torch, config.train.dtype)), runtime.device)
-        peak_source = f"{DTYPE_NAMES[config.train.dtype]} GEMM timed on all ranks at once, averaged"
-    trainer = Trainer(config, grid, runtime.device, peak_tflops=peak, source=source)
-    if health is not None:
-        health.follow(grid.trace.flight, config.layout)
-    if leader:
-        print(describe(config, trainer, runtime, peak_source), flush=True)
-        if choice is not None:
-            from axon.planning.auto_layout import describe_choice
-
-            print(describe_choice(choice), flush=True)
-        Path(config.out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(config.out_dir) / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    if reader is not None:
-        started = time.perf_counter()
-        error = None
-        try:
-            warning = trainer.resume_from(reader)
-        except ConfigError as err:  # e.g. a tensor one stage's ranks miss: every rank must stop, not only those
-            error, warning = err, None
-        message = first_error(str(error) if error else None, runtime.device)
-        if message:  # every rank states the first problem found, wherever it was found
-            _fail_together(runtime.rank, message)
-        if leader:
-            print(f"axon: resumed from {reader.path} at step {trainer.start_step} "
-                  f"(saved at layout {reader.layout}) in {time.perf_counter() - started:.2f} s", flush=True)
-            if warning:
-                print(f"axon: {warning}", flush=True)
-    elif config.train.resume == "latest" and leader:
-        print(f"axon: no checkpoint under {config.out_dir}/checkpoints yet; starting at step 0", flush=True)
-
-    log = MetricsLog(config.out_dir, config.train.steps, config.train.log_every, enabled=leader,
-                     append=reader is not None)
-    try:
-        with StopSignal() as stop:
-            history = trainer.fit(log, stop_signal=stop)
-    except Preempted as done:
-        if leader:
-            print(f"axon: {stop.name} received: stopped after step {done.step}, checkpoint {done.path}; "
-                  "continue with --set train.resume=latest", flush=True)
-        return
-    except TrainingDiverged as err:
-        _fail_together(runtime.rank, f"{err}; the last checkpoint written is still intact")
-    finally:
-        log.close()
-    if leader and history:
-        steady = history[1:] or history  # the first step pays one-off warm-up costs
-        median = sorted(m["step_time_s"] for m in steady)[len(steady) // 2]
-        mean_mfu = sum(m["mfu"] for m in steady) / len(steady)
-        print(f"axon: done: final loss {history[-1]['loss']:.4f}, median step {median:.3f} s, "
-              f"{trainer.tokens_per_step / median:,.0f} tok/s, mean MFU {100 * mean_mfu:.1f}%; "
-              f"metrics in {Path(config.out_dir) / 'metrics.jsonl'}", flush=True)
-        if choice is not None:
-            from axon.planning.auto_layout import describe_outcome, save_outcome
-
-            print(describe_outcome(choice, median), flush=True)
-            save_outcome(config.out_dir, choice, median)
-
 
 # Subcommands that own their arguments: (module, function, help), imported only when used.
 OWN_ARGUMENTS = {
@@ -216,6 +24,18 @@ OWN_ARGUMENTS = {
 }
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m axon", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a model with the layout a config names")
+    train.add_argument("config", help="YAML config (see axon/configs/)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, dotted for nesting (repeatable), e.g. --set layout.col=2")
+    for name, (_, _, summary) in OWN_ARGUMENTS.items():
+        commands.add_parser(name, help=summary)
+    return parser
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] and argv[0] in OWN_ARGUMENTS:  # hand the rest over before parsing
@@ -225,6 +45,8 @@ def main(argv=None) -> None:
         return getattr(importlib.import_module(module), function)(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "train":
+        from axon.runtime.run import train_command
+
         train_command(args)
 
 
