@@ -2,6 +2,8 @@
 
 `save` / `load` for training state (model, AdamW state, RNG, step, data position);
 `write_model_checkpoint` / `read_full_model` for conversion tools (one process).
+reader.py and writer.py hold the file format; huggingface.py maps Hugging Face Llama weights
+and configs to axon's; convert.py is `python -m axon convert` between the two.
 """
 
 from __future__ import annotations

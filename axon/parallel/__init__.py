@@ -1,5 +1,7 @@
 """Every collective of a training step lives in this package.
 
+grid.py          Grid: the rank's coordinates and every process group of the five axes
+groups.py        how those groups are created (one split per axis, not one call per group)
 comm.py          the raw collectives (skipped on axes of size 1) and their autograd pairs
 trace.py         the record of every collective of a step (metrics, Chrome trace)
 sharding.py      how a parameter's global tensor maps onto a rank (row/col blocks, depth slices)
@@ -12,6 +14,9 @@ overlap.py       the overlap switches (OAR, ORS) and the reductions they leave i
 prefetch.py      OAG: depth all-gathers issued ahead, in the order the step runs them
 data_parallel.py gradient buckets reduced over data and depth while backward runs
 pipeline.py      1F1B over the pipe axis; p2p.py its batched sends and receives
-rendezvous.py    replays point-to-point traces under NCCL's rules (no torch)
-gather.py        full-tensor gathers for checks and export
+flight.py        what each rank records of its collectives, for diagnosing a hang
+full_tensor.py   full-tensor gathers for checks and export (never on the training path)
+
+The replay that checks pipeline point-to-point orders under NCCL's rules is torch-free and
+lives beside the schedule it checks: axon.spec.deadlock_check.
 """
