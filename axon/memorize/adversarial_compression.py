@@ -1,5 +1,7 @@
-"""The Adversarial Compression Ratio (Schwarzschild et al., 2024): a string is memorized when a
-prompt shorter than it makes the model produce it exactly.
+"""ACR, the Adversarial Compression Ratio (Schwarzschild, Feng, Maini, Lipton and Kolter,
+"Rethinking LLM Memorization through the Lens of Adversarial Compression", 2024,
+arXiv:2404.15146): a string is memorized when a prompt shorter than it makes the model
+produce it exactly.
 
 For each document the target is its `suffix` tokens after `prefix` (what exact match reads).
 A greedy coordinate-gradient search (GCG, Zou et al., 2023) looks for a prompt of L tokens

@@ -1,6 +1,6 @@
 """What a memorization sweep leaves in out_dir (rank 0 writes it):
 
-results.csv / results.json   one row per model, loss and evaluated epoch (runner.RESULT_COLUMNS)
+results.csv / results.json   one row per model, loss and evaluated epoch (RESULT_COLUMNS)
 per_document.json            each run's last per-document scores (Rouge-L histograms come from it)
 placements.json              where every target was injected (global sequence index and step)
 exact_match_vs_size.png      last-epoch exact match against parameters, one line per loss, controls dashed
@@ -19,6 +19,12 @@ import math
 from pathlib import Path
 
 from axon.memorize.documents import DocumentSets
+
+# The columns of results.csv, in order: what runner's rows hold and write_results writes.
+RESULT_COLUMNS = ("model", "params", "loss_kind", "k", "h", "strategy", "lr", "epoch", "step", "exact_match", "token_acc",
+                  "rougeL", "exposure", "control_exact_match", "control_token_acc", "control_rougeL",
+                  "control_exposure", "acr", "acr_memorized", "control_acr", "control_acr_memorized", "val_loss",
+                  "val_loss_recurring_dropped", "val_loss_rest", "val_recurring_dropped_fraction", "train_loss", "kept_fraction", "train_seconds", "acr_seconds")
 
 LABELS = {"exact_match": "exact match", "control_exact_match": "control exact match", "token_acc": "token acc",
           "rougeL": "Rouge-L", "exposure": "exposure (bits)", "control_exposure": "control exposure",
@@ -48,8 +54,6 @@ def write_setup(out: Path, exp, docs: DocumentSets, runs) -> None:
 
 
 def write_results(out: Path, rows: list[dict]) -> None:
-    from axon.memorize.runner import RESULT_COLUMNS
-
     (out / "results.json").write_text(json.dumps([{k: _clean(v) for k, v in r.items()} for r in rows], indent=1))
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)

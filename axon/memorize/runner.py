@@ -20,11 +20,6 @@ from axon.memorize.experiment import Experiment, LossSpec, ModelEntry
 from axon.memorize.stream import FillerTokens, MemorizationStream
 from axon.memorize.tokenizer import load_tokenizer
 
-RESULT_COLUMNS = ("model", "params", "loss_kind", "k", "h", "strategy", "lr", "epoch", "step", "exact_match", "token_acc",
-                  "rougeL", "exposure", "control_exact_match", "control_token_acc", "control_rougeL",
-                  "control_exposure", "acr", "acr_memorized", "control_acr", "control_acr_memorized", "val_loss",
-                  "val_loss_recurring_dropped", "val_loss_rest", "val_recurring_dropped_fraction", "train_loss", "kept_fraction", "train_seconds", "acr_seconds")
-
 
 def filler_tokens(exp: Experiment, tokenizer, needed: int) -> tuple[np.ndarray, int]:
     """(tokens, a bound on their ids): at least `needed` tokens of the generated default corpus,
