@@ -4,6 +4,8 @@ grid.py          Grid: the rank's coordinates and every process group of the fiv
 groups.py        how those groups are created (one split per axis, not one call per group)
 comm.py          the raw collectives (skipped on axes of size 1) and their autograd pairs
 trace.py         the record of every collective of a step (metrics, Chrome trace)
+flight.py        the flight recorder: this rank's recent collectives (and AXON_FAULT's injected faults)
+flight_record.py the file a hang leaves in OUT_DIR/flight: written by the watchdog, read by diagnose
 sharding.py      how a parameter's global tensor maps onto a rank (row/col blocks, depth slices)
 linear.py        TensorParallelLinear: depth all-gather, GEMM, all-reduce over the split axis
 embedding.py     VocabParallelEmbedding

@@ -8,7 +8,8 @@ seq_id), and its state. Cost: one small object and two clock reads per collectiv
 keeps the last `capacity` entries.
 
 A watchdog thread (axon.runtime.health) reads the ring to find a collective that waits too long
-and writes it to OUT_DIR/flight/rank_R.json; `python -m axon diagnose` compares the files.
+and writes it to OUT_DIR/flight/rank_R.json (axon.parallel.flight_record, the file's schema);
+`python -m axon diagnose` compares the files.
 The watchdog only reads host memory (and, on CUDA, queries an event, which enqueues nothing),
 so it never issues or waits on a collective of its own.
 """
@@ -21,15 +22,17 @@ import sys
 import time
 from collections import deque
 
+from axon.parallel.flight_record import DONE, ENQUEUED, ISSUED, PENDING, WAITING, CollectiveRecord, FlightRecord
+
 
 class FlightEntry:
     __slots__ = ("index", "step", "step_index", "op", "axis", "group", "seq", "bytes", "state", "since",
                  "finished", "event")
 
-    def to_dict(self, now: float) -> dict:
-        return {"index": self.index, "step": self.step, "step_index": self.step_index, "op": self.op,
-                "axis": self.axis, "group": list(self.group), "seq": self.seq, "bytes": self.bytes,
-                "state": self.state, "age_s": round(now - self.since, 3)}
+    def record(self, now: float) -> CollectiveRecord:
+        return CollectiveRecord(index=self.index, step=self.step, step_index=self.step_index, op=self.op,
+                                axis=self.axis, group=tuple(self.group), seq=self.seq, bytes=self.bytes,
+                                state=self.state, age_s=round(now - self.since, 3))
 
 
 class FaultPlan:
@@ -113,7 +116,7 @@ class FlightRecorder:
         entry.index, entry.step, entry.step_index, entry.seq = self.issued, self.step, self.step_index, seq
         entry.op, entry.axis, entry.group, entry.bytes = op, axis, group, nbytes
         # A blocking collective waits from its issue; an asynchronous one from its wait.
-        entry.state, entry.since, entry.finished, entry.event = ("waiting" if blocking else "issued"), now, None, None
+        entry.state, entry.since, entry.finished, entry.event = (WAITING if blocking else ISSUED), now, None, None
         self.issued += 1
         self.step_index += 1
         self.last_activity = now
@@ -121,7 +124,7 @@ class FlightRecorder:
         return entry
 
     def waiting(self, entry: FlightEntry) -> None:
-        entry.state, entry.since = "waiting", time.monotonic()
+        entry.state, entry.since = WAITING, time.monotonic()
         self.last_activity = entry.since
 
     def done(self, entry: FlightEntry, event=None) -> None:
@@ -129,16 +132,16 @@ class FlightRecorder:
         stream after it, says when the collective really finished."""
         now = time.monotonic()
         if event is None:
-            entry.state, entry.finished = "done", now
+            entry.state, entry.finished = DONE, now
         else:
-            entry.event, entry.state = event, "enqueued"
+            entry.event, entry.state = event, ENQUEUED
         self.last_activity = now
 
     def _settle(self, entries) -> None:
         for e in entries:
             # cudaEventQuery enqueues nothing and takes no NCCL lock; torch guards the event's own device.
-            if e.state == "enqueued" and e.event is not None and e.event.query():
-                e.state, e.finished, e.event = "done", time.monotonic(), None
+            if e.state == ENQUEUED and e.event is not None and e.event.query():
+                e.state, e.finished, e.event = DONE, time.monotonic(), None
 
     def stuck(self, timeout_s: float) -> str | None:
         """Why this rank looks hung (a collective waiting, or a step without any collective
@@ -147,19 +150,26 @@ class FlightRecorder:
         self._settle(entries)
         now = time.monotonic()
         for e in entries:
-            if e.state in ("waiting", "enqueued") and now - e.since > timeout_s:
+            if e.state in PENDING and now - e.since > timeout_s:
                 return (f"{e.op} on axis {e.axis} (ranks {_ranks(e.group)}, {e.bytes} B, collective #{e.step_index} "
                         f"of step {e.step}) has waited {now - e.since:.1f} s")
         if self.in_step and now - self.last_activity > timeout_s:
             return f"step {self.step} has issued or finished no collective for {now - self.last_activity:.1f} s"
         return None
 
-    def snapshot(self) -> dict:
+    def collectives(self) -> list[CollectiveRecord]:
+        """The ring as it stands, oldest first (CUDA events that finished settled)."""
         entries = list(self.entries)
         self._settle(entries)
         now = time.monotonic()
-        return {"step": self.step, "in_step": self.in_step, "issued": self.issued,
-                "idle_s": round(now - self.last_activity, 3), "entries": [e.to_dict(now) for e in entries]}
+        return [e.record(now) for e in entries]
+
+    def record(self, world: int, reason: str, host: str = "", coords: dict[str, int] | None = None) -> FlightRecord:
+        """This rank's flight record: why it is written, where the rank is, and the ring."""
+        collectives = self.collectives()
+        return FlightRecord(rank=self.rank, world=world, host=host, reason=reason, time=time.time(), coords=coords,
+                            step=self.step, in_step=self.in_step, issued=self.issued,
+                            idle_s=round(time.monotonic() - self.last_activity, 3), entries=tuple(collectives))
 
 
 def _ranks(group) -> str:

@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Mapping, NoReturn
 
+from axon.parallel.flight_record import NCCL_TRACE_PREFIX
 from axon.spec.launcher import LaunchInfo, detect_launch, expand_hostlist, parse_tasks_per_node  # noqa: F401 (re-exported)
 
 
@@ -113,7 +114,7 @@ def nccl_flight_recorder_defaults(flight_dir: str | Path, env=os.environ) -> Non
     env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     if "TORCH_NCCL_DEBUG_INFO_TEMP_FILE" not in env:
         Path(flight_dir).mkdir(parents=True, exist_ok=True)  # NCCL's dump does not create folders
-        env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] = str(Path(flight_dir) / "nccl_trace_rank_")
+        env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] = str(Path(flight_dir) / NCCL_TRACE_PREFIX)
 
 
 def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: float | None = None,

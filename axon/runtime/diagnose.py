@@ -2,7 +2,8 @@
 
 Reads the flight records every rank writes to OUT_DIR/flight/rank_R.json when a collective
 waits longer than train.collective_timeout_s, a peer is lost, or a stop signal arrives
-(axon.runtime.health, axon.parallel.flight), and prints a few lines:
+(axon.runtime.health, axon.parallel.flight; the file's schema: axon.parallel.flight_record),
+and prints a few lines:
 
 * the first collective where ranks that run the same code (the ranks of one pipeline stage)
   differ: which ranks issued what (op, axis, group, bytes), and which never arrived; or
@@ -18,28 +19,21 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import sys
 from collections import Counter
 from pathlib import Path
 
-
-def load_records(folder: Path) -> dict[int, dict]:
-    records = {}
-    for path in sorted(folder.glob("rank_*.json")):
-        record = json.loads(path.read_text())
-        records[record["rank"]] = record
-    return records
+from axon.parallel.flight_record import (FOLDER, NCCL_TRACE_PREFIX, PENDING, CollectiveRecord, FlightRecord,
+                                         flight_folder, read_records)
 
 
-def _what(entry: dict | None) -> tuple | None:
-    return None if entry is None else (entry["op"], entry["axis"], entry["bytes"])
+def _what(entry: CollectiveRecord | None) -> tuple | None:
+    return None if entry is None else entry.what
 
 
-def _describe(entry: dict) -> str:
-    return (f"{entry['op']} on axis {entry['axis']} (group of ranks {','.join(map(str, entry['group']))}, "
-            f"{entry['bytes']} B)")
+def _describe(entry: CollectiveRecord) -> str:
+    return f"{entry.op} on axis {entry.axis} (group of ranks {','.join(map(str, entry.group))}, {entry.bytes} B)"
 
 
 def _ranks(ranks) -> str:
@@ -47,23 +41,23 @@ def _ranks(ranks) -> str:
     return f"rank{'s' if len(ranks) > 1 else ''} {','.join(map(str, ranks))}"
 
 
-def _last(record: dict) -> str:
-    if not record["entries"]:
+def _last(record: FlightRecord) -> str:
+    if not record.entries:
         return "it recorded no collective"
-    e = record["entries"][-1]
-    return f"its last was collective #{e['step_index']} of step {e['step']}, {_describe(e)}, {e['state']}"
+    e = record.entries[-1]
+    return f"its last was collective #{e.step_index} of step {e.step}, {_describe(e)}, {e.state}"
 
 
-def first_difference(records: dict[int, dict]) -> list[str] | None:
+def first_difference(records: dict[int, FlightRecord]) -> list[str] | None:
     """Lines naming the first (step, index) where ranks of one pipeline stage differ, or None."""
     stages: dict[int, list[int]] = {}
     for rank, record in records.items():
-        stages.setdefault((record.get("coords") or {}).get("pipe", 0), []).append(rank)
+        stages.setdefault((record.coords or {}).get("pipe", 0), []).append(rank)
     found = []
     for ranks in stages.values():
         if len(ranks) < 2:
             continue
-        by_key = {r: {(e["step"], e["step_index"]): e for e in records[r]["entries"]} for r in ranks}
+        by_key = {r: {(e.step, e.step_index): e for e in records[r].entries} for r in ranks}
         # Only what every rank's ring still holds can be compared: from the latest first entry on.
         starts = [min(keys) for keys in by_key.values() if keys]
         start = max(starts) if len(starts) == len(ranks) else (0, 0)
@@ -86,35 +80,35 @@ def first_difference(records: dict[int, dict]) -> list[str] | None:
             issued.setdefault(_what(entry), []).append(rank)
     for what, ranks in sorted(issued.items(), key=lambda item: (item[0] != majority, item[1])):
         sample = seen[ranks[0]]
-        groups = sorted({tuple(seen[r]["group"]) for r in ranks})
-        lines.append(f"  {_ranks(ranks)} issued {sample['op']} on axis {sample['axis']} ({sample['bytes']} B; "
+        groups = sorted({seen[r].group for r in ranks})
+        lines.append(f"  {_ranks(ranks)} issued {sample.op} on axis {sample.axis} ({sample.bytes} B; "
                      f"group{'s' if len(groups) > 1 else ''} {' '.join('[' + ','.join(map(str, g)) + ']' for g in groups)})")
     absent = sorted(r for r, e in seen.items() if e is None)
     for rank in absent:
         lines.append(f"  rank {rank} never arrived ({_last(records[rank])})")
     odd = sorted(r for r, e in seen.items() if _what(e) != majority)
     if odd and len(odd) < len(seen) / 2 + (len(seen) == 2):
-        coords = records[odd[0]].get("coords")
+        coords = records[odd[0]].coords
         where = (" (" + ", ".join(f"{axis} {coords[axis]}" for axis in ("data", "pipe", "depth", "row", "col"))
-                 + f", host {records[odd[0]].get('host')})") if coords and len(odd) == 1 else ""
+                 + f", host {records[odd[0]].host})") if coords and len(odd) == 1 else ""
         lines.append(f"  -> {_ranks(odd)}{where} diverged from {len(seen) - len(odd)} peer(s) running the same code")
     return lines
 
 
-def all_waiting(records: dict[int, dict], world: int) -> list[str]:
+def all_waiting(records: dict[int, FlightRecord], world: int) -> list[str]:
     pending = {}
     for rank, record in records.items():
-        waiting = [e for e in record["entries"] if e["state"] in ("waiting", "enqueued")]
+        waiting = [e for e in record.entries if e.state in PENDING]
         if waiting:
             e = waiting[0]
-            pending.setdefault((e["step"], e["step_index"], _what(e)), []).append((rank, e))
+            pending.setdefault((e.step, e.step_index, _what(e)), []).append((rank, e))
     missing = sorted(set(range(world)) - set(records))
     lines = []
     if len(pending) == 1:
         (step, index, _), waiters = next(iter(pending.items()))
         e = waiters[0][1]
         lines.append(f"{_ranks(r for r, _ in waiters)} wait in the same collective #{index} of step {step}, "
-                     f"{_describe(e)}, for up to {max(w['age_s'] for _, w in waiters):.1f} s: "
+                     f"{_describe(e)}, for up to {max(w.age_s for _, w in waiters):.1f} s: "
                      "a stuck peer or a network fault")
     elif pending:
         lines.append("ranks wait in different collectives:")
@@ -134,8 +128,8 @@ def nccl_dumps(out_dir: Path, env=os.environ) -> list[str]:
     """PyTorch's NCCL flight-recorder dumps, <prefix><rank>: OUT_DIR/flight/nccl_trace_rank_ (axon's
     default for TORCH_NCCL_DEBUG_INFO_TEMP_FILE, and where axon's watchdog dumps them too), the
     prefix $TORCH_NCCL_DEBUG_INFO_TEMP_FILE names here, and torch's default /tmp/nccl_trace_rank_."""
-    prefixes = [str(out_dir / "flight" / "nccl_trace_rank_"),
-                env.get("TORCH_NCCL_DEBUG_INFO_TEMP_FILE", ""), "/tmp/nccl_trace_rank_"]
+    prefixes = [str(flight_folder(out_dir) / NCCL_TRACE_PREFIX),
+                env.get("TORCH_NCCL_DEBUG_INFO_TEMP_FILE", ""), "/tmp/" + NCCL_TRACE_PREFIX]
     lines = []
     for prefix in dict.fromkeys(p for p in prefixes if p):
         found = sorted(glob.glob(glob.escape(prefix) + "*"))
@@ -147,12 +141,12 @@ def nccl_dumps(out_dir: Path, env=os.environ) -> list[str]:
 
 
 def diagnose(out_dir: Path, env=os.environ) -> list[str]:
-    folder = out_dir / "flight" if (out_dir / "flight").is_dir() else out_dir
-    records = load_records(folder)
+    folder = flight_folder(out_dir) if flight_folder(out_dir).is_dir() else out_dir
+    records = read_records(folder)
     if not records:
         return [f"no flight records in {folder} (rank_R.json): the job wrote none"] + nccl_dumps(out_dir, env)
-    world = max(r["world"] for r in records.values())
-    reasons = Counter(r["reason"] for r in records.values())
+    world = max(r.world for r in records.values())
+    reasons = Counter(r.reason for r in records.values())
     lines = [f"{len(records)} of {world} ranks wrote flight records in {folder}; why: "
              + "; ".join(f"{reason} ({n})" for reason, n in reasons.most_common(3))]
     lines += first_difference(records) or all_waiting(records, world)
@@ -161,7 +155,7 @@ def diagnose(out_dir: Path, env=os.environ) -> list[str]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m axon diagnose", description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", help="the run's out_dir (or its flight/ folder)")
+    parser.add_argument("out_dir", help=f"the run's out_dir (or its {FOLDER}/ folder)")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir)
     if not out_dir.is_dir():

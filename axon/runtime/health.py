@@ -33,6 +33,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from axon.parallel.flight_record import NCCL_TRACE_PREFIX, WAITING, flight_folder, write_record
+
 EXIT_PEER_LOST = 3
 EXIT_HUNG = 4
 EXIT_SIGTERM = 143  # as a shell reports a SIGTERM death
@@ -247,7 +249,7 @@ class HealthMonitor:
             return  # the other thread is already ending the process
         if flight:
             self.dump_flight(what)
-        where = f"; flight records in {self.out_dir / 'flight'} (python -m axon diagnose {self.out_dir})" if flight else ""
+        where = f"; flight records in {flight_folder(self.out_dir)} (python -m axon diagnose {self.out_dir})" if flight else ""
         print(f"axon: rank {self.rank}: {what} {_when(self.recorder)}; {self.newest_checkpoint()}{where}; "
               f"stopping (exit {code})", file=sys.stderr, flush=True)
         self._linger(self.world if survivors is None else survivors)
@@ -273,16 +275,12 @@ class HealthMonitor:
         """OUT_DIR/flight/rank_R.json: this rank's recent collectives and why it was written."""
         if self.recorder is None:
             return None
-        folder = self.out_dir / "flight"
+        folder = flight_folder(self.out_dir)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            record = {"rank": self.rank, "world": self.world, "host": socket.gethostname(), "reason": reason,
-                      "time": time.time(), "coords": self.layout.coords(self.rank) if self.layout else None,
-                      **self.recorder.snapshot()}
-            path = folder / f"rank_{self.rank}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=1))
-            os.replace(tmp, path)
+            record = self.recorder.record(self.world, reason, host=socket.gethostname(),
+                                          coords=self.layout.coords(self.rank) if self.layout else None)
+            path = write_record(folder, record)
             if self.backend == "nccl":
                 self._dump_nccl(folder)
             return path
@@ -297,7 +295,7 @@ class HealthMonitor:
         dump = getattr(c10d, "_dump_fr_trace", None) or getattr(c10d, "_dump_nccl_trace", None)
         if dump is not None:
             try:
-                (folder / f"nccl_trace_rank_{self.rank}").write_bytes(dump())  # NCCL's own name for it
+                (folder / f"{NCCL_TRACE_PREFIX}{self.rank}").write_bytes(dump())  # NCCL's own name for it
             except Exception:  # noqa: BLE001 (recorder off or unavailable: ours is written anyway)
                 pass
 
@@ -307,7 +305,7 @@ class HealthMonitor:
 
         if isinstance(error, getattr(dist, "DistError", ())):
             return True
-        if self.recorder is not None and any(e["state"] == "waiting" for e in self.recorder.snapshot()["entries"]):
+        if self.recorder is not None and any(e.state == WAITING for e in self.recorder.collectives()):
             return True
         return any(mark in str(error) for mark in TRANSPORT_ERRORS)
 

@@ -64,13 +64,14 @@ def train_command(args) -> None:
 
     try:
         from axon.parallel.flight import FaultPlan
+        from axon.parallel.flight_record import flight_folder
 
         FaultPlan.parse(os.environ.get("AXON_FAULT"))
         watchdog_s = config.train.collective_timeout_s or collective_timeout_s()  # 0: the environment's default
     except ValueError as err:
         _fail(launch.rank, str(err))
     runtime = init_distributed(launch, timeout_s=process_group_timeout_s(watchdog_s),
-                               flight_dir=Path(config.out_dir) / "flight")
+                               flight_dir=flight_folder(config.out_dir))
     health = None
     if runtime.world_size > 1:  # a heartbeat through the store, the collective watchdog, flight records on signals
         from axon.runtime.health import HealthMonitor

@@ -91,9 +91,9 @@ def test_the_ring_is_bounded_and_compared_only_where_every_rank_still_holds_it(t
     recorder.begin_step(1)
     for i in range(6):
         recorder.done(recorder.issue("all_reduce", "col", (0, 1), 8 * i, blocking=True))
-    snapshot = recorder.snapshot()
-    assert [e["step_index"] for e in snapshot["entries"]] == [2, 3, 4, 5] and snapshot["issued"] == 6
-    assert [e["seq"] for e in snapshot["entries"]] == [2, 3, 4, 5]
+    record = recorder.record(world=2, reason="test")
+    assert [e.step_index for e in record.entries] == [2, 3, 4, 5] and record.issued == 6
+    assert [e.seq for e in record.entries] == [2, 3, 4, 5]
     # rank 1's longer ring holds indices 0-1 that rank 0's lost: they are not a difference
     write(tmp_path, 0, [entry(0, 1, i, "all_reduce", "col", 8 * i) for i in range(2, 6)])
     write(tmp_path, 1, [entry(1, 1, i, "all_reduce", "col", 8 * i) for i in range(0, 6)])
