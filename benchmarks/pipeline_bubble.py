@@ -32,6 +32,7 @@ import torch.distributed as dist
 from axon.config import build_config
 from axon.parallel.grid import Grid
 from axon.runtime.trainer import Trainer
+from axon.spec.schedules import bubble_fraction, idle_fraction
 from benchmarks.compare_native import quiet, spawn
 from perfmodel.pipeline_replay import simulate, simulate_interleaved
 
@@ -89,8 +90,8 @@ def summarize(p: int, v: int, m: int, per_stage: list[list[dict]]) -> dict:
         "stages": p, "virtual_stages": v, "micro_batches": m,
         "measured_idle": [statistics.median(x) for x in idle],
         "perfmodel_idle": list(replay.idle_fraction),
-        "formula_idle": (p - 1) / (v * m + p - 1),
-        "formula_bubble_over_busy": (p - 1) / (v * m),
+        "formula_idle": idle_fraction(p, m, v),
+        "formula_bubble_over_busy": bubble_fraction(p, m, v),
         "forward_ms": [1e3 * x for x in f], "backward_ms": [1e3 * x for x in b],
     }
 

@@ -8,14 +8,15 @@ calibrate  measures this allocation and writes a machine profile (run under the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 
 from perfmodel.collectives import PRICED_GROUPS, group_placement
-from axon.spec.layout import AXES, DEFAULT_ORDER, Layout, sizes_text
+from axon.spec.layout import AXES, Layout, parse_layout_text, sizes_text
 from perfmodel.machine import ProfileError, load_machine
-from axon.spec.shapes import PRESETS, ModelShape
+from axon.spec.shapes import PRESETS, ModelShape, preset
 from perfmodel.predict import predict
 from perfmodel.search import layout_problem, search
 from axon.spec.training import OVERLAPS, TrainingSetup
@@ -62,9 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_shape(args) -> tuple[ModelShape, str]:
-    if args.model is not None and args.model not in PRESETS:
-        raise UsageError(f"--model {args.model!r} is not a preset; known presets are {', '.join(PRESETS)}")
-    values = dict(PRESETS[args.model].__dict__) if args.model else {}
+    """The preset refined by the shape flags, or the shape the flags give; ModelShape checks it."""
+    values = dataclasses.asdict(preset(args.model, "--model")) if args.model is not None else {}
     for flag in SHAPE_FLAGS:
         if getattr(args, flag) is not None:
             values[flag] = getattr(args, flag)
@@ -72,10 +72,7 @@ def model_shape(args) -> tuple[ModelShape, str]:
     if missing:
         raise UsageError(f"without --model, give the shape: {' '.join(missing)} are missing")
     values.setdefault("seq_len", args.seq or 2048)
-    shape = ModelShape(**values)
-    if shape.hidden % shape.heads or shape.heads % shape.kv_heads:
-        raise UsageError(f"hidden {shape.hidden} must divide by heads {shape.heads}, heads by kv heads {shape.kv_heads}")
-    return shape, args.model or "custom"
+    return ModelShape(**values), args.model or "custom"
 
 
 def training_setup(args, shape: ModelShape) -> TrainingSetup:
@@ -88,23 +85,6 @@ def training_setup(args, shape: ModelShape) -> TrainingSetup:
     return TrainingSetup(global_batch=args.global_batch, seq_len=args.seq or shape.seq_len,
                          micro_batch=args.micro_batch, dtype=args.dtype, recompute=args.recompute, overlap=overlap,
                          grad_reduce_dtype=args.grad_reduce_dtype)
-
-
-def parse_layout(text: str) -> Layout:
-    sizes, order = {}, DEFAULT_ORDER
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if key == "order":
-            order = tuple(value.split("/")) if "/" in value else tuple(value)
-            continue
-        if not sep or key not in AXES + ("virtual_stages",) or not value.isdigit():
-            raise UsageError(f"--layout part {part!r} must be AXIS=N with AXIS one of {', '.join(AXES)} "
-                             f"(or virtual_stages=N, interleaved 1F1B)")
-        sizes[key] = int(value)
-    if order != DEFAULT_ORDER and sorted(order) != sorted(AXES):
-        raise UsageError("--layout order=... names the five axes outermost first, separated by '/', "
-                         "e.g. order=data/pipe/depth/row/col")
-    return Layout(**sizes, order=order)
 
 
 def order_text(layout: Layout) -> str:
@@ -164,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         shape, name = model_shape(args)
         setup = training_setup(args, shape)
         if args.command == "explain":
-            layout = parse_layout(args.layout)
+            layout = parse_layout_text(args.layout, "--layout")
             if layout.world_size != args.gpus:
                 raise UsageError(f"--layout {sizes_text(layout)} has {layout.world_size} ranks, not --gpus {args.gpus}")
             problem = layout_problem(shape, layout, setup)

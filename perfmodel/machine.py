@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from axon.spec import sections
+
 MACHINES_DIR = Path(__file__).parent / "machines"
 PLACEMENTS = ("intra", "inter")  # a group inside one node, or spread over nodes
 COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter")
@@ -104,28 +106,25 @@ def load_machine(name_or_path: str | Path) -> Machine:
 
 
 def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
+    try:  # unknown and missing keys: the rule every YAML section follows (axon.spec.sections)
+        sections.reject_unknown(raw, tuple(Machine.__dataclass_fields__))
+        sections.require(raw, sections.required_fields(Machine))
+    except ValueError as err:
+        raise ProfileError(f"{where}: {err}") from None
+
     def number(key: str, value, positive=True) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and value <= 0):
             raise ProfileError(f"{where}: {key} must be a positive number, got {value!r}")
         return float(value)
 
-    def get(key: str):
-        if key not in raw:
-            raise ProfileError(f"{where}: required key {key!r} is missing")
-        return raw[key]
-
     def link(key: str) -> Link:
-        value = get(key)
+        value = raw[key]
         if not isinstance(value, dict):
             raise ProfileError(f"{where}: {key} must map bandwidth_gbs and latency_us")
         return Link(number(f"{key}.bandwidth_gbs", value.get("bandwidth_gbs")),
                     number(f"{key}.latency_us", value.get("latency_us")))
 
-    known = set(Machine.__dataclass_fields__)
-    for key in raw:
-        if key not in known:
-            raise ProfileError(f"{where}: unknown key {key!r}; valid keys are {', '.join(sorted(known))}")
-    peaks = get("peak_tflops")
+    peaks = raw["peak_tflops"]
     if not isinstance(peaks, dict) or not peaks:
         raise ProfileError(f"{where}: peak_tflops must map dtype names to TFLOP/s")
     def curve(key: str, value, most: float = 1.0) -> tuple[tuple[float, float], ...]:
@@ -145,7 +144,7 @@ def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
             raise ProfileError(f"{where}: {key} must be keyed by positive integer dimensions")
         return {k: curve(f"{key}.{k}", v, most) for k, v in sorted(value.items())}
 
-    points = curve("gemm_efficiency", get("gemm_efficiency"))
+    points = curve("gemm_efficiency", raw["gemm_efficiency"])
     # Causal attention does half the FLOPs it is credited with (no causal discount), so up to 2.
     attention = curves("attention_efficiency", False, most=2.0)
     if set(attention) - {"forward", "backward"}:
@@ -180,14 +179,14 @@ def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
         raise ProfileError(f"{where}: oversubscription counts compute threads per core and is at least 1, "
                            f"got {oversubscription}")
     return Machine(
-        name=str(get("name")),
-        devices_per_node=int(number("devices_per_node", get("devices_per_node"))),
-        memory_gb=number("memory_gb", get("memory_gb")),
+        name=str(raw["name"]),
+        devices_per_node=int(number("devices_per_node", raw["devices_per_node"])),
+        memory_gb=number("memory_gb", raw["memory_gb"]),
         peak_tflops={str(k): number(f"peak_tflops.{k}", v) for k, v in peaks.items()},
-        memory_bandwidth_gbs=number("memory_bandwidth_gbs", get("memory_bandwidth_gbs")),
+        memory_bandwidth_gbs=number("memory_bandwidth_gbs", raw["memory_bandwidth_gbs"]),
         intra_node=link("intra_node"),
         inter_node=link("inter_node"),
-        nics_per_node=int(number("nics_per_node", get("nics_per_node"))),
+        nics_per_node=int(number("nics_per_node", raw["nics_per_node"])),
         gemm_efficiency=points,
         gemm_efficiency_by_min_dim=curves("gemm_efficiency_by_min_dim", True),
         attention_efficiency=attention,

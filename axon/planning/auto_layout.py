@@ -13,12 +13,11 @@ from pathlib import Path
 
 import yaml
 
-from axon.config import ConfigError, RunConfig, check_layout
+from axon.config import ConfigError, RunConfig, check_layout, training_setup
 from axon.spec.layout import AXES, factorizations, sizes_text
 from perfmodel.machine import ProfileError, load_machine, machine_from_dict
 from perfmodel.predict import Prediction
 from perfmodel.search import layout_problem, plan
-from axon.spec.training import OVERLAPS, TrainingSetup
 
 PROFILE_FILE = "machine_profile.yaml"
 
@@ -28,15 +27,6 @@ class LayoutChoice:
     prediction: Prediction
     runner_up: list[Prediction]
     machine_name: str
-
-
-def training_setup(config: RunConfig) -> TrainingSetup:
-    t, o = config.train, config.overlap
-    return TrainingSetup(global_batch=t.global_batch, seq_len=config.model.seq_len, micro_batch=t.micro_batch,
-                         dtype=t.dtype, recompute=t.recompute,
-                         overlap=tuple(name for name in OVERLAPS if getattr(o, name)),
-                         prefetch_distance=o.prefetch_distance, bucket_mb=o.bucket_mb,
-                         grad_reduce_dtype=t.grad_reduce_dtype)
 
 
 def profile_before_start(config: RunConfig):

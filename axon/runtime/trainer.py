@@ -24,6 +24,7 @@ from axon.parallel.pipeline import PipelineStep
 from axon.parallel.trace import summarize, write_chrome_trace
 from axon.parallel.sharding import named_shardings
 from axon.spec.flops import flops_per_token
+from axon.spec.schedules import bubble_fraction, idle_fraction
 
 
 class TrainingDiverged(RuntimeError):
@@ -286,11 +287,11 @@ def describe(config: RunConfig, trainer: Trainer, runtime, peak_source: str) -> 
     if stages > 1:
         blocks = [len(r) for r in stage_layers(shape, stages, config.train.stage_layers, chunks)]
         how = "train.stage_layers" if config.train.stage_layers else "balanced by parameters"
-        idle = (stages - 1) / (chunks * count + stages - 1)
+        idle = idle_fraction(stages, count, chunks)
         what = (f"{stages} pipeline stages of {blocks} blocks ({how}), 1F1B" if chunks == 1 else
                 f"{stages} pipeline stages of {chunks} chunks each, chunks of {blocks} blocks ({how}), interleaved 1F1B")
         lines.append(f"axon: {what} over {count} micro-batches: each stage idles about {idle:.0%} of a step "
-                     f"(bubble (p-1)/(vm) = {(stages - 1) / (chunks * count):.2f})")
+                     f"(bubble (p-1)/(vm) = {bubble_fraction(stages, count, chunks):.2f})")
         if count < stages:
             lines.append(f"axon: warning: {count} micro-batch(es) for {stages} stages leave most stages idle; "
                          f"a smaller train.micro_batch or a larger train.global_batch gives more")

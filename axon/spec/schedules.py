@@ -21,6 +21,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 
+def bubble_fraction(stages: int, micro_batches: int, chunks: int = 1) -> float:
+    """The textbook bubble of even stages, (p - 1) / (v m) of the busy time: each stage waits
+    p - 1 slots of one chunk's work while the pipeline fills and drains, and is busy v m."""
+    return (stages - 1) / (chunks * micro_batches)
+
+
+def idle_fraction(stages: int, micro_batches: int, chunks: int = 1) -> float:
+    """The same bubble as a share of the whole step, (p - 1) / (v m + p - 1)."""
+    return (stages - 1) / (chunks * micro_batches + stages - 1)
+
+
 def warmup_forwards(stage: int, stages: int, micro_batches: int, chunks: int = 1) -> int:
     """Forwards stage `stage` runs before its first backward: p - s - 1 in plain 1F1B (the
     micro-batches still to reach the last stage), 2 (p - s - 1) + (v - 1) p interleaved

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from axon.spec.sections import integer
+
+SIZES = ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "seq_len")
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -22,6 +26,22 @@ class ModelShape:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_context: int = 8192
+
+    def __post_init__(self):
+        """What the engine cannot run: each a ValueError naming model.<key> and the numbers."""
+        for name in SIZES:
+            integer(getattr(self, name), f"model.{name}")
+        if self.hidden % self.heads:
+            raise ValueError(f"model.hidden={self.hidden} is not divisible by model.heads={self.heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"model.hidden / model.heads = {self.head_dim} must be even for rotary embeddings")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"model.heads={self.heads} is not divisible by model.kv_heads={self.kv_heads}")
+        if self.rope_scaling_factor <= 0 or (self.rope_scaling_factor != 1.0
+                                             and self.rope_high_freq_factor <= self.rope_low_freq_factor):
+            raise ValueError(f"model.rope_scaling_factor must be positive and, when not 1, model.rope_high_freq_factor "
+                             f"({self.rope_high_freq_factor}) must exceed model.rope_low_freq_factor "
+                             f"({self.rope_low_freq_factor}), got {self.rope_scaling_factor}")
 
     @property
     def head_dim(self) -> int:
@@ -53,7 +73,8 @@ PRESETS: dict[str, ModelShape] = {
 }
 
 
-def preset(name: str) -> ModelShape:
-    if name not in PRESETS:
-        raise KeyError(f"model: unknown preset {name!r}; known presets are {', '.join(PRESETS)}")
+def preset(name: str, key: str = "model") -> ModelShape:
+    """The preset called `name`; a ValueError naming `key` (model, --model, ...) if there is none."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ValueError(f"{key} {name!r} is not a preset; known presets are {', '.join(PRESETS)}")
     return PRESETS[name]

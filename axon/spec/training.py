@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from axon.spec.sections import FieldError
+
 OVERLAPS = ("all_reduce", "reduce_scatter", "all_gather", "data_parallel")  # axon's overlap.* switches
 # With ORS on, the engine waits for the oldest weight-gradient reduce-scatter once this many
 # are in flight (axon.parallel.overlap); the memory model holds each block until then.
@@ -23,18 +25,27 @@ class TrainingSetup:
     grad_reduce_dtype: str = "float32"  # dtype of the data all-reduces and depth reduce-scatters of gradients
 
     def __post_init__(self):
-        if self.global_batch < 1 or self.seq_len < 1 or self.micro_batch < 0:
-            raise ValueError(f"global batch ({self.global_batch}) and sequence length ({self.seq_len}) must be "
-                             f"positive and the micro-batch ({self.micro_batch}) >= 0")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
-        if self.grad_reduce_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"grad_reduce_dtype must be float32 or bfloat16, got {self.grad_reduce_dtype!r}")
+        """Each mistake is a FieldError naming the field: the engine's config, a scaling study and
+        perfmodel's command line say which of their keys it is."""
+        for name in ("global_batch", "seq_len"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.micro_batch < 0:
+            raise FieldError("micro_batch", f"must be at least 1 (or 0 for automatic), got {self.micro_batch}")
+        for name in ("dtype", "grad_reduce_dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16"):
+                raise FieldError(name, f"must be 'float32' or 'bfloat16', got {getattr(self, name)!r}")
         if self.recompute not in ("none", "block"):
-            raise ValueError(f"recompute must be none or block, got {self.recompute!r}")
+            raise FieldError("recompute", f"must be 'none' or 'block', got {self.recompute!r}")
         unknown = set(self.overlap) - set(OVERLAPS)
         if unknown:
-            raise ValueError(f"unknown overlap(s) {', '.join(sorted(unknown))}; known: {', '.join(OVERLAPS)}")
+            raise FieldError("overlap", f"names unknown overlap(s) {', '.join(sorted(unknown))}; "
+                                        f"known: {', '.join(OVERLAPS)}")
+        if self.prefetch_distance < 1:
+            raise FieldError("prefetch_distance", f"must be at least 1 (overlap.all_gather: false turns prefetching "
+                                                  f"off), got {self.prefetch_distance}")
+        if self.bucket_mb <= 0:
+            raise FieldError("bucket_mb", f"must be positive, got {self.bucket_mb}")
 
     def micro_batches(self, shards: int, pipe: int) -> tuple[int, int] | None:
         """(sequences per micro-batch, micro-batches per step) for data x depth = `shards`,

@@ -204,11 +204,9 @@ def reference_from_args(model: str | None, seq: int | None, micro_batch: int) ->
         if seq is not None:
             raise ValueError("--seq sets the reference model's sequence length; give --model too")
         return None
-    if model not in PRESETS:
-        raise ValueError(f"--model {model!r} is not a preset; known presets are {', '.join(PRESETS)}")
+    shape = preset(model, "--model")
     if seq is not None and seq < 1:
         raise ValueError(f"--seq must be at least 1, got {seq}")
-    shape = preset(model)
     return (dataclasses.replace(shape, seq_len=seq) if seq else shape), micro_batch
 
 

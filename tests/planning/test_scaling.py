@@ -217,11 +217,11 @@ def test_unknown_study_keys_are_named(tmp_path, capsys):
         main(["plan", str(write_study(tmp_path, body))])
     assert stopped.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "axon scaling: error: unknown study key 'stpes'; valid keys here are " + ", ".join(
+        "axon scaling: error: unknown key 'stpes'; valid keys here are " + ", ".join(
             __import__("axon.planning.scaling.study", fromlist=["STUDY_KEYS"]).STUDY_KEYS))
     body.pop("stpes")
     body["points"][0]["gpu"] = 2
-    with pytest.raises(StudyError, match=r"^unknown study key 'points\[0\]\.gpu'; valid keys here are name, model, "
+    with pytest.raises(StudyError, match=r"^unknown key 'points\[0\]\.gpu'; valid keys here are name, model, "
                                          r"gpus, layout, machine$"):
         load_study(write_study(tmp_path, body))
 

@@ -13,8 +13,7 @@ MEMORY_KEYS = ("parameters", "gradients", "optimizer", "gathered_weights", "acti
 
 def perfmodel_memory(config, blocks: int, first: bool, last: bool, stage: int) -> dict[str, int]:
     """Bytes per component for a rank of this stage (perfmodel works in GiB)."""
-    from axon.planning.auto_layout import training_setup
-    from axon.config import micro_batch_plan
+    from axon.config import micro_batch_plan, training_setup
 
     micro, _ = micro_batch_plan(config)
     gib = memory_per_device(config.model, config.layout, training_setup(config), micro, blocks, first, last, stage)

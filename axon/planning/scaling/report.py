@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from axon.spec.layout import AXES, Layout, sizes_text
+from axon.spec.layout import Layout, sizes_text
 from perfmodel.predict import COMPONENTS, predict
 
 from axon.planning.scaling.plan import PointPlan, efficiency, plan_study, set_efficiencies
@@ -69,9 +69,7 @@ def _exited_badly(point_dir: Path) -> bool:
 def ran_layout(point_dir: Path) -> Layout | None:
     """The layout a point's config.yaml names (the one it ran at), or None."""
     try:
-        layout = yaml.safe_load((point_dir / "config.yaml").read_text())["layout"]
-        return Layout(**{axis: layout[axis] for axis in AXES}, order=tuple(layout["order"].split(",")),
-                      virtual_stages=layout.get("virtual_stages", 1))
+        return Layout.from_mapping(yaml.safe_load((point_dir / "config.yaml").read_text())["layout"])
     except (OSError, KeyError, TypeError, ValueError, AttributeError):
         return None
 

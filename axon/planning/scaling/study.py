@@ -24,13 +24,16 @@ Every mistake is one sentence naming the key (and the point) and the numbers.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from axon.spec.layout import AXES, DEFAULT_ORDER, Layout
-from axon.spec.shapes import PRESETS, ModelShape
+from axon.config import OverlapSection, TrainConfig, setup_from_sections
+from axon.spec import sections
+from axon.spec.layout import Layout, layout_or_auto
+from axon.spec.shapes import PRESETS, ModelShape, preset
 from axon.spec.training import TrainingSetup
 
 KINDS = ("weak", "strong")
@@ -81,8 +84,11 @@ class Study:
         return self.batch_per_gpu * point.gpus if self.kind == "weak" else self.global_batch
 
     def setup(self, point: Point) -> TrainingSetup:
-        return TrainingSetup(global_batch=self.point_batch(point), seq_len=self.seq_len, micro_batch=self.micro_batch,
-                             dtype=self.dtype, recompute=self.recompute, grad_reduce_dtype=self.grad_reduce_dtype)
+        """What perfmodel prices at this point: the train section its run gets (axon.planning.scaling.
+        submit.run_config), with the default overlap section, by the engine's own adapter."""
+        train = TrainConfig(global_batch=self.point_batch(point), micro_batch=self.micro_batch, dtype=self.dtype,
+                            recompute=self.recompute, grad_reduce_dtype=self.grad_reduce_dtype)
+        return setup_from_sections(train, OverlapSection(), self.seq_len)
 
 
 def load_study(path: str | Path) -> Study:
@@ -95,20 +101,28 @@ def load_study(path: str | Path) -> Study:
     return study_from_dict(raw, path)
 
 
+@contextmanager
+def _study_errors(prefix: str = ""):
+    """A shared rule's ValueError (axon.spec: keys, shapes, layouts, the training setup) as a
+    StudyError with the same sentence."""
+    try:
+        yield
+    except StudyError:
+        raise
+    except ValueError as err:
+        raise StudyError(f"{prefix}{err}") from None
+
+
 def _unknown(mapping: dict, known: tuple[str, ...], where: str) -> None:
-    for key in mapping:
-        if key not in known:
-            raise StudyError(f"unknown study key {where + str(key)!r}; valid keys here are {', '.join(known)}")
+    with _study_errors():
+        sections.reject_unknown(mapping, known, where.rstrip("."))
 
 
 def _positive(raw: dict, key: str, where: str = "", default=None, zero_ok=False) -> int:
-    value = raw.get(key, default)
-    if value is None:
-        raise StudyError(f"study key {where}{key} is required")
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if zero_ok else 1):
-        raise StudyError(f"study key {where}{key} must be a {'non-negative' if zero_ok else 'positive'} integer, "
-                         f"got {value!r}")
-    return value
+    with _study_errors():
+        if default is None:
+            sections.require(raw, (key,), where.rstrip("."))
+        return sections.integer(raw.get(key, default), f"{where}{key}", 0 if zero_ok else 1)
 
 
 def study_from_dict(raw: dict, path: Path) -> Study:
@@ -144,61 +158,42 @@ def study_from_dict(raw: dict, path: Path) -> Study:
     for reserved in ("steps", "global_batch", "micro_batch", "dtype", "recompute", "grad_reduce_dtype"):
         if reserved in study.train:
             raise StudyError(f"study key train.{reserved} is set by the study itself; give it at the top level")
-    try:
+    with _study_errors():  # dtype, recompute, grad_reduce_dtype (the FieldError names the study key)
         study.setup(points[0])
-    except ValueError as err:  # dtype, recompute, grad_reduce_dtype
-        raise StudyError(f"study: {err}") from None
     return study
 
 
 def _custom_shape(name: str, value, seq_len: int) -> ModelShape:
+    """A shape of models: (a preset refined, or every size given); ModelShape checks it."""
+    where = f"models.{name}"
     if not isinstance(value, dict):
-        raise StudyError(f"study key models.{name} must map {', '.join(SHAPE_KEYS)}, got {value!r}")
-    _unknown(value, SHAPE_KEYS, f"models.{name}.")
-    values = dict(value)
-    base = values.pop("preset", None)
-    merged = {}
-    if base is not None:
-        if base not in PRESETS:
-            raise StudyError(f"models.{name}.preset={base!r} is not a preset; known presets are {', '.join(PRESETS)}")
-        merged = dataclasses.asdict(PRESETS[base])
-    merged.update(values)
-    missing = [k for k in SHAPE_KEYS[1:-1] if k not in merged]
-    if missing:
-        raise StudyError(f"models.{name} is missing {', '.join(missing)} (or a preset to start from)")
-    for key in SHAPE_KEYS[1:-1]:
-        if isinstance(merged[key], bool) or not isinstance(merged[key], int) or merged[key] < 1:
-            raise StudyError(f"models.{name}.{key} must be a positive integer, got {merged[key]!r}")
-    merged["seq_len"] = seq_len
-    shape = ModelShape(**merged)
-    if shape.hidden % shape.heads or shape.heads % shape.kv_heads:
-        raise StudyError(f"models.{name}: hidden {shape.hidden} must divide by heads {shape.heads}, "
-                         f"and heads by kv_heads {shape.kv_heads}")
-    return shape
+        raise StudyError(f"study key {where} must map {', '.join(SHAPE_KEYS)}, got {value!r}")
+    with _study_errors():
+        sections.reject_unknown(value, SHAPE_KEYS, where)
+        values = dict(value)
+        base = values.pop("preset", None)
+        merged = dataclasses.asdict(preset(base, f"{where}.preset")) if base is not None else {}
+        merged.update(values, seq_len=seq_len)
+        merged = sections.section_values(ModelShape, merged, where)
+    with _study_errors(f"{where}: "):
+        return ModelShape(**merged)
 
 
 def _shape(name, models: dict, seq_len: int, where: str) -> ModelShape:
     if name in models:
         return models[name]
     if name in PRESETS:
-        return dataclasses.replace(PRESETS[name], seq_len=seq_len)
+        return dataclasses.replace(preset(name), seq_len=seq_len)
     raise StudyError(f"study key {where}model={name!r} is neither in models ({', '.join(models) or 'none'}) "
                      f"nor a preset ({', '.join(PRESETS)})")
 
 
 def _layout(value, where: str) -> Layout | None:
-    if value in (None, "auto"):
+    """None (perfmodel picks) for no layout or 'auto'; else the engine's reading of a layout mapping."""
+    if value is None:
         return None
-    if not isinstance(value, dict):
-        raise StudyError(f"study key {where}layout must be 'auto' or a mapping of {', '.join(AXES)}, got {value!r}")
-    _unknown(value, AXES + ("order", "virtual_stages"), f"{where}layout.")
-    order = value.get("order", DEFAULT_ORDER)
-    order = tuple(p.strip() for p in order.split(",")) if isinstance(order, str) else tuple(order)
-    try:
-        return Layout(**{axis: value.get(axis, 1) for axis in AXES}, order=order,
-                      virtual_stages=value.get("virtual_stages", 1))
-    except ValueError as err:
-        raise StudyError(f"study key {where}{err}") from None
+    with _study_errors():
+        return layout_or_auto(value, f"{where}layout")
 
 
 def _machine(name: str, path: Path) -> str:

@@ -1,0 +1,104 @@
+"""What a run config's values must satisfy, alone and against the job's world.
+
+The rules on a model shape, a layout and a training setup are those of axon.spec (ModelShape,
+Layout, TrainingSetup, find_layout_problem); here they are applied to a RunConfig and their
+ValueErrors become ConfigErrors naming the config key. The rest (optimizer, schedule,
+Goldfish, timeouts, checkpoints) are the engine's alone.
+"""
+
+from __future__ import annotations
+
+from axon.config.errors import ConfigError
+from axon.config.schema import OverlapSection, RunConfig, TrainConfig
+from axon.spec.layout_rules import find_layout_problem
+from axon.spec.sections import FieldError
+from axon.spec.training import OVERLAPS, TrainingSetup, split_micro_batches
+
+# The config key of each TrainingSetup field (its FieldError names the field).
+SETUP_KEYS = {"global_batch": "train.global_batch", "seq_len": "model.seq_len", "micro_batch": "train.micro_batch",
+              "dtype": "train.dtype", "recompute": "train.recompute", "grad_reduce_dtype": "train.grad_reduce_dtype",
+              "overlap": "overlap", "prefetch_distance": "overlap.prefetch_distance",
+              "bucket_mb": "overlap.bucket_mb"}
+
+
+def training_setup(config: RunConfig) -> TrainingSetup:
+    """The training setup perfmodel prices for this run (layout: auto, the dry run's comparison)."""
+    return setup_from_sections(config.train, config.overlap, config.model.seq_len)
+
+
+def setup_from_sections(train: TrainConfig, overlap: OverlapSection, seq_len: int) -> TrainingSetup:
+    """A TrainingSetup from the train and overlap sections (a scaling study builds them for its points)."""
+    return TrainingSetup(global_batch=train.global_batch, seq_len=seq_len, micro_batch=train.micro_batch,
+                         dtype=train.dtype, recompute=train.recompute,
+                         overlap=tuple(name for name in OVERLAPS if getattr(overlap, name)),
+                         prefetch_distance=overlap.prefetch_distance, bucket_mb=overlap.bucket_mb,
+                         grad_reduce_dtype=train.grad_reduce_dtype)
+
+
+def check_values(config: RunConfig) -> None:
+    """Range checks that need no knowledge of the layout (the model shape checked itself)."""
+    t = config.train
+    if t.steps < 1:
+        raise ConfigError(f"train.steps must be at least 1, got {t.steps}")
+    try:
+        training_setup(config)  # batch, micro-batch, dtypes, recompute, prefetch distance, bucket size
+    except FieldError as err:
+        raise ConfigError(f"{SETUP_KEYS[err.field]} {err.rule}") from None
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr must be positive, got {t.lr}")
+    if t.weight_decay < 0 or t.grad_clip < 0:
+        raise ConfigError("train.weight_decay and train.grad_clip must be non-negative, "
+                          f"got {t.weight_decay} and {t.grad_clip}")
+    if t.gemm_tuning not in (True, False, "auto"):
+        raise ConfigError(f"train.gemm_tuning must be true, false or 'auto', got {t.gemm_tuning!r}")
+    if t.log_every < 1:
+        raise ConfigError(f"train.log_every must be at least 1, got {t.log_every}")
+    if t.trace_steps < 0:
+        raise ConfigError(f"train.trace_steps must be >= 0, got {t.trace_steps}")
+    if t.schedule not in ("cosine", "constant"):
+        raise ConfigError(f"train.schedule must be 'cosine' or 'constant', got {t.schedule!r}")
+    if t.warmup_steps < 0 or not 0 <= t.min_lr_ratio <= 1:
+        raise ConfigError(f"train.warmup_steps must be >= 0 and train.min_lr_ratio in [0, 1], "
+                          f"got {t.warmup_steps} and {t.min_lr_ratio}")
+    g = config.goldfish
+    if t.loss not in ("standard", "goldfish"):
+        raise ConfigError(f"train.loss must be 'standard' or 'goldfish', got {t.loss!r}")
+    if g.k < 2 or g.h < 1 or g.strategy not in ("hash", "static", "hash-table"):
+        raise ConfigError(f"goldfish.k must be >= 2, goldfish.h >= 1 and goldfish.strategy 'hash', 'static' or "
+                          f"'hash-table', "
+                          f"got k={g.k}, h={g.h}, strategy={g.strategy!r}")
+    if not 0 <= t.collective_timeout_s < float("inf"):
+        raise ConfigError(f"train.collective_timeout_s must be a number of seconds > 0 (or 0 for the default), "
+                          f"got {t.collective_timeout_s}")
+    if not 1 <= t.peer_timeout_s < float("inf") or t.straggler_every < 0:
+        raise ConfigError(f"train.peer_timeout_s must be a number of seconds >= 1 and train.straggler_every >= 0, "
+                          f"got {t.peer_timeout_s} and {t.straggler_every}")
+    if t.checkpoint_every < 0 or t.keep_checkpoints < 1:
+        raise ConfigError(f"train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1, "
+                          f"got {t.checkpoint_every} and {t.keep_checkpoints}")
+
+
+def check_layout(config: RunConfig, world_size: int) -> None:
+    """Everything the layout must satisfy for this model and world; raises ConfigError."""
+    lay, m, t = config.layout, config.model, config.train
+    if lay.world_size != world_size:
+        raise ConfigError(
+            f"layout {lay.data}x{lay.pipe}x{lay.depth}x{lay.row}x{lay.col} (data x pipe x depth x row x col) "
+            f"has {lay.world_size} ranks but the job has world size {world_size}")
+    problem = find_layout_problem(m, lay, t.global_batch, t.micro_batch)
+    if problem:
+        raise ConfigError(problem.sentence)
+    if t.stage_layers:
+        counts, chunks = t.stage_layers, lay.pipe * lay.virtual_stages
+        if len(counts) != chunks or sum(counts) != m.layers or min(counts) < 1:
+            what = (f"{lay.pipe} stage(s) (layout.pipe)" if lay.virtual_stages == 1 else
+                    f"{chunks} chunks (layout.pipe x layout.virtual_stages = {lay.pipe} x {lay.virtual_stages})")
+            raise ConfigError(f"train.stage_layers={list(counts)} must give {what} at "
+                              f"least one block each, summing to model.layers={m.layers}")
+
+
+def micro_batch_plan(config: RunConfig) -> tuple[int, int]:
+    """(sequences per micro-batch, micro-batches per step) for each data x depth shard
+    (check_layout has made sure the batch divides)."""
+    lay = config.layout
+    return split_micro_batches(config.train.global_batch, config.train.micro_batch, lay.data * lay.depth, lay.pipe)
