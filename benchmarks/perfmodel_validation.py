@@ -17,88 +17,41 @@ For each world size (8, then 4 ranks):
    (33 at once outgrew this machine's RAM; groups of 8 left data=8 alone in a spawn of its
    own and favoured it);
 3. perfmodel predicts each layout from the profile alone.
-Reported: predicted vs measured median step per layout, Kendall tau and Spearman rank
-correlations, mean absolute percentage error, the worst error, and the top-1 regret (measured
-time of the predicted best / the measured best), and the same scores with the profile's
-`in_context_slowdown` or `oversubscription` set to 1, to show what each contributes. Targets (issue 15): at 8 ranks tau >= 0.85,
-MAPE <= 10%, no layout off by more than 25%, regret 1.00; at 4 ranks tau >= 0.8.
+Reported (perfmodel/validation.py scores it): predicted vs measured median step per layout,
+Kendall tau and Spearman rank correlations, mean absolute percentage error, the worst error,
+and the top-1 regret (measured time of the predicted best / the measured best), and the same
+scores with the profile's `in_context_slowdown` or `oversubscription` set to 1, to show what
+each contributes. Targets (issue 15): at 8 ranks tau >= 0.85, MAPE <= 10%, no layout off by
+more than 25%, regret 1.00; at 4 ranks tau >= 0.8.
+
+The results file holds the latest run, each world with the commit that measured it and its
+profile's path. Before a new measurement overwrites it (and recalibrates those profiles), its
+run moves to the end of the history file beside it (perfmodel_validation_history.json: a list
+of runs, oldest first, each with its commit and its profiles' YAML embedded).
 
     .venv/bin/python -m benchmarks.perfmodel_validation [--model 10M] [--seq 128] [--batch 16]
         [--rounds 6] [--worlds 8 4] [--group 4] [--quick-calibration] [--profile FILE.yaml (skip calibrating)]
         [--repredict (keep the measured times and profiles of the last results; predict again)]
+        [--history (with --repredict: predict every earlier run of the history again instead)]
         [--results FILE.json (default benchmarks/results/perfmodel_validation.json)]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from axon.planning.auto_layout import AXES
-from axon.spec.layout import Layout, factorizations
-from perfmodel.machine import load_machine
 from axon.spec.shapes import ModelShape, preset
-from perfmodel.predict import predict
-from perfmodel.search import layout_problem
 from axon.spec.training import TrainingSetup
+from perfmodel.machine import load_machine
+from perfmodel.validation import history_of, keep_in_history, layouts_for, measure, repredict, score
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def kendall_tau(x: list[float], y: list[float]) -> float:
-    """Tau-b: concordant minus discordant pairs over the pairs not tied in either."""
-    concordant = discordant = ties_x = ties_y = 0
-    for i in range(len(x)):
-        for j in range(i + 1, len(x)):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif (dx > 0) == (dy > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    n_x = concordant + discordant + ties_x
-    n_y = concordant + discordant + ties_y
-    return (concordant - discordant) / (n_x * n_y) ** 0.5 if n_x and n_y else 0.0
-
-
-def ranks(values: list[float]) -> list[float]:
-    """1-based ranks, ties sharing their mean rank."""
-    order = sorted(range(len(values)), key=values.__getitem__)
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    rx, ry = ranks(x), ranks(y)
-    mx, my = statistics.fmean(rx), statistics.fmean(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    return cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
-
-
-def layouts_for(shape: ModelShape, world: int, setup: TrainingSetup):
-    """Every layout the model divides, pure data parallelism (the anchor of `measure`) first."""
-    layouts = [lay for lay in factorizations(world, AXES) if layout_problem(shape, lay, setup) is None]
-    return sorted(layouts, key=lambda lay: lay.data != world)
 
 
 def measure_worker(rank, world, port, spec, out):
@@ -130,30 +83,6 @@ def measure_worker(rank, world, port, spec, out):
     dist.destroy_process_group()
 
 
-def measure(world: int, spec: dict, group: int) -> tuple[list[list[float]], list[float]]:
-    """Timed steps per layout (each spawn's first round, its warm-up, dropped), and the factor
-    each layout's times are scaled by.
-
-    The anchor (pure data parallelism, the first layout) runs in every spawn, with consecutive
-    groups of near-equal size of the others, at most `group` layouts per spawn in all; its
-    times are those of every spawn. The machine drifts between spawns (one spawn of a run here
-    ran 15% slow), so a spawn's times are scaled by the anchor's median over all spawns / its
-    median in this spawn."""
-    anchor, others = spec["layouts"][0], spec["layouts"][1:]
-    spawns = -(-len(others) // max(1, group - 1))
-    bounds = [len(others) * k // spawns for k in range(spawns + 1)]
-    runs = [[times[1:] for times in measure_group(world, {**spec, "layouts": [anchor] + others[start:end]})]
-            for start, end in zip(bounds, bounds[1:])]
-    anchor_medians = [statistics.median(run[0]) for run in runs]
-    reference = statistics.median(anchor_medians)
-    anchor_times = [t for run in runs for t in run[0]]
-    timed = [anchor_times] + [times for run in runs for times in run[1:]]
-    scales = [reference / statistics.median(anchor_times)] + [reference / anchor_median
-                                                              for anchor_median, run in zip(anchor_medians, runs)
-                                                              for _ in run[1:]]
-    return timed, scales
-
-
 def measure_group(world: int, spec: dict) -> list[list[float]]:
     import socket
     import tempfile
@@ -182,43 +111,24 @@ def calibrate(world: int, args) -> Path:
     return path
 
 
-def validate(world: int, args, shape: ModelShape, setup: TrainingSetup) -> dict:
+def validate(world: int, args, shape: ModelShape, setup: TrainingSetup, commit: str) -> dict:
     profile = Path(args.profile) if args.profile else calibrate(world, args)
     layouts = layouts_for(shape, world, setup)
     spec = {"model": {**shape.__dict__}, "layouts": [lay.sizes() for lay in layouts],
             "rounds": args.rounds + 1, "batch": args.batch}
-    timed, scales = measure(world, spec, args.group)
-    return score(world, profile, shape, setup, layouts, timed, scales)
+    timed, scales = measure(world, spec, args.group, measure_group)
+    return {"world": world, "commit": commit, "profile": _from_root(profile),
+            **score(load_machine(profile), shape, setup, layouts, timed, scales)}
 
 
-def score(world: int, profile: Path, shape: ModelShape, setup: TrainingSetup, layouts, timed,
-          scales: list[float] | None = None) -> dict:
-    """Predictions from the profile alone next to the measured step times (warm-up dropped),
-    each layout's median times its spawn's drift factor (`measure`; runs without one: 1)."""
-    machine = load_machine(profile)
-    rows = []
-    for lay, times, scale in zip(layouts, timed, scales or [1.0] * len(layouts)):
-        prediction = predict(shape, lay, machine, setup)
-        rows.append({"layout": {a: getattr(lay, a) for a in AXES}, "predicted_s": prediction.step_time_s,
-                     "measured_s": statistics.median(times) * scale, "raw_s": times, "drift_scale": scale,
-                     "biggest_cost": prediction.biggest_cost, "breakdown": prediction.breakdown})
-    predicted = [r["predicted_s"] for r in rows]
-    measured = [r["measured_s"] for r in rows]
-    pick = min(range(len(rows)), key=predicted.__getitem__)
-    # What each whole-machine figure of the profile contributes: the same scores without it.
-    without = {}
-    for key in ("in_context_slowdown", "oversubscription"):
-        plain = dataclasses.replace(machine, **{key: 1.0})
-        guess = [predict(shape, lay, plain, setup).step_time_s for lay in layouts]
-        without[f"{key}=1"] = {"kendall_tau": kendall_tau(guess, measured), **errors(guess, measured)}
-    return {
-        "world": world, "profile": _from_root(profile), "layouts": len(rows), "rows": rows,
-        "kendall_tau": kendall_tau(predicted, measured), "spearman": spearman(predicted, measured),
-        **errors(predicted, measured),
-        "top1_regret": measured[pick] / min(measured), "predicted_best": rows[pick]["layout"],
-        "measured_best": rows[min(range(len(rows)), key=measured.__getitem__)]["layout"],
-        "without": without,
-    }
+def commit_of_tree() -> str:
+    """The commit this tree is at, marked "+changes" when the code it runs differs from it."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "axon", "perfmodel",
+                                  "benchmarks/perfmodel_validation.py"],
+                           capture_output=True, text=True).stdout.strip()
+    return (head or "unknown") + ("+changes" if dirty else "")
 
 
 def _from_root(path: Path) -> str:
@@ -227,14 +137,8 @@ def _from_root(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def errors(predicted: list[float], measured: list[float]) -> dict:
-    ratios = [p / m - 1 for p, m in zip(predicted, measured)]
-    return {"mape": statistics.fmean(abs(r) for r in ratios), "worst_error": max(ratios, key=abs),
-            "over_25_percent": sum(abs(r) > 0.25 for r in ratios)}
-
-
 def print_result(r: dict) -> None:
-    print(f"\n{r['world']} ranks, {r['layouts']} layouts, profile {r['profile']}")
+    print(f"\n{r['world']} ranks, {r['layouts']} layouts, profile {r.get('profile', r.get('profile_file'))}")
     print(f"{'layout':<34} {'predicted ms':>13} {'measured ms':>12} {'error':>7}  biggest predicted cost")
     for row in sorted(r["rows"], key=lambda x: x["measured_s"]):
         name = " ".join(f"{a}={n}" for a, n in row["layout"].items() if n > 1)
@@ -263,26 +167,37 @@ def main(argv=None) -> dict:
                         help="at most this many layouts measured together in one spawn, the anchor included")
     parser.add_argument("--repredict", action="store_true",
                         help="predict again from the last results' measured times and profiles (no measuring)")
+    parser.add_argument("--history", action="store_true",
+                        help="with --repredict: predict every earlier run kept in the history file again instead "
+                             "(RESULTS_history.json beside --results)")
     parser.add_argument("--results", default=str(RESULTS / "perfmodel_validation.json"),
                         help="the results file written (and read back by --repredict)")
     args = parser.parse_args(argv)
+    if args.history and not args.repredict:
+        parser.error("--history goes with --repredict")
     shape = ModelShape(**{**preset(args.model).__dict__, "seq_len": args.seq})
     setup = TrainingSetup(global_batch=args.batch, seq_len=args.seq, dtype="float32")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    results = {"model": args.model, "seq": args.seq, "batch": args.batch, "rounds": args.rounds, "worlds": []}
     path = Path(args.results)
+    if args.history:
+        return repredict_history(history_of(path))
+    commit = commit_of_tree()
     previous = json.loads(path.read_text()) if path.exists() else {"worlds": []}
     last = previous if args.repredict else None
+    if last:  # the measurement's commit stays; the predictions are this tree's
+        results = {**({"commit": last["commit"]} if "commit" in last else {}), "predicted_at": commit}
+    else:
+        if keep_in_history(path, ROOT):
+            print(f"kept the last run of {path} in {history_of(path)}")
+        results = {"commit": commit}
+    results.update(model=args.model, seq=args.seq, batch=args.batch, rounds=args.rounds, worlds=[])
     if last and "note" in last:
         results["note"] = last["note"]
     for world in args.worlds:
         if last:
-            old = next(w for w in last["worlds"] if w["world"] == world)
-            layouts = [Layout(**row["layout"]) for row in old["rows"]]
-            result = score(world, ROOT / old["profile"], shape, setup, layouts, [row["raw_s"] for row in old["rows"]],
-                           [row.get("drift_scale", 1.0) for row in old["rows"]])
+            result = repredict(next(w for w in last["worlds"] if w["world"] == world), shape, setup, ROOT)
         else:
-            result = validate(world, args, shape, setup)
+            result = validate(world, args, shape, setup, commit)
         print_result(result)
         results["worlds"].append(result)
     # Worlds not run this time keep their last results.
@@ -290,6 +205,23 @@ def main(argv=None) -> dict:
     path.write_text(json.dumps(results, indent=1))
     print(f"\nwrote {path}")
     return results
+
+
+def repredict_history(history: Path) -> list[dict]:
+    """Every kept run predicted again by this tree from its measured times and embedded profiles."""
+    runs = json.loads(history.read_text())
+    commit = commit_of_tree()
+    for run in runs:
+        shape = ModelShape(**{**preset(run["model"]).__dict__, "seq_len": run["seq"]})
+        setup = TrainingSetup(global_batch=run["batch"], seq_len=run["seq"], dtype="float32")
+        print(f"\n== the run measured at {run['commit']}" + (f" (kept as {run['kept_as']})" if "kept_as" in run else ""))
+        run["worlds"] = [repredict(world, shape, setup, ROOT) for world in run["worlds"]]
+        run["predicted_at"] = commit
+        for world in run["worlds"]:
+            print_result(world)
+    history.write_text(json.dumps(runs, indent=1))
+    print(f"\nwrote {history}")
+    return runs
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """The shipped GPU profiles reproduce published, measured training throughput within 15%.
 
-The published figures are pinned in benchmarks/perfmodel_published.py with their sources;
+The published figures are pinned in perfmodel/published.py with their sources;
 the Megatron-LM conversion from TFLOP/s to tokens/s is checked here by hand."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.perfmodel_published import PUBLISHED, TOLERANCE, compare, megatron_tokens_per_gpu
+from perfmodel.published import PUBLISHED, TOLERANCE, compare, megatron_tokens_per_gpu
 
 
 def test_megatron_tflops_become_tokens_by_the_papers_formula():

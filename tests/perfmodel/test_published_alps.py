@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.perfmodel_published import LLAMA32_3B, PUBLISHED, compare, megatron_2025_tokens_per_gpu
+from perfmodel.published import LLAMA32_3B, PUBLISHED, compare, megatron_2025_tokens_per_gpu
 from axon.spec.flops import flops_per_token
 from axon.spec.shapes import preset
 

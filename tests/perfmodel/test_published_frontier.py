@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.perfmodel_published import PUBLISHED, compare
+from perfmodel.published import PUBLISHED, compare
 from axon.spec.flops import flops_per_token
 from perfmodel.machine import load_machine
 from axon.spec.shapes import preset
