@@ -22,7 +22,7 @@ from axon.spec.layout import AXES
 from axon.planning.scaling.plan import PointPlan, nodes, plan_study, problems
 from axon.planning.scaling.study import Study, StudyError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # axon/planning/scaling/submit.py -> the checkout
 LAUNCH = REPO / "launch"
 
 
