@@ -56,9 +56,10 @@ class CheckpointReader:
         if self.meta.get("format") != FORMAT_VERSION:
             raise ConfigError(f"checkpoint {str(self.path)!r} has format {self.meta.get('format')!r}; "
                               f"this axon reads format {FORMAT_VERSION}")
-        lay = self.meta["layout"]
-        self.layout = Layout(**{a: lay[a] for a in AXES}, order=tuple(lay["order"]),
-                             virtual_stages=lay.get("virtual_stages", 1))  # absent before interleaving
+        try:  # virtual_stages is absent from checkpoints written before interleaving: 1
+            self.layout = Layout.from_mapping(self.meta["layout"], where=f"{meta_path}: layout")
+        except ValueError as err:
+            raise ConfigError(f"checkpoint {str(self.path)!r} records an impossible layout: {err}") from None
         self.shape = ModelShape(**self.meta["model"])
         self.tensors = self.meta["tensors"]
         self.files_read: set[int] = set()  # the ranks whose shard files this reader has read from

@@ -13,6 +13,7 @@ Two phases, so that a user's mistakes are reported before any rank waits on anot
 from __future__ import annotations
 
 import os
+import random
 import socket
 import sys
 from dataclasses import dataclass, replace
@@ -50,11 +51,23 @@ def _reachable_address() -> str:
     return host if addr.startswith("127.") else addr
 
 
-def free_port() -> int:
-    """A TCP port no one listens on now (the one free-port helper: tests and benchmarks use it too)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def free_port(within: tuple[int, int] | None = None) -> int:
+    """A TCP port no one listens on now, any the system hands out or one in [lo, hi) (a port a
+    formula must reach, as Slurm's job-id port does). The one free-port helper: tests and
+    benchmarks use it too."""
+    if within is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", 0))
+            return s.getsockname()[1]
+    lo, hi = within
+    for port in random.Random().sample(range(lo, hi), min(200, hi - lo)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port found in [{lo}, {hi})")
 
 
 def _mpi_rendezvous(info: LaunchInfo) -> LaunchInfo:

@@ -29,7 +29,7 @@ def test_acceptance_script_runs_on_cpu(tmp_path):
     command = [sys.executable, "-m", "benchmarks.gpu_acceptance", "--device", "cpu", "--steps", "3",
                "--batch", "4", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parent.parent)
+                          cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert "bf16 GEMM timed here" in report["peak_source"] and report["dtype"] == "bfloat16"

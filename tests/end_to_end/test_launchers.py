@@ -74,7 +74,7 @@ def test_mpiexec(tmp_path):
 def test_slurm_environment(tmp_path):
     """What srun exports, set by hand: the port comes from the job id alone, the same on every rank."""
     out = tmp_path / "slurm.json"
-    port = free_port()
+    port = free_port(within=(20000, 40000))  # the port Slurm's job id maps to: 20000 + id mod 20000
     job_id = 731 * 20000 + (port - 20000)  # so that 20000 + job_id % 20000 == port
     procs = []
     for rank in range(WORLD):

@@ -172,9 +172,9 @@ def test_gemm_tuning_auto_tunes_on_gpus_only():
 
 
 def run_cli(*args) -> list[dict]:
-    command = [sys.executable, "-m", "kernels", "tune", *args, "--json", "--repeats", "3"]
+    command = [sys.executable, "-m", "axon.kernels", "tune", *args, "--json", "--repeats", "3"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parent.parent)
+                          cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
