@@ -31,7 +31,6 @@ import gc
 import json
 import logging
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from axon.config import RunConfig, apply_override, build_config
 from axon.data.batches import shard_micro_batches, token_source
 from axon.parallel.grid import Grid
 from axon.parallel.full_tensor import full_parameters
+from axon.runtime.bootstrap import free_port
 from axon.runtime.trainer import Trainer
 from benchmarks.native_models import NativeStep
 
@@ -167,9 +167,7 @@ def memory_worker(rank, world, port, args, pair, side, out):
 
 
 def spawn(fn, world, *args) -> object:
-    with socket.socket() as s:  # a fresh port per spawn: a reused one can hang the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a fresh port per spawn: a reused one can hang the rendezvous
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
     try:

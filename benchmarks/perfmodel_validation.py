@@ -84,14 +84,13 @@ def measure_worker(rank, world, port, spec, out):
 
 
 def measure_group(world: int, spec: dict) -> list[list[float]]:
-    import socket
     import tempfile
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from axon.runtime.bootstrap import free_port
+
+    port = free_port()  # a fresh port per spawn: a reused one can hang the rendezvous
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
     try:

@@ -104,7 +104,7 @@ def simulate_interleaved(forward_s: list[float], backward_s: list[float], stages
             progressed |= at > position[s]
             position[s], clock[s] = at, now
         if not progressed:
-            raise RuntimeError("interleaved schedule deadlocked")  # the rendezvous tests rule this out
+            raise RuntimeError("interleaved schedule deadlocked")  # tests/spec/test_deadlock_check.py rules this out
     busy = tuple(micro_batches * sum(forward_s[c * stages + s] + backward_s[c * stages + s] for c in range(chunks))
                  for s in range(stages))
     return Timeline(max(clock), busy)

@@ -1,4 +1,4 @@
-"""The point-to-point rendezvous checker: NCCL's rules on CPU, both ways (DESIGN §10).
+"""The point-to-point deadlock checker: NCCL's rules on CPU, both ways (DESIGN §10).
 
 It must find the deadlock of the earlier order (unbatched sends left in flight, blocking
 receives), pass the engine's schedule for every p <= 16 and m <= 64 without running it, and
