@@ -25,7 +25,8 @@ OWN_ARGUMENTS = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m axon", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m axon", description="Train Llama-style models over "
+                                     "data x pipe x depth x row x col process grids, and the tools around it.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a model with the layout a config names")
     train.add_argument("config", help="YAML config (see axon/configs/)")
