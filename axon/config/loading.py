@@ -23,6 +23,12 @@ from axon.spec.shapes import ModelShape, preset
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML config (or start empty), apply `KEY=VALUE` overrides, build a RunConfig."""
+    return build_config(read_mapping(path, overrides))
+
+
+def read_mapping(path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
+    """A YAML file's top-level mapping (empty without a file) with `KEY=VALUE` overrides applied:
+    the raw form of a run config and of a memorization experiment."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -33,7 +39,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise ConfigError(f"config file {str(path)!r} must hold a mapping, not {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
-    return build_config(raw)
+    return raw
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

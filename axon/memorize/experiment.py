@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from axon.config import ConfigError, RunConfig, build_section, reject_unknown, apply_override, build_config
+from axon.config import ConfigError, RunConfig, build_config, build_section, reject_unknown
+from axon.config.loading import read_mapping
 
 
 @dataclass
@@ -145,13 +145,7 @@ def _model_entry(item: Any, index: int) -> ModelEntry:
 
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping, not {type(raw).__name__}")
-    for item in overrides:
-        apply_override(raw, item)
+    raw = read_mapping(path, overrides)
     reject_unknown(raw, TOP_LEVEL_KEYS, "")
     models_raw = raw.get("models")
     if not isinstance(models_raw, list) or not models_raw:
