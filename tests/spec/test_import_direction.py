@@ -110,3 +110,15 @@ def test_importing_every_torch_free_module_loads_no_torch():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
     assert len(names) >= 20  # every module was imported, not an empty list
+
+
+def test_tests_share_helpers_through_the_package_not_through_each_other():
+    """What tests share lives in axon.testing: no test imports a module under tests/ or benchmarks/."""
+    local = {p.stem for p in modules("tests")} | {"benchmarks", "tests"}
+    found = {}
+    for path in modules("tests"):
+        bad = {n for n in imported(path) if n.split(".")[0] in local}
+        if bad:
+            found[str(path.relative_to(REPO))] = bad
+    assert found == {}
+    assert "conftest" in local and "test_import_direction" in local  # the check knows the tests' own names
