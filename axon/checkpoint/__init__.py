@@ -8,29 +8,34 @@ and configs to axon's; convert.py is `python -m axon convert` between the two.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
 
-from axon.checkpoint.reader import CheckpointReader, find_latest
+from axon.checkpoint.reader import CheckpointReader, checkpoint_step, find_latest, find_latest_intact
 from axon.checkpoint.writer import prune_checkpoints, write_checkpoint
 from axon.config import ConfigError
 from axon.parallel.sharding import named_shardings, shard_from_global
 
 __all__ = ["CheckpointReader", "checkpoint_root", "find_latest", "load", "read_full_model",
-           "resolve_resume", "save", "write_model_checkpoint"]
+           "resolve_resume", "save", "set_aside_later", "write_model_checkpoint"]
 
 
 def checkpoint_root(out_dir: str | Path) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
-def resolve_resume(out_dir: str, resume: str) -> Path | None:
-    """train.resume: "" (start fresh), "latest" (newest complete checkpoint, if any) or a path."""
+def resolve_resume(out_dir: str, resume: str, passed_over: list[str] | None = None) -> Path | None:
+    """train.resume: "" (start fresh), "latest" (the newest checkpoint that reads whole, if any;
+    why each newer one was passed over is appended to `passed_over`) or a path."""
     if not resume:
         return None
     if resume == "latest":
-        return find_latest(checkpoint_root(out_dir))
+        path, skipped = find_latest_intact(checkpoint_root(out_dir))
+        if passed_over is not None:
+            passed_over.extend(skipped)
+        return path
     path = Path(resume)
     if not path.is_dir():
         raise ConfigError(f"train.resume={resume!r} is not a checkpoint directory")
@@ -44,8 +49,28 @@ def save(trainer, step: int, keep: int) -> Path:
              "config": trainer.config.to_dict()}
     path = write_checkpoint(final, trainer.model, trainer.optimizer, trainer.grid, trainer.config.model, step, extra)
     if trainer.grid.rank == 0:
-        prune_checkpoints(final.parent, keep)
+        prune_checkpoints(final.parent, keep, spare=(path, trainer.resumed_from))
     return path
+
+
+def set_aside_later(out_dir: str | Path, step: int) -> tuple[Path, list[str]] | None:
+    """A run resumed by name from `step` abandons the checkpoints its directory holds of later
+    steps: move them (and killed saves of later steps) into OUT_DIR/checkpoints/abandoned-<time>/,
+    never deleting, so that `latest` and pruning follow the resumed run. Rank 0, before training.
+    Returns the folder and the names moved, or None when there were none."""
+    root = checkpoint_root(out_dir)
+    later = sorted(p for p in root.glob("step_*") if p.is_dir() and (checkpoint_step(p) or 0) > step)
+    if not later:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder, n = root / f"abandoned-{stamp}", 1
+    while folder.exists():  # two rollbacks in one second
+        n += 1
+        folder = root / f"abandoned-{stamp}-{n}"
+    folder.mkdir()
+    for path in later:
+        path.rename(folder / path.name)
+    return folder, [p.name for p in later]
 
 
 @torch.no_grad()

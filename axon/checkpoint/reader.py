@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -56,11 +57,16 @@ class CheckpointReader:
         if self.meta.get("format") != FORMAT_VERSION:
             raise ConfigError(f"checkpoint {str(self.path)!r} has format {self.meta.get('format')!r}; "
                               f"this axon reads format {FORMAT_VERSION}")
+        missing = [key for key in ("step", "layout", "model", "tensors", "files", "optimizer_step")
+                   if key not in self.meta]
+        if missing:
+            raise ConfigError(f"checkpoint file {str(meta_path)!r} lacks {', '.join(missing)}: "
+                              "not a complete axon checkpoint")
         try:  # virtual_stages is absent from checkpoints written before interleaving: 1
             self.layout = Layout.from_mapping(self.meta["layout"], where=f"{meta_path}: layout")
-        except ValueError as err:
-            raise ConfigError(f"checkpoint {str(self.path)!r} records an impossible layout: {err}") from None
-        self.shape = ModelShape(**self.meta["model"])
+            self.shape = ModelShape(**self.meta["model"])
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"checkpoint {str(self.path)!r} records an impossible layout or model: {err}") from None
         self.tensors = self.meta["tensors"]
         self.files_read: set[int] = set()  # the ranks whose shard files this reader has read from
         self._open: dict[int, object] = {}
@@ -168,7 +174,35 @@ class CheckpointReader:
         return self._read(rank, "rng/torch")
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a checkpoint folder `step_<digits>` (or of a killed save's `step_<digits>.partial`)."""
+    match = re.fullmatch(r"step_(\d+)(\.partial)?", path.name)
+    return int(match.group(1)) if match else None
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Every complete checkpoint (its meta.json written, which a save does last) under
+    OUT_DIR/checkpoints, oldest step first."""
+    return sorted((p for p in root.glob("step_*") if p.is_dir() and (p / META).is_file() and p.name[5:].isdigit()),
+                  key=checkpoint_step)
+
+
 def find_latest(root: Path) -> Path | None:
-    """The newest complete checkpoint (one with meta.json) under OUT_DIR/checkpoints."""
-    done = sorted(p for p in root.glob("step_*") if p.is_dir() and (p / META).is_file() and p.name[5:].isdigit())
+    """The newest complete checkpoint under OUT_DIR/checkpoints."""
+    done = complete_checkpoints(root)
     return done[-1] if done else None
+
+
+def find_latest_intact(root: Path) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint whose metadata reads and whose shard files are all there
+    at their recorded sizes (cheap, before any collective; the checksums are verified at load),
+    and why each newer one was passed over."""
+    passed_over = []
+    for path in reversed(complete_checkpoints(root)):
+        try:
+            CheckpointReader(path).check_files()
+        except ConfigError as err:
+            passed_over.append(str(err))
+            continue
+        return path, passed_over
+    return None, passed_over

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from axon.checkpoint.reader import FORMAT_VERSION, META, rank_file
+from axon.checkpoint.reader import FORMAT_VERSION, META, complete_checkpoints, rank_file
 from axon.parallel.comm import gather_objects_to_rank0, gather_to_rank0, world_barrier
 from axon.parallel.sharding import named_shardings
 from axon.spec.layout import AXES
@@ -157,11 +157,15 @@ def write_checkpoint(final: Path, model, optimizer, grid, shape, step: int, extr
     return final
 
 
-def prune_checkpoints(root: Path, keep: int) -> None:
-    """Keep the newest `keep` complete checkpoints (rank 0 only); leftovers of killed saves go too."""
-    done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".partial"))
+def prune_checkpoints(root: Path, keep: int, spare: tuple[Path | None, ...] = ()) -> None:
+    """Keep the newest `keep` complete checkpoints (rank 0 only) and every one in `spare` (the
+    one just written, the one the run resumed from); a folder without meta.json is not a
+    checkpoint and is neither counted nor removed. Leftovers of killed saves go too."""
+    done = complete_checkpoints(root)
+    spared = {p.resolve() for p in spare if p is not None}
     for old in done[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.resolve() not in spared:
+            shutil.rmtree(old, ignore_errors=True)
     for partial in root.glob("step_*.partial"):
         if partial.stat().st_mtime < max((p.stat().st_mtime for p in done), default=0):
             shutil.rmtree(partial, ignore_errors=True)

@@ -58,7 +58,7 @@ def train_command(args) -> None:
         if not config.layout_auto or choice is not None:
             check_layout(config, launch.world_size)
         source = token_source(config)
-        reader = _checkpoint_to_resume(config)
+        reader = _checkpoint_to_resume(config, launch.rank)
     except ConfigError as err:
         _fail(launch.rank, str(err))
 
@@ -70,6 +70,8 @@ def train_command(args) -> None:
         watchdog_s = config.train.collective_timeout_s or collective_timeout_s()  # 0: the environment's default
     except ValueError as err:
         _fail(launch.rank, str(err))
+    if reader is not None and config.train.resume != "latest" and launch.rank == 0:
+        _set_aside_abandoned(config.out_dir, reader)
     runtime = init_distributed(launch, timeout_s=process_group_timeout_s(watchdog_s),
                                flight_dir=flight_folder(config.out_dir))
     health = None
@@ -103,17 +105,34 @@ def train_command(args) -> None:
         leave(stopped_together)
 
 
-def _checkpoint_to_resume(config):
-    """The checkpoint train.resume names, checked (metadata, model, file sizes) before any collective."""
+def _checkpoint_to_resume(config, rank: int):
+    """The checkpoint train.resume names, checked (metadata, model, file sizes) before any collective.
+    `latest` passes over newer checkpoints that do not read whole, and rank 0 says which."""
     from axon.checkpoint import CheckpointReader, resolve_resume
 
-    path = resolve_resume(config.out_dir, config.train.resume)
+    passed_over: list[str] = []
+    path = resolve_resume(config.out_dir, config.train.resume, passed_over)
+    if rank == 0:
+        for reason in passed_over:
+            print(f"axon: train.resume=latest passes over a checkpoint: {reason}", flush=True)
     if path is None:
         return None
     reader = CheckpointReader(path)
     reader.check_model(config.model)
     reader.check_files()
     return reader
+
+
+def _set_aside_abandoned(out_dir: str, reader) -> None:
+    """Resumed by name from an older step: this directory's later checkpoints belong to the run
+    being abandoned; move them aside (never delete) so `latest` and pruning follow this run."""
+    from axon.checkpoint import set_aside_later
+
+    moved = set_aside_later(out_dir, reader.step)
+    if moved is not None:
+        folder, names = moved
+        print(f"axon: resuming from step {reader.step} by name: moved the later checkpoints of the run it "
+              f"abandons ({', '.join(names)}) to {folder}; nothing was deleted", flush=True)
 
 
 def _train(config, runtime, source, reader, choice=None, health=None) -> None:

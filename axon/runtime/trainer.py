@@ -100,6 +100,7 @@ class Trainer:
         self.flops_per_step = flops_per_token(config.model) * self.tokens_per_step
         self.peak_tflops = peak_tflops
         self.start_step, self.start_sequence = 0, 0
+        self.resumed_from = None  # the checkpoint this run resumed from: pruning spares it
         grid.trace.enabled = True  # a few clock reads per collective: cheap enough to keep on
         if device.type == "cuda":
             grid.trace.use_cuda_events()
@@ -145,6 +146,7 @@ class Trainer:
 
         checkpoint.load(self, reader)
         self.start_step, self.start_sequence = reader.step, reader.meta["next_sequence"]
+        self.resumed_from = reader.path
         saved = reader.meta.get("data")
         if saved is not None and saved != self.data_identity():
             return (f"WARNING: the checkpoint was trained on data {saved}, this run reads {self.data_identity()}; "

@@ -379,3 +379,70 @@ def test_learning_rate_schedule_by_hand():
     assert learning_rate(config, 11) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.9)))
     constant = build_config({"train": {"lr": 0.3, "schedule": "constant"}})
     assert learning_rate(constant, 50) == 0.3
+
+
+def names(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir())
+
+
+def test_a_rollback_sets_the_abandoned_checkpoints_aside_and_prunes_only_its_own_run(tmp_path):
+    """Train to 6 keeping 2, 4 and 6; resume by name from 2 keeping 1. The abandoned 4 and 6 are
+    moved aside byte for byte, the new run's newest save is kept, the checkpoint it resumed
+    from is spared, and `latest` is the new run's (before: pruning by name deleted the new
+    saves and the resumed-from one, and `latest` went back to the abandoned 6)."""
+    Trainer(make_config(tmp_path, Layout(), checkpoint_every=2, keep_checkpoints=3),
+            Grid(Layout(), 0), torch.device("cpu")).fit()
+    root = checkpoint.checkpoint_root(tmp_path)
+    assert names(root) == ["step_00000002", "step_00000004", "step_00000006"]
+    before = {name: (root / name / "rank_00000.safetensors").read_bytes() for name in ("step_00000004", "step_00000006")}
+
+    folder, moved = checkpoint.set_aside_later(tmp_path, 2)
+    assert moved == ["step_00000004", "step_00000006"] and folder.parent == root
+    assert {name: (folder / name / "rank_00000.safetensors").read_bytes() for name in moved} == before
+
+    config = make_config(tmp_path, Layout(), checkpoint_every=2, keep_checkpoints=1, steps=5, lr=2e-3)
+    trainer = Trainer(config, Grid(Layout(), 0), torch.device("cpu"))
+    trainer.resume_from(checkpoint.CheckpointReader(root / "step_00000002"))
+    trainer.fit()
+    # saves at 4 and at the end, 5, keeping 1: 4 is pruned, 5 kept, 2 (resumed from) spared
+    assert names(root) == [folder.name, "step_00000002", "step_00000005"]
+    assert checkpoint.resolve_resume(str(tmp_path), "latest") == root / "step_00000005"
+    assert (folder / "step_00000006" / "meta.json").is_file()  # nothing of the abandoned run deleted
+    assert checkpoint.set_aside_later(tmp_path, 9) is None  # nothing later: nothing moved
+
+
+def test_pruning_counts_complete_checkpoints_only_and_spares_the_protected(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step, complete in ((4000, True), (4100, True), (4200, True), (5000, False)):
+        (root / f"step_{step:08d}").mkdir(parents=True)
+        if complete:
+            (root / f"step_{step:08d}" / "meta.json").write_text("{}")
+    spare = (root / "step_00004200", root / "step_00004000")
+    writer_module.prune_checkpoints(root, keep=1, spare=spare)
+    # 4100 goes; 4000 is spared; 5000 has no meta.json: not a checkpoint, neither counted nor removed
+    assert names(root) == ["step_00004000", "step_00004200", "step_00005000"]
+    writer_module.prune_checkpoints(root, keep=1, spare=(root / "step_00004200",))
+    assert names(root) == ["step_00004200", "step_00005000"]
+
+
+@pytest.mark.parametrize("damage", ["truncated shard", "garbled meta.json", "meta.json without tensors"])
+def test_latest_falls_back_to_the_newest_checkpoint_that_reads_whole(tmp_path, damage):
+    Trainer(make_config(tmp_path, Layout(), checkpoint_every=2, keep_checkpoints=3),
+            Grid(Layout(), 0), torch.device("cpu")).fit()
+    newest = checkpoint.checkpoint_root(tmp_path) / "step_00000006"
+    if damage == "truncated shard":
+        shard = newest / "rank_00000.safetensors"
+        shard.write_bytes(shard.read_bytes()[:100])
+    elif damage == "garbled meta.json":
+        (newest / "meta.json").write_text("{not json")
+    else:
+        meta = json.loads((newest / "meta.json").read_text())
+        del meta["tensors"]
+        (newest / "meta.json").write_text(json.dumps(meta))
+    passed_over: list[str] = []
+    latest = checkpoint.resolve_resume(str(tmp_path), "latest", passed_over)
+    assert latest.name == "step_00000004"
+    assert len(passed_over) == 1 and "step_00000006" in passed_over[0]
+    reader = checkpoint.CheckpointReader(latest)
+    reader.check_files()
+    assert reader.step == 4
