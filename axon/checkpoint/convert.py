@@ -1,6 +1,6 @@
 """`python -m axon convert`: Hugging Face Llama <-> axon checkpoint, in one process.
 
-    python -m axon convert --from-hf HF_DIR --to CKPT_DIR
+    python -m axon convert --from-hf HF_DIR --to CKPT_DIR [--force]
     python -m axon convert --from CKPT_DIR --to-hf HF_DIR
 
 No torch.distributed: an axon checkpoint reshards on load, so the 1-process layout
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from axon.checkpoint.huggingface import export_hf, load_hf_weights, shape_from_hf
 
@@ -25,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", dest="to_ckpt", metavar="CKPT_DIR", help="axon checkpoint directory to write")
     target.add_argument("--to-hf", metavar="HF_DIR", help="Hugging Face directory to write")
+    parser.add_argument("--force", action="store_true",
+                        help="with --to: replace a non-empty folder that is not an axon checkpoint")
     parser.add_argument("--max-shard-bytes", type=float, default=5e9,
                         help="with --to-hf: split safetensors files above this size (default 5e9)")
     return parser
@@ -50,6 +53,21 @@ def checkpoint_to_hf(ckpt_dir: str, hf_dir: str, max_shard_bytes: float = 5e9) -
     export_hf(tensors, shape, hf_dir, max_shard_bytes)
 
 
+def check_checkpoint_target(to: str, force: bool) -> None:
+    """--to names a folder the checkpoint will replace whole: never the current folder or one
+    above it, and never a non-empty folder other than an axon checkpoint unless --force."""
+    from axon.checkpoint.reader import META
+
+    path = Path(to)
+    if not to.strip() or path.name in ("", ".", "..") or Path.cwd().resolve().is_relative_to(path.resolve()):
+        raise ValueError(f"--to {to!r} is the current folder or one above it; name a new folder for the checkpoint")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--to {to!r} is a file, not a folder")
+    if path.is_dir() and any(path.iterdir()) and not (path / META).is_file() and not force:
+        raise ValueError(f"--to {to!r} is a non-empty folder that is not an axon checkpoint; name a new folder, "
+                         "or pass --force to replace it")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -57,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("convert either --from-hf DIR --to CKPT or --from CKPT --to-hf DIR")
     try:
         if args.from_hf:
+            check_checkpoint_target(args.to_ckpt, args.force)
             hf_to_checkpoint(args.from_hf, args.to_ckpt)
             print(f"wrote axon checkpoint {args.to_ckpt} from {args.from_hf}")
         else:

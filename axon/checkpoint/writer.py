@@ -149,10 +149,13 @@ def write_checkpoint(final: Path, model, optimizer, grid, shape, step: int, extr
         }
         _write_durably(partial / META, json.dumps(meta, indent=1).encode())
         _fsync_dir(partial)
-        if final.exists():
-            shutil.rmtree(final)
+        replaced = final.parent / (final.name + ".replaced")
+        if final.exists():  # a re-save of this step: the old copy stays whole until the new one is in place
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
         os.replace(partial, final)
         _fsync_dir(final.parent)
+        shutil.rmtree(replaced, ignore_errors=True)
     world_barrier()
     return final
 

@@ -446,3 +446,31 @@ def test_latest_falls_back_to_the_newest_checkpoint_that_reads_whole(tmp_path, d
     reader = checkpoint.CheckpointReader(latest)
     reader.check_files()
     assert reader.step == 4
+
+
+def test_a_re_save_keeps_the_old_copy_until_the_new_one_is_in_place(tmp_path, monkeypatch):
+    """Saving a step that exists moves the old copy aside, puts the new one in place, then drops
+    the old; a save killed between the two leaves the old copy whole beside the new files."""
+    config = make_config(tmp_path, Layout(), checkpoint_every=TOTAL)
+    trainer = Trainer(config, Grid(config.layout, 0), torch.device("cpu"))
+    trainer.fit()
+    root = checkpoint.checkpoint_root(tmp_path)
+    final = root / f"step_{TOTAL:08d}"
+    old_meta = (final / "meta.json").read_text()
+    assert checkpoint.save(trainer, TOTAL, keep=2) == final  # re-save: same place, no leftover
+    assert names(root) == [final.name]
+
+    real_replace = os.replace
+
+    def killed_after_moving_the_old_copy(src, dst):
+        if str(src).endswith(".partial"):
+            raise KeyboardInterrupt("killed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(writer_module.os, "replace", killed_after_moving_the_old_copy)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(trainer, TOTAL, keep=2)
+    kept = root / f"{final.name}.replaced"
+    assert (kept / "meta.json").read_text() == old_meta
+    reader = checkpoint.CheckpointReader(kept)
+    reader.check_files()

@@ -300,6 +300,27 @@ def test_convert_cli_round_trip(models, tmp_path):
         assert torch.equal(exported[name], tensor), name
     assert hf.shape_from_hf(tmp_path / "hf") == hf.shape_from_hf(directory)
     assert main(["--from-hf", str(tmp_path / "nothing"), "--to", str(tmp_path / "ckpt2")]) == 2
+    # Converting again into the checkpoint folder replaces it; into a foreign folder only with --force.
+    assert main(["--from-hf", str(directory), "--to", str(tmp_path / "ckpt")]) == 0
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    assert main(["--from-hf", str(directory), "--to", str(foreign)]) == 2
+    assert (foreign / "thesis.tex").read_text() == "years of work"
+    assert main(["--from-hf", str(directory), "--to", str(foreign), "--force"]) == 0
+    assert (foreign / "meta.json").is_file()
+
+
+def test_convert_never_writes_over_the_current_folder(tmp_path, monkeypatch, capsys):
+    """`--to .` once made ./.partial and then removed the current folder's contents."""
+    from axon.checkpoint.convert import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("mine")
+    for target in (".", "..", "", str(tmp_path)):
+        assert main(["--from-hf", "anything", "--to", target, "--force"]) == 2
+        assert "is the current folder or one above it" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
 
 
 def test_training_starts_from_hf_weights_via_the_config(models, tmp_path):
