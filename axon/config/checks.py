@@ -8,6 +8,9 @@ Goldfish, timeouts, checkpoints) are the engine's alone.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from axon.config.errors import ConfigError
 from axon.config.schema import OverlapSection, RunConfig, TrainConfig
 from axon.spec.layout_rules import find_layout_problem
@@ -44,6 +47,12 @@ def check_values(config: RunConfig) -> None:
         training_setup(config)  # batch, micro-batch, dtypes, recompute, prefetch distance, bucket size
     except FieldError as err:
         raise ConfigError(f"{SETUP_KEYS[err.field]} {err.rule}") from None
+    for section in ("train", "overlap", "goldfish", "data"):  # NaN passes every comparison; inf most
+        values = getattr(config, section)
+        for field in dataclasses.fields(values):
+            value = getattr(values, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{field.name} must be a finite number, got {value}")
     if t.lr <= 0:
         raise ConfigError(f"train.lr must be positive, got {t.lr}")
     if t.weight_decay < 0 or t.grad_clip < 0:

@@ -64,6 +64,8 @@ class TokenFile:
             self.tokens, self.file_vocab = view.tokens, view.vocab
         elif file.suffix == ".npy":
             self.tokens = np.load(file, mmap_mode="r")
+            if not np.issubdtype(self.tokens.dtype, np.integer):
+                raise ConfigError(f"data.source {path!r} holds {self.tokens.dtype} values; token ids must be integers")
         elif file.suffix == ".bin":
             self.tokens = np.memmap(file, dtype=np.uint16, mode="r")
         elif file.suffix == ".txt":
@@ -72,14 +74,19 @@ class TokenFile:
             raise ConfigError(f"data.source {path!r}: unknown suffix {file.suffix!r}; use .tok, .npy, .bin or .txt")
         self.tokens = self.tokens.reshape(-1)
         self.seq_len = seq_len
-        if self.tokens.size < tokens_per_step + 1:
+        # Sequences start at (g x seq_len) mod (tokens - seq_len - 1): at least one start besides 0.
+        needed = max(tokens_per_step + 1, seq_len + 2)
+        if self.tokens.size < needed:
             raise ConfigError(
                 f"data.source {path!r} holds {self.tokens.size} tokens, fewer than one step needs "
-                f"({tokens_per_step + 1} = train.global_batch x model.seq_len + 1)")
+                f"({needed} = the larger of train.global_batch x model.seq_len + 1 and model.seq_len + 2)")
         if self.file_vocab is None:
             top = int(self.tokens.max())
             if top >= vocab:
                 raise ConfigError(f"data.source {path!r} contains token id {top} but model.vocab={vocab}")
+            bottom = int(self.tokens.min())
+            if bottom < 0:
+                raise ConfigError(f"data.source {path!r} contains token id {bottom}; token ids are never negative")
 
     def sequences(self, indices: range) -> np.ndarray:
         length, span = self.seq_len + 1, self.tokens.size - self.seq_len - 1

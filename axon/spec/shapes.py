@@ -37,6 +37,10 @@ class ModelShape:
             raise ValueError(f"model.hidden / model.heads = {self.head_dim} must be even for rotary embeddings")
         if self.heads % self.kv_heads:
             raise ValueError(f"model.heads={self.heads} is not divisible by model.kv_heads={self.kv_heads}")
+        for name in ("rope_theta", "norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ValueError(f"model.{name} must be a positive finite number, got {value!r}")
         if self.rope_scaling_factor <= 0 or (self.rope_scaling_factor != 1.0
                                              and self.rope_high_freq_factor <= self.rope_low_freq_factor):
             raise ValueError(f"model.rope_scaling_factor must be positive and, when not 1, model.rope_high_freq_factor "

@@ -71,3 +71,21 @@ def test_micro_batch_plan_covers_the_global_batch():
     assert (micro, count) == (2, 2) and micro * count * 4 == 16
     auto = build_config({"layout": {"data": 2}, "train": {"global_batch": 16}})
     assert micro_batch_plan(auto) == (8, 1)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("train.lr", float("nan"), "train.lr must be a finite number, got nan"),
+    ("train.grad_clip", float("inf"), "train.grad_clip must be a finite number, got inf"),
+    ("train.weight_decay", float("nan"), "train.weight_decay must be a finite number, got nan"),
+    ("model.rope_theta", 0.0, "model.rope_theta must be a positive finite number, got 0.0"),
+    ("model.norm_eps", float("nan"), "model.norm_eps must be a positive finite number, got nan"),
+])
+def test_non_finite_and_non_positive_numbers_are_named(key, value, words):
+    section, name = key.split(".")
+    shape = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "ffn": 192, "vocab": 256, "seq_len": 64}
+    raw = {"model": shape if section == "train" else {**shape, name: value}}
+    if section == "train":
+        raw["train"] = {name: value}
+    with pytest.raises(ConfigError) as err:
+        build_config(raw)
+    assert words in str(err.value)

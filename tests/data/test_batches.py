@@ -62,6 +62,8 @@ def test_token_files(tmp_path):
 @pytest.mark.parametrize("make, words", [
     (lambda p: np.save(p / "d.npy", np.arange(100)), ["holds 100 tokens", "fewer than one step"]),
     (lambda p: np.save(p / "d.npy", np.full(5000, 300)), ["token id 300", "model.vocab=256"]),
+    (lambda p: np.save(p / "d.npy", np.full(5000, -3)), ["token id -3", "never negative"]),
+    (lambda p: np.save(p / "d.npy", np.full(5000, 1.5)), ["float64 values", "must be integers"]),
 ])
 def test_bad_token_files_name_the_problem(tmp_path, make, words):
     make(tmp_path)
@@ -71,3 +73,13 @@ def test_bad_token_files_name_the_problem(tmp_path, make, words):
         assert word in str(err.value)
     with pytest.raises(ConfigError, match="is not a file"):
         TokenFile(str(tmp_path / "missing.npy"), vocab=256, seq_len=64, tokens_per_step=1024)
+
+
+def test_a_file_of_one_sequence_is_too_short_rather_than_a_division_by_zero(tmp_path):
+    """global_batch 1 with exactly seq_len + 1 tokens left no start to wrap to (a modulo by 0 mid-step)."""
+    np.save(tmp_path / "d.npy", np.arange(65) % 50)
+    with pytest.raises(ConfigError, match=r"holds 65 tokens, fewer than one step needs \(66 = "):
+        TokenFile(str(tmp_path / "d.npy"), vocab=256, seq_len=64, tokens_per_step=64)
+    np.save(tmp_path / "d.npy", np.arange(66) % 50)
+    source = TokenFile(str(tmp_path / "d.npy"), vocab=256, seq_len=64, tokens_per_step=64)
+    assert source.sequences(range(0, 2)).shape == (2, 65)
