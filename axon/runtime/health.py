@@ -43,6 +43,30 @@ EXIT_SIGTERM = 143  # as a shell reports a SIGTERM death
 TRANSPORT_ERRORS = ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe", "timed out")
 
 
+VERDICT_KINDS = ("lost", "hung", "failed")
+
+
+def parse_verdict(text, world: int) -> dict | None:
+    """The store's verdict as a rank posted it ({"kind", "by", and "ranks" or "reason"}), or None
+    when it is not one: anything can write to the store, and a garbled value must neither kill
+    the monitor thread (turning off lost-rank and hang detection) nor end the job."""
+    try:
+        verdict = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+    def rank(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < world
+
+    if not isinstance(verdict, dict) or verdict.get("kind") not in VERDICT_KINDS or not rank(verdict.get("by")):
+        return None
+    if verdict["kind"] == "lost":
+        ranks = verdict.get("ranks")
+        return verdict if isinstance(ranks, list) and ranks and all(map(rank, ranks)) else None
+    reason = verdict.get("reason")
+    return verdict if isinstance(reason, str) and 0 < len(reason) <= 2000 else None
+
+
 def _first_sentence(error: BaseException) -> str:
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
     return text.split(". ")[0][:200]
@@ -70,6 +94,7 @@ class HealthMonitor:
         self.started = time.monotonic()
         self.stopped, self.ending = False, threading.Lock()
         self.store, self.store_host = None, None
+        self.ignored_verdict = False  # a malformed verdict is reported once, then ignored
 
     # ------------------------------------------------------------ set-up (main thread)
     def start(self) -> "HealthMonitor":
@@ -112,7 +137,7 @@ class HealthMonitor:
 
     def _read(self, key: str) -> str | None:
         key = self.prefix + key
-        return self.store.get(key).decode() if self.store.check([key]) else None
+        return self.store.get(key).decode(errors="replace") if self.store.check([key]) else None
 
     # ------------------------------------------------------------ the thread
     def _run(self) -> None:
@@ -138,7 +163,13 @@ class HealthMonitor:
                     pass
                 continue
             if verdict is not None:
-                self._end_by_verdict(json.loads(verdict))
+                parsed = parse_verdict(verdict, self.world)
+                if parsed is not None:
+                    self._end_by_verdict(parsed)
+                elif not self.ignored_verdict:
+                    self.ignored_verdict = True
+                    print(f"axon: rank {self.rank}: ignoring a malformed verdict in the job's store ({verdict[:200]!r}); "
+                          "lost-rank and hang detection go on", file=sys.stderr, flush=True)
             if self.store_host is None:  # kept: if rank 0 dies, its store goes with it
                 self.store_host = self._read("host/0")
             try:

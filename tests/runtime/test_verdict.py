@@ -1,0 +1,59 @@
+"""The store's verdict is read, never trusted: a malformed value is ignored with one warning and
+the monitor thread keeps watching (it used to die parsing it, turning off lost-rank and hang
+detection on every rank)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from axon.runtime.health import parse_verdict
+from axon.testing.processes import REPO, clean_env
+
+
+@pytest.mark.parametrize("text", [
+    "", "garbage", "[]", "null", json.dumps({"kind": "lost"}), json.dumps({"kind": "lost", "by": 0, "ranks": []}),
+    json.dumps({"kind": "lost", "by": 0, "ranks": [4]}), json.dumps({"kind": "lost", "by": True, "ranks": [1]}),
+    json.dumps({"kind": "hung", "by": 9, "reason": "x"}), json.dumps({"kind": "hung", "by": 1, "reason": 7}),
+    json.dumps({"kind": "failed", "by": 1, "reason": "x" * 2001}), json.dumps({"kind": "reboot", "by": 1}),
+])
+def test_malformed_verdicts_are_not_verdicts(text):
+    assert parse_verdict(text, world=4) is None
+
+
+def test_well_formed_verdicts_read_as_posted():
+    lost = {"kind": "lost", "by": 2, "ranks": [0, 3]}
+    hung = {"kind": "hung", "by": 1, "reason": "all_reduce on axis col has waited 9.0 s"}
+    assert parse_verdict(json.dumps(lost), world=4) == lost
+    assert parse_verdict(json.dumps(hung), world=4) == hung
+
+
+MONITOR = """
+import sys, threading, time
+import torch.distributed as dist
+from axon.runtime.bootstrap import free_port
+from axon.runtime.health import HealthMonitor
+
+port = free_port()
+store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+monitor = HealthMonitor(0, 2, ("127.0.0.1", port), sys.argv[1], peer_timeout_s=30, collective_timeout_s=30,
+                        hosts_store=True).start()
+store.set(monitor.prefix + "finished/1", "1")  # the other rank is done: only the verdict is in play
+for value in (b"not json", b'{"kind": "lost", "by": 5, "ranks": [0]}', bytes([0xff, 0xfe, 0x00])):
+    store.set(monitor.prefix + "verdict", value)
+    time.sleep(2.5)  # two beats of the thread
+    print("alive" if any(t.name == "axon-health" for t in threading.enumerate()) else "dead", flush=True)
+monitor.stop()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_monitor_ignores_a_malformed_verdict_once_and_keeps_watching(tmp_path):
+    done = subprocess.run([sys.executable, "-c", MONITOR, str(tmp_path)], cwd=REPO, env=clean_env(), text=True,
+                          capture_output=True, timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["alive", "alive", "alive"]
+    assert done.stderr.count("ignoring a malformed verdict in the job's store") == 1, done.stderr
