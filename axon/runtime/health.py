@@ -80,7 +80,7 @@ def _when(recorder) -> str:
 
 class HealthMonitor:
     def __init__(self, rank: int, world: int, address: tuple[str, int], out_dir: str, peer_timeout_s: float,
-                 collective_timeout_s: float, hosts_store: bool, backend: str = "gloo"):
+                 collective_timeout_s: float, hosts_store: bool, backend: str = "gloo", token: str = ""):
         self.rank, self.world, self.address, self.out_dir = rank, world, address, Path(out_dir)
         self.peer_timeout_s, self.collective_timeout_s = peer_timeout_s, collective_timeout_s
         self.hosts_store, self.backend = hosts_store, backend
@@ -88,8 +88,9 @@ class HealthMonitor:
         # A stamp at most `interval` old at death, seen within `interval`, posted and read within
         # two more: every survivor stops within peer_timeout_s.
         self.stale_after = peer_timeout_s - 3 * self.interval
-        # torchrun's agent keeps its store across restarts: a new attempt must not read the last one's verdict.
-        self.prefix = f"axon/health/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+        # torchrun's agent keeps its store across restarts: a new attempt must not read the last one's
+        # verdict. The job's token (shared over the process group) keeps out keys nobody in the job wrote.
+        self.prefix = f"axon/health/{token}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
         self.recorder, self.layout = None, None
         self.started = time.monotonic()
         self.stopped, self.ending = False, threading.Lock()

@@ -10,6 +10,7 @@ meets once before tearing down.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -76,10 +77,15 @@ def train_command(args) -> None:
                                flight_dir=flight_folder(config.out_dir))
     health = None
     if runtime.world_size > 1:  # a heartbeat through the store, the collective watchdog, flight records on signals
+        from axon.parallel.comm import broadcast_object
         from axon.runtime.health import HealthMonitor
 
+        # The health keys carry a token only this job's ranks know, sent over the process group and
+        # never through the store: nothing else that reaches the store can post a verdict they read.
+        token = broadcast_object(secrets.token_hex(8) if runtime.rank == 0 else None)
         health = HealthMonitor(runtime.rank, runtime.world_size, runtime.store_address, config.out_dir,
-                               config.train.peer_timeout_s, watchdog_s, runtime.hosts_store, runtime.backend).start()
+                               config.train.peer_timeout_s, watchdog_s, runtime.hosts_store, runtime.backend,
+                               token=token).start()
     done, stopped_together = False, None
     try:
         if config.layout_auto and choice is None:

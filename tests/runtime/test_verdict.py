@@ -1,6 +1,6 @@
 """The store's verdict is read, never trusted: a malformed value is ignored with one warning and
 the monitor thread keeps watching (it used to die parsing it, turning off lost-rank and hang
-detection on every rank)."""
+detection on every rank), and only a key carrying the job's token counts."""
 
 from __future__ import annotations
 
@@ -40,13 +40,17 @@ from axon.runtime.health import HealthMonitor
 port = free_port()
 store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
 monitor = HealthMonitor(0, 2, ("127.0.0.1", port), sys.argv[1], peer_timeout_s=30, collective_timeout_s=30,
-                        hosts_store=True).start()
+                        hosts_store=True, token="5eed").start()
 store.set(monitor.prefix + "finished/1", "1")  # the other rank is done: only the verdict is in play
-for value in (b"not json", b'{"kind": "lost", "by": 5, "ranks": [0]}', bytes([0xff, 0xfe, 0x00])):
-    store.set(monitor.prefix + "verdict", value)
+forged = b'{"kind": "lost", "by": 1, "ranks": [1]}'
+for key, value in ((monitor.prefix, b"not json"), (monitor.prefix, b'{"kind": "lost", "by": 5, "ranks": [0]}'),
+                   (monitor.prefix, bytes([0xff, 0xfe, 0x00])), ("axon/health/0/", forged)):
+    store.set(key + "verdict", value)
     time.sleep(2.5)  # two beats of the thread
     print("alive" if any(t.name == "axon-health" for t in threading.enumerate()) else "dead", flush=True)
-monitor.stop()
+store.set(monitor.prefix + "verdict", forged)  # with the job's token it is a verdict: the job ends
+time.sleep(10)
+print("still running", flush=True)
 """
 
 
@@ -54,6 +58,6 @@ monitor.stop()
 def test_the_monitor_ignores_a_malformed_verdict_once_and_keeps_watching(tmp_path):
     done = subprocess.run([sys.executable, "-c", MONITOR, str(tmp_path)], cwd=REPO, env=clean_env(), text=True,
                           capture_output=True, timeout=50)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["alive", "alive", "alive"]
+    assert done.stdout.split() == ["alive"] * 4, done.stderr  # three malformed values, one without the token
     assert done.stderr.count("ignoring a malformed verdict in the job's store") == 1, done.stderr
+    assert done.returncode == 3 and "lost rank 1" in done.stderr, done.stderr  # EXIT_PEER_LOST, named
