@@ -47,12 +47,6 @@ def check_values(config: RunConfig) -> None:
         training_setup(config)  # batch, micro-batch, dtypes, recompute, prefetch distance, bucket size
     except FieldError as err:
         raise ConfigError(f"{SETUP_KEYS[err.field]} {err.rule}") from None
-    for section in ("train", "overlap", "goldfish", "data"):  # NaN passes every comparison; inf most
-        values = getattr(config, section)
-        for field in dataclasses.fields(values):
-            value = getattr(values, field.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{section}.{field.name} must be a finite number, got {value}")
     if t.lr <= 0:
         raise ConfigError(f"train.lr must be positive, got {t.lr}")
     if t.weight_decay < 0 or t.grad_clip < 0:
@@ -85,6 +79,13 @@ def check_values(config: RunConfig) -> None:
     if t.checkpoint_every < 0 or t.keep_checkpoints < 1:
         raise ConfigError(f"train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1, "
                           f"got {t.checkpoint_every} and {t.keep_checkpoints}")
+    # Last, so a key's own rule speaks first: NaN passes every comparison above, inf most of them.
+    for section in ("train", "overlap", "goldfish", "data"):
+        values = getattr(config, section)
+        for field in dataclasses.fields(values):
+            value = getattr(values, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{field.name} must be a finite number, got {value}")
 
 
 def check_layout(config: RunConfig, world_size: int) -> None:
