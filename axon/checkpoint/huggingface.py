@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from axon.parallel.sharding import named_shardings, shard_from_global
@@ -140,47 +140,86 @@ def weight_files(hf_dir: str | Path) -> dict[str, Path]:
     """Hugging Face tensor name -> the safetensors file holding it."""
     root = Path(hf_dir)
     if (root / INDEX_FILE).is_file():
-        weight_map = json.loads((root / INDEX_FILE).read_text())["weight_map"]
-        return {name: root / file for name, file in weight_map.items()}
+        return _index_files(root / INDEX_FILE)
     if (root / SINGLE_FILE).is_file():
-        with safe_open(str(root / SINGLE_FILE), framework="pt") as f:
-            return {name: root / SINGLE_FILE for name in f.keys()}
+        return dict.fromkeys(read_header(root / SINGLE_FILE), root / SINGLE_FILE)
     raise FileNotFoundError(f"{root} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+
+def _index_files(index: Path) -> dict[str, Path]:
+    """An index's weight_map, every file confined to the index's folder: a downloaded index
+    must not make the loader read files elsewhere on the machine."""
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{index} is not readable JSON ({err})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(file, str) for file in weight_map.values()):
+        raise ValueError(f"{index} needs a weight_map mapping each tensor name to a file name")
+    root, files = index.parent.resolve(), {}
+    for tensor, file in weight_map.items():
+        path = index.parent / file
+        # The folder, not the file, is resolved: the hub cache keeps each file as a symlink into ../../blobs.
+        if Path(file).is_absolute() or ".." in Path(file).parts or not path.parent.resolve().is_relative_to(root):
+            raise ValueError(f"{index}: weight_map puts {tensor} in {file!r}, outside the checkpoint's folder")
+        files[tensor] = path
+    return files
+
+
+def read_header(file: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, from a safetensors file's header. safe_open is the loader's own
+    reader, and it checks that the tensors cover the file, so a truncated download fails here."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (OSError, SafetensorError) as err:
+        raise ValueError(f"{file}: its safetensors header cannot be read ({err})") from None
+
+
+def check_hf_weights(hf_dir: str | Path, shape: ModelShape, tied: bool) -> dict[str, tuple[Path, str]]:
+    """axon parameter name -> (file, Hugging Face tensor) for every parameter of `shape`, each
+    checked against its file's header; ValueError naming the file, the tensor and both shapes.
+
+    Headers only, no weight: config loading runs it on every rank before any collective.
+    """
+    files, headers, sources = weight_files(hf_dir), {}, {}
+    for name, expected in parameter_shapes(shape).items():
+        source = hf_name(name)
+        if name == "output.weight" and (tied or source not in files):
+            source = EMBEDDING  # tied LM head: the output projection is the embedding table
+        if source not in files:
+            listing = INDEX_FILE if (Path(hf_dir) / INDEX_FILE).is_file() else SINGLE_FILE
+            raise ValueError(f"{Path(hf_dir) / listing}: no tensor {source} (for axon's {name})")
+        file = files[source]
+        if file not in headers:
+            headers[file] = read_header(file)
+        found = headers[file].get(source)
+        if found is None:
+            raise ValueError(f"{file}: no tensor {source} (for axon's {name}), though the index puts it there")
+        if found != expected:
+            raise ValueError(f"{file}: tensor {source} has shape {list(found)}, but the model "
+                             f"expects {list(expected)} (axon's {name})")
+        sources[name] = (file, source)
+    return sources
 
 
 @torch.no_grad()
 def load_hf_weights(model, grid, hf_dir: str | Path) -> None:
     """Fill this rank's shard of every parameter of `model` (built on `grid`) from Hugging Face files.
 
-    No collectives: every rank reads its own slices, and every rank checks every tensor's
-    name and shape (file headers only) before any weight is read, so a bad directory
-    fails on all ranks alike with the same message.
+    No collectives: every rank reads its own slices, after check_hf_weights has checked every
+    tensor's name and shape (file headers only), so a bad directory fails on all ranks alike
+    with the same message.
     """
     _, tied = read_hf_config(hf_dir)
-    files = weight_files(hf_dir)
+    sources = check_hf_weights(hf_dir, model.shape, tied)
     with ExitStack() as stack:
         handles = {}
-
-        def tensor_slice(hf_tensor: str):
-            file = files[hf_tensor]
+        for name, param, sharding in named_shardings(model):
+            file, tensor = sources[name]
             if file not in handles:
                 handles[file] = stack.enter_context(safe_open(str(file), framework="pt"))
-            return handles[file].get_slice(hf_tensor)
-
-        plan = []
-        for name, param, sharding in named_shardings(model):
-            source = hf_name(name)
-            if name == "output.weight" and (tied or source not in files):
-                source = EMBEDDING  # tied LM head: the output projection is the embedding table
-            if source not in files:
-                raise ValueError(f"{hf_dir}: no tensor {source} (for axon's {name}) in its safetensors files")
-            piece = tensor_slice(source)
-            found = tuple(piece.get_shape())
-            if found != sharding.global_shape:
-                raise ValueError(f"{files[source]}: tensor {source} has shape {list(found)}, but the model "
-                                 f"expects {list(sharding.global_shape)} (axon's {name})")
-            plan.append((param, sharding, piece))
-        for param, sharding, piece in plan:
+            piece = handles[file].get_slice(tensor)
 
             def read_region(rows, cols, piece=piece):
                 # a 1-D gain is one row to shard_from_global; only its columns are read

@@ -108,13 +108,19 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
 
 
 def _model_from_init(init_from, model_raw: dict) -> dict:
-    """model.init_from: hf:DIR takes the shape from DIR/config.json; other model keys must agree."""
+    """model.init_from: hf:DIR takes the shape from DIR/config.json; other model keys must agree.
+
+    The weights' names and shapes are checked here too (safetensors headers only): config
+    loading runs on every rank before any collective, so a bad folder stops every rank alike.
+    """
     if not isinstance(init_from, str) or not init_from.startswith("hf:"):
         raise ConfigError(f"model.init_from must look like hf:DIR, got {init_from!r}")
-    from axon.checkpoint.huggingface import shape_from_hf  # reads config.json only
+    from axon.checkpoint.huggingface import check_hf_weights, read_hf_config
 
     try:
-        shape = dataclasses.asdict(shape_from_hf(init_from[3:]))
+        hf_shape, tied = read_hf_config(init_from[3:])
+        check_hf_weights(init_from[3:], hf_shape, tied)
+        shape = dataclasses.asdict(hf_shape)
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.init_from={init_from!r}: {err}") from None
     if "seq_len" in model_raw:  # train on shorter sequences than the model's context

@@ -4,10 +4,11 @@ One object: {"format": FORMAT, "entries": {key: {"best": name, "candidates": {na
 Keys name the torch version, the device, the dtype, the shape and the operand layouts, so
 one file can serve several machines and torch versions without mixing their choices.
 Several ranks may share the file: a write merges what is on disk with this process's
-entries and replaces the file atomically, so no rank reads a half-written file. Two writes
-that race can drop the other's newest entries from the file until that rank writes again;
-the cost is a key timed once more after a restart, never a wrong choice (when two ranks time
-the same key, the last writer's choice stays: either is a measured choice for that key).
+entries and replaces the file atomically, fsynced as checkpoints are, so no rank (and no
+crash) leaves a half-written file. Two writes that race can drop the other's newest entries
+from the file until that rank writes again; the cost is a key timed once more after a
+restart, never a wrong choice (when two ranks time the same key, the last writer's choice
+stays: either is a measured choice for that key).
 """
 
 from __future__ import annotations
@@ -51,5 +52,21 @@ class GemmCache:
         merged = {**read_entries(self.path), **self.entries}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(f"{self.path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"format": FORMAT, "entries": merged}, indent=1, sort_keys=True) + "\n")
+        with open(temporary, "w") as f:
+            f.write(json.dumps({"format": FORMAT, "entries": merged}, indent=1, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename, so a crash cannot leave an empty file
         os.replace(temporary, self.path)  # atomic: readers see the old file or the new one
+        _fsync_dir(self.path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable; skipped where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

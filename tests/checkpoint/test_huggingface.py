@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -18,10 +19,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from axon.checkpoint import huggingface as hf
+from axon.config import ConfigError, load_config
 from axon.parallel.grid import Grid
 from axon.model import Llama
 from axon.parallel.full_tensor import full_parameters
 from axon.spec.layout import Layout
+from axon.spec.parameters import parameter_shapes
+from axon.spec.shapes import ModelShape
 from axon.testing.spawn import run_distributed
 
 # transformers is imported inside the functions that use it: the spawned ranks import this
@@ -339,3 +343,143 @@ def test_training_starts_from_hf_weights_via_the_config(models, tmp_path):
     _, per_token, _ = reference_outputs(reference, ids, targets)
     loss = trainer.step(0)["loss"]
     assert abs(loss - per_token.mean().item()) <= TOL * per_token.mean().item()
+
+
+# ---------------------------------------------------------------------------------------- bad folders
+# Built by hand (no transformers): config.json from hf_config and one tensor per parameter.
+# Each mistake must stop config loading with one sentence, before any process group exists.
+
+SMALL = ModelShape(layers=1, hidden=8, heads=2, kv_heads=1, ffn=12, vocab=16, seq_len=32)
+
+
+def small_tensors() -> dict[str, torch.Tensor]:
+    # every element distinct across tensors, so a swapped or misread tensor shows
+    return {hf.hf_name(name): torch.arange(1000 * i, 1000 * i + math.prod(dims), dtype=torch.float32).view(dims)
+            for i, (name, dims) in enumerate(parameter_shapes(SMALL).items())}
+
+
+def small_folder(directory, tensors=None, weight_map=None, tied=False):
+    """A tiny Llama folder: model.safetensors, or with `weight_map` (raw JSON or a mapping) an
+    index instead, its tensors written to model-1.safetensors."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps({**hf.hf_config(SMALL), "tie_word_embeddings": tied}))
+    tensors = small_tensors() if tensors is None else tensors
+    if weight_map is None:
+        save_file(tensors, str(directory / hf.SINGLE_FILE))
+        return directory
+    save_file(tensors, str(directory / "model-1.safetensors"))
+    text = weight_map if isinstance(weight_map, str) else json.dumps({"weight_map": weight_map})
+    (directory / hf.INDEX_FILE).write_text(text)
+    return directory
+
+
+def config_error(directory) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"model.init_from=hf:{directory}"])
+    assert not dist.is_initialized()  # refused in config loading, before any collective
+    return str(err.value)
+
+
+def test_a_good_small_folder_loads_every_tensor(tmp_path):
+    tensors = small_tensors()
+    del tensors["lm_head.weight"]  # tied: the LM head is the embedding table
+    folder = small_folder(tmp_path / "hf", tensors, weight_map=dict.fromkeys(tensors, "model-1.safetensors"),
+                          tied=True)
+    config = load_config(None, [f"model.init_from=hf:{folder}"])
+    assert config.model == SMALL
+    grid = Grid(Layout(), 0)
+    model = Llama(config.model, grid)
+    hf.load_hf_weights(model, grid, folder)
+    loaded = full_parameters(model, grid)
+    assert set(loaded) == set(parameter_shapes(SMALL))
+    for name, tensor in loaded.items():
+        source = "model.embed_tokens.weight" if name == "output.weight" else hf.hf_name(name)
+        assert torch.equal(tensor, tensors[source]), name
+
+
+def test_a_missing_tensor_is_named(tmp_path):
+    tensors = small_tensors()
+    del tensors["model.layers.0.mlp.down_proj.weight"]
+    message = config_error(small_folder(tmp_path / "hf", tensors))
+    assert message == (f"model.init_from='hf:{tmp_path / 'hf'}': {tmp_path / 'hf' / 'model.safetensors'}: no tensor "
+                       f"model.layers.0.mlp.down_proj.weight (for axon's layers.0.feed_forward.w2.weight)")
+
+
+def test_a_tensor_the_index_misplaces_is_named(tmp_path):
+    tensors = small_tensors()
+    weight_map = dict.fromkeys(tensors, "model-1.safetensors")
+    del tensors["model.norm.weight"]
+    message = config_error(small_folder(tmp_path / "hf", tensors, weight_map))
+    assert f"{tmp_path / 'hf' / 'model-1.safetensors'}: no tensor model.norm.weight (for axon's norm.weight), " \
+           f"though the index puts it there" in message
+
+
+@pytest.mark.parametrize("tied, tensor, shape, expected, axon_name", [
+    (False, "model.layers.0.mlp.up_proj.weight", (11, 8), [12, 8], "layers.0.feed_forward.w3.weight"),
+    (False, "model.layers.0.self_attn.k_proj.weight", (8, 8), [4, 8], "layers.0.attention.wk.weight"),
+    (False, "model.norm.weight", (8, 1), [8], "norm.weight"),
+    (True, "model.embed_tokens.weight", (17, 8), [16, 8], "tok_embeddings.weight"),
+])
+def test_a_wrong_shape_is_named_with_both_shapes(tmp_path, tied, tensor, shape, expected, axon_name):
+    tensors = small_tensors()
+    tensors[tensor] = torch.zeros(shape)
+    message = config_error(small_folder(tmp_path / "hf", tensors, tied=tied))
+    assert message.endswith(f"{tmp_path / 'hf' / 'model.safetensors'}: tensor {tensor} has shape {list(shape)}, "
+                            f"but the model expects {expected} (axon's {axon_name})")
+
+
+def test_weight_map_files_stay_inside_the_folder(tmp_path):
+    # Each target exists and holds the right tensors, so only the confinement rule refuses it.
+    outside = small_folder(tmp_path / "outside")
+    (tmp_path / "outside.safetensors").symlink_to(outside / hf.SINGLE_FILE)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "shards").symlink_to(outside, target_is_directory=True)
+    for file in ("../outside.safetensors", str(outside / hf.SINGLE_FILE), "shards/model.safetensors",
+                 "sub/../../outside.safetensors"):
+        weight_map = dict.fromkeys(small_tensors(), "model-1.safetensors")
+        weight_map["model.norm.weight"] = file
+        message = config_error(small_folder(tmp_path / "hf", weight_map=weight_map))
+        assert message.endswith(f"{tmp_path / 'hf' / hf.INDEX_FILE}: weight_map puts model.norm.weight in "
+                                f"{file!r}, outside the checkpoint's folder"), file
+
+
+def test_a_file_symlinked_out_of_the_folder_loads(tmp_path):
+    """The Hugging Face hub cache keeps each snapshot file as a symlink into ../../blobs."""
+    blobs = small_folder(tmp_path / "blobs")
+    snapshot = small_folder(tmp_path / "snapshot", weight_map=dict.fromkeys(small_tensors(), "linked.safetensors"))
+    (snapshot / "linked.safetensors").symlink_to(blobs / hf.SINGLE_FILE)
+    assert load_config(None, [f"model.init_from=hf:{snapshot}"]).model == SMALL
+
+
+@pytest.mark.parametrize("index, words", [
+    ("{not json", "is not readable JSON"),
+    ('["model-1.safetensors"]', "needs a weight_map mapping each tensor name to a file name"),
+    ('{"metadata": {}}', "needs a weight_map mapping each tensor name to a file name"),
+    ('{"weight_map": ["model-1.safetensors"]}', "needs a weight_map mapping each tensor name to a file name"),
+    ('{"weight_map": {"model.norm.weight": 3}}', "needs a weight_map mapping each tensor name to a file name"),
+])
+def test_a_malformed_index_is_one_sentence(tmp_path, index, words):
+    message = config_error(small_folder(tmp_path / "hf", weight_map=index))
+    assert message.startswith(f"model.init_from='hf:{tmp_path / 'hf'}': {tmp_path / 'hf' / hf.INDEX_FILE} {words}")
+
+
+@pytest.mark.parametrize("cut, reason", [
+    (lambda data: data[:2], "header too small"),
+    (lambda data: (10**9).to_bytes(8, "little") + data[8:], "header too large"),
+    (lambda data: (5).to_bytes(8, "little") + b"{nope", "invalid JSON in header"),
+    (lambda data: data[:-4], "incomplete metadata, file not fully covered"),  # a truncated download
+])
+def test_an_unreadable_file_is_one_sentence(tmp_path, cut, reason):
+    folder = small_folder(tmp_path / "hf")
+    (folder / hf.SINGLE_FILE).write_bytes(cut((folder / hf.SINGLE_FILE).read_bytes()))
+    message = config_error(folder)
+    assert message.startswith(f"model.init_from='hf:{folder}': {folder / hf.SINGLE_FILE}: its safetensors "
+                              f"header cannot be read (Error while deserializing header: {reason}")
+
+
+def test_a_file_the_index_names_but_lacks_is_one_sentence(tmp_path):
+    weight_map = dict.fromkeys(small_tensors(), "model-1.safetensors")
+    weight_map["model.norm.weight"] = "model-2.safetensors"
+    message = config_error(small_folder(tmp_path / "hf", weight_map=weight_map))
+    assert message.endswith(f"{tmp_path / 'hf' / 'model-2.safetensors'}: its safetensors header cannot be read "
+                            f"(No such file or directory: {tmp_path / 'hf' / 'model-2.safetensors'})")
