@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML config (see axon/configs/)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, dotted for nesting (repeatable), e.g. --set layout.col=2")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start over in an out_dir that holds an earlier run: its files are moved to "
+                            "OUT_DIR/earlier-TIME/ (nothing is deleted); to continue it instead, --set train.resume=latest")
     for name, (_, _, summary) in OWN_ARGUMENTS.items():
         commands.add_parser(name, help=summary)
     return parser

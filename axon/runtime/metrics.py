@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+METRICS_FILE = "metrics.jsonl"
 METRIC_KEYS = ("step", "loss", "grad_norm", "lr", "step_time_s", "tokens_per_s", "tflops_per_rank", "mfu")
 
 
@@ -14,6 +15,19 @@ def format_duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a metrics.jsonl, by step: a torn line (a job killed mid-write) is skipped, and
+    a step written twice (a run resumed by an older axon) keeps its last row."""
+    rows: dict[int, dict] = {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+            rows[int(row["step"])] = row
+        except (ValueError, KeyError, TypeError):
+            continue
+    return [rows[step] for step in sorted(rows)]
 
 
 class MetricsLog:
@@ -27,7 +41,7 @@ class MetricsLog:
         if enabled:
             path = Path(out_dir)
             path.mkdir(parents=True, exist_ok=True)
-            self.jsonl = open(path / "metrics.jsonl", "a" if append else "w")  # a resumed run continues the file
+            self.jsonl = open(path / METRICS_FILE, "a" if append else "w")  # a resumed run continues the file
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tensorboard = SummaryWriter(str(path / "tensorboard"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import sys
 import time
 from pathlib import Path
@@ -36,10 +37,11 @@ def _fail_together(rank: int, message: str) -> None:
 
 def train_command(args) -> None:
     """Run `python -m axon train CONFIG [--set KEY=VALUE]...` (args from the command table)."""
-    from axon.runtime.bootstrap import (collective_timeout_s, detect_launch, init_distributed, leave, process_group_timeout_s,
-                                shutdown)
     from axon.config import ConfigError, check_layout, load_config
     from axon.data.batches import token_source
+    from axon.runtime.bootstrap import (collective_timeout_s, detect_launch, init_distributed, leave,
+                                        process_group_timeout_s)
+    from axon.runtime.run_dir import RunDirError
 
     try:
         launch = detect_launch()
@@ -60,7 +62,9 @@ def train_command(args) -> None:
             check_layout(config, launch.world_size)
         source = token_source(config)
         reader = _checkpoint_to_resume(config, launch.rank)
-    except ConfigError as err:
+        job, attempt = job_and_attempt(launch)
+        took_over = _check_run_dir(config, args.overwrite, launch.rank, job, attempt)
+    except (ConfigError, RunDirError) as err:
         _fail(launch.rank, str(err))
 
     try:
@@ -71,10 +75,25 @@ def train_command(args) -> None:
         watchdog_s = config.train.collective_timeout_s or collective_timeout_s()  # 0: the environment's default
     except ValueError as err:
         _fail(launch.rank, str(err))
-    if reader is not None and config.train.resume != "latest" and launch.rank == 0:
-        _set_aside_abandoned(config.out_dir, reader)
-    runtime = init_distributed(launch, timeout_s=process_group_timeout_s(watchdog_s),
-                               flight_dir=flight_folder(config.out_dir))
+    lock = _take_run_dir(config, args.overwrite, reader, job, attempt, took_over) if launch.rank == 0 else None
+    try:
+        runtime = init_distributed(launch, timeout_s=process_group_timeout_s(watchdog_s),
+                                   flight_dir=flight_folder(config.out_dir))
+        stopped_together = _run(config, runtime, launch, source, reader, choice, watchdog_s)
+    finally:
+        if lock is not None:
+            lock.release()
+    if stopped_together is not None:
+        leave(stopped_together)
+
+
+def _run(config, runtime, launch, source, reader, choice, watchdog_s) -> int | None:
+    """From the process group on: the health monitor, training, and tearing down together.
+    Returns the exit code of an error every rank stopped at together (None after training)."""
+    from axon.config import ConfigError, check_layout
+    from axon.planning import auto_layout
+    from axon.runtime.bootstrap import shutdown
+
     health = None
     if runtime.world_size > 1:  # a heartbeat through the store, the collective watchdog, flight records on signals
         from axon.parallel.comm import broadcast_object
@@ -107,8 +126,7 @@ def train_command(args) -> None:
         if health is not None:
             health.stop()
         shutdown(all_ranks_done=done)
-    if stopped_together is not None:
-        leave(stopped_together)
+    return stopped_together
 
 
 def _checkpoint_to_resume(config, rank: int):
@@ -127,6 +145,59 @@ def _checkpoint_to_resume(config, rank: int):
     reader.check_model(config.model)
     reader.check_files()
     return reader
+
+
+def job_and_attempt(launch) -> tuple[str | None, str]:
+    """Who this job is, the same on every rank without communication (None when the launcher
+    names no job: then only rank 0 reads the run directory's lock), and which attempt of it."""
+    env = os.environ
+    if env.get("SLURM_JOB_ID"):
+        job = f"slurm-{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"
+    elif env.get("TORCHELASTIC_RUN_ID"):
+        job = f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
+    elif env.get("PMIX_NAMESPACE"):
+        job = f"mpi-{env['PMIX_NAMESPACE']}"
+    else:
+        job = f"{socket.gethostname()}-{os.getpid()}" if launch.world_size == 1 else None
+    attempt = env.get("SLURM_RESTART_COUNT") or env.get("TORCHELASTIC_RESTART_COUNT") or "0"
+    return job, attempt
+
+
+def _check_run_dir(config, overwrite: bool, rank: int, job: str | None, attempt: str) -> str | None:
+    """Every rank, before any collective: no other live job holds out_dir, and an earlier run in
+    it is continued or moved aside only when asked. Returns why a dead holder's lock is taken over."""
+    from axon.runtime.run_dir import RunDirError, check_lock, check_start
+
+    if overwrite and config.train.resume:
+        raise RunDirError(f"--overwrite starts over, but train.resume={config.train.resume!r} continues a run; "
+                          "give one of them")
+    check_start(config.out_dir, config.train.resume, overwrite)
+    return check_lock(config.out_dir, job or "", attempt) if (job is not None or rank == 0) else None
+
+
+def _take_run_dir(config, overwrite: bool, reader, job: str | None, attempt: str, took_over: str | None):
+    """Rank 0, before any collective: lock out_dir, then move aside what this run replaces."""
+    from axon.runtime.run_dir import RunDirError, RunDirLock, keep_metrics_through, move_earlier_run
+
+    lock = RunDirLock(config.out_dir, job or f"{socket.gethostname()}-{os.getpid()}", attempt)
+    try:
+        lock.take()
+    except RunDirError as err:
+        _fail(0, str(err))
+    if took_over:
+        print(f"axon: {lock.path}: {took_over}", flush=True)
+    if overwrite:
+        moved = move_earlier_run(config.out_dir)
+        if moved is not None:
+            print(f"axon: --overwrite: moved the earlier run's files to {moved}; nothing was deleted", flush=True)
+    if reader is not None and config.train.resume != "latest":
+        _set_aside_abandoned(config.out_dir, reader)
+    # The steps after the one resumed from are run again: their old lines go (whole lines kept).
+    dropped = keep_metrics_through(config.out_dir, reader.step if reader is not None else 0)
+    if dropped:
+        print(f"axon: {Path(config.out_dir) / 'metrics.jsonl'}: dropped {dropped} line(s) of steps after "
+              f"{reader.step if reader is not None else 0}, which this run repeats", flush=True)
+    return lock
 
 
 def _set_aside_abandoned(out_dir: str, reader) -> None:
@@ -167,8 +238,8 @@ def _train(config, runtime, source, reader, choice=None, health=None) -> None:
     elif config.train.resume == "latest" and leader:
         print(f"axon: no checkpoint under {config.out_dir}/checkpoints yet; starting at step 0", flush=True)
 
-    log = MetricsLog(config.out_dir, config.train.steps, config.train.log_every, enabled=leader,
-                     append=reader is not None)
+    # append: rank 0 kept only the lines up to the resume step before any collective (_take_run_dir)
+    log = MetricsLog(config.out_dir, config.train.steps, config.train.log_every, enabled=leader, append=True)
     try:
         with StopSignal() as stop:
             history = trainer.fit(log, stop_signal=stop)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from axon.runtime.metrics import read_metrics
 from axon.spec.layout import Layout, sizes_text
 from perfmodel.predict import COMPONENTS, predict
 
@@ -33,16 +34,6 @@ class Measured:
     mfu: float | None = None
     peak_memory_gb: float | None = None
     efficiency: float | None = None
-
-
-def read_metrics(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a run killed mid-write leaves half a line
-            break
-    return rows
 
 
 def measure_point(study: Study, entry: PointPlan, point_dir: Path) -> Measured:
