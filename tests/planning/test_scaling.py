@@ -4,7 +4,10 @@ the report on hand-written metrics, and one sentence per bad point."""
 import argparse
 import json
 import re
+import shlex
+import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -86,7 +89,7 @@ def test_submit_slurm_writes_one_script_per_point(tmp_path, monkeypatch, capsys)
         assert re.search(r"^#SBATCH --account=CSC999\b", script, re.M)  # the command line wins
         assert re.search(r"^#SBATCH --time=00:20:00$", script, re.M)
         assert re.search(r"^#SBATCH --partition=batch$", script, re.M)
-        assert f'"{point_dir / "config.yaml"}"' in script and "${CONFIG" not in script
+        assert f' {point_dir / "config.yaml"} ' in script and "${CONFIG" not in script  # a plain path: no quotes
         assert f"sbatch {point_dir / 'job.sbatch'}" in printed
         config = load_config(point_dir / "config.yaml")  # axon reads it as written
         assert {a: getattr(config.layout, a) for a in layout} == layout
@@ -249,3 +252,152 @@ def test_submit_local_runs_points_in_turn_and_keeps_exit_codes(tmp_path, monkeyp
                                          r"ranks here: use slurm$"):
         submit_module.submit(load_study(write_study(tmp_path, body)), tmp_path / "run2", args)
     assert not (tmp_path / "run2").exists()
+
+
+# A study that submits cleanly; the injection test below spoils one field at a time.
+SAFE_STUDY = {"name": "s", "kind": "strong", "machine": "frontier", "model": "tiny", "seq_len": 64, "global_batch": 8,
+              "steps": 3, "dtype": "float32", "points": [{"name": "p1", "gpus": 8, "layout": {"data": 8}}],
+              "slurm": {"account": "CSC999", "partition": "batch", "qos": "normal", "constraint": "gpu&hbm",
+                        "time": "1-02:30:00", "template": "frontier"}}
+NAME_RULE = "1 to 64 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+WORD_RULE = "1 to 64 letters, digits, '_', '.' or '-'"
+TIME_RULE = "a quoted Slurm time: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
+TEMPLATE_RULE = "the stem of a launch/ script (such as frontier); give any other file with --template"
+
+
+def spoiled(where: tuple, value) -> dict:
+    body = json.loads(json.dumps(SAFE_STUDY))
+    if where == ("models",):  # a custom model under a bad name, used by the point
+        body["models"] = {value: {"preset": "tiny"}}
+        body["model"] = value
+        return body
+    inner = body
+    for key in where[:-1]:
+        inner = inner[key]
+    inner[where[-1]] = value
+    return body
+
+
+@pytest.mark.parametrize("where, value, sentence", [
+    (("name",), "s$(id>pwned)", f"study key name='s$(id>pwned)' must be {NAME_RULE}"),
+    (("points", 0, "name"), "p$(id>pwned)", f"study key points[0].name='p$(id>pwned)' must be {NAME_RULE}"),
+    (("points", 0, "name"), "p`id`", f"study key points[0].name='p`id`' must be {NAME_RULE}"),
+    (("points", 0, "name"), "a;id", f"study key points[0].name='a;id' must be {NAME_RULE}"),
+    (("points", 0, "name"), "a\nid", f"study key points[0].name='a\\nid' must be {NAME_RULE}"),
+    (("points", 0, "name"), "a\\nid", f"study key points[0].name='a\\\\nid' must be {NAME_RULE}"),
+    (("points", 0, "name"), "it's", f"study key points[0].name=\"it's\" must be {NAME_RULE}"),
+    (("points", 0, "name"), 'a "b" c', f"study key points[0].name='a \"b\" c' must be {NAME_RULE}"),
+    (("points", 0, "name"), "..", f"study key points[0].name='..' must be {NAME_RULE}"),
+    (("points", 0, "name"), ".hidden", f"study key points[0].name='.hidden' must be {NAME_RULE}"),
+    (("points", 0, "name"), "-rf", f"study key points[0].name='-rf' must be {NAME_RULE}"),
+    (("models",), "m\nid", f"study key models names a model 'm\\nid'; a model name must be {NAME_RULE}"),
+    (("slurm", "account"), "ABC\nid > pwned", f"study key slurm.account='ABC\\nid > pwned' must be {WORD_RULE}"),
+    (("slurm", "account"), "ABC\\nid", f"study key slurm.account='ABC\\\\nid' must be {WORD_RULE}"),
+    (("slurm", "account"), "A;id", f"study key slurm.account='A;id' must be {WORD_RULE}"),
+    (("slurm", "account"), ["A"], f"study key slurm.account=['A'] must be {WORD_RULE}"),
+    (("slurm", "partition"), "batch$(id)", f"study key slurm.partition='batch$(id)' must be {WORD_RULE}"),
+    (("slurm", "qos"), "q'x", f"study key slurm.qos=\"q'x\" must be {WORD_RULE}"),
+    (("slurm", "constraint"), "gpu`id`",
+     "study key slurm.constraint='gpu`id`' must be 1 to 64 letters, digits, '_', '.', '-', '&' or '|'"),
+    (("slurm", "time"), "00:30:00\nid", f"study key slurm.time='00:30:00\\nid' must be {TIME_RULE}"),
+    (("slurm", "time"), "1:2:3:4", f"study key slurm.time='1:2:3:4' must be {TIME_RULE}"),
+    (("slurm", "time"), 1800, f"study key slurm.time=1800 must be {TIME_RULE}"),  # YAML's reading of 30:00
+    (("slurm", "template"), "/etc/passwd", f"study key slurm.template='/etc/passwd' must be {TEMPLATE_RULE}"),
+    (("slurm", "template"), "../launch/frontier",
+     f"study key slurm.template='../launch/frontier' must be {TEMPLATE_RULE}"),
+    (("slurm", "template"), "frontier.sbatch", f"study key slurm.template='frontier.sbatch' must be {TEMPLATE_RULE}"),
+])
+def test_a_study_cannot_put_shell_code_in_a_job_script(tmp_path, capsys, where, value, sentence):
+    path = write_study(tmp_path, spoiled(where, value))
+    with pytest.raises(StudyError) as refused:
+        load_study(path)
+    assert str(refused.value) == sentence
+    assert run(["submit", str(path), "--launcher", "slurm", "--dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"axon scaling: error: {sentence}\n"  # one line: the value's repr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option, value, sentence", [
+    ("--account", "X;id", f"--account='X;id' must be {WORD_RULE}"),
+    ("--partition", "b\nid", f"--partition='b\\nid' must be {WORD_RULE}"),
+    ("--qos", "$(id)", f"--qos='$(id)' must be {WORD_RULE}"),
+    ("--time", "10 && id", f"--time='10 && id' must be {TIME_RULE}"),
+])
+def test_bad_command_line_slurm_values_write_nothing(tmp_path, capsys, option, value, sentence):
+    path = write_study(tmp_path, SAFE_STUDY)
+    assert run(["submit", str(path), "--launcher", "slurm", "--dir", str(tmp_path / "run"), option, value]) == 2
+    assert capsys.readouterr().err == f"axon scaling: error: {sentence}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_point_directory_cannot_leave_the_study_directory(tmp_path, capsys):
+    path = write_study(tmp_path, SAFE_STUDY)
+    points, elsewhere = tmp_path / "run" / "points", tmp_path / "elsewhere"
+    points.mkdir(parents=True)
+    elsewhere.mkdir()
+    (points / "p1").symlink_to(elsewhere)  # left there by someone: the point would write through it
+    assert run(["submit", str(path), "--launcher", "slurm", "--dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (f"axon scaling: error: point p1: its directory resolves to {elsewhere.resolve()}, "
+                                       f"outside {points.resolve()}\n")
+    assert list(elsewhere.iterdir()) == []
+    # a --dir a #SBATCH line cannot hold is refused, and no script is written
+    odd = tmp_path / "a b"
+    assert run(["submit", str(path), "--launcher", "slurm", "--dir", str(odd)]) == 2
+    assert capsys.readouterr().err == (f"axon scaling: error: the point directory {str(odd.resolve() / 'points' / 'p1')!r} "
+                                       "cannot go on a #SBATCH line, whose paths may hold only letters, digits and "
+                                       "_ . , / % + = @ -\n")
+    assert not (odd / "points" / "p1" / "job.sbatch").exists()
+
+
+def test_a_safe_job_script_parses_to_the_template_plus_the_header(tmp_path, monkeypatch):
+    monkeypatch.setattr(submit_module.shutil, "which", lambda name: None)
+    assert run(["submit", str(write_study(tmp_path, SAFE_STUDY)), "--launcher", "slurm",
+                "--dir", str(tmp_path / "run")]) == 0
+    point_dir = (tmp_path / "run" / "points" / "p1").resolve()
+    config = point_dir / "config.yaml"
+    script = (point_dir / "job.sbatch").read_text()
+    assert subprocess.run(["bash", "-n", str(point_dir / "job.sbatch")]).returncode == 0
+    template = (submit_module.LAUNCH / "frontier.sbatch").read_text()
+    # the template's srun line with its "${CONFIG:?...}" word (only that) as the config path
+    srun_line = next(line for line in template.splitlines() if '"${CONFIG:?' in line)
+    config_line = re.sub(r'"\$\{CONFIG:\?[^}]*\}"', lambda _: str(config), srun_line)
+    added = Counter(script.splitlines()) - Counter(template.splitlines())
+    assert sorted(added.elements()) == sorted([
+        "# strong scaling study s, point p1: tiny on 8 devices (data=8 pipe=1 depth=1 row=1 col=1);",
+        f"# written by `python -m axon scaling submit`; its run writes to {point_dir}",
+        "#SBATCH --account=CSC999            # your OLCF project", "#SBATCH --nodes=1", "#SBATCH --time=1-02:30:00",
+        "#SBATCH --job-name=s-p1", f"#SBATCH --output={point_dir}/slurm-%j.out", f"#SBATCH --chdir={submit_module.REPO}",
+        "#SBATCH --qos=normal", "#SBATCH --constraint=gpu&hbm", config_line])
+    # header 2 lines, and the 3 directives frontier.sbatch lacks (chdir, qos, constraint): nothing else
+    assert len(script.splitlines()) == len(template.splitlines()) + 5
+    srun = next(line for line in script.replace("\\\n", " ").splitlines() if line.startswith("srun "))
+    words = shlex.split(srun)
+    assert words[words.index("${AXON_COMMAND:-train}") + 1] == str(config)  # one word
+    assert words.count(str(config)) == 1 and "${CONFIG" not in script
+
+
+def test_a_command_line_template_file_by_hand(tmp_path, monkeypatch):
+    # any file is allowed from --template (the submitter's own); the srun line is the resume-aware one
+    template = tmp_path / "mine.sh"
+    template.write_text('#!/bin/bash\n#SBATCH --account=X\n#SBATCH --nodes=2\n'
+                        'srun --ntasks-per-node=4 --gpus-per-node=4 \\\n'
+                        '    python -m axon "${AXON_COMMAND:-train}" "${CONFIG:?set CONFIG=path/to/run.yaml}" '
+                        '${RESUME[@]+"${RESUME[@]}"} "$@"\n')
+    monkeypatch.setattr(submit_module.shutil, "which", lambda name: None)
+    body = {**SAFE_STUDY, "slurm": {"account": "A1", "time": "90"}}
+    assert run(["submit", str(write_study(tmp_path, body)), "--launcher", "slurm", "--dir", str(tmp_path / "run"),
+                "--template", str(template), "--account", "B2"]) == 0
+    point_dir = (tmp_path / "run" / "points" / "p1").resolve()
+    assert (point_dir / "job.sbatch").read_text() == (
+        "#!/bin/bash\n"
+        "# strong scaling study s, point p1: tiny on 8 devices (data=8 pipe=1 depth=1 row=1 col=1);\n"
+        f"# written by `python -m axon scaling submit`; its run writes to {point_dir}\n"
+        "#SBATCH --account=B2\n"
+        "#SBATCH --nodes=1\n"
+        "#SBATCH --job-name=s-p1\n"
+        f"#SBATCH --output={point_dir}/slurm-%j.out\n"
+        "#SBATCH --time=90\n"
+        f"#SBATCH --chdir={submit_module.REPO}\n"
+        "srun --ntasks-per-node=8 --gpus-per-node=8 \\\n"
+        f'    python -m axon "${{AXON_COMMAND:-train}}" {point_dir / "config.yaml"} ${{RESUME[@]+"${{RESUME[@]}}"}} "$@"\n')
+    assert subprocess.run(["bash", "-n", str(point_dir / "job.sbatch")]).returncode == 0

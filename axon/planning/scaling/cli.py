@@ -28,8 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--account", help="Slurm account (overrides slurm.account)")
     submit.add_argument("--partition", help="Slurm partition (overrides slurm.partition)")
     submit.add_argument("--qos", help="Slurm qos (overrides slurm.qos)")
-    submit.add_argument("--time", help="Slurm time limit per point, HH:MM:SS (overrides slurm.time)")
-    submit.add_argument("--template", help="launch/ script to start from (default: the machine's)")
+    submit.add_argument("--time", help="Slurm time limit per point, e.g. HH:MM:SS or D-HH:MM (overrides slurm.time)")
+    submit.add_argument("--template", help="launch/ script stem or any file to start from (overrides slurm.template, "
+                        "which may only name a launch/ script; default: the machine's)")
     submit.add_argument("--timeout", type=float, default=900.0, help="local: seconds one point may run")
     submit.add_argument("--points", help="comma list of point names to run (default: all)")
     report = commands.add_parser("report", help="collect the points' metrics against the plan")

@@ -18,12 +18,15 @@
       - {model: gpt-5b, gpus: 512}            # optional: name, layout, machine
     slurm: {account: ABC123, partition: batch, time: "00:30:00", template: frontier}
 
-Every mistake is one sentence naming the key (and the point) and the numbers.
+Every mistake is one sentence naming the key (and the point) and the numbers. A study file may come
+from someone else, so what reaches a job script is checked here to be a plain word (names, slurm
+values; slurm.template only a launch/ script's stem): none can be read by a shell as code.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,20 @@ STUDY_KEYS = ("name", "description", "kind", "machine", "seq_len", "batch_per_gp
 POINT_KEYS = ("name", "model", "gpus", "layout", "machine")
 SLURM_KEYS = ("template", "account", "partition", "qos", "time", "constraint")
 SHAPE_KEYS = ("preset", "layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "rope_theta")
+
+# Point, model and study names also name directories, so no leading '.' (nor '-', an option's mark).
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+NAME_RULE = "1 to 64 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+WORD, WORD_RULE = re.compile(r"[A-Za-z0-9_.-]{1,64}"), "1 to 64 letters, digits, '_', '.' or '-'"
+# #SBATCH lines cannot be shell-quoted, so each slurm value must be a plain word: (pattern, rule).
+SLURM_RULES = {
+    "account": (WORD, WORD_RULE), "partition": (WORD, WORD_RULE), "qos": (WORD, WORD_RULE),
+    "constraint": (re.compile(r"[A-Za-z0-9_.&|-]{1,64}"), "1 to 64 letters, digits, '_', '.', '-', '&' or '|'"),
+    "time": (re.compile(r"\d{1,6}(:\d{1,2}){0,2}|\d{1,3}-\d{1,2}(:\d{1,2}){0,2}"),
+             "a quoted Slurm time: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"),
+    "template": (re.compile(r"[A-Za-z0-9_-]{1,64}"),
+                 "the stem of a launch/ script (such as frontier); give any other file with --template"),
+}
 
 
 class StudyError(ValueError):
@@ -118,6 +135,21 @@ def _unknown(mapping: dict, known: tuple[str, ...], where: str) -> None:
         sections.reject_unknown(mapping, known, where.rstrip("."))
 
 
+def _word(value, pattern: re.Pattern, where: str, rule: str, ints: bool = True) -> str:
+    """`value` as a string that `pattern` matches in full, else one sentence naming where it came from."""
+    kinds = (str, int) if ints else str
+    if isinstance(value, bool) or not isinstance(value, kinds) or not pattern.fullmatch(str(value)):
+        raise StudyError(f"{where}={value!r} must be {rule}")
+    return str(value)
+
+
+def slurm_value(key: str, value, where: str) -> str:
+    """A slurm value checked for a #SBATCH line; `where` is the study key or the command-line option.
+    A time must be a string: YAML reads an unquoted 30:00 as the int 1800 (minutes to Slurm)."""
+    pattern, rule = SLURM_RULES[key]
+    return _word(value, pattern, where, rule, ints=key != "time")
+
+
 def _positive(raw: dict, key: str, where: str = "", default=None, zero_ok=False) -> int:
     with _study_errors():
         if default is None:
@@ -144,16 +176,19 @@ def study_from_dict(raw: dict, path: Path) -> Study:
         if not isinstance(raw.get(key, {}), dict):
             raise StudyError(f"study key {key} must be a mapping, got {raw[key]!r}")
     _unknown(raw.get("slurm", {}), SLURM_KEYS, "slurm.")
+    slurm = {key: slurm_value(key, value, f"study key slurm.{key}") for key, value in raw.get("slurm", {}).items()}
+    name = _word(raw.get("name", path.stem), NAME, "study key name" if "name" in raw else
+                 "study key name (the file's stem when not given)", NAME_RULE)
     machine = raw.get("machine")
     if not isinstance(machine, str) or not machine:
         raise StudyError(f"study key machine must name a perfmodel profile or a YAML file, got {machine!r}")
     models = {name: _custom_shape(name, value, seq_len) for name, value in raw.get("models", {}).items()}
     points = _points(raw, path, kind, seq_len, models, machine)
-    study = Study(name=str(raw.get("name", path.stem)), kind=kind, path=path, seq_len=seq_len, steps=steps,
+    study = Study(name=name, kind=kind, path=path, seq_len=seq_len, steps=steps,
                   warmup_steps=warmup, points=points, micro_batch=_positive(raw, "micro_batch", default=0, zero_ok=True),
                   dtype=raw.get("dtype", "bfloat16"), recompute=raw.get("recompute", "none"),
                   grad_reduce_dtype=raw.get("grad_reduce_dtype", "float32"), train=dict(raw.get("train", {})),
-                  data=str(raw.get("data", "synthetic")), slurm=dict(raw.get("slurm", {})),
+                  data=str(raw.get("data", "synthetic")), slurm=slurm,
                   description=str(raw.get("description", "")), **{batch_key: batch})
     for reserved in ("steps", "global_batch", "micro_batch", "dtype", "recompute", "grad_reduce_dtype"):
         if reserved in study.train:
@@ -166,6 +201,8 @@ def study_from_dict(raw: dict, path: Path) -> Study:
 def _custom_shape(name: str, value, seq_len: int) -> ModelShape:
     """A shape of models: (a preset refined, or every size given); ModelShape checks it."""
     where = f"models.{name}"
+    if not NAME.fullmatch(str(name)):
+        raise StudyError(f"study key models names a model {name!r}; a model name must be {NAME_RULE}")
     if not isinstance(value, dict):
         raise StudyError(f"study key {where} must map {', '.join(SHAPE_KEYS)}, got {value!r}")
     with _study_errors():
@@ -226,9 +263,9 @@ def _points(raw: dict, path: Path, kind: str, seq_len: int, models: dict, machin
         layout = _layout(value["layout"], where) if "layout" in value else default_layout
         if layout is not None and layout.world_size != gpus:
             raise StudyError(f"study key {where}layout has {layout.world_size} ranks, not gpus={gpus}")
-        name = str(value.get("name", f"{model}-{gpus}"))
-        if name in names or "/" in name:
-            raise StudyError(f"study key {where}name={name!r} must be unique and contain no '/'")
+        name = _word(value.get("name", f"{model}-{gpus}"), NAME, f"study key {where}name", NAME_RULE)
+        if name in names:
+            raise StudyError(f"study key {where}name={name!r} repeats an earlier point's name")
         names.add(name)
         built.append(Point(name, str(model), shape, gpus, layout, _machine(str(value.get("machine", machine)), path)))
     if kind == "strong" and len({p.shape for p in built}) > 1:
