@@ -80,14 +80,18 @@ def _mpi_rendezvous(info: LaunchInfo) -> LaunchInfo:
     if (comm.Get_rank(), comm.Get_size()) != (info.rank, info.world_size):
         raise RuntimeError(f"mpi4py says rank {comm.Get_rank()} of {comm.Get_size()} but mpiexec said "
                            f"{info.rank} of {info.world_size}; is mpi4py built against another MPI than this mpiexec?")
-    mine = (info.master_addr or _reachable_address(), info.master_port or free_port()) if info.rank == 0 else None
-    addr, port = comm.bcast(mine, root=0)
+    mine = None
+    if info.rank == 0:
+        mine = (info.master_addr or _reachable_address(), info.master_port or free_port(),
+                info.port_origin if info.master_port else "a free port rank 0 picked")
+    addr, port, origin = comm.bcast(mine, root=0)
     local, local_world = info.local_rank, info.local_world_size
     if local is None or local_world is None:
         node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks that share this node's memory
         local, local_world = node.Get_rank(), node.Get_size()
         node.Free()
-    return replace(info, local_rank=local, local_world_size=local_world, master_addr=addr, master_port=port)
+    return replace(info, local_rank=local, local_world_size=local_world, master_addr=addr, master_port=port,
+                   port_origin=origin)
 
 
 def _cpu_threads(local_world_size: int) -> int:
@@ -177,14 +181,30 @@ def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: fl
         if info.master_addr is None or info.master_port is None:
             raise ValueError(f"launcher {info.launcher!r} gave no master address/port; set MASTER_ADDR and MASTER_PORT.")
         host = f"[{info.master_addr}]" if ":" in info.master_addr else info.master_addr  # IPv6 literal
-        dist.init_process_group(backend, init_method=f"tcp://{host}:{info.master_port}",
-                                rank=info.rank, world_size=info.world_size,
-                                timeout=timeout, device_id=device_id)
+        try:
+            dist.init_process_group(backend, init_method=f"tcp://{host}:{info.master_port}",
+                                    rank=info.rank, world_size=info.world_size,
+                                    timeout=timeout, device_id=device_id)
+        except dist.DistNetworkError as err:
+            _fail_if_port_taken(err, info)
+            raise
     address = None if info.world_size == 1 else (info.master_addr, int(info.master_port))
     # Under torchrun the agent hosts the store ("TORCHELASTIC_USE_AGENT_STORE"); else init_method tcp:// puts it on rank 0.
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
     return Runtime(info.rank, info.world_size, info.local_rank, info.local_world_size,
                    info.launcher, backend, device, address, info.rank == 0 and not agent_store)
+
+
+def _fail_if_port_taken(err: Exception, info: LaunchInfo) -> None:
+    """The rank that hosts the store (rank 0) could not bind its port: one sentence naming the
+    port and MASTER_PORT, exit 2, instead of torch's traceback (torch 2.13: DistNetworkError,
+    "... code: -98, name: EADDRINUSE, message: address already in use")."""
+    text = str(err)
+    if "EADDRINUSE" in text or "address already in use" in text.lower():
+        origin = f" ({info.port_origin})" if info.port_origin else ""
+        print(f"axon: error (rank {info.rank}): port {info.master_port} on host {socket.gethostname()}{origin} "
+              "is already in use; set MASTER_PORT to a free port.", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def shutdown(all_ranks_done: bool = False) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from typing import Mapping
 
 
@@ -30,6 +31,19 @@ class LaunchInfo:
     launcher: str  # "single" | "torchrun" | "slurm" | "mpi"
     master_addr: str | None  # None for mpi until rendezvous (rank 0 broadcasts it)
     master_port: int | None
+    port_origin: str = field(default="", compare=False)  # where master_port came from, for error messages
+
+
+# Slurm ports when MASTER_PORT is unset: below 32768, where Linux's default ephemeral range
+# (32768-60999) starts, so no outgoing connection holds one; from 15000, above most services.
+SLURM_PORTS = (15000, 32768)
+
+
+def slurm_port(job_id: int, step_id: int) -> int:
+    """The port every rank of Slurm job `job_id`, step `step_id` derives alone: a CRC of both (the
+    same in every process, unlike hash()), so neighbouring job ids and concurrent steps differ."""
+    lo, hi = SLURM_PORTS
+    return lo + zlib.crc32(f"{job_id}.{step_id}".encode()) % (hi - lo)
 
 
 def _int(env: Mapping[str, str], name: str, minimum: int = 0) -> int:
@@ -105,7 +119,7 @@ def _torchrun(env: Mapping[str, str]) -> LaunchInfo:
     addr, port = env.get("MASTER_ADDR") or None, _port(env)
     if world > 1 and (addr is None or port is None):
         raise ValueError(f"RANK/WORLD_SIZE={world} are set but MASTER_ADDR or MASTER_PORT is missing.")
-    return LaunchInfo(rank, world, local, local_world, "torchrun", addr, port)
+    return LaunchInfo(rank, world, local, local_world, "torchrun", addr, port, "from MASTER_PORT")
 
 
 def _slurm(env: Mapping[str, str]) -> LaunchInfo:
@@ -131,15 +145,15 @@ def _slurm(env: Mapping[str, str]) -> LaunchInfo:
         if not hosts:
             raise ValueError("SLURM_PROCID is set but SLURM_STEP_NODELIST/SLURM_JOB_NODELIST is empty; set MASTER_ADDR.")
         addr = hosts[0]  # the step's first node hosts rank 0 under srun's default block distribution
-    port = _port(env)
+    port, origin = _port(env), "from MASTER_PORT"
     if port is None:
         job_var = "SLURM_JOB_ID" if "SLURM_JOB_ID" in env else "SLURM_JOBID"
         if job_var not in env:
             raise ValueError("SLURM_PROCID is set but neither SLURM_JOB_ID nor MASTER_PORT is.")
-        # Every rank computes the same port from the job id, so no one has to broadcast it;
-        # concurrent job steps of one job would collide and must set MASTER_PORT themselves.
-        port = 20000 + _int(env, job_var) % 20000
-    return LaunchInfo(rank, world, local, local_world, "slurm", addr, port)
+        step_var = "SLURM_STEP_ID" if "SLURM_STEP_ID" in env else "SLURM_STEPID"
+        job, step = _int(env, job_var), _int(env, step_var) if step_var in env else 0
+        port, origin = slurm_port(job, step), f"derived from Slurm job {job} step {step} as MASTER_PORT is unset"
+    return LaunchInfo(rank, world, local, local_world, "slurm", addr, port, origin)
 
 
 def _mpi(env: Mapping[str, str], family: tuple) -> LaunchInfo:
@@ -154,7 +168,9 @@ def _mpi(env: Mapping[str, str], family: tuple) -> LaunchInfo:
     if family[2] and family[2] in env and family[3] in env:
         local, local_world = _int(env, family[2]), _int(env, family[3], minimum=1)
         _check_below(family[2], local, family[3], local_world)
-    return LaunchInfo(rank, world, local, local_world, "mpi", env.get("MASTER_ADDR") or None, _port(env))
+    port = _port(env)
+    return LaunchInfo(rank, world, local, local_world, "mpi", env.get("MASTER_ADDR") or None, port,
+                      "from MASTER_PORT" if port is not None else "")
 
 
 def detect_launch(env: Mapping[str, str] = os.environ) -> LaunchInfo:

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from axon.spec.launcher import slurm_port
 from axon.testing.processes import REPO, clean_env, free_port, start, wait
 
 PROBE = REPO / "tests" / "end_to_end" / "launch_probe.py"
@@ -72,19 +73,27 @@ def test_mpiexec(tmp_path):
 
 
 def test_slurm_environment(tmp_path):
-    """What srun exports, set by hand: the port comes from the job id alone, the same on every rank."""
+    """What srun exports, set by hand: the port comes from the job and step ids alone, the same on every rank."""
     out = tmp_path / "slurm.json"
-    port = free_port(within=(20000, 40000))  # the port Slurm's job id maps to: 20000 + id mod 20000
-    job_id = 731 * 20000 + (port - 20000)  # so that 20000 + job_id % 20000 == port
+    step = 2  # a second concurrent step of the job would derive another port
+    job_id = next(job for job in range(7_000_000, 7_000_200)  # one whose derived port is free now
+                  if _free(slurm_port(job, step)))
     procs = []
     for rank in range(WORLD):
         env = clean_env()
         env.update(SLURM_PROCID=str(rank), SLURM_NTASKS=str(WORLD), SLURM_LOCALID=str(rank),
                    SLURM_NODEID="0", SLURM_STEP_TASKS_PER_NODE=str(WORLD),
-                   SLURM_STEP_NODELIST="localhost", SLURM_JOB_ID=str(job_id))
+                   SLURM_STEP_NODELIST="localhost", SLURM_JOB_ID=str(job_id), SLURM_STEP_ID=str(step))
         procs.append(start([sys.executable, str(PROBE), str(out)], env))
     log = wait(procs)
     recs = _records(out, log)
     _check_world(recs, "slurm")
-    assert [r["master_port"] for r in recs] == [port] * WORLD
+    assert [r["master_port"] for r in recs] == [slurm_port(job_id, step)] * WORLD
     assert [r["num_threads"] for r in recs] == [_expected_threads()] * WORLD
+
+
+def _free(port: int) -> bool:
+    try:
+        return free_port(within=(port, port + 1)) == port
+    except RuntimeError:
+        return False

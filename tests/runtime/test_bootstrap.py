@@ -1,11 +1,15 @@
-"""detect_launch on hand-made environments, the Slurm string parsers, and a world-1 start-up."""
+"""detect_launch on hand-made environments, the Slurm string parsers, Slurm's derived port, and
+start-up on one rank (and on a taken port)."""
+
+import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from axon.runtime.bootstrap import (LaunchInfo, detect_launch, expand_hostlist, init_distributed,
+from axon.runtime.bootstrap import (LaunchInfo, detect_launch, expand_hostlist, free_port, init_distributed,
                             parse_tasks_per_node, shutdown)
+from axon.spec.launcher import SLURM_PORTS, slurm_port
 
 
 # ---------------------------------------------------------------- Slurm strings
@@ -76,8 +80,20 @@ def _srun_env(**extra):
 
 def test_slurm():
     info = detect_launch(_srun_env())
-    # The step's nodelist (not the job's) names rank 0's host; port 20000 + 1234567 % 20000.
-    assert info == LaunchInfo(6, 11, 2, 4, "slurm", "nid004", 34567)
+    # The step's nodelist (not the job's) names rank 0's host; the port comes from job and step (absent: 0).
+    assert info == LaunchInfo(6, 11, 2, 4, "slurm", "nid004", slurm_port(1234567, 0))
+    assert info.master_port == 15000 + 2930783317 % 17768  # zlib.crc32(b"1234567.0"): fixed across processes
+    assert detect_launch(_srun_env(SLURM_STEP_ID="3")).master_port == slurm_port(1234567, 3)
+
+
+def test_slurm_port_separates_jobs_20000_apart_and_steps_of_one_job():
+    # The old rule (20000 + job % 20000) gave these pairs one port.
+    for job in (1234567, 1254567, 20000, 40000, 7):
+        assert slurm_port(job, 0) != slurm_port(job + 20000, 0)
+        assert slurm_port(job, 0) != slurm_port(job, 1)
+    ports = [slurm_port(job, step) for job in range(1000, 1100) for step in range(3)]
+    assert all(SLURM_PORTS[0] <= p < SLURM_PORTS[1] for p in ports)
+    assert len(set(ports)) > 280  # 300 draws from 17768 ports: a handful of birthday collisions at most
 
 
 def test_slurm_last_node_and_job_nodelist():
@@ -126,7 +142,7 @@ def test_mpiexec_inside_slurm_allocation_is_mpi():
 def test_srun_with_pmi_is_slurm():
     # srun --mpi=pmi2 sets PMI_RANK too, agreeing with SLURM_PROCID.
     info = detect_launch(_srun_env(PMI_RANK="6", PMI_SIZE="11"))
-    assert (info.launcher, info.rank, info.master_port) == ("slurm", 6, 34567)
+    assert (info.launcher, info.rank, info.master_port) == ("slurm", 6, slurm_port(1234567, 0))
 
 
 # ---------------------------------------------------------------- malformed environments
@@ -142,6 +158,7 @@ def test_srun_with_pmi_is_slurm():
     (_srun_env(SLURM_PROCID="11"), ["SLURM_PROCID=11", "SLURM_NTASKS=11"]),
     (_srun_env(SLURM_LOCALID="3", SLURM_NODEID="2"), ["SLURM_LOCALID=3"]),
     (_srun_env(SLURM_JOB_ID="job"), ["SLURM_JOB_ID", "'job'"]),
+    (_srun_env(SLURM_STEP_ID="batch"), ["SLURM_STEP_ID", "'batch'"]),
     ({"PMI_RANK": "0"}, ["PMI_RANK", "size"]),
     ({"PMI_RANK": "-1", "PMI_SIZE": "2"}, ["PMI_RANK=-1"]),
 ])
@@ -180,3 +197,28 @@ def test_explicit_backend():
         with pytest.raises(ValueError, match="nccl"):
             init_distributed(detect_launch({}), backend="nccl")
     assert not dist.is_initialized()
+
+
+def slurm_job_with_free_port(step: int = 0) -> tuple[int, int]:
+    """A Slurm job id whose derived port (for `step`) no one listens on now, and that port."""
+    for job in range(5_000_000, 5_000_200):
+        try:
+            return job, free_port(within=(slurm_port(job, step), slurm_port(job, step) + 1))
+        except RuntimeError:
+            continue
+    raise AssertionError("200 job ids all derive a taken port")
+
+
+def test_a_taken_port_is_one_sentence_naming_master_port(capfd):
+    job, port = slurm_job_with_free_port()
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_TASKS_PER_NODE": "2", "SLURM_STEP_NODELIST": "localhost",
+           "SLURM_JOB_ID": str(job)}
+    with socket.socket() as taken:
+        taken.bind(("", port))
+        taken.listen()
+        with pytest.raises(SystemExit) as stop:  # rank 0 of 2 hosts the store: it must bind the port
+            init_distributed(detect_launch(env), backend="gloo", timeout_s=10)
+    assert stop.value.code == 2 and not dist.is_initialized()
+    assert capfd.readouterr().err == (
+        f"axon: error (rank 0): port {port} on host {socket.gethostname()} (derived from Slurm job {job} step 0 "
+        "as MASTER_PORT is unset) is already in use; set MASTER_PORT to a free port.\n")
