@@ -3,16 +3,22 @@ collectives when a job hangs, fails or is stopped, and reads back to diagnose it
 
 The one place its file names and fields are spelled: axon.parallel.flight fills the
 collectives, axon.runtime.health writes the file, axon.runtime.diagnose reads every rank's.
-Plain Python, no torch (`python -m axon diagnose` runs anywhere the files were copied to).
+Each record names its job and attempt, and each attempt writes its own files
+(rank_R.<tag>.json), so a restarted job's records never overwrite or mix with an earlier
+attempt's; diagnose reads the newest. Plain Python, no torch (`python -m axon diagnose` runs
+anywhere the files were copied to).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 FOLDER = "flight"  # under the run's out_dir
 RECORD_GLOB = "rank_*.json"
@@ -56,15 +62,66 @@ class FlightRecord:
     issued: int = 0  # collectives issued in the run (the ring keeps the last few)
     idle_s: float = 0.0  # since the last collective was issued or finished
     entries: tuple[CollectiveRecord, ...] = ()
+    job: str = ""  # see attempt_tag; empty in files written before these fields existed
+    attempt: str = ""
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "entries": [_collective_to_json(e) for e in self.entries]}
 
     @classmethod
-    def from_json(cls, data: dict) -> "FlightRecord":
+    def from_json(cls, data) -> "FlightRecord":
+        """The record in `data`; ValueError, naming the field, if it is not one (diagnose skips the file)."""
+        _check(data, _RECORD_TYPES, "the record", required=("rank", "world"))
+        entries = data.get("entries", [])
+        if not isinstance(entries, list):
+            raise ValueError("'entries' is not a list")
+        for e in entries:
+            _check(e, _ENTRY_TYPES, "an entry", required=tuple(_ENTRY_TYPES))
+            if not all(isinstance(r, int) for r in e["group"]):
+                raise ValueError(f"an entry's group {e['group']!r} is not a list of ranks")
+        if not 0 <= data["rank"] < data["world"]:
+            raise ValueError(f"rank {data['rank']} is not below world {data['world']}")
+        if data.get("coords") is not None and not all(isinstance(v, int) for v in data["coords"].values()):
+            raise ValueError(f"'coords' {data['coords']!r} are not integers")
         known = {f.name for f in dataclasses.fields(cls)} - {"entries"}
-        entries = tuple(CollectiveRecord(**{**e, "group": tuple(e["group"])}) for e in data.get("entries", ()))
-        return cls(**{k: v for k, v in data.items() if k in known}, entries=entries)
+        return cls(**{k: v for k, v in data.items() if k in known},
+                   entries=tuple(CollectiveRecord(**{**{k: e[k] for k in _ENTRY_TYPES}, "group": tuple(e["group"])})
+                                 for e in entries))
+
+
+_NUMBER = (int, float)
+_RECORD_TYPES = {"rank": int, "world": int, "host": str, "reason": str, "time": _NUMBER, "coords": (dict, type(None)),
+                 "step": int, "in_step": bool, "issued": int, "idle_s": _NUMBER, "job": str, "attempt": str}
+_ENTRY_TYPES = {"index": int, "step": int, "step_index": int, "op": str, "axis": str, "group": list, "seq": int,
+                "bytes": int, "state": str, "age_s": _NUMBER}
+
+
+def _check(data, types: dict, what: str, required: tuple) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    for name in required:
+        if name not in data:
+            raise ValueError(f"{what} has no {name!r}")
+    for name, kind in types.items():
+        if name in data and not isinstance(data[name], kind):
+            raise ValueError(f"{what}'s {name!r} is {data[name]!r}")
+
+
+def attempt_tag(env: Mapping[str, str] = os.environ, token: str = "") -> tuple[str, str]:
+    """(job, attempt), the same on every rank of one start of the job.
+
+    job: SLURM_JOB_ID, else torchrun's TORCHELASTIC_RUN_ID (its default "none" counts as unset), else "".
+    attempt: the restart counts a scheduler exports, for a reader, and an id derived from `token`
+    (drawn by rank 0 for each process group, known to every rank): counts are unset outside a
+    scheduler and repeat when a run is restarted by hand, and clocks differ between ranks, so only
+    the id tells two starts apart. It is a hash: the token itself guards the job's health keys."""
+    run_id = env.get("TORCHELASTIC_RUN_ID", "")
+    job = env.get("SLURM_JOB_ID") or (run_id if run_id != "none" else "")
+    parts = [f"{name} restart {env[var]}" for name, var in (("Slurm", "SLURM_RESTART_COUNT"),
+                                                            ("torchrun", "TORCHELASTIC_RESTART_COUNT")) if env.get(var)]
+    if token:
+        parts.append("attempt " + hashlib.sha256(f"axon attempt {token}".encode()).hexdigest()[:10])
+    return job, ", ".join(parts)
 
 
 def _collective_to_json(entry: CollectiveRecord) -> dict:
@@ -75,23 +132,46 @@ def flight_folder(out_dir: str | Path) -> Path:
     return Path(out_dir) / FOLDER
 
 
-def record_path(folder: Path, rank: int) -> Path:
-    return Path(folder) / f"rank_{rank}.json"
+def record_path(folder: Path, rank: int, job: str = "", attempt: str = "") -> Path:
+    """folder/rank_R.json, or rank_R.<tag>.json for a record that names its job and attempt."""
+    if not job and not attempt:
+        return Path(folder) / f"rank_{rank}.json"
+    return Path(folder) / f"rank_{rank}.{hashlib.sha256(f'{job}/{attempt}'.encode()).hexdigest()[:10]}.json"
 
 
 def write_record(folder: Path, record: FlightRecord) -> Path:
-    """Write `record` to folder/rank_R.json whole (a reader never sees half a file)."""
-    path = record_path(folder, record.rank)
-    tmp = path.with_suffix(".tmp")
+    """Write `record` to its file whole (a reader never sees half a file); the temporary name is
+    this thread's own, as the watchdog and the main thread of one rank may both write."""
+    path = record_path(folder, record.rank, record.job, record.attempt)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(record.to_json(), indent=1))
     os.replace(tmp, path)
     return path
 
 
-def read_records(folder: Path) -> dict[int, FlightRecord]:
-    """Every rank's record in `folder`, by rank."""
-    records = {}
+def load_records(folder: Path) -> tuple[list[FlightRecord], list[str]]:
+    """Every record in `folder` that reads, and "FILE (why)" for each file that does not."""
+    records, problems = [], []
     for path in sorted(Path(folder).glob(RECORD_GLOB)):
-        record = FlightRecord.from_json(json.loads(path.read_text()))
-        records[record.rank] = record
-    return records
+        try:
+            records.append(FlightRecord.from_json(json.loads(path.read_text())))
+        except (OSError, ValueError) as err:  # JSON and UTF-8 errors are ValueErrors
+            why = (str(err).splitlines() or [type(err).__name__])[0][:120]
+            problems.append(f"{path.name} ({why})")
+    return records, problems
+
+
+def by_attempt(records: list[FlightRecord]) -> list[list[FlightRecord]]:
+    """`records` grouped by (job, attempt), the oldest attempt first: ordered by when each first
+    wrote, so a late straggler of an earlier attempt does not make it the newest (attempts are
+    seconds to hours apart, far more than clocks differ between nodes)."""
+    groups: dict[tuple[str, str], list[FlightRecord]] = {}
+    for record in sorted(records, key=lambda r: r.time):
+        groups.setdefault((record.job, record.attempt), []).append(record)
+    return sorted(groups.values(), key=lambda group: group[0].time)
+
+
+def read_records(folder: Path) -> dict[int, FlightRecord]:
+    """The newest attempt's records in `folder`, by rank (a rank's latest if it wrote twice)."""
+    attempts = by_attempt(load_records(folder)[0])
+    return {record.rank: record for record in attempts[-1]} if attempts else {}

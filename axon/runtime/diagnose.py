@@ -13,19 +13,19 @@ and prints a few lines:
 
 Collectives are matched by (step, index in the step): ranks of one stage issue the same
 sequence, so the first index where their records differ is where their code diverged.
+Only the run's own OUT_DIR/flight is read, and of it only the newest attempt of the job (its
+first line names it): nothing in /tmp or named by the environment, which others may write.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 from axon.parallel.flight_record import (FOLDER, NCCL_TRACE_PREFIX, PENDING, CollectiveRecord, FlightRecord,
-                                         flight_folder, read_records)
+                                         by_attempt, flight_folder, load_records)
 
 
 def _what(entry: CollectiveRecord | None) -> tuple | None:
@@ -89,7 +89,7 @@ def first_difference(records: dict[int, FlightRecord]) -> list[str] | None:
     odd = sorted(r for r, e in seen.items() if _what(e) != majority)
     if odd and len(odd) < len(seen) / 2 + (len(seen) == 2):
         coords = records[odd[0]].coords
-        where = (" (" + ", ".join(f"{axis} {coords[axis]}" for axis in ("data", "pipe", "depth", "row", "col"))
+        where = (" (" + ", ".join(f"{axis} {coords.get(axis, '?')}" for axis in ("data", "pipe", "depth", "row", "col"))
                  + f", host {records[odd[0]].host})") if coords and len(odd) == 1 else ""
         lines.append(f"  -> {_ranks(odd)}{where} diverged from {len(seen) - len(odd)} peer(s) running the same code")
     return lines
@@ -124,33 +124,41 @@ def all_waiting(records: dict[int, FlightRecord], world: int) -> list[str]:
     return lines
 
 
-def nccl_dumps(out_dir: Path, env=os.environ) -> list[str]:
-    """PyTorch's NCCL flight-recorder dumps, <prefix><rank>: OUT_DIR/flight/nccl_trace_rank_ (axon's
-    default for TORCH_NCCL_DEBUG_INFO_TEMP_FILE, and where axon's watchdog dumps them too), the
-    prefix $TORCH_NCCL_DEBUG_INFO_TEMP_FILE names here, and torch's default /tmp/nccl_trace_rank_."""
-    prefixes = [str(flight_folder(out_dir) / NCCL_TRACE_PREFIX),
-                env.get("TORCH_NCCL_DEBUG_INFO_TEMP_FILE", ""), "/tmp/" + NCCL_TRACE_PREFIX]
-    lines = []
-    for prefix in dict.fromkeys(p for p in prefixes if p):
-        found = sorted(glob.glob(glob.escape(prefix) + "*"))
-        if found:
-            folder, name = os.path.split(prefix)
-            lines.append(f"PyTorch NCCL flight-recorder dumps: {len(found)} file(s) {prefix}*; read them with: "
-                         f"python -m torch.distributed.flight_recorder.fr_trace {folder} -p {name} --allow-incomplete-ranks")
-    return lines
+def nccl_dumps(folder: Path) -> list[str]:
+    """PyTorch's NCCL flight-recorder dumps in the run's flight folder (where axon points
+    TORCH_NCCL_DEBUG_INFO_TEMP_FILE, and where its watchdog dumps them): pickles, which run code
+    when read, so the line says so."""
+    found = sorted(folder.glob(NCCL_TRACE_PREFIX + "*"))
+    if not found:
+        return []
+    return [f"PyTorch NCCL flight-recorder dumps: {len(found)} file(s) {folder / NCCL_TRACE_PREFIX}* (pickle files "
+            "written by PyTorch, by the last attempt that dumped; reading one runs code, so read them only if you "
+            f"trust them): python -m torch.distributed.flight_recorder.fr_trace {folder} -p {NCCL_TRACE_PREFIX} "
+            "--allow-incomplete-ranks"]
 
 
-def diagnose(out_dir: Path, env=os.environ) -> list[str]:
-    folder = flight_folder(out_dir) if flight_folder(out_dir).is_dir() else out_dir
-    records = read_records(folder)
-    if not records:
-        return [f"no flight records in {folder} (rank_R.json): the job wrote none"] + nccl_dumps(out_dir, env)
-    world = max(r.world for r in records.values())
+def diagnose(out_dir: Path, env=None) -> list[str]:
+    """The report's lines. `env` is not read (no /tmp or environment default any more); it is
+    accepted so that callers written for the old signature keep working."""
+    folder = flight_folder(out_dir) if flight_folder(out_dir).is_dir() else Path(out_dir)
+    found, unreadable = load_records(folder)
+    warning = [f"warning: left out {len(unreadable)} unreadable flight record file(s): "
+               + "; ".join(unreadable[:3]) + ("; ..." if len(unreadable) > 3 else "")] if unreadable else []
+    attempts = by_attempt(found)
+    if not attempts:
+        none = "no readable flight records" if unreadable else "no flight records (rank_R*.json): the job wrote none"
+        return [f"{none} in {folder}"] + warning + nccl_dumps(folder)
+    newest, older = attempts[-1], attempts[:-1]
+    records = {record.rank: record for record in newest}  # a rank that wrote twice: its latest (sorted by time)
+    world = max(r.world for r in newest)
+    job, attempt = newest[0].job, newest[0].attempt
+    which = ", ".join(filter(None, [f"job {job}" if job else "", attempt]))
     reasons = Counter(r.reason for r in records.values())
-    lines = [f"{len(records)} of {world} ranks wrote flight records in {folder}; why: "
-             + "; ".join(f"{reason} ({n})" for reason, n in reasons.most_common(3))]
+    lines = [(f"{which}: " if which else "") + f"{len(records)} of {world} ranks wrote flight records in {folder}; why: "
+             + "; ".join(f"{reason} ({n})" for reason, n in reasons.most_common(3))
+             + (f"; left out {sum(map(len, older))} record(s) of {len(older)} older attempt(s)" if older else "")]
     lines += first_difference(records) or all_waiting(records, world)
-    return lines + nccl_dumps(out_dir, env)
+    return lines + warning + nccl_dumps(folder)
 
 
 def main(argv=None) -> None:

@@ -22,6 +22,7 @@ C++, GIL released) cannot delay. Store load: per beat each rank sets one key and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -33,7 +34,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from axon.parallel.flight_record import NCCL_TRACE_PREFIX, WAITING, flight_folder, write_record
+from axon.parallel.flight_record import NCCL_TRACE_PREFIX, WAITING, attempt_tag, flight_folder, write_record
 
 EXIT_PEER_LOST = 3
 EXIT_HUNG = 4
@@ -92,6 +93,7 @@ class HealthMonitor:
         # verdict. The job's token (shared over the process group) keeps out keys nobody in the job wrote.
         self.prefix = f"axon/health/{token}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
         self.recorder, self.layout = None, None
+        self.job, self.attempt = attempt_tag(os.environ, token)  # each attempt's flight records: own files, named
         self.started = time.monotonic()
         self.stopped, self.ending = False, threading.Lock()
         self.store, self.store_host = None, None
@@ -304,7 +306,7 @@ class HealthMonitor:
             pass
 
     def dump_flight(self, reason: str) -> Path | None:
-        """OUT_DIR/flight/rank_R.json: this rank's recent collectives and why it was written."""
+        """OUT_DIR/flight/rank_R.<tag>.json: this rank's recent collectives, why and by which attempt it was written."""
         if self.recorder is None:
             return None
         folder = flight_folder(self.out_dir)
@@ -312,6 +314,7 @@ class HealthMonitor:
             folder.mkdir(parents=True, exist_ok=True)
             record = self.recorder.record(self.world, reason, host=socket.gethostname(),
                                           coords=self.layout.coords(self.rank) if self.layout else None)
+            record = dataclasses.replace(record, job=self.job, attempt=self.attempt)
             path = write_record(folder, record)
             if self.backend == "nccl":
                 self._dump_nccl(folder)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from axon.checkpoint import CheckpointReader, find_latest
+from axon.parallel.flight_record import load_records
 from axon.testing.processes import start_ranks as start, wait_all
 from axon.testing.runs import fault_run_config
 
@@ -90,6 +91,12 @@ def test_a_killed_rank_stops_every_survivor_naming_it(tmp_path, launcher, when, 
                                     "".join(outputs)).group(1))
     survivors = [r for r in range(4) if r != lost]
     steps, named = check_survivors(outputs, lost)
+    # Every survivor wrote a flight record naming this start of the job, in its own file.
+    records, unreadable = load_records(run / "flight")
+    assert not unreadable and set(survivors) <= {r.rank for r in records}, (unreadable, records)
+    restart = "torchrun restart 0, " if launcher == "torchrun" else ""
+    assert len({(r.job, r.attempt) for r in records}) == 1
+    assert re.fullmatch(restart + "attempt [0-9a-f]{10}", records[0].attempt), records[0].attempt
     latest = find_latest(run / "checkpoints")
     assert named == latest
     if launcher == "env":
