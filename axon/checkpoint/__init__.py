@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
-from axon.checkpoint.reader import CheckpointReader, checkpoint_step, find_latest, find_latest_intact
+from axon.checkpoint.reader import (CheckpointReader, CorruptCheckpoint, checkpoint_step, find_latest,
+                                    find_latest_intact)
 from axon.checkpoint.writer import prune_checkpoints, write_checkpoint
 from axon.config import ConfigError
 from axon.parallel.sharding import named_shardings, shard_from_global
 
-__all__ = ["CheckpointReader", "checkpoint_root", "find_latest", "load", "read_full_model",
+__all__ = ["CheckpointReader", "CorruptCheckpoint", "checkpoint_root", "find_latest_intact", "find_latest", "load", "read_full_model",
            "resolve_resume", "save", "set_aside_later", "write_model_checkpoint"]
 
 
@@ -49,7 +50,8 @@ def save(trainer, step: int, keep: int) -> Path:
              "config": trainer.config.to_dict()}
     path = write_checkpoint(final, trainer.model, trainer.optimizer, trainer.grid, trainer.config.model, step, extra)
     if trainer.grid.rank == 0:
-        prune_checkpoints(final.parent, keep, spare=(path, trainer.resumed_from))
+        prune_checkpoints(final.parent, keep, spare=(path, trainer.resumed_from),
+                          after_each=lambda: trainer.grid.trace.flight.save_point(step, "prune"))
     return path
 
 

@@ -30,6 +30,11 @@ HASH_CHUNK_BYTES = 8 * 2**20  # hashing reads a file this much at a time
 MAPPED_BYTES = 64 * 2**20
 
 
+class CorruptCheckpoint(ConfigError):
+    """A shard file's bytes do not match the sha256 meta.json records (the verdict every rank
+    agrees on in CheckpointReader.verify)."""
+
+
 def rank_file(rank: int) -> str:
     return f"rank_{rank:05d}.safetensors"
 
@@ -104,8 +109,8 @@ class CheckpointReader:
         if world > 1:
             first_bad = world_min(first_bad, device)
         if first_bad < len(names):
-            raise ConfigError(f"checkpoint shard {str(self.path / names[first_bad])!r} is corrupt: "
-                              "its sha256 does not match meta.json")
+            raise CorruptCheckpoint(f"checkpoint shard {str(self.path / names[first_bad])!r} is corrupt: "
+                                    "its sha256 does not match meta.json")
         self._verified = True
 
     def _intact(self, name: str) -> bool:
@@ -193,12 +198,14 @@ def find_latest(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def find_latest_intact(root: Path) -> tuple[Path | None, list[str]]:
-    """The newest complete checkpoint whose metadata reads and whose shard files are all there
-    at their recorded sizes (cheap, before any collective; the checksums are verified at load),
-    and why each newer one was passed over."""
+def find_latest_intact(root: Path, below: int | None = None) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint (of a step below `below`, if given) whose metadata reads
+    and whose shard files are all there at their recorded sizes (cheap, before any collective;
+    the checksums are verified at load), and why each newer one was passed over."""
     passed_over = []
     for path in reversed(complete_checkpoints(root)):
+        if below is not None and checkpoint_step(path) >= below:
+            continue
         try:
             CheckpointReader(path).check_files()
         except ConfigError as err:

@@ -123,6 +123,8 @@ def write_checkpoint(final: Path, model, optimizer, grid, shape, step: int, extr
         partial.mkdir(parents=True)
     world_barrier()
     size, sha256 = write_safetensors(partial / rank_file(grid.rank), _rank_tensors(model, optimizer, grid))
+    faults = grid.trace.flight  # AXON_FAULT's save points (a testing aid; benchmarks/faults.py)
+    faults.save_point(step, "shards")
     # Only rank 0 writes meta.json, so only rank 0 receives: 40 bytes from every rank, and
     # from each stage's first rank (the pipe group that holds rank 0) that stage's tensors.
     device = next(model.parameters()).device
@@ -149,6 +151,7 @@ def write_checkpoint(final: Path, model, optimizer, grid, shape, step: int, extr
         }
         _write_durably(partial / META, json.dumps(meta, indent=1).encode())
         _fsync_dir(partial)
+        faults.save_point(step, "meta")
         replaced = final.parent / (final.name + ".replaced")
         if final.exists():  # a re-save of this step: the old copy stays whole until the new one is in place
             shutil.rmtree(replaced, ignore_errors=True)
@@ -156,19 +159,30 @@ def write_checkpoint(final: Path, model, optimizer, grid, shape, step: int, extr
         os.replace(partial, final)
         _fsync_dir(final.parent)
         shutil.rmtree(replaced, ignore_errors=True)
+        faults.save_point(step, "renamed")
     world_barrier()
     return final
 
 
-def prune_checkpoints(root: Path, keep: int, spare: tuple[Path | None, ...] = ()) -> None:
+def prune_checkpoints(root: Path, keep: int, spare: tuple[Path | None, ...] = (), after_each=None) -> None:
     """Keep the newest `keep` complete checkpoints (rank 0 only) and every one in `spare` (the
     one just written, the one the run resumed from); a folder without meta.json is not a
-    checkpoint and is neither counted nor removed. Leftovers of killed saves go too."""
+    checkpoint and is neither counted nor removed. Leftovers of killed saves and prunes go too.
+
+    A checkpoint is first renamed to step_N.pruned (one atomic step: from then on no reader
+    takes it), then removed, so a prune killed half-way never leaves half a checkpoint under
+    its name. `after_each()` runs after each removal (fault injection)."""
     done = complete_checkpoints(root)
     spared = {p.resolve() for p in spare if p is not None}
     for old in done[:-keep] if keep > 0 else []:
         if old.resolve() not in spared:
-            shutil.rmtree(old, ignore_errors=True)
+            doomed = old.with_name(old.name + ".pruned")
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            if after_each is not None:
+                after_each()
+    for leftover in root.glob("step_*.pruned"):
+        shutil.rmtree(leftover, ignore_errors=True)
     for partial in root.glob("step_*.partial"):
         if partial.stat().st_mtime < max((p.stat().st_mtime for p in done), default=0):
             shutil.rmtree(partial, ignore_errors=True)

@@ -39,9 +39,12 @@ class FaultPlan:
     """AXON_FAULT, a testing aid: `stall:rank=R:step=S` makes rank R sleep (until the job ends)
     before its first collective of step S; `skip:rank=R:step=S` makes it leave out its first
     blocking collective of step S; `die:rank=R:step=S` SIGKILLs rank R at its first collective
-    of step S, and `die:rank=R:step=S:at=save` just before it saves the checkpoint after step S."""
+    of step S, and `die:rank=R:step=S:at=P` at point P of saving the checkpoint after step S
+    (SAVE_POINTS: before it starts, after this rank's shard file, after meta.json, after the
+    rename, after the prune's first removal)."""
 
     KINDS = ("stall", "skip", "die")
+    SAVE_POINTS = ("save", "shards", "meta", "renamed", "prune")
 
     def __init__(self, kind: str = "", rank: int = -1, step: int = -1, at: str = "step"):
         self.kind, self.rank, self.step, self.at = kind, rank, step, at
@@ -57,9 +60,9 @@ class FaultPlan:
             plan = cls(kind, int(values["rank"]), int(values["step"]), values.get("at", "step"))
         except (KeyError, ValueError):
             plan = None
-        if plan is None or kind not in cls.KINDS or plan.at not in ("step", "save") or plan.step < 1:
+        if plan is None or kind not in cls.KINDS or plan.at not in ("step", *cls.SAVE_POINTS) or plan.step < 1:
             raise ValueError(f"AXON_FAULT must look like stall:rank=R:step=S, skip:rank=R:step=S or "
-                             f"die:rank=R:step=S[:at=save] with S >= 1, got {text!r}")
+                             f"die:rank=R:step=S[:at={'|'.join(cls.SAVE_POINTS)}] with S >= 1, got {text!r}")
         return plan
 
     def applies(self, rank: int, step: int, at: str = "step") -> bool:
@@ -90,9 +93,11 @@ class FlightRecorder:
     def end_step(self) -> None:
         self.in_step = False
 
-    def before_save(self, step: int) -> None:
-        if self.faults.applies(self.rank, step, at="save") and self.faults.kind == "die":
-            self.faults.die(self.rank, step, "before saving the checkpoint after")
+    def save_point(self, step: int, at: str) -> None:
+        """AXON_FAULT=die:rank=R:step=S:at=P kills rank R here (the checkpoint after step S, point P)."""
+        if self.faults.applies(self.rank, step, at=at) and self.faults.kind == "die":
+            where = "before saving" if at == "save" else f"at save point {at!r} of"
+            self.faults.die(self.rank, step, f"{where} the checkpoint after")
 
     def issue(self, op: str, axis: str, group: tuple, nbytes: int, blocking: bool) -> FlightEntry | None:
         """Record a collective about to be issued; None means skip it (fault injection only)."""

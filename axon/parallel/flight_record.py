@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from axon.spec.launcher import job_and_restarts
+
 FOLDER = "flight"  # under the run's out_dir
 RECORD_GLOB = "rank_*.json"
 NCCL_TRACE_PREFIX = "nccl_trace_rank_"  # PyTorch's NCCL flight-recorder dumps beside ours: <prefix><rank>
@@ -110,15 +112,13 @@ def _check(data, types: dict, what: str, required: tuple) -> None:
 def attempt_tag(env: Mapping[str, str] = os.environ, token: str = "") -> tuple[str, str]:
     """(job, attempt), the same on every rank of one start of the job.
 
-    job: SLURM_JOB_ID, else torchrun's TORCHELASTIC_RUN_ID (its default "none" counts as unset), else "".
+    job: as the launcher names it (axon.spec.launcher.job_and_restarts).
     attempt: the restart counts a scheduler exports, for a reader, and an id derived from `token`
     (drawn by rank 0 for each process group, known to every rank): counts are unset outside a
     scheduler and repeat when a run is restarted by hand, and clocks differ between ranks, so only
     the id tells two starts apart. It is a hash: the token itself guards the job's health keys."""
-    run_id = env.get("TORCHELASTIC_RUN_ID", "")
-    job = env.get("SLURM_JOB_ID") or (run_id if run_id != "none" else "")
-    parts = [f"{name} restart {env[var]}" for name, var in (("Slurm", "SLURM_RESTART_COUNT"),
-                                                            ("torchrun", "TORCHELASTIC_RESTART_COUNT")) if env.get(var)]
+    job, restarts = job_and_restarts(env)
+    parts = [restarts] if restarts else []
     if token:
         parts.append("attempt " + hashlib.sha256(f"axon attempt {token}".encode()).hexdigest()[:10])
     return job, ", ".join(parts)

@@ -137,9 +137,8 @@ def nccl_dumps(folder: Path) -> list[str]:
             "--allow-incomplete-ranks"]
 
 
-def diagnose(out_dir: Path, env=None) -> list[str]:
-    """The report's lines. `env` is not read (no /tmp or environment default any more); it is
-    accepted so that callers written for the old signature keep working."""
+def diagnose(out_dir: Path) -> list[str]:
+    """The report's lines, from OUT_DIR/flight only (or that folder given itself)."""
     folder = flight_folder(out_dir) if flight_folder(out_dir).is_dir() else Path(out_dir)
     found, unreadable = load_records(folder)
     warning = [f"warning: left out {len(unreadable)} unreadable flight record file(s): "

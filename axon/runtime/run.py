@@ -150,17 +150,12 @@ def _checkpoint_to_resume(config, rank: int):
 def job_and_attempt(launch) -> tuple[str | None, str]:
     """Who this job is, the same on every rank without communication (None when the launcher
     names no job: then only rank 0 reads the run directory's lock), and which attempt of it."""
-    env = os.environ
-    if env.get("SLURM_JOB_ID"):
-        job = f"slurm-{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"
-    elif env.get("TORCHELASTIC_RUN_ID"):
-        job = f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
-    elif env.get("PMIX_NAMESPACE"):
-        job = f"mpi-{env['PMIX_NAMESPACE']}"
-    else:
-        job = f"{socket.gethostname()}-{os.getpid()}" if launch.world_size == 1 else None
-    attempt = env.get("SLURM_RESTART_COUNT") or env.get("TORCHELASTIC_RESTART_COUNT") or "0"
-    return job, attempt
+    from axon.spec.launcher import job_and_restarts
+
+    job, restarts = job_and_restarts()
+    if not job and launch.world_size == 1:
+        job = f"{socket.gethostname()}-{os.getpid()}"
+    return job or None, restarts
 
 
 def _check_run_dir(config, overwrite: bool, rank: int, job: str | None, attempt: str) -> str | None:
@@ -177,7 +172,7 @@ def _check_run_dir(config, overwrite: bool, rank: int, job: str | None, attempt:
 
 def _take_run_dir(config, overwrite: bool, reader, job: str | None, attempt: str, took_over: str | None):
     """Rank 0, before any collective: lock out_dir, then move aside what this run replaces."""
-    from axon.runtime.run_dir import RunDirError, RunDirLock, keep_metrics_through, move_earlier_run
+    from axon.runtime.run_dir import RunDirError, RunDirLock, move_earlier_run
 
     lock = RunDirLock(config.out_dir, job or f"{socket.gethostname()}-{os.getpid()}", attempt)
     try:
@@ -192,11 +187,6 @@ def _take_run_dir(config, overwrite: bool, reader, job: str | None, attempt: str
             print(f"axon: --overwrite: moved the earlier run's files to {moved}; nothing was deleted", flush=True)
     if reader is not None and config.train.resume != "latest":
         _set_aside_abandoned(config.out_dir, reader)
-    # The steps after the one resumed from are run again: their old lines go (whole lines kept).
-    dropped = keep_metrics_through(config.out_dir, reader.step if reader is not None else 0)
-    if dropped:
-        print(f"axon: {Path(config.out_dir) / 'metrics.jsonl'}: dropped {dropped} line(s) of steps after "
-              f"{reader.step if reader is not None else 0}, which this run repeats", flush=True)
     return lock
 
 
@@ -215,8 +205,9 @@ def _set_aside_abandoned(out_dir: str, reader) -> None:
 def _train(config, runtime, source, reader, choice=None, health=None) -> None:
     """Build the grid and trainer, resume if asked, train, and report."""
     from axon.parallel.grid import Grid
-    from axon.runtime.metrics import MetricsLog
+    from axon.runtime.metrics import METRICS_FILE, MetricsLog
     from axon.runtime.preemption import StopSignal
+    from axon.runtime.run_dir import keep_metrics_through
     from axon.runtime.trainer import Preempted, Trainer, TrainingDiverged, describe
 
     leader = runtime.rank == 0
@@ -234,11 +225,15 @@ def _train(config, runtime, source, reader, choice=None, health=None) -> None:
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(config.out_dir) / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     if reader is not None:
-        _resume(trainer, reader, runtime)
+        reader = _resume(trainer, reader, runtime, fall_back=config.train.resume == "latest")
     elif config.train.resume == "latest" and leader:
         print(f"axon: no checkpoint under {config.out_dir}/checkpoints yet; starting at step 0", flush=True)
-
-    # append: rank 0 kept only the lines up to the resume step before any collective (_take_run_dir)
+    if leader:  # the steps after the one resumed from are run again: their old lines go (whole lines kept)
+        start = reader.step if reader is not None else 0
+        dropped = keep_metrics_through(config.out_dir, start)
+        if dropped:
+            print(f"axon: {Path(config.out_dir) / METRICS_FILE}: dropped {dropped} line(s) of steps after {start}, "
+                  "which this run repeats", flush=True)
     log = MetricsLog(config.out_dir, config.train.steps, config.train.log_every, enabled=leader, append=True)
     try:
         with StopSignal() as stop:
@@ -271,17 +266,30 @@ def _mfu_peak(config, runtime) -> tuple[float, str]:
     return peak, f"{DTYPE_NAMES[config.train.dtype]} GEMM timed on all ranks at once, averaged"
 
 
-def _resume(trainer, reader, runtime) -> None:
-    """Load the checkpoint on every rank; any rank's problem stops all of them, named once."""
+def _resume(trainer, reader, runtime, fall_back: bool):
+    """Load the checkpoint on every rank; any rank's problem stops all of them, named once.
+    With `fall_back` (train.resume=latest), a checkpoint whose files fail their checksums is
+    passed over for the newest older one that reads whole (the checksums' verdict is agreed,
+    so every rank moves on together). Returns the reader of the checkpoint resumed from."""
+    from axon.checkpoint import CheckpointReader, CorruptCheckpoint, find_latest_intact
     from axon.config import ConfigError
     from axon.parallel.comm import first_error
 
     started = time.perf_counter()
-    error = None
-    try:
-        warning = trainer.resume_from(reader)
-    except ConfigError as err:  # e.g. a tensor one stage's ranks miss: every rank must stop, not only those
-        error, warning = err, None
+    while True:
+        error = None
+        try:
+            warning = trainer.resume_from(reader)
+        except ConfigError as err:  # e.g. a tensor one stage's ranks miss: every rank must stop, not only those
+            error, warning = err, None
+        older = None
+        if isinstance(error, CorruptCheckpoint) and fall_back:  # raised by the checksums' collective: on every rank
+            older, _ = find_latest_intact(reader.path.parent, below=reader.step)
+        if older is None:
+            break
+        if runtime.rank == 0:
+            print(f"axon: train.resume=latest passes over a checkpoint: {error}", flush=True)
+        reader = CheckpointReader(older)
     message = first_error(str(error) if error else None, runtime.device)
     if message:  # every rank states the first problem found, wherever it was found
         _fail_together(runtime.rank, message)
@@ -290,6 +298,7 @@ def _resume(trainer, reader, runtime) -> None:
               f"(saved at layout {reader.layout}) in {time.perf_counter() - started:.2f} s", flush=True)
         if warning:
             print(f"axon: {warning}", flush=True)
+    return reader
 
 
 def _summary(config, trainer, history: list[dict], choice) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -29,8 +30,9 @@ LOCK_REFRESH_S = 20.0  # the holder touches its lock this often
 LOCK_STALE_S = 120.0  # a lock not touched for this long has a dead holder (clocks of nodes may differ a little)
 # What an earlier run leaves and --overwrite moves aside; the GEMM tuning cache is kept (it is
 # about the machine, not the run).
-RUN_FILES = ("metrics.jsonl", "config.yaml", "checkpoints", "tensorboard", "flight", "layout_auto.json",
-             "comm_trace_rank*.json")
+RUN_FILES = ("metrics.jsonl", "checkpoints", "tensorboard", "flight", "layout_auto.json", "comm_trace_rank*.json")
+# Copied, not moved: the config a run wrote may be the one this run's other ranks are still reading.
+RUN_CONFIG = "config.yaml"
 
 
 class RunDirError(ValueError):
@@ -40,13 +42,14 @@ class RunDirError(ValueError):
 @dataclass(frozen=True)
 class LockHolder:
     job: str
-    attempt: str
+    attempt: str  # the launcher's restart counts ("" for a first attempt)
     host: str
     pid: int
     started: str  # UTC, ISO 8601
 
     def describe(self) -> str:
-        return f"job {self.job} (attempt {self.attempt}) on host {self.host}, pid {self.pid}, started {self.started}"
+        attempt = f" ({self.attempt})" if self.attempt else ""
+        return f"job {self.job}{attempt} on host {self.host}, pid {self.pid}, started {self.started}"
 
 
 def this_holder(job: str, attempt: str) -> LockHolder:
@@ -81,7 +84,7 @@ def _process_alive(pid: int) -> bool:
 def why_dead(holder: LockHolder, age_s: float, job: str, attempt: str) -> str | None:
     """Why the holder no longer runs, or None while it may still be running."""
     if holder.job == job and holder.attempt != attempt:
-        return f"it was attempt {holder.attempt} of this same job"
+        return f"it was an earlier attempt ({holder.attempt or 'the first'}) of this same job"
     if holder.host == socket.gethostname() and not _process_alive(holder.pid):
         return f"its process {holder.pid} on {holder.host} has ended"
     if age_s > LOCK_STALE_S:
@@ -190,6 +193,8 @@ def move_earlier_run(out_dir: str | Path) -> Path | None:
     folder.mkdir()
     for path in present:
         path.rename(folder / path.name)
+    if (out / RUN_CONFIG).is_file():
+        shutil.copy2(out / RUN_CONFIG, folder / RUN_CONFIG)
     return folder
 
 

@@ -262,7 +262,7 @@ class Trainer:
             stop = self.stop_agreed
             if stop or (t.checkpoint_every and (done % t.checkpoint_every == 0 or done == t.steps)):
                 started = time.perf_counter()
-                self.grid.trace.flight.before_save(done)  # AXON_FAULT=die:...:at=save (a testing aid)
+                self.grid.trace.flight.save_point(done, "save")  # AXON_FAULT=die:...:at=save (a testing aid)
                 path = checkpoint.save(self, done, t.keep_checkpoints)
                 if log is not None:
                     log.checkpoint(path, time.perf_counter() - started)

@@ -173,6 +173,22 @@ def _mpi(env: Mapping[str, str], family: tuple) -> LaunchInfo:
                       "from MASTER_PORT" if port is not None else "")
 
 
+def job_and_restarts(env: Mapping[str, str] = os.environ) -> tuple[str, str]:
+    """(job, restarts) as the launcher names them, the same on every rank without communication.
+
+    job: Slurm's "JOB" or "JOB.STEP" (concurrent steps of one job are different runs), torchrun's
+    run id (its default "none", shared by every job, counts as unset), PMIx's namespace, or "".
+    restarts: the restart counts Slurm (a requeue) and torchrun (--max-restarts) export, or ""."""
+    run_id = env.get("TORCHELASTIC_RUN_ID", "")
+    slurm = env.get("SLURM_JOB_ID", "")
+    if slurm and env.get("SLURM_STEP_ID"):
+        slurm += f".{env['SLURM_STEP_ID']}"
+    job = slurm or (run_id if run_id != "none" else "") or env.get("PMIX_NAMESPACE", "")
+    restarts = ", ".join(f"{name} restart {env[var]}" for name, var in
+                         (("Slurm", "SLURM_RESTART_COUNT"), ("torchrun", "TORCHELASTIC_RESTART_COUNT")) if env.get(var))
+    return job, restarts
+
+
 def detect_launch(env: Mapping[str, str] = os.environ) -> LaunchInfo:
     """Which launcher started this process, and this process's place; reads `env` only.
 

@@ -56,7 +56,7 @@ def test_auto_layout_calibrates_once_then_reuses_the_profile(tmp_path):
     assert machine.devices_per_node == 4 and machine.collectives["all_reduce"]["intra"]
     assert "axon: layout auto -> " in first, first
     stamp = profile.stat().st_mtime_ns
-    second = torchrun(config, "--set", "train.steps=2", "--set", f"out_dir={tmp_path / 'out'}")
+    second = torchrun(config, "--set", "train.steps=2", "--set", f"out_dir={tmp_path / 'out'}", "--overwrite")
     assert profile.stat().st_mtime_ns == stamp and "axon: layout auto -> " in second, second
 
 

@@ -39,7 +39,7 @@ def test_what_the_recorder_writes_diagnose_reads(tmp_path):
         assert read_records(tmp_path)[rank] == record
     written = json.loads(record_path(tmp_path, 0).read_text())
     assert written["entries"][-1]["state"] == WAITING and written["entries"][-1]["group"] == [0, 1]
-    lines = diagnose(tmp_path, env={})
+    lines = diagnose(tmp_path)
     assert lines[0] == f"2 of 2 ranks wrote flight records in {tmp_path}; why: hung (2)"
     assert lines[1:3] == ["first difference: collective #0 of step 2:",
                           "  rank 0 issued all_gather on axis depth (4096 B; group [0,1])"]

@@ -36,7 +36,7 @@ def _dead_pid() -> int:
 def _foreign_lock(out: Path, job: str, host: str, pid: int, age_s: float = 0.0) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / run_dir.LOCK_FILE
-    path.write_text(json.dumps({"job": job, "attempt": "0", "host": host, "pid": pid, "started": "2026-01-01T00:00:00Z"}))
+    path.write_text(json.dumps({"job": job, "attempt": "", "host": host, "pid": pid, "started": "2026-01-01T00:00:00Z"}))
     then = time.time() - age_s
     os.utime(path, (then, then))
 
@@ -66,7 +66,7 @@ def test_overwrite_moves_the_earlier_run_aside_and_keeps_the_gemm_cache(tmp_path
     assert folder.parent == out and folder.name.startswith("earlier-")
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoints", "comm_trace_rank0.json", "config.yaml",
                                                         "metrics.jsonl"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([folder.name, "gemm_tuning.json", "notes.txt"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([folder.name, "config.yaml", "gemm_tuning.json", "notes.txt"])
     assert (folder / "checkpoints" / "step_00000002").is_dir()
     assert move_earlier_run(out) is None  # nothing left to move
 
@@ -90,28 +90,29 @@ def test_readers_skip_a_torn_line_and_keep_the_last_row_of_a_repeated_step(tmp_p
 def test_a_live_holder_stops_a_second_job_and_a_dead_one_is_taken_over(tmp_path):
     out = tmp_path / "out"
     host = socket.gethostname()
-    _foreign_lock(out, "slurm-111.0", host, os.getpid())  # alive: this very process
+    _foreign_lock(out, "111.0", host, os.getpid())  # alive: this very process
     with pytest.raises(RunDirError) as err:
-        check_lock(out, "slurm-222.0", "0")
-    assert "in use by job slurm-111.0 (attempt 0) on host " + host in str(err.value)
+        check_lock(out, "222.0", "")
+    assert "in use by job 111.0 on host " + host in str(err.value)
     with pytest.raises(RunDirError):
-        RunDirLock(out, "slurm-222.0", "0").take()
-    assert json.loads((out / ".lock").read_text())["job"] == "slurm-111.0"  # untouched
+        RunDirLock(out, "222.0", "").take()
+    assert json.loads((out / ".lock").read_text())["job"] == "111.0"  # untouched
 
-    _foreign_lock(out, "slurm-111.0", host, _dead_pid())
-    assert "has ended" in check_lock(out, "slurm-222.0", "0")
-    _foreign_lock(out, "slurm-111.0", "another-node", 1, age_s=run_dir.LOCK_STALE_S + 5)
-    assert "last refreshed" in check_lock(out, "slurm-222.0", "0")
-    _foreign_lock(out, "slurm-111.0", "another-node", 1)  # fresh, on a host we cannot look at
+    _foreign_lock(out, "111.0", host, _dead_pid())
+    assert "has ended" in check_lock(out, "222.0", "")
+    _foreign_lock(out, "111.0", "another-node", 1, age_s=run_dir.LOCK_STALE_S + 5)
+    assert "last refreshed" in check_lock(out, "222.0", "")
+    _foreign_lock(out, "111.0", "another-node", 1)  # fresh, on a host we cannot look at
     with pytest.raises(RunDirError):
-        check_lock(out, "slurm-222.0", "0")
-    assert "attempt 0 of this same job" in check_lock(out, "slurm-111.0", "1")  # a requeue of the holder
+        check_lock(out, "222.0", "")
+    requeue = "Slurm restart 1"
+    assert "an earlier attempt (the first) of this same job" in check_lock(out, "111.0", requeue)
 
-    lock = RunDirLock(out, "slurm-111.0", "1")
+    lock = RunDirLock(out, "111.0", requeue)
     lock.take()
     holder = json.loads((out / ".lock").read_text())
-    assert (holder["job"], holder["attempt"], holder["pid"], holder["host"]) == ("slurm-111.0", "1", os.getpid(), host)
-    assert check_lock(out, "slurm-111.0", "1") is None  # the job's other ranks read their own rank 0's lock
+    assert (holder["job"], holder["attempt"], holder["pid"], holder["host"]) == ("111.0", requeue, os.getpid(), host)
+    assert check_lock(out, "111.0", requeue) is None  # the job's other ranks read their own rank 0's lock
     lock.release()
     assert not (out / ".lock").exists()
 

@@ -173,7 +173,8 @@ def _sbatch_path(path: Path, what: str) -> str:
 def torchrun_command(gpus: int, config: Path) -> list[str]:
     venv = REPO / ".venv" / "bin" / "torchrun"
     start = [str(venv)] if venv.exists() else [sys.executable, "-m", "torch.distributed.run"]
-    return start + ["--standalone", f"--nproc-per-node={gpus}", "-m", "axon", "train", str(config)]
+    # --overwrite: a rerun starts the point over; the earlier run's files move to an earlier-TIME/ folder
+    return start + ["--standalone", f"--nproc-per-node={gpus}", "-m", "axon", "train", str(config), "--overwrite"]
 
 
 def run_local(written: list[tuple[PointPlan, Path]], timeout_s: float) -> int:
@@ -182,7 +183,6 @@ def run_local(written: list[tuple[PointPlan, Path]], timeout_s: float) -> int:
     for entry, config in written:
         gpus, out_dir = entry.point.gpus, config.parent
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // gpus)))
-        (out_dir / "metrics.jsonl").unlink(missing_ok=True)  # a rerun never reports an older run's steps
         command = torchrun_command(gpus, config)
         print(f"axon scaling: {entry.point.name}: {' '.join(command)}", flush=True)
         started = time.perf_counter()
