@@ -133,31 +133,34 @@ def row(fault: str, did: str, steps_lost: int | None, files_lost: list[str], ok:
 # ------------------------------------------------------------------------------------------- rows
 
 
-def kill_at_save(folder: Path, at: str, rank: int) -> dict:
-    """SIGKILL one rank at a point of the save after step FAULT_STEP, then resume: latest."""
+def kill_at_save(folder: Path, at: str, rank: int, fault_step: int = FAULT_STEP) -> dict:
+    """SIGKILL one rank at a point of the save after `fault_step`, then resume: latest. A first
+    job writes the checkpoint of step 2; the faulty job resumes from it and saves every 2 steps."""
     keep = 1 if at == "prune" else 10
-    config = write_config(folder, steps=2 * FAULT_STEP, keep=keep)
+    total = fault_step + 2 * CHECKPOINT_EVERY
+    config = write_config(folder, steps=total, keep=keep)
     out = folder / "out"
-    codes, _ = run(config, "--set", f"train.steps={FAULT_STEP - CHECKPOINT_EVERY}", job_id=1)
-    assert codes == [0, 0], codes
+    codes, output = run(config, "--set", f"train.steps={CHECKPOINT_EVERY}", job_id=1)
+    if codes != [0, 0]:
+        raise RuntimeError(f"the first job exited {codes}: {output[-2000:]}")
     before = verified(out)  # the checkpoints complete before the faulty job
-    codes, output = run(config, "--set", "train.resume=latest", job_id=2, fault=f"die:rank={rank}:step={FAULT_STEP}:at={at}")
+    codes, output = run(config, "--set", "train.resume=latest", job_id=2, fault=f"die:rank={rank}:step={fault_step}:at={at}")
     killed = [c for c in codes if c != 0]
+    # What the fault destroyed, read before anything else runs. keep_checkpoints 1 may remove what the
+    # faulty job wrote before the fault (never the one it resumed from).
+    lost = lost_files(before, verified(out), pruned_by_policy=range(CHECKPOINT_EVERY + 1, fault_step))
     codes2, output2 = run(config, "--set", "train.resume=latest", job_id=3)
     start = resumed_step(output2)
-    after = verified(out)
-    policy = [s for s in (checkpoint_step(Path(n)) for n in before) if keep == 1 and s < FAULT_STEP]
-    lost = lost_files(before, after, pruned_by_policy=policy)
     steps = metrics_steps(out)
     did = (f"job ended (exit codes {codes}); resume: latest resumed at step {start} and finished; "
            f"metrics.jsonl steps 1..{steps[-1]} once each" if steps == list(range(1, len(steps) + 1))
            else f"metrics.jsonl steps {steps}")
-    steps_lost = None if start is None else FAULT_STEP - start
+    steps_lost = None if start is None else fault_step - start
     ok = (bool(killed) and codes2 == [0, 0] and steps_lost is not None and steps_lost <= CHECKPOINT_EVERY
-          and not lost and steps == list(range(1, 2 * FAULT_STEP + 1)))
+          and not lost and steps == list(range(1, total + 1)))
     where = {"shards": "while writing shards (its shard file written, meta.json not)", "meta":
              "after meta.json, before the rename", "renamed": "between the rename and the prune",
-             "prune": "during a prune (keep_checkpoints 1, after the first removal)"}[at]
+             "prune": "during a prune (keep_checkpoints 1: after it removed the one before)"}[at]
     return row(f"SIGKILL rank {rank} {where}", did, steps_lost, lost, ok)
 
 
@@ -168,9 +171,10 @@ def second_run_in_used_dir(folder: Path) -> dict:
     snapshot = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     codes, output = run(config, "--set", "train.steps=2", job_id=2)
     same = snapshot == {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    sentence = next((line for line in output.splitlines() if "holds an earlier run" in line), "")
+    sentence = next((line[line.index("holds an earlier run"):] for line in output.splitlines()
+                     if "holds an earlier run" in line), "")
     return row("a second run started in a used run directory (no resume, no --overwrite)",
-               f"refused on every rank (exit codes {codes}), one sentence: \"{sentence[:90]}...\"; "
+               f"refused on every rank (exit codes {codes}), one sentence: \"out_dir ... {sentence[:100]}...\"; "
                f"files byte-identical: {same}", 0, [] if same else ["changed"], codes == [2, 2] and same)
 
 
@@ -312,7 +316,7 @@ ROWS = {
     "kill-shards": lambda d: kill_at_save(d, "shards", 1),
     "kill-meta": lambda d: kill_at_save(d, "meta", 0),
     "kill-renamed": lambda d: kill_at_save(d, "renamed", 0),
-    "kill-prune": lambda d: kill_at_save(d, "prune", 0),
+    "kill-prune": lambda d: kill_at_save(d, "prune", 0, fault_step=FAULT_STEP + CHECKPOINT_EVERY),
     "second-run": second_run_in_used_dir,
     "requeue": requeue_while_running,
     "rollback": rollback,
