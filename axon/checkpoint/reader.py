@@ -39,6 +39,13 @@ def rank_file(rank: int) -> str:
     return f"rank_{rank:05d}.safetensors"
 
 
+def rank_of_file(name: str) -> int | None:
+    """The rank of a shard file's name, or None for any other name (meta.json names no path
+    outside its folder)."""
+    match = re.fullmatch(r"rank_(\d{5,})\.safetensors", name)
+    return int(match.group(1)) if match else None
+
+
 def file_sha256(path: Path) -> str:
     """The sha256 of a file, read HASH_CHUNK_BYTES at a time into one reused buffer."""
     digest = hashlib.sha256()
@@ -49,6 +56,26 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _malformed_fields(meta: dict) -> str | None:
+    """What in a parsed meta.json has the wrong type (the reader indexes these blindly), or None."""
+    step = meta["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"step is {step!r}, not a whole number >= 0"
+    for key in ("layout", "model", "tensors", "files"):
+        if not isinstance(meta[key], dict):
+            return f"{key} is {type(meta[key]).__name__}, not an object"
+    for name, record in meta["files"].items():
+        if (not isinstance(record, dict) or not isinstance(record.get("bytes"), int)
+                or not isinstance(record.get("sha256"), str) or rank_of_file(name) is None):
+            return f"files[{name!r}] is {record!r}, not {{bytes, sha256}} of a rank_RRRRR.safetensors file"
+    for name, info in meta["tensors"].items():
+        if not isinstance(info, dict) or not isinstance(info.get("global_shape"), list):
+            return f"tensors[{name!r}] is {info!r}, not a description with a global_shape"
+    if not isinstance(meta["optimizer_step"], (int, float)):
+        return f"optimizer_step is {meta['optimizer_step']!r}, not a number"
+    return None
+
+
 class CheckpointReader:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -57,8 +84,11 @@ class CheckpointReader:
             raise ConfigError(f"checkpoint {str(self.path)!r} has no {META}: not a complete axon checkpoint")
         try:
             self.meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"checkpoint file {str(meta_path)!r} is corrupt: {err}") from None
+        if not isinstance(self.meta, dict):
+            raise ConfigError(f"checkpoint file {str(meta_path)!r} is corrupt: it holds a "
+                              f"{type(self.meta).__name__}, not an object")
         if self.meta.get("format") != FORMAT_VERSION:
             raise ConfigError(f"checkpoint {str(self.path)!r} has format {self.meta.get('format')!r}; "
                               f"this axon reads format {FORMAT_VERSION}")
@@ -67,6 +97,9 @@ class CheckpointReader:
         if missing:
             raise ConfigError(f"checkpoint file {str(meta_path)!r} lacks {', '.join(missing)}: "
                               "not a complete axon checkpoint")
+        malformed = _malformed_fields(self.meta)
+        if malformed:
+            raise ConfigError(f"checkpoint file {str(meta_path)!r} is corrupt: {malformed}")
         try:  # virtual_stages is absent from checkpoints written before interleaving: 1
             self.layout = Layout.from_mapping(self.meta["layout"], where=f"{meta_path}: layout")
             self.shape = ModelShape(**self.meta["model"])

@@ -107,20 +107,30 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
     return config
 
 
-def _model_from_init(init_from, model_raw: dict) -> dict:
-    """model.init_from: hf:DIR takes the shape from DIR/config.json; other model keys must agree.
-
-    The weights' names and shapes are checked here too (safetensors headers only): config
-    loading runs on every rank before any collective, so a bad folder stops every rank alike.
-    """
-    if not isinstance(init_from, str) or not init_from.startswith("hf:"):
-        raise ConfigError(f"model.init_from must look like hf:DIR, got {init_from!r}")
+def check_init_weights(config) -> None:
+    """model.init_from's weights against the model, names and shapes (safetensors headers only):
+    a ConfigError on every rank alike, for commands that load them to call before any collective."""
+    if not config.init_from:
+        return
     from axon.checkpoint.huggingface import check_hf_weights, read_hf_config
 
+    hf_dir = config.init_from.removeprefix("hf:")
     try:
-        hf_shape, tied = read_hf_config(init_from[3:])
-        check_hf_weights(init_from[3:], hf_shape, tied)
-        shape = dataclasses.asdict(hf_shape)
+        check_hf_weights(hf_dir, *read_hf_config(hf_dir))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.init_from={config.init_from!r}: {err}") from None
+
+
+def _model_from_init(init_from, model_raw: dict) -> dict:
+    """model.init_from: hf:DIR takes the shape from DIR/config.json; other model keys must agree.
+    (The weights themselves are checked by the commands that load them, before any collective:
+    check_init_weights; planning a model needs only its config.json.)"""
+    if not isinstance(init_from, str) or not init_from.startswith("hf:"):
+        raise ConfigError(f"model.init_from must look like hf:DIR, got {init_from!r}")
+    from axon.checkpoint.huggingface import read_hf_config
+
+    try:
+        shape = dataclasses.asdict(read_hf_config(init_from[3:])[0])
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.init_from={init_from!r}: {err}") from None
     if "seq_len" in model_raw:  # train on shorter sequences than the model's context

@@ -35,7 +35,7 @@ def _parser(name: str, evaluate: bool) -> argparse.ArgumentParser:
 def _start(args):
     """The launch, the experiment and its planned runs, all checked; then the ranks meet."""
     from axon.runtime.bootstrap import detect_launch, init_distributed
-    from axon.config import ConfigError
+    from axon.config import ConfigError, check_init_weights
     from axon.memorize.experiment import load_experiment
     from axon.memorize.runner import plan_runs
 
@@ -57,6 +57,9 @@ def _start(args):
             experiment.section.acr = "all"
         docs, runs = plan_runs(experiment, launch.world_size)
         reader = _checkpoint(args, runs[0].config) if getattr(args, "checkpoint", None) else None
+        if reader is None:  # the runs start from their init_from weights: names and shapes checked now
+            for init_from in dict.fromkeys(run.config.init_from for run in runs if run.config.init_from):
+                check_init_weights(next(run.config for run in runs if run.config.init_from == init_from))
     except ConfigError as err:
         _fail(launch.rank, str(err))
     return experiment, docs, runs, reader, init_distributed(launch)

@@ -37,7 +37,7 @@ def _fail_together(rank: int, message: str) -> None:
 
 def train_command(args) -> None:
     """Run `python -m axon train CONFIG [--set KEY=VALUE]...` (args from the command table)."""
-    from axon.config import ConfigError, check_layout, load_config
+    from axon.config import ConfigError, check_init_weights, check_layout, load_config
     from axon.data.batches import token_source
     from axon.runtime.bootstrap import (collective_timeout_s, detect_launch, init_distributed, leave,
                                         process_group_timeout_s)
@@ -62,6 +62,8 @@ def train_command(args) -> None:
             check_layout(config, launch.world_size)
         source = token_source(config)
         reader = _checkpoint_to_resume(config, launch.rank)
+        if reader is None:  # a resumed run takes its weights from the checkpoint
+            check_init_weights(config)
         job, attempt = job_and_attempt(launch)
         took_over = _check_run_dir(config, args.overwrite, launch.rank, job, attempt)
     except (ConfigError, RunDirError) as err:

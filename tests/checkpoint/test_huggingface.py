@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from axon.checkpoint import huggingface as hf
-from axon.config import ConfigError, load_config
+from axon.config import ConfigError, check_init_weights, load_config
 from axon.parallel.grid import Grid
 from axon.model import Llama
 from axon.parallel.full_tensor import full_parameters
@@ -374,9 +374,9 @@ def small_folder(directory, tensors=None, weight_map=None, tied=False):
 
 
 def config_error(directory) -> str:
-    with pytest.raises(ConfigError) as err:
-        load_config(None, [f"model.init_from=hf:{directory}"])
-    assert not dist.is_initialized()  # refused in config loading, before any collective
+    with pytest.raises(ConfigError) as err:  # what `axon train` runs on every rank before any collective
+        check_init_weights(load_config(None, [f"model.init_from=hf:{directory}"]))
+    assert not dist.is_initialized()  # refused before any process group exists
     return str(err.value)
 
 
@@ -386,6 +386,7 @@ def test_a_good_small_folder_loads_every_tensor(tmp_path):
     folder = small_folder(tmp_path / "hf", tensors, weight_map=dict.fromkeys(tensors, "model-1.safetensors"),
                           tied=True)
     config = load_config(None, [f"model.init_from=hf:{folder}"])
+    check_init_weights(config)
     assert config.model == SMALL
     grid = Grid(Layout(), 0)
     model = Llama(config.model, grid)
@@ -448,7 +449,9 @@ def test_a_file_symlinked_out_of_the_folder_loads(tmp_path):
     blobs = small_folder(tmp_path / "blobs")
     snapshot = small_folder(tmp_path / "snapshot", weight_map=dict.fromkeys(small_tensors(), "linked.safetensors"))
     (snapshot / "linked.safetensors").symlink_to(blobs / hf.SINGLE_FILE)
-    assert load_config(None, [f"model.init_from=hf:{snapshot}"]).model == SMALL
+    config = load_config(None, [f"model.init_from=hf:{snapshot}"])
+    check_init_weights(config)
+    assert config.model == SMALL
 
 
 @pytest.mark.parametrize("index, words", [

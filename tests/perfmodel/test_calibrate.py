@@ -15,6 +15,7 @@ from perfmodel.calibrate import launch_from_env, main, run_calibration
 from perfmodel.calibrate.compute import ROLES, min_dim_curves, min_dim_shapes, role_shape
 from perfmodel.calibrate.measure import fit_alpha_beta, partitions
 from perfmodel.machine import load_machine, machine_from_dict
+from axon.spec.launcher import slurm_port
 from axon.testing.spawn import run_distributed
 
 MIB = 1 << 20
@@ -102,7 +103,7 @@ def test_launchers_map_to_rank_world_and_local_as_the_engine_reads_them():
     # srun without MASTER_*: the step's first node and a port from the job id, as axon.runtime.bootstrap finds them.
     srun = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
             "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_NODELIST": "nid[001-002]", "SLURM_JOB_ID": "123"}
-    assert _place(srun) == ("srun", 5, 8, 1, 4, "nid001", 20123)
+    assert _place(srun) == ("srun", 5, 8, 1, 4, "nid001", slurm_port(123, 0))  # the engine's one port rule
     mpich = {"PMI_RANK": "3", "PMI_SIZE": "4", "MPI_LOCALRANKID": "3", "MPI_LOCALNRANKS": "4",
              "MASTER_ADDR": "h", "MASTER_PORT": "1"}
     assert _place(mpich) == ("mpiexec", 3, 4, 3, 4, "h", 1)
