@@ -10,4 +10,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / 4 > 0 ? $(nproc) / 4 : 
 [ -f runs/data/corpus.tok ] || "$AXON_VENV/bin/python" -m axon data prepare --default-corpus --out runs/data/corpus.tok
 # A rank that dies: torchrun stops the others at once and each names it (axon's heartbeat, within
 # train.peer_timeout_s); a hang ends after train.collective_timeout_s, see `python -m axon diagnose`.
-exec "$AXON_VENV/bin/torchrun" --nproc-per-node 4 -m axon train axon/configs/local.yaml "$@"
+# Each run of this demo starts over: an earlier one in runs/local moves to runs/local/earlier-TIME/
+# (axon says so; nothing is deleted), unless a train.resume or --overwrite is given here.
+START=(--overwrite)
+case " $* " in *"train.resume="*|*" --overwrite "*) START=() ;; esac
+exec "$AXON_VENV/bin/torchrun" --nproc-per-node 4 -m axon train axon/configs/local.yaml ${START[@]+"${START[@]}"} "$@"
