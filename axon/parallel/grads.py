@@ -18,9 +18,12 @@ def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
 
 
-def clip_grad_norm(model, grid, max_norm: float, stop_votes: float = 0.0) -> tuple[float, float]:
-    """Scale gradients so their global L2 norm is at most max_norm; return the norm before,
-    and `stop_votes` summed over pipe, depth, row and col.
+def clip_grad_norm(model, grid, max_norm: float, stop_votes: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Scale gradients so their global L2 norm is at most max_norm; return, as one fp64 device
+    tensor [norm before clipping, `stop_votes` summed over pipe, depth, row and col].
+
+    No host read: the scale is a device factor applied whatever the norm (1.0 when it is below
+    max_norm, an exact no-op), so the caller reads the norm once with the step's other figures.
 
     The stop votes ride in the same all-reduces as the square-norm, so agreeing on a stop
     signal costs no collective of its own (axon.runtime.trainer sums them over data first).
@@ -39,12 +42,12 @@ def clip_grad_norm(model, grid, max_norm: float, stop_votes: float = 0.0) -> tup
     # over ranks in fp64.
     square = (_total_norm(counted).double().square() if counted
               else torch.zeros((), dtype=torch.float64, device=device))
-    sums = torch.stack([square, square.new_tensor(stop_votes)])
+    sums = torch.stack([square, torch.as_tensor(stop_votes, dtype=torch.float64, device=square.device)])
     for axis in ("pipe", "depth", "row", "col"):
         all_reduce(sums, grid.axis(axis))
-    norm, votes = sums[0].sqrt().item(), sums[1].item()
-    if max_norm > 0 and norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
-        for param in model.parameters():
-            param.grad.mul_(scale)
-    return norm, votes
+    norm = sums[0].sqrt()
+    if max_norm > 0:
+        # fp64, as the host formula max_norm / (norm + 1e-6) was; each gradient multiplies in its dtype
+        scale = torch.where(norm > max_norm, max_norm / (norm + 1e-6), torch.ones_like(norm))
+        torch._foreach_mul_([param.grad for param in model.parameters()], scale)
+    return torch.stack([norm, sums[1]])

@@ -197,8 +197,11 @@ class Trainer:
         sums = torch.stack([loss_sum, loss_sum.new_tensor(vote)])
         all_reduce(sums, self.grid.axis("data+depth"))
         all_reduce(sums, self.grid.axis("pipe"))  # only the last stage has a loss; the others add 0
-        loss = sums[0].item() / kept_tokens
-        grad_norm, votes = clip_grad_norm(self.model, self.grid, self.config.train.grad_clip, sums[1].item())
+        norm_and_votes = clip_grad_norm(self.model, self.grid, self.config.train.grad_clip, sums[1])
+        # The step's one host read: the loss, the norm and the stop vote together, after clipping
+        # was queued on the device (the finite check below must precede the update).
+        loss_sum_value, grad_norm, votes = torch.cat([sums[:1].double(), norm_and_votes]).tolist()
+        loss = loss_sum_value / kept_tokens
         self.stop_agreed = votes > 0
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # the same on every rank: all stop here
             raise TrainingDiverged(f"step {step + 1}: loss {loss}, gradient norm {grad_norm}; "
