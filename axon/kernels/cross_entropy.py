@@ -30,8 +30,9 @@ def shifted_exp(logits: torch.Tensor, top: torch.Tensor, local_targets: torch.Te
 def softmax_grad_(softmax: torch.Tensor, local_targets: torch.Tensor, inside: torch.Tensor,
                   dloss: torch.Tensor) -> torch.Tensor:
     """d(loss)/d(logits), in place in `softmax`: (softmax - one_hot(target)) * dloss per token."""
-    rows = torch.arange(softmax.shape[0], device=softmax.device)
-    softmax[rows[inside], local_targets[inside]] -= 1.0
+    # Static shapes, no boolean indexing (a nonzero, so a host sync): add -1 at the target where
+    # `inside` and -0.0 elsewhere, which leaves every entry bitwise as it was (x + -0.0 == x).
+    softmax.scatter_add_(-1, local_targets.unsqueeze(-1), -inside.to(softmax.dtype).unsqueeze(-1))
     return softmax.mul_(dloss.unsqueeze(-1))
 
 

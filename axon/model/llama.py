@@ -102,15 +102,29 @@ class Llama(nn.Module):
             self.norm = ShardedRMSNorm(grid, shape.hidden, shape.norm_eps)
             self.output = TensorParallelLinear(grid, shape.hidden, shape.vocab, ORIENT["output"], INIT_STD)
             self.vocab_start = self.output.sharding.block_slices(grid)[0].start
+        # (seq_len, device, dtype) -> (cos, sin): a plain dict, so no buffer reaches the state
+        # dict or the parameter lists. A few keys only (generation grows seq_len one by one).
+        self._rope_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def rope_tables(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [seq_len, head_dim] in the compute dtype, built once per length and device:
+        rotary_tables works in float64 on the host and copies to the device, a sync per call."""
+        key = (seq_len, device, self.compute_dtype)
+        if key not in self._rope_tables:
+            s = self.shape
+            scaling = (s.rope_scaling_factor, s.rope_low_freq_factor, s.rope_high_freq_factor, s.rope_original_context)
+            with torch.inference_mode(False):  # cached tables must serve later autograd passes too
+                cos, sin = rotary_tables(seq_len, s.head_dim, s.rope_theta, device, scaling=scaling)
+            if len(self._rope_tables) >= 4:
+                del self._rope_tables[next(iter(self._rope_tables))]  # the oldest
+            self._rope_tables[key] = cos.to(self.compute_dtype), sin.to(self.compute_dtype)
+        return self._rope_tables[key]
 
     def stage_forward(self, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
         """This stage's chunk `chunk`: ids [batch, seq] (the first stage's chunk 0) or the
         residual stream [batch, seq, hidden/col] in; the residual stream or, after the last
         stage's last chunk, this rank's logits slice [batch, seq, vocab/row] out."""
-        s = self.shape
-        scaling = (s.rope_scaling_factor, s.rope_low_freq_factor, s.rope_high_freq_factor, s.rope_original_context)
-        cos, sin = rotary_tables(x.shape[1], s.head_dim, s.rope_theta, x.device, scaling=scaling)
-        cos, sin = cos.to(self.compute_dtype), sin.to(self.compute_dtype)
+        cos, sin = self.rope_tables(x.shape[1], x.device)
         if self.first_stage and chunk == 0:
             x = self.tok_embeddings(x).to(self.compute_dtype)
         for layer in (self.layers[str(i)] for i in self.chunks[chunk]):

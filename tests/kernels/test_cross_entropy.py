@@ -49,3 +49,21 @@ def test_slice_cross_entropy_autograd_matches_torch():
     want.backward()
     torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(grad, leaf.grad, rtol=1e-6, atol=1e-8)
+
+
+def test_softmax_grad_equals_the_boolean_indexing_formula_bitwise():
+    generator = torch.Generator().manual_seed(7)
+    softmax = torch.rand(53, 97, generator=generator).softmax(-1)
+    softmax[0, :] = 0.0  # zeros keep their sign off the target
+    local = torch.randint(0, 97, (53,), generator=generator)
+    inside = torch.rand(53, generator=generator) < 0.6
+    local = local.masked_fill(~inside, 0)
+    dloss = torch.randn(53, generator=generator)
+
+    want = softmax.clone()  # the formula softmax_grad_ used before: boolean indexing, a nonzero
+    rows = torch.arange(53)
+    want[rows[inside], local[inside]] -= 1.0
+    want.mul_(dloss.unsqueeze(-1))
+    got = softmax_grad_(softmax.clone(), local, inside, dloss)
+    assert torch.equal(got, want)
+    assert torch.equal(got.signbit(), want.signbit())
