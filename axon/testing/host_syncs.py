@@ -16,6 +16,8 @@ at the Python level instead: outside backward only.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -33,14 +35,16 @@ def _has_bool_tensor(indices) -> bool:
 
 
 class _Dispatched(TorchDispatchMode):
-    def __init__(self, calls: list[str]):
+    def __init__(self, owner: "HostSyncs"):
         super().__init__()
-        self.calls = calls
+        self.owner, self.calls = owner, owner.calls
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         out = func(*args, **(kwargs or {}))
-        if name in READ_BY_HOST:
+        if not self.owner.counting:
+            pass
+        elif name in READ_BY_HOST:
             self.calls.append(READ_BY_HOST[name])
         elif name in BOOL_INDEXED and _has_bool_tensor(args[1]):
             self.calls.append(f"{name}[bool]")
@@ -51,12 +55,12 @@ class _Dispatched(TorchDispatchMode):
 
 
 class _OnCpu(TorchFunctionMode):
-    def __init__(self, calls: list[str]):
+    def __init__(self, owner: "HostSyncs"):
         super().__init__()
-        self.calls = calls
+        self.owner, self.calls = owner, owner.calls
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in TO_HOST_ON_CPU and isinstance(args[0], torch.Tensor) \
+        if self.owner.counting and getattr(func, "__name__", "") in TO_HOST_ON_CPU and isinstance(args[0], torch.Tensor) \
                 and args[0].device.type == "cpu":
             self.calls.append(func.__name__)
         return func(*args, **(kwargs or {}))
@@ -67,7 +71,17 @@ class HostSyncs:
 
     def __init__(self):
         self.calls: list[str] = []
-        self._modes = (_OnCpu(self.calls), _Dispatched(self.calls))
+        self.counting = True
+        self._modes = (_OnCpu(self), _Dispatched(self))
+
+    @contextmanager
+    def not_counting(self):
+        """Leave out what runs inside (e.g. a library call whose host reads touch only host memory)."""
+        self.counting = False
+        try:
+            yield
+        finally:
+            self.counting = True
 
     def __enter__(self) -> HostSyncs:
         for mode in self._modes:
