@@ -37,6 +37,7 @@ class MetricsLog:
         self.enabled, self.total_steps, self.log_every = enabled, total_steps, log_every
         self.started = time.perf_counter()
         self.first_step = None  # a resumed run starts mid-way; the ETA counts only this run's steps
+        self.mfu_unknown_said = False
         self.jsonl = self.tensorboard = None
         if enabled:
             path = Path(out_dir)
@@ -60,6 +61,11 @@ class MetricsLog:
         step = metrics["step"]
         if self.first_step is None:
             self.first_step = step - 1
+        if metrics["mfu"] == 0 and metrics["tflops_per_rank"] > 0 and not self.mfu_unknown_said:
+            self.mfu_unknown_said = True  # mfu 0.0 is the MFU rule's "unknown" (axon.kernels.peak.mfu)
+            print(f"axon: MFU unknown from step {step}: the MFU peak in the start-up banner is not above the "
+                  f"{metrics['tflops_per_rank']:.3g} TFLOP/s per rank this step achieved, so it is a failed "
+                  "measurement; set train.peak_tflops to this device's peak", flush=True)
         if step % self.log_every == 0 or step == self.total_steps:
             elapsed = time.perf_counter() - self.started
             eta = elapsed / max(1, step - self.first_step) * (self.total_steps - step)

@@ -308,9 +308,11 @@ def _summary(config, trainer, history: list[dict], choice) -> None:
     """Rank 0's closing line (and, for layout: auto, how the pick fared)."""
     steady = history[1:] or history  # the first step pays one-off warm-up costs
     median = sorted(m["step_time_s"] for m in steady)[len(steady) // 2]
+    # MFU 0.0 is unknown (a step beat the peak: a failed measurement), and so is a mean with it
     mean_mfu = sum(m["mfu"] for m in steady) / len(steady)
+    mfu = "unknown" if any(m["mfu"] == 0 for m in history) else f"{100 * mean_mfu:.1f}%"
     print(f"axon: done: final loss {history[-1]['loss']:.4f}, median step {median:.3f} s, "
-          f"{trainer.tokens_per_step / median:,.0f} tok/s, mean MFU {100 * mean_mfu:.1f}%; "
+          f"{trainer.tokens_per_step / median:,.0f} tok/s, mean MFU {mfu}; "
           f"metrics in {Path(config.out_dir) / 'metrics.jsonl'}", flush=True)
     if choice is not None:
         from axon.planning.auto_layout import describe_outcome, save_outcome

@@ -12,6 +12,7 @@ import torch
 from axon.config import RunConfig, micro_batch_plan
 from axon.data.batches import shard_micro_batches, token_source
 from axon.data.goldfish import GoldfishMask
+from axon.kernels.peak import failed_peak, mfu
 from axon.runtime.metrics import MetricsLog
 from axon.model import Llama, initialize_parameters
 from axon.model.stages import stage_layers
@@ -225,7 +226,7 @@ class Trainer:
             "step_time_s": step_time,
             "tokens_per_s": self.tokens_per_step / step_time,
             "tflops_per_rank": tflops_per_rank,
-            "mfu": tflops_per_rank / self.peak_tflops if self.peak_tflops > 0 else 0.0,
+            "mfu": mfu(tflops_per_rank, self.peak_tflops),
             "peak_memory_gb": peak_memory_gb(self.device),
             "kept_fraction": kept_tokens / self.tokens_per_step,
             **summarize(events),
@@ -300,5 +301,8 @@ def describe(config: RunConfig, trainer: Trainer, runtime, peak_source: str) -> 
         if count < stages:
             lines.append(f"axon: warning: {count} micro-batch(es) for {stages} stages leave most stages idle; "
                          f"a smaller train.micro_batch or a larger train.global_batch gives more")
-    lines.append(f"axon: MFU peak {trainer.peak_tflops:.3f} TFLOP/s per rank ({peak_source})")
+    peak = trainer.peak_tflops
+    lines.append(f"axon: MFU unknown: the peak measured, {peak} TFLOP/s per rank ({peak_source}), is a failed "
+                 "measurement; set train.peak_tflops to this device's peak" if failed_peak(peak) else
+                 f"axon: MFU peak {peak:.4g} TFLOP/s per rank ({peak_source})")
     return "\n".join(lines)
