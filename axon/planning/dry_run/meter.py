@@ -31,13 +31,24 @@ def _scalar(tensor: torch.Tensor):
     return 0 if not tensor.dtype.is_floating_point else 1.0
 
 
+def _host_read(func, args, kwargs) -> torch.Tensor | None:
+    """What a meta tensor copied to the host (`.tolist()`, `.cpu()`) reads: `_scalar` in every
+    element; None for any other op."""
+    if func is torch.ops.aten._to_copy.default and args[0].is_meta and kwargs.get("device") == torch.device("cpu"):
+        meta = args[0]
+        return torch.full(meta.shape, _scalar(meta), dtype=kwargs.get("dtype") or meta.dtype)
+    return None
+
+
 class ScalarsOnly(TorchDispatchMode):
-    """Answers `.item()` of meta tensors (see `_scalar`) and records nothing."""
+    """Answers `.item()` and host copies of meta tensors (see `_scalar`) and records nothing."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if func is torch.ops.aten._local_scalar_dense.default and args[0].is_meta:
             return _scalar(args[0])
-        return func(*args, **(kwargs or {}))
+        read = _host_read(func, args, kwargs)
+        return read if read is not None else func(*args, **kwargs)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -65,6 +76,10 @@ class LiveBytes(TorchDispatchMode):
         if func is torch.ops.aten._local_scalar_dense.default and args[0].is_meta:
             self.scalars += 1
             return _scalar(args[0])
+        read = _host_read(func, args, kwargs)
+        if read is not None:
+            self.scalars += read.numel()
+            return read
         if self.forward_end is None and torch._C._current_graph_task_id() != -1:
             self.forward_end = self.clock
         out = func(*args, **kwargs)
