@@ -9,11 +9,15 @@ is generated, and files are memory-mapped.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from axon.config import ConfigError, RunConfig, micro_batch_plan
 from axon.data.token_file import has_magic, open_token_file
+
+if TYPE_CHECKING:  # torch is imported where it is used: the input checks run without it
+    import torch
 
 
 class SyntheticTokens:
@@ -105,6 +109,32 @@ def token_source(config: RunConfig):
     return TokenFile(config.data.source, shape.vocab, shape.seq_len, train.global_batch * shape.seq_len)
 
 
+def host_micro_batches(source, config: RunConfig, grid, first_sequence: int) -> list[np.ndarray]:
+    """This rank's micro-batches of the step whose global batch starts at sequence
+    `first_sequence`, as host arrays [micro, seq_len + 1] (inputs and targets overlap by all but one)."""
+    micro, count = micro_batch_plan(config)
+    shard = grid.coord("data") * grid.size("depth") + grid.coord("depth")
+    first = first_sequence + shard * micro * count
+    return [source.sequences(range(first + m * micro, first + (m + 1) * micro)) for m in range(count)]
+
+
+def to_device(arrays: list[np.ndarray], device) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
+    """(inputs, targets) on `device` per micro-batch; on a GPU through pinned memory, copied
+    without blocking the host (the copy is queued ahead of the step's kernels)."""
+    import torch  # lazily: the rest of this module runs in the torch-free input checks
+
+    device = torch.device(device)
+    batches = []
+    for array in arrays:
+        tokens = torch.from_numpy(array)
+        if device.type == "cuda":
+            tokens = tokens.pin_memory().to(device, non_blocking=True)
+        else:
+            tokens = tokens.to(device)
+        batches.append((tokens[:, :-1], tokens[:, 1:]))
+    return batches
+
+
 def shard_micro_batches(source, config: RunConfig, grid, step: int, device,
                         first_sequence: int | None = None) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
     """This rank's micro-batches of `step` as (inputs, targets), each [micro, seq_len].
@@ -112,16 +142,6 @@ def shard_micro_batches(source, config: RunConfig, grid, step: int, device,
     The step's global batch starts at sequence `first_sequence` (default step x global_batch;
     a resumed run passes where the checkpoint left off, which survives a change of batch).
     """
-    import torch  # lazily: the rest of this module runs in the torch-free input checks
-
-    micro, count = micro_batch_plan(config)
-    shard = grid.coord("data") * grid.size("depth") + grid.coord("depth")
     if first_sequence is None:
         first_sequence = step * config.train.global_batch
-    first = first_sequence + shard * micro * count
-    batches = []
-    for m in range(count):
-        start = first + m * micro
-        tokens = torch.from_numpy(source.sequences(range(start, start + micro))).to(device)
-        batches.append((tokens[:, :-1], tokens[:, 1:]))
-    return batches
+    return to_device(host_micro_batches(source, config, grid, first_sequence), device)

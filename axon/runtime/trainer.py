@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from axon.config import RunConfig, micro_batch_plan
-from axon.data.batches import shard_micro_batches, token_source
+from axon.data.batches import token_source
+from axon.data.input_ahead import InputAhead
 from axon.data.goldfish import GoldfishMask
 from axon.kernels.peak import failed_peak, mfu
 from axon.runtime.metrics import MetricsLog
@@ -94,6 +95,7 @@ class Trainer:
                                        self.pending, config.train.grad_reduce_dtype)
         self.optimizer = build_optimizer(self.model, config)
         self.source = source if source is not None else token_source(config)
+        self.inputs = InputAhead(self.source, config, grid, device)
         self.pipeline = PipelineStep(self.model, grid, self.model.compute_dtype) if grid.size("pipe") > 1 else None
         g = config.goldfish
         self.goldfish = GoldfishMask(g.k, g.h, g.strategy) if config.train.loss == "goldfish" else None
@@ -167,8 +169,8 @@ class Trainer:
         self.buckets.zero_grad()
         self.grid.trace.take()  # start the step with an empty record
         loss_sum = torch.zeros((), device=self.device)
-        batches = shard_micro_batches(self.source, self.config, self.grid, step, self.device,
-                                      first_sequence=self.next_sequence(step))
+        batches, input_wait_s = self.inputs.take(self.next_sequence(step))
+        self.inputs.prepare(self.next_sequence(step + 1))  # assembled while this step computes
         keeps = self.keep_masks(batches)
         kept_tokens = self.tokens_per_step
         if self.goldfish is not None:  # the mean is over the kept tokens of the whole global batch
@@ -229,6 +231,7 @@ class Trainer:
             "mfu": mfu(tflops_per_rank, self.peak_tflops),
             "peak_memory_gb": peak_memory_gb(self.device),
             "kept_fraction": kept_tokens / self.tokens_per_step,
+            "input_wait_s": input_wait_s,
             **summarize(events),
         }
 
