@@ -10,6 +10,7 @@ from axon.config import ConfigError, build_config
 from axon.data.batches import SyntheticTokens, TokenFile, shard_micro_batches, token_source
 from axon.parallel.grid import Grid
 from axon.spec.layout import Layout
+from axon.testing.grids import CoordinateGrid
 
 
 def test_shards_of_any_layout_cover_the_one_process_batch_once():
@@ -21,22 +22,9 @@ def test_shards_of_any_layout_cover_the_one_process_batch_once():
     config = build_config({**base, "layout": {"data": 2, "depth": 2}})
     pieces = []
     for rank in range(4):
-        grid = _FakeGrid(layout, rank)
+        grid = CoordinateGrid(layout, rank)
         pieces += [ids for ids, _ in shard_micro_batches(source, config, grid, step=3, device="cpu")]
     assert torch.equal(torch.cat(pieces), whole)
-
-
-class _FakeGrid:
-    """Coordinates only: shard_micro_batches needs no groups."""
-
-    def __init__(self, layout, rank):
-        self.layout, self.coords = layout, layout.coords(rank)
-
-    def coord(self, axis):
-        return self.coords[axis]
-
-    def size(self, axis):
-        return getattr(self.layout, axis)
 
 
 def test_synthetic_stream_is_deterministic_and_follows_its_chain():

@@ -10,6 +10,7 @@ from axon.config import ConfigError, build_config
 from axon.data.batches import shard_micro_batches, token_source
 from axon.data.input_ahead import InputAhead
 from axon.spec.layout import Layout
+from axon.testing.grids import CoordinateGrid
 
 CONFIG = {"model": {"preset": "tiny", "seq_len": 16}, "layout": {"data": 2, "depth": 2},
           "train": {"steps": 4, "global_batch": 16, "micro_batch": 2}}
@@ -23,7 +24,7 @@ def test_prepared_and_assembled_in_the_step_are_the_same_tensors():
     config = build_config(CONFIG)
     source = token_source(config)
     for rank in range(4):  # coordinates only: no process group needed
-        grid = _CoordsOnly(config.layout, rank)
+        grid = CoordinateGrid(config.layout, rank)
         ahead = InputAhead(source, config, grid, "cpu")
         ahead.prepare(32)
         batches, waited = ahead.take(32)
@@ -46,20 +47,7 @@ def test_a_mistake_found_ahead_is_raised_at_its_own_step():
                 raise ConfigError("data.source 'x' contains token id 999, not below its header's vocab 256")
             return token_source(config).sequences(indices)
 
-    ahead = InputAhead(BadAtSequence32(), config, _CoordsOnly(Layout(), 0), "cpu")
+    ahead = InputAhead(BadAtSequence32(), config, CoordinateGrid(Layout(), 0), "cpu")
     ahead.prepare(32)  # the failure stays in the background until its step takes the input
     with pytest.raises(ConfigError, match="token id 999"):
         ahead.take(32)
-
-
-class _CoordsOnly:
-    """What batching reads of a grid: its coordinates and sizes (no process group)."""
-
-    def __init__(self, layout, rank):
-        self.layout, self.coords = layout, layout.coords(rank)
-
-    def coord(self, axis):
-        return self.coords[axis]
-
-    def size(self, axis):
-        return getattr(self.layout, axis)

@@ -8,7 +8,7 @@ from axon.parallel.grid import Grid
 from axon.model import Llama, initialize_parameters
 from axon.model import init as init_module
 from axon.parallel.full_tensor import full_parameters
-from axon.parallel.trace import Axis, CommTrace
+from axon.testing.grids import CoordinateGrid
 from axon.testing.reference_model import PlainLlama
 from axon.spec.flops import flops_per_token
 from axon.spec.parameters import matmul_parameters
@@ -74,25 +74,6 @@ def test_flops_per_token_by_hand():
     shape = preset("tiny")
     assert matmul_parameters(shape) == 115_008
     assert flops_per_token(shape) == 6 * 115_008 + 12 * 2 * 64 * 64
-
-
-class CoordinateGrid:
-    """A grid's coordinates without process groups: enough to build and initialize a rank's shards."""
-
-    def __init__(self, layout, rank):
-        self.layout, self.coords = layout, layout.coords(rank)
-
-    def size(self, axis):
-        return getattr(self.layout, axis)
-
-    def coord(self, axis):
-        return self.coords[axis]
-
-    def group(self, axis):
-        return None
-
-    def axis(self, axis):
-        return Axis(axis, None, self.size(axis), CommTrace())
 
 
 def test_every_rank_initializes_its_slice_of_the_one_process_model(monkeypatch):
