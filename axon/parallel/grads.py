@@ -47,7 +47,9 @@ def clip_grad_norm(model, grid, max_norm: float, stop_votes: torch.Tensor | floa
         all_reduce(sums, grid.axis(axis))
     norm = sums[0].sqrt()
     if max_norm > 0:
-        # fp64, as the host formula max_norm / (norm + 1e-6) was; each gradient multiplies in its dtype
-        scale = torch.where(norm > max_norm, max_norm / (norm + 1e-6), torch.ones_like(norm))
+        # Computed in fp64, as the host formula max_norm / (norm + 1e-6) was, then rounded to fp32: the
+        # value a Python float becomes in an fp32 (or bf16: fp32 opmath) multiply, and a scalar of
+        # the fp32 gradients' own dtype keeps CUDA's foreach kernel on its fast path.
+        scale = torch.where(norm > max_norm, max_norm / (norm + 1e-6), torch.ones_like(norm)).float()
         torch._foreach_mul_([param.grad for param in model.parameters()], scale)
     return torch.stack([norm, sums[1]])
