@@ -54,6 +54,8 @@ def check_values(config: RunConfig) -> None:
                           f"got {t.weight_decay} and {t.grad_clip}")
     if t.gemm_tuning not in (True, False, "auto"):
         raise ConfigError(f"train.gemm_tuning must be true, false or 'auto', got {t.gemm_tuning!r}")
+    if t.compile not in (True, False, "auto"):
+        raise ConfigError(f"train.compile must be true, false or 'auto', got {t.compile!r}")
     if t.log_every < 1:
         raise ConfigError(f"train.log_every must be at least 1, got {t.log_every}")
     if t.trace_steps < 0:

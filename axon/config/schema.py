@@ -51,6 +51,9 @@ class TrainConfig:
     # "auto" = on for GPUs, off on CPUs (wins there were within noise, and noisy choices differ between runs)
     gemm_tuning: bool | str = "auto"
     gemm_tuning_cache: str = ""  # JSON file of tuned choices, kept across restarts; "" = OUT_DIR/gemm_tuning.json
+    # torch.compile the local math between collectives (RMSNorm, RoPE, SwiGLU, the middle residual add):
+    # "auto" = on for GPUs (CUDA and ROCm), where it saves kernel launches, off on CPUs
+    compile: bool | str = "auto"
 
 
 @dataclass
