@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -20,7 +19,8 @@ from axon.parallel.linear import TensorParallelLinear
 from axon.parallel.norm import ShardedRMSNorm
 from axon.parallel.pipeline import StagePeers
 from axon.model.stages import chunk_layers
-from axon.kernels import apply_rotary, causal_attention, rotary_tables
+from axon.kernels import causal_attention, rotary_tables
+from axon.kernels.local_math import EAGER, LocalMath, warm_up
 from axon.spec.shapes import ModelShape
 from axon.spec.parameters import LINEAR_ORIENTATIONS as ORIENT
 
@@ -37,14 +37,27 @@ class Attention(nn.Module):
         self.wk = TensorParallelLinear(grid, shape.hidden, shape.kv_heads * d, ORIENT["attention.wk"], INIT_STD)
         self.wv = TensorParallelLinear(grid, shape.hidden, shape.kv_heads * d, ORIENT["attention.wv"], INIT_STD)
         self.wo = TensorParallelLinear(grid, shape.heads * d, shape.hidden, ORIENT["attention.wo"], out_std)
+        self.local_math = EAGER
+
+    def heads(self, projected: torch.Tensor, count: int) -> torch.Tensor:
+        """[batch, seq, count * head_dim] -> [batch, count, seq, head_dim] (a view)."""
+        batch, seq, _ = projected.shape
+        return projected.view(batch, seq, count, self.head_dim).transpose(1, 2)
 
     def forward(self, x, cos, sin):
         batch, seq, _ = x.shape
-        q = self.wq(x).view(batch, seq, self.local_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(batch, seq, self.local_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(batch, seq, self.local_kv_heads, self.head_dim).transpose(1, 2)
-        out = causal_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+        q, k = self.local_math.rotate_query_key(self.heads(self.wq(x), self.local_heads),
+                                                self.heads(self.wk(x), self.local_kv_heads), cos, sin)
+        out = causal_attention(q, k, self.heads(self.wv(x), self.local_kv_heads))
         return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
+
+    def warm_up_calls(self, x: torch.Tensor, cos, sin) -> list:
+        batch, seq, _ = x.shape
+
+        def projected(count):
+            return torch.zeros(batch, seq, count * self.head_dim, dtype=x.dtype, device=x.device, requires_grad=True)
+        return [("rotate_query_key", (self.heads(projected(self.local_heads), self.local_heads),
+                                      self.heads(projected(self.local_kv_heads), self.local_kv_heads), cos, sin))]
 
 
 class FeedForward(nn.Module):
@@ -55,9 +68,16 @@ class FeedForward(nn.Module):
         self.w1 = TensorParallelLinear(grid, shape.hidden, shape.ffn, ORIENT["feed_forward.w1"], INIT_STD)
         self.w3 = TensorParallelLinear(grid, shape.hidden, shape.ffn, ORIENT["feed_forward.w3"], INIT_STD)
         self.w2 = TensorParallelLinear(grid, shape.ffn, shape.hidden, ORIENT["feed_forward.w2"], out_std)
+        self.local_math = EAGER
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(self.local_math.swiglu(self.w1(x), self.w3(x)))
+
+    def warm_up_calls(self, x: torch.Tensor) -> list:
+        width = self.w1.block_shape[0]  # w1's local output features: the gate's last dimension
+        gate, up = (torch.zeros(*x.shape[:-1], width, dtype=x.dtype, device=x.device, requires_grad=True)
+                    for _ in range(2))
+        return [("swiglu", (gate, up))]
 
 
 class Block(nn.Module):
@@ -70,8 +90,12 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(shape, grid, out_std)
 
     def forward(self, x, cos, sin):
-        x = x + self.attention(self.attention_norm(x), cos, sin)
-        return x + self.feed_forward(self.ffn_norm(x))
+        x, normed = self.ffn_norm.add_and_normalize(x, self.attention(self.attention_norm(x), cos, sin))
+        return x + self.feed_forward(normed)
+
+    def warm_up_calls(self, x: torch.Tensor, cos, sin) -> list:
+        return [*self.attention_norm.warm_up_calls(x), *self.attention.warm_up_calls(x, cos, sin),
+                *self.feed_forward.warm_up_calls(x)]
 
 
 class Llama(nn.Module):
@@ -119,6 +143,21 @@ class Llama(nn.Module):
                 del self._rope_tables[next(iter(self._rope_tables))]  # the oldest
             self._rope_tables[key] = cos.to(self.compute_dtype), sin.to(self.compute_dtype)
         return self._rope_tables[key]
+
+    def compile_local_math(self, micro_batch: int, device: torch.device) -> float:
+        """Swap every module's local math for the compiled functions (train.compile) and
+        compile them now, on inputs shaped like a training micro-batch's, so the first step
+        does not pay for it; returns the seconds compiling took."""
+        compiled = LocalMath(compiled=True)
+        for module in self.modules():
+            if hasattr(module, "local_math"):
+                module.local_math = compiled
+        if not self.layers:
+            return 0.0
+        seq, width = self.shape.seq_len, self.layers[str(self.layer_ids[0])].attention_norm.weight.shape[0]
+        x = torch.zeros(micro_batch, seq, width, dtype=self.compute_dtype, device=device, requires_grad=True)
+        cos, sin = self.rope_tables(seq, device)
+        return warm_up(compiled, self.layers[str(self.layer_ids[0])].warm_up_calls(x, cos, sin))
 
     def stage_forward(self, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
         """This stage's chunk `chunk`: ids [batch, seq] (the first stage's chunk 0) or the

@@ -71,6 +71,15 @@ def gemm_tuning_enabled(train, device: torch.device) -> bool:
     return bool(train.gemm_tuning)
 
 
+def compile_enabled(train, device: torch.device) -> bool:
+    """train.compile as it applies on `device`: "auto" compiles on GPUs (CUDA and ROCm), where
+    the eager step is bound by launching small kernels, and not on CPUs, where inductor's
+    C++ build costs more start-up than the fusion saves on a short run."""
+    if train.compile == "auto":
+        return device.type == "cuda"
+    return bool(train.compile)
+
+
 def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -89,6 +98,9 @@ class Trainer:
         else:
             initialize_parameters(self.model, grid, config.train.seed)
         self.model.recompute_blocks = config.train.recompute == "block"
+        # Seconds spent compiling the local math before step 1 (None: train.compile off here).
+        self.compile_s = (self.model.compile_local_math(micro_batch_plan(config)[0], device)
+                          if compile_enabled(config.train, device) else None)
         self.pending, self.prefetcher = enable_overlap(self.model, config.overlap, grid.axis("depth"))
         self.gemm_tuner = self._attach_gemm_tuner() if gemm_tuning_enabled(config.train, device) else None
         self.buckets = GradientBuckets(self.model, grid, config.overlap.bucket_mb, config.overlap.data_parallel,
@@ -304,6 +316,8 @@ def describe(config: RunConfig, trainer: Trainer, runtime, peak_source: str) -> 
         if count < stages:
             lines.append(f"axon: warning: {count} micro-batch(es) for {stages} stages leave most stages idle; "
                          f"a smaller train.micro_batch or a larger train.global_batch gives more")
+    lines.append("axon: local math eager (train.compile off)" if trainer.compile_s is None else
+                 f"axon: local math compiled (torch.compile, inductor) in {trainer.compile_s:.1f} s")
     peak = trainer.peak_tflops
     lines.append(f"axon: MFU unknown: the peak measured, {peak} TFLOP/s per rank ({peak_source}), is a failed "
                  "measurement; set train.peak_tflops to this device's peak" if failed_peak(peak) else

@@ -1,0 +1,95 @@
+"""train.compile: the local math compiled by inductor (CPU backend here) without graph breaks
+or recompiles, training every kind of layout exactly like the eager 1-process run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+import torch._dynamo.utils
+
+from axon.config import build_config
+from axon.kernels import local_math
+from axon.parallel.full_tensor import full_parameters
+from axon.parallel.grid import Grid
+from axon.runtime.trainer import Trainer, compile_enabled
+from axon.spec.layout import Layout
+from axon.testing.runs import relative_errors
+from axon.testing.spawn import run_distributed
+
+from tests.distributed.test_equivalence import MODEL, AXES, train_and_gather
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def config_for(layout: Layout, compiled: bool, micro_batch: int, dtype: str = "float32"):
+    return build_config({
+        "model": MODEL, "layout": {axis: getattr(layout, axis) for axis in AXES},
+        "train": {"steps": 5, "global_batch": 8, "micro_batch": micro_batch, "lr": 1e-3, "seed": 7,
+                  "grad_clip": 0.5, "compile": compiled, "dtype": dtype},
+    })
+
+
+def graphs_compiled() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def test_auto_compiles_on_gpus_only():
+    auto = config_for(Layout(), "auto", 4).train
+    assert compile_enabled(auto, torch.device("cuda")) and not compile_enabled(auto, torch.device("cpu"))
+    assert compile_enabled(config_for(Layout(), True, 4).train, torch.device("cpu"))
+
+
+def test_every_local_function_is_one_graph():
+    x = torch.randn(2, 4, 16, requires_grad=True)
+    w = torch.nn.Parameter(torch.randn(16))
+    q, k = torch.randn(2, 4, 4, 8, requires_grad=True), torch.randn(2, 2, 4, 8, requires_grad=True)
+    cos, sin = torch.randn(4, 8), torch.randn(4, 8)
+    args = {"square_sum": (x,), "rms_scale": (x, torch.ones(2, 4, 1), w, 16, 1e-5), "rms_norm": (x, w, 16, 1e-5),
+            "add_square_sum": (x, x), "add_rms_norm": (x, x, w, 16, 1e-5),
+            "rotate_query_key": (q, k, cos, sin), "swiglu": (x, x)}
+    assert set(args) == {fn.__name__ for fn in local_math.FUNCTIONS}
+    for fn in local_math.FUNCTIONS:
+        explained = torch._dynamo.explain(fn)(*args[fn.__name__])
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), (fn.__name__, explained.break_reasons)
+
+
+def test_world_one_compiled_matches_eager_and_never_recompiles():
+    eager, eager_params = train_and_gather(config_for(Layout(), False, 4), 0)
+    grid = Grid(Layout(), 0)
+    trainer = Trainer(config_for(Layout(), True, 4), grid, torch.device("cpu"))
+    assert trainer.compile_s > 0
+    warmed = graphs_compiled()
+    compiled = [m["loss"] for m in trainer.fit()]
+    assert graphs_compiled() == warmed, "a training step compiled again after the warm-up"
+    loss_error, model_error, _ = relative_errors(compiled, full_parameters(trainer.model, grid), eager, eager_params)
+    grid.destroy()
+    assert loss_error < 1e-5 and model_error < 1e-5, (loss_error, model_error)
+    assert compiled[-1] < compiled[0]
+
+
+# Every axis split at least once: col (the norm's all-reduce between two compiled halves) with
+# row and with a 2-stage pipeline, and data with depth; two micro-batches per shard in the first.
+WORLD_4_LAYOUTS = [(Layout(row=2, col=2), 4), (Layout(pipe=2, col=2), 1), (Layout(data=2, depth=2), 1)]
+
+
+def compiled_runs(rank, world, cases):
+    out = []
+    for layout, micro in cases:
+        grid = Grid(layout, rank)
+        trainer = Trainer(config_for(layout, True, micro), grid, torch.device("cpu"))
+        warmed = graphs_compiled()
+        losses = [m["loss"] for m in trainer.fit()]
+        params = full_parameters(trainer.model, grid)
+        grid.destroy()
+        out.append((losses, params if rank == 0 else None, graphs_compiled() - warmed))
+    return out
+
+
+def test_compiled_layouts_match_the_eager_one_process_run():
+    reference = train_and_gather(config_for(Layout(), False, 0), 0)
+    results = run_distributed(4, compiled_runs, WORLD_4_LAYOUTS)[0]
+    for (layout, _), (losses, params, recompiled) in zip(WORLD_4_LAYOUTS, results):
+        loss_error, model_error, tensor_error = relative_errors(losses, params, *reference)
+        assert loss_error < 1e-5 and model_error < 1e-5 and tensor_error < 1e-4, (layout, loss_error, model_error)
+        assert recompiled == 0, f"{layout}: {recompiled} graph(s) compiled during training, after the warm-up"
