@@ -26,8 +26,9 @@ class RMSNorm(nn.Module):
 def rope(x, theta: float):
     """Rotate-half rotary embedding of x [batch, heads, seq, d]."""
     seq, d = x.shape[-2], x.shape[-1]
-    freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    angle = torch.arange(seq, dtype=torch.float64)[:, None] * freqs[None, :]
+    # Built on x's device: host tables would make every call copy (and, on a GPU, sync) them.
+    freqs = theta ** (-torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)
+    angle = torch.arange(seq, dtype=torch.float64, device=x.device)[:, None] * freqs[None, :]
     cos = torch.cat([angle.cos(), angle.cos()], -1).to(x.dtype)
     sin = torch.cat([angle.sin(), angle.sin()], -1).to(x.dtype)
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
