@@ -117,7 +117,8 @@ def _run(config, runtime, launch, source, reader, choice, watchdog_s) -> int | N
                 check_layout(config, launch.world_size)
             except ConfigError as err:  # the same plan on every rank: every rank stops here
                 _fail_together(launch.rank, str(err))
-        _train(config, runtime, source, reader, choice, health)
+        config, micro_why = _auto_micro_batch(config, runtime.device)
+        _train(config, runtime, source, reader, choice, health, micro_why)
         done = True
     except _EveryRankStops as stop:
         done, stopped_together = True, stop.code  # every rank is here: meet once before tearing down
@@ -130,6 +131,19 @@ def _run(config, runtime, launch, source, reader, choice, watchdog_s) -> int | N
             health.stop()
         shutdown(all_ranks_done=done)
     return stopped_together
+
+
+def _auto_micro_batch(config, device):
+    """train.micro_batch 0 on a GPU: the largest micro-batch perfmodel fits in this device's memory
+    (axon.planning.micro_batch), and why; elsewhere the config unchanged and None. Every rank
+    works it out from the same config and device memory, so all agree without a collective."""
+    if config.train.micro_batch != 0 or device.type != "cuda":
+        return config, None  # on CPUs auto stays split_micro_batches' rule
+    import torch
+
+    from axon.planning.micro_batch import choose_micro_batch
+
+    return choose_micro_batch(config, torch.cuda.get_device_properties(device).total_memory)
 
 
 def _checkpoint_to_resume(config, rank: int):
@@ -205,8 +219,9 @@ def _set_aside_abandoned(out_dir: str, reader) -> None:
               f"abandons ({', '.join(names)}) to {folder}; nothing was deleted", flush=True)
 
 
-def _train(config, runtime, source, reader, choice=None, health=None) -> None:
-    """Build the grid and trainer, resume if asked, train, and report."""
+def _train(config, runtime, source, reader, choice=None, health=None, micro_why=None) -> None:
+    """Build the grid and trainer, resume if asked, train, and report (`micro_why`: why auto
+    picked train.micro_batch, for the banner)."""
     from axon.parallel.grid import Grid
     from axon.runtime.metrics import METRICS_FILE, MetricsLog
     from axon.runtime.preemption import StopSignal
@@ -221,6 +236,10 @@ def _train(config, runtime, source, reader, choice=None, health=None) -> None:
         health.follow(grid.trace.flight, config.layout)
     if leader:
         print(describe(config, trainer, runtime, peak_source), flush=True)
+        if micro_why is not None:
+            from axon.planning.micro_batch import describe_micro_batch
+
+            print(describe_micro_batch(config, micro_why), flush=True)
         if choice is not None:
             from axon.planning.auto_layout import describe_choice
 
