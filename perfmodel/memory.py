@@ -27,12 +27,13 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
     """`stage` (its index) sets the micro-batches 1F1B keeps in flight there, p - stage; without
     it the first stage's count applies to the first stage, one to the others."""
     eb = DTYPE_BYTES[setup.dtype]
-    r, c, d = layout.row, layout.col, layout.depth
+    r, c = layout.row, layout.col
     params = stage_parameters(shape, layout, stage_layers, first, last)
     local = params["sharded"] + params["replicated"]
     tokens = micro * setup.seq_len
 
-    gathered = gathered_weight_bytes(shape, layout, setup, first, last)
+    gathered = gathered_weight_bytes(shape, layout, setup, first, last) + kept_cast_bytes(shape, layout, setup,
+                                                                                         stage_layers, last)
     blocks_in_flight = gradient_block_bytes(shape, layout, setup, last)
 
     h_c, f_r, v_r = shape.hidden / c, shape.ffn / r, shape.vocab / r
@@ -65,9 +66,9 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
     if last:
         # The final norm and the softmax are kept, by the one micro-batch in the last chunk at a
         # time (its backward follows its forward); the loss's forward also holds, for a moment,
-        # the logits slice and its fp32 copy (in a non-fp32 run). The softmax is exponentiated
-        # in place in the max-shifted logits (axon.kernels.cross_entropy), so they are one tensor.
-        transient = tokens * (norm + v_r * 4) + max(transient, tokens * v_r * (eb + (4 if eb != 4 else 0)))
+        # the logits slice. The softmax is exponentiated in place in the max-shifted logits, which
+        # are already fp32 (axon.kernels.cross_entropy widens bf16 logits in the subtraction).
+        transient = tokens * (norm + v_r * 4) + max(transient, tokens * v_r * eb)
     in_flight = min(layout.pipe, _micro_batches(setup, layout)) if layout.pipe > 1 and first else 1
     if stage is not None and layout.pipe > 1:
         in_flight = min(layout.pipe - stage, _micro_batches(setup, layout))
@@ -83,21 +84,37 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
     }
 
 
+def kept_cast_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup, stage_layers: int, last: bool) -> float:
+    """A non-fp32 run keeps each linear weight shard's compute-dtype copy through the step
+    (axon.parallel.prefetch.cast_shard): one cast per step, not one per use. (The trainer
+    casts at every use instead when the copies exceed a tenth of the device's memory, which
+    only happens where the fp32 state alone is far past it.)"""
+    eb, d = DTYPE_BYTES[setup.dtype], layout.depth
+    if eb == 4:
+        return 0.0
+
+    def shard(in_f, out_f, orient):
+        li, lo, _, _ = local_dims(layout, in_f, out_f, orient)
+        return padded(li * lo, d) // d
+
+    per_layer = sum(shard(i, o, orient) for _, i, o, orient in block_matrices(shape, False))
+    return (stage_layers * per_layer + (shard(shape.hidden, shape.vocab, "normal") if last else 0)) * eb
+
+
 def gathered_weight_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup, first: bool, last: bool) -> float:
     """The most bytes of gathered weights alive at once: the one in use and, with OAG, the
     `prefetch_distance` after it in the order the step gathers them (a block forward, the LM
     head forward and backward, a block backward: enough to see every neighbourhood). Blocks
-    come in the compute dtype (plus the cast shard a bf16 gather sends); the embedding table
-    in fp32 (its gather keeps the master dtype; at depth 1 the table itself is used)."""
+    come in the compute dtype (gathered from the kept cast shards: kept_cast_bytes); the
+    embedding table in fp32 (its gather keeps the master dtype; at depth 1 the table itself is used)."""
     eb, d = DTYPE_BYTES[setup.dtype], layout.depth
-    if d == 1 and eb == 4:
-        return 0.0  # the parameter itself is used: nothing is gathered or cast
-    cast = eb if eb != 4 else 0  # the bf16 copy of the shard the gather sends (none at depth 1)
-    table = (shape.vocab // layout.row) * (shape.hidden // layout.col) * 4 if first and d > 1 else 0
+    if d == 1:
+        return 0.0  # the parameter itself, or its kept cast, is used: nothing is gathered
+    table = (shape.vocab // layout.row) * (shape.hidden // layout.col) * 4 if first else 0
 
     def block(in_f, out_f, orient):
         li, lo, _, _ = local_dims(layout, in_f, out_f, orient)
-        return li * lo * eb + (cast * li * lo / d if d > 1 else 0)
+        return li * lo * eb
 
     layer = [block(i, o, orient) for _, i, o, orient in block_matrices(shape, False)]
     order = [table] + layer + layer

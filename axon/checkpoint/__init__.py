@@ -87,8 +87,10 @@ def load_shards(reader: CheckpointReader, model, optimizer, grid) -> None:
 
         param.copy_(read("model").to(param.device))
         if optimizer is not None and reader.meta["optimizer_step"] > 0:
+            # The fused (GPU) AdamW keeps its step count on the parameters' device, the others on the host.
+            step_device = param.device if optimizer.defaults.get("fused") else "cpu"
             optimizer.state[param] = {
-                "step": torch.tensor(float(reader.meta["optimizer_step"]), dtype=torch.float32),
+                "step": torch.tensor(float(reader.meta["optimizer_step"]), dtype=torch.float32, device=step_device),
                 "exp_avg": read("exp_avg").to(param.device),
                 "exp_avg_sq": read("exp_avg_sq").to(param.device),
             }

@@ -135,7 +135,8 @@ def write_checkpoint(final: Path, model, optimizer, grid, shape, step: int, extr
                           "depth_sharded": s.depth_sharded, "stage": stage} for name, _, s in named_shardings(model)}
         stages = gather_objects_to_rank0(tensors, grid.group("pipe"))
     if grid.rank == 0:
-        adam_steps = [s["step"].item() for s in optimizer.state.values() if "step" in s] if optimizer else []
+        # Every parameter's AdamW has taken the same steps: read one (on a GPU a fused AdamW's is on the device).
+        adam_step = next((s["step"].item() for s in optimizer.state.values() if "step" in s), 0.0) if optimizer else 0.0
         layout = {axis: grid.size(axis) for axis in AXES}
         layout["order"] = list(grid.layout.order)
         layout["virtual_stages"] = grid.layout.virtual_stages  # which chunks a stage holds; readers use "stage"
@@ -145,7 +146,7 @@ def write_checkpoint(final: Path, model, optimizer, grid, shape, step: int, extr
             "layout": layout,
             "model": vars(shape).copy(),
             "tensors": {name: info for part in stages for name, info in part.items()},
-            "optimizer_step": adam_steps[0] if adam_steps else 0.0,
+            "optimizer_step": adam_step,
             "files": {rank_file(rank): _read_file_record(record) for rank, record in enumerate(records)},
             **extra,
         }

@@ -118,21 +118,22 @@ def host_micro_batches(source, config: RunConfig, grid, first_sequence: int) -> 
     return [source.sequences(range(first + m * micro, first + (m + 1) * micro)) for m in range(count)]
 
 
-def to_device(arrays: list[np.ndarray], device) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
-    """(inputs, targets) on `device` per micro-batch; on a GPU through pinned memory, copied
-    without blocking the host (the copy is queued ahead of the step's kernels)."""
+def to_device(arrays: list[np.ndarray], device, pairs: bool = True) -> list:
+    """Each host array on `device`, as (inputs, targets) = (array[:, :-1], array[:, 1:]) with
+    `pairs`, else whole; on a GPU through pinned memory, copied without blocking the host
+    (the copy is queued ahead of the step's kernels)."""
     import torch  # lazily: the rest of this module runs in the torch-free input checks
 
     device = torch.device(device)
-    batches = []
+    tensors = []
     for array in arrays:
-        tokens = torch.from_numpy(array)
+        tensor = torch.from_numpy(array)
         if device.type == "cuda":
-            tokens = tokens.pin_memory().to(device, non_blocking=True)
+            tensor = tensor.pin_memory().to(device, non_blocking=True)
         else:
-            tokens = tokens.to(device)
-        batches.append((tokens[:, :-1], tokens[:, 1:]))
-    return batches
+            tensor = tensor.to(device)
+        tensors.append((tensor[:, :-1], tensor[:, 1:]) if pairs else tensor)
+    return tensors
 
 
 def shard_micro_batches(source, config: RunConfig, grid, step: int, device,

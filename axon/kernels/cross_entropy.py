@@ -14,14 +14,17 @@ import torch
 
 
 def row_max(logits: torch.Tensor) -> torch.Tensor:
-    """Each token's largest logit on this slice [tokens] (values only: no argmax pass)."""
-    return logits.amax(dim=-1)
+    """Each token's largest logit on this slice [tokens], in fp32 (values only: no argmax pass).
+    Taken in the logits' own dtype: the largest bf16 value widened is the largest widened value."""
+    return logits.amax(dim=-1).float()
 
 
 def shifted_exp(logits: torch.Tensor, top: torch.Tensor, local_targets: torch.Tensor,
                 inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(exp(logits - top) [tokens, slice], each token's target logit minus top [tokens], 0
-    where the target is not on this slice). `local_targets` index the slice, 0 where not `inside`."""
+    where the target is not on this slice). `local_targets` index the slice, 0 where not `inside`.
+    bf16 logits are widened inside the subtraction (promoted against the fp32 `top`), so the
+    fp32 work needs no separate fp32 copy of them."""
     shifted = logits - top.unsqueeze(-1)
     target = shifted.gather(-1, local_targets.unsqueeze(-1)).squeeze(-1).masked_fill_(~inside, 0.0)
     return shifted.exp_(), target

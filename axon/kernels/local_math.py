@@ -33,7 +33,8 @@ def rms_scale(x: torch.Tensor, squares: torch.Tensor, weight: torch.Tensor, hidd
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, hidden: int, eps: float) -> torch.Tensor:
     """RMSNorm of a hidden vector held whole on this rank."""
-    return rms_scale(x, square_sum(x), weight, hidden, eps)
+    x32 = x.float()  # one fp32 copy for both the statistics and the scaling (eager keeps it for backward)
+    return rms_scale(x32, square_sum(x32), weight, hidden, eps).to(x.dtype)
 
 
 def add_square_sum(x: torch.Tensor, update: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,7 +43,8 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vo
                                  axis, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token loss, identical on every rank of the row group. logits [..., vocab/row];
     `keep` (bool, shaped like targets) zeroes the loss and gradient of dropped tokens."""
-    flat = logits.reshape(-1, logits.shape[-1]).float()  # the loss is always computed in fp32
+    # The loss is computed in fp32 whatever the logits' dtype (row_max and shifted_exp widen them).
+    flat = logits.reshape(-1, logits.shape[-1])
     flat_keep = None if keep is None else keep.reshape(-1)
     loss = _VocabParallelCrossEntropy.apply(flat, targets.reshape(-1), flat_keep, vocab_start, axis)
     return loss.view(targets.shape)
@@ -52,7 +53,8 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vo
 def vocab_parallel_argmax(logits: torch.Tensor, vocab_start: int, axis) -> torch.Tensor:
     """Greedy token ids [...] from logits [..., vocab/row] split over row; ties go to the
     lowest id, as torch.argmax on the full row would."""
-    local_max, local_index = logits.float().max(dim=-1)
+    local_max, local_index = logits.max(dim=-1)  # in the logits' dtype: widening keeps the order
+    local_max = local_max.float()
     best = all_reduce(local_max.clone(), axis, op=dist.ReduceOp.MAX)
     # Ranks without the maximum offer an id past any real one, so MIN picks the lowest holder.
     big = torch.iinfo(torch.int64).max

@@ -44,6 +44,8 @@ class TensorParallelLinear(nn.Module):
         self.prefetcher = None  # WeightPrefetcher: OAG's depth all-gathers issued ahead
         self.gemm_tuner = None  # kernels.GemmTuner, set from outside; None = the fixed modes
         self.grad_reduce_dtype = None  # dW's depth reduce-scatter wire dtype (GradientBuckets sets bf16); None = fp32
+        self.keep_cast = False  # keep the weight's compute-dtype copy until it changes (prefetch.cast_shard)
+        self.kept_cast = None  # (weight version, dtype, the copy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _TensorParallelLinearFn.apply(x, self.weight, self)

@@ -29,14 +29,20 @@ class ShardedRMSNorm(nn.Module):
         math = self.local_math
         if self.col_axis.group is None:
             return math.rms_norm(x, self.weight, self.hidden, self.eps)
-        squares = sum_over_group(math.square_sum(x), self.col_axis)
-        return math.rms_scale(x, squares, self.weight, self.hidden, self.eps)
+        # Eager, one fp32 copy serves both halves and is the one backward keeps; compiled, each
+        # half widens x inside its own kernel and nothing fp32 is stored.
+        source = x if math.compiled else x.float()
+        squares = sum_over_group(math.square_sum(source), self.col_axis)
+        return math.rms_scale(source, squares, self.weight, self.hidden, self.eps).to(x.dtype)
 
     def add_and_normalize(self, x: torch.Tensor, update: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x + update, the norm of it): a block's middle residual add, fused with this norm."""
         math = self.local_math
         if self.col_axis.group is None:
             return math.add_rms_norm(x, update, self.weight, self.hidden, self.eps)
+        if not math.compiled:
+            total = x + update
+            return total, self(total)
         total, squares = math.add_square_sum(x, update)
         squares = sum_over_group(squares, self.col_axis)
         return total, math.rms_scale(total, squares, self.weight, self.hidden, self.eps)

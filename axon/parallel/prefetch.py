@@ -16,9 +16,32 @@ import torch
 from axon.parallel.comm import all_gather_start, gather_block
 
 
+def cast_shard(module, dtype: torch.dtype) -> torch.Tensor:
+    """The module's weight shard in `dtype`. With `module.keep_cast` the cast copy is kept and
+    reused until the weight changes (an in-place update bumps its version; the trainer forgets
+    the copies after each optimizer step as well: forget_casts), so a
+    bf16 step converts each fp32 master weight once instead of at every use (forward, backward,
+    recomputation); without it, or in inference mode (whose tensors autograd cannot save), it is
+    cast at every use."""
+    weight = module.weight.detach()
+    if weight.dtype == dtype or not module.keep_cast or torch.is_inference_mode_enabled():
+        return weight.to(dtype)
+    kept = module.kept_cast
+    if kept is None or kept[0] != weight._version or kept[1] != dtype:
+        kept = module.kept_cast = (weight._version, dtype, weight.to(dtype))
+    return kept[2]
+
+
+def forget_casts(modules) -> None:
+    """Drop the kept copies after an update the weights' versions do not show (the fused
+    AdamW writes the parameters without bumping their version counters)."""
+    for module in modules:
+        module.kept_cast = None
+
+
 def gather_now(module, dtype: torch.dtype) -> torch.Tensor:
     """The module's weight block, gathered over depth synchronously, in `dtype`."""
-    return gather_block(module.weight.detach().to(dtype), module.block_shape, module.depth_axis)
+    return gather_block(cast_shard(module, dtype), module.block_shape, module.depth_axis)
 
 
 def fetch_weight(module, dtype: torch.dtype) -> torch.Tensor:
@@ -55,7 +78,7 @@ class WeightPrefetcher:
         last = min(position + self.distance, len(self.recorded) - 1)
         while self.next_issue <= last:
             ahead, ahead_dtype = self.recorded[self.next_issue]
-            shard = ahead.weight.detach().to(ahead_dtype)
+            shard = cast_shard(ahead, ahead_dtype)
             self.in_flight[self.next_issue] = all_gather_start(shard, ahead.depth_axis)
             self.next_issue += 1
         full, handle = self.in_flight.pop(position)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import resource
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from axon.parallel.data_parallel import GradientBuckets
 from axon.parallel.grads import clip_grad_norm
 from axon.parallel.overlap import enable_overlap
 from axon.parallel.pipeline import PipelineStep
+from axon.parallel.prefetch import forget_casts
 from axon.parallel.trace import summarize, write_chrome_trace
 from axon.parallel.sharding import named_shardings
 from axon.spec.flops import flops_per_token
@@ -41,14 +43,15 @@ class Preempted(Exception):
         self.step, self.path = step, path
 
 
-def build_optimizer(model, config: RunConfig) -> torch.optim.Optimizer:
-    """AdamW on the local shards; weight decay on matrices (depth-sharded weights) only."""
+def build_optimizer(model, config: RunConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW on the local shards; weight decay on matrices (depth-sharded weights) only. On a
+    GPU the fused kernel (one launch for all parameters instead of a dozen per tensor)."""
     decay, no_decay = [], []
     for _, param, sharding in named_shardings(model):
         (decay if sharding.depth_sharded else no_decay).append(param)
     t = config.train
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, eps=1e-8)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, eps=1e-8, fused=device.type == "cuda" or None)
 
 
 def learning_rate(config: RunConfig, step: int) -> float:
@@ -80,6 +83,21 @@ def compile_enabled(train, device: torch.device) -> bool:
     return bool(train.compile)
 
 
+# A bf16 run keeps each weight's bf16 copy for the step when all of them fit in this share of
+# the device's memory; above it (large shards on a small device) it casts at every use instead.
+CAST_COPY_SHARE = 0.1
+
+
+def device_memory_bytes(device: torch.device) -> float:
+    """The device's memory; unbounded for the dry run's meta device (it rehearses a GPU run,
+    and perfmodel counts the kept copies)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "meta":
+        return math.inf
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -103,14 +121,17 @@ class Trainer:
                           if compile_enabled(config.train, device) else None)
         self.pending, self.prefetcher = enable_overlap(self.model, config.overlap, grid.axis("depth"))
         self.gemm_tuner = self._attach_gemm_tuner() if gemm_tuning_enabled(config.train, device) else None
+        self.cast_layers, self.cast_copy_bytes = self._keep_weight_casts()
         self.buckets = GradientBuckets(self.model, grid, config.overlap.bucket_mb, config.overlap.data_parallel,
                                        self.pending, config.train.grad_reduce_dtype)
-        self.optimizer = build_optimizer(self.model, config)
+        self.optimizer = build_optimizer(self.model, config, device)
         self.source = source if source is not None else token_source(config)
-        self.inputs = InputAhead(self.source, config, grid, device)
-        self.pipeline = PipelineStep(self.model, grid, self.model.compute_dtype) if grid.size("pipe") > 1 else None
         g = config.goldfish
         self.goldfish = GoldfishMask(g.k, g.h, g.strategy) if config.train.loss == "goldfish" else None
+        # Keep masks are hashed on the host from the token ids, ahead of their step, so every
+        # device and layout drops the same tokens and no step waits for them.
+        self.inputs = InputAhead(self.source, config, grid, device, None if self.goldfish is None else self.goldfish.keep)
+        self.pipeline = PipelineStep(self.model, grid, self.model.compute_dtype) if grid.size("pipe") > 1 else None
         self.tokens_per_step = config.train.global_batch * config.model.seq_len
         self.flops_per_step = flops_per_token(config.model) * self.tokens_per_step
         self.peak_tflops = peak_tflops
@@ -137,20 +158,24 @@ class Trainer:
                 module.gemm_tuner = tuner
         return tuner
 
+    def _keep_weight_casts(self) -> tuple[list, int]:
+        """(the linear layers keeping their compute-dtype weight copy for the step, the bytes the
+        copies take): all of them when the copies fit CAST_COPY_SHARE of the device's memory,
+        none in fp32 (nothing to cast) or when they do not fit."""
+        from axon.parallel.linear import TensorParallelLinear
+
+        layers = [m for m in self.model.modules() if isinstance(m, TensorParallelLinear)]
+        dtype = self.model.compute_dtype
+        copy_bytes = sum(m.weight.numel() for m in layers) * dtype.itemsize
+        if dtype == torch.float32 or copy_bytes > CAST_COPY_SHARE * device_memory_bytes(self.device):
+            return [], copy_bytes
+        for layer in layers:
+            layer.keep_cast = True
+        return layers, copy_bytes
+
     def next_sequence(self, step: int) -> int:
         """Global index of the first sequence step `step` trains on."""
         return self.start_sequence + (step - self.start_step) * self.config.train.global_batch
-
-    def keep_masks(self, batches) -> list:
-        """The Goldfish keep mask of each micro-batch (None with the standard loss), hashed on
-        the host from the token ids so every device and layout drops the same tokens."""
-        if self.goldfish is None:
-            return [None] * len(batches)
-        masks = []
-        for ids, targets in batches:
-            tokens = torch.cat([ids[:, :1], targets], dim=1).cpu().numpy()
-            masks.append(torch.from_numpy(self.goldfish.keep(tokens)).to(ids.device))
-        return masks
 
     def data_identity(self) -> dict:
         return {"source": self.config.data.source, "seed": self.config.train.seed}
@@ -181,13 +206,14 @@ class Trainer:
         self.buckets.zero_grad()
         self.grid.trace.take()  # start the step with an empty record
         loss_sum = torch.zeros((), device=self.device)
-        batches, input_wait_s = self.inputs.take(self.next_sequence(step))
+        batches, keeps, kept_here, input_wait_s = self.inputs.take(self.next_sequence(step))
         self.inputs.prepare(self.next_sequence(step + 1))  # assembled while this step computes
-        keeps = self.keep_masks(batches)
         kept_tokens = self.tokens_per_step
-        if self.goldfish is not None:  # the mean is over the kept tokens of the whole global batch
-            kept = torch.tensor(float(sum(int(k.sum()) for k in keeps)), device=self.device)
-            kept_tokens = max(1.0, all_reduce(kept, self.grid.axis("data+depth")).item())
+        if self.goldfish is not None:
+            # The mean is over the kept tokens of the whole global batch: summed over data and
+            # depth on the device and divided by there (read with the loss, not before).
+            kept_tokens = all_reduce(torch.full((), float(kept_here), device=self.device),  # a fill: no copy
+                                     self.grid.axis("data+depth")).clamp_(min=1.0)
         if self.prefetcher is not None:
             self.prefetcher.begin_step()
         try:
@@ -209,19 +235,24 @@ class Trainer:
         # loss over data, depth and pipe, then with the clip norm over pipe, depth, row and col,
         # every rank's vote reaches every rank without a world-wide collective of its own.
         vote = 1.0 if self.stop_signal is not None and self.stop_signal.requested else 0.0
-        sums = torch.stack([loss_sum, loss_sum.new_tensor(vote)])
+        sums = torch.stack([loss_sum, torch.full_like(loss_sum, vote)])  # a fill, not a copy from the host
         all_reduce(sums, self.grid.axis("data+depth"))
         all_reduce(sums, self.grid.axis("pipe"))  # only the last stage has a loss; the others add 0
         norm_and_votes = clip_grad_norm(self.model, self.grid, self.config.train.grad_clip, sums[1])
         # The step's one host read: the loss, the norm and the stop vote together, after clipping
         # was queued on the device (the finite check below must precede the update).
-        loss_sum_value, grad_norm, votes = torch.cat([sums[:1].double(), norm_and_votes]).tolist()
+        read = [sums[:1].double(), norm_and_votes]
+        if self.goldfish is not None:
+            read.append(kept_tokens.double().view(1))
+        loss_sum_value, grad_norm, votes, *kept = torch.cat(read).tolist()
+        kept_tokens = kept[0] if kept else kept_tokens
         loss = loss_sum_value / kept_tokens
         self.stop_agreed = votes > 0
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # the same on every rank: all stop here
             raise TrainingDiverged(f"step {step + 1}: loss {loss}, gradient norm {grad_norm}; "
                                    "stopped before applying the update")
         self.optimizer.step()
+        forget_casts(self.cast_layers)
         if self.device.type == "cuda":  # the clock counts the optimizer's kernels, not their enqueueing
             torch.cuda.synchronize(self.device)
         step_time = time.perf_counter() - start
@@ -318,6 +349,12 @@ def describe(config: RunConfig, trainer: Trainer, runtime, peak_source: str) -> 
                          f"a smaller train.micro_batch or a larger train.global_batch gives more")
     lines.append("axon: local math eager (train.compile off)" if trainer.compile_s is None else
                  f"axon: local math compiled (torch.compile, inductor) in {trainer.compile_s:.1f} s")
+    dtype = trainer.model.compute_dtype
+    if dtype != torch.float32:
+        name, copies = str(dtype).removeprefix("torch."), trainer.cast_copy_bytes / 2**30
+        lines.append(f"axon: weights cast to {name} once per step ({copies:.2f} GiB of copies kept)" if trainer.cast_layers
+                     else f"axon: weights cast to {name} at every use (kept copies would take {copies:.2f} GiB, over "
+                          f"{CAST_COPY_SHARE:.0%} of the device's {device_memory_bytes(trainer.device) / 2**30:.0f} GiB)")
     peak = trainer.peak_tflops
     lines.append(f"axon: MFU unknown: the peak measured, {peak} TFLOP/s per rank ({peak_source}), is a failed "
                  "measurement; set train.peak_tflops to this device's peak" if failed_peak(peak) else

@@ -28,6 +28,9 @@ READ_BY_HOST = {"_local_scalar_dense": "item", "nonzero": "nonzero", "masked_sel
                 "_unique2": "unique", "unique_dim": "unique", "unique_consecutive": "unique"}
 BOOL_INDEXED = ("index", "index_put", "index_put_", "_index_put_impl_")
 TO_HOST_ON_CPU = ("cpu", "tolist", "numpy")
+# Tensors made from host values: on a GPU a copy from pageable memory, which PyTorch follows
+# with a stream synchronize (torch.full and fill_ pass a scalar to a kernel instead).
+FROM_HOST_VALUES = ("tensor", "as_tensor", "new_tensor")
 
 
 def _has_bool_tensor(indices) -> bool:
@@ -60,9 +63,13 @@ class _OnCpu(TorchFunctionMode):
         self.owner, self.calls = owner, owner.calls
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if self.owner.counting and getattr(func, "__name__", "") in TO_HOST_ON_CPU and isinstance(args[0], torch.Tensor) \
+        name = getattr(func, "__name__", "")
+        if self.owner.counting and name in TO_HOST_ON_CPU and isinstance(args[0], torch.Tensor) \
                 and args[0].device.type == "cpu":
-            self.calls.append(func.__name__)
+            self.calls.append(name)
+        elif self.owner.counting and name in FROM_HOST_VALUES and not (args and isinstance(args[-1], torch.Tensor)
+                                                                       and name == "as_tensor"):
+            self.calls.append(f"{name} from host values")
         return func(*args, **(kwargs or {}))
 
 

@@ -20,8 +20,8 @@ RUN = {"model": {"preset": "tiny", "seq_len": 16},
 ONE_READ = ["tolist"]  # Trainer.step's torch.cat([...]).tolist()
 
 
-def _syncs_per_step(rank: int, world: int, layout: dict, out_dir: str) -> list[list[str]]:
-    config = build_config({**RUN, "layout": layout, "out_dir": out_dir})
+def _syncs_per_step(rank: int, world: int, layout: dict, out_dir: str, loss: str = "standard") -> list[list[str]]:
+    config = build_config({**RUN, "train": {**RUN["train"], "loss": loss}, "layout": layout, "out_dir": out_dir})
     trainer = Trainer(config, Grid(config.layout, rank), torch.device("cpu"))
     trainer.step(0)  # the first step builds what later ones reuse
     counted = []
@@ -44,12 +44,15 @@ def _uncounted(syncs: HostSyncs, fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def test_one_process_step_reads_the_host_once(tmp_path):
-    assert _syncs_per_step(0, 1, {}, str(tmp_path)) == [ONE_READ, ONE_READ]
+@pytest.mark.parametrize("loss", ["standard", "goldfish"])
+def test_one_process_step_reads_the_host_once(tmp_path, loss):
+    # Goldfish's kept-token count is hashed on the host ahead of the step and divided by on the device.
+    assert _syncs_per_step(0, 1, {}, str(tmp_path), loss) == [ONE_READ, ONE_READ]
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("layout", [{"pipe": 2, "col": 2}, {"depth": 2, "row": 2}], ids=["pipe2xcol2", "depth2xrow2"])
-def test_four_rank_step_reads_the_host_once_on_every_rank(tmp_path, layout):
-    for rank, counted in enumerate(run_distributed(4, _syncs_per_step, layout, str(tmp_path))):
+@pytest.mark.parametrize("layout, loss", [({"pipe": 2, "col": 2}, "standard"), ({"depth": 2, "row": 2}, "goldfish")],
+                         ids=["pipe2xcol2", "depth2xrow2-goldfish"])
+def test_four_rank_step_reads_the_host_once_on_every_rank(tmp_path, layout, loss):
+    for rank, counted in enumerate(run_distributed(4, _syncs_per_step, layout, str(tmp_path), loss)):
         assert counted == [ONE_READ, ONE_READ], (rank, counted)
