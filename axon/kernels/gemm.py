@@ -81,6 +81,17 @@ def mm_fp32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.float() @ b.float()
 
 
+def fp32_output_gemm_missing(device, dtype: torch.dtype) -> str | None:
+    """Why mm_fp32_out runs an fp32 GEMM on this GPU (a start-up warning), or None when it
+    runs at low-precision speed or the device is not a GPU (a CPU widens either way)."""
+    device = torch.device(device)
+    if device.type != "cuda" or dtype == torch.float32 or _has_fp32_output_mm(device.type, dtype):
+        return None
+    return (f"torch {torch.__version__} has no {str(dtype).removeprefix('torch.')} GEMM with fp32 output on this GPU "
+            "(torch.mm out_dtype: torch >= 2.8 on CUDA), so each weight gradient runs as an fp32 GEMM, "
+            "several times slower; install a newer torch for GPU runs")
+
+
 @functools.lru_cache(maxsize=None)
 def _has_fp32_output_mm(device_type: str, dtype: torch.dtype) -> bool:
     """Whether torch.mm takes out_dtype=float32 for these operands here (probed once)."""

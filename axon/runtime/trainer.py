@@ -14,6 +14,7 @@ from axon.config import RunConfig, micro_batch_plan
 from axon.data.batches import token_source
 from axon.data.input_ahead import InputAhead
 from axon.data.goldfish import GoldfishMask
+from axon.kernels.gemm import fp32_output_gemm_missing
 from axon.kernels.peak import failed_peak, mfu
 from axon.runtime.metrics import MetricsLog
 from axon.model import Llama, initialize_parameters
@@ -350,6 +351,9 @@ def describe(config: RunConfig, trainer: Trainer, runtime, peak_source: str) -> 
     lines.append("axon: local math eager (train.compile off)" if trainer.compile_s is None else
                  f"axon: local math compiled (torch.compile, inductor) in {trainer.compile_s:.1f} s")
     dtype = trainer.model.compute_dtype
+    slow_gradients = fp32_output_gemm_missing(trainer.device, dtype)
+    if slow_gradients:
+        lines.append(f"axon: warning: {slow_gradients}")
     if dtype != torch.float32:
         name, copies = str(dtype).removeprefix("torch."), trainer.cast_copy_bytes / 2**30
         lines.append(f"axon: weights cast to {name} once per step ({copies:.2f} GiB of copies kept)" if trainer.cast_layers

@@ -69,3 +69,15 @@ def test_bf16_weight_gradients_leave_the_gemm_in_fp32():
     assert torch.allclose(layer.weight.grad, fp32, rtol=1e-6, atol=1e-6)
     error = lambda g: ((g.double() - exact).norm() / exact.norm()).item()  # noqa: E731
     assert error(layer.weight.grad) < 1e-6 < 1e-3 < error(rounded)  # bf16 output rounding: ~2e-3
+
+
+def test_a_gpu_without_the_fp32_output_gemm_is_warned_about(monkeypatch):
+    from axon.kernels import gemm
+
+    assert gemm.fp32_output_gemm_missing("cpu", torch.bfloat16) is None  # a CPU widens either way
+    monkeypatch.setattr(gemm, "_has_fp32_output_mm", lambda device_type, dtype: False)
+    assert gemm.fp32_output_gemm_missing("cuda", torch.float32) is None
+    warning = gemm.fp32_output_gemm_missing("cuda", torch.bfloat16)
+    assert "torch >= 2.8" in warning and "bfloat16" in warning and torch.__version__ in warning
+    monkeypatch.setattr(gemm, "_has_fp32_output_mm", lambda device_type, dtype: True)
+    assert gemm.fp32_output_gemm_missing("cuda", torch.bfloat16) is None
