@@ -212,6 +212,7 @@ def train_and_measure(run: PlannedRun, docs: DocumentSets, s, runtime, leader: b
     per_document, trained_s, t = {}, 0.0, config.train
     try:
         for epoch in range(1, s.epochs + 1):
+            trainer.pause_clock()  # the last epoch's evaluation is not a step's time
             started, losses = time.perf_counter(), []
             for step in range((epoch - 1) * stream.steps_per_epoch, epoch * stream.steps_per_epoch):
                 metrics = trainer.step(step)
@@ -219,6 +220,7 @@ def train_and_measure(run: PlannedRun, docs: DocumentSets, s, runtime, leader: b
                 log.record(metrics)
                 if t.checkpoint_every and ((step + 1) % t.checkpoint_every == 0 or step + 1 == stream.total_steps):
                     checkpoint.save(trainer, step + 1, t.keep_checkpoints)
+                    trainer.pause_clock()
             trained_s += time.perf_counter() - started
             if epoch % s.eval_every and epoch != s.epochs:
                 continue

@@ -17,6 +17,7 @@ from axon.data.goldfish import GoldfishMask
 from axon.kernels.gemm import fp32_output_gemm_missing
 from axon.kernels.peak import failed_peak, mfu
 from axon.runtime.metrics import MetricsLog
+from axon.runtime.step_clock import StepClock
 from axon.model import Llama, initialize_parameters
 from axon.model.stages import stage_layers
 from axon.spec.parameters import whole_model_parameters
@@ -144,6 +145,7 @@ class Trainer:
         self.traced_events = []  # what goes into the Chrome trace (train.trace_steps)
         self.stop_signal = None  # set by fit: a StopSignal whose requests the step's reductions agree on
         self.stop_agreed = False  # some rank's stop signal was seen in the last step
+        self.clock = StepClock(device.type == "cuda", lambda: torch.cuda.synchronize(device))
 
     def _attach_gemm_tuner(self):
         """One tuner for every linear layer of this rank (GEMMs are local: ranks may choose
@@ -196,9 +198,7 @@ class Trainer:
 
     def step(self, step: int) -> dict:
         """One optimizer step over the global batch; returns the step's metrics (same on every rank)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
+        self.clock.start()
         self.grid.trace.flight.begin_step(step + 1)  # the flight recorder's steps count from 1, as the log's
         lr = learning_rate(self.config, step)
         for group in self.optimizer.param_groups:
@@ -246,6 +246,7 @@ class Trainer:
         if self.goldfish is not None:
             read.append(kept_tokens.double().view(1))
         loss_sum_value, grad_norm, votes, *kept = torch.cat(read).tolist()
+        self.clock.read_done()
         kept_tokens = kept[0] if kept else kept_tokens
         loss = loss_sum_value / kept_tokens
         self.stop_agreed = votes > 0
@@ -254,9 +255,7 @@ class Trainer:
                                    "stopped before applying the update")
         self.optimizer.step()
         forget_casts(self.cast_layers)
-        if self.device.type == "cuda":  # the clock counts the optimizer's kernels, not their enqueueing
-            torch.cuda.synchronize(self.device)
-        step_time = time.perf_counter() - start
+        step_time = self.clock.stop()  # no synchronize: a GPU's host goes on while the optimizer runs
         self.grid.trace.flight.end_step()
         if self.grid.trace.unwaited:
             raise RuntimeError(f"step {step + 1} ended with {self.grid.trace.unwaited} collective(s) never waited for")
@@ -278,6 +277,11 @@ class Trainer:
             "input_wait_s": input_wait_s,
             **summarize(events),
         }
+
+    def pause_clock(self) -> None:
+        """Work outside the training steps came after the last one (a checkpoint, an evaluation):
+        the next step's clock starts afresh instead of at the last step's read."""
+        self.clock.pause()
 
     def slowest_rank(self, metrics: dict) -> dict:
         """Which rank computed longest this step (its time outside collective waits: a slow node
@@ -302,6 +306,7 @@ class Trainer:
             metrics = self.step(step)
             if t.straggler_every and (step + 1) % t.straggler_every == 0:
                 metrics.update(self.slowest_rank(metrics))
+                self.pause_clock()
             history.append(metrics)
             if log is not None:
                 log.record(metrics)
@@ -315,6 +320,7 @@ class Trainer:
                 started = time.perf_counter()
                 self.grid.trace.flight.save_point(done, "save")  # AXON_FAULT=die:...:at=save (a testing aid)
                 path = checkpoint.save(self, done, t.keep_checkpoints)
+                self.pause_clock()
                 if log is not None:
                     log.checkpoint(path, time.perf_counter() - started)
                 if stop:
