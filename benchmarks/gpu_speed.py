@@ -56,6 +56,7 @@ from axon.data.batches import shard_micro_batches, token_source
 from axon.kernels import measure_gemm_tflops
 from axon.parallel.full_tensor import full_parameters
 from axon.parallel.grid import Grid
+from axon.planning.micro_batch import micro_batch_for_device
 from axon.runtime.trainer import Trainer
 from axon.spec.flops import flops_per_token
 from axon.spec.training import TrainingSetup
@@ -215,9 +216,10 @@ def run_preset(preset: str, args, device: torch.device, peak: float) -> dict:
                                          "micro_batch": args.micro_batch, "dtype": args.dtype, "lr": 3e-4,
                                          "schedule": "constant", "grad_clip": 1.0, "checkpoint_every": 0,
                                          "compile": COMPILE[args.compile]}})
+        config, micro_why = micro_batch_for_device(config, device)  # as `axon train` picks it on this device
         grid = Grid(config.layout, 0)
         try:
-            return compare(preset, config, grid, args, device, peak)
+            return {**compare(preset, config, grid, args, device, peak), "micro_batch_reason": micro_why}
         finally:
             grid.destroy()
 

@@ -54,3 +54,13 @@ def choose_micro_batch(config: RunConfig, device_memory_bytes: int, margin: floa
 def describe_micro_batch(config: RunConfig, why: str) -> str:
     """The banner line rank 0 prints after the banner."""
     return f"axon: micro-batch {config.train.micro_batch} (auto: {why})"
+
+
+def micro_batch_for_device(config: RunConfig, device) -> tuple[RunConfig, str | None]:
+    """train.micro_batch 0 on a GPU: the config with choose_micro_batch's micro-batch for this
+    device's memory, and why; elsewhere (a CPU, or a micro-batch given) unchanged and None."""
+    if config.train.micro_batch != 0 or device.type != "cuda":
+        return config, None  # on CPUs auto stays split_micro_batches' rule
+    import torch
+
+    return choose_micro_batch(config, torch.cuda.get_device_properties(device).total_memory)

@@ -117,7 +117,9 @@ def _run(config, runtime, launch, source, reader, choice, watchdog_s) -> int | N
                 check_layout(config, launch.world_size)
             except ConfigError as err:  # the same plan on every rank: every rank stops here
                 _fail_together(launch.rank, str(err))
-        config, micro_why = _auto_micro_batch(config, runtime.device)
+        from axon.planning.micro_batch import micro_batch_for_device
+
+        config, micro_why = micro_batch_for_device(config, runtime.device)
         _train(config, runtime, source, reader, choice, health, micro_why)
         done = True
     except _EveryRankStops as stop:
@@ -131,19 +133,6 @@ def _run(config, runtime, launch, source, reader, choice, watchdog_s) -> int | N
             health.stop()
         shutdown(all_ranks_done=done)
     return stopped_together
-
-
-def _auto_micro_batch(config, device):
-    """train.micro_batch 0 on a GPU: the largest micro-batch perfmodel fits in this device's memory
-    (axon.planning.micro_batch), and why; elsewhere the config unchanged and None. Every rank
-    works it out from the same config and device memory, so all agree without a collective."""
-    if config.train.micro_batch != 0 or device.type != "cuda":
-        return config, None  # on CPUs auto stays split_micro_batches' rule
-    import torch
-
-    from axon.planning.micro_batch import choose_micro_batch
-
-    return choose_micro_batch(config, torch.cuda.get_device_properties(device).total_memory)
 
 
 def _checkpoint_to_resume(config, rank: int):

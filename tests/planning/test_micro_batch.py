@@ -11,7 +11,7 @@ import torch
 
 from axon.config import build_config, check_layout, micro_batch_plan
 from axon.planning.micro_batch import MARGIN, choose_micro_batch, describe_micro_batch
-from axon.runtime.run import _auto_micro_batch
+from axon.planning.micro_batch import micro_batch_for_device
 from axon.spec.layout import Layout
 from axon.spec.micro_batch import GIB, allowed_micro_batches, largest_fitting_micro_batch
 from axon.spec.shapes import PRESETS
@@ -80,10 +80,10 @@ def test_without_device_memory_auto_is_todays_rule(global_batch, shards, pipe):
 
 def test_on_a_cpu_the_engine_keeps_the_config():
     config = build_config({"model": {"preset": "tiny"}, "layout": {}, "train": {"global_batch": 8}})
-    assert _auto_micro_batch(config, torch.device("cpu")) == (config, None)
+    assert micro_batch_for_device(config, torch.device("cpu")) == (config, None)
     set_by_hand = build_config({"model": {"preset": "tiny"}, "layout": {}, "train": {"global_batch": 8,
                                                                                      "micro_batch": 2}})
-    assert _auto_micro_batch(set_by_hand, SimpleNamespace(type="cuda")) == (set_by_hand, None)
+    assert micro_batch_for_device(set_by_hand, SimpleNamespace(type="cuda")) == (set_by_hand, None)
 
 
 def one_b(layout: dict, global_batch: int = 16):
@@ -147,5 +147,5 @@ def test_the_engine_sizes_a_gpu_run_by_its_memory(monkeypatch):
     config = one_b({})
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: SimpleNamespace(total_memory=80 * 2**30))
-    chosen, why = _auto_micro_batch(config, SimpleNamespace(type="cuda"))
+    chosen, why = micro_batch_for_device(config, SimpleNamespace(type="cuda"))
     assert (chosen, why) == choose_micro_batch(config, 80 * 2**30)
