@@ -70,23 +70,31 @@ class GemmChoice:
 
 class GemmTuner:
     """C = A @ B through the fastest candidate for each key. `cache_path`: JSON file loaded now
-    and rewritten after each newly timed key (None: no file). `candidates`: the names allowed.
+    (None: no file). `writer`: whether this process writes it (a training run gives one rank
+    per pipeline stage the file; the others read it and keep their choices in memory).
+    `write_each_key`: write after each newly timed key, as a tuner alone in its process may;
+    off, only `flush` writes (the Trainer's, between steps). `candidates`: the names allowed.
     `min_gain`: how much faster than the product as held another mode must be to replace it.
     `on_choice`: called once per key with its GemmChoice (the choices also accumulate in
     `choices` for a caller that prints them later)."""
 
     def __init__(self, cache_path=None, max_copy_bytes: int = DEFAULT_MAX_COPY_BYTES,
                  candidates: Iterable[str] = CANDIDATES, warmup: int = 2, repeats: int = 5,
-                 min_gain: float = DEFAULT_MIN_GAIN, on_choice: Callable[[GemmChoice], None] | None = None):
+                 min_gain: float = DEFAULT_MIN_GAIN, on_choice: Callable[[GemmChoice], None] | None = None,
+                 writer: bool = True, write_each_key: bool = True):
         unknown = set(candidates) - set(CANDIDATES)
         if unknown:
             raise ValueError(f"unknown GEMM candidate(s) {sorted(unknown)}; choose from {list(CANDIDATES)}")
-        self.cache = GemmCache(cache_path)
+        self.cache, self.write_each_key = GemmCache(cache_path, writer), write_each_key
         self.max_copy_bytes, self.allowed = max_copy_bytes, tuple(candidates)
         self.warmup, self.repeats, self.min_gain, self.on_choice = warmup, repeats, min_gain, on_choice
         self.best: dict[tuple, str] = {}  # (M, K, N, dtype, device, held) -> what every later call runs
         self.choices: list[GemmChoice] = []
         self.peak_extra_bytes = 0  # the most one call (tuning included) allocated beyond its output
+
+    def flush(self) -> bool:
+        """Write the choices timed since the last write to the cache file (writers only); whether it wrote."""
+        return self.cache.flush()
 
     def key(self, a: torch.Tensor, b: torch.Tensor, held: str) -> str:
         (m, k), n = a.shape, b.shape[1]
@@ -143,6 +151,8 @@ class GemmTuner:
             choice = GemmChoice(**describe, best=best, candidates=times, skipped=skipped)
             if times:  # only a measured choice is worth keeping for the next run
                 self.cache.put(key, {"best": best, "candidates": times})
+                if self.write_each_key:
+                    self.cache.flush()
         self.choices.append(choice)
         if self.on_choice is not None:
             self.on_choice(choice)

@@ -149,13 +149,15 @@ class Trainer:
 
     def _attach_gemm_tuner(self):
         """One tuner for every linear layer of this rank (GEMMs are local: ranks may choose
-        differently without changing any collective); rank 0 prints each choice once."""
+        differently without changing any collective); rank 0 prints each choice once. Every
+        rank reads the cache file; one rank per pipeline stage writes it, when `fit` flushes."""
         from axon.parallel.linear import TensorParallelLinear
         from axon.kernels import GemmTuner
+        from axon.kernels.gemm_cache import stage_writer
 
         path = self.config.train.gemm_tuning_cache or str(Path(self.config.out_dir) / "gemm_tuning.json")
         report = (lambda choice: print(f"axon: {choice.describe()}", flush=True)) if self.grid.rank == 0 else None
-        tuner = GemmTuner(cache_path=path, on_choice=report)
+        tuner = GemmTuner(cache_path=path, on_choice=report, writer=stage_writer(self.grid), write_each_key=False)
         for module in self.model.modules():
             if isinstance(module, TensorParallelLinear):
                 module.gemm_tuner = tuner
@@ -304,6 +306,8 @@ class Trainer:
         self.stop_signal = stop_signal
         for step in range(self.start_step, t.steps):
             metrics = self.step(step)
+            if step == self.start_step and self.gemm_tuner is not None and self.gemm_tuner.flush():
+                self.pause_clock()  # the first step timed nearly every GEMM key: written once, between steps
             if t.straggler_every and (step + 1) % t.straggler_every == 0:
                 metrics.update(self.slowest_rank(metrics))
                 self.pause_clock()
@@ -325,6 +329,8 @@ class Trainer:
                     log.checkpoint(path, time.perf_counter() - started)
                 if stop:
                     raise Preempted(done, path)
+        if self.gemm_tuner is not None:
+            self.gemm_tuner.flush()  # keys that appeared after the first step
         return history
 
 
