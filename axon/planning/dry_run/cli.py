@@ -1,7 +1,9 @@
 """`python -m axon dry-run CONFIG --world N [--ranks R,...] [--set KEY=VALUE]... [--json]`.
 
 Builds what rank R of N builds in a real run, on meta tensors under torch's fake process
-group, runs a step, and prints its memory and collectives beside perfmodel's prediction.
+group, runs a step, and prints its memory and collectives beside perfmodel's prediction,
+and the strict-NCCL verdict (axon/planning/dry_run/strict.py): exit status 1 if any rank
+issued a collective NCCL would refuse or hang on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("config", help="YAML config (see axon/configs/)")
     parser.add_argument("--world", type=int, required=True, help="number of ranks of the run to rehearse")
     parser.add_argument("--ranks", default="", help="comma-separated ranks to build (default: the first and "
-                                                    "last rank of each distinct pipeline stage)")
+                                                    "last rank of each distinct pipeline stage, and a partner of "
+                                                    "each first rank along every other axis)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, dotted for nesting (repeatable)")
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per rank")
@@ -66,6 +69,21 @@ def default_ranks(config) -> list[int]:
     return sorted(dict.fromkeys(ranks))
 
 
+def partner_ranks(config) -> list[int]:
+    """For the first rank of each distinct stage, the last rank of its group along each other
+    axis of size > 1 (sharing that group with it): what the strict-NCCL check compares."""
+    layout = config.layout
+    seen, ranks = set(), []
+    for stage, kind in enumerate(stage_plan(config)):
+        if kind in seen:
+            continue
+        seen.add(kind)
+        lowest = {**{axis: 0 for axis in layout.sizes()}, "pipe": stage}
+        ranks += [layout.rank_of({**lowest, axis: size - 1}) for axis, size in layout.sizes().items()
+                  if axis != "pipe" and size > 1]
+    return ranks
+
+
 def parse_ranks(text: str, world: int) -> list[int]:
     from axon.config import ConfigError
 
@@ -100,7 +118,8 @@ def rehearse(config, rank: int) -> dict:
         "collectives_agree": all(r["count"] == r["perfmodel_count"] for r in rows),
         "collective_bytes": traced_bytes, "perfmodel_collective_bytes": predicted_bytes,
         "collective_bytes_diff_percent": percent(traced_bytes, predicted_bytes),
-        "parameters_on_meta": built["all_meta"], "seconds": time.perf_counter() - started,
+        "parameters_on_meta": built["all_meta"], "strict_nccl": built["strict_nccl"],
+        "seconds": time.perf_counter() - started,
     }
 
 
@@ -144,6 +163,29 @@ def rehearse_all(config, ranks: list[int], jobs: int):
         yield from pool.map(rehearse, [config] * len(ranks), ranks)
 
 
+def strict_verdict(results: list[dict]) -> tuple[list[str], str]:
+    """Every strict-NCCL violation, one sentence each (the ranks' own, then the groups whose
+    sampled members issued different sequences), and a one-line summary. Each result's
+    `strict_nccl` becomes its JSON summary, with the group mismatches it takes part in."""
+    from axon.planning.dry_run.strict import SMALL_GROUP, compare_groups, summary
+
+    reports = {r["rank"]: r["strict_nccl"] for r in results}
+    mismatched, compared = compare_groups(reports)
+    sentences = [f"rank {rank}: {v}" for rank, report in reports.items() for v in report["violations"]]
+    sentences += [sentence for _, _, sentence in mismatched]
+    for r in results:
+        mine = [sentence for a, b, sentence in mismatched if r["rank"] in (a, b)]
+        r["strict_nccl"] = {**summary(r["strict_nccl"]), "mismatches": mine}
+        r["strict_nccl"]["verdict"] = "ok" if not (r["strict_nccl"]["violations"] or mine) else "violations"
+    calls = sum(report["collectives"] for report in reports.values())
+    checks = (f"{calls} collectives on {len(reports)} rank(s): device tensors only, point-to-point batched, no "
+              f"gather or object collective over more than {SMALL_GROUP} ranks; {compared} group(s) with 2+ sampled "
+              f"members issued the same sequence")
+    line = (f"strict NCCL: ok ({checks})" if not sentences else
+            f"strict NCCL: {len(sentences)} violation(s) (checked {checks.split(':')[0]})")
+    return sentences, line
+
+
 def main(argv=None) -> None:
     from axon.config import ConfigError
 
@@ -151,7 +193,8 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     try:
         config, choice = resolve_config(args.config, args.overrides, args.world)
-        ranks = parse_ranks(args.ranks, args.world) if args.ranks else default_ranks(config)
+        ranks = (parse_ranks(args.ranks, args.world) if args.ranks else
+                 sorted(set(default_ranks(config)) | set(partner_ranks(config))))
     except ConfigError as err:
         print(f"axon dry-run: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -164,8 +207,18 @@ def main(argv=None) -> None:
         results.append(result)
         if not args.json:
             print(describe(config, result), flush=True)
+    violations, verdict = strict_verdict(results)
     if args.json:
         print(json.dumps(results, indent=1))
     else:
+        print(verdict)
+        for sentence in violations:
+            print(f"  {sentence}")
         print(f"axon dry-run: {len(ranks)} rank(s) in {time.perf_counter() - started:.1f} s; no weight was "
-              f"allocated (every parameter on the meta device: {all(r['parameters_on_meta'] for r in results)})")
+              f"allocated (every parameter on the meta device: {all(r['parameters_on_meta'] for r in results)})",
+              flush=True)
+    if violations:
+        print(f"axon dry-run: {verdict}", file=sys.stderr)
+        for sentence in violations:
+            print(f"axon dry-run: {sentence}", file=sys.stderr)
+        sys.exit(1)

@@ -6,7 +6,8 @@ one micro-batch per data x depth shard (a step of 64 micro-batches at 405B would
 minutes): the first records the prefetch order and creates AdamW's state, the second is
 measured, its collectives from the engine's own trace and its memory by `LiveBytes`.
 The full step follows from the schedule: every micro-batch runs the same collectives,
-and 1F1B keeps at most `in_flight` micro-batches' activations on this stage.
+and 1F1B keeps at most `in_flight` micro-batches' activations on this stage. From the grid
+on, `StrictNccl` (strict.py) checks every collective as NCCL would take it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from axon.planning.dry_run.meter import LiveBytes, ScalarsOnly
+from axon.planning.dry_run.strict import StrictNccl
 
 STEP_AXES = ("data", "data+depth")  # gradient buckets and the loss: once per step, never per micro-batch
 
@@ -141,7 +143,7 @@ def run_rank(config, rank: int) -> dict:
     run = config.layout.pipe if chunks > 1 else 1
     config = one_micro_batch(config, run)
     world = config.layout.world_size
-    with fake_world(rank, world):
+    with fake_world(rank, world), StrictNccl() as strict:  # every collective from the grid on
         grid = Grid(config.layout, rank)
         try:
             with torch.device("meta"):
@@ -192,6 +194,6 @@ def run_rank(config, rank: int) -> dict:
                     "in_flight": flight, "activations_one_micro_batch": peaks["activations"],
                     "held_for_backward": peaks["held_for_backward"],
                     "collectives": full_step(trainer.traced_events, mark["at"], micro_batches, run),
-                    "all_meta": all(p.is_meta for p in params)}
+                    "all_meta": all(p.is_meta for p in params), "strict_nccl": strict.report()}
         finally:
             grid.destroy()
