@@ -216,6 +216,8 @@ def train_and_measure(run: PlannedRun, docs: DocumentSets, s, runtime, leader: b
             started, losses = time.perf_counter(), []
             for step in range((epoch - 1) * stream.steps_per_epoch, epoch * stream.steps_per_epoch):
                 metrics = trainer.step(step)
+                if step == 0:
+                    trainer.save_gemm_choices()
                 losses.append(metrics)
                 log.record(metrics)
                 if t.checkpoint_every and ((step + 1) % t.checkpoint_every == 0 or step + 1 == stream.total_steps):
@@ -240,6 +242,7 @@ def train_and_measure(run: PlannedRun, docs: DocumentSets, s, runtime, leader: b
                       + (f" | ACR {row['acr']:.2f}, {row['acr_memorized']:.3f} > 1 (control "
                          f"{row['control_acr']:.2f}, {row['control_acr_memorized']:.3f}) in {row['acr_seconds']:.0f} s"
                          if "acr" in scores else ""), flush=True)
+        trainer.save_gemm_choices()  # evaluation's shapes too
     finally:
         log.close()
         grid.destroy()

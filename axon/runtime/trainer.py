@@ -280,6 +280,12 @@ class Trainer:
             **summarize(events),
         }
 
+    def save_gemm_choices(self) -> None:
+        """Write the GEMM choices timed so far to the tuning cache (one rank per stage writes;
+        between steps, never inside one)."""
+        if self.gemm_tuner is not None and self.gemm_tuner.flush():
+            self.pause_clock()
+
     def pause_clock(self) -> None:
         """Work outside the training steps came after the last one (a checkpoint, an evaluation):
         the next step's clock starts afresh instead of at the last step's read."""
@@ -306,8 +312,8 @@ class Trainer:
         self.stop_signal = stop_signal
         for step in range(self.start_step, t.steps):
             metrics = self.step(step)
-            if step == self.start_step and self.gemm_tuner is not None and self.gemm_tuner.flush():
-                self.pause_clock()  # the first step timed nearly every GEMM key: written once, between steps
+            if step == self.start_step:
+                self.save_gemm_choices()  # the first step timed nearly every GEMM key: written once, between steps
             if t.straggler_every and (step + 1) % t.straggler_every == 0:
                 metrics.update(self.slowest_rank(metrics))
                 self.pause_clock()
@@ -329,8 +335,7 @@ class Trainer:
                     log.checkpoint(path, time.perf_counter() - started)
                 if stop:
                     raise Preempted(done, path)
-        if self.gemm_tuner is not None:
-            self.gemm_tuner.flush()  # keys that appeared after the first step
+        self.save_gemm_choices()  # keys that appeared after the first step
         return history
 
 
