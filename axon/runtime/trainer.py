@@ -365,7 +365,8 @@ def describe(config: RunConfig, trainer: Trainer, runtime, peak_source: str) -> 
         if count < stages:
             lines.append(f"axon: warning: {count} micro-batch(es) for {stages} stages leave most stages idle; "
                          f"a smaller train.micro_batch or a larger train.global_batch gives more")
-    lines.append("axon: local math eager (train.compile off)" if trainer.compile_s is None else
+    why_eager = "auto: compiled on GPUs only" if config.train.compile == "auto" else "false"
+    lines.append(f"axon: local math eager (train.compile {why_eager})" if trainer.compile_s is None else
                  f"axon: local math compiled (torch.compile, inductor) in {trainer.compile_s:.1f} s")
     dtype = trainer.model.compute_dtype
     slow_gradients = fp32_output_gemm_missing(trainer.device, dtype)
