@@ -4,6 +4,8 @@ With a device bound in init_process_group (NCCL, as axon.runtime.bootstrap does)
 new_group by splitting the world's communicator: an ncclCommSplit that every rank of the world
 joins, members or not. One `split_group` call creates all the groups of an axis in a single
 such split, so a grid costs one world-wide collective per axis instead of one per group.
+torch < 2.5 has no split_group: there create_groups refuses rather than split the world once
+per group (tens of thousands of world-wide collectives at 32k ranks).
 
 Without a bound device (gloo, the fake backend, NCCL without device_id) new_group only
 communicates among the group's members; a non-member's call is local bookkeeping. There every
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import torch
 import torch.distributed as dist
 
 
@@ -44,7 +47,12 @@ def create_groups(groups: list[list[int]], rank: int, desc: str) -> dist.Process
     """Create every group in `groups` (a partition of the world's ranks) on every rank;
     return the one that holds `rank`. Every rank must call this with the same `groups`."""
     timeout = world_timeout()
-    if splits_world() and hasattr(dist, "split_group"):  # split_group: torch 2.5 and newer
+    if splits_world():
+        # Decided from the world group and torch alone: every rank raises alike, before any split.
+        if not hasattr(dist, "split_group"):  # torch 2.5 and newer
+            raise RuntimeError(f"torch {torch.__version__} on NCCL creates each group by splitting the world "
+                               "communicator; axon needs torch >= 2.5 (dist.split_group) for NCCL runs "
+                               "(any torch >= 2.4 will do on gloo)")
         return dist.split_group(split_ranks=groups, timeout=timeout, group_desc=desc)
     mine = None
     for ranks in groups:

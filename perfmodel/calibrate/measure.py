@@ -176,14 +176,25 @@ def _placement(hosts: list[str], groups: list[list[int]]) -> str:
 
 
 def my_group(groups: list[list[int]], rank: int, world: int):
-    """Every rank creates every group (torch requires it); returns the one holding `rank`."""
+    """The group of the partition `groups` that holds `rank`; call on every rank. The world group
+    when it is the only one, else every group at once, as the engine makes a grid axis's: one
+    world-wide split where the backend splits the world, never one per group (DESIGN §10).
+    Undo with `release_group`."""
     import torch.distributed as dist
 
-    mine = None
-    for members in groups:
-        group = dist.group.WORLD if len(members) == world else dist.new_group(members)
-        mine = group if rank in members else mine
-    return mine
+    from axon.parallel.groups import create_groups
+
+    if len(groups) == 1 and len(groups[0]) == world:
+        return dist.group.WORLD
+    return create_groups(groups, rank, desc=f"perfmodel_calibrate_{len(groups[0])}")
+
+
+def release_group(group) -> None:
+    """Destroy a group my_group created (the world group stays); every member calls it."""
+    import torch.distributed as dist
+
+    if group is not None and group is not dist.group.WORLD:
+        dist.destroy_process_group(group)
 
 
 def message_sizes(p: int, quick: bool, cuda: bool) -> list[int]:
@@ -225,11 +236,15 @@ def fit_alpha_beta(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def measure_collectives(bench: Bench, parts: dict, rank: int, quick: bool):
-    """{op: {placement: {size: (alpha s, bytes/s)}}}, this rank's groups, and the raw points
-    (with ("in_context", placement, size): the latency_between_compute seconds)."""
+    """{op: {placement: {size: (alpha s, bytes/s)}}}, {("intra", largest p): this rank's group}
+    (none without an intra-node partition) for overlap_efficiency, which destroys it, and the
+    raw points (with ("in_context", placement, size): the latency_between_compute seconds).
+    Every other partition's groups are destroyed once measured: none outlives the calibration."""
+    intra = [key for key in parts if key[0] == "intra"]
+    keep = max(intra, key=lambda key: key[1]) if intra else None
     fits, groups, raw = {}, {}, {}
     for (place, p), members in parts.items():
-        group = groups[(place, p)] = my_group(members, rank, bench.world)
+        group = my_group(members, rank, bench.world)
         for op in COLLECTIVE_OPS:
             points = [(n, bench.seconds(collective_call(op, n, p, group, bench.device)))
                       for n in message_sizes(p, quick, bench.cuda)]
@@ -238,6 +253,10 @@ def measure_collectives(bench: Bench, parts: dict, rank: int, quick: bool):
         # A step's blocking all-reduces sit between bursts of compute, which can cost more
         # latency than back-to-back calls show: measured apart, priced apart.
         raw[("in_context", place, p)] = latency_between_compute(bench, group, p)
+        if (place, p) == keep:
+            groups[keep] = group
+        else:
+            release_group(group)
     return fits, groups, raw
 
 
@@ -269,7 +288,8 @@ def latency_between_compute(bench: Bench, group, p: int) -> float:
 
 def overlap_efficiency(bench: Bench, group, p: int, fit, gemms, dtype_name: str, quick: bool) -> tuple[float, tuple]:
     """Share of an all-reduce that a GEMM of about its length hides: (t_c + t_m - t_b) / min(t_c, t_m),
-    with t_c the GEMMs alone, t_m the all-reduce alone, t_b both (the all-reduce async)."""
+    with t_c the GEMMs alone, t_m the all-reduce alone, t_b both (the all-reduce async).
+    Destroys `group` afterwards (the one measure_collectives kept for it; never the world group)."""
     import torch
     import torch.distributed as dist
 
@@ -302,5 +322,6 @@ def overlap_efficiency(bench: Bench, group, p: int, fit, gemms, dtype_name: str,
     # timings. At 8 CPU ranks one round's reading scatters by +-0.13 about zero, and three
     # medians taken apart read 0.00-0.19 in calibrations an hour apart.
     rows = bench.interleaved([(compute, True), (all_reduce, False), (both, False)], 5 if quick else 15)
+    release_group(group)
     efficiency = statistics.median(min(1.0, max(0.0, (t_c + t_m - t_b) / min(t_c, t_m))) for t_c, t_m, t_b in rows)
     return efficiency, (nbytes, *(statistics.median(column) for column in zip(*rows)))
