@@ -8,6 +8,7 @@ shards, and do their own communication. Activations in the residual stream are
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from torch import nn
@@ -20,11 +21,18 @@ from axon.parallel.norm import ShardedRMSNorm
 from axon.parallel.pipeline import StagePeers
 from axon.model.stages import chunk_layers
 from axon.kernels import causal_attention, rotary_tables
+from axon.kernels.local_linear import local_linear
 from axon.kernels.local_math import EAGER, LocalMath, warm_up
+from axon.parallel.prefetch import gather_now
 from axon.spec.shapes import ModelShape
 from axon.spec.parameters import LINEAR_ORIENTATIONS as ORIENT
 
 INIT_STD = 0.02
+
+
+def engine_linear(layer, x):
+    """A linear layer as the engine runs it: its own forward, with the grid's collectives."""
+    return layer(x)
 
 
 class Attention(nn.Module):
@@ -44,12 +52,12 @@ class Attention(nn.Module):
         batch, seq, _ = projected.shape
         return projected.view(batch, seq, count, self.head_dim).transpose(1, 2)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, project=engine_linear):
         batch, seq, _ = x.shape
-        q, k = self.local_math.rotate_query_key(self.heads(self.wq(x), self.local_heads),
-                                                self.heads(self.wk(x), self.local_kv_heads), cos, sin)
-        out = causal_attention(q, k, self.heads(self.wv(x), self.local_kv_heads))
-        return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
+        q, k = self.local_math.rotate_query_key(self.heads(project(self.wq, x), self.local_heads),
+                                                self.heads(project(self.wk, x), self.local_kv_heads), cos, sin)
+        out = causal_attention(q, k, self.heads(project(self.wv, x), self.local_kv_heads))
+        return project(self.wo, out.transpose(1, 2).reshape(batch, seq, -1))
 
     def warm_up_calls(self, x: torch.Tensor, cos, sin) -> list:
         batch, seq, _ = x.shape
@@ -70,8 +78,8 @@ class FeedForward(nn.Module):
         self.w2 = TensorParallelLinear(grid, shape.ffn, shape.hidden, ORIENT["feed_forward.w2"], out_std)
         self.local_math = EAGER
 
-    def forward(self, x):
-        return self.w2(self.local_math.swiglu(self.w1(x), self.w3(x)))
+    def forward(self, x, project=engine_linear):
+        return project(self.w2, self.local_math.swiglu(project(self.w1, x), project(self.w3, x)))
 
     def warm_up_calls(self, x: torch.Tensor) -> list:
         width = self.w1.block_shape[0]  # w1's local output features: the gate's last dimension
@@ -88,10 +96,30 @@ class Block(nn.Module):
         self.attention = Attention(shape, grid, out_std)
         self.ffn_norm = ShardedRMSNorm(grid, shape.hidden, shape.norm_eps)
         self.feed_forward = FeedForward(shape, grid, out_std)
+        self.linears = (self.attention.wq, self.attention.wk, self.attention.wv, self.attention.wo,
+                        self.feed_forward.w1, self.feed_forward.w3, self.feed_forward.w2)
+        for position, layer in enumerate(self.linears):
+            layer.block_position = position  # where _with_weights finds its weight copy
+        self.compiled_whole = None  # set by compile_whole: this block traced as one graph
 
-    def forward(self, x, cos, sin):
-        x, normed = self.ffn_norm.add_and_normalize(x, self.attention(self.attention_norm(x), cos, sin))
-        return x + self.feed_forward(normed)
+    def forward(self, x, cos, sin, project=engine_linear):
+        if self.compiled_whole is not None and project is engine_linear:
+            # The weights' compute-dtype copies are made (or reused) here, outside the graph.
+            return self.compiled_whole(x, cos, sin, *(gather_now(layer, x.dtype) for layer in self.linears))
+        x, normed = self.ffn_norm.add_and_normalize(x, self.attention(self.attention_norm(x), cos, sin, project))
+        return x + self.feed_forward(normed, project)
+
+    def _with_weights(self, x, cos, sin, *weights):
+        """forward with each linear layer as its local GEMMs on the given weight copies (what
+        compile_whole traces: no collective, no Python state)."""
+        return self.forward(x, cos, sin, lambda layer, h: local_linear(h, layer.weight, weights[layer.block_position]))
+
+    def compile_whole(self) -> None:
+        """Trace the whole block as one graph (a layout with no collective inside a block)."""
+        for module in self.modules():
+            if hasattr(module, "local_math"):
+                module.local_math = EAGER  # traced into the block's graph, not compiled apart
+        self.compiled_whole = torch.compile(self._with_weights, fullgraph=True)
 
     def warm_up_calls(self, x: torch.Tensor, cos, sin) -> list:
         return [*self.attention_norm.warm_up_calls(x), *self.attention.warm_up_calls(x, cos, sin),
@@ -144,20 +172,31 @@ class Llama(nn.Module):
             self._rope_tables[key] = cos.to(self.compute_dtype), sin.to(self.compute_dtype)
         return self._rope_tables[key]
 
-    def compile_local_math(self, micro_batch: int, device: torch.device) -> float:
+    def compile_local_math(self, micro_batch: int, device: torch.device, whole_blocks: bool = False) -> float:
         """Swap every module's local math for the compiled functions (train.compile) and
         compile them now, on inputs shaped like a training micro-batch's, so the first step
-        does not pay for it; returns the seconds compiling took."""
+        does not pay for it; returns the seconds compiling took. With `whole_blocks` (no
+        collective inside a block) each block is traced as one graph instead."""
         compiled = LocalMath(compiled=True)
         for module in self.modules():
             if hasattr(module, "local_math"):
                 module.local_math = compiled
         if not self.layers:
             return 0.0
-        seq, width = self.shape.seq_len, self.layers[str(self.layer_ids[0])].attention_norm.weight.shape[0]
+        first = self.layers[str(self.layer_ids[0])]
+        seq, width = self.shape.seq_len, first.attention_norm.weight.shape[0]
         x = torch.zeros(micro_batch, seq, width, dtype=self.compute_dtype, device=device, requires_grad=True)
         cos, sin = self.rope_tables(seq, device)
-        return warm_up(compiled, self.layers[str(self.layer_ids[0])].warm_up_calls(x, cos, sin))
+        if not whole_blocks:
+            return warm_up(compiled, first.warm_up_calls(x, cos, sin))
+        started = time.perf_counter()
+        for block in self.layers.values():
+            block.compile_whole()
+            out = block(x, cos, sin)
+            torch.autograd.grad(out, x, torch.ones_like(out))  # the backward graph too; no parameter gets a gradient
+        if self.last_stage:
+            warm_up(compiled, self.norm.warm_up_calls(x)[:1])  # the final norm: rms_norm
+        return time.perf_counter() - started
 
     def stage_forward(self, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
         """This stage's chunk `chunk`: ids [batch, seq] (the first stage's chunk 0) or the

@@ -119,7 +119,9 @@ class Trainer:
             initialize_parameters(self.model, grid, config.train.seed)
         self.model.recompute_blocks = config.train.recompute == "block"
         # Seconds spent compiling the local math before step 1 (None: train.compile off here).
-        self.compile_s = (self.model.compile_local_math(micro_batch_plan(config)[0], device)
+        # A block with no collective inside (row, col and depth 1) is compiled whole.
+        self.compiled_whole = all(grid.size(axis) == 1 for axis in ("row", "col", "depth"))
+        self.compile_s = (self.model.compile_local_math(micro_batch_plan(config)[0], device, self.compiled_whole)
                           if compile_enabled(config.train, device) else None)
         self.pending, self.prefetcher = enable_overlap(self.model, config.overlap, grid.axis("depth"))
         self.gemm_tuner = self._attach_gemm_tuner() if gemm_tuning_enabled(config.train, device) else None
@@ -367,7 +369,8 @@ def describe(config: RunConfig, trainer: Trainer, runtime, peak_source: str) -> 
                          f"a smaller train.micro_batch or a larger train.global_batch gives more")
     why_eager = "auto: compiled on GPUs only" if config.train.compile == "auto" else "false"
     lines.append(f"axon: local math eager (train.compile {why_eager})" if trainer.compile_s is None else
-                 f"axon: local math compiled (torch.compile, inductor) in {trainer.compile_s:.1f} s")
+                 f"axon: {'blocks compiled whole' if trainer.compiled_whole else 'local math compiled'} "
+                 f"(torch.compile, inductor) in {trainer.compile_s:.1f} s")
     dtype = trainer.model.compute_dtype
     slow_gradients = fp32_output_gemm_missing(trainer.device, dtype)
     if slow_gradients:

@@ -13,6 +13,22 @@ TINY_RUN = {"model": {"preset": "tiny", "seq_len": 16},
             "train": {"steps": 3, "global_batch": 8, "lr": 1e-3, "seed": 3}}
 
 
+# The dry-run tests' model: small enough to rehearse a rank in a second, every split size up to 8 divides it.
+DRY_RUN_MODEL = {"layers": 2, "hidden": 96, "heads": 8, "kv_heads": 4, "ffn": 80, "vocab": 136, "seq_len": 16}
+
+
+def dry_run_config(layout, dtype="float32", recompute="none", micro_batches=1, reduce="float32", model=DRY_RUN_MODEL,
+                   global_batch=8):
+    """A RunConfig at `layout` with `micro_batches` micro-batches per data x depth shard."""
+    from axon.config import build_config
+
+    micro = global_batch // (layout.data * layout.depth) // micro_batches
+    return build_config({"model": model, "layout": layout.sizes(),
+                         "train": {"global_batch": global_batch, "micro_batch": micro, "dtype": dtype,
+                                   "recompute": recompute, "grad_reduce_dtype": reduce},
+                         "overlap": {"bucket_mb": 0.01}})
+
+
 def write_tiny_config(folder: Path, layout: dict, **extra) -> Path:
     """FOLDER/run.yaml: TINY_RUN at `layout`, writing to FOLDER/out."""
     config = {**TINY_RUN, "layout": layout, "out_dir": str(folder / "out"), **extra}

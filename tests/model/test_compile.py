@@ -66,6 +66,21 @@ def test_every_local_function_is_one_graph():
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), (fn.__name__, explained.break_reasons)
 
 
+def test_a_block_without_collectives_is_one_graph():
+    from axon.parallel.prefetch import gather_now
+
+    grid = Grid(Layout(), 0)
+    trainer = Trainer(config_for(Layout(), True, 4), grid, torch.device("cpu"))
+    assert trainer.compiled_whole  # row, col and depth 1: no collective inside a block
+    block = trainer.model.layers["0"]
+    x = torch.randn(4, MODEL["seq_len"], MODEL["hidden"], requires_grad=True)
+    cos, sin = trainer.model.rope_tables(MODEL["seq_len"], x.device)
+    weights = [gather_now(layer, x.dtype) for layer in block.linears]
+    explained = torch._dynamo.explain(block._with_weights)(x, cos, sin, *weights)
+    grid.destroy()
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
 def test_world_one_compiled_matches_eager_and_never_recompiles():
     eager, eager_params, _ = train_and_gather(config_for(Layout(), False, 4), 0)
     compiled, params, recompiled = train_and_gather(config_for(Layout(), True, 4), 0)
@@ -76,8 +91,10 @@ def test_world_one_compiled_matches_eager_and_never_recompiles():
 
 
 # Every axis split at least once: col (the norm's all-reduce between two compiled halves) with
-# row and with a 2-stage pipeline, and data with depth; two micro-batches per shard in the first.
-WORLD_4_LAYOUTS = [(Layout(row=2, col=2), 4), (Layout(pipe=2, col=2), 1), (Layout(data=2, depth=2), 1)]
+# row and with a 2-stage pipeline, and data with depth; two micro-batches per shard in the first;
+# and data with pipe, whose blocks hold no collective and are compiled whole.
+WORLD_4_LAYOUTS = [(Layout(row=2, col=2), 4), (Layout(pipe=2, col=2), 1), (Layout(data=2, depth=2), 1),
+                   (Layout(data=2, pipe=2), 1)]
 
 
 def compiled_runs(rank, world, cases):

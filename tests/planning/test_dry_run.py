@@ -13,23 +13,11 @@ from collections import Counter
 import pytest
 import torch
 
-from axon.config import build_config
 from axon.planning.dry_run import main
 from axon.planning.dry_run.cli import default_ranks, rehearse
 from axon.spec.layout import Layout
+from axon.testing.runs import DRY_RUN_MODEL as MODEL, dry_run_config as config_for
 from axon.testing.spawn import run_distributed
-
-MODEL = {"layers": 2, "hidden": 96, "heads": 8, "kv_heads": 4, "ffn": 80, "vocab": 136, "seq_len": 16}
-
-
-def config_for(layout: Layout, dtype="float32", recompute="none", micro_batches=1, reduce="float32", model=MODEL,
-               global_batch=8):
-    micro = global_batch // (layout.data * layout.depth) // micro_batches
-    return build_config({"model": model, "layout": layout.sizes(),
-                         "train": {"global_batch": global_batch, "micro_batch": micro, "dtype": dtype,
-                                   "recompute": recompute, "grad_reduce_dtype": reduce},
-                         "overlap": {"bucket_mb": 0.01}})
-
 
 # (layout, dtype, recompute, micro-batches per step[, gradient reduction dtype]): the engine's
 # trace, extrapolated from one micro-batch to the step, against perfmodel's inventory.

@@ -14,7 +14,7 @@ import axon.runtime.trainer as trainer
 from axon.planning.dry_run import main
 from axon.planning.dry_run.cli import default_ranks, partner_ranks, rehearse, strict_verdict
 from axon.spec.layout import Layout
-from tests.planning.test_dry_run import MODEL, config_for
+from axon.testing.runs import DRY_RUN_MODEL as MODEL, dry_run_config as config_for
 
 EVERY_AXIS = Layout(data=2, pipe=2, depth=2, row=2, col=2)
 
