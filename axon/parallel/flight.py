@@ -7,6 +7,13 @@ sequence number (the same collective has the same number on every member, as NCC
 seq_id), and its state. Cost: one small object and two clock reads per collective; the ring
 keeps the last `capacity` entries.
 
+A point-to-point batch (axon.parallel.p2p) is one entry too, op "p2p" on the pipe axis, in
+the same issue order and with the same states, so a batch that never completes is the rank's
+newest pending entry. Its `ops` name each transfer: kind, peer (global rank), how many
+transfers of that kind with that peer this rank issued before (rank R's receive #n from P
+is P's send #n to R), shape, dtype, bytes and label. Cost: one tuple per transfer and a
+dict update, all host metadata (no tensor is read).
+
 A watchdog thread (axon.runtime.health) reads the ring to find a collective that waits too long
 and writes it to OUT_DIR/flight/rank_R.json (axon.parallel.flight_record, the file's schema);
 `python -m axon diagnose` compares the files.
@@ -22,17 +29,19 @@ import sys
 import time
 from collections import deque
 
-from axon.parallel.flight_record import DONE, ENQUEUED, ISSUED, PENDING, WAITING, CollectiveRecord, FlightRecord
+from axon.parallel.flight_record import (DONE, ENQUEUED, ISSUED, P2P, PENDING, WAITING, CollectiveRecord, FlightRecord,
+                                         P2POpRecord, describe_ops)
 
 
 class FlightEntry:
     __slots__ = ("index", "step", "step_index", "op", "axis", "group", "seq", "bytes", "state", "since",
-                 "finished", "event")
+                 "finished", "event", "ops")
 
     def record(self, now: float) -> CollectiveRecord:
+        ops = tuple(P2POpRecord(*op) for op in self.ops) if self.ops else ()
         return CollectiveRecord(index=self.index, step=self.step, step_index=self.step_index, op=self.op,
                                 axis=self.axis, group=tuple(self.group), seq=self.seq, bytes=self.bytes,
-                                state=self.state, age_s=round(now - self.since, 3))
+                                state=self.state, age_s=round(now - self.since, 3), ops=ops)
 
 
 class FaultPlan:
@@ -41,10 +50,12 @@ class FaultPlan:
     blocking collective of step S; `die:rank=R:step=S` SIGKILLs rank R at its first collective
     of step S, and `die:rank=R:step=S:at=P` at point P of saving the checkpoint after step S
     (SAVE_POINTS: before it starts, after this rank's shard file, after meta.json, after the
-    rename, after the prune's first removal)."""
+    rename, after the prune's first removal). With `:at=p2p` each of the three applies to the
+    rank's first point-to-point batch of step S instead of its first collective."""
 
     KINDS = ("stall", "skip", "die")
     SAVE_POINTS = ("save", "shards", "meta", "renamed", "prune")
+    POINTS = ("step", "p2p", *SAVE_POINTS)
 
     def __init__(self, kind: str = "", rank: int = -1, step: int = -1, at: str = "step"):
         self.kind, self.rank, self.step, self.at = kind, rank, step, at
@@ -60,9 +71,9 @@ class FaultPlan:
             plan = cls(kind, int(values["rank"]), int(values["step"]), values.get("at", "step"))
         except (KeyError, ValueError):
             plan = None
-        if plan is None or kind not in cls.KINDS or plan.at not in ("step", *cls.SAVE_POINTS) or plan.step < 1:
+        if plan is None or kind not in cls.KINDS or plan.at not in cls.POINTS or plan.step < 1:
             raise ValueError(f"AXON_FAULT must look like stall:rank=R:step=S, skip:rank=R:step=S or "
-                             f"die:rank=R:step=S[:at={'|'.join(cls.SAVE_POINTS)}] with S >= 1, got {text!r}")
+                             f"die:rank=R:step=S[:at={'|'.join(cls.POINTS[1:])}] with S >= 1, got {text!r}")
         return plan
 
     def applies(self, rank: int, step: int, at: str = "step") -> bool:
@@ -83,6 +94,7 @@ class FlightRecorder:
         self.step, self.step_index, self.in_step = 0, 0, False
         self.last_activity = time.monotonic()  # the last issue or completion: a hang shows as none
         self.group_seq: dict[tuple, int] = {}
+        self.p2p_count: dict[tuple[str, int], int] = {}  # (kind, peer): transfers issued in the run
         self.faults = faults if faults is not None else FaultPlan.parse(os.environ.get("AXON_FAULT"))
 
     def begin_step(self, step: int) -> None:
@@ -99,12 +111,18 @@ class FlightRecorder:
             where = "before saving" if at == "save" else f"at save point {at!r} of"
             self.faults.die(self.rank, step, f"{where} the checkpoint after")
 
-    def issue(self, op: str, axis: str, group: tuple, nbytes: int, blocking: bool) -> FlightEntry | None:
-        """Record a collective about to be issued; None means skip it (fault injection only)."""
-        if self.faults.applies(self.rank, self.step) and self.in_step and (blocking or self.faults.kind != "skip"):
+    def issue(self, op: str, axis: str, group: tuple, nbytes: int, blocking: bool,
+              transfers: tuple | None = None) -> FlightEntry | None:
+        """Record a collective about to be issued; None means skip it (fault injection only).
+
+        A point-to-point batch passes op P2P, the pipe axis's group and `transfers`, one
+        (kind, peer, shape, dtype, bytes, label) per operation in issue order."""
+        at = "step" if transfers is None else "p2p"
+        if (self.faults.applies(self.rank, self.step, at=at) and self.in_step
+                and (blocking or self.faults.kind != "skip")):
             self.faults.fired = True
             if self.faults.kind == "die":
-                self.faults.die(self.rank, self.step, "at its first collective of")
+                self.faults.die(self.rank, self.step, f"at its first {'collective' if at == 'step' else op} of")
             if self.faults.kind == "stall":
                 print(f"axon: AXON_FAULT: rank {self.rank} stalls before {op} on {axis} in step {self.step} "
                       f"at t={time.time():.3f}",
@@ -116,10 +134,19 @@ class FlightRecorder:
             return None
         entry = FlightEntry()
         now = time.monotonic()
-        seq = self.group_seq.get(group, 0)
-        self.group_seq[group] = seq + 1
+        key = group if transfers is None else (P2P, group)  # batches are no collective of the pipe group
+        seq = self.group_seq.get(key, 0)
+        self.group_seq[key] = seq + 1
         entry.index, entry.step, entry.step_index, entry.seq = self.issued, self.step, self.step_index, seq
         entry.op, entry.axis, entry.group, entry.bytes = op, axis, group, nbytes
+        entry.ops = None
+        if transfers is not None:
+            ops = []
+            for kind, peer, shape, dtype, size, label in transfers:
+                n = self.p2p_count.get((kind, peer), 0)
+                self.p2p_count[(kind, peer)] = n + 1
+                ops.append((kind, peer, n, shape, dtype, size, label))
+            entry.ops = ops
         # A blocking collective waits from its issue; an asynchronous one from its wait.
         entry.state, entry.since, entry.finished, entry.event = (WAITING if blocking else ISSUED), now, None, None
         self.issued += 1
@@ -156,7 +183,8 @@ class FlightRecorder:
         now = time.monotonic()
         for e in entries:
             if e.state in PENDING and now - e.since > timeout_s:
-                return (f"{e.op} on axis {e.axis} (ranks {_ranks(e.group)}, {e.bytes} B, collective #{e.step_index} "
+                what = describe_ops([P2POpRecord(*op) for op in e.ops]) if e.ops else f"ranks {_ranks(e.group)}"
+                return (f"{e.op} on axis {e.axis} ({what}, {e.bytes} B, collective #{e.step_index} "
                         f"of step {e.step}) has waited {now - e.since:.1f} s")
         if self.in_step and now - self.last_activity > timeout_s:
             return f"step {self.step} has issued or finished no collective for {now - self.last_activity:.1f} s"

@@ -1,7 +1,8 @@
 """The flight record: what each rank writes to OUT_DIR/flight/rank_R.json about its recent
 collectives when a job hangs, fails or is stopped, and reads back to diagnose it.
 
-The one place its file names and fields are spelled: axon.parallel.flight fills the
+Point-to-point batches are entries too (op P2P, their transfers in `ops`). The one place its
+file names and fields are spelled: axon.parallel.flight fills the
 collectives, axon.runtime.health writes the file, axon.runtime.diagnose reads every rank's.
 Each record names its job and attempt, and each attempt writes its own files
 (rank_R.<tag>.json), so a restarted job's records never overwrite or mix with an earlier
@@ -30,6 +31,21 @@ NCCL_TRACE_PREFIX = "nccl_trace_rank_"  # PyTorch's NCCL flight-recorder dumps b
 # host call is only enqueued until its event says the GPU finished it.
 ISSUED, WAITING, ENQUEUED, DONE = "issued", "waiting", "enqueued", "done"
 PENDING = (WAITING, ENQUEUED)  # what a hang waits in
+P2P = "p2p"  # the op of a point-to-point batch (axon.parallel.p2p): its entry's `ops` name each transfer
+
+
+@dataclass(frozen=True)
+class P2POpRecord:
+    """One transfer of a point-to-point batch. `n` counts this rank's earlier transfers of the same
+    kind with the same peer in the run: rank R's receive #n from P is P's send #n to R (NCCL runs
+    the transfers between two ranks in order)."""
+    kind: str  # "send" or "recv"
+    peer: int  # global rank
+    n: int
+    shape: tuple[int, ...]
+    dtype: str  # as torch names it, without "torch."
+    bytes: int
+    label: str = ""  # what travels ("act 3 v0>v1"), the same on both sides
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,7 @@ class CollectiveRecord:
     bytes: int
     state: str  # ISSUED, WAITING, ENQUEUED or DONE
     age_s: float  # since it was issued (blocking) or waited for (asynchronous), when written
+    ops: tuple[P2POpRecord, ...] = ()  # a point-to-point batch's transfers (op P2P); else empty
 
     @property
     def what(self) -> tuple[str, str, int]:
@@ -81,13 +98,20 @@ class FlightRecord:
             _check(e, _ENTRY_TYPES, "an entry", required=tuple(_ENTRY_TYPES))
             if not all(isinstance(r, int) for r in e["group"]):
                 raise ValueError(f"an entry's group {e['group']!r} is not a list of ranks")
+            if not isinstance(e.get("ops", []), list):
+                raise ValueError(f"an entry's ops {e['ops']!r} is not a list")
+            for op in e.get("ops", []):
+                _check(op, _OP_TYPES, "a point-to-point op", required=tuple(_OP_TYPES))
+                if not all(isinstance(d, int) for d in op["shape"]):
+                    raise ValueError(f"a point-to-point op's shape {op['shape']!r} is not a list of sizes")
         if not 0 <= data["rank"] < data["world"]:
             raise ValueError(f"rank {data['rank']} is not below world {data['world']}")
         if data.get("coords") is not None and not all(isinstance(v, int) for v in data["coords"].values()):
             raise ValueError(f"'coords' {data['coords']!r} are not integers")
         known = {f.name for f in dataclasses.fields(cls)} - {"entries"}
         return cls(**{k: v for k, v in data.items() if k in known},
-                   entries=tuple(CollectiveRecord(**{**{k: e[k] for k in _ENTRY_TYPES}, "group": tuple(e["group"])})
+                   entries=tuple(CollectiveRecord(**{**{k: e[k] for k in _ENTRY_TYPES}, "group": tuple(e["group"])},
+                                                  ops=tuple(_op_from_json(op) for op in e.get("ops", [])))
                                  for e in entries))
 
 
@@ -95,7 +119,14 @@ _NUMBER = (int, float)
 _RECORD_TYPES = {"rank": int, "world": int, "host": str, "reason": str, "time": _NUMBER, "coords": (dict, type(None)),
                  "step": int, "in_step": bool, "issued": int, "idle_s": _NUMBER, "job": str, "attempt": str}
 _ENTRY_TYPES = {"index": int, "step": int, "step_index": int, "op": str, "axis": str, "group": list, "seq": int,
-                "bytes": int, "state": str, "age_s": _NUMBER}
+                "bytes": int, "state": str, "age_s": _NUMBER}  # and "ops" (optional: older files have none)
+_OP_TYPES = {"kind": str, "peer": int, "n": int, "shape": list, "dtype": str, "bytes": int}  # and "label"
+
+
+def _op_from_json(op: dict) -> P2POpRecord:
+    if not isinstance(op.get("label", ""), str):
+        raise ValueError(f"a point-to-point op's label {op['label']!r} is not text")
+    return P2POpRecord(**{**{k: op[k] for k in _OP_TYPES}, "shape": tuple(op["shape"])}, label=op.get("label", ""))
 
 
 def _check(data, types: dict, what: str, required: tuple) -> None:
@@ -125,7 +156,21 @@ def attempt_tag(env: Mapping[str, str] = os.environ, token: str = "") -> tuple[s
 
 
 def _collective_to_json(entry: CollectiveRecord) -> dict:
-    return {**dataclasses.asdict(entry), "group": list(entry.group)}
+    data = {**dataclasses.asdict(entry), "group": list(entry.group),
+            "ops": [{**dataclasses.asdict(op), "shape": list(op.shape)} for op in entry.ops]}
+    if not entry.ops:
+        del data["ops"]  # a collective's entry reads as before
+    return data
+
+
+def describe_ops(ops) -> str:
+    """A point-to-point batch's transfers in a few words: "recv from 0 [2,16,64] bfloat16 (act 3 v0>v1)"."""
+    return "; ".join(f"{op.kind} {'to' if op.kind == 'send' else 'from'} {op.peer} {shape(op.shape)} {op.dtype}"
+                     + (f" ({op.label})" if op.label else "") for op in ops)
+
+
+def shape(dims) -> str:
+    return "[" + ",".join(map(str, dims)) + "]"
 
 
 def flight_folder(out_dir: str | Path) -> Path:

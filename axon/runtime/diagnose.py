@@ -9,6 +9,10 @@ and prints a few lines:
   differ: which ranks issued what (op, axis, group, bytes), and which never arrived; or
 * that every rank waits in the same collective: a stuck peer or a network fault, with the
   ranks that stopped reporting (no file);
+* for a rank whose newest pending entry is a point-to-point batch (pipeline sends and
+  receives): which transfer from or to which peer (stages, step, shape, dtype), and whether
+  the peer issued the matching one; if it did not, where the peer is instead (it is the one
+  to look at);
 * where PyTorch's own NCCL flight-recorder dumps are, if any.
 
 Collectives are matched by (step, index in the step): ranks of one stage issue the same
@@ -24,8 +28,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from axon.parallel.flight_record import (FOLDER, NCCL_TRACE_PREFIX, PENDING, CollectiveRecord, FlightRecord,
-                                         by_attempt, flight_folder, load_records)
+from axon.parallel.flight_record import (FOLDER, NCCL_TRACE_PREFIX, P2P, PENDING, CollectiveRecord, FlightRecord,
+                                         P2POpRecord, by_attempt, describe_ops, flight_folder, load_records, shape)
 
 
 def _what(entry: CollectiveRecord | None) -> tuple | None:
@@ -33,6 +37,8 @@ def _what(entry: CollectiveRecord | None) -> tuple | None:
 
 
 def _describe(entry: CollectiveRecord) -> str:
+    if entry.op == P2P and entry.ops:
+        return f"{entry.op} on axis {entry.axis} ({describe_ops(entry.ops)}, {entry.bytes} B)"
     return f"{entry.op} on axis {entry.axis} (group of ranks {','.join(map(str, entry.group))}, {entry.bytes} B)"
 
 
@@ -95,9 +101,110 @@ def first_difference(records: dict[int, FlightRecord]) -> list[str] | None:
     return lines
 
 
-def all_waiting(records: dict[int, FlightRecord], world: int) -> list[str]:
+def _newest_pending(record: FlightRecord) -> CollectiveRecord | None:
+    return next((e for e in reversed(record.entries) if e.state in PENDING), None)
+
+
+def _stage(records: dict[int, FlightRecord], entry: CollectiveRecord, rank: int) -> str:
+    """`rank`'s pipe stage: from its record's coordinates, else its place in the pipe group
+    (a stage's global rank grows with the stage: first + stage * stride)."""
+    coords = records[rank].coords if rank in records else None
+    if coords and "pipe" in coords:
+        return str(coords["pipe"])
+    return str(sorted(entry.group).index(rank)) if rank in entry.group else "?"
+
+
+_NOT_ISSUED, _NO_RECORD, _UNKNOWN, _ISSUED = range(4)  # what the peer's record says of the matching transfer
+
+
+def _transfers(record: FlightRecord) -> dict[tuple[str, int], dict[int, CollectiveRecord]]:
+    """A rank's point-to-point transfers in its ring: (kind, peer) -> {n: the batch's entry}."""
+    found: dict[tuple[str, int], dict[int, CollectiveRecord]] = {}
+    for e in record.entries:
+        for op in e.ops:
+            found.setdefault((op.kind, op.peer), {})[op.n] = e
+    return found
+
+
+def _match(records: dict[int, FlightRecord], rank: int, op: P2POpRecord, index: dict):
+    """(what, the peer's entry holding the transfer matching `rank`'s `op`, or None; the n the peer
+    reached): its send #n to `rank` for a receive #n from it, and the other way round. `index`
+    caches each peer's _transfers (read once however many ranks wait on it)."""
+    peer = records.get(op.peer)
+    if peer is None:
+        return _NO_RECORD, None, None
+    if op.peer not in index:
+        index[op.peer] = _transfers(peer)
+    seen = index[op.peer].get(("send" if op.kind == "recv" else "recv", rank), {})
+    if op.n in seen:
+        return _ISSUED, seen[op.n], None
+    if seen and max(seen) < op.n or not seen and peer.issued <= len(peer.entries):
+        return _NOT_ISSUED, None, max(seen) if seen else None  # its ring reaches back past it, or to the run's start
+    return _UNKNOWN, None, None
+
+
+def _where(record: FlightRecord, step: int) -> str:
+    """Where a peer is: the newest entry it waits in, else its last; and if it is in another step."""
+    e = _newest_pending(record)
+    where = (f"it waits in {_describe(e)}, collective #{e.step_index} of step {e.step}, for {e.age_s:.1f} s"
+             if e is not None else _last(record))
+    if record.step != step:
+        where += f"; it is {'behind' if record.step < step else 'ahead'}, in step {record.step}"
+    return where
+
+
+def p2p_waits(records: dict[int, FlightRecord], limit: int = 8) -> tuple[list[str], set[int]]:
+    """Lines for the ranks whose newest pending entry is a point-to-point batch, and those ranks.
+    Peers that never issued the matching transfer come first (the ones to look at)."""
+    found, index = [], {}
+    for rank, record in records.items():
+        e = _newest_pending(record)
+        if e is None or e.op != P2P or not e.ops:
+            continue
+        matches = [(_match(records, rank, op, index), op) for op in e.ops]
+        # The transfer to name: one whose peer did not issue its match, else the first receive.
+        (what, peer_entry, reached), op = min(matches, key=lambda m: (m[0][0], m[1].kind != "recv"))
+        found.append((what, rank, e, op, peer_entry, reached))
+    waiting = {rank for _, rank, *_ in found}
+    # A send whose receive was issued and waits too: the receiver's lines say it.
+    named = [f for f in found
+             if not (f[0] == _ISSUED and f[3].kind == "send" and f[4].state in PENDING and f[3].peer in waiting)]
+    lines = []
+    for what, rank, e, op, peer_entry, reached in sorted(named, key=lambda f: (f[0], f[1]))[:limit]:
+        here, there = _stage(records, e, rank), _stage(records, e, op.peer)
+        detail = f"{shape(op.shape)} {op.dtype}" + (f", {op.label}" if op.label else "")
+        if op.kind == "recv":
+            head = f"rank {rank} is waiting for a receive from rank {op.peer} (pipe stage {there} -> {here}"
+            other = "send"
+        else:
+            head = f"rank {rank} is waiting for rank {op.peer} to receive its send (pipe stage {here} -> {there}"
+            other = "receive"
+        lines.append(f"{head}, step {e.step}, {detail}) for {e.age_s:.1f} s, collective #{e.step_index} of the step")
+        matching = f"the matching {other} (#{op.n} {'to' if other == 'send' else 'from'} rank {rank})"
+        if what == _NO_RECORD:
+            lines.append(f"  -> rank {op.peer} wrote no flight record (stopped reporting): look at rank {op.peer}")
+        elif what == _NOT_ISSUED:
+            upto = f"it issued up to #{reached}" if reached is not None else "it issued none"
+            lines.append(f"  -> rank {op.peer} never issued {matching}; {upto}; "
+                         f"{_where(records[op.peer], e.step)}: look at rank {op.peer}")
+        elif what == _UNKNOWN:
+            lines.append(f"  rank {op.peer}'s ring no longer reaches {matching}: {_where(records[op.peer], e.step)}")
+        else:
+            state = (f"waiting there for {peer_entry.age_s:.1f} s" if peer_entry.state in PENDING
+                     else f"{peer_entry.state} there")
+            lines.append(f"  rank {op.peer} issued {matching} (collective #{peer_entry.step_index} of step "
+                         f"{peer_entry.step}, {state}): a stuck transfer or a network fault")
+    if len(named) > limit:
+        lines.append(f"  ... and {len(named) - limit} more rank(s) waiting in point-to-point batches")
+    return lines, waiting
+
+
+def all_waiting(records: dict[int, FlightRecord], world: int, explained: set[int] = frozenset()) -> list[str]:
+    """Where the ranks wait; those in `explained` (a point-to-point wait, named by p2p_waits) are left out."""
     pending = {}
     for rank, record in records.items():
+        if rank in explained:
+            continue
         waiting = [e for e in record.entries if e.state in PENDING]
         if waiting:
             e = waiting[0]
@@ -114,9 +221,9 @@ def all_waiting(records: dict[int, FlightRecord], world: int) -> list[str]:
         lines.append("ranks wait in different collectives:")
         for (step, index, _), waiters in sorted(pending.items()):
             lines.append(f"  {_ranks(r for r, _ in waiters)}: #{index} of step {step}, {_describe(waiters[0][1])}")
-    else:
+    elif not explained:
         lines.append("no rank was waiting in a collective when the records were written")
-    idle = sorted(r for r in records if r not in {r for w in pending.values() for r, _ in w})
+    idle = sorted(r for r in records if r not in {r for w in pending.values() for r, _ in w} | set(explained))
     if pending and idle:
         lines.append(f"  {_ranks(idle)} waited in none: " + "; ".join(f"rank {r}: {_last(records[r])}" for r in idle))
     if missing:
@@ -156,7 +263,9 @@ def diagnose(out_dir: Path) -> list[str]:
     lines = [(f"{which}: " if which else "") + f"{len(records)} of {world} ranks wrote flight records in {folder}; why: "
              + "; ".join(f"{reason} ({n})" for reason, n in reasons.most_common(3))
              + (f"; left out {sum(map(len, older))} record(s) of {len(older)} older attempt(s)" if older else "")]
-    lines += first_difference(records) or all_waiting(records, world)
+    difference = first_difference(records)
+    transfers, explained = p2p_waits(records)
+    lines += difference + transfers if difference else transfers + all_waiting(records, world, explained)
     return lines + warning + nccl_dumps(folder)
 
 

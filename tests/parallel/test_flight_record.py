@@ -44,3 +44,67 @@ def test_what_the_recorder_writes_diagnose_reads(tmp_path):
     assert lines[1:3] == ["first difference: collective #0 of step 2:",
                           "  rank 0 issued all_gather on axis depth (4096 B; group [0,1])"]
     assert lines[3].startswith("  rank 1 never arrived (its last was collective #0 of step 1, all_reduce on axis col")
+
+
+def _two_stage_exchange(rank, world):
+    """Two batches between stages 0 and 1 through axon.parallel.p2p.exchange, under gloo."""
+    import torch
+    import torch.distributed as dist
+
+    from axon.parallel.p2p import exchange
+    from axon.parallel.trace import Axis, CommTrace
+
+    axis = Axis("pipe", dist.group.WORLD, world, CommTrace())
+    axis.trace.flight.begin_step(1)
+    peer = 1 - rank
+    act = torch.full((2, 3), float(rank))
+    grad = torch.zeros(2, 3, dtype=torch.bfloat16)
+    exchange([("send", act, peer, "act 0 v0>v1")] if rank == 0 else [("recv", act, peer, "act 0 v0>v1")], axis)
+    exchange([("recv", grad, peer, "grad 0 v1>v0"), ("send", act, peer, "act 1 v0>v1")] if rank == 0 else
+             [("send", grad, peer, "grad 0 v1>v0"), ("recv", act, peer, "act 1 v0>v1")], axis)
+    axis.trace.flight.end_step()
+    return axis.trace.flight.record(world=world, reason="test", coords={"pipe": rank}).to_json()
+
+
+def test_a_p2p_batch_is_one_entry_with_its_transfers_and_completes_after_its_wait():
+    from axon.testing.spawn import run_distributed
+
+    records = [FlightRecord.from_json(data) for data in run_distributed(2, _two_stage_exchange)]
+    for rank, record in enumerate(records):
+        assert [(e.op, e.axis, e.group, e.step, e.step_index, e.seq, e.state) for e in record.entries] == [
+            ("p2p", "pipe", (0, 1), 1, 0, 0, DONE), ("p2p", "pipe", (0, 1), 1, 1, 1, DONE)]
+        first, second = record.entries
+        assert [(op.kind, op.peer, op.n, op.shape, op.dtype, op.bytes) for op in first.ops] == [
+            ("send" if rank == 0 else "recv", 1 - rank, 0, (2, 3), "float32", 24)]
+        assert [(op.kind, op.n, op.dtype, op.label) for op in second.ops] == (
+            [("recv", 0, "bfloat16", "grad 0 v1>v0"), ("send", 1, "float32", "act 1 v0>v1")] if rank == 0 else
+            [("send", 0, "bfloat16", "grad 0 v1>v0"), ("recv", 1, "float32", "act 1 v0>v1")])
+        assert first.bytes == 24 and second.bytes == 12 + 24 and record.issued == 2
+
+
+def test_a_p2p_batch_waits_from_its_issue_and_is_named_by_the_watchdog(tmp_path):
+    recorder = FlightRecorder(rank=1, faults=FaultPlan())
+    recorder.begin_step(5)
+    entry_ = recorder.issue("p2p", "pipe", (0, 1), 64, blocking=True,
+                            transfers=(("recv", 0, (2, 8), "bfloat16", 32, "act 0 v0>v1"),
+                                       ("send", 0, (2, 8), "bfloat16", 32, "grad 3 v1>v0")))
+    assert entry_.state == WAITING and recorder.stuck(60) is None
+    assert recorder.stuck(-1).startswith("p2p on axis pipe (recv from 0 [2,8] bfloat16 (act 0 v0>v1); send to 0 "
+                                         "[2,8] bfloat16 (grad 3 v1>v0), 64 B, collective #0 of step 5) has waited")
+    write_record(tmp_path, recorder.record(world=2, reason="hung"))
+    assert read_records(tmp_path)[1].entries[0].ops[0].shape == (2, 8)  # the transfers survive the file
+    recorder.done(entry_)
+    assert entry_.state == DONE and recorder.stuck(-1).startswith("step 5 has issued or finished no collective")
+    # the next batch's transfers count on per (kind, peer); a collective on the pipe group keeps its own seq
+    recorder.issue("p2p", "pipe", (0, 1), 32, blocking=True, transfers=(("recv", 0, (2, 8), "bfloat16", 32, ""),))
+    assert [op.n for op in recorder.record(world=2, reason="").entries[-1].ops] == [1]
+    assert recorder.issue("broadcast", "pipe", (0, 1), 8, blocking=True).seq == 0
+
+
+def test_a_p2p_fault_point_acts_on_the_first_batch_only():
+    recorder = FlightRecorder(rank=0, faults=FaultPlan.parse("skip:rank=0:step=2:at=p2p"))
+    recorder.begin_step(2)
+    assert recorder.issue("all_reduce", "col", (0, 1), 8, blocking=True) is not None  # collectives: not this point
+    batch = (("send", 1, (1,), "float32", 4, ""),)
+    assert recorder.issue("p2p", "pipe", (0, 1), 4, blocking=True, transfers=batch) is None
+    assert recorder.issue("p2p", "pipe", (0, 1), 4, blocking=True, transfers=batch) is not None
