@@ -12,7 +12,10 @@ One thread per rank (`HealthMonitor`), beating once per `interval`:
   longer than train.collective_timeout_s; if so every rank writes OUT_DIR/flight/rank_R.json
   (`python -m axon diagnose OUT_DIR` reads them) and the job ends.
 * Signals: SIGTERM and SIGINT wake it through signal.set_wakeup_fd even while the main thread
-  is blocked inside a collective (where no Python handler runs); it writes the flight record.
+  is blocked inside a collective (where no Python handler runs); it writes the flight record
+  and, as torchrun sends SIGTERM when a rank died, checks its ring neighbour over three beats:
+  the rank whose neighbour is silent names the silent run of ranks in the verdict, which the
+  others read (O(1) store operations per rank, whatever the world size).
 
 Safe with NCCL: the thread never issues, waits for or aborts a collective. It talks to the
 store over its own TCP connection, reads host memory and queries CUDA events (which enqueue
@@ -77,6 +80,11 @@ def _when(recorder) -> str:
     if recorder is None or recorder.step == 0 and not recorder.in_step:
         return "before the first step"
     return f"{'during' if recorder.in_step else 'after'} step {recorder.step}"
+
+
+# On SIGTERM, the rank that finds its successor silent names at most this many lost ranks in a
+# row (a node's ranks die together); a few reads on one rank, whatever the world size.
+NAMED_AT_MOST = 64
 
 
 class HealthMonitor:
@@ -217,28 +225,68 @@ class HealthMonitor:
                     self._end(f"{name} received", 130, flight=False)
                 # torchrun (and some schedulers) send SIGTERM because a rank died: say which, at once.
                 # After a plain preemption every rank still beats and the graceful stop goes on.
-                lost = self._not_beating()
-                if lost:
+                # Each rank watches only the next one (a ring covers them all, O(1) store operations
+                # per rank); the one that finds it silent names every lost rank in the verdict,
+                # which the others read one beat later.
+                if self._successor_silent():
+                    lost = self._silent_run()
                     self._post({"kind": "lost", "by": self.rank, "ranks": lost})
                     self._end_lost(lost)
+                verdict = self._verdict_after_a_beat()
+                if verdict is not None and verdict["kind"] == "lost":
+                    self._end_lost(verdict["ranks"])
                 if signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) == self._on_sigterm:
                     self._end(f"{name} received", EXIT_SIGTERM, flight=False)  # no graceful stop outside the loop
 
-    def _not_beating(self) -> list[int]:
-        """The ranks whose stamp does not move over three beats of ours (all ranks that got
-        the same signal are checking too, and keep beating while they do)."""
-        def stamps():
-            return {r: self._read(f"beat/{r}") for r in range(self.world)
-                    if r != self.rank and self._read(f"finished/{r}") is None}
+    def _successor_silent(self) -> bool:
+        """Whether the next unfinished rank's stamp stays still over three beats of ours (every
+        rank that got the same signal is checking its own successor, and keeps beating)."""
+        successor = (self.rank + 1) % self.world
         try:
-            before = stamps()
+            if successor == self.rank or self._read(f"finished/{successor}") is not None:
+                return False
+            before = self._read(f"beat/{successor}")
             for _ in range(3):
                 time.sleep(self.interval)
                 self._beat()
-            after = stamps()
+            after = self._read(f"beat/{successor}")
         except Exception:  # noqa: BLE001 (a store that stopped answering is the beat loop's to judge)
-            return []
-        return sorted(r for r, stamp in after.items() if stamp is None or stamp == before.get(r))
+            return False
+        return after is None or after == before
+
+    def _silent_run(self) -> list[int]:
+        """The silent successor and the unfinished ranks right after it that are silent too (a
+        node that died together), up to NAMED_AT_MOST: two more beats of ours, on this rank only."""
+        first = (self.rank + 1) % self.world
+        after = [(first + k) % self.world for k in range(1, min(NAMED_AT_MOST, self.world - 1))]  # never this rank
+        try:
+            before = {r: self._read(f"beat/{r}") for r in after}
+            for _ in range(2):  # a live rank beats once per interval: two of ours see it move
+                time.sleep(self.interval)
+                self._beat()
+            lost = [first]
+            for r in after:
+                if self._read(f"finished/{r}") is not None:
+                    continue
+                stamp = self._read(f"beat/{r}")
+                if stamp is not None and stamp != before[r]:
+                    break  # beating: the run of silent ranks ends here
+                lost.append(r)
+        except Exception:  # noqa: BLE001
+            return [first]
+        return lost
+
+    def _verdict_after_a_beat(self) -> dict | None:
+        """The job's verdict once the rank watching a silent rank has had time to post it (its
+        walk along the silent run takes two beats; one more for the post)."""
+        try:
+            for _ in range(3):
+                time.sleep(self.interval)
+                self._beat()
+            text = self._read("verdict")
+        except Exception:  # noqa: BLE001
+            return None
+        return None if text is None else parse_verdict(text, self.world)
 
     # ------------------------------------------------------------ ending
     def _end_by_verdict(self, verdict: dict) -> None:
