@@ -336,6 +336,7 @@ class Trainer:
                 if log is not None:
                     log.checkpoint(path, time.perf_counter() - started)
                 if stop:
+                    self.save_gemm_choices()  # the requeued job starts with every choice made
                     raise Preempted(done, path)
         self.save_gemm_choices()  # keys that appeared after the first step
         return history
