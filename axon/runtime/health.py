@@ -3,7 +3,8 @@
 One thread per rank (`HealthMonitor`), beating once per `interval`:
 
 * Heartbeat: it writes this rank's wall-clock time to the job's c10d store (the TCPStore the
-  process group met through) and reads its ring neighbour's (rank + 1). A stamp older than
+  process group met through) and reads its ring neighbour's (rank + 1); a rank that finished
+  writes "finished" there instead, so it is not counted lost when it exits. A stamp older than
   train.peer_timeout_s means a lost rank; a store that stops answering means rank 0, which
   hosts it, is gone. The rank that notices scans every stamp once, posts the verdict under one
   key that every rank reads each beat, and every survivor prints one sentence (lost ranks,
@@ -20,13 +21,20 @@ One thread per rank (`HealthMonitor`), beating once per `interval`:
 Safe with NCCL: the thread never issues, waits for or aborts a collective. It talks to the
 store over its own TCP connection, reads host memory and queries CUDA events (which enqueue
 nothing), and ends the process with os._exit, which a rank blocked inside a collective (in
-C++, GIL released) cannot delay. Store load: per beat each rank sets one key and reads two.
+C++, GIL released) cannot delay.
+
+Store load: per beat each rank makes two store operations, whatever the world size: it sets its
+stamp and reads the verdict and its neighbour's stamp in one multi_get (three operations on a
+torch without multi_get); both keys exist from the start, so neither read waits. The beat is
+once a second (peer_timeout_s / 10 if that is shorter) up to 10,000 ranks and slows beyond, so
+the whole job stays within STORE_OPS_PER_S on rank 0's store: 3.3 s at 32,768 ranks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import select
 import signal
@@ -48,6 +56,24 @@ TRANSPORT_ERRORS = ("gloo", "NCCL", "Connection reset", "Connection closed", "Br
 
 
 VERDICT_KINDS = ("lost", "hung", "failed")
+FINISHED = "finished"  # a rank's stamp once it stopped as planned
+# The heartbeat's load on the job's one store (hosted by rank 0) for the whole job, whatever the
+# world size: a store slower than its operations' timeout (2 s) would read as "rank 0 is lost".
+STORE_OPS_PER_S = 20_000
+OPS_PER_BEAT = 2  # a set of this rank's stamp, a multi_get of the verdict and the neighbour's
+
+
+def beat_interval(world: int, peer_timeout_s: float) -> float:
+    """Seconds between a rank's beats: once a second (a tenth of peer_timeout_s if shorter), slower
+    when the world would load the store beyond STORE_OPS_PER_S. Raises ValueError when
+    peer_timeout_s leaves no room to see a lost rank in time (see HealthMonitor.stale_after)."""
+    interval = max(min(1.0, peer_timeout_s / 10), world * OPS_PER_BEAT / STORE_OPS_PER_S)
+    if peer_timeout_s - 3 * interval <= interval:
+        smallest = math.floor(4 * world * OPS_PER_BEAT / STORE_OPS_PER_S) + 1
+        raise ValueError(f"train.peer_timeout_s is {peer_timeout_s:g} s, too short for a world of {world} ranks, "
+                         f"whose heartbeats are {interval:.2f} s apart to keep the job's store under "
+                         f"{STORE_OPS_PER_S} operations a second: it must be at least {smallest} s")
+    return interval
 
 
 def parse_verdict(text, world: int) -> dict | None:
@@ -93,7 +119,7 @@ class HealthMonitor:
         self.rank, self.world, self.address, self.out_dir = rank, world, address, Path(out_dir)
         self.peer_timeout_s, self.collective_timeout_s = peer_timeout_s, collective_timeout_s
         self.hosts_store, self.backend = hosts_store, backend
-        self.interval = min(1.0, peer_timeout_s / 10)
+        self.interval = beat_interval(world, peer_timeout_s)
         # A stamp at most `interval` old at death, seen within `interval`, posted and read within
         # two more: every survivor stops within peer_timeout_s.
         self.stale_after = peer_timeout_s - 3 * self.interval
@@ -106,12 +132,19 @@ class HealthMonitor:
         self.stopped, self.ending = False, threading.Lock()
         self.store, self.store_host = None, None
         self.ignored_verdict = False  # a malformed verdict is reported once, then ignored
+        self.failing_since = None  # when the store stopped answering
+        self.finished, self.stamping = False, threading.Lock()  # no beat overwrites "finished"
 
     # ------------------------------------------------------------ set-up (main thread)
     def start(self) -> "HealthMonitor":
         self.store = self._connect()
         self.store.set(self.prefix + f"host/{self.rank}", socket.gethostname())
         self._beat()
+        # The keys every beat reads exist from here on, so one multi_get reads both without waiting:
+        # an empty verdict (none yet), an empty stamp (the neighbour has not beaten yet). compare_set
+        # writes only where the key is missing.
+        for key in ("verdict", f"beat/{(self.rank + 1) % self.world}"):
+            self.store.compare_set(self.prefix + key, "", "")
         self._wake_read, wake_write = socket.socketpair()
         wake_write.setblocking(False)
         self._wake_write = wake_write  # kept open for the process's life
@@ -131,10 +164,12 @@ class HealthMonitor:
         self.stopped = True
         if signal.getsignal(signal.SIGTERM) == self._on_sigterm:  # the thread that acted on it is done
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            self.store.set(self.prefix + f"finished/{self.rank}", "1")
-        except Exception:  # noqa: BLE001 (the store may already be gone at the very end)
-            pass
+        with self.stamping:
+            self.finished = True
+            try:
+                self.store.set(self.prefix + f"beat/{self.rank}", FINISHED)
+            except Exception:  # noqa: BLE001 (the store may already be gone at the very end)
+                pass
 
     def _connect(self, timeout_s: float | None = None):
         import torch.distributed as dist
@@ -144,63 +179,78 @@ class HealthMonitor:
                              timeout=timedelta(seconds=timeout_s or max(2.0, 2 * self.interval)))
 
     def _beat(self) -> None:
-        self.store.set(self.prefix + f"beat/{self.rank}", f"{time.time():.3f}")
+        with self.stamping:  # a beat racing stop() must not overwrite "finished"
+            if not self.finished:
+                self.store.set(self.prefix + f"beat/{self.rank}", f"{time.time():.3f}")
 
     def _read(self, key: str) -> str | None:
+        """A key that may not exist: two operations (a get of a missing key would wait for it)."""
         key = self.prefix + key
         return self.store.get(key).decode(errors="replace") if self.store.check([key]) else None
 
+    def _read_existing(self, keys: list[str]) -> list[str]:
+        """Keys start() made sure exist: one operation (one per key on a torch without multi_get)."""
+        keys = [self.prefix + key for key in keys]
+        values = self.store.multi_get(keys) if hasattr(self.store, "multi_get") else map(self.store.get, keys)
+        return [value.decode(errors="replace") for value in values]
+
     # ------------------------------------------------------------ the thread
     def _run(self) -> None:
-        failing_since = None
         while not self.stopped:
             ready, _, _ = select.select([self._wake_read], [], [], self.interval)
             if ready:
                 self._on_signals(self._wake_read.recv(64))
             if self.stopped:
                 return
-            try:
-                self._beat()
-                verdict = self._read("verdict")
-                failing_since = None
-            except Exception:  # noqa: BLE001 (any store failure: connection reset, refused, timeout)
-                failing_since = failing_since or time.monotonic()
-                # Each rank judges the store by itself (no verdict to post and read): one beat less.
-                if time.monotonic() - failing_since > self.stale_after - self.interval:
-                    self._end_lost([0], store_gone=True)
-                try:  # briefly: the connection attempt must not stretch the beat
-                    self.store = self._connect(self.interval / 2)
-                except Exception:  # noqa: BLE001
-                    pass
-                continue
-            if verdict is not None:
-                parsed = parse_verdict(verdict, self.world)
-                if parsed is not None:
-                    self._end_by_verdict(parsed)
-                elif not self.ignored_verdict:
-                    self.ignored_verdict = True
-                    print(f"axon: rank {self.rank}: ignoring a malformed verdict in the job's store ({verdict[:200]!r}); "
-                          "lost-rank and hang detection go on", file=sys.stderr, flush=True)
+            self._beat_once()
+
+    def _beat_once(self) -> None:
+        """Two store operations, whatever the world size (the first beats also read rank 0's host)."""
+        successor = (self.rank + 1) % self.world
+        try:
+            self._beat()
+            verdict, stamp = self._read_existing(["verdict", f"beat/{successor}"])
+            self.failing_since = None
+        except Exception:  # noqa: BLE001 (any store failure: connection reset, refused, timeout)
+            self.failing_since = self.failing_since or time.monotonic()
+            # Each rank judges the store by itself (no verdict to post and read): one beat less.
+            if time.monotonic() - self.failing_since > self.stale_after - self.interval:
+                self._end_lost([0], store_gone=True)
+            try:  # briefly: the connection attempt must not stretch the beat
+                self.store = self._connect(self.interval / 2)
+            except Exception:  # noqa: BLE001
+                pass
+            return
+        if verdict:  # empty: none posted
+            parsed = parse_verdict(verdict, self.world)
+            if parsed is not None:
+                self._end_by_verdict(parsed)
+            elif not self.ignored_verdict:
+                self.ignored_verdict = True
+                print(f"axon: rank {self.rank}: ignoring a malformed verdict in the job's store ({verdict[:200]!r}); "
+                      "lost-rank and hang detection go on", file=sys.stderr, flush=True)
+        try:
             if self.store_host is None:  # kept: if rank 0 dies, its store goes with it
                 self.store_host = self._read("host/0")
-            try:
-                if self._stale((self.rank + 1) % self.world):
-                    self._declare_lost()
-            except Exception:  # noqa: BLE001 (the next beat tells a dead store from a blip)
-                continue
-            reason = self.recorder.stuck(self.collective_timeout_s) if self.recorder is not None else None
-            if reason is not None:
-                self._post({"kind": "hung", "by": self.rank, "reason": reason})
-                self._end(f"{reason}, longer than train.collective_timeout_s ({self.collective_timeout_s:g} s)",
-                          EXIT_HUNG, flight=True)
+            if successor != self.rank and self._stale_stamp(stamp):
+                self._declare_lost()
+        except Exception:  # noqa: BLE001 (the next beat tells a dead store from a blip)
+            return
+        reason = self.recorder.stuck(self.collective_timeout_s) if self.recorder is not None else None
+        if reason is not None:
+            self._post({"kind": "hung", "by": self.rank, "reason": reason})
+            self._end(f"{reason}, longer than train.collective_timeout_s ({self.collective_timeout_s:g} s)",
+                      EXIT_HUNG, flight=True)
 
-    def _stale(self, rank: int) -> bool:
-        if rank == self.rank or self._read(f"finished/{rank}") is not None:
+    def _stale_stamp(self, stamp: str | None) -> bool:
+        if stamp == FINISHED:
             return False
-        stamp = self._read(f"beat/{rank}")
-        if stamp is None:  # never beat: count from our own start
+        if not stamp:  # never beat: count from our own start
             return time.monotonic() - self.started > self.stale_after
         return time.time() - float(stamp) > self.stale_after
+
+    def _stale(self, rank: int) -> bool:
+        return rank != self.rank and self._stale_stamp(self._read(f"beat/{rank}"))
 
     def _declare_lost(self) -> None:
         lost = [r for r in range(self.world) if self._stale(r)]  # one scan: name every lost rank, not only ours
@@ -243,16 +293,16 @@ class HealthMonitor:
         rank that got the same signal is checking its own successor, and keeps beating)."""
         successor = (self.rank + 1) % self.world
         try:
-            if successor == self.rank or self._read(f"finished/{successor}") is not None:
-                return False
             before = self._read(f"beat/{successor}")
+            if successor == self.rank or before == FINISHED:
+                return False
             for _ in range(3):
                 time.sleep(self.interval)
                 self._beat()
             after = self._read(f"beat/{successor}")
         except Exception:  # noqa: BLE001 (a store that stopped answering is the beat loop's to judge)
             return False
-        return after is None or after == before
+        return after != FINISHED and (not after or after == before)
 
     def _silent_run(self) -> list[int]:
         """The silent successor and the unfinished ranks right after it that are silent too (a
@@ -266,10 +316,10 @@ class HealthMonitor:
                 self._beat()
             lost = [first]
             for r in after:
-                if self._read(f"finished/{r}") is not None:
-                    continue
                 stamp = self._read(f"beat/{r}")
-                if stamp is not None and stamp != before[r]:
+                if stamp == FINISHED:
+                    continue
+                if stamp and stamp != before[r]:
                     break  # beating: the run of silent ranks ends here
                 lost.append(r)
         except Exception:  # noqa: BLE001
@@ -286,7 +336,7 @@ class HealthMonitor:
             text = self._read("verdict")
         except Exception:  # noqa: BLE001
             return None
-        return None if text is None else parse_verdict(text, self.world)
+        return parse_verdict(text, self.world) if text else None
 
     # ------------------------------------------------------------ ending
     def _end_by_verdict(self, verdict: dict) -> None:

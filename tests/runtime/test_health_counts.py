@@ -1,24 +1,29 @@
-"""On SIGTERM each rank checks one neighbour, not the world (issue 32): the store operations a
-rank makes do not grow with the world size, and the rank that finds its neighbour silent names
-the silent run of ranks after it. Counted against an in-memory store."""
+"""The health monitor's load on the job's one store does not grow with the world size (issue 32):
+a steady beat costs each rank two store operations and the beat slows so the whole job stays
+within STORE_OPS_PER_S; on SIGTERM each rank checks one neighbour, not the world, and the rank
+that finds its neighbour silent names the silent run of ranks after it. Counted against an
+in-memory store."""
 
 from __future__ import annotations
 
 import time
 
-from axon.runtime.health import NAMED_AT_MOST, HealthMonitor
+import pytest
+
+from axon.runtime.health import FINISHED, NAMED_AT_MOST, STORE_OPS_PER_S, HealthMonitor, beat_interval
 
 
 class CountingStore:
-    """The TCPStore calls the monitor makes; a live rank's stamp moves at every read, a dead one has none."""
+    """The TCPStore calls the monitor makes; a live rank's stamp moves at every read, a dead one's
+    stays as it was (none, or the empty one a neighbour made), a finished one's reads "finished"."""
 
     def __init__(self, dead: set[int]):
         self.keys, self.dead, self.ops = {}, dead, 0
 
     def _value(self, key: str):
-        if "/beat/" in key:
+        if "/beat/" in key and self.keys.get(key) != FINISHED.encode():
             rank = int(key.rsplit("/", 1)[1])
-            return None if rank in self.dead else str(time.monotonic_ns()).encode()
+            return self.keys.get(key) if rank in self.dead else str(time.monotonic_ns()).encode()
         return self.keys.get(key)
 
     def set(self, key, value):
@@ -33,12 +38,78 @@ class CountingStore:
         self.ops += 1
         return self._value(key)
 
+    def multi_get(self, keys):
+        self.ops += 1
+        values = [self._value(k) for k in keys]
+        assert None not in values, keys  # TCPStore would wait for a missing key: a beat must never read one
+        return values
+
+    def compare_set(self, key, expected, desired):
+        self.ops += 1
+        if self.keys.get(key, b"") == str(expected).encode():
+            self.keys[key] = str(desired).encode()
+        return self.keys[key]
+
 
 def _monitor(rank: int, world: int, dead: set[int], tmp_path) -> HealthMonitor:
-    monitor = HealthMonitor(rank, world, ("127.0.0.1", 0), str(tmp_path), peer_timeout_s=0.05,
+    monitor = HealthMonitor(rank, world, ("127.0.0.1", 0), str(tmp_path), peer_timeout_s=30,
                             collective_timeout_s=1.0, hosts_store=False)
     monitor.store = CountingStore(dead)
+    monitor.interval = 0.005  # the SIGTERM checks sleep whole beats: short ones here
     return monitor
+
+
+def _started(rank: int, world: int, tmp_path) -> HealthMonitor:
+    """A monitor past start()'s store writes (its own stamp, the keys each beat reads), with the host key
+    rank 0 writes, without the thread and the signal set-up."""
+    monitor = _monitor(rank, world, set(), tmp_path)
+    monitor.store.set(monitor.prefix + "host/0", "node0")
+    monitor._beat()
+    for key in ("verdict", f"beat/{(rank + 1) % world}"):
+        monitor.store.compare_set(monitor.prefix + key, "", "")
+    return monitor
+
+
+def test_a_steady_beat_costs_two_store_operations_at_any_world_size(tmp_path):
+    counts = {}
+    for world in (8, 4096, 32768):
+        monitor = _started(3, world, tmp_path)
+        monitor._beat_once()  # the first beat also reads rank 0's host, once
+        assert monitor.store_host == "node0"
+        before = monitor.store.ops
+        monitor._beat_once()
+        counts[world] = monitor.store.ops - before
+    assert counts[8] == counts[4096] == counts[32768] <= 2, counts
+
+
+def test_the_beat_slows_so_the_store_load_stays_bounded():
+    assert beat_interval(8, 30) == 1.0 and beat_interval(8, 6) == pytest.approx(0.6)  # as before
+    for world in (8, 4096, 32768):
+        assert world * 2 / beat_interval(world, 30) <= STORE_OPS_PER_S, world
+    assert beat_interval(32768, 30) == pytest.approx(3.2768)
+    # Detection still fits within peer_timeout_s: stale_after (peer_timeout_s less three beats) > one beat.
+    assert 30 - 3 * beat_interval(32768, 30) > beat_interval(32768, 30)
+
+
+def test_a_peer_timeout_too_short_for_the_world_is_named_with_the_smallest_that_works():
+    with pytest.raises(ValueError) as error:
+        beat_interval(32768, 13)
+    assert str(error.value) == ("train.peer_timeout_s is 13 s, too short for a world of 32768 ranks, whose heartbeats "
+                                "are 3.28 s apart to keep the job's store under 20000 operations a second: it must be "
+                                "at least 14 s")
+    beat_interval(32768, 14)  # the value it names works
+
+
+def test_a_finished_neighbour_is_not_lost_and_a_beat_after_stop_keeps_it_finished(tmp_path):
+    monitor = _started(3, 8, tmp_path)
+    neighbour = _monitor(4, 8, set(), tmp_path)
+    neighbour.store = monitor.store
+    neighbour.stop()
+    neighbour._beat()  # the thread's beat racing stop() writes nothing
+    assert monitor.store.keys[monitor.prefix + "beat/4"] == FINISHED.encode()
+    monitor.started -= 3600  # long past stale_after: a stamp it had never written would read lost
+    assert not monitor._stale_stamp(monitor._read_existing(["beat/4"])[0])
+    assert not monitor._successor_silent()
 
 
 def test_a_sigterm_check_costs_the_same_store_operations_at_any_world_size(tmp_path):
