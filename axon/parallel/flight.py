@@ -8,11 +8,13 @@ seq_id), and its state. Cost: one small object and two clock reads per collectiv
 keeps the last `capacity` entries.
 
 A point-to-point batch (axon.parallel.p2p) is one entry too, op "p2p" on the pipe axis, in
-the same issue order and with the same states, so a batch that never completes is the rank's
-newest pending entry. Its `ops` name each transfer: kind, peer (global rank), how many
-transfers of that kind with that peer this rank issued before (rank R's receive #n from P
-is P's send #n to R), shape, dtype, bytes and label. Cost: one tuple per transfer and a
-dict update, all host metadata (no tensor is read).
+the same issue order. It is asynchronous: issued, waiting while a wait for one of its
+transfers blocks (issued again when that returns and others are still to be waited for),
+done when its last wait returns; the rank waits for its batches in issue order, so a batch
+that never completes is the rank's newest pending entry. Its `ops` name each transfer: kind,
+peer (global rank), how many transfers of that kind with that peer this rank issued before
+(rank R's receive #n from P is P's send #n to R), shape, dtype, bytes and label. Cost: one
+tuple per transfer and a dict update, all host metadata (no tensor is read).
 
 A watchdog thread (axon.runtime.health) reads the ring to find a collective that waits too long
 and writes it to OUT_DIR/flight/rank_R.json (axon.parallel.flight_record, the file's schema);
@@ -119,7 +121,7 @@ class FlightRecorder:
         (kind, peer, shape, dtype, bytes, label) per operation in issue order."""
         at = "step" if transfers is None else "p2p"
         if (self.faults.applies(self.rank, self.step, at=at) and self.in_step
-                and (blocking or self.faults.kind != "skip")):
+                and (blocking or transfers is not None or self.faults.kind != "skip")):
             self.faults.fired = True
             if self.faults.kind == "die":
                 self.faults.die(self.rank, self.step, f"at its first {'collective' if at == 'step' else op} of")
@@ -158,6 +160,12 @@ class FlightRecorder:
     def waiting(self, entry: FlightEntry) -> None:
         entry.state, entry.since = WAITING, time.monotonic()
         self.last_activity = entry.since
+
+    def waited(self, entry: FlightEntry) -> None:
+        """A wait for part of an asynchronous entry returned, the rest is still to be waited for
+        (a point-to-point batch's receive before its send): issued, not waiting."""
+        entry.state = ISSUED
+        self.last_activity = time.monotonic()
 
     def done(self, entry: FlightEntry, event=None) -> None:
         """The host call returned. On CUDA that means enqueued: `event`, recorded on the compute

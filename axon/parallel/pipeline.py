@@ -12,11 +12,15 @@ rank with the same (data, depth, row, col) coordinates.
 Why this cannot deadlock on NCCL: between two neighbours, operations run in issue order on
 one stream and a send completes only with its receive. The schedule
 (`axon.spec.schedules.one_f_one_b_with_transfers`) issues each send in one batch with the
-receives it must run beside, which the neighbour issues in its own matching batch, and
-waits for each batch before going on. `axon.spec.deadlock_check` replays the schedule under
-these rules (tests: plain p <= 16, m <= 64; interleaved p <= 8, v <= 4, m <= 8p), checks
-that every send meets the receive of the same tensor, and checks the engine's recorded
-traces likewise.
+receives it must run beside, which the neighbour issues in its own matching batch; a stage's
+batches run one after another in issue order. `axon.spec.deadlock_check` replays the
+schedule under these rules (tests: plain p <= 16, m <= 64; interleaved p <= 8, v <= 4,
+m <= 8p), checks that every send meets the receive of the same tensor, and checks the
+engine's recorded traces likewise.
+
+Transfers overlap compute (axon.parallel.p2p): a batch is issued where the schedule places
+it, but a received tensor is waited for only just before the forward or backward that reads
+it, and a sent one when a later receive is waited for, or at the end of the step at the latest.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 import torch
 
 from axon.parallel.comm import broadcast
-from axon.parallel.p2p import exchange, join_group
+from axon.parallel.p2p import InFlight, join_group
 from axon.spec.schedules import Transfer, forward_only_with_transfers, one_f_one_b_with_transfers
 
 
@@ -46,6 +50,8 @@ class StagePeers:
         self.last = first + (self.stages - 1) * stride
         self.hidden_local = hidden // grid.size("col")
         self.joined = False  # has the pipe group had its first, all-member collective
+        self.in_flight = InFlight()  # batches issued and not yet waited for to the end
+        self.arriving: dict = {}  # (kind, j, c) -> (its batch, its index there): receives not yet waited for
 
     def holds_input(self, chunk: int) -> bool:
         """Chunk `chunk` here starts the model: its input is the token ids."""
@@ -56,20 +62,37 @@ class StagePeers:
         return self.stage == self.stages - 1 and chunk == self.chunks - 1
 
     def transfer(self, transfers: tuple[Transfer, ...], tensors: dict, new_buffer, device) -> None:
-        """Run one batch of the schedule. Sends take their tensor out of `tensors[(kind, j, c)]`
-        (kind "act" or "grad", chunk c); receives put theirs there, in a buffer from new_buffer(j)."""
+        """Issue one batch of the schedule. Sends take their tensor out of `tensors[(kind, j, c)]`
+        (kind "act" or "grad", chunk c; the batch holds it until waited for); receives put theirs
+        there, in a buffer from new_buffer(j), to be read through `received`."""
         if not self.joined:
             join_group(self.axis, device)
             self.joined = True
-        batch = []
+        batch, receives = [], []
         for t in transfers:
             key = (t.tensor, t.micro, t.chunk)
             if t.op == "recv":
                 tensors[key] = new_buffer(t.micro)
+                receives.append((key, len(batch)))
             tensor = tensors.pop(key) if t.op == "send" else tensors[key]
             peer = self.next if t.toward > 0 else self.previous
             batch.append((t.op, tensor, peer, t.label(self.stage, self.stages)))
-        exchange(batch, self.axis)
+        issued = self.in_flight.issue(batch, self.axis)
+        if issued is not None:
+            for key, index in receives:
+                self.arriving[key] = (issued, index)
+
+    def received(self, tensors: dict, key) -> torch.Tensor:
+        """`tensors[key]`, taken out, once its receive (if it came from another stage) is waited for."""
+        pending = self.arriving.pop(key, None)
+        if pending is not None:
+            self.in_flight.wait(*pending)
+        return tensors.pop(key)
+
+    def finish_transfers(self) -> None:
+        """Wait for every batch still in flight (the last sends): nothing crosses the step's end."""
+        self.in_flight.finish()
+        self.arriving.clear()
 
     def activation_buffers(self, batches_ids, dtype: torch.dtype, device):
         """new_buffer for `transfer`: micro-batch j's residual stream [batch, seq, hidden/col]
@@ -88,11 +111,12 @@ class StagePeers:
                 self.transfer(action, tensors, new_buffer, ids.device)
                 continue
             _, _, chunk = action
-            out = stage_forward(tensors.pop(("act", 0, chunk)), chunk)
+            out = stage_forward(self.received(tensors, ("act", 0, chunk)), chunk)
             if self.holds_loss(chunk):
                 result = head(out).to(result_dtype).contiguous()
             else:
                 tensors[("act", 0, chunk)] = out.contiguous()  # the send's tensor
+        self.finish_transfers()
         if result is None:
             result = torch.empty(ids.shape, dtype=result_dtype, device=ids.device)
         return broadcast(result, self.axis, self.last)
@@ -130,10 +154,16 @@ class PipelineStep(StagePeers):
                 self.transfer(action, tensors, new_buffer, device)
                 continue
             kind, j, chunk = action
+            # Its input from another stage (activations forward, their gradient backward), waited
+            # for here, just before this op reads it: the transfer ran while earlier ops computed.
+            if kind == "F":
+                incoming = None if self.holds_input(chunk) else self.received(tensors, ("act", j, chunk))
+            else:
+                incoming = None if self.holds_loss(chunk) else self.received(tensors, ("grad", j, chunk))
             began = self._now(device) if record else 0.0
             if kind == "F":
                 ids, targets = batches[j]
-                x = ids if self.holds_input(chunk) else tensors.pop(("act", j, chunk)).requires_grad_()
+                x = ids if incoming is None else incoming.requires_grad_()
                 out = self.model.stage_forward(x, chunk)
                 if self.holds_loss(chunk):
                     losses = self.model.stage_losses(out, targets, keeps[j])
@@ -147,14 +177,15 @@ class PipelineStep(StagePeers):
                 # micro-batch's backward makes them final: DP buckets launch in it.
                 buckets.final_micro_batch = j == len(batches) - 1
                 x, out = inputs.pop((j, chunk)), outputs.pop((j, chunk))
-                if self.holds_loss(chunk):
+                if incoming is None:
                     out.backward()
                 else:
-                    out.backward(tensors.pop(("grad", j, chunk)))
+                    out.backward(incoming)
                 if not self.holds_input(chunk):
                     tensors[("grad", j, chunk)] = x.grad.contiguous()  # the send's tensor
             if record:
                 record["ops"].append((kind, j, began, self._now(device), chunk))
+        self.finish_transfers()  # before the gradients are reduced and the optimizer runs
         if record:
             record["end"] = self._now(device)
             self.timeline.append(record)

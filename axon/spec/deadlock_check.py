@@ -12,9 +12,12 @@ them (`peer`, `batch`, `seq`), under the rules NCCL follows:
   one micro-batch's activations as another's).
 * A batch (one `batch_isend_irecv` call) starts when all its operations can, runs them as
   one group, and completes when all of them have.
-* A rank waits for each batch before it issues the next one: the engine does, and on a GPU
-  the next batch's stream waits for the compute stream, which waited for the last batch.
-  Stream order per pair follows from this.
+* A rank's batches run one after another, in issue order: on a GPU they queue on the pipe
+  group's one NCCL stream (batched point-to-point uses the group's communicator). The engine
+  waits for a transfer only just before it needs it (axon.parallel.p2p), so it may issue a
+  batch before the previous one has finished; the stream still starts it only after. Those
+  waits make the compute stream wait only for batches issued before them, so they add no
+  cycle to this order. Stream order per pair follows from it.
 
 A rank that cannot finish is reported with the operations it is blocked on. From a shell,
 on the traces a run wrote with `train.trace_steps` (no torch needed, e.g. on a login node):

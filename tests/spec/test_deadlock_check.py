@@ -20,7 +20,7 @@ from axon.parallel.grid import Grid
 from axon.spec.deadlock_check import P2POp, check_trace_files, planned_ops, replay
 from axon.runtime.trainer import Trainer
 from axon.spec.layout import Layout
-from axon.spec.schedules import Transfer, one_f_one_b
+from axon.spec.schedules import Transfer, one_f_one_b, one_f_one_b_with_transfers
 from axon.testing.spawn import run_distributed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,7 +155,9 @@ MODEL = {"hidden": 32, "heads": 4, "kv_heads": 2, "ffn": 48, "vocab": 64, "seq_l
 
 
 def traced_runs(rank, world, layout, out_dirs):
-    """Two steps per micro-batch count; the second step's Chrome trace is written."""
+    """Two steps per micro-batch count; the second step's Chrome trace is written. Per count:
+    the transfers as recorded, whether a send and a receive were waited for late (see
+    test_the_engine_traces_pass_the_checker), and what was left in flight after the run."""
     shards = layout.data * layout.depth
     out = []
     for micro_batches, out_dir in out_dirs.items():
@@ -168,7 +170,15 @@ def traced_runs(rank, world, layout, out_dirs):
         trainer = Trainer(config, grid, torch.device("cpu"))
         trainer.fit()
         p2p = [e for e in trainer.traced_events if e.op in ("send", "recv")]
-        out.append([(e.op, e.args["peer"], e.args["batch"], e.args["seq"], e.args["label"]) for e in p2p])
+        # A send waited for after a later batch was issued; a receive waited for after another
+        # transfer of its batch had been waited for and that one's op had computed (host clock).
+        late_send = any(e.op == "send" and any(f.args["batch"] > e.args["batch"] and f.issued < e.wait_start
+                                               for f in p2p) for e in p2p)
+        late_recv = any(e.op == "recv" and any(f is not e and f.args["batch"] == e.args["batch"]
+                                               and f.completed < e.wait_start for f in p2p) for e in p2p)
+        left = (grid.trace.unwaited, len(trainer.pipeline.in_flight), len(trainer.pipeline.arriving))
+        out.append({"ops": [(e.op, e.args["peer"], e.args["batch"], e.args["seq"], e.args["label"]) for e in p2p],
+                    "late": (late_send, late_recv), "left": left})
         grid.destroy()
     return out
 
@@ -187,8 +197,15 @@ def test_the_engine_traces_pass_the_checker(tmp_path, layout, counts):
         assert len(traces) == layout.world_size
         verdict = check_trace_files(traces)
         assert verdict.completed, (m, str(verdict))
+        # Transfers overlap compute: waited for just before their use, sends later still; nothing
+        # is left in flight after a step.
+        assert any(runs[index]["late"][0] for runs in results), m
+        two_receives = any(sum(t.op == "recv" for t in action) > 1 for s in range(p)
+                           for action in one_f_one_b_with_transfers(s, p, m, v) if isinstance(action[0], Transfer))
+        assert any(runs[index]["late"][1] for runs in results) == two_receives, m  # never in plain 1F1B
+        assert all(runs[index]["left"] == (0, 0, 0) for runs in results), m
         for rank, runs in enumerate(results):
-            ops, stage = runs[index], layout.coords(rank)["pipe"]
+            ops, stage = runs[index]["ops"], layout.coords(rank)["pipe"]
             first = rank - stage * stride
             ring = v > 1  # interleaved: the last stage feeds the first
             neighbours = {first + (stage + d) % p * stride for d in (-1, 1) if ring or 0 <= stage + d < p}
