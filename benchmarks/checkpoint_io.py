@@ -103,7 +103,7 @@ def run_rank(rank, world, port, case, args, out):
         del reader  # closes its open shard files before the next save replaces them
         rows.append({"save_s": save_s, "load_s": load_s, "save_extra_mib": save_extra, "save_peak_mib": save_peak,
                      "load_extra_mib": load_extra, "load_peak_mib": load_peak, "load_file_mib": load_file})
-    files = sorted(Path(path).glob("rank_*.safetensors"))
+    files = sorted(Path(path).glob("ranks_*/rank_*.safetensors"))
     shapes = [info["global_shape"] for info in json.loads((Path(path) / "meta.json").read_text())["tensors"].values()]
     everyone = [None] * world
     dist.all_gather_object(everyone, rows)  # a benchmark's bookkeeping, not the code under test

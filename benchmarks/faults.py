@@ -247,7 +247,7 @@ def corrupt_newest(folder: Path) -> dict:
     config = write_config(folder, steps=6)
     out = folder / "out"
     assert run(config, job_id=1)[0] == [0, 0]
-    newest = out / "checkpoints" / "step_00000006" / "rank_00001.safetensors"
+    newest = out / "checkpoints" / "step_00000006" / "ranks_0000" / "rank_00001.safetensors"
     data = bytearray(newest.read_bytes())
     data[-8:] = bytes(255 - b for b in data[-8:])  # same size: only the checksum can tell
     newest.write_bytes(bytes(data))

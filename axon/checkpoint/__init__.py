@@ -15,8 +15,9 @@ import torch
 
 from axon.checkpoint.reader import (CheckpointReader, CorruptCheckpoint, checkpoint_step, find_latest,
                                     find_latest_intact)
-from axon.checkpoint.writer import prune_checkpoints, write_checkpoint
+from axon.checkpoint.writer import prune_together, write_checkpoint
 from axon.config import ConfigError
+from axon.parallel.comm import broadcast
 from axon.parallel.sharding import named_shardings, shard_from_global
 
 __all__ = ["CheckpointReader", "CorruptCheckpoint", "checkpoint_root", "find_latest_intact", "find_latest", "load", "read_full_model",
@@ -49,9 +50,8 @@ def save(trainer, step: int, keep: int) -> Path:
     extra = {"next_sequence": trainer.next_sequence(step), "data": trainer.data_identity(),
              "config": trainer.config.to_dict()}
     path = write_checkpoint(final, trainer.model, trainer.optimizer, trainer.grid, trainer.config.model, step, extra)
-    if trainer.grid.rank == 0:
-        prune_checkpoints(final.parent, keep, spare=(path, trainer.resumed_from),
-                          after_each=lambda: trainer.grid.trace.flight.save_point(step, "prune"))
+    prune_together(final.parent, keep, (path, trainer.resumed_from), trainer.grid, trainer.device,
+                   after_each=lambda: trainer.grid.trace.flight.save_point(step, "prune"))
     return path
 
 
@@ -77,31 +77,59 @@ def set_aside_later(out_dir: str | Path, step: int) -> tuple[Path, list[str]] | 
 
 @torch.no_grad()
 def load_shards(reader: CheckpointReader, model, optimizer, grid) -> None:
-    """Fill this rank's parameters (and AdamW state) from a checkpoint of any layout."""
+    """Fill this rank's parameters (and AdamW state) from a checkpoint of any layout.
+
+    Only the ranks at data coordinate 0 read the files; each tensor then reaches the other data
+    replicas by a broadcast over the data axis, on the device, so storage serves each byte once."""
+    data = grid.axis("data")
+    reads = grid.coord("data") == 0
+    source = grid.layout.rank_of({**grid.coords, "data": 0})
     for name, param, sharding in named_shardings(model):
         if name not in reader.tensors or tuple(reader.tensors[name]["global_shape"]) != sharding.global_shape:
             raise ConfigError(f"checkpoint {str(reader.path)!r} has no tensor {name} of shape {sharding.global_shape}")
 
-        def read(key):
-            return shard_from_global(sharding, grid, lambda r, c: reader.region(key, name, r, c), param.numel())
+        def fill(target, key):
+            if reads:
+                target.copy_(shard_from_global(sharding, grid, lambda r, c: reader.region(key, name, r, c),
+                                               param.numel()).to(param.device))
+            if data.group is not None:
+                broadcast(target, data, source)
+            return target
 
-        param.copy_(read("model").to(param.device))
+        fill(param.data, "model")
         if optimizer is not None and reader.meta["optimizer_step"] > 0:
             # The fused (GPU) AdamW keeps its step count on the parameters' device, the others on the host.
             step_device = param.device if optimizer.defaults.get("fused") else "cpu"
             optimizer.state[param] = {
                 "step": torch.tensor(float(reader.meta["optimizer_step"]), dtype=torch.float32, device=step_device),
-                "exp_avg": read("exp_avg").to(param.device),
-                "exp_avg_sq": read("exp_avg_sq").to(param.device),
+                "exp_avg": fill(torch.empty_like(param, memory_format=torch.contiguous_format), "exp_avg"),
+                "exp_avg_sq": fill(torch.empty_like(param, memory_format=torch.contiguous_format), "exp_avg_sq"),
             }
+
+
+def _restore_rng_state(reader: CheckpointReader, grid, device) -> None:
+    """This rank's torch RNG state as saved (same layout only: RNG streams belong to ranks).
+    Format 2 keeps a data group's states in its data-0 rank's file: that rank reads them and
+    the data axis broadcasts them."""
+    if reader.format == 1:
+        torch.set_rng_state(reader.rng_states(grid.rank)[0].clone())
+        return
+    data = grid.axis("data")
+    source = grid.layout.rank_of({**grid.coords, "data": 0})
+    states = torch.empty(grid.size("data"), torch.get_rng_state().numel(), dtype=torch.uint8, device=device)
+    if grid.coord("data") == 0:
+        states.copy_(reader.rng_states(grid.rank))
+    if data.group is not None:
+        broadcast(states, data, source)  # on the device: NCCL moves no host tensor
+    torch.set_rng_state(states[grid.coord("data")].cpu().clone())  # its own storage: set_rng_state reads from offset 0
 
 
 def load(trainer, reader: CheckpointReader) -> None:
     """Collective. Verify the shard files (each hashed by one rank), then fill this rank's state."""
     reader.verify(trainer.grid.rank, trainer.grid.layout.world_size, trainer.device)
     load_shards(reader, trainer.model, trainer.optimizer, trainer.grid)
-    if reader.layout == trainer.grid.layout:  # RNG streams belong to ranks; only the same layout resumes them
-        torch.set_rng_state(reader.rng_state(trainer.grid.rank))
+    if reader.layout == trainer.grid.layout:
+        _restore_rng_state(reader, trainer.grid, trainer.device)
 
 
 def write_model_checkpoint(ckpt_dir: str | Path, model, grid, shape) -> None:

@@ -2,9 +2,10 @@
 shard files that hold it, so a rank reads only what its own shards need.
 
 Before anything is read, `verify` checks each shard file's sha256 once over the whole
-world (rank r hashes files r, r + world, ...; every rank learns the first bad one), reading
-it in chunks: no file is held in memory to hash it, and a load hashes each byte once, not
-once per rank that needs it.
+world (rank r hashes the r-th, (r + world)-th, ... file; every rank learns the first bad one),
+reading it in chunks: no file is held in memory to hash it, and a load hashes each byte once,
+not once per rank that needs it. A rank reads meta.json and only the files.json records of the
+files it hashes or reads (axon/checkpoint/files.py has the layout on disk).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from axon.checkpoint.files import malformed_records, read_index, shard_path, shard_ranks
 from axon.config import ConfigError
 from axon.parallel.comm import world_min
 from axon.spec.layout import AXES, Layout
 from axon.spec.shapes import ModelShape
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what a save writes
+READABLE_FORMATS = (1, 2)  # 1: every rank's file flat in the folder, every record in meta.json
 META = "meta.json"
 HASH_CHUNK_BYTES = 8 * 2**20  # hashing reads a file this much at a time
 # safetensors maps a file; the pages a read touches stay in this process's RSS until the file
@@ -33,17 +36,6 @@ MAPPED_BYTES = 64 * 2**20
 class CorruptCheckpoint(ConfigError):
     """A shard file's bytes do not match the sha256 meta.json records (the verdict every rank
     agrees on in CheckpointReader.verify)."""
-
-
-def rank_file(rank: int) -> str:
-    return f"rank_{rank:05d}.safetensors"
-
-
-def rank_of_file(name: str) -> int | None:
-    """The rank of a shard file's name, or None for any other name (meta.json names no path
-    outside its folder)."""
-    match = re.fullmatch(r"rank_(\d{5,})\.safetensors", name)
-    return int(match.group(1)) if match else None
 
 
 def file_sha256(path: Path) -> str:
@@ -61,13 +53,11 @@ def _malformed_fields(meta: dict) -> str | None:
     step = meta["step"]
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         return f"step is {step!r}, not a whole number >= 0"
-    for key in ("layout", "model", "tensors", "files"):
+    for key in ("layout", "model", "tensors") + (("files",) if meta["format"] == 1 else ()):
         if not isinstance(meta[key], dict):
             return f"{key} is {type(meta[key]).__name__}, not an object"
-    for name, record in meta["files"].items():
-        if (not isinstance(record, dict) or not isinstance(record.get("bytes"), int)
-                or not isinstance(record.get("sha256"), str) or rank_of_file(name) is None):
-            return f"files[{name!r}] is {record!r}, not {{bytes, sha256}} of a rank_RRRRR.safetensors file"
+    if meta["format"] == 1 and (malformed := malformed_records(meta["files"])):
+        return malformed
     for name, info in meta["tensors"].items():
         if not isinstance(info, dict) or not isinstance(info.get("global_shape"), list):
             return f"tensors[{name!r}] is {info!r}, not a description with a global_shape"
@@ -89,11 +79,12 @@ class CheckpointReader:
         if not isinstance(self.meta, dict):
             raise ConfigError(f"checkpoint file {str(meta_path)!r} is corrupt: it holds a "
                               f"{type(self.meta).__name__}, not an object")
-        if self.meta.get("format") != FORMAT_VERSION:
-            raise ConfigError(f"checkpoint {str(self.path)!r} has format {self.meta.get('format')!r}; "
-                              f"this axon reads format {FORMAT_VERSION}")
-        missing = [key for key in ("step", "layout", "model", "tensors", "files", "optimizer_step")
-                   if key not in self.meta]
+        self.format = self.meta.get("format")
+        if self.format not in READABLE_FORMATS:
+            raise ConfigError(f"checkpoint {str(self.path)!r} has format {self.format!r}; "
+                              f"this axon reads formats {' and '.join(map(str, READABLE_FORMATS))}")
+        missing = [key for key in ("step", "layout", "model", "tensors", "optimizer_step")
+                   + (("files",) if self.format == 1 else ()) if key not in self.meta]
         if missing:
             raise ConfigError(f"checkpoint file {str(meta_path)!r} lacks {', '.join(missing)}: "
                               "not a complete axon checkpoint")
@@ -106,7 +97,12 @@ class CheckpointReader:
         except (TypeError, ValueError) as err:
             raise ConfigError(f"checkpoint {str(self.path)!r} records an impossible layout or model: {err}") from None
         self.tensors = self.meta["tensors"]
+        # {shard file path: {bytes, sha256}}: format 1's all from meta.json; format 2's one folder's
+        # files.json at a time, as they are needed
+        self._records: dict[str, dict] = dict(self.meta["files"]) if self.format == 1 else {}
+        self._indexed: set[str] = set()
         self.files_read: set[int] = set()  # the ranks whose shard files this reader has read from
+        self.bytes_read = 0  # from storage: shard bytes hashed and tensor bytes read
         self._open: dict[int, object] = {}
         self._mapped_bytes = 0
         self._verified = False
@@ -115,13 +111,33 @@ class CheckpointReader:
     def step(self) -> int:
         return self.meta["step"]
 
+    def shard_files(self) -> list[str]:
+        """Every shard file's path relative to the checkpoint folder, in rank order."""
+        if self.format == 1:
+            return sorted(self.meta["files"])
+        return [shard_path(rank) for rank in shard_ranks(self.layout)]
+
+    def record(self, name: str) -> dict:
+        """A shard file's {bytes, sha256} as the save recorded it."""
+        folder = name.rpartition("/")[0]
+        if folder and folder not in self._indexed:
+            self._records.update({f"{folder}/{file}": record
+                                  for file, record in read_index(self.path / folder).items()})
+            self._indexed.add(folder)
+        if name not in self._records:
+            raise ConfigError(f"checkpoint {str(self.path)!r} records no size or sha256 for its shard {name}")
+        return self._records[name]
+
     def check_files(self) -> None:
-        """Every shard file is present at its recorded size (cheap: run before any collective)."""
-        for name, record in self.meta["files"].items():
+        """Every shard file is present at its recorded size: one stat per file, so one rank runs
+        it (the one that checks a checkpoint before a resume) and shares the verdict."""
+        for name in self.shard_files():
+            record = self.record(name)
             file = self.path / name
-            if not file.is_file():
-                raise ConfigError(f"checkpoint shard {str(file)!r} is missing")
-            size = file.stat().st_size
+            try:
+                size = file.stat().st_size
+            except FileNotFoundError:
+                raise ConfigError(f"checkpoint shard {str(file)!r} is missing") from None
             if size != record["bytes"]:
                 raise ConfigError(f"checkpoint shard {str(file)!r} is truncated or altered: "
                                   f"{size} bytes on disk, {record['bytes']} written")
@@ -134,22 +150,24 @@ class CheckpointReader:
                                   f"but the config has model.{key}={mine}")
 
     def verify(self, rank: int = 0, world: int = 1, device=None) -> None:
-        """Check every shard file's sha256 against meta.json, each file on one rank: rank
+        """Check every shard file's sha256 against the recorded one, each file on one rank: rank
         `rank` of `world` hashes files rank, rank + world, ... Collective when world > 1 (one
         all-reduce on `device`): every rank raises the same error, naming the first bad file."""
-        names = sorted(self.meta["files"])
+        names = self.shard_files()
         first_bad = next((i for i in range(rank, len(names), world) if not self._intact(names[i])), len(names))
         if world > 1:
             first_bad = world_min(first_bad, device)
         if first_bad < len(names):
             raise CorruptCheckpoint(f"checkpoint shard {str(self.path / names[first_bad])!r} is corrupt: "
-                                    "its sha256 does not match meta.json")
+                                    "its sha256 does not match the one recorded at its save")
         self._verified = True
 
     def _intact(self, name: str) -> bool:
         try:
-            return file_sha256(self.path / name) == self.meta["files"][name]["sha256"]
-        except OSError:  # unreadable counts as corrupt: the verdict must still reach the other ranks
+            record = self.record(name)
+            self.bytes_read += record["bytes"]
+            return file_sha256(self.path / name) == record["sha256"]
+        except (OSError, ConfigError):  # unreadable counts as corrupt: the verdict must still reach the other ranks
             return False
 
     def _read(self, rank: int, key: str, lo: int | None = None, hi: int | None = None) -> torch.Tensor:
@@ -159,10 +177,11 @@ class CheckpointReader:
             raise RuntimeError(f"checkpoint {str(self.path)!r}: call verify() before reading shards")
         self.files_read.add(rank)
         if rank not in self._open:
-            self._open[rank] = safe_open(str(self.path / rank_file(rank)), framework="pt")
+            self._open[rank] = safe_open(str(self.path / shard_path(rank, self.format)), framework="pt")
         f = self._open[rank]
         tensor = f.get_tensor(key) if lo is None else f.get_slice(key)[lo:hi]
         self._mapped_bytes += tensor.numel() * tensor.element_size()
+        self.bytes_read += tensor.numel() * tensor.element_size()
         if self._mapped_bytes > MAPPED_BYTES:
             self._open.clear()  # closing unmaps the pages read so far
             self._mapped_bytes = 0
@@ -208,8 +227,11 @@ class CheckpointReader:
         rows = shape[0] if len(shape) == 2 else 1
         return self.region(key, name, slice(0, rows), slice(0, shape[-1])).view(shape)
 
-    def rng_state(self, rank: int) -> torch.Tensor:
-        return self._read(rank, "rng/torch")
+    def rng_states(self, rank: int) -> torch.Tensor:
+        """The RNG states a shard file holds: one row per data coordinate of the ranks whose
+        states travel with `rank`'s (format 1: `rank`'s alone, one row)."""
+        states = self._read(rank, "rng/torch")
+        return states.view(1, -1) if states.dim() == 1 else states
 
 
 def checkpoint_step(path: Path) -> int | None:

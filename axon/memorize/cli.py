@@ -56,22 +56,47 @@ def _start(args):
         if getattr(args, "acr", False):
             experiment.section.acr = "all"
         docs, runs = plan_runs(experiment, launch.world_size)
-        reader = _checkpoint(args, runs[0].config) if getattr(args, "checkpoint", None) else None
-        if reader is None:  # the runs start from their init_from weights: names and shapes checked now
+        evaluates = bool(getattr(args, "checkpoint", None))
+        if not evaluates:  # the runs start from their init_from weights: names and shapes checked now
             for init_from in dict.fromkeys(run.config.init_from for run in runs if run.config.init_from):
                 check_init_weights(next(run.config for run in runs if run.config.init_from == init_from))
     except ConfigError as err:
         _fail(launch.rank, str(err))
-    return experiment, docs, runs, reader, init_distributed(launch)
+    # Rank 0 alone checks the checkpoint (one stat per shard file); the others learn its verdict.
+    reader, verdict = _checkpoint(args, runs[0].config) if evaluates and launch.rank == 0 else (None, None)
+    runtime = init_distributed(launch)
+    if evaluates:
+        reader = _agree_on_checkpoint(runtime, reader, verdict)
+    return experiment, docs, runs, reader, runtime
 
 
 def _checkpoint(args, config):
+    """Rank 0: the checkpoint checked (metadata, model, every shard file's size), and its verdict."""
     from axon.checkpoint import CheckpointReader
+    from axon.config import ConfigError
 
-    reader = CheckpointReader(Path(args.checkpoint))
-    reader.check_model(config.model)
-    reader.check_files()
-    return reader
+    try:
+        reader = CheckpointReader(Path(args.checkpoint))
+        reader.check_model(config.model)
+        reader.check_files()
+    except ConfigError as err:
+        return None, {"error": str(err)}
+    return reader, {"path": str(reader.path)}
+
+
+def _agree_on_checkpoint(runtime, reader, verdict):
+    """Every rank: rank 0's verdict, and the reader (each rank reads the small meta.json itself);
+    an error ends every rank with rank 0's sentence, after meeting once."""
+    from axon.checkpoint import CheckpointReader
+    from axon.runtime.bootstrap import shutdown
+    from axon.runtime.verdict import share_from_rank0
+
+    verdict = share_from_rank0(runtime, "checkpoint", verdict)
+    if "error" in verdict:
+        print(f"axon: error (rank {runtime.rank}): {verdict['error']}", file=sys.stderr, flush=True)
+        shutdown(all_ranks_done=True)
+        sys.exit(2)
+    return reader or CheckpointReader(verdict["path"])
 
 
 def memorize_main(argv) -> None:

@@ -117,6 +117,14 @@ def broadcast(tensor: torch.Tensor, axis, src: int) -> torch.Tensor:
     return tensor
 
 
+def barrier(axis) -> None:
+    """Every rank of the axis's group meets (skipped when the axis has size 1)."""
+    if axis.group is not None:
+        with axis.record("barrier", 0) as run:
+            if run:
+                dist.barrier(group=axis.group)
+
+
 class _SumOverGroup(torch.autograd.Function):
     """y = sum over the axis of x; each rank's y feeds a different computation, so the
     gradient of every x is the sum of all ranks' dy (an all-reduce again)."""
@@ -221,16 +229,6 @@ def first_error(message: str | None, device) -> str | None:
     world = dist.get_world_size()
     src = world_min(dist.get_rank() if message else world, device)
     return None if src == world else broadcast_object(message, src)
-
-
-def gather_to_rank0(tensor: torch.Tensor) -> list[torch.Tensor] | None:
-    """Every rank's same-shaped `tensor`, in rank order, on rank 0 only (None elsewhere): rank 0
-    receives world x its size, every other rank sends just its own."""
-    if not _many_ranks():
-        return [tensor]
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())] if dist.get_rank() == 0 else None
-    dist.gather(tensor, parts, dst=0)
-    return parts
 
 
 def gather_objects_to_rank0(obj, group) -> list | None:

@@ -37,7 +37,7 @@ from axon.parallel.flight_record import (DONE, ENQUEUED, ISSUED, P2P, PENDING, W
 
 class FlightEntry:
     __slots__ = ("index", "step", "step_index", "op", "axis", "group", "seq", "bytes", "state", "since",
-                 "finished", "event", "ops")
+                 "finished", "event", "ops", "allowed_wait_s")
 
     def record(self, now: float) -> CollectiveRecord:
         ops = tuple(P2POpRecord(*op) for op in self.ops) if self.ops else ()
@@ -114,7 +114,7 @@ class FlightRecorder:
             self.faults.die(self.rank, step, f"{where} the checkpoint after")
 
     def issue(self, op: str, axis: str, group: tuple, nbytes: int, blocking: bool,
-              transfers: tuple | None = None) -> FlightEntry | None:
+              transfers: tuple | None = None, allowed_wait_s: float | None = None) -> FlightEntry | None:
         """Record a collective about to be issued; None means skip it (fault injection only).
 
         A point-to-point batch passes op P2P, the pipe axis's group and `transfers`, one
@@ -141,7 +141,7 @@ class FlightRecorder:
         self.group_seq[key] = seq + 1
         entry.index, entry.step, entry.step_index, entry.seq = self.issued, self.step, self.step_index, seq
         entry.op, entry.axis, entry.group, entry.bytes = op, axis, group, nbytes
-        entry.ops = None
+        entry.ops, entry.allowed_wait_s = None, allowed_wait_s
         if transfers is not None:
             ops = []
             for kind, peer, shape, dtype, size, label in transfers:
@@ -190,7 +190,7 @@ class FlightRecorder:
         self._settle(entries)
         now = time.monotonic()
         for e in entries:
-            if e.state in PENDING and now - e.since > timeout_s:
+            if e.state in PENDING and now - e.since > max(timeout_s, e.allowed_wait_s or 0.0):
                 what = describe_ops([P2POpRecord(*op) for op in e.ops]) if e.ops else f"ranks {_ranks(e.group)}"
                 return (f"{e.op} on axis {e.axis} ({what}, {e.bytes} B, collective #{e.step_index} "
                         f"of step {e.step}) has waited {now - e.since:.1f} s")

@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
+from datetime import timedelta
+
 from axon.parallel.groups import create_groups
 from axon.parallel.trace import Axis, CommTrace
 from axon.spec.layout import AXES, Layout
+
+
+# A checkpoint's barriers wait for the slowest writer on a shared file system: their group has
+# this timeout, and the watchdog allows them as long (not train.collective_timeout_s).
+CHECKPOINT_TIMEOUT_S = 3600.0
 
 
 class Grid:
@@ -38,9 +45,9 @@ class Grid:
             joint = self._create(("data", "depth"))
         self._axes["data+depth"] = Axis("data+depth", joint, layout.data * layout.depth, self.trace)
 
-    def _create(self, axes: tuple[str, ...]) -> dist.ProcessGroup:
+    def _create(self, axes: tuple[str, ...], timeout: timedelta | None = None) -> dist.ProcessGroup:
         """Create every group spanning `axes` on every rank; return this rank's."""
-        return create_groups(self.layout.groups(axes), self.rank, desc="axon_" + "+".join(axes))
+        return create_groups(self.layout.groups(axes), self.rank, desc="axon_" + "+".join(axes), timeout=timeout)
 
     def size(self, axis: str) -> int:
         return getattr(self.layout, axis)
@@ -54,7 +61,12 @@ class Grid:
 
     def axis(self, axis: str) -> Axis:
         """The axis as layers use it: its group plus the trace its collectives go into.
-        Besides the five layout axes there is "data+depth", both at once."""
+        Besides the five layout axes there is "data+depth", both at once, and "checkpoint", the
+        whole world with CHECKPOINT_TIMEOUT_S (created at the first save: collective)."""
+        if axis == "checkpoint" and axis not in self._axes:
+            world = self.layout.world_size
+            group = None if world == 1 else self._create(AXES, timedelta(seconds=CHECKPOINT_TIMEOUT_S))
+            self._axes[axis] = Axis(axis, group, world, self.trace, allowed_wait_s=CHECKPOINT_TIMEOUT_S)
         return self._axes[axis]
 
     def destroy(self) -> None:

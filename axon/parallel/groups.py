@@ -43,10 +43,11 @@ def world_timeout() -> timedelta | None:
     return getattr(options, "_timeout", None)
 
 
-def create_groups(groups: list[list[int]], rank: int, desc: str) -> dist.ProcessGroup:
+def create_groups(groups: list[list[int]], rank: int, desc: str, timeout: timedelta | None = None) -> dist.ProcessGroup:
     """Create every group in `groups` (a partition of the world's ranks) on every rank;
-    return the one that holds `rank`. Every rank must call this with the same `groups`."""
-    timeout = world_timeout()
+    return the one that holds `rank`. Every rank must call this with the same `groups`.
+    The groups time out as the world group does, unless given their own `timeout`."""
+    timeout = timeout or world_timeout()
     if splits_world():
         # Decided from the world group and torch alone: every rank raises alike, before any split.
         if not hasattr(dist, "split_group"):  # torch 2.5 and newer

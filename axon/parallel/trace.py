@@ -154,8 +154,9 @@ class Axis:
     """One grid axis as the layers see it: its name, its group (None when of size 1) and
     the trace its collectives are recorded in."""
 
-    def __init__(self, name: str, group, size: int, trace: CommTrace):
+    def __init__(self, name: str, group, size: int, trace: CommTrace, allowed_wait_s: float | None = None):
         self.name, self.group, self.size, self.trace = name, group, size, trace
+        self.allowed_wait_s = allowed_wait_s  # the watchdog's patience, if not train.collective_timeout_s
         self._ranks = None
 
     @property
@@ -169,7 +170,8 @@ class Axis:
     def record(self, op: str, nbytes: int):
         """Around a blocking collective; yields False when fault injection (AXON_FAULT=skip)
         says to leave it out."""
-        entry = self.trace.flight.issue(op, self.name, self.ranks, nbytes, blocking=True)
+        entry = self.trace.flight.issue(op, self.name, self.ranks, nbytes, blocking=True,
+                                        allowed_wait_s=self.allowed_wait_s)
         start = self.trace.stamp()
         yield entry is not None
         end = self.trace.stamp()

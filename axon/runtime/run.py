@@ -61,8 +61,7 @@ def train_command(args) -> None:
         if not config.layout_auto or choice is not None:
             check_layout(config, launch.world_size)
         source = token_source(config)
-        reader = _checkpoint_to_resume(config, launch.rank)
-        if reader is None:  # a resumed run takes its weights from the checkpoint
+        if not config.train.resume:  # a resumed run takes its weights from the checkpoint
             check_init_weights(config)
         job, attempt = job_and_attempt(launch)
         took_over = _check_run_dir(config, args.overwrite, launch.rank, job, attempt)
@@ -74,14 +73,19 @@ def train_command(args) -> None:
         from axon.parallel.flight_record import flight_folder
 
         FaultPlan.parse(os.environ.get("AXON_FAULT"))
+        from axon.runtime.health import beat_interval
+
+        beat_interval(launch.world_size, config.train.peer_timeout_s)  # a peer timeout too short for the world stops every rank here
         watchdog_s = config.train.collective_timeout_s or collective_timeout_s()  # 0: the environment's default
     except ValueError as err:
         _fail(launch.rank, str(err))
+    # Rank 0 alone checks the checkpoint to resume (the others learn its verdict once the ranks have met).
+    reader, resume_verdict = _checkpoint_to_resume(config) if launch.rank == 0 and config.train.resume else (None, None)
     lock = _take_run_dir(config, args.overwrite, reader, job, attempt, took_over) if launch.rank == 0 else None
     try:
         runtime = init_distributed(launch, timeout_s=process_group_timeout_s(watchdog_s),
                                    flight_dir=flight_folder(config.out_dir))
-        stopped_together = _run(config, runtime, launch, source, reader, choice, watchdog_s)
+        stopped_together = _run(config, runtime, launch, source, (reader, resume_verdict), choice, watchdog_s)
     finally:
         if lock is not None:
             lock.release()
@@ -90,13 +94,18 @@ def train_command(args) -> None:
     leave(0 if stopped_together is None else stopped_together)
 
 
-def _run(config, runtime, launch, source, reader, choice, watchdog_s) -> int | None:
+def _run(config, runtime, launch, source, resume, choice, watchdog_s) -> int | None:
     """From the process group on: the health monitor, training, and tearing down together.
     Returns the exit code of an error every rank stopped at together (None after training)."""
     from axon.config import ConfigError, check_layout
     from axon.planning import auto_layout
     from axon.runtime.bootstrap import shutdown
 
+    try:
+        reader = _agree_on_resume(runtime, *resume) if config.train.resume else None
+    except _EveryRankStops as stop:
+        shutdown(all_ranks_done=True)
+        return stop.code
     health = None
     if runtime.world_size > 1:  # a heartbeat through the store, the collective watchdog, flight records on signals
         from axon.parallel.comm import broadcast_object
@@ -135,21 +144,41 @@ def _run(config, runtime, launch, source, reader, choice, watchdog_s) -> int | N
     return stopped_together
 
 
-def _checkpoint_to_resume(config, rank: int):
-    """The checkpoint train.resume names, checked (metadata, model, file sizes) before any collective.
-    `latest` passes over newer checkpoints that do not read whole, and rank 0 says which."""
+def _checkpoint_to_resume(config):
+    """Rank 0: the checkpoint train.resume names, checked (metadata, model, every shard file's
+    size), and the verdict the other ranks learn: {"path"} or {"error"}. `latest` passes over
+    newer checkpoints that do not read whole, and says which."""
     from axon.checkpoint import CheckpointReader, resolve_resume
+    from axon.config import ConfigError, check_init_weights
 
-    passed_over: list[str] = []
-    path = resolve_resume(config.out_dir, config.train.resume, passed_over)
-    if rank == 0:
+    try:
+        passed_over: list[str] = []
+        path = resolve_resume(config.out_dir, config.train.resume, passed_over)
         for reason in passed_over:
             print(f"axon: train.resume=latest passes over a checkpoint: {reason}", flush=True)
-    if path is None:
-        return None
-    reader = CheckpointReader(path)
-    reader.check_model(config.model)
-    reader.check_files()
+        if path is None:
+            check_init_weights(config)  # latest, none yet: the run starts from its init weights
+            return None, {"path": None}
+        reader = CheckpointReader(path)
+        reader.check_model(config.model)
+        reader.check_files()
+    except ConfigError as err:
+        return None, {"error": str(err)}
+    return reader, {"path": str(path)}
+
+
+def _agree_on_resume(runtime, reader, verdict):
+    """Every rank: rank 0's verdict on the checkpoint to resume; the reader of it (each rank
+    reads the small meta.json itself), or every rank stops with rank 0's sentence."""
+    from axon.runtime.verdict import share_from_rank0
+
+    verdict = share_from_rank0(runtime, "resume", verdict)
+    if "error" in verdict:
+        _fail_together(runtime.rank, verdict["error"])
+    if reader is None and verdict["path"] is not None:
+        from axon.checkpoint import CheckpointReader
+
+        reader = CheckpointReader(verdict["path"])
     return reader
 
 
@@ -285,6 +314,7 @@ def _resume(trainer, reader, runtime, fall_back: bool):
     from axon.checkpoint import CheckpointReader, CorruptCheckpoint, find_latest_intact
     from axon.config import ConfigError
     from axon.parallel.comm import first_error
+    from axon.runtime.verdict import share_from_rank0
 
     started = time.perf_counter()
     while True:
@@ -295,7 +325,9 @@ def _resume(trainer, reader, runtime, fall_back: bool):
             error, warning = err, None
         older = None
         if isinstance(error, CorruptCheckpoint) and fall_back:  # raised by the checksums' collective: on every rank
-            older, _ = find_latest_intact(reader.path.parent, below=reader.step)
+            # Rank 0 alone looks for the next one down (one stat per shard file) and tells the others.
+            found = find_latest_intact(reader.path.parent, below=reader.step)[0] if runtime.rank == 0 else None
+            older = share_from_rank0(runtime, f"resume-below-{reader.step}", {"path": found and str(found)})["path"]
         if older is None:
             break
         if runtime.rank == 0:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import types
 from pathlib import Path
 
@@ -159,7 +160,8 @@ def test_a_killed_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     # A save killed half-way: the rank files exist, meta.json was never written, no rename.
     partial = root / "step_00000008.partial"
     partial.mkdir()
-    (partial / "rank_00000.safetensors").write_bytes(b"half a file")
+    (partial / "ranks_0000").mkdir()
+    (partial / "ranks_0000" / "rank_00000.safetensors").write_bytes(b"half a file")
     latest = checkpoint.resolve_resume(str(tmp_path), "latest")
     assert latest.name == "step_00000006"
     reader = checkpoint.CheckpointReader(latest)
@@ -171,7 +173,7 @@ def test_corrupt_and_truncated_shards_name_the_file(tmp_path):
     config = make_config(tmp_path, Layout(), checkpoint_every=TOTAL)
     Trainer(config, Grid(config.layout, 0), torch.device("cpu")).fit()
     path = checkpoint.checkpoint_root(tmp_path) / f"step_{TOTAL:08d}"
-    shard = path / "rank_00000.safetensors"
+    shard = path / "ranks_0000" / "rank_00000.safetensors"
     data = bytearray(shard.read_bytes())
     data[-100] ^= 0xFF  # same size, one flipped byte
     shard.write_bytes(bytes(data))
@@ -240,8 +242,9 @@ def count_hashing(chunk_bytes: int) -> None:
 
 
 def save_recording_the_gathers(rank, world, out_dir):
-    """Train at pipe 2 x depth 2 and save; return what each rank received from the metadata
-    gathers (absent: it took no part) and the full parameters saved."""
+    """Train at pipe 2 x depth 2 and save; return what each rank received from the stages'
+    metadata gather (absent: it took no part) and the full parameters saved. A world-wide
+    gather or object collective fails the save."""
     config = make_config(out_dir, Layout(pipe=2, depth=2), STAGED_MODEL)
     config.train.steps = SAVE_AT
     trainer = Trainer(config, Grid(config.layout, rank), torch.device("cpu"))
@@ -255,16 +258,15 @@ def save_recording_the_gathers(rank, world, out_dir):
             return result
         return gather_and_record
 
-    def refused(*args, **kwargs):
-        raise AssertionError("a save must not all-gather objects over the world")
+    def refused(name):
+        def call(*args, **kwargs):
+            raise AssertionError(f"a save must not call dist.{name} over the world")
+        return call
 
-    writer_module.gather_to_rank0 = recording("files", writer_module.gather_to_rank0)
     writer_module.gather_objects_to_rank0 = recording("stages", writer_module.gather_objects_to_rank0)
-    dist.all_gather_object = refused
+    dist.all_gather_object, dist.gather = refused("all_gather_object"), refused("gather")
     path = checkpoint.save(trainer, SAVE_AT, keep=1)
     trainer.grid.destroy()
-    if received.get("files") is not None:
-        received["files"] = [t.tolist() for t in received["files"]]
     return str(path), received, saved
 
 
@@ -275,21 +277,19 @@ def saved_at_pipe2_depth2(tmp_path_factory):
     return {"path": Path(results[0][0]), "received": [r[1] for r in results], "saved": results[0][2]}
 
 
-def test_only_rank_0_receives_the_metadata(saved_at_pipe2_depth2):
+def test_rank_0_records_every_shard_file_in_its_folders_index(saved_at_pipe2_depth2):
     path, received = saved_at_pipe2_depth2["path"], saved_at_pipe2_depth2["received"]
-    files = sorted(path.glob("rank_*.safetensors"))
-    assert len(files) == 4
-    # Rank 0 holds every rank's 40-byte record: size (8 bytes, little-endian), then the sha256.
-    records = [(int.from_bytes(bytes(r[:8]), "little"), bytes(r[8:]).hex()) for r in received[0]["files"]]
-    assert records == [(f.stat().st_size, hashlib.sha256(f.read_bytes()).hexdigest()) for f in files]
-    assert [received[r]["files"] for r in (1, 2, 3)] == [None, None, None]
+    files = sorted(path.glob("ranks_*/rank_*.safetensors"))
+    assert [f.relative_to(path).as_posix() for f in files] == [f"ranks_0000/rank_{r:05d}.safetensors" for r in range(4)]
+    index = json.loads((path / "ranks_0000" / "files.json").read_text())
+    assert index == {f.name: {"bytes": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+                     for f in files}
     # Tensor descriptions come from each stage's first rank (ranks 0 and 2), to rank 0 only.
     assert len(received[0]["stages"]) == 2 and all(received[0]["stages"])
     assert {info["stage"] for stage in received[0]["stages"] for info in stage.values()} == {0, 1}
     assert received[2]["stages"] is None and "stages" not in received[1] and "stages" not in received[3]
     meta = json.loads((path / "meta.json").read_text())
-    assert set(meta["tensors"]) == set(saved_at_pipe2_depth2["saved"])
-    assert meta["files"] == {f.name: {"bytes": b, "sha256": h} for f, (b, h) in zip(files, records)}
+    assert set(meta["tensors"]) == set(saved_at_pipe2_depth2["saved"]) and "files" not in meta
 
 
 def load_counting_hashed_bytes(rank, world, out_dir, path, chunk_bytes):
@@ -316,7 +316,7 @@ def loaded_at_depth4(saved_at_pipe2_depth2, tmp_path_factory):
 
 def test_a_load_hashes_every_shard_byte_exactly_once_over_the_ranks(saved_at_pipe2_depth2, loaded_at_depth4):
     path, results = saved_at_pipe2_depth2["path"], loaded_at_depth4
-    sizes = [(path / f"rank_{i:05d}.safetensors").stat().st_size for i in range(4)]
+    sizes = [(path / "ranks_0000" / f"rank_{i:05d}.safetensors").stat().st_size for i in range(4)]
     assert sum(sum(r["chunks"]) for r in results) == sum(sizes)
     for rank, r in enumerate(results):
         assert sum(r["chunks"]) == sizes[rank]  # four files, four ranks: rank r hashes file r
@@ -331,13 +331,13 @@ def test_a_corrupt_shard_is_named_on_every_rank_when_its_verifier_does_not_read_
     assert [1 in r["read"] for r in loaded_at_depth4] == [False, False, True, True]
     path = tmp_path / "corrupt"
     path.mkdir()
-    for file in saved_at_pipe2_depth2["path"].iterdir():
-        data = bytearray(file.read_bytes())
-        if file.name == "rank_00001.safetensors":
-            data[-100] ^= 0xFF
-        (path / file.name).write_bytes(bytes(data))
+    shutil.copytree(saved_at_pipe2_depth2["path"], path, dirs_exist_ok=True)
+    shard = path / "ranks_0000" / "rank_00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0xFF
+    shard.write_bytes(bytes(data))
     results = run_distributed(4, load_counting_hashed_bytes, tmp_path, path, 4096)
-    expected = f"checkpoint shard {str(path / 'rank_00001.safetensors')!r} is corrupt: its sha256 does not match meta.json"
+    expected = (f"checkpoint shard {str(shard)!r} is corrupt: its sha256 does not match the one recorded at its save")
     assert [r.get("refused") for r in results] == [expected] * 4
 
 
@@ -348,7 +348,7 @@ def test_one_process_reader_hashes_every_file_in_chunks(saved_at_pipe2_depth2, m
     monkeypatch.setattr(reader_module, "MAPPED_BYTES", 1)  # files closed after every read: the copies must outlive them
     path = saved_at_pipe2_depth2["path"]
     _, tensors = checkpoint.read_full_model(path)
-    assert sum(CountingSha256.chunks) == sum(f.stat().st_size for f in path.glob("rank_*.safetensors"))
+    assert sum(CountingSha256.chunks) == sum(f.stat().st_size for f in path.glob("ranks_*/rank_*.safetensors"))
     assert max(CountingSha256.chunks) <= 4096
     for name, tensor in saved_at_pipe2_depth2["saved"].items():
         assert torch.equal(tensors[name], tensor), name
@@ -394,11 +394,12 @@ def test_a_rollback_sets_the_abandoned_checkpoints_aside_and_prunes_only_its_own
             Grid(Layout(), 0), torch.device("cpu")).fit()
     root = checkpoint.checkpoint_root(tmp_path)
     assert names(root) == ["step_00000002", "step_00000004", "step_00000006"]
-    before = {name: (root / name / "rank_00000.safetensors").read_bytes() for name in ("step_00000004", "step_00000006")}
+    before = {name: (root / name / "ranks_0000" / "rank_00000.safetensors").read_bytes()
+              for name in ("step_00000004", "step_00000006")}
 
     folder, moved = checkpoint.set_aside_later(tmp_path, 2)
     assert moved == ["step_00000004", "step_00000006"] and folder.parent == root
-    assert {name: (folder / name / "rank_00000.safetensors").read_bytes() for name in moved} == before
+    assert {name: (folder / name / "ranks_0000" / "rank_00000.safetensors").read_bytes() for name in moved} == before
 
     config = make_config(tmp_path, Layout(), checkpoint_every=2, keep_checkpoints=1, steps=5, lr=2e-3)
     trainer = Trainer(config, Grid(Layout(), 0), torch.device("cpu"))
@@ -431,7 +432,7 @@ def test_latest_falls_back_to_the_newest_checkpoint_that_reads_whole(tmp_path, d
             Grid(Layout(), 0), torch.device("cpu")).fit()
     newest = checkpoint.checkpoint_root(tmp_path) / "step_00000006"
     if damage == "truncated shard":
-        shard = newest / "rank_00000.safetensors"
+        shard = newest / "ranks_0000" / "rank_00000.safetensors"
         shard.write_bytes(shard.read_bytes()[:100])
     elif damage == "garbled meta.json":
         (newest / "meta.json").write_text("{not json")

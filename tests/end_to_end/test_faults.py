@@ -63,7 +63,7 @@ def test_latest_passes_over_a_newest_checkpoint_that_fails_its_checksums(tmp_pat
     config = _config(tmp_path, keep=10)
     out = tmp_path / "out"
     assert _train(config).returncode == 0
-    shard = out / "checkpoints" / "step_00000006" / "rank_00000.safetensors"
+    shard = out / "checkpoints" / "step_00000006" / "ranks_0000" / "rank_00000.safetensors"
     data = bytearray(shard.read_bytes())
     data[-4:] = bytes(255 - b for b in data[-4:])  # the same size: only the sha256 tells
     shard.write_bytes(bytes(data))

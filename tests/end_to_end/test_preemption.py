@@ -97,13 +97,13 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
 def test_a_corrupt_shard_stops_every_rank_naming_the_file(tmp_path):
     config = write_config(tmp_path, steps=2, checkpoint_every=2)
     assert all(code == 0 for code, _ in finish(start_two_ranks(config)))
-    shard = find_latest(tmp_path / "checkpoints") / "rank_00001.safetensors"
+    shard = find_latest(tmp_path / "checkpoints") / "ranks_0000" / "rank_00001.safetensors"
     data = bytearray(shard.read_bytes())
     data[-50] ^= 0xFF
     shard.write_bytes(bytes(data))
     results = finish(start_two_ranks(config, "--set", "train.resume=latest", "--set", "train.steps=4"))
     assert [code for code, _ in results] == [2, 2], results
-    assert all("rank_00001.safetensors" in out and "is corrupt" in out for _, out in results), results
+    assert all("ranks_0000/rank_00001.safetensors" in out and "is corrupt" in out for _, out in results), results
 
 
 class _Vote:

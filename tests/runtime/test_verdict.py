@@ -41,7 +41,7 @@ port = free_port()
 store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
 monitor = HealthMonitor(0, 2, ("127.0.0.1", port), sys.argv[1], peer_timeout_s=30, collective_timeout_s=30,
                         hosts_store=True, token="5eed").start()
-store.set(monitor.prefix + "finished/1", "1")  # the other rank is done: only the verdict is in play
+store.set(monitor.prefix + "beat/1", "finished")  # the other rank is done: only the verdict is in play
 forged = b'{"kind": "lost", "by": 1, "ranks": [1]}'
 for key, value in ((monitor.prefix, b"not json"), (monitor.prefix, b'{"kind": "lost", "by": 5, "ranks": [0]}'),
                    (monitor.prefix, bytes([0xff, 0xfe, 0x00])), ("axon/health/0/", forged)):
