@@ -15,7 +15,7 @@ import torch
 
 from axon.checkpoint.reader import (CheckpointReader, CorruptCheckpoint, checkpoint_step, find_latest,
                                     find_latest_intact)
-from axon.checkpoint.writer import prune_together, write_checkpoint
+from axon.checkpoint.writer import owner, prune_together, write_checkpoint
 from axon.config import ConfigError
 from axon.parallel.comm import broadcast
 from axon.parallel.sharding import named_shardings, shard_from_global
@@ -80,16 +80,21 @@ def load_shards(reader: CheckpointReader, model, optimizer, grid) -> None:
     """Fill this rank's parameters (and AdamW state) from a checkpoint of any layout.
 
     Only the ranks at data coordinate 0 read the files; each tensor then reaches the other data
-    replicas by a broadcast over the data axis, on the device, so storage serves each byte once."""
+    replicas by a broadcast over the data axis, on the device, so storage serves each byte once.
+    At the layout it was saved at, a rank reads its shard whole from the one file that holds it;
+    at another, the slices of the saved shards that make it up."""
     data = grid.axis("data")
     reads = grid.coord("data") == 0
     source = grid.layout.rank_of({**grid.coords, "data": 0})
+    same_layout = reader.layout == grid.layout
     for name, param, sharding in named_shardings(model):
         if name not in reader.tensors or tuple(reader.tensors[name]["global_shape"]) != sharding.global_shape:
             raise ConfigError(f"checkpoint {str(reader.path)!r} has no tensor {name} of shape {sharding.global_shape}")
 
         def fill(target, key):
-            if reads:
+            if reads and same_layout:
+                target.copy_(reader.shard(owner(sharding, grid), f"{key}/{name}").view_as(target))
+            elif reads:
                 target.copy_(shard_from_global(sharding, grid, lambda r, c: reader.region(key, name, r, c),
                                                param.numel()).to(param.device))
             if data.group is not None:

@@ -227,6 +227,10 @@ class CheckpointReader:
         rows = shape[0] if len(shape) == 2 else 1
         return self.region(key, name, slice(0, rows), slice(0, shape[-1])).view(shape)
 
+    def shard(self, rank: int, key: str) -> torch.Tensor:
+        """A stored tensor whole, as rank `rank` wrote it ("model/NAME", "exp_avg/NAME", ...)."""
+        return self._read(rank, key)
+
     def rng_states(self, rank: int) -> torch.Tensor:
         """The RNG states a shard file holds: one row per data coordinate of the ranks whose
         states travel with `rank`'s (format 1: `rank`'s alone, one row)."""

@@ -40,13 +40,13 @@ SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.bfloat16
                       torch.uint8: "U8", torch.bool: "BOOL"}
 
 
-def _owns(sharding, grid) -> bool:
-    """One rank writes each distinct shard: coordinate 0 on every axis that replicates it.
-    (Pipe never replicates: each stage holds different layers.)"""
+def owner(sharding, grid) -> int:
+    """The rank that writes this rank's shard of a tensor: coordinate 0 on every axis that
+    replicates it (pipe never replicates: each stage holds different layers)."""
     replicated = {"data"} | ({"row", "col"} - set(sharding.dim_axes))
     if not sharding.depth_sharded:
         replicated.add("depth")
-    return all(grid.coord(axis) == 0 for axis in replicated)
+    return grid.layout.rank_of({**grid.coords, **{axis: 0 for axis in replicated}})
 
 
 def _rank_tensors(model, optimizer, grid, device) -> dict[str, torch.Tensor]:
@@ -54,7 +54,7 @@ def _rank_tensors(model, optimizer, grid, device) -> dict[str, torch.Tensor]:
     shards it owns and the RNG states of its data group, one row per data coordinate."""
     tensors = {"rng/torch": _data_group_rng_states(grid, device)}
     for name, param, sharding in named_shardings(model):
-        if not _owns(sharding, grid):
+        if owner(sharding, grid) != grid.rank:
             continue
         tensors[f"model/{name}"] = param.detach()
         state = optimizer.state.get(param, {}) if optimizer is not None else {}
