@@ -95,8 +95,9 @@ def collective_time(op: str, nbytes: float, placement: Placement, machine: Machi
         return 0.0
     if op == "send":  # a point-to-point transfer between neighbouring pipeline stages
         transfer = placement.latency_us * 1e-6 + nbytes / (placement.bandwidth_gbs * 1e9)
-        # Blocking: the engine waits for each batch of sends and receives before it computes on,
-        # a rendezvous of two ranks whatever the number of stages.
+        # Priced blocking, a rendezvous of two ranks whatever the number of stages: since issue 32
+        # the engine waits for a received tensor only before the op that reads it, so compute can
+        # hide part of this; the model does not count that overlap (an upper bound on the cost).
         return max(_blocking_latency(replace(placement, size=2), machine), transfer) if blocking else transfer
     if blocking:
         floor = _blocking_latency(placement, machine)

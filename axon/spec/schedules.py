@@ -140,7 +140,8 @@ def _inputs_and_outputs(stage: int, stages: int, chunks: int):
 
 def one_f_one_b_with_transfers(stage: int, stages: int, micro_batches: int, chunks: int = 1) -> list:
     """`pipeline_order`'s compute order with its transfers: ("F", j, c) and ("B", j, c) entries,
-    and tuples of `Transfer`s, each tuple issued as one batch and waited for before going on.
+    and tuples of `Transfer`s, each tuple issued as one batch where it stands (the engine waits
+    for a received tensor just before the entry that reads it, axon/parallel/pipeline.py).
 
     Plain 1F1B, Megatron-LM's pairing: in the steady state a stage's send forward runs beside
     its receive backward (both with the next stage) and its send backward beside its receive
