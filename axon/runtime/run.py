@@ -172,13 +172,25 @@ def _agree_on_resume(runtime, reader, verdict):
     reads the small meta.json itself), or every rank stops with rank 0's sentence."""
     from axon.runtime.verdict import share_from_rank0
 
+    from axon.config import ConfigError
+    from axon.parallel.comm import first_error
+
     verdict = share_from_rank0(runtime, "resume", verdict)
     if "error" in verdict:
         _fail_together(runtime.rank, verdict["error"])
-    if reader is None and verdict["path"] is not None:
+    if verdict["path"] is None:
+        return None
+    problem = None
+    if reader is None:
         from axon.checkpoint import CheckpointReader
 
-        reader = CheckpointReader(verdict["path"])
+        try:  # meta.json changed since rank 0 read it (another job?): every rank must hear of it, not hang
+            reader = CheckpointReader(verdict["path"])
+        except ConfigError as err:
+            problem = str(err)
+    problem = first_error(problem, runtime.device)
+    if problem:
+        _fail_together(runtime.rank, problem)
     return reader
 
 
