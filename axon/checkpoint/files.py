@@ -114,3 +114,11 @@ def remove_own_shards(folder: Path, rank: int, world: int, plan: tuple[int, int,
         except FileNotFoundError:  # already gone: a prune killed half-way and run again
             pass
     return removed
+
+
+def recorded_bytes(checkpoint: Path) -> int:
+    """A format-2 checkpoint's size on disk: its shard files as files.json records them (one read
+    per folder, not a stat per file) and its metadata."""
+    folders = sorted(Path(checkpoint).glob("ranks_*"))
+    shards = sum(record["bytes"] for folder in folders for record in read_index(folder).values())
+    return shards + sum(f.stat().st_size for f in [Path(checkpoint) / "meta.json", *(d / INDEX for d in folders)])

@@ -83,7 +83,9 @@ class MetricsLog:
 
     def checkpoint(self, path, seconds: float) -> None:
         if self.enabled:
-            size = sum(f.stat().st_size for f in path.iterdir()) / 2**20
+            from axon.checkpoint.files import recorded_bytes
+
+            size = recorded_bytes(path) / 2**20
             print(f"axon: checkpoint {path} ({size:.1f} MiB) written in {seconds:.2f} s", flush=True)
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from axon import checkpoint
+from axon.checkpoint.files import recorded_bytes
 from axon.checkpoint.reader import CheckpointReader
 from axon.config import build_config
 from axon.parallel.grid import Grid
@@ -49,7 +50,8 @@ def save_twice_and_load(rank, world, out_dir):
     fresh.grid.destroy()
     folders = sorted(p.name for p in path.parent.iterdir())
     shard_bytes = [f.stat().st_size for f in sorted(path.glob("ranks_*/rank_*.safetensors"))]
-    return {"counts": counts, "bytes_read": reader.bytes_read, "tensor_files": sorted(reader.files_read),
+    sizes = (recorded_bytes(path), sum(f.stat().st_size for f in path.rglob("*") if f.is_file()))
+    return {"sizes": sizes, "counts": counts, "bytes_read": reader.bytes_read, "tensor_files": sorted(reader.files_read),
             "same": same, "checked": checked, "folders": folders, "shard_bytes": shard_bytes}
 
 
@@ -63,6 +65,8 @@ def test_every_rank_loads_what_it_saved_and_the_first_save_is_pruned(counted):
     for world, results in counted.items():
         assert all(r["same"] for r in results), world
         assert results[0]["folders"] == ["step_00000002"], world
+        recorded, on_disk = results[0]["sizes"]  # what the save's log line reports, from files.json
+        assert recorded == on_disk, world
 
 
 def test_a_rank_other_than_0_makes_the_same_file_operations_at_any_world_size(counted):
