@@ -1,0 +1,75 @@
+"""How long `python -m perfmodel plan` takes on shapes users plan (issue 33 item 4: under 5 s each).
+
+Times `perfmodel.search.search` (the plan command's work, top 10, the fast path) on one core
+for a grid of shapes: the three AxoNN points of `benchmarks/studies` (Perlmutter GPT-40B on
+4,096 A100s, Alps GPT-60B on 6,144 GH200s, Frontier GPT-320B on 32,768 GCDs, at their studies'
+batch and sequence), and 96 layers x 16384 hidden on 32,768 Frontier GCDs at sequence 4096,
+8192 and 32768, and Llama presets at several GPU counts. Prints one line per shape and the
+worst, and writes JSON.
+
+    flock /tmp/axon-cpu.lock .venv/bin/python -m benchmarks.plan_speed [--out benchmarks/results/plan_speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from axon.spec.shapes import ModelShape, preset
+from axon.spec.training import TrainingSetup
+from perfmodel.machine import load_machine
+from perfmodel.search import search
+
+GPT = {"gpt-40b": dict(layers=38, hidden=9216, heads=72, kv_heads=72, ffn=24576, vocab=51200),
+       "gpt-60b": dict(layers=48, hidden=10240, heads=80, kv_heads=80, ffn=27648, vocab=51200),
+       "gpt-320b": dict(layers=96, hidden=16384, heads=128, kv_heads=128, ffn=43776, vocab=51200)}
+# (name, shape, machine, gpus, global batch, sequence)
+CASES = [
+    ("AxoNN Perlmutter 40B", GPT["gpt-40b"], "perlmutter", 4096, 4 * 4096, 2048),
+    ("AxoNN Alps 60B", GPT["gpt-60b"], "alps", 6144, 4 * 6144, 2048),
+    ("AxoNN Frontier 320B", GPT["gpt-320b"], "frontier", 32768, 4 * 32768, 2048),
+    ("96 x 16384, seq 4096", GPT["gpt-320b"], "frontier", 32768, 2 * 32768, 4096),
+    ("96 x 16384, seq 8192", GPT["gpt-320b"], "frontier", 32768, 32768, 8192),
+    ("96 x 16384, seq 32768", GPT["gpt-320b"], "frontier", 32768, 8192, 32768),
+    ("Llama 8B on 8", "8B", "dgx-h100", 8, 64, 8192),
+    ("Llama 70B on 512", "70B", "perlmutter", 512, 1024, 8192),
+    ("Llama 405B on 16384", "405B", "frontier", 16384, 2048, 8192),
+]
+
+
+def _shape(spec, seq: int) -> ModelShape:
+    if isinstance(spec, str):
+        return dataclasses.replace(preset(spec, "--model"), seq_len=seq)
+    return ModelShape(**spec, seq_len=seq)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/plan_speed.json")
+    args = parser.parse_args(argv)
+    rows = []
+    for name, spec, machine_name, gpus, batch, seq in CASES:
+        shape = _shape(spec, seq)
+        setup = TrainingSetup(global_batch=batch, seq_len=seq, micro_batch=0, dtype="bfloat16", recompute="block",
+                              overlap=("all_reduce", "reduce_scatter", "all_gather", "data_parallel"))
+        started = time.perf_counter()
+        result = search(shape, gpus, load_machine(machine_name), setup, top=10)
+        seconds = time.perf_counter() - started
+        best = result.predictions[0] if result.predictions else None
+        rows.append({"case": name, "gpus": gpus, "machine": machine_name, "seconds": round(seconds, 2),
+                     "layouts": result.dividing, "fit": result.fitting, "predictions": result.priced,
+                     "best": str(best.layout) if best else None, "best_step_s": best.step_time_s if best else None})
+        print(f"{name:28s} {gpus:>6} {machine_name:>10}  {seconds:7.2f} s  {result.dividing:>6} layouts "
+              f"{result.fitting:>5} fit {result.priced:>7} predictions", flush=True)
+    worst = max(rows, key=lambda r: r["seconds"])
+    print(f"worst: {worst['case']}, {worst['seconds']:.2f} s")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"rows": rows, "worst": worst}, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
