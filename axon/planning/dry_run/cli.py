@@ -187,6 +187,10 @@ def strict_verdict(results: list[dict]) -> tuple[list[str], str]:
 
 
 def main(argv=None) -> None:
+    # torch's fake process group has no backend object, so c10d warns "No backend of type 0"
+    # at every hook check (over a hundred lines a run); C++ reads this before torch starts in
+    # this process and in the rehearsal processes spawned below. A user's own setting wins.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     from axon.config import ConfigError
 
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
