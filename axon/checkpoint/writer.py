@@ -142,7 +142,7 @@ def write_checkpoint(final: Path, model, optimizer, grid, shape, step: int, extr
     """Collective: every rank of the grid calls it. Returns the checkpoint directory."""
     final = Path(final)
     partial = final.parent / (final.name + ".partial")
-    writers = shard_ranks(grid.layout)
+    writers = shard_ranks(grid.layout) if grid.rank == 0 else None  # only rank 0 makes folders and records
     faults = grid.trace.flight  # AXON_FAULT's save points (a testing aid; benchmarks/faults.py)
     device = next(model.parameters()).device
     if grid.rank == 0:  # one mkdir per FILES_PER_DIR writers, all here: no rank races another's

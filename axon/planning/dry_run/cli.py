@@ -55,17 +55,22 @@ def stage_plan(config) -> list[tuple[int, bool, bool]]:
     return [(len(r), s == 0, s == p - 1) for s, r in enumerate(stage_layers(config.model, p, config.train.stage_layers))]
 
 
+def _distinct_stages(config) -> list[int]:
+    """The first pipeline stage of each distinct kind (blocks, first, last)."""
+    seen, stages = set(), []
+    for stage, kind in enumerate(stage_plan(config)):
+        if kind not in seen:
+            seen.add(kind)
+            stages.append(stage)
+    return stages
+
+
 def default_ranks(config) -> list[int]:
     """The first and the last rank of each distinct stage (blocks, first, last)."""
     layout = config.layout
-    seen, ranks = set(), []
-    for stage, kind in enumerate(stage_plan(config)):
-        if kind in seen:
-            continue
-        seen.add(kind)
-        lowest = {axis: 0 for axis in layout.sizes()}
-        highest = {axis: size - 1 for axis, size in layout.sizes().items()}
-        ranks += [layout.rank_of({**lowest, "pipe": stage}), layout.rank_of({**highest, "pipe": stage})]
+    lowest = {axis: 0 for axis in layout.sizes()}
+    highest = {axis: size - 1 for axis, size in layout.sizes().items()}
+    ranks = [layout.rank_of({**corner, "pipe": stage}) for stage in _distinct_stages(config) for corner in (lowest, highest)]
     return sorted(dict.fromkeys(ranks))
 
 
@@ -73,11 +78,8 @@ def partner_ranks(config) -> list[int]:
     """For the first rank of each distinct stage, the last rank of its group along each other
     axis of size > 1 (sharing that group with it): what the strict-NCCL check compares."""
     layout = config.layout
-    seen, ranks = set(), []
-    for stage, kind in enumerate(stage_plan(config)):
-        if kind in seen:
-            continue
-        seen.add(kind)
+    ranks = []
+    for stage in _distinct_stages(config):
         lowest = {**{axis: 0 for axis in layout.sizes()}, "pipe": stage}
         ranks += [layout.rank_of({**lowest, axis: size - 1}) for axis, size in layout.sizes().items()
                   if axis != "pipe" and size > 1]
