@@ -133,3 +133,18 @@ def test_a_p2p_fault_point_acts_on_the_first_batch_only():
     batch = (("send", 1, (1,), "float32", 4, ""),)
     assert recorder.issue("p2p", "pipe", (0, 1), 4, blocking=False, transfers=batch) is None  # asynchronous, yet skipped
     assert recorder.issue("p2p", "pipe", (0, 1), 4, blocking=False, transfers=batch) is not None
+
+
+def test_a_checkpoint_barrier_has_the_watchdogs_longer_patience():
+    """The checkpoint axis's barrier (allowed_wait_s, the group's own one-hour timeout) is not
+    hung after train.collective_timeout_s, only after its allowance; a step collective is."""
+    recorder = FlightRecorder(rank=0, faults=FaultPlan())
+    barrier = recorder.issue("barrier", "checkpoint", (0, 1, 2, 3), 0, blocking=True, allowed_wait_s=3600.0)
+    barrier.since -= 700.0  # waiting 700 s, past a 600 s collective timeout
+    assert recorder.stuck(600.0) is None
+    barrier.since -= 3000.0  # 3,700 s: past its allowance too
+    assert recorder.stuck(600.0).startswith("barrier on axis checkpoint (ranks 0,1,2,3, 0 B")
+    recorder.done(barrier)
+    step_collective = recorder.issue("all_reduce", "row", (0, 1), 8, blocking=True)
+    step_collective.since -= 700.0
+    assert recorder.stuck(600.0).startswith("all_reduce on axis row")
