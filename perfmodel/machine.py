@@ -83,6 +83,10 @@ class Machine:
     # size -> us: what a blocking collective of a step pays at least (ranks arrive apart).
     blocking_latency_us: dict[str, dict[int, float]] = field(default_factory=dict)
     source: str = ""  # where the numbers come from (a file path, or "calibrated on ...")
+    # Which published runs set which levels: a level key (gemm_efficiency, attention_efficiency,
+    # memory_efficiency) -> the keys of the rows of perfmodel.published it was fitted to. Every
+    # other published row of this machine is a check. Empty for a calibrated profile (measured).
+    fitted_to: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def peak_flops(self, dtype: str) -> float:
         if dtype not in self.peak_tflops:
@@ -200,7 +204,19 @@ def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
         collectives=fits,
         blocking_latency_us=blocking,
         source=str(raw.get("source", where)),
+        fitted_to=_fitted_to(raw.get("fitted_to", {}), where),
     )
+
+
+FITTED_LEVELS = ("gemm_efficiency", "attention_efficiency", "memory_efficiency")
+
+
+def _fitted_to(value, where: str) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, dict) or any(key not in FITTED_LEVELS for key in value) or \
+            any(not isinstance(rows, list) or not all(isinstance(r, str) for r in rows) for rows in value.values()):
+        raise ProfileError(f"{where}: fitted_to must map some of {', '.join(FITTED_LEVELS)} to lists of "
+                           f"published row keys, got {value!r}")
+    return {key: tuple(rows) for key, rows in value.items()}
 
 
 def machine_to_dict(machine: Machine) -> dict:
@@ -232,4 +248,5 @@ def machine_to_dict(machine: Machine) -> dict:
                         for op, by_place in machine.collectives.items()},
         "blocking_latency_us": {place: dict(sorted(by_size.items()))
                                 for place, by_size in machine.blocking_latency_us.items()},
+        **({"fitted_to": {key: list(rows) for key, rows in machine.fitted_to.items()}} if machine.fitted_to else {}),
     }
