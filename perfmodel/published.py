@@ -4,7 +4,10 @@ Each row pins a published figure with its source, the model, GPU count, layout, 
 sequence, and whether its FLOPs count activation recomputation. Figures are compared as
 tokens per second per GPU, which no FLOP convention changes: a TFLOP/s figure is turned
 into tokens/s with the formula its source used. `compare` predicts the same run from the
-shipped profile alone (perfmodel/machines/*.yaml) and returns the error.
+shipped profile (perfmodel/machines/*.yaml) and returns the error, with the row's role there:
+"fit" where the profile's `fitted_to` says the row set some of its levels (agreement by
+construction), "check" otherwise (a prediction). perfmodel.refit re-sets a machine's levels
+without one source's rows and predicts those (leave one source out).
 
 tests/perfmodel/test_published*.py hold each row within TOLERANCE;
 `python -m benchmarks.perfmodel_published` prints the table and writes it as JSON.
@@ -77,6 +80,7 @@ LLAMA32_3B = ModelShape(layers=28, hidden=3072, heads=24, kv_heads=8, ffn=8192, 
 class Published:
     source: str
     url: str
+    key: str  # how a profile's fitted_to names this row
     figure: str  # the figure as published
     machine: str  # the shipped profile it is compared with
     model_name: str
@@ -93,54 +97,54 @@ class Published:
 
 
 PUBLISHED = [
-    Published(*MEGATRON_2021, "1.7B: 24 heads, h 2304, 24 layers, t=1 p=1, 32 GPUs, batch 512: 137 TFLOP/s per GPU (44%)",
+    Published(*MEGATRON_2021, "megatron21-gpt-1.7b", "1.7B: 24 heads, h 2304, 24 layers, t=1 p=1, 32 GPUs, batch 512: 137 TFLOP/s per GPU (44%)",
               "perlmutter", "GPT 1.7B", gpt(24, 2304, 24, 6144), Layout(data=32), 512, 2048, "block",
               "yes (96 = 4 passes per token)", megatron_tokens_per_gpu(137, 24, 2304),
               note="Selene has 8 A100-80GB per node and 8 HDR NICs (25 GB/s per GPU, as Perlmutter's 4 x 25 GB/s for 4 GPUs)"),
-    Published(*MEGATRON_2021, "3.6B: 32 heads, h 3072, 30 layers, t=2 p=1, 64 GPUs, batch 512: 138 TFLOP/s per GPU (44%)",
+    Published(*MEGATRON_2021, "megatron21-gpt-3.6b", "3.6B: 32 heads, h 3072, 30 layers, t=2 p=1, 64 GPUs, batch 512: 138 TFLOP/s per GPU (44%)",
               "perlmutter", "GPT 3.6B", gpt(30, 3072, 32, 8192), Layout(data=32, row=2), 512, 2048, "block",
               "yes (96 = 4 passes per token)", megatron_tokens_per_gpu(138, 30, 3072),
               note="Megatron's 1-D tensor parallelism of 2 is axon's row=2"),
-    Published(*MEGATRON_2021, "7.5B: 32 heads, h 4096, 36 layers, t=4 p=1, 128 GPUs, batch 512: 142 TFLOP/s per GPU (46%)",
+    Published(*MEGATRON_2021, "megatron21-gpt-7.5b", "7.5B: 32 heads, h 4096, 36 layers, t=4 p=1, 128 GPUs, batch 512: 142 TFLOP/s per GPU (46%)",
               "perlmutter", "GPT 7.5B", gpt(36, 4096, 32, 10920), Layout(data=32, row=4), 512, 2048, "block",
               "yes (96 = 4 passes per token)", megatron_tokens_per_gpu(142, 36, 4096),
               note="ffn 10,920 (8h/3 rounded to a multiple of 4 and 8)"),
-    Published(*TORCHTITAN_A100, "Llama 3 8B, batch 1 per GPU, selective layer AC: 2,904 WPS (56.8% MFU)",
+    Published(*TORCHTITAN_A100, "torchtitan-a100-llama3-8b-64", "Llama 3 8B, batch 1 per GPU, selective layer AC: 2,904 WPS (56.8% MFU)",
               "perlmutter", "Llama 3 8B", preset("8B"), Layout(depth=64), 64, 8192, "none",
               "no (tokens/s; its MFU uses 6N + 12 l h s)", 2904.0, micro_batch=1,
               note="A100 80GB (the Perlmutter profile's GPU has 40GB; memory is not compared); selective AC priced as none"),
-    Published(*TORCHTITAN_H100, "Table 1: 8 GPUs, FSDP, local batch 2, global 16, selective AC: 5,762 TPS/GPU",
+    Published(*TORCHTITAN_H100, "torchtitan-h100-llama31-8b-8", "Table 1: 8 GPUs, FSDP, local batch 2, global 16, selective AC: 5,762 TPS/GPU",
               "dgx-h100", "Llama 3.1 8B", preset("8B"), Layout(depth=8), 16, 8192, "none",
               "no (tokens/s; 33-39% MFU quoted against the 700 W SXM peak)", 5762.0, micro_batch=2,
               note="500 W HBM2e H100 (slower than a 700 W DGX H100 SXM5); selective AC priced as none"),
-    Published(*TORCHTITAN_H100, "Table 3: 128 GPUs, FSDP, local batch 2, global 256, selective AC: 5,605 TPS/GPU",
+    Published(*TORCHTITAN_H100, "torchtitan-h100-llama31-8b-128", "Table 3: 128 GPUs, FSDP, local batch 2, global 256, selective AC: 5,605 TPS/GPU",
               "dgx-h100", "Llama 3.1 8B", preset("8B"), Layout(depth=128), 256, 8192, "none",
               "no (tokens/s)", 5605.0, micro_batch=2,
               note="FSDP over 16 nodes; 400 Gb/s per GPU as DGX H100"),
-    Published(*SWISSAI_8B, "64 nodes, MBS 1, SEQLEN 8192, TP 1 (GBS 512): ~8290 Tokens/Sec/GPU",
+    Published(*SWISSAI_8B, "swissai-pr33-8b-tp1", "64 nodes, MBS 1, SEQLEN 8192, TP 1 (GBS 512): ~8290 Tokens/Sec/GPU",
               "alps", "Llama 3.1 8B", preset("8B"), Layout(data=256), 512, 8192, "none",
               "no (tokens/s; Megatron's logged TFLOP/s count 3 passes, no recomputation)", 8290.0, micro_batch=1,
               grad_reduce_dtype="bfloat16",
               note="distributed optimizer (ZeRO-1, --main-grads-dtype bf16) priced as data=256 with bf16 gradient "
                    "all-reduce (same bytes); memory is not compared (perfmodel's data axis keeps full optimizer state)"),
-    Published(*SWISSAI_8B, "64 nodes, baseline MBS 4, SEQLEN 4096, TP 2 (GBS 1024): ~8000 Tokens/Sec/GPU",
+    Published(*SWISSAI_8B, "swissai-pr33-8b-tp2", "64 nodes, baseline MBS 4, SEQLEN 4096, TP 2 (GBS 1024): ~8000 Tokens/Sec/GPU",
               "alps", "Llama 3.1 8B", preset("8B"), Layout(data=128, row=2), 1024, 4096, "none",
               "no (tokens/s)", 8000.0, micro_batch=4, grad_reduce_dtype="bfloat16",
               note="Megatron TP 2 is axon row=2 (TP 2 within a node, sequence parallelism off); distributed "
                    "optimizer as data-parallel bf16 all-reduce, memory not compared"),
-    Published(*SWISSAI_3B, "1 node, micro_batch_size 1 (GBS 256, seq 8192, TP 1): ~505 TFLOPS/Sec/GPU",
+    Published(*SWISSAI_3B, "swissai-pr10-3b-1node", "1 node, micro_batch_size 1 (GBS 256, seq 8192, TP 1): ~505 TFLOPS/Sec/GPU",
               "alps", "Llama 3.2 3B", LLAMA32_3B, Layout(data=4), 256, 8192, "none",
               "no (Megatron's num_floating_point_operations: 3 passes, no recomputation)",
               megatron_2025_tokens_per_gpu(505, LLAMA32_3B, 8192), micro_batch=1, grad_reduce_dtype="bfloat16",
               note="the script at 109b7d1e ties the embedding (the PR text says untied; FLOPs are the same); "
                    "distributed optimizer as data-parallel bf16 all-reduce, memory not compared"),
-    Published(*SWISSAI_3B, "8 nodes, micro_batch_size 2 (GBS 256 assumed, seq 8192, TP 1): ~493 TFLOPS/Sec/GPU",
+    Published(*SWISSAI_3B, "swissai-pr10-3b-8nodes", "8 nodes, micro_batch_size 2 (GBS 256 assumed, seq 8192, TP 1): ~493 TFLOPS/Sec/GPU",
               "alps", "Llama 3.2 3B", LLAMA32_3B, Layout(data=32), 256, 8192, "none",
               "no (Megatron's num_floating_point_operations: 3 passes, no recomputation)",
               megatron_2025_tokens_per_gpu(493, LLAMA32_3B, 8192), micro_batch=2, grad_reduce_dtype="bfloat16",
               note="the PR gives nodes and MBS only; GBS 256 and seq 8192 are the script's (109b7d1e); "
                    "distributed optimizer as data-parallel bf16 all-reduce, memory not compared"),
-    Published(*FRONTIER_TORCHTITAN, "8 nodes = 64 GCDs, FSDP2 only (dp_shard -1), local batch 1, seq 8192, selective "
+    Published(*FRONTIER_TORCHTITAN, "frontier-torchtitan-8b-64", "8 nodes = 64 GCDs, FSDP2 only (dp_shard -1), local batch 1, seq 8192, selective "
               "(op) AC, layernorm, no torch.compile: wps ~1333, mfu ~40%",
               "frontier", "Llama 3 8B LN", preset("8B"), Layout(depth=64), 64, 8192, "none",
               "no (tokens/s per GCD; its ~40% MFU is 6N + 12 l h s per token over 191.5 TFLOP/s, no recomputation)",
@@ -155,14 +159,30 @@ PUBLISHED = [
 ]
 
 
-def compare(row: Published) -> dict:
-    machine = load_machine(row.machine)
-    setup = TrainingSetup(global_batch=row.global_batch, seq_len=row.seq_len, micro_batch=row.micro_batch,
-                          recompute=row.recompute, grad_reduce_dtype=row.grad_reduce_dtype)
-    prediction = predict(row.model, row.layout, machine, setup)
-    predicted = row.global_batch * row.seq_len / prediction.step_time_s / row.layout.world_size
+def role(row: Published, machine) -> tuple[str, tuple[str, ...]]:
+    """("fit", the levels this row set) when the profile's fitted_to names it, else ("check", ())."""
+    sets = tuple(level for level, keys in machine.fitted_to.items() if row.key in keys)
+    return ("fit" if sets else "check"), sets
+
+
+def setup_of(row: Published) -> TrainingSetup:
+    return TrainingSetup(global_batch=row.global_batch, seq_len=row.seq_len, micro_batch=row.micro_batch,
+                         recompute=row.recompute, grad_reduce_dtype=row.grad_reduce_dtype)
+
+
+def predicted_tokens_per_gpu(row: Published, machine) -> tuple[float, object]:
+    prediction = predict(row.model, row.layout, machine, setup_of(row))
+    return row.global_batch * row.seq_len / prediction.step_time_s / row.layout.world_size, prediction
+
+
+def compare(row: Published, machine=None) -> dict:
+    """The row against the shipped profile (or `machine`), with its role there: a row the
+    profile's levels were fitted to agrees by construction; a check row is a prediction."""
+    machine = machine or load_machine(row.machine)
+    predicted, prediction = predicted_tokens_per_gpu(row, machine)
+    row_role, sets = role(row, machine)
     out = {k: v for k, v in asdict(row).items() if k not in ("model", "layout")}
-    out.update(model=asdict(row.model), layout=row.layout.sizes(), gpus=row.layout.world_size,
-               predicted_tokens_per_gpu=predicted, error=predicted / row.tokens_per_gpu - 1,
+    out.update(model=asdict(row.model), layout=row.layout.sizes(), gpus=row.layout.world_size, role=row_role,
+               sets=list(sets), predicted_tokens_per_gpu=predicted, error=predicted / row.tokens_per_gpu - 1,
                predicted_mfu=prediction.mfu, breakdown=prediction.breakdown)
     return out
