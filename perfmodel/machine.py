@@ -77,6 +77,11 @@ class Machine:
     # default), NCCL's one stream (1). Prefetched gathers and pending reduce-scatters in flight
     # together wait out their fixed costs side by side, that many at a time.
     concurrent_collectives: int = 1
+    # Spread of speed between identical GPUs of the machine (the range over a cluster's GPUs
+    # as a fraction of the median) and how many GPUs it was measured over: a synchronous step
+    # waits for the slowest GPU of the job (perfmodel.scale_losses). 0: not priced.
+    gpu_speed_variation: float = 0.0
+    variation_measured_over_gpus: int = 0
     # Measured fits, op -> placement -> group size -> fit; missing ones fall back to the links.
     collectives: dict[str, dict[str, dict[int, CollectiveFit]]] = field(default_factory=dict)
     # Measured latency of a small all-reduce between bursts of compute, placement -> group
@@ -201,6 +206,9 @@ def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
         in_context_slowdown=number("in_context_slowdown", raw.get("in_context_slowdown", 1.0)),
         oversubscription=oversubscription,
         concurrent_collectives=int(number("concurrent_collectives", raw.get("concurrent_collectives", 1))),
+        gpu_speed_variation=number("gpu_speed_variation", raw.get("gpu_speed_variation", 0.0), positive=False),
+        variation_measured_over_gpus=int(number("variation_measured_over_gpus",
+                                                raw.get("variation_measured_over_gpus", 0), positive=False)),
         collectives=fits,
         blocking_latency_us=blocking,
         source=str(raw.get("source", where)),
@@ -242,6 +250,8 @@ def machine_to_dict(machine: Machine) -> dict:
         "in_context_slowdown": machine.in_context_slowdown,
         "oversubscription": machine.oversubscription,
         "concurrent_collectives": machine.concurrent_collectives,
+        "gpu_speed_variation": machine.gpu_speed_variation,
+        "variation_measured_over_gpus": machine.variation_measured_over_gpus,
         "collectives": {op: {place: {size: {"alpha_us": fit.alpha_us, "bandwidth_gbs": fit.bandwidth_gbs}
                                      for size, fit in sorted(by_size.items())}
                              for place, by_size in by_place.items()}

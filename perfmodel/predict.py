@@ -37,13 +37,14 @@ from perfmodel.memory import fullest, memory_per_device, why_it_does_not_fit
 from axon.spec.shapes import ModelShape
 from axon.spec.schedules import pipeline_order
 from perfmodel.pipeline_replay import REPLAY_OPS, step_seconds
+from perfmodel.scale_losses import slowest_gpu_factor
 from axon.spec.stage_split import balanced_counts
 from axon.spec.training import TrainingSetup
 from perfmodel.workload import (OPTIMIZER_BYTES_PER_PARAM, Gemm, micro_batch_work, stage_parameters,
                                 step_collectives)
 
 COMPONENTS = ("gemm", "attention", "elementwise", "optimizer", "tensor_comm", "depth_gather",
-              "depth_reduce_scatter", "data_comm", "pipeline_p2p", "pipeline_bubble", "step_sync")
+              "depth_reduce_scatter", "data_comm", "pipeline_p2p", "pipeline_bubble", "step_sync", "straggler_wait")
 STAGE_COMPUTE = ("gemm", "attention", "elementwise")  # a stage's own compute, out of phase with other stages'
 STAGE_COMMS = ("tensor_comm", "depth_gather", "depth_reduce_scatter", "data_comm", "pipeline_p2p")
 SLOT_PARTS = STAGE_COMPUTE + ("tensor_comm", "depth_gather", "depth_reduce_scatter", "pipeline_p2p")  # a micro-batch's slot
@@ -387,6 +388,10 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     breakdown["optimizer"] += memory_seconds(machine, "optimizer", local * OPTIMIZER_BYTES_PER_PARAM) \
         + overhead_seconds(machine, 30)
     breakdown["step_sync"] += max(entry["sync"] for entry in priced.values())
+    # The step waits for the job's slowest GPU, whose compute runs longer than the median's
+    # (perfmodel.scale_losses: grows with the GPU count).
+    straggler = slowest_gpu_factor(layout.world_size, machine.gpu_speed_variation, machine.variation_measured_over_gpus)
+    breakdown["straggler_wait"] = (straggler - 1) * sum(breakdown[k] for k in STAGE_COMPUTE + ("optimizer",))
 
     step = sum(breakdown.values())
     flops = flops_per_token(shape, setup.seq_len) * setup.global_batch * setup.seq_len

@@ -10,6 +10,8 @@ import pytest
 
 from perfmodel.machine import load_machine
 from perfmodel.published import PUBLISHED, TOLERANCE, compare, megatron_tokens_per_gpu, role
+from perfmodel.published_at_scale import AT_SCALE
+from perfmodel.scale_losses import slowest_gpu_factor
 from perfmodel.refit import leave_one_source_out, refit, scaled
 
 
@@ -69,3 +71,23 @@ def test_leaving_out_the_only_source_says_the_level_is_not_identified():
     [entry] = leave_one_source_out("dgx-h100")
     assert entry["factors"] is None and "not identified" in entry["note"]
     assert entry["rows_left_out"] == ["torchtitan-h100-llama31-8b-8", "torchtitan-h100-llama31-8b-128"]
+
+
+def test_axonn_figures_become_tokens_by_its_own_count():
+    # Megatron-AxoNN's get_flops: 96 B s l h^2 (1 + s/6h + V/16lh). GPT-40B (38 x 9216, s 2048, V 51200):
+    # 96 * 38 * 9216^2 = 309,841,625,088; x (1 + 2048/55296 + 51200/5603328) = 1.0461745 -> 3.24148e11 per token.
+    # 620.1 Petaflop/s on 4,096 GPUs = 151.39 TFLOP/s per GPU -> 467.0 tokens/s per GPU.
+    rows = {row.key: row for row in AT_SCALE}
+    perlmutter = rows["axonn-perlmutter-gpt40b-4096"]
+    assert perlmutter.tokens_per_gpu == pytest.approx(620.1e15 / 4096 / 3.24148e11, rel=1e-4)
+    assert perlmutter.tokens_per_gpu == pytest.approx(467.0, abs=0.1)
+    # The GPT MLP of 4h as SwiGLU of 8h/3 rounded up to 256: 24,576 for h 9216, 43,776 for h 16384.
+    assert perlmutter.model.ffn == 24576 and rows["axonn-frontier-gpt320b-32768"].model.ffn == 43776
+    assert rows["axonn-alps-gpt60b-6144"].model.layers == 56  # model-table.md's GPT-60B: 56 x 9216 x 72
+
+
+def test_the_straggler_term_by_hand():
+    # V = 8% measured over 27,648 GPUs: z(n) = sqrt(2 ln n); z(64) = 2.8841, z(27648) = 4.5227, z(32768) = 4.5601.
+    assert slowest_gpu_factor(64, 0.08, 27648) == pytest.approx(1 + 0.04 * 2.8841 / 4.5227, rel=1e-4)
+    assert slowest_gpu_factor(32768, 0.08, 27648) == pytest.approx(1.04033, rel=1e-5)
+    assert slowest_gpu_factor(1, 0.08, 27648) == 1.0 and slowest_gpu_factor(4096, 0.0, 0) == 1.0
