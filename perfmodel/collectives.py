@@ -17,7 +17,8 @@ import numpy as np
 from axon.spec.layout import Layout
 from perfmodel.machine import Machine
 
-# Per op: how many ring passes (all-reduce = reduce-scatter then all-gather).
+# Per op: how many ring passes (all-reduce = reduce-scatter then all-gather; DESIGN §7's ring algebra
+# above; a send is one transfer, priced apart in collective_time).
 RING_PASSES = {"all_reduce": 2, "all_gather": 1, "reduce_scatter": 1, "send": 0}
 
 

@@ -17,9 +17,9 @@ solved for its fixed point. One stage per node, or f = 1, leaves the price as it
 The pipeline's own waits (a stage waiting for its neighbour's activations or gradients, in
 the warm-up, the drain, or behind a slower stage) are replayed event by event instead
 (`shared_core_replay`): the node's cores go to the ranks busy at each moment. Measured on
-this 2-core machine, 8 ranks of data=2 x pipe=4 kept both cores busy (2.01 core-seconds in a
-1.03 s step) while the first stage's ranks computed 40% of it, so the step follows the work
-over the cores, not the slowest stage's price.
+this 2-core machine (commit e981624, which added the replay), 8 ranks of data=2 x pipe=4 kept
+both cores busy (2.01 core-seconds in a 1.03 s step) while the first stage's ranks computed 40%
+of it, so the step follows the work over the cores, not the slowest stage's price.
 Torch-free: predict imports it.
 """
 
@@ -49,7 +49,8 @@ def lent_compute_factor(compute_s: float, comm_s: float, sleep_s: float, same: i
         asleep = min(1.0, sleep_s / (k * compute_s + comm_s))
         return (1 / f) / min(1.0, cores / (same + other * (1 - asleep)))
 
-    # factor_given(k) - k is >= 0 at k = 1/f and <= 0 at k = 1: bisect for the crossing.
+    # factor_given(k) - k is >= 0 at k = 1/f and <= 0 at k = 1: bisect for the crossing. 50 halvings
+    # leave an interval under 2^-50 of [1/f, 1], a few float64 ulps: the fixed point to rounding.
     low, high = 1 / f, 1.0
     for _ in range(50):
         mid = (low + high) / 2
@@ -106,6 +107,8 @@ def shared_core_replay(orders, forward_s, backward_s, mix, oversubscription: flo
         clock += step
         for s in busy:
             left[s] -= rate[s] * step
+            # Done up to rounding: a relative 1e-12 of the stage's work (~4,500 float64 ulps of 2.2e-16)
+            # absorbs the rounding of the subtractions made while the op runs, far below any time that matters.
             if left[s] <= 1e-12 * (forward_s[s] + backward_s[s]):
                 kind, j = orders[s][position[s]]
                 (done_f if kind == "F" else done_b).add((s, j))

@@ -3,7 +3,10 @@
 Dense peaks per device (the unit a rank drives), without structured sparsity, TFLOP/s. On
 MI250X a device is one of the two GCDs of the package, so its peak is half the package's.
 "float32" is the plain FP32 peak (torch keeps TF32 off for matmuls unless told otherwise;
-on MI250X the FP32 matrix-core peak, which rocBLAS uses for FP32 GEMMs).
+on MI250X the FP32 matrix-core peak, which rocBLAS uses for FP32 GEMMs). Each sheet names its
+data sheet; the pages the same figures were read from are cited in the shipped profiles
+(perfmodel/machines/dgx-h100.yaml for H100 SXM, alps.yaml for GH200, perlmutter.yaml for A100,
+frontier.yaml for the MI250X GCD).
 """
 
 from __future__ import annotations

@@ -63,9 +63,20 @@ class Machine:
     # points: the fraction of memory_bandwidth_gbs reached on the bytes perfmodel.workload counts.
     # A kind not listed moves at the full memory bandwidth.
     memory_efficiency: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
-    overlap_efficiency: float = 0.9  # share of overlappable communication compute really hides
-    op_overhead_us: float = 5.0  # fixed cost of one kernel launch / framework op
-    usable_memory_fraction: float = 0.9  # the rest goes to the runtime, allocator slack, buffers
+    # The three defaults below apply only to a profile that omits the key (every shipped profile sets all
+    # three; calibrate measures the first two). Where they come from:
+    # share of overlappable communication compute really hides. Estimate with no measurement behind it,
+    # set with the schema (8bcc1e9), a little above the shipped profiles' 0.8-0.85; calibrate measures it
+    # (calibrate.measure.overlap_efficiency: a GEMM and an all-reduce timed alone and together).
+    overlap_efficiency: float = 0.9
+    # fixed cost of one kernel launch / framework op. Estimate: the order of an eager PyTorch op's host
+    # cost on a CUDA GPU (the shipped NVIDIA profiles' 5-6 us); calibrate measures it
+    # (calibrate.reference.measure_op_overhead_us: a tiny step's time beyond its work, over the ops counted).
+    op_overhead_us: float = 5.0
+    # the rest goes to the runtime (CUDA/HIP context), NCCL/RCCL buffers and allocator slack. Estimate, the
+    # same in every shipped profile and in calibrate's output; not measured: a run's own peak memory
+    # (torch.cuda.max_memory_reserved against the device's total) would replace it.
+    usable_memory_fraction: float = 0.9
     # A whole step's compute over the sum of its ops' prices from the curves above (operands
     # evicted between ops, fresh pages, the interpreter): calibrate measures it on a reference
     # step (perfmodel.calibrate.reference); every compute time is multiplied by it.
@@ -180,6 +191,7 @@ def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
             if not isinstance(size, int) or size < 2:
                 raise ProfileError(f"{where}: blocking_latency_us.{place}.{size} must be keyed by a group size >= 2")
             blocking.setdefault(place, {})[size] = number(f"blocking_latency_us.{place}.{size}", us, positive=False)
+    # The fallbacks here and below are the dataclass defaults of Machine (their sources are there).
     overlap = number("overlap_efficiency", raw.get("overlap_efficiency", 0.9), positive=False)
     if overlap > 1:
         raise ProfileError(f"{where}: overlap_efficiency is a fraction in [0, 1], got {overlap}")

@@ -5,7 +5,8 @@ N ranks (torch, spawned ranks); this module chooses the layouts, takes the machi
 between spawns out of the times, and scores the profile's predictions against them: Kendall
 tau and Spearman rank correlations, mean absolute percentage error, the worst error, the
 layouts off by more than 25%, and the top-1 regret (measured time of the predicted best / the
-measured best).
+measured best). The 25% line is a reporting threshold chosen for the table (not a
+measured figure): a layout off by more than a quarter would mislead a plan's ranking.
 
 Its results file holds the latest run: per world the commit that measured it, its profile's
 path and the scores. Earlier runs live in the history beside it (`history_of`), a list of

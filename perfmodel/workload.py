@@ -71,12 +71,19 @@ class MicroBatchWork:
 
 # Bytes each kind of memory-bound work reads and writes per element of the tensor it acts on,
 # (forward, backward), as one fused kernel would; eager PyTorch makes more passes, which the
-# measured efficiency absorbs. norm: read x, write y / read x, dy, write dx; rope: read, write
+# measured efficiency absorbs. Source: the tensors each op's forward and backward read and write,
+# counted from the op's inputs and outputs (the least traffic it can have; the small gain vectors
+# and per-token statistics left out). norm: read x, write y / read x, dy, write dx; rope: read, write
 # (q or k) both ways; swiglu (per element of w1's output): read a, b, write out / read a, b, dout,
 # write da, db; residual: read two, write one / pass the gradient on; loss (per fp32 logit):
 # read logits, write the softmax / read it, write the gradient.
 PASSES = {"norm": (2, 3), "rope": (2, 2), "swiglu": (3, 5), "residual": (3, 1), "loss": (2, 2)}
-OPTIMIZER_BYTES_PER_PARAM = 40  # AdamW in fp32: read p, g, m, v; write p, m, v; zero and clip g
+# AdamW in fp32, 4 bytes per tensor element, counted from the update: read p, g, m, v (16); write p, m, v
+# (12); zero g (4); scale g for clipping (read + write, 8; axon.parallel.grads.clip_grad_norm scales
+# whatever the norm) -> 40. Left out: the clip norm's own read of g (4 more). Calibrate times torch's
+# AdamW step alone (the 28 of the update) over this same count (perfmodel.calibrate.compute
+# .measure_optimizer), so a calibrated profile charges the zeroing and clipping at the step's own rate.
+OPTIMIZER_BYTES_PER_PARAM = 40
 
 
 def memory_bytes(kind: str, phase: str, elements: float, element_bytes: int) -> float:
@@ -173,7 +180,17 @@ def micro_batch_work(shape: ModelShape, layout: Layout, micro: int, seq: int, dt
         for phase in ("forward", "backward"):
             work.memory += [MemoryPass("norm", memory_bytes("norm", phase, tokens * shape.hidden / c, eb), phase),
                             MemoryPass("loss", memory_bytes("loss", phase, tokens * shape.vocab / r, 4), phase)]
-    # Framework ops (kernel launches) per layer: forward ~40, backward ~60.
+    # Framework ops (kernel launches) per layer: forward ~40, backward ~60; outside the layers (embedding,
+    # final norm, head, loss) ~20 forward, ~30 backward. An estimate, kept because the profiles' op_overhead_us
+    # (calibrate measures it as a tiny step's excess time over these counts: perfmodel.calibrate.reference)
+    # and the fitted levels were set with it. Measured on axon's own blocks (CPU, preset tiny, bf16, seq 64,
+    # 4 micro-batches of 2; layers 2 and 4, the difference per layer per micro-batch; optimizer excluded):
+    # eager 41.75 forward / 89.75 backward per layer, ~48 / ~31 outside the layers per micro-batch (the
+    # per-step gradient clipping and zeroing spread over the 4 micro-batches counted there); whole blocks
+    # compiled (train.compile) 9.75 / 35.75 per layer. Counted as benchmarks/launch_counts.py counts (top-level
+    # aten ops that launch a kernel, plus inductor's kernels; its JSON gives the 131.5 eager / 57.5 compiled
+    # totals per layer per micro-batch), split by whether an op runs under autograd's engine
+    # (an autograd::engine::evaluate_function ancestor in torch.profiler's events): backward; else forward.
     for phase in forward_passes:
         work.ops[phase] += 40 * stage_layers + 20
     work.ops["backward"] += 60 * stage_layers + 30
