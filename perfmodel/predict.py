@@ -47,6 +47,11 @@ COMPONENTS = ("gemm", "attention", "elementwise", "optimizer", "tensor_comm", "d
               "depth_reduce_scatter", "data_comm", "pipeline_p2p", "pipeline_bubble", "step_sync", "straggler_wait")
 STAGE_COMPUTE = ("gemm", "attention", "elementwise")  # a stage's own compute, out of phase with other stages'
 STAGE_COMMS = ("tensor_comm", "depth_gather", "depth_reduce_scatter", "data_comm", "pipeline_p2p")
+# Framework ops of one optimizer step outside its per-tensor work: 29 measured on CPU
+# (benchmarks/results/launch_counts.json: 205 optimizer launches at 2 layers, 381 at 4, so 88 per
+# layer + 29). The per-layer part is left out: on GPUs the trainer's AdamW is fused=True, a few
+# multi-tensor kernels per step rather than one per parameter tensor.
+OPTIMIZER_OPS = 30
 SLOT_PARTS = STAGE_COMPUTE + ("tensor_comm", "depth_gather", "depth_reduce_scatter", "pipeline_p2p")  # a micro-batch's slot
 
 
@@ -386,7 +391,7 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     # Stages step their optimizers at once; the one with the most parameters finishes last.
     local = max(entry["local_params"] for entry in priced.values())
     breakdown["optimizer"] += memory_seconds(machine, "optimizer", local * OPTIMIZER_BYTES_PER_PARAM) \
-        + overhead_seconds(machine, 30)
+        + overhead_seconds(machine, OPTIMIZER_OPS)
     breakdown["step_sync"] += max(entry["sync"] for entry in priced.values())
     # The step waits for the job's slowest GPU, whose compute runs longer than the median's
     # (perfmodel.scale_losses: grows with the GPU count).

@@ -102,6 +102,8 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
     fits, groups, raw = measure_collectives(bench, parts, rank, quick) if world > 1 else ({}, {}, {})
     intra, inter = (fits.get("all_reduce", {}).get(place, {}) for place in ("intra", "inter"))
     overlap, overlap_times = (base.overlap_efficiency if base else Machine.overlap_efficiency), None
+    # A link's latency is kept at 0.01 us or more: a fit's intercept can come out zero or negative
+    # on a quiet machine, and a profile's latency_us must be positive (perfmodel.machine).
     if intra:
         # Ring algebra (DESIGN §7): t = 2(p-1) a + 2(p-1)/p n/B, read off the fit at the largest p.
         p = max(intra)
@@ -140,6 +142,8 @@ def run_calibration(quick: bool = True, base: Machine | None = None, dtypes: lis
         attention_efficiency={phase: _points(c) for phase, c in attention.items()},
         memory_efficiency={kind: _points(c) for kind, c in memory_kinds.items()},
         overlap_efficiency=_sig(overlap),
+        # Not measured here: the shipped profiles' estimate (the runtime context, communicator
+        # buffers and allocator slack take about a tenth of device memory).
         usable_memory_fraction=0.9,
         collectives={op: {place: {p: CollectiveFit(_sig(a * 1e6), _sig(b / 1e9)) for p, (a, b) in by_p.items()}
                           for place, by_p in by_place.items()} for op, by_place in fits.items()},
