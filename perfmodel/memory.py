@@ -1,20 +1,25 @@
 """Memory per device for a layout, by component, in GiB.
 
 fp32 master weights, fp32 gradients and AdamW's two fp32 moments for the local shards;
-the gathered weight blocks in flight (the one in use plus `prefetch_distance` ahead); the
-activations backward needs, for the recompute choice, times the micro-batches a pipeline
-stage keeps in flight (1F1B: up to `pipe` of them on the first stage; interleaved, the peak
-of its order's chunks in flight, each 1/v of the stage: 1 + (p - 1) / (p v) times more at
-large m, as Megatron-LM states), plus what one backward (or the loss) holds for a moment.
-Attention is assumed fused (no [seq, seq] score matrix kept), as on GPUs. `axon dry-run`
-measures the same components from the engine on meta tensors.
+the gathered weight blocks in flight (the one in use plus `prefetch_distance` ahead, in the
+order the stage's schedule gathers them, across one micro-batch's forward or backward into
+the next); the weight-gradient blocks in their depth reduce-scatter (those in flight carry
+from one backward into the next); the activations backward needs, for the recompute
+choice, times the micro-batches a pipeline stage keeps in flight (1F1B: p - s on stage s;
+interleaved, the peak of its order's chunks in flight, each 1/v of the stage: 1 + (p - 1) /
+(p v) times more at large m, as Megatron-LM states), plus what one backward, or the loss,
+holds for a moment. Attention is assumed fused (no [seq, seq] score matrix kept), as on
+GPUs. `axon dry-run` measures the same components from the engine on meta tensors, stepping
+enough of each stage's schedule to reach its peak (tests/planning/test_memory_agreement.py).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from axon.spec.layout import Layout
 from axon.spec.shapes import ModelShape
-from axon.spec.schedules import in_flight_peak
+from axon.spec.schedules import in_flight_peak, pipeline_order
 from axon.spec.stage_split import stage_block_counts
 from axon.spec.training import REDUCE_SCATTERS_IN_FLIGHT, TrainingSetup
 from perfmodel.workload import DTYPE_BYTES, block_matrices, local_dims, padded, stage_parameters
@@ -32,9 +37,10 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
     local = params["sharded"] + params["replicated"]
     tokens = micro * setup.seq_len
 
-    gathered = gathered_weight_bytes(shape, layout, setup, first, last) + kept_cast_bytes(shape, layout, setup,
-                                                                                         stage_layers, last)
-    blocks_in_flight = gradient_block_bytes(shape, layout, setup, last)
+    units = schedule_units(layout, _micro_batches(setup, layout), first, last, stage)
+    gathered = (gathered_weight_bytes(shape, layout, setup, first, last, stage_layers, units)
+                + kept_cast_bytes(shape, layout, setup, stage_layers, last))
+    blocks_in_flight = gradient_block_bytes(shape, layout, setup, first, last, stage_layers, units)
 
     h_c, f_r, v_r = shape.hidden / c, shape.ffn / r, shape.vocab / r
     qkv_r = (shape.hidden + 2 * shape.kv_heads * shape.head_dim) / r
@@ -54,21 +60,30 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
     inputs = chunks - (1 if first else 0) if setup.recompute != "block" and eb != 4 else 0
     boundary = (outputs + inputs) * h_c * eb
     # Each micro-batch in flight keeps what its backward needs; under recompute that is its block
-    # inputs, and one block's activations are rebuilt at a time (for one micro-batch: once).
+    # inputs, and one block's activations are rebuilt at a time (for one micro-batch: once). In
+    # an fp32 run the first norm's fp32 input is the block's input itself.
     if setup.recompute == "block":
-        held, rebuilt = tokens * (stage_layers * h_c * eb + boundary), tokens * per_layer
+        rebuilt = tokens * (per_layer - (4 * h_c if eb == 4 else 0))
+        held = tokens * (stage_layers * h_c * eb + boundary)
     else:
         held, rebuilt = tokens * (stage_layers * per_layer + boundary), 0.0
-    # One backward at a time also holds the gradient received from the next stage and the
-    # fp32 gradient of a norm's input.
-    working = tokens * ((h_c * eb if not last else 0) + h_c * 4)
-    transient = rebuilt + working
+    # One backward at a time also holds the gradient arriving at its block (from the next stage,
+    # or from the final norm) and peaks at one of two moments: in SwiGLU's backward, two more
+    # [tokens, ffn/row] gradients beside the saved tensors (that of the product replaces the
+    # product itself); or in the second norm's backward, once the MLP's saved tensors and the
+    # norm's output are gone, its fp32 gradient arithmetic (the incoming gradient widened, and two
+    # products; in an fp32 run the first is the gradient itself).
+    swiglu = 2 * f_r * eb
+    norm_backward = (12 if eb != 4 else 8) * h_c - 4 * f_r * eb - h_c * eb
+    transient = rebuilt + tokens * (h_c * eb + max(swiglu, norm_backward))
     if last:
-        # The final norm and the softmax are kept, by the one micro-batch in the last chunk at a
-        # time (its backward follows its forward); the loss's forward also holds, for a moment,
-        # the logits slice. The softmax is exponentiated in place in the max-shifted logits, which
-        # are already fp32 (axon.kernels.cross_entropy widens bf16 logits in the subtraction).
-        transient = tokens * (norm + v_r * 4) + max(transient, tokens * v_r * eb)
+        # The loss holds the final norm's saved tensors, the logits slice and its fp32 max-shifted
+        # copy (the softmax is exponentiated in place in it: axon.kernels.cross_entropy), and, from
+        # the second micro-batch on, the previous one's received input, which its loss's graph keeps
+        # until this loss replaces it. The head's and the blocks' backwards come after: the larger
+        # of the two moments is the stage's.
+        previous = h_c * eb if not first and _micro_batches(setup, layout) > 1 else 0
+        transient = max(transient, tokens * (norm + v_r * (4 + eb) + previous))
     in_flight = min(layout.pipe, _micro_batches(setup, layout)) if layout.pipe > 1 and first else 1
     if stage is not None and layout.pipe > 1:
         in_flight = min(layout.pipe - stage, _micro_batches(setup, layout))
@@ -101,47 +116,131 @@ def kept_cast_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup, sta
     return (stage_layers * per_layer + (shard(shape.hidden, shape.vocab, "normal") if last else 0)) * eb
 
 
-def gathered_weight_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup, first: bool, last: bool) -> float:
+def schedule_units(layout: Layout, micro_batches: int, first: bool, last: bool, stage: int | None = None):
+    """The unit transitions of the stage's schedule: ((kind, chunk), (kind, chunk)) for each
+    forward ("F") or backward ("B") of one micro-batch through one chunk followed by the next
+    the stage runs, and the same for backwards alone (reduce-scatters only start in backwards).
+    Without `stage`, the first stage's or the last's (a middle stage has both's transitions)."""
+    p = layout.pipe
+    if stage is None:
+        stage = 0 if first or p == 1 else p - 1
+    return _unit_pairs(stage, p, micro_batches, layout.virtual_stages)
+
+
+@lru_cache(maxsize=4096)
+def _unit_pairs(stage: int, stages: int, micro_batches: int, chunks: int):
+    # Plain 1F1B shows every transition it has within p - s + 1 micro-batches (warm-up, two
+    # steady pairs, the drain); interleaved orders need a multiple of p.
+    m = micro_batches if chunks > 1 else min(micro_batches, stages - stage + 1)
+    order = [(kind, chunk) for kind, _, chunk in pipeline_order(stage, stages, m, chunks)]
+    backwards = [unit for unit in order if unit[0] == "B"]
+    pairs = set(zip(order, order[1:])) or {(order[0], order[0])}
+    backward_pairs = set(zip(backwards, backwards[1:])) or {(backwards[0], backwards[0])}
+    return tuple(sorted(pairs)), tuple(sorted(backward_pairs))
+
+
+def _matrix(layout: Layout, in_f: int, out_f: int, orient: str) -> int:
+    li, lo, _, _ = local_dims(layout, in_f, out_f, orient)
+    return li * lo
+
+
+def _unit_blocks(stage_layers: int, chunks: int, window: int) -> int:
+    """Blocks of a chunk the windows below need: enough to see every neighbourhood of `window`
+    consecutive matrices (seven a block) inside a unit and across its ends."""
+    return max(1, min(stage_layers // chunks, 2 + window // 7))
+
+
+def gathered_weight_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup, first: bool, last: bool,
+                          stage_layers: int = 2, units=None) -> float:
     """The most bytes of gathered weights alive at once: the one in use and, with OAG, the
-    `prefetch_distance` after it in the order the step gathers them (a block forward, the LM
-    head forward and backward, a block backward: enough to see every neighbourhood). Blocks
-    come in the compute dtype (gathered from the kept cast shards: kept_cast_bytes); the
-    embedding table in fp32 (its gather keeps the master dtype; at depth 1 the table itself is used)."""
+    `prefetch_distance` after it in the order the step gathers them, which runs on from one
+    micro-batch's forward or backward into the next the schedule runs (`units`, from
+    schedule_units; default: a forward then its backward). A forward gathers the embedding
+    table (the model's first chunk), each block's matrices and the LM head (its last); a
+    backward the head, then each block's matrices in reverse, after its forward's again under
+    recompute. Blocks come in the compute dtype (gathered from the kept cast shards:
+    kept_cast_bytes); the embedding table in fp32 (its gather keeps the master dtype; at depth
+    1 the table itself is used)."""
     eb, d = DTYPE_BYTES[setup.dtype], layout.depth
     if d == 1:
         return 0.0  # the parameter itself, or its kept cast, is used: nothing is gathered
-    table = (shape.vocab // layout.row) * (shape.hidden // layout.col) * 4 if first else 0
+    window = setup.prefetch_distance + 1 if "all_gather" in setup.overlap else 1
+    chunks = layout.virtual_stages
+    table = (shape.vocab // layout.row) * (shape.hidden // layout.col) * 4
+    head = _matrix(layout, shape.hidden, shape.vocab, "normal") * eb
+    layer = [_matrix(layout, i, o, orient) * eb for _, i, o, orient in block_matrices(shape, False)]
+    blocks = _unit_blocks(stage_layers, chunks, window)
+    again = layer if setup.recompute == "block" else []
 
-    def block(in_f, out_f, orient):
-        li, lo, _, _ = local_dims(layout, in_f, out_f, orient)
-        return li * lo * eb
+    def gathers(kind: str, chunk: int) -> list[float]:
+        starts, ends = first and chunk == 0, last and chunk == chunks - 1
+        if kind == "F":
+            return [table] * starts + layer * blocks + [head] * ends
+        return [head] * ends + (again + layer[::-1]) * blocks
 
-    layer = [block(i, o, orient) for _, i, o, orient in block_matrices(shape, False)]
-    order = [table] + layer + layer
-    if last:
-        head = block(shape.hidden, shape.vocab, "normal")
-        order += [head, head]
-    order += layer[::-1] * 2
-    window = setup.prefetch_distance + 1 if d > 1 and "all_gather" in setup.overlap else 1
-    return max(sum(order[i:i + window]) for i in range(len(order)))
+    pairs = ((("F", 0), ("B", 0)),) if units is None else units[0]
+    most = 0.0
+    for one, two in pairs:
+        order = gathers(*one) + gathers(*two)
+        most = max(most, max(sum(order[i:i + window]) for i in range(len(order))))
+    return most
 
 
-def gradient_block_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup, last: bool) -> float:
-    """Weight-gradient blocks on their way through the depth reduce-scatter: the padded block
-    sent and the shard received, in the reduction dtype, for each in flight (ORS keeps
-    REDUCE_SCATTERS_IN_FLIGHT, and one more is issued before the oldest is waited for)."""
+def gradient_block_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup, first: bool, last: bool,
+                         stage_layers: int = 2, units=None) -> float:
+    """Weight-gradient blocks on their way through the depth reduce-scatter, at their peak. Each
+    holds the padded block sent and the shard received, in the reduction dtype, and with a
+    bf16 reduction the fp32 shard it is widened into; ORS keeps REDUCE_SCATTERS_IN_FLIGHT of
+    them, and one more is issued (while its fp32 gradient, cast or padded, is still alive)
+    before the oldest is waited for. They carry from one backward into the next the schedule
+    runs (`units`); the embedding table's, at the end of the first stage's backward, is
+    reduced at once, beside those in flight. With a bf16 reduction over data the buckets'
+    bf16 copies, issued during the last backward, are alive with them until the step's end."""
     d, gb = layout.depth, DTYPE_BYTES[setup.grad_reduce_dtype]
+    chunks = layout.virtual_stages
+    wires = _bucket_wire_bytes(shape, layout, setup, first, last, stage_layers)
     if d == 1:
+        return wires
+
+    def block(numel: int, synchronous: bool = False) -> tuple[float, float, bool]:
+        """(bytes held until waited for, bytes alive while it is issued, synchronous)."""
+        full = padded(numel, d)
+        held = full * gb + full // d * (gb + (4 if gb != 4 else 0))
+        return held, (numel * 4 if gb != 4 or full != numel else 0), synchronous
+
+    head = block(_matrix(layout, shape.hidden, shape.vocab, "normal"))
+    layer = [block(_matrix(layout, i, o, orient)) for _, i, o, orient in block_matrices(shape, False)][::-1]
+    table = block((shape.vocab // layout.row) * (shape.hidden // layout.col), synchronous=True)
+    blocks = _unit_blocks(stage_layers, chunks, REDUCE_SCATTERS_IN_FLIGHT + 1)
+    limit = REDUCE_SCATTERS_IN_FLIGHT if "reduce_scatter" in setup.overlap else 0
+
+    def scatters(chunk: int) -> list[tuple[float, float, bool]]:
+        return [head] * (last and chunk == chunks - 1) + layer * blocks + [table] * (first and chunk == 0)
+
+    pairs = ((("B", 0), ("B", 0)),) if units is None else units[1]
+    most, tail = 0.0, 0.0
+    for (_, one), (_, two) in pairs:
+        pending: list[float] = []
+        for held, issuing, synchronous in scatters(one) + scatters(two):
+            most = max(most, sum(pending) + held + issuing)
+            if not synchronous:
+                pending = (pending + [held])[-limit:] if limit else []
+        tail = max(tail, sum(pending))
+    return max(most, wires + tail)
+
+
+def _bucket_wire_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup, first: bool, last: bool,
+                       stage_layers: int) -> float:
+    """The bf16 copies of the data-parallel gradient buckets (axon.parallel.data_parallel), all
+    alive at the end of the step's last backward; none with an fp32 reduction (the buffer
+    itself is sent)."""
+    gb = DTYPE_BYTES[setup.grad_reduce_dtype]
+    if gb == 4:
         return 0.0
-
-    def block(in_f, out_f, orient):
-        li, lo, _, _ = local_dims(layout, in_f, out_f, orient)
-        return padded(li * lo, d) * gb * (1 + 1 / d)
-
-    layer = [block(i, o, orient) for _, i, o, orient in block_matrices(shape, False)][::-1]
-    order = ([block(shape.hidden, shape.vocab, "normal")] if last else []) + layer * 2  # backward order
-    window = REDUCE_SCATTERS_IN_FLIGHT + 1 if "reduce_scatter" in setup.overlap else 1
-    return max(sum(order[i:i + window]) for i in range(len(order)))
+    params = stage_parameters(shape, layout, stage_layers, first, last)
+    sharded = params["sharded"] if layout.data > 1 else 0.0
+    replicated = params["replicated"] if layout.data * layout.depth > 1 else 0.0
+    return (sharded + replicated) * gb
 
 
 def stage_memories(shape: ModelShape, layout: Layout, setup: TrainingSetup) -> dict[tuple, dict[str, float]]:

@@ -5,7 +5,8 @@ have allocated: every storage an op creates is recorded with its size, and it co
 live until only this meter still references it (torch's storage use count drops to 1).
 Each storage is classed by the last thing that happened to it: filled by a depth
 all-gather (gathered weights), sent into or out of a reduce-scatter (gradient blocks in
-flight), or neither (activations and their gradients). Peaks are computed at the end, so a
+flight: with the block it was cast or padded from, and the full-precision shard a narrow
+reduction is widened into), or neither (activations and their gradients). Peaks are computed at the end, so a
 storage that became a parameter's gradient during the step is counted as a gradient from
 its birth (autograd creates those without saying so).
 """
@@ -20,6 +21,8 @@ from torch.utils._pytree import tree_leaves
 
 _GATHERS = {"c10d::_allgather_base_", "c10d::allgather_", "c10d::allgather_into_tensor_coalesced_"}
 _SCATTERS = {"c10d::_reduce_scatter_base_", "c10d::reduce_scatter_", "c10d::reduce_scatter_tensor_coalesced_"}
+# Ops whose output is a copy of their first argument (a cast, padding) or shaped like it.
+_COPIES = {"aten::_to_copy", "aten::constant_pad_nd", "aten::empty_like"}
 _use_count = torch._C._storage_Use_Count
 
 
@@ -64,12 +67,13 @@ class LiveBytes(TorchDispatchMode):
         self.nbytes: list[int] = []
         self.kind: list[str] = []
         self.scalars = 0  # .item() calls answered
-        self.forward_end = None  # clock of the first op autograd's backward ran
         self.excluded: set[int] = set()  # storages that existed before: never counted
         # Keys are StorageImpl addresses: holding the excluded storages keeps a freed one's
         # address from being reused by a new storage, which would then go uncounted.
         self._held: list[torch.UntypedStorage] = []
         self.weights: set[int] = set()  # the parameters' storages, among those
+        self.gradients: set[int] = set()  # and their gradients' (the data-parallel buckets)
+        self.copied_from: dict[int, int] = {}  # serial -> the serial it was cast or padded from
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -80,8 +84,6 @@ class LiveBytes(TorchDispatchMode):
         if read is not None:
             self.scalars += read.numel()
             return read
-        if self.forward_end is None and torch._C._current_graph_task_id() != -1:
-            self.forward_end = self.clock
         out = func(*args, **kwargs)
         self.clock += 1
         for tensor in tree_leaves(out):
@@ -92,9 +94,17 @@ class LiveBytes(TorchDispatchMode):
             self._tag(args[0], "gathered_weights")
         elif name == "aten::_to_copy" and args[0].is_meta and args[0].untyped_storage()._cdata in self.weights:
             self._tag(out, "gathered_weights")  # a parameter cast to the compute dtype: a weight copy
+        elif name == "aten::_to_copy" and args[0].is_meta and args[0].untyped_storage()._cdata in self.gradients:
+            self._tag(out, "gradient_blocks")  # a gradient bucket's narrow copy for its data all-reduce
         elif name in _SCATTERS:
             self._tag(args[0], "gradient_blocks")
-            self._tag(args[1], "gradient_blocks")
+            self._tag(args[1], "gradient_blocks", through_copies=True)  # the block sent
+        elif name in _COPIES and args[0].is_meta:
+            source, copy = self._serial(args[0]), self._serial(out)
+            if source is not None and copy is not None and copy != source:
+                self.copied_from[copy] = source
+                if name == "aten::empty_like" and self.kind[source] == "gradient_blocks":
+                    self.kind[copy] = "gradient_blocks"  # the full-precision shard a narrow reduction widens into
         self._sweep()
         return out
 
@@ -109,12 +119,19 @@ class LiveBytes(TorchDispatchMode):
         self.nbytes.append(storage.nbytes())
         self.kind.append("activations")
 
-    def _tag(self, tensors, kind: str) -> None:
+    def _serial(self, tensor) -> int | None:
+        entry = self.live.get(tensor.untyped_storage()._cdata) if isinstance(tensor, torch.Tensor) else None
+        return None if entry is None else entry[1]
+
+    def _tag(self, tensors, kind: str, through_copies: bool = False) -> None:
+        """Class `tensors`' storages as `kind`; `through_copies`: also the storages they were
+        cast or padded from (a weight gradient's full-precision block before its narrow wire copy)."""
         for tensor in tree_leaves(tensors):
             if isinstance(tensor, torch.Tensor) and tensor.is_meta:
-                entry = self.live.get(tensor.untyped_storage()._cdata)
-                if entry is not None:
-                    self.kind[entry[1]] = kind
+                serial = self._serial(tensor)
+                while serial is not None:
+                    self.kind[serial] = kind
+                    serial = self.copied_from.get(serial) if through_copies else None
 
     def _sweep(self) -> None:
         dead = [key for key in self.live if _use_count(key) <= 1]
@@ -126,35 +143,32 @@ class LiveBytes(TorchDispatchMode):
         """Class the live storages of `tensors` as `kind` for their whole life (e.g. gradients)."""
         self._tag(tensors, kind)
 
-    def exclude(self, tensors, weights: bool = False) -> None:
+    def exclude(self, tensors, weights: bool = False, gradients: bool = False) -> None:
         """Storages that existed before the measured stretch (parameters, gradient buckets,
         optimizer state): views of them made here are not new memory. A cast of a weight
-        (`weights`) is a gathered weight."""
+        (`weights`) is a gathered weight, one of a gradient (`gradients`) a gradient block on
+        its way through a narrow data-parallel all-reduce."""
         storages = [t.untyped_storage() for t in tree_leaves(tensors) if isinstance(t, torch.Tensor) and t.is_meta]
         self._held += storages
         keys = {storage._cdata for storage in storages}
         self.excluded |= keys
         if weights:
             self.weights |= keys
+        if gradients:
+            self.gradients |= keys
 
     def peaks(self) -> dict[str, int]:
-        """Each kind's largest live total over the stretch, "together": the largest sum, and
-        "held_for_backward": activations live when backward began. A gradient received from
-        the next stage (kind "incoming_gradients") is an activation for the peak, but not one
-        the other micro-batches in flight hold: it arrives just before its own backward."""
+        """Each kind's largest live total over the stretch, and "together": the largest sum."""
         deltas: dict[int, Counter] = {}
         for serial, kind in enumerate(self.kind):
             deltas.setdefault(self.born[serial], Counter())[kind] += self.nbytes[serial]
             end = self.died[serial] if self.died[serial] is not None else self.clock + 1
             deltas.setdefault(end, Counter())[kind] -= self.nbytes[serial]
-        current, peak, together, held = Counter(), Counter(), 0, 0
+        current, peak, together = Counter(), Counter(), 0
         for clock in sorted(deltas):
             current.update(deltas[clock])
-            if self.forward_end is not None and clock <= self.forward_end:
-                held = current["activations"]
             for kind, value in current.items():
                 peak[kind] = max(peak[kind], value)
-            peak["activations"] = max(peak["activations"], current["activations"] + current["incoming_gradients"])
             together = max(together, sum(current.values()))
         return {**{k: peak.get(k, 0) for k in ("activations", "gathered_weights", "gradient_blocks")},
-                "together": together, "held_for_backward": held}
+                "together": together}
