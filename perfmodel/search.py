@@ -9,13 +9,16 @@ over every order of its axes larger than 1. Layouts that fit in memory rank firs
 * fast: orders that place every group alike are priced once (a rank order changes a
   prediction only through its groups' placements), and for the best `top` only: layouts
   that cannot fit are set aside by their memory, which no order changes, and the rest are
-  priced best-first by a lower bound (the layout on links no order can beat) until the
-  bound of the next one is no better than the `top`-th time found.
+  priced best-first by lower bounds until the bound of the next one is no better than the
+  `top`-th time found: first a closed form without a prediction (perfmodel.bound: compute,
+  the bubble it implies, the optimizer), then for the few that come up the layout on links
+  no order can beat.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 from dataclasses import dataclass
 from itertools import permutations
@@ -23,11 +26,12 @@ from itertools import permutations
 from perfmodel.collectives import PRICED_GROUPS, group_placement
 from axon.spec.layout_rules import find_layout_problem
 from axon.spec.layout import AXES, DEFAULT_ORDER, Layout, factorizations
+from perfmodel.bound import StepBound
 from perfmodel.machine import Link, Machine
 from perfmodel.memory import fullest, stage_memories, why_it_does_not_fit
 from axon.spec.shapes import ModelShape
 from perfmodel.predict import Prediction, predict
-from axon.spec.training import TrainingSetup
+from axon.spec.training import TrainingSetup, split_micro_batches
 
 # Interleaved 1F1B's chunks per stage tried on every pipelined layout: v = 2 takes most of the
 # bubble's shrinking ((p - 1) / m to (p - 1) / (v m)); each doubling doubles the point-to-point traffic.
@@ -72,6 +76,7 @@ def search(shape: ModelShape, gpus: int, machine: Machine, setup: TrainingSetup,
     """The best `top` layouts (every layout when None), each at its best order. A pipelined
     layout is also tried interleaved at each of `virtual_stages` its layers and micro-batches
     allow (those that do not are skipped, not counted as ruled out)."""
+    setup = _SplitOnce.of(setup)
     layouts, ruled_out = [], {}
     for layout in factorizations(gpus, axes):
         problem = find_layout_problem(shape, layout, setup.global_batch, setup.micro_batch)
@@ -95,6 +100,25 @@ def search(shape: ModelShape, gpus: int, machine: Machine, setup: TrainingSetup,
                          key=_rank_key)
     ranked.sort(key=_rank_key)
     return PlanResult(ranked[:top], ruled_out, len(layouts), sum(fit.values()), pricer.calls)
+
+
+@dataclass(frozen=True)
+class _SplitOnce(TrainingSetup):
+    """The setup, remembering its micro-batch splits: the memory check, the bounds and every
+    prediction ask for the same few (shards, pipe) thousands of times, and an automatic split
+    walks every size up to the shard's batch (131,072 for 320B on 32,768 GPUs: seconds a plan)."""
+
+    @classmethod
+    def of(cls, setup: TrainingSetup) -> _SplitOnce:
+        return cls(**{field.name: getattr(setup, field.name) for field in dataclasses.fields(setup)})
+
+    def micro_batches(self, shards: int, pipe: int) -> tuple[int, int] | None:
+        return _split(self.global_batch, self.micro_batch, shards, pipe)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split(global_batch: int, micro_batch: int, shards: int, pipe: int) -> tuple[int, int] | None:
+    return split_micro_batches(global_batch, micro_batch, shards, pipe)
 
 
 def fits_in_memory(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup) -> bool:
@@ -123,6 +147,7 @@ class _Pricer:
     def __init__(self, shape: ModelShape, machine: Machine, setup: TrainingSetup, exhaustive: bool):
         self.shape, self.machine, self.setup, self.exhaustive = shape, machine, setup, exhaustive
         self.floor_machine = link_floor(machine)
+        self.step_bound = StepBound(shape, machine, setup)
         self.calls = 0
 
     def predict(self, layout: Layout, machine: Machine | None = None, replay_pipeline: bool = True) -> Prediction:
@@ -183,12 +208,21 @@ class _Pricer:
 
 def _best_first(layouts: list[Layout], count: int, pricer: _Pricer) -> list[Prediction]:
     """The `count` fastest of `layouts`, pricing them in the order of their lower bounds and
-    stopping once a bound is no better than the `count`-th time found."""
-    bounds = sorted((pricer.lower_bound(layout), index) for index, layout in enumerate(layouts))
+    stopping once a bound is no better than the `count`-th time found. Each layout starts at
+    its closed-form bound (perfmodel.bound: no prediction); the first time it comes up it is
+    bounded again on the link floor (a prediction, collectives counted) and goes back in line
+    at the larger of its two bounds; the second time it is priced. Most layouts never come up:
+    their closed form is already too slow."""
+    line = [(pricer.step_bound(layout), False, index) for index, layout in enumerate(layouts)]
+    heapq.heapify(line)
     kept: list[tuple[float, int, Prediction]] = []  # a heap of the best `count`, slowest on top
-    for bound, index in bounds:
+    while line:
+        bound, floored, index = heapq.heappop(line)
         if len(kept) == count and bound >= -kept[0][0]:
             break
+        if not floored:
+            heapq.heappush(line, (max(bound, pricer.lower_bound(layouts[index])), True, index))
+            continue
         prediction = pricer.best(layouts[index], -kept[0][0] if len(kept) == count else float("inf"))
         entry = (-prediction.step_time_s, -index, prediction)
         if len(kept) < count:

@@ -1,0 +1,55 @@
+"""The closed-form step bound (perfmodel.bound) is never above a prediction, and not far below.
+
+The planner sets layouts aside by this bound without predicting them, so one layout whose
+bound exceeds its best order's time could drop from the plan unseen. Every layout of a few
+small searches, plain and interleaved, on every profile: the bound against the exhaustive
+best order (the default order where the layout does not fit: any order bounds it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from axon.spec.layout import Layout
+from axon.spec.shapes import ModelShape, preset
+from axon.spec.training import TrainingSetup
+from perfmodel.bound import StepBound
+from perfmodel.machine import load_machine
+from perfmodel.predict import predict
+from perfmodel.search import search
+
+MID = ModelShape(layers=12, hidden=2048, heads=16, kv_heads=4, ffn=5632, vocab=32000, seq_len=2048)
+# (model, GPUs, machine, global batch, sequence, other setup): pipelines with few and many
+# micro-batches, recompute on and off, float32, no overlap.
+CASES = [
+    ("1B", 16, "frontier", 64, 2048, {"micro_batch": 1}),
+    ("1B", 8, "dgx-h100", 32, 4096, {"recompute": "block"}),
+    ("mid", 24, "perlmutter", 48, 2048, {}),
+    ("mid", 16, "alps", 16, 2048, {"dtype": "float32", "overlap": ()}),
+    ("8B", 16, "perlmutter", 64, 4096, {"micro_batch": 1, "recompute": "block"}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
+def test_bound_is_below_every_layouts_best_order(case):
+    model, gpus, machine_name, batch, seq, extra = case
+    shape, machine = MID if model == "mid" else preset(model), load_machine(machine_name)
+    setup = TrainingSetup(global_batch=batch, seq_len=seq, **extra)
+    bound = StepBound(shape, machine, setup)
+    every = search(shape, gpus, machine, setup, exhaustive=True).predictions
+    assert len(every) > 30 and any(p.layout.virtual_stages > 1 for p in every)
+    ratios = [bound(p.layout) / p.step_time_s for p in every]
+    assert max(ratios) <= 1, every[ratios.index(max(ratios))].layout
+    assert sorted(ratios)[len(ratios) // 2] > 0.5  # it sets layouts aside only if it is near
+
+
+def test_bound_gives_up_the_pipeline_where_stages_lend_cores():
+    # Oversubscribed ranks lend their cores between stages: predict's compute shrinks there.
+    shape, setup = preset("1B"), TrainingSetup(global_batch=32, seq_len=2048, micro_batch=1)
+    machine = dataclasses.replace(load_machine("frontier"), oversubscription=4.0)
+    bound = StepBound(shape, machine, setup)
+    pipelined, flat = Layout(pipe=4, row=2), Layout(data=4, row=2)
+    assert bound(pipelined) <= predict(shape, pipelined, machine, setup).step_time_s
+    assert bound(pipelined) < 0.1 * bound(flat) <= predict(shape, flat, machine, setup).step_time_s
