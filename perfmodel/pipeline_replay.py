@@ -26,7 +26,7 @@ def simulate(forward_s: list[float], backward_s: list[float], micro_batches: int
     """Replay 1F1B: stage s's ("F", j) starts once the stage is free and stage s-1's ("F", j)
     has arrived; ("B", j) once stage s+1's ("B", j) has (the last stage: its own ("F", j))."""
     stages = len(forward_s)
-    orders = [[(kind == "F", j) for kind, j, _ in pipeline_order(s, stages, micro_batches)] for s in range(stages)]
+    orders = _plain_orders(stages, micro_batches)
     # ends_*[s][j]: when stage s finished that op (-1: not yet). Flat lists and plain floats:
     # a plan replays thousands of schedules of up to 2 x p x m ops.
     ends_f = [[-1.0] * micro_batches for _ in range(stages)]
@@ -63,6 +63,14 @@ def simulate(forward_s: list[float], backward_s: list[float], micro_batches: int
             raise RuntimeError("1F1B schedule deadlocked")  # cannot happen for one_f_one_b orders
     busy = tuple(micro_batches * (f + b) for f, b in zip(forward_s, backward_s))
     return Timeline(max(free), busy)
+
+
+@lru_cache(maxsize=256)
+def _plain_orders(stages: int, micro_batches: int) -> tuple[tuple[tuple[bool, int], ...], ...]:
+    """Each stage's 1F1B order as (forward?, micro-batch): a plan replays thousands of layouts
+    on the same few (stages, micro-batches), and building the orders took half a replay."""
+    return tuple(tuple((kind == "F", j) for kind, j, _ in pipeline_order(s, stages, micro_batches))
+                 for s in range(stages))
 
 
 def simulate_interleaved(forward_s: list[float], backward_s: list[float], stages: int, micro_batches: int,
