@@ -156,9 +156,9 @@ class _Pricer:
 
     def lower_bound(self, layout: Layout) -> float:
         """No order of `layout` predicts a shorter step (a prediction never drops as a link slows).
-        Interleaved layouts are bounded without their bubble: replaying their order costs more
-        than the rest of a prediction, and the bubble is what interleaving keeps small."""
-        return self.predict(layout, self.floor_machine, replay_pipeline=layout.virtual_stages == 1).step_time_s
+        Interleaved layouts are replayed too: only the few whose closed-form bound comes up in
+        the line get here, and without their bubble most of them were then priced in full."""
+        return self.predict(layout, self.floor_machine).step_time_s
 
     def best(self, layout: Layout, cutoff: float = float("inf")) -> Prediction:
         """The layout at its fastest order; the default order wins ties. A layout that does not
