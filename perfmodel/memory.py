@@ -67,35 +67,54 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
         held = tokens * (stage_layers * h_c * eb + boundary)
     else:
         held, rebuilt = tokens * (stage_layers * per_layer + boundary), 0.0
-    # One backward at a time also holds the gradient arriving at its block (from the next stage,
-    # or from the final norm) and peaks at one of two moments: in SwiGLU's backward, two more
-    # [tokens, ffn/row] gradients beside the saved tensors (that of the product replaces the
-    # product itself); or in the second norm's backward, once the MLP's saved tensors and the
-    # norm's output are gone, its fp32 gradient arithmetic (the incoming gradient widened, and two
-    # products; in an fp32 run the first is the gradient itself).
-    swiglu = 2 * f_r * eb
-    norm_backward = (12 if eb != 4 else 8) * h_c - 4 * f_r * eb - h_c * eb
-    transient = rebuilt + tokens * (h_c * eb + max(swiglu, norm_backward))
+    m = _micro_batches(setup, layout)
+    in_flight = min(layout.pipe, m) if layout.pipe > 1 and first else 1
+    if stage is not None and layout.pipe > 1:
+        in_flight = min(layout.pipe - stage, m)
+    if layout.virtual_stages > 1 and (first or stage is not None):
+        in_flight = in_flight_peak(stage or 0, layout.pipe, m, layout.virtual_stages)
+    # A weight's fp32 gradient without depth (no reduce-scatter takes it: a gradient block
+    # otherwise) is a temporary autograd adds into the parameter's, except where the first
+    # backward's becomes it (no data-parallel buckets); from the second backward on, with the
+    # micro-batches in flight then.
+    later = in_flight if layout.data > 1 else min(in_flight, m - 1)
+    weight_gradients = layout.depth == 1 and later > 0
+    # The stage peaks at one of these moments of one backward (the others' micro-batches in
+    # flight holding `held` each), beside the gradient arriving at its block (from the next
+    # stage, or from the final norm):
+    swiglu = 2 * f_r * eb  # in SwiGLU's backward: two gradients beside the saved tensors, that of
+    #                        the product replacing the product
+    norm_backward = (12 if eb != 4 else 8) * h_c - 4 * f_r * eb - h_c * eb  # in the second norm's,
+    #   the MLP's saved tensors and the norm's output gone: its fp32 arithmetic (the gradient
+    #   widened, two products; in an fp32 run the first is the gradient itself)
+    moments = [(in_flight, rebuilt + tokens * (h_c * eb + max(swiglu, norm_backward)))]
+    if setup.recompute == "block":
+        # at the end of the rebuilt forward: its residual sum and the MLP's output as well
+        moments.append((in_flight, rebuilt + tokens * 3 * h_c * eb))
+    if weight_gradients:
+        # the MLP-down layer's weight gradient, the first a block's backward makes, beside the
+        # gradient of its input
+        down = _matrix(layout, shape.ffn, shape.hidden, "transposed")
+        moments.append((later, rebuilt + tokens * (h_c + f_r) * eb + down * 4))
     if last:
         # The loss holds the final norm's saved tensors, the logits slice and its fp32 max-shifted
         # copy (the softmax is exponentiated in place in it: axon.kernels.cross_entropy), and, from
-        # the second micro-batch on, the previous one's received input, which its loss's graph keeps
-        # until this loss replaces it. The head's and the blocks' backwards come after: the larger
-        # of the two moments is the stage's.
-        previous = h_c * eb if not first and _micro_batches(setup, layout) > 1 else 0
-        transient = max(transient, tokens * (norm + v_r * (4 + eb) + previous))
-    in_flight = min(layout.pipe, _micro_batches(setup, layout)) if layout.pipe > 1 and first else 1
-    if stage is not None and layout.pipe > 1:
-        in_flight = min(layout.pipe - stage, _micro_batches(setup, layout))
-    if layout.virtual_stages > 1 and (first or stage is not None):
-        in_flight = in_flight_peak(stage or 0, layout.pipe, _micro_batches(setup, layout), layout.virtual_stages)
+        # the second micro-batch on, the previous one's received input and its gradient, which its
+        # loss's graph keeps until this loss replaces it.
+        previous = 2 * h_c * eb if not first and m > 1 else 0
+        moments.append((in_flight, tokens * (norm + v_r * (4 + eb) + previous)))
+        # The head's backward then holds the logits' gradient in the compute dtype, its input's,
+        # and the head's fp32 weight gradient (above).
+        head = _matrix(layout, shape.hidden, shape.vocab, "normal") * 4 if weight_gradients else 0
+        moments.append((later if head else in_flight, tokens * (norm + (v_r + h_c) * eb) + head))
+    activations = max(held * count + transient for count, transient in moments)
     return {
         "weights": local * 4 / GIB,
         "gradients": local * 4 / GIB,
         "optimizer": local * 8 / GIB,
         "gathered_weights": gathered / GIB,
         "gradient_blocks": blocks_in_flight / GIB,
-        "activations": (held * in_flight + transient) / GIB,
+        "activations": activations / GIB,
     }
 
 
@@ -135,8 +154,8 @@ def _unit_pairs(stage: int, stages: int, micro_batches: int, chunks: int):
     order = [(kind, chunk) for kind, _, chunk in pipeline_order(stage, stages, m, chunks)]
     backwards = [unit for unit in order if unit[0] == "B"]
     pairs = set(zip(order, order[1:])) or {(order[0], order[0])}
-    backward_pairs = set(zip(backwards, backwards[1:])) or {(backwards[0], backwards[0])}
-    return tuple(sorted(pairs)), tuple(sorted(backward_pairs))
+    backward_pairs = set(zip(backwards, backwards[1:])) or {(backwards[0], None)}
+    return tuple(sorted(pairs)), tuple(sorted(backward_pairs, key=str))
 
 
 def _matrix(layout: Layout, in_f: int, out_f: int, orient: str) -> int:
@@ -194,34 +213,45 @@ def gradient_block_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup
     them, and one more is issued (while its fp32 gradient, cast or padded, is still alive)
     before the oldest is waited for. They carry from one backward into the next the schedule
     runs (`units`); the embedding table's, at the end of the first stage's backward, is
-    reduced at once, beside those in flight. With a bf16 reduction over data the buckets'
-    bf16 copies, issued during the last backward, are alive with them until the step's end."""
+    reduced at once, beside those in flight. Without data parallelism the first backward's
+    (fp32) shards become the parameters' gradients (counted there); later ones are added into
+    them. With a bf16 reduction over data the buckets' bf16 copies, issued during the last
+    backward, are alive with them until the step's end."""
     d, gb = layout.depth, DTYPE_BYTES[setup.grad_reduce_dtype]
     chunks = layout.virtual_stages
     wires = _bucket_wire_bytes(shape, layout, setup, first, last, stage_layers)
     if d == 1:
         return wires
 
-    def block(numel: int, synchronous: bool = False) -> tuple[float, float, bool]:
-        """(bytes held until waited for, bytes alive while it is issued, synchronous)."""
+    def block(numel: int, synchronous: bool = False) -> tuple[float, float, float, bool]:
+        """(bytes held until waited for, of which the fp32 shard, bytes alive only while it is
+        issued, synchronous)."""
         full = padded(numel, d)
-        held = full * gb + full // d * (gb + (4 if gb != 4 else 0))
-        return held, (numel * 4 if gb != 4 or full != numel else 0), synchronous
+        shard = full // d * 4
+        held = full * gb + full // d * gb + (shard if gb != 4 else 0)
+        return held, shard, (numel * 4 if gb != 4 or full != numel else 0), synchronous
 
     head = block(_matrix(layout, shape.hidden, shape.vocab, "normal"))
     layer = [block(_matrix(layout, i, o, orient)) for _, i, o, orient in block_matrices(shape, False)][::-1]
     table = block((shape.vocab // layout.row) * (shape.hidden // layout.col), synchronous=True)
     blocks = _unit_blocks(stage_layers, chunks, REDUCE_SCATTERS_IN_FLIGHT + 1)
     limit = REDUCE_SCATTERS_IN_FLIGHT if "reduce_scatter" in setup.overlap else 0
+    # Whether the pairs below may start with the step's first backward, whose fp32 shards become
+    # the gradients without data-parallel buckets (plain 1F1B: only one pair, or none, follows it).
+    first_is_gradient = layout.data == 1 and chunks == 1 and _micro_batches(setup, layout) <= 2
 
-    def scatters(chunk: int) -> list[tuple[float, float, bool]]:
-        return [head] * (last and chunk == chunks - 1) + layer * blocks + [table] * (first and chunk == 0)
+    def scatters(chunk: int | None, gradients: bool) -> list[tuple[float, float, bool]]:
+        if chunk is None:
+            return []
+        order = [head] * (last and chunk == chunks - 1) + layer * blocks + [table] * (first and chunk == 0)
+        return [(held - shard if gradients else held, issuing, sync) for held, shard, issuing, sync in order]
 
-    pairs = ((("B", 0), ("B", 0)),) if units is None else units[1]
+    pairs = ((("B", 0), None),) if units is None else units[1]
     most, tail = 0.0, 0.0
-    for (_, one), (_, two) in pairs:
+    for one, two in pairs:
         pending: list[float] = []
-        for held, issuing, synchronous in scatters(one) + scatters(two):
+        for held, issuing, synchronous in (scatters(one[1], first_is_gradient)
+                                           + scatters(two and two[1], False)):
             most = max(most, sum(pending) + held + issuing)
             if not synchronous:
                 pending = (pending + [held])[-limit:] if limit else []

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+from torch.utils._python_dispatch import _disable_current_modes
 
 from axon.planning.dry_run.meter import LiveBytes, ScalarsOnly
 from axon.planning.dry_run.strict import StrictNccl
@@ -182,12 +183,22 @@ def run_rank(config, rank: int) -> dict:
                     finish()
 
                 trainer.buckets.finish = finish_marked
+                step = trainer.optimizer.step
+
+                def fused_step(*args, **kwargs):
+                    # On a GPU AdamW runs fused, one kernel with no temporaries; on meta tensors
+                    # torch takes its per-tensor path, whose temporaries the meter must not see.
+                    with _disable_current_modes(), ScalarsOnly():
+                        return step(*args, **kwargs)
+
+                trainer.optimizer.step = fused_step
                 try:
                     with meter:
                         trainer.step(1)
                         meter.reclass([p.grad for p in params if p.grad is not None], "gradients")
                 finally:
                     del trainer.buckets.finish
+                    trainer.optimizer.step = step
             peaks = meter.peaks()
             stage = grid.coord("pipe")
             memory = {
