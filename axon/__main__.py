@@ -21,12 +21,19 @@ OWN_ARGUMENTS = {
                 "build what rank R of N would build, on fake devices, beside perfmodel (python -m axon dry-run -h)"),
     "scaling": ("axon.planning.scaling.cli", "main", "weak/strong scaling studies: plan, submit, report (python -m axon scaling -h)"),
     "diagnose": ("axon.runtime.diagnose", "main", "name the rank and collective behind a hang from OUT_DIR/flight (python -m axon diagnose -h)"),
+    "presets": ("axon.spec.preset_table", "main", "list the model presets: shapes and parameter counts (--json)"),
 }
 
 
 def _parser() -> argparse.ArgumentParser:
+    from axon.runtime.exit_codes import MEANINGS
+
+    codes = ", ".join(f"{code} {meaning}" for code, meaning in MEANINGS.items())
     parser = argparse.ArgumentParser(prog="python -m axon", description="Train Llama-style models over "
-                                     "data x pipe x depth x row x col process grids, and the tools around it.")
+                                     "data x pipe x depth x row x col process grids, and the tools around it.",
+                                     epilog=f"exit codes: {codes} (launch/README.md); every command's user "
+                                            "errors read `axon COMMAND: error: ...` and exit 2")
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a model with the layout a config names")
     train.add_argument("config", help="YAML config (see axon/configs/)")
@@ -40,13 +47,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from axon.runtime.provenance import version_line
+
+    return version_line()
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] and argv[0] in OWN_ARGUMENTS:  # hand the rest over before parsing
         import importlib
 
+        from axon.config.errors import ConfigError, error_line
+
         module, function, _ = OWN_ARGUMENTS[argv[0]]
-        return getattr(importlib.import_module(module), function)(argv[1:])
+        try:
+            return getattr(importlib.import_module(module), function)(argv[1:])
+        except ConfigError as err:  # a command that does not catch its own: the same one sentence, exit 2
+            print(error_line(argv[0], str(err)), file=sys.stderr, flush=True)
+            return 2
     args = _parser().parse_args(argv)
     if args.command == "train":
         from axon.runtime.run import train_command

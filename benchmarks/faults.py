@@ -32,6 +32,7 @@ import yaml
 
 from axon.checkpoint import CheckpointReader
 from axon.checkpoint.reader import checkpoint_step
+from axon.runtime.exit_codes import PREEMPTED
 from axon.runtime.metrics import read_metrics
 from axon.testing.processes import REPO, clean_env, free_port
 
@@ -46,7 +47,7 @@ def write_config(folder: Path, steps: int, keep: int = 10) -> Path:
               "train": {"steps": steps, "global_batch": 8, "lr": 1e-3, "seed": 3, "schedule": "constant",
                         "peak_tflops": 1.0, "checkpoint_every": CHECKPOINT_EVERY, "keep_checkpoints": keep,
                         "peer_timeout_s": 5, "collective_timeout_s": 30},
-              "out_dir": str(folder / "out")}
+              "data": {"source": "synthetic"}, "out_dir": str(folder / "out")}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "run.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -201,7 +202,7 @@ def requeue_while_running(folder: Path) -> dict:
                f"the new job was refused naming the holder (exit codes {codes}); the old one kept running "
                f"({still}), then stopped on SIGTERM after step {stopped} with a checkpoint; the requeue resumed "
                f"at step {start}", None if start is None else stopped - start, [],
-               holder and still and codes == [2, 2] and old_codes == [0, 0] and start == stopped and codes2 == [0, 0])
+               holder and still and codes == [2, 2] and old_codes == [PREEMPTED] * 2 and start == stopped and codes2 == [0, 0])
 
 
 def rollback(folder: Path) -> dict:

@@ -78,6 +78,7 @@ def read_hf_config(hf_dir: str | Path) -> tuple[ModelShape, bool]:
         layers=cfg["num_hidden_layers"], hidden=hidden, heads=heads,
         kv_heads=cfg.get("num_key_value_heads") or heads, ffn=cfg["intermediate_size"],
         vocab=cfg["vocab_size"], seq_len=cfg.get("max_position_embeddings", 2048),
+        max_positions=cfg.get("max_position_embeddings", 2048),
         rope_theta=float(theta), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), **scaling)
     return shape, bool(cfg.get("tie_word_embeddings", False))
 
@@ -126,7 +127,8 @@ def hf_config(shape: ModelShape) -> dict:
         "vocab_size": shape.vocab, "hidden_size": shape.hidden, "intermediate_size": shape.ffn,
         "num_hidden_layers": shape.layers, "num_attention_heads": shape.heads,
         "num_key_value_heads": shape.kv_heads, "head_dim": shape.head_dim,
-        "max_position_embeddings": shape.seq_len, "rms_norm_eps": shape.norm_eps,
+        # the model's context, not the length it was trained on (model.max_positions; 0 = seq_len)
+        "max_position_embeddings": shape.max_positions or shape.seq_len, "rms_norm_eps": shape.norm_eps,
         "rope_theta": shape.rope_theta, "rope_scaling": scaling,
         "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
         "tie_word_embeddings": False, "torch_dtype": "float32", "initializer_range": 0.02, "use_cache": True,

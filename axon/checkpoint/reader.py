@@ -144,6 +144,8 @@ class CheckpointReader:
 
     def check_model(self, shape: ModelShape) -> None:
         for key, mine in vars(shape).items():
+            if key == "max_positions":  # the context an export writes: metadata, not the weights' shape
+                continue
             theirs = getattr(self.shape, key)  # the rebuilt shape: fields newer than the checkpoint take defaults
             if theirs != mine:
                 raise ConfigError(f"checkpoint {str(self.path)!r} holds a model with model.{key}={theirs} "

@@ -78,6 +78,9 @@ def check_values(config: RunConfig) -> None:
     if not 1 <= t.peer_timeout_s < float("inf") or t.straggler_every < 0:
         raise ConfigError(f"train.peer_timeout_s must be a number of seconds >= 1 and train.straggler_every >= 0, "
                           f"got {t.peer_timeout_s} and {t.straggler_every}")
+    if t.eval_every < 0 or config.data.validation_sequences < 0 or config.data.seed < 0:
+        raise ConfigError(f"train.eval_every, data.validation_sequences and data.seed must be >= 0, "
+                          f"got {t.eval_every}, {config.data.validation_sequences} and {config.data.seed}")
     if t.checkpoint_every < 0 or t.keep_checkpoints < 1:
         raise ConfigError(f"train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1, "
                           f"got {t.checkpoint_every} and {t.keep_checkpoints}")
@@ -88,6 +91,15 @@ def check_values(config: RunConfig) -> None:
             value = getattr(values, field.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{section}.{field.name} must be a finite number, got {value}")
+
+
+def check_data_source(config: RunConfig) -> None:
+    """`axon train` reads no data it was not told to: an unset data.source is one sentence, not a
+    run on generated tokens (in-process callers, tests and benchmarks, get the synthetic stream)."""
+    if not config.data.source:
+        raise ConfigError("data.source is not set: name a token file (python -m axon data prepare DOCS --out "
+                          "FILE.tok; also .npy, .bin, .txt), or write data.source: synthetic to train on a "
+                          "generated Markov chain")
 
 
 def check_layout(config: RunConfig, world_size: int) -> None:

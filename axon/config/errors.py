@@ -19,3 +19,9 @@ def config_errors():
         raise
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def error_line(command: str, message: str, rank: int | None = None) -> str:
+    """Every command's one style for an error a user caused: `axon COMMAND: error: SENTENCE`, with the
+    rank in front of the sentence where several ranks may say it (they exit 2: axon.runtime.exit_codes)."""
+    return f"axon {command}: error: " + (f"rank {rank}: " if rank is not None else "") + message

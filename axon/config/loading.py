@@ -3,11 +3,18 @@
 Every mistake is one ConfigError sentence naming the key and the numbers; the rules a model
 shape, a layout and a section's keys follow live in axon.spec (ModelShape, Layout,
 axon.spec.sections), the rest in axon.config.checks.
+
+Every string in a config file may name environment variables, `${VAR}` or `$VAR`
+(`init_from: hf:${LLAMA_8B_DIR}`, `out_dir: ${SCRATCH}/runs/8b`), so one file serves every
+user of a machine; a variable that is not set is an error naming the key. This is the one
+expansion, for training configs and memorization experiments alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +41,35 @@ def read_mapping(path: str | Path | None, overrides: list[str] = ()) -> dict[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML{at}: "
+                              f"{getattr(err, 'problem', None) or err}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping, not {type(raw).__name__}")
+        raw = expand_variables(raw)
     for item in overrides:
         apply_override(raw, item)
     return raw
+
+
+def expand_variables(value: Any, key: str = "") -> Any:
+    """`value` with environment variables expanded in every string it holds (`${VAR}` or `$VAR`,
+    as os.path.expandvars reads them); a variable that is not set is a ConfigError naming the key."""
+    if isinstance(value, dict):
+        return {k: expand_variables(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_variables(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+    expanded = os.path.expandvars(value)
+    missing = re.findall(r"\$\{?(\w+)", expanded)
+    if missing:
+        raise ConfigError(f"{key}={value!r} names environment variable ${missing[0]}, which is not set")
+    return expanded
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -47,7 +77,11 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {item!r} must look like KEY=VALUE, e.g. train.lr=1e-3")
-    value = yaml.safe_load(text) if text else ""
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item!r}: {text!r} is not a YAML value (quote a string that holds ': ' or "
+                          "starts with [, {, & or *)") from None
     parts = key.split(".")
     node = raw
     for i, part in enumerate(parts[:-1]):
@@ -133,8 +167,11 @@ def _model_from_init(init_from, model_raw: dict) -> dict:
         shape = dataclasses.asdict(read_hf_config(init_from[3:])[0])
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.init_from={init_from!r}: {err}") from None
-    if "seq_len" in model_raw:  # train on shorter sequences than the model's context
-        shape["seq_len"] = model_raw.pop("seq_len")
+    if "seq_len" not in model_raw:  # the model's context (131,072 for Llama 3.1) is rarely a length to train on
+        raise ConfigError(f"model.init_from={init_from!r} needs model.seq_len, the length to train on: "
+                          f"{init_from[3:]}/config.json's max_position_embeddings={shape['seq_len']} is the "
+                          f"model's context (kept as model.max_positions, which an export writes)")
+    shape["seq_len"] = model_raw.pop("seq_len")
     for key, value in model_raw.items():
         if key != "preset" and shape.get(key) != value:
             raise ConfigError(f"model.{key}={value!r} disagrees with {init_from}/config.json ({shape.get(key)!r})")

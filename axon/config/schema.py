@@ -36,8 +36,13 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine" (after warm-up, down to min_lr_ratio x lr) or "constant"
     warmup_steps: int = 0  # linear warm-up from lr / warmup_steps to lr
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
-    checkpoint_every: int = 0  # steps between checkpoints (and one at the end); 0 = only on preemption
+    checkpoint_every: int = 0  # steps between checkpoints (and one at the end); 0 = only at the end (final_checkpoint)
+    # `axon train` saves a checkpoint after its last step whenever it trained at least one step
+    # (false: only train.checkpoint_every's and a preemption's)
+    final_checkpoint: bool = True
     keep_checkpoints: int = 2  # newest checkpoints kept under OUT_DIR/checkpoints
+    # every N steps (and after the last) the validation loss over data.validation_sequences; 0 = after the last only
+    eval_every: int = 0
     trace_steps: int = 0  # write a Chrome trace of the collectives of steps 2..N+1 per rank (0 = none)
     recompute: str = "none"  # "block": keep only each block's input, recompute its activations in backward
     resume: str = ""  # "" = start fresh, "latest" = newest checkpoint in out_dir (if any), or a checkpoint path
@@ -65,7 +70,12 @@ class GoldfishSection:
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # "synthetic", a .tok file (python -m axon data prepare), .npy, .bin (uint16) or .txt
+    # a .tok file (python -m axon data prepare), .npy, .bin (uint16), .txt, or "synthetic" (a generated
+    # Markov chain); "" (unset) is refused by `axon train` (axon.config.checks.check_data_source)
+    source: str = ""
+    shuffle: bool = False  # visit the file's windows in a seeded random order per epoch (False: in file order)
+    seed: int = 0  # the shuffle's seed: epoch e's order is a permutation drawn from (seed, e)
+    validation_sequences: int = 0  # windows held out at the file's end for the validation loss (0 = none)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from axon.config import ConfigError
+from axon.config.errors import error_line
 from axon.data.token_file import TokenFileWriter, open_token_file, verify_tokens
 
 BYTE_EOD = 256
@@ -167,6 +168,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="write the generated default corpus (axon/data/corpus.py) instead of inputs")
     check = commands.add_parser("verify", help="check a token file's size, checksum and ids")
     check.add_argument("file")
+    check.add_argument("--json", action="store_true",
+                       help="print one JSON object: ok, file, tokens, documents, vocab, eos, tokenizer, crc32 "
+                            "(or ok false and the error; exit 2 either way when the file is bad)")
     return parser
 
 
@@ -175,10 +179,20 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     try:
         if args.action == "verify":
-            view = open_token_file(args.file)
-            verify_tokens(view)
-            print(f"axon: {args.file}: ok: {view.tokens.size:,} tokens, {view.doc_offsets.size:,} documents, "
-                  f"vocab {view.vocab}, tokenizer {view.tokenizer}, crc32 {view.checksum:#010x}")
+            try:
+                view = open_token_file(args.file)
+                verify_tokens(view)
+            except ConfigError as err:
+                if args.json:
+                    print(json.dumps({"ok": False, "file": args.file, "error": str(err)}))
+                raise
+            if args.json:
+                print(json.dumps({"ok": True, "file": args.file, "tokens": int(view.tokens.size),
+                                  "documents": int(view.doc_offsets.size), "vocab": view.vocab, "eos": view.eos,
+                                  "tokenizer": view.tokenizer, "crc32": f"{view.checksum:#010x}"}))
+            else:
+                print(f"axon: {args.file}: ok: {view.tokens.size:,} tokens, {view.doc_offsets.size:,} documents, "
+                      f"vocab {view.vocab}, tokenizer {view.tokenizer}, crc32 {view.checksum:#010x}")
             return
         if args.default_corpus == bool(args.inputs):
             raise ConfigError("give either input files or --default-corpus, not both or neither")
@@ -195,7 +209,7 @@ def main(argv=None) -> None:
             documents = read_documents(input_files(args.inputs))
         done = prepare(documents, args.out, tokenizer)
     except ConfigError as err:
-        print(f"axon: error: {err}", file=sys.stderr, flush=True)
+        print(error_line("data", str(err)), file=sys.stderr, flush=True)
         sys.exit(2)
     print(f"axon: prepared {done['documents']:,} documents, {done['tokens']:,} tokens, vocab {done['vocab']} "
           f"({tokenizer.description}): {done['bytes']:,} bytes to {args.out} "

@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 
-def _fail(rank: int, message: str) -> None:
-    print(f"axon: error (rank {rank}): {message}", file=sys.stderr, flush=True)
+def _fail(rank: int, message: str, command: str = "memorize") -> None:
+    from axon.config.errors import error_line
+
+    print(error_line(command, message, rank), file=sys.stderr, flush=True)
     sys.exit(2)
 
 
@@ -39,10 +41,11 @@ def _start(args):
     from axon.memorize.experiment import load_experiment
     from axon.memorize.runner import plan_runs
 
+    command = "memorize-eval" if getattr(args, "checkpoint", None) else "memorize"
     try:
         launch = detect_launch()
     except ValueError as err:
-        _fail(0, str(err))
+        _fail(0, str(err), command)
     try:
         experiment = load_experiment(args.config, args.overrides)
         if getattr(args, "model", None):
@@ -61,10 +64,10 @@ def _start(args):
             for init_from in dict.fromkeys(run.config.init_from for run in runs if run.config.init_from):
                 check_init_weights(next(run.config for run in runs if run.config.init_from == init_from))
     except ConfigError as err:
-        _fail(launch.rank, str(err))
+        _fail(launch.rank, str(err), command)
     # Rank 0 alone checks the checkpoint (one stat per shard file); the others learn its verdict.
     reader, verdict = _checkpoint(args, runs[0].config) if evaluates and launch.rank == 0 else (None, None)
-    runtime = init_distributed(launch)
+    runtime = init_distributed(launch, command=command)
     if evaluates:
         reader = _agree_on_checkpoint(runtime, reader, verdict)
     return experiment, docs, runs, reader, runtime
@@ -93,7 +96,9 @@ def _agree_on_checkpoint(runtime, reader, verdict):
 
     verdict = share_from_rank0(runtime, "checkpoint", verdict)
     if "error" in verdict:
-        print(f"axon: error (rank {runtime.rank}): {verdict['error']}", file=sys.stderr, flush=True)
+        from axon.config.errors import error_line
+
+        print(error_line("memorize-eval", verdict["error"], runtime.rank), file=sys.stderr, flush=True)
         shutdown(all_ranks_done=True)
         sys.exit(2)
     return reader or CheckpointReader(verdict["path"])
@@ -116,9 +121,12 @@ def memorize_main(argv) -> None:
         try:
             run_sweep(experiment, docs, runs, runtime)
         except TrainingDiverged as err:  # decided on reduced numbers: every rank stops at the same step
-            print(f"axon: error (rank {runtime.rank}): {err}", file=sys.stderr, flush=True)
+            from axon.config.errors import error_line
+            from axon.runtime.exit_codes import DIVERGED
+
+            print(error_line("memorize", str(err), runtime.rank), file=sys.stderr, flush=True)
             done = True  # every rank is here, so they can meet before tearing down
-            sys.exit(2)
+            sys.exit(DIVERGED)
         done = True
     finally:
         shutdown(all_ranks_done=done)

@@ -12,14 +12,12 @@
     layout, layout_machine, train, overlap, out_dir: as in a train config (train.steps and
                  train.loss are set per run: steps from the epochs, loss from `losses`)
 
-Strings in models[].init_from, targets, tokenizer and filler may name environment variables
-(`hf:${LLAMA_8B_DIR}`), so one config serves every user of a machine.
+Every string may name environment variables (`hf:${LLAMA_8B_DIR}`), so one config serves every
+user of a machine: read_mapping expands them, as for a train config (axon.config.loading).
 """
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,14 +101,6 @@ TOP_LEVEL_KEYS = ("models", "losses", "targets", "controls", "tokenizer", "fille
                   "layout_machine", "train", "overlap", "out_dir")
 
 
-def _expand(value: str, key: str) -> str:
-    expanded = os.path.expandvars(value)
-    missing = re.findall(r"\$\{?(\w+)", expanded)
-    if missing:
-        raise ConfigError(f"{key}={value!r} names environment variable ${missing[0]}, which is not set")
-    return expanded
-
-
 def _loss(item: Any, index: int) -> LossSpec:
     if item == "standard":
         return LossSpec("standard")
@@ -138,8 +128,6 @@ def _model_entry(item: Any, index: int) -> ModelEntry:
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
         raise ConfigError(f"models[{index}].lr must be a positive number (this model's peak learning rate), "
                           f"got {lr!r}")
-    if "init_from" in item:
-        item["init_from"] = _expand(str(item["init_from"]), f"models[{index}].init_from")
     return ModelEntry(str(name), item, None if lr is None else float(lr))
 
 
@@ -174,7 +162,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         value = raw.get(key, default)
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
-        strings[key] = _expand(value, key)
+        strings[key] = value
     base = {key: raw[key] for key in ("layout", "layout_machine", "train", "overlap") if key in raw}
     if strings["controls"] != "none" and strings["targets"] == "default":
         raise ConfigError(f"controls={strings['controls']!r} needs targets=PATH too (the default targets come "

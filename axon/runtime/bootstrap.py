@@ -135,8 +135,9 @@ def nccl_flight_recorder_defaults(flight_dir: str | Path, env=os.environ) -> Non
 
 
 def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: float | None = None,
-                     flight_dir: str | Path | None = None) -> Runtime:
+                     flight_dir: str | Path | None = None, command: str = "train") -> Runtime:
     """Start torch.distributed for `info`; one GPU per local rank with NCCL/RCCL, else gloo on CPU.
+    (`command`: the `python -m axon` command whose errors this names.)
 
     `timeout_s`: how long a collective waits for a peer before failing (default: collective_timeout_s()).
     `flight_dir`: where NCCL's flight recorder dumps on a timeout (see nccl_flight_recorder_defaults)."""
@@ -186,7 +187,7 @@ def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: fl
                                     rank=info.rank, world_size=info.world_size,
                                     timeout=timeout, device_id=device_id)
         except dist.DistNetworkError as err:
-            _fail_if_port_taken(err, info)
+            _fail_if_port_taken(err, info, command)
             raise
     address = None if info.world_size == 1 else (info.master_addr, int(info.master_port))
     # Under torchrun the agent hosts the store ("TORCHELASTIC_USE_AGENT_STORE"); else init_method tcp:// puts it on rank 0.
@@ -195,15 +196,18 @@ def init_distributed(info: LaunchInfo, backend: str | None = None, timeout_s: fl
                    info.launcher, backend, device, address, info.rank == 0 and not agent_store)
 
 
-def _fail_if_port_taken(err: Exception, info: LaunchInfo) -> None:
+def _fail_if_port_taken(err: Exception, info: LaunchInfo, command: str) -> None:
     """The rank that hosts the store (rank 0) could not bind its port: one sentence naming the
     port and MASTER_PORT, exit 2, instead of torch's traceback (torch 2.13: DistNetworkError,
     "... code: -98, name: EADDRINUSE, message: address already in use")."""
     text = str(err)
     if "EADDRINUSE" in text or "address already in use" in text.lower():
         origin = f" ({info.port_origin})" if info.port_origin else ""
-        print(f"axon: error (rank {info.rank}): port {info.master_port} on host {socket.gethostname()}{origin} "
-              "is already in use; set MASTER_PORT to a free port.", file=sys.stderr, flush=True)
+        from axon.config.errors import error_line
+
+        print(error_line(command, f"port {info.master_port} on host {socket.gethostname()}{origin} "
+                                  "is already in use; set MASTER_PORT to a free port.", info.rank),
+              file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 
 

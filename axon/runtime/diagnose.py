@@ -24,6 +24,7 @@ first line names it): nothing in /tmp or named by the environment, which others 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -244,37 +245,63 @@ def nccl_dumps(folder: Path) -> list[str]:
             "--allow-incomplete-ranks"]
 
 
-def diagnose(out_dir: Path) -> list[str]:
-    """The report's lines, from OUT_DIR/flight only (or that folder given itself)."""
+def diagnose_report(out_dir: Path) -> dict:
+    """What the flight records say, from OUT_DIR/flight only (or that folder given itself), as data:
+    `findings` are the report's sentences (the first collective where ranks differ, or what all wait in)."""
     folder = flight_folder(out_dir) if flight_folder(out_dir).is_dir() else Path(out_dir)
     found, unreadable = load_records(folder)
-    warning = [f"warning: left out {len(unreadable)} unreadable flight record file(s): "
-               + "; ".join(unreadable[:3]) + ("; ..." if len(unreadable) > 3 else "")] if unreadable else []
+    report = {"folder": str(folder), "job": None, "attempt": None, "ranks_reporting": 0, "world": None,
+              "reasons": {}, "older_attempts": 0, "older_records_left_out": 0, "findings": [],
+              "warnings": [f"left out {len(unreadable)} unreadable flight record file(s): "
+                           + "; ".join(unreadable[:3]) + ("; ..." if len(unreadable) > 3 else "")] if unreadable else [],
+              "nccl_dumps": nccl_dumps(folder)}
     attempts = by_attempt(found)
     if not attempts:
         none = "no readable flight records" if unreadable else "no flight records (rank_R*.json): the job wrote none"
-        return [f"{none} in {folder}"] + warning + nccl_dumps(folder)
+        report["findings"] = [f"{none} in {folder}"]
+        return report
     newest, older = attempts[-1], attempts[:-1]
     records = {record.rank: record for record in newest}  # a rank that wrote twice: its latest (sorted by time)
-    world = max(r.world for r in newest)
-    job, attempt = newest[0].job, newest[0].attempt
-    which = ", ".join(filter(None, [f"job {job}" if job else "", attempt]))
-    reasons = Counter(r.reason for r in records.values())
-    lines = [(f"{which}: " if which else "") + f"{len(records)} of {world} ranks wrote flight records in {folder}; why: "
-             + "; ".join(f"{reason} ({n})" for reason, n in reasons.most_common(3))
-             + (f"; left out {sum(map(len, older))} record(s) of {len(older)} older attempt(s)" if older else "")]
     difference = first_difference(records)
     transfers, explained = p2p_waits(records)
-    lines += difference + transfers if difference else transfers + all_waiting(records, world, explained)
-    return lines + warning + nccl_dumps(folder)
+    report.update(job=newest[0].job or None, attempt=newest[0].attempt or None, ranks_reporting=len(records),
+                  world=max(r.world for r in newest),
+                  reasons=dict(Counter(r.reason for r in records.values()).most_common()),
+                  older_attempts=len(older), older_records_left_out=sum(map(len, older)),
+                  findings=difference + transfers if difference else
+                  transfers + all_waiting(records, max(r.world for r in newest), explained))
+    return report
+
+
+def diagnose(out_dir: Path) -> list[str]:
+    """The report's lines (diagnose_report's, in words)."""
+    report = diagnose_report(out_dir)
+    warnings = [f"warning: {w}" for w in report["warnings"]]
+    if not report["ranks_reporting"]:
+        return report["findings"] + warnings + report["nccl_dumps"]
+    which = ", ".join(filter(None, [f"job {report['job']}" if report["job"] else "", report["attempt"] or ""]))
+    reasons = list(report["reasons"].items())[:3]
+    older = report["older_attempts"]
+    lines = [(f"{which}: " if which else "") + f"{report['ranks_reporting']} of {report['world']} ranks wrote flight "
+             f"records in {report['folder']}; why: " + "; ".join(f"{reason} ({n})" for reason, n in reasons)
+             + (f"; left out {report['older_records_left_out']} record(s) of {older} older attempt(s)" if older else "")]
+    return lines + report["findings"] + warnings + report["nccl_dumps"]
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m axon diagnose", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help=f"the run's out_dir (or its {FOLDER}/ folder)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object: folder, job, attempt, ranks_reporting, world, reasons, "
+                             "older_attempts, older_records_left_out, findings, warnings, nccl_dumps")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir)
     if not out_dir.is_dir():
-        print(f"axon diagnose: {out_dir} is not a directory", file=sys.stderr)
+        from axon.config.errors import error_line
+
+        print(error_line("diagnose", f"{out_dir} is not a directory"), file=sys.stderr)
         sys.exit(2)
-    print("\n".join(diagnose(out_dir)))
+    if args.json:
+        print(json.dumps(diagnose_report(out_dir), indent=1))
+    else:
+        print("\n".join(diagnose(out_dir)))

@@ -47,9 +47,8 @@ from pathlib import Path
 
 from axon.parallel.flight_record import NCCL_TRACE_PREFIX, WAITING, attempt_tag, flight_folder, write_record
 
-EXIT_PEER_LOST = 3
-EXIT_HUNG = 4
-EXIT_SIGTERM = 143  # as a shell reports a SIGTERM death
+from axon.runtime.exit_codes import HUNG as EXIT_HUNG, PEER_LOST as EXIT_PEER_LOST
+from axon.runtime.exit_codes import SIGTERM_OUTSIDE_STEPS as EXIT_SIGTERM  # as a shell reports a SIGTERM death
 # What a collective raises when its transport failed (gloo and torch.distributed raise plain
 # RuntimeErrors in some paths; checkpoint barriers are not in the flight recorder).
 TRANSPORT_ERRORS = ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe", "timed out")

@@ -66,12 +66,13 @@ class MetricsLog:
             print(f"axon: MFU unknown from step {step}: the MFU peak in the start-up banner is not above the "
                   f"{metrics['tflops_per_rank']:.3g} TFLOP/s per rank this step achieved, so it is a failed "
                   "measurement; set train.peak_tflops to this device's peak", flush=True)
-        if step % self.log_every == 0 or step == self.total_steps:
+        if step % self.log_every == 0 or step == self.total_steps or "val_loss" in metrics:
             elapsed = time.perf_counter() - self.started
             eta = elapsed / max(1, step - self.first_step) * (self.total_steps - step)
             kept = metrics.get("kept_fraction", 1.0)
             print(f"step {step}/{self.total_steps} | loss {metrics['loss']:.4f}"
                   + (f" (on {100 * kept:.1f}% of tokens)" if kept < 1.0 else "")
+                  + (f" | val loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else "")
                   + f" | grad norm {metrics['grad_norm']:.3f}"
                   f" | {metrics['tokens_per_s']:,.0f} tok/s | {metrics['tflops_per_rank']:.3g} TFLOP/s/rank"
                   + (f" | MFU {100 * metrics['mfu']:.1f}%" if metrics["mfu"] > 0 else "")

@@ -18,12 +18,16 @@ from pathlib import Path
 
 import yaml
 
+from axon.runtime.exit_codes import DIVERGED, FINISHED, PREEMPTED, USER_ERROR
+
 DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16"}  # train.dtype as the MFU banner names it
 
 
 def _fail(rank: int, message: str) -> None:
-    print(f"axon: error (rank {rank}): {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    from axon.config.errors import error_line
+
+    print(error_line("train", message, rank), file=sys.stderr, flush=True)
+    sys.exit(USER_ERROR)
 
 
 class _EveryRankStops(SystemExit):
@@ -31,13 +35,16 @@ class _EveryRankStops(SystemExit):
     ranks can still meet once before tearing down, as after a normal finish."""
 
 
-def _fail_together(rank: int, message: str) -> None:
-    print(f"axon: error (rank {rank}): {message}", file=sys.stderr, flush=True)
-    raise _EveryRankStops(2)
+def _fail_together(rank: int, message: str, code: int = USER_ERROR) -> None:
+    from axon.config.errors import error_line
+
+    print(error_line("train", message, rank), file=sys.stderr, flush=True)
+    raise _EveryRankStops(code)
 
 def train_command(args) -> None:
-    """Run `python -m axon train CONFIG [--set KEY=VALUE]...` (args from the command table)."""
-    from axon.config import ConfigError, check_init_weights, check_layout, load_config
+    """Run `python -m axon train CONFIG [--set KEY=VALUE]...` (args from the command table); the
+    process ends with the outcome's code (axon.runtime.exit_codes)."""
+    from axon.config import ConfigError, check_data_source, check_init_weights, check_layout, load_config
     from axon.data.batches import token_source
     from axon.runtime.bootstrap import (collective_timeout_s, detect_launch, init_distributed, leave,
                                         process_group_timeout_s)
@@ -52,6 +59,7 @@ def train_command(args) -> None:
     choice = None
     try:
         config = load_config(args.config, args.overrides)
+        check_data_source(config)
         if config.layout_auto:
             machine = auto_layout.profile_before_start(config)
             if machine is None:  # calibrate once the ranks have met
@@ -85,18 +93,18 @@ def train_command(args) -> None:
     try:
         runtime = init_distributed(launch, timeout_s=process_group_timeout_s(watchdog_s),
                                    flight_dir=flight_folder(config.out_dir))
-        stopped_together = _run(config, runtime, launch, source, (reader, resume_verdict), choice, watchdog_s)
+        code = _run(config, runtime, launch, source, (reader, resume_verdict), choice, watchdog_s)
     finally:
         if lock is not None:
             lock.release()
     # Past shutdown() every rank is done: end without the interpreter's finalization, which was
     # seen to abort (-6) destroying gloo's threads in no set order, even after a clean finish.
-    leave(0 if stopped_together is None else stopped_together)
+    leave(code)
 
 
-def _run(config, runtime, launch, source, resume, choice, watchdog_s) -> int | None:
+def _run(config, runtime, launch, source, resume, choice, watchdog_s) -> int:
     """From the process group on: the health monitor, training, and tearing down together.
-    Returns the exit code of an error every rank stopped at together (None after training)."""
+    Returns the exit code every rank ends with: FINISHED, PREEMPTED, or an error's they stopped at together."""
     from axon.config import ConfigError, check_layout
     from axon.planning import auto_layout
     from axon.runtime.bootstrap import shutdown
@@ -117,7 +125,7 @@ def _run(config, runtime, launch, source, resume, choice, watchdog_s) -> int | N
         health = HealthMonitor(runtime.rank, runtime.world_size, runtime.store_address, config.out_dir,
                                config.train.peer_timeout_s, watchdog_s, runtime.hosts_store, runtime.backend,
                                token=token).start()
-    done, stopped_together = False, None
+    done, code = False, FINISHED
     try:
         if config.layout_auto and choice is None:
             try:
@@ -129,10 +137,10 @@ def _run(config, runtime, launch, source, resume, choice, watchdog_s) -> int | N
         from axon.planning.micro_batch import micro_batch_for_device
 
         config, micro_why = micro_batch_for_device(config, runtime.device)
-        _train(config, runtime, source, reader, choice, health, micro_why)
+        code = _train(config, runtime, source, reader, choice, health, micro_why)
         done = True
     except _EveryRankStops as stop:
-        done, stopped_together = True, stop.code  # every rank is here: meet once before tearing down
+        done, code = True, stop.code  # every rank is here: meet once before tearing down
     except Exception as err:
         if health is not None:
             health.after_error(err)  # a lost peer or a failed collective ends the process there, named
@@ -141,7 +149,7 @@ def _run(config, runtime, launch, source, resume, choice, watchdog_s) -> int | N
         if health is not None:
             health.stop()
         shutdown(all_ranks_done=done)
-    return stopped_together
+    return code
 
 
 def _checkpoint_to_resume(config):
@@ -249,9 +257,9 @@ def _set_aside_abandoned(out_dir: str, reader) -> None:
               f"abandons ({', '.join(names)}) to {folder}; nothing was deleted", flush=True)
 
 
-def _train(config, runtime, source, reader, choice=None, health=None, micro_why=None) -> None:
+def _train(config, runtime, source, reader, choice=None, health=None, micro_why=None) -> int:
     """Build the grid and trainer, resume if asked, train, and report (`micro_why`: why auto
-    picked train.micro_batch, for the banner)."""
+    picked train.micro_batch, for the banner). Returns FINISHED or PREEMPTED."""
     from axon.parallel.grid import Grid
     from axon.runtime.metrics import METRICS_FILE, MetricsLog
     from axon.runtime.preemption import StopSignal
@@ -265,6 +273,9 @@ def _train(config, runtime, source, reader, choice=None, health=None, micro_why=
     if health is not None:
         health.follow(grid.trace.flight, config.layout)
     if leader:
+        from axon.runtime.provenance import git_commit, version_line
+
+        print(version_line(), flush=True)
         print(describe(config, trainer, runtime, peak_source), flush=True)
         if micro_why is not None:
             from axon.planning.micro_batch import describe_micro_batch
@@ -275,7 +286,11 @@ def _train(config, runtime, source, reader, choice=None, health=None, micro_why=
 
             print(describe_choice(choice), flush=True)
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(config.out_dir) / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        import axon
+
+        header = (f"# written by axon {axon.__version__}, commit {git_commit()}, at the start of this run; "
+                  "`python -m axon train` reruns it\n")
+        (Path(config.out_dir) / "config.yaml").write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
     if reader is not None:
         reader = _resume(trainer, reader, runtime, fall_back=config.train.resume == "latest")
     elif config.train.resume == "latest" and leader:
@@ -289,18 +304,19 @@ def _train(config, runtime, source, reader, choice=None, health=None, micro_why=
     log = MetricsLog(config.out_dir, config.train.steps, config.train.log_every, enabled=leader, append=True)
     try:
         with StopSignal() as stop:
-            history = trainer.fit(log, stop_signal=stop)
+            history = trainer.fit(log, stop_signal=stop, final_checkpoint=config.train.final_checkpoint)
     except Preempted as done:
         if leader:
             print(f"axon: {stop.name} received: stopped after step {done.step}, checkpoint {done.path}; "
-                  "continue with --set train.resume=latest", flush=True)
-        return
+                  f"continue with --set train.resume=latest (exit code {PREEMPTED}: requeue me)", flush=True)
+        return PREEMPTED
     except TrainingDiverged as err:
-        _fail_together(runtime.rank, f"{err}; the last checkpoint written is still intact")
+        _fail_together(runtime.rank, f"{err}; the last checkpoint written is still intact", DIVERGED)
     finally:
         log.close()
     if leader and history:
         _summary(config, trainer, history, choice)
+    return FINISHED
 
 
 def _mfu_peak(config, runtime) -> tuple[float, str]:

@@ -141,6 +141,7 @@ class Trainer:
         self.peak_tflops = peak_tflops
         self.start_step, self.start_sequence = 0, 0
         self.resumed_from = None  # the checkpoint this run resumed from: pruning spares it
+        self.validation_tokens = None  # data.validation_sequences' tokens, read at the first evaluation
         grid.trace.enabled = True  # a few clock reads per collective: cheap enough to keep on
         if device.type == "cuda":
             grid.trace.use_cuda_events()
@@ -185,7 +186,28 @@ class Trainer:
         return self.start_sequence + (step - self.start_step) * self.config.train.global_batch
 
     def data_identity(self) -> dict:
-        return {"source": self.config.data.source, "seed": self.config.train.seed}
+        """What decides the tokens of sequence g, recorded in a checkpoint (a resume on other data warns).
+        The order's keys appear only when shuffled or split, so older checkpoints still match."""
+        data = self.config.data
+        identity = {"source": data.source, "seed": self.config.train.seed}
+        if data.shuffle:
+            identity.update(shuffle=True, data_seed=data.seed)
+        if data.validation_sequences:
+            identity["validation_sequences"] = data.validation_sequences
+        return identity
+
+    def validation_loss(self) -> float:
+        """Mean next-token loss (nats) over the held-out validation sequences (data.validation_sequences),
+        on any layout: each data x depth shard runs its rows forward only, and the sums meet over
+        data and depth (the memorization experiments' evaluator). The same number on every rank."""
+        from axon.memorize.evaluate import ShardedEval, validation_loss
+
+        if self.validation_tokens is None:
+            self.validation_tokens = self.source.validation()
+        evaluator = ShardedEval(self.model, self.grid, self.device, micro_batch_plan(self.config)[0])
+        loss = validation_loss(evaluator, self.validation_tokens)
+        self.pause_clock()
+        return loss
 
     def resume_from(self, reader) -> str | None:
         """Load a checkpoint of any layout; returns a warning if the data stream changed."""
@@ -304,14 +326,20 @@ class Trainer:
                 "slowest_step_time_s": step_s, "slowest_step_rank": step_rank,
                 "straggler_check_s": time.perf_counter() - started}  # what finding them cost, outside the step
 
-    def fit(self, log: MetricsLog | None = None, stop_signal=None) -> list[dict]:
-        """Train to train.steps, checkpointing as configured. With a `stop_signal`, a
-        requested stop saves a checkpoint at the next step boundary and raises Preempted."""
+    def fit(self, log: MetricsLog | None = None, stop_signal=None, final_checkpoint: bool | None = None) -> list[dict]:
+        """Train to train.steps, checkpointing every train.checkpoint_every steps, and after the last
+        step with `final_checkpoint` (`axon train` passes train.final_checkpoint; None, for in-process
+        callers: only when checkpointing every N steps). With a `stop_signal`, a
+        requested stop saves a checkpoint at the next step boundary and raises Preempted. With
+        data.validation_sequences, every train.eval_every steps and after the last the step's
+        metrics carry `val_loss`."""
         from axon import checkpoint
 
         t = self.config.train
         history = []
         self.stop_signal = stop_signal
+        evaluates = self.config.data.validation_sequences > 0
+        final = bool(t.checkpoint_every) if final_checkpoint is None else final_checkpoint
         for step in range(self.start_step, t.steps):
             metrics = self.step(step)
             if step == self.start_step:
@@ -319,6 +347,8 @@ class Trainer:
             if t.straggler_every and (step + 1) % t.straggler_every == 0:
                 metrics.update(self.slowest_rank(metrics))
                 self.pause_clock()
+            if evaluates and (step + 1 == t.steps or (t.eval_every and (step + 1) % t.eval_every == 0)):
+                metrics["val_loss"] = self.validation_loss()
             history.append(metrics)
             if log is not None:
                 log.record(metrics)
@@ -328,7 +358,8 @@ class Trainer:
                 write_chrome_trace(path, self.traced_events, self.grid.trace.origin, self.grid.rank)
             done = step + 1
             stop = self.stop_agreed
-            if stop or (t.checkpoint_every and (done % t.checkpoint_every == 0 or done == t.steps)):
+            periodic = t.checkpoint_every and done % t.checkpoint_every == 0
+            if stop or periodic or (done == t.steps and final):
                 started = time.perf_counter()
                 self.grid.trace.flight.save_point(done, "save")  # AXON_FAULT=die:...:at=save (a testing aid)
                 path = checkpoint.save(self, done, t.keep_checkpoints)
@@ -340,6 +371,17 @@ class Trainer:
                     raise Preempted(done, path)
         self.save_gemm_choices()  # keys that appeared after the first step
         return history
+
+
+def checkpoint_policy(t) -> str:
+    """When `axon train` saves, in words (train.checkpoint_every, final_checkpoint, keep_checkpoints)."""
+    when = [f"every {t.checkpoint_every} steps"] if t.checkpoint_every else []
+    if t.final_checkpoint and not (t.checkpoint_every and t.steps % t.checkpoint_every == 0):
+        when.append("after the last step")
+    if not when:
+        return ("only when stopped by a signal (train.checkpoint_every 0, train.final_checkpoint false): "
+                "a finished run keeps no weights")
+    return f"{' and '.join(when)} and when stopped by a signal, the newest {t.keep_checkpoints} kept"
 
 
 def describe(config: RunConfig, trainer: Trainer, runtime, peak_source: str) -> str:
@@ -356,6 +398,9 @@ def describe(config: RunConfig, trainer: Trainer, runtime, peak_source: str) -> 
         f"axon: {config.train.global_batch} sequences x {shape.seq_len} tokens per step; "
         f"{count} micro-batch(es) of {micro} per data x depth shard",
     ]
+    if hasattr(trainer.source, "describe"):  # a memorization sweep's stream describes itself elsewhere
+        lines.append(trainer.source.describe(config.train.steps, config.train.global_batch))
+    lines.append(f"axon: out_dir {config.out_dir}; checkpoints {checkpoint_policy(config.train)}")
     stages, chunks = config.layout.pipe, config.layout.virtual_stages
     if stages > 1:
         blocks = [len(r) for r in stage_layers(shape, stages, config.train.stage_layers, chunks)]

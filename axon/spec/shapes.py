@@ -26,11 +26,15 @@ class ModelShape:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_context: int = 8192
+    # The model's context (Hugging Face's max_position_embeddings), which an export writes; 0 = seq_len.
+    # Only metadata: seq_len is what a run trains on, and RoPE's scaling keys are what change numbers.
+    max_positions: int = 0
 
     def __post_init__(self):
         """What the engine cannot run: each a ValueError naming model.<key> and the numbers."""
         for name in SIZES:
             integer(getattr(self, name), f"model.{name}")
+        integer(self.max_positions, "model.max_positions", least=0)
         if self.hidden % self.heads:
             raise ValueError(f"model.hidden={self.hidden} is not divisible by model.heads={self.heads}")
         if self.head_dim % 2:

@@ -10,7 +10,7 @@ import yaml
 
 # A tiny model and batch: three steps train in a second or two on one CPU process.
 TINY_RUN = {"model": {"preset": "tiny", "seq_len": 16},
-            "train": {"steps": 3, "global_batch": 8, "lr": 1e-3, "seed": 3}}
+            "train": {"steps": 3, "global_batch": 8, "lr": 1e-3, "seed": 3}, "data": {"source": "synthetic"}}
 
 
 # The dry-run tests' model: small enough to rehearse a rank in a second, every split size up to 8 divides it.
@@ -44,7 +44,7 @@ def fault_run_config(folder: Path, peer_timeout_s: int, collective_timeout_s: in
               "train": {"steps": 100_000, "global_batch": 8, "lr": 1e-3, "seed": 3, "schedule": "constant",
                         "peak_tflops": 1.0, "checkpoint_every": 3, "peer_timeout_s": peer_timeout_s,
                         "collective_timeout_s": collective_timeout_s, "straggler_every": 2},
-              "out_dir": str(folder)}
+              "data": {"source": "synthetic"}, "out_dir": str(folder)}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "run.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -352,6 +352,36 @@ def test_training_starts_from_hf_weights_via_the_config(models, tmp_path):
 SMALL = ModelShape(layers=1, hidden=8, heads=2, kv_heads=1, ffn=12, vocab=16, seq_len=32)
 
 
+def test_init_from_needs_seq_len_and_export_keeps_the_models_context(tmp_path):
+    """Llama 3.1's config.json says max_position_embeddings 131072: a run that names no
+    model.seq_len stops with one sentence instead of training on 131,072-token sequences,
+    and a run on 8-token sequences exports the model's own context, not 8."""
+    from axon.checkpoint import read_full_model, write_model_checkpoint
+    from axon.checkpoint.convert import checkpoint_to_hf
+
+    folder = tmp_path / "hf"
+    small_folder(folder)
+    config_json = folder / "config.json"
+    config_json.write_text(json.dumps({**json.loads(config_json.read_text()), "max_position_embeddings": 131072}))
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"model.init_from=hf:{folder}"])
+    assert str(err.value) == (f"model.init_from='hf:{folder}' needs model.seq_len, the length to train on: "
+                              f"{folder}/config.json's max_position_embeddings=131072 is the model's context "
+                              "(kept as model.max_positions, which an export writes)")
+    config = load_config(None, [f"model.init_from=hf:{folder}", "model.seq_len=8"])
+    assert (config.model.seq_len, config.model.max_positions) == (8, 131072)
+    grid = Grid(Layout(), 0)
+    model = Llama(config.model, grid)
+    hf.load_hf_weights(model, grid, folder)
+    write_model_checkpoint(tmp_path / "ckpt", model, grid, config.model)  # what a training run saves
+    assert read_full_model(tmp_path / "ckpt")[0] == config.model
+    checkpoint_to_hf(str(tmp_path / "ckpt"), str(tmp_path / "export"))
+    exported = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert exported["max_position_embeddings"] == 131072
+    # A model trained from scratch has no other context than the length it trained on.
+    assert hf.hf_config(SMALL)["max_position_embeddings"] == SMALL.seq_len == 32
+
+
 def small_tensors() -> dict[str, torch.Tensor]:
     # every element distinct across tensors, so a swapped or misread tensor shows
     return {hf.hf_name(name): torch.arange(1000 * i, 1000 * i + math.prod(dims), dtype=torch.float32).view(dims)
@@ -375,7 +405,7 @@ def small_folder(directory, tensors=None, weight_map=None, tied=False):
 
 def config_error(directory) -> str:
     with pytest.raises(ConfigError) as err:  # what `axon train` runs on every rank before any collective
-        check_init_weights(load_config(None, [f"model.init_from=hf:{directory}"]))
+        check_init_weights(load_config(None, [f"model.init_from=hf:{directory}", "model.seq_len=32"]))
     assert not dist.is_initialized()  # refused before any process group exists
     return str(err.value)
 
@@ -385,9 +415,9 @@ def test_a_good_small_folder_loads_every_tensor(tmp_path):
     del tensors["lm_head.weight"]  # tied: the LM head is the embedding table
     folder = small_folder(tmp_path / "hf", tensors, weight_map=dict.fromkeys(tensors, "model-1.safetensors"),
                           tied=True)
-    config = load_config(None, [f"model.init_from=hf:{folder}"])
+    config = load_config(None, [f"model.init_from=hf:{folder}", "model.seq_len=32"])
     check_init_weights(config)
-    assert config.model == SMALL
+    assert config.model == dataclasses.replace(SMALL, max_positions=32)  # config.json's max_position_embeddings
     grid = Grid(Layout(), 0)
     model = Llama(config.model, grid)
     hf.load_hf_weights(model, grid, folder)
@@ -449,9 +479,9 @@ def test_a_file_symlinked_out_of_the_folder_loads(tmp_path):
     blobs = small_folder(tmp_path / "blobs")
     snapshot = small_folder(tmp_path / "snapshot", weight_map=dict.fromkeys(small_tensors(), "linked.safetensors"))
     (snapshot / "linked.safetensors").symlink_to(blobs / hf.SINGLE_FILE)
-    config = load_config(None, [f"model.init_from=hf:{snapshot}"])
+    config = load_config(None, [f"model.init_from=hf:{snapshot}", "model.seq_len=32"])
     check_init_weights(config)
-    assert config.model == SMALL
+    assert config.model == dataclasses.replace(SMALL, max_positions=32)
 
 
 @pytest.mark.parametrize("index, words", [

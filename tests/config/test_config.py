@@ -15,7 +15,7 @@ def test_defaults_and_dotted_overrides(tmp_path):
     assert config.model.layers == 5 and config.model.hidden == 64  # preset refined, rest kept
     assert config.layout.col == 2 and config.layout.data == 1
     assert config.layout.order == ("col", "row", "depth", "pipe", "data")
-    assert config.data.source == "synthetic" and config.out_dir == "runs/default"
+    assert config.data.source == "" and config.out_dir == "runs/default"  # unset: `axon train` refuses it
 
 
 @pytest.mark.parametrize("raw, words", [

@@ -17,7 +17,7 @@ from axon.testing.processes import clean_env, free_port, start, wait
 from axon.testing.runs import one_process_losses, read_metrics, write_tiny_config
 
 AUTO = {"model": {"preset": "tiny", "seq_len": 16}, "layout": "auto",
-        "train": {"steps": 3, "global_batch": 8, "lr": 1e-3, "seed": 3}}
+        "train": {"steps": 3, "global_batch": 8, "lr": 1e-3, "seed": 3}, "data": {"source": "synthetic"}}
 
 
 def torchrun(config, *extra) -> str:

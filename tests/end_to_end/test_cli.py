@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+import axon
 from axon.runtime.metrics import METRIC_KEYS
+from axon.runtime.provenance import git_commit
 from axon.testing.processes import clean_env, free_port, start, wait
 from axon.testing.runs import one_process_losses, read_metrics, write_tiny_config
 
@@ -24,6 +26,15 @@ def check_run(tmp_path: Path, config: Path, log: str) -> None:
         assert abs(got - want) / want < 1e-5
     assert "axon: layout data 1 x pipe 1 x depth 2 x row 1 x col 2" in log
     assert "step 3/3 | loss" in log and "MFU" in log and "ETA" in log
+    # The banner says which axon, which data and where everything goes; a final checkpoint is kept.
+    commit = git_commit()
+    assert f"axon {axon.__version__} (commit {commit})" in log
+    assert "axon: data synthetic (data.source: synthetic): a generated Markov chain (train.seed 3)" in log
+    assert (f"axon: out_dir {tmp_path / 'out'}; checkpoints after the last step and when stopped by a signal, "
+            "the newest 2 kept") in log
+    assert [p.name for p in (tmp_path / "out" / "checkpoints").iterdir()] == ["step_00000003"]
+    assert (tmp_path / "out" / "config.yaml").read_text().startswith(
+        f"# written by axon {axon.__version__}, commit {commit}, at the start of this run")
     assert "\r" not in log  # a batch log gets whole lines, no carriage-return redraws
     check_tensorboard(tmp_path / "out" / "tensorboard", rows)
 
@@ -59,10 +70,12 @@ def test_set_overrides_reach_the_run(tmp_path):
     config = write_tiny_config(tmp_path, {})
     out = tmp_path / "other"
     cmd = [sys.executable, "-m", "axon", "train", str(config), "--set", "train.steps=2",
-           "--set", f"out_dir={out}", "--set", "train.lr=0.01", "--set", "train.dtype=bfloat16"]
+           "--set", f"out_dir={out}", "--set", "train.lr=0.01", "--set", "train.dtype=bfloat16",
+           "--set", "train.final_checkpoint=false"]
     log = wait([start(cmd, clean_env())])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["lr"] == pytest.approx(0.01)
+    assert not (out / "checkpoints").exists() and "a finished run keeps no weights" in log  # said, as asked
     # a bf16 run's MFU is measured against a bf16 GEMM, and so stays below 1
     assert "(bf16 GEMM timed on all ranks at once, averaged)" in log
     assert all(0 < r["mfu"] < 1 for r in rows)
@@ -81,6 +94,8 @@ BAD_INPUTS = [
     ({"data": 2, "depth": 2}, {"train": {"global_batch": 6}}, ["train.global_batch=6", "2 x 2 = 4"]),
     ({"pipe": 4}, {"model": {"preset": "tiny", "layers": 3}}, ["layout.pipe=4", "model.layers=3"]),
     ({"pipe": 2, "col": 2}, {"train": {"stage_layers": [2, 1]}}, ["train.stage_layers=[2, 1]", "model.layers=2"]),
+    # an unset data.source is not a silent run on generated tokens
+    ({"depth": 2, "col": 2}, {"data": {}}, ["data.source is not set", "write data.source: synthetic"]),
 ]
 
 
@@ -104,8 +119,8 @@ def test_bad_inputs_stop_every_rank_with_one_sentence(tmp_path):
         for rank, proc in enumerate(procs):
             out, _ = proc.communicate(timeout=120)
             assert proc.returncode == 2, out
-            errors = [line for line in out.splitlines() if line.startswith("axon: error")]
-            assert len(errors) == 1 and f"(rank {rank})" in errors[0], out
+            errors = [line for line in out.splitlines() if line.startswith("axon train: error: ")]
+            assert len(errors) == 1 and errors[0].startswith(f"axon train: error: rank {rank}: "), out
             for word in words:
                 assert word in errors[0], (word, errors[0])
 
@@ -119,5 +134,5 @@ def test_bad_layout_under_real_torchrun_exits_without_hanging(tmp_path):
     assert proc.returncode != 0
     # torchrun stops the remaining workers once the first one exits, so how many ranks get to
     # print races with it; that every rank reports is shown by the test above.
-    errors = [line for line in out.splitlines() if "axon: error" in line]
+    errors = [line for line in out.splitlines() if "axon train: error: " in line]
     assert errors and all("model.heads=2 is not divisible by layout.row=4" in line for line in errors), out

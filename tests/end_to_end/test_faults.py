@@ -24,7 +24,7 @@ def _config(folder: Path, keep: int) -> Path:
     config = {"model": {"preset": "tiny", "seq_len": 16},
               "train": {"steps": 6, "global_batch": 8, "lr": 1e-3, "seed": 3, "peak_tflops": 1.0,
                         "checkpoint_every": 2, "keep_checkpoints": keep},
-              "out_dir": str(folder / "out")}
+              "data": {"source": "synthetic"}, "out_dir": str(folder / "out")}
     path = folder / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

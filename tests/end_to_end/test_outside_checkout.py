@@ -35,7 +35,7 @@ def test_train_and_plan_start_from_a_run_directory_with_other_kernels_packages(t
 
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"model": {"preset": "tiny", "seq_len": 16}, "out_dir": str(tmp_path / "out"),
-                                      "train": {"steps": 2, "global_batch": 4, "peak_tflops": 1.0}}))
+                                      "data": {"source": "synthetic"}, "train": {"steps": 2, "global_batch": 4, "peak_tflops": 1.0}}))
     train = run_here(tmp_path, "-m", "axon", "train", str(config))
     assert train.returncode == 0, train.stdout + train.stderr
     assert "step 2/2 | loss" in train.stdout and "axon: done: final loss" in train.stdout

@@ -13,10 +13,12 @@ from pathlib import Path
 import yaml
 
 from axon.checkpoint import CheckpointReader, find_latest
+from axon.runtime.exit_codes import DIVERGED, PREEMPTED
 from axon.testing.processes import REPO, clean_env as _clean_env, free_port as _free_port
 
 CONFIG = {"model": {"preset": "tiny", "seq_len": 16},
-          "train": {"steps": 100_000, "global_batch": 8, "lr": 1e-3, "seed": 2, "schedule": "constant"}}
+          "train": {"steps": 100_000, "global_batch": 8, "lr": 1e-3, "seed": 2, "schedule": "constant"},
+          "data": {"source": "synthetic"}}
 
 
 def write_config(folder: Path, **train) -> Path:
@@ -64,7 +66,7 @@ def test_sigusr1_checkpoints_every_rank_and_resume_continues_exactly(tmp_path):
         time.sleep(0.2)
     os.killpg(procs[0].pid, signal.SIGUSR1)
     results = finish(procs)
-    assert all(code == 0 for code, _ in results), results
+    assert all(code == PREEMPTED == 75 for code, _ in results), results  # checkpointed: requeue me
     latest = find_latest(run / "checkpoints")
     stopped = CheckpointReader(latest).step
     assert f"SIGUSR1 received: stopped after step {stopped}" in results[0][1]
@@ -85,12 +87,12 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
     config = write_config(tmp_path, steps=20, lr=1e12, grad_clip=0.0, checkpoint_every=1)
     results = finish(start_two_ranks(config))
     for code, out in results:
-        assert code == 2, out
+        assert code == DIVERGED == 5, out
         assert "loss nan" in out and "stopped before applying the update" in out
     last = find_latest(tmp_path / "checkpoints")
     reader = CheckpointReader(last)
     reader.check_files()
-    failed_step = int(results[0][1].split("error (rank 0): step ")[1].split(":")[0])
+    failed_step = int(results[0][1].split("axon train: error: rank 0: step ")[1].split(":")[0])
     assert reader.step == failed_step - 1
 
 

@@ -220,5 +220,5 @@ def test_a_taken_port_is_one_sentence_naming_master_port(capfd):
             init_distributed(detect_launch(env), backend="gloo", timeout_s=10)
     assert stop.value.code == 2 and not dist.is_initialized()
     assert capfd.readouterr().err == (
-        f"axon: error (rank 0): port {port} on host {socket.gethostname()} (derived from Slurm job {job} step 0 "
+        f"axon train: error: rank 0: port {port} on host {socket.gethostname()} (derived from Slurm job {job} step 0 "
         "as MASTER_PORT is unset) is already in use; set MASTER_PORT to a free port.\n")
