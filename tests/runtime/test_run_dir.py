@@ -204,3 +204,24 @@ def test_sbatch_scripts_pass_resume_latest_to_train(tmp_path, extra, resumes):
         expected = [env.get("AXON_COMMAND", "train"), "run dir/run.yaml"]
         expected += ["--set", "train.resume=latest"] if resumes else []
         assert tail == expected + args, machine
+
+
+def test_sbatch_scripts_requeue_a_preempted_job_and_nothing_else(tmp_path):
+    """Stand-in srun and scontrol: exit 75 (preempted, checkpointed) requeues the job; 0, 2 and 5 do not;
+    the script ends with axon's code either way."""
+    (tmp_path / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/scontrol.log\n')
+    (tmp_path / "scontrol").chmod(0o755)
+    env = dict(clean_env(), PATH=f"{tmp_path}:{os.environ['PATH']}", CONFIG="run.yaml", USER="someone",
+               SLURM_JOB_ID="4242")
+    log = tmp_path / "scontrol.log"
+    for code in (0, 2, 5, 75):
+        (tmp_path / "srun").write_text(f"#!/bin/bash\nexit {code}\n")
+        (tmp_path / "srun").chmod(0o755)
+        for machine in ("perlmutter", "frontier", "alps"):
+            done = subprocess.run(["bash", str(REPO / "launch" / f"{machine}.sbatch")], env=env,
+                                  capture_output=True, text=True, timeout=30)
+            assert done.returncode == code, (machine, done.stderr)
+        requeues = log.read_text().splitlines() if log.exists() else []
+        assert requeues == (["requeue 4242"] * 3 if code == 75 else []), code
+        log.unlink(missing_ok=True)
+
