@@ -4,8 +4,9 @@ Times `perfmodel.search.search` (the plan command's work, top 10, the fast path)
 for a grid of shapes: the three AxoNN points of `benchmarks/studies` (Perlmutter GPT-40B on
 4,096 A100s, Alps GPT-60B on 6,144 GH200s, Frontier GPT-320B on 32,768 GCDs, at their studies'
 batch and sequence), and 96 layers x 16384 hidden on 32,768 Frontier GCDs at sequence 4096,
-8192 and 32768, and Llama presets at several GPU counts. Prints one line per shape and the
-worst, and writes JSON.
+8192 and 32768, Llama presets from 1B on 8 GPUs to 405B on 16,384, and a 1T GPT (Megatron's
+128 x 25600) on 65,536 Frontier GCDs and on 16,384 GH200s, where pipelines win and many
+layouts come close. Prints one line per shape and the worst, and writes JSON.
 
     flock /tmp/axon-cpu.lock .venv/bin/python -m benchmarks.plan_speed [--out benchmarks/results/plan_speed.json]
 """
@@ -18,14 +19,16 @@ import json
 import time
 from pathlib import Path
 
+from axon.spec.layout import factorizations
 from axon.spec.shapes import ModelShape, preset
 from axon.spec.training import TrainingSetup
 from perfmodel.machine import load_machine
-from perfmodel.search import search
+from perfmodel.search import fits_in_memory, layout_problem, search
 
 GPT = {"gpt-40b": dict(layers=38, hidden=9216, heads=72, kv_heads=72, ffn=24576, vocab=51200),
        "gpt-60b": dict(layers=48, hidden=10240, heads=80, kv_heads=80, ffn=27648, vocab=51200),
-       "gpt-320b": dict(layers=96, hidden=16384, heads=128, kv_heads=128, ffn=43776, vocab=51200)}
+       "gpt-320b": dict(layers=96, hidden=16384, heads=128, kv_heads=128, ffn=43776, vocab=51200),
+       "gpt-1t": dict(layers=128, hidden=25600, heads=160, kv_heads=160, ffn=102400, vocab=51200)}
 # (name, shape, machine, gpus, global batch, sequence)
 CASES = [
     ("AxoNN Perlmutter 40B", GPT["gpt-40b"], "perlmutter", 4096, 4 * 4096, 2048),
@@ -34,9 +37,13 @@ CASES = [
     ("96 x 16384, seq 4096", GPT["gpt-320b"], "frontier", 32768, 2 * 32768, 4096),
     ("96 x 16384, seq 8192", GPT["gpt-320b"], "frontier", 32768, 32768, 8192),
     ("96 x 16384, seq 32768", GPT["gpt-320b"], "frontier", 32768, 8192, 32768),
+    ("Llama 1B on 8", "1B", "dgx-h100", 8, 64, 4096),
     ("Llama 8B on 8", "8B", "dgx-h100", 8, 64, 8192),
     ("Llama 70B on 512", "70B", "perlmutter", 512, 1024, 8192),
+    ("Llama 70B on 8192", "70B", "alps", 8192, 4096, 8192),
     ("Llama 405B on 16384", "405B", "frontier", 16384, 2048, 8192),
+    ("GPT 1T on 65536", GPT["gpt-1t"], "frontier", 65536, 16384, 8192),
+    ("GPT 1T on 16384", GPT["gpt-1t"], "alps", 16384, 8192, 4096),
 ]
 
 
@@ -44,6 +51,18 @@ def _shape(spec, seq: int) -> ModelShape:
     if isinstance(spec, str):
         return dataclasses.replace(preset(spec, "--model"), seq_len=seq)
     return ModelShape(**spec, seq_len=seq)
+
+
+def _check_seconds(shape: ModelShape, gpus: int, machine, setup: TrainingSetup) -> tuple[float, float]:
+    """Seconds of the two checks the search makes of every factorization before it prices any:
+    the layout rules (axon.spec.layout_rules) and the memory verdict (perfmodel.memory), timed
+    apart here (plain layouts only) to show what of a plan's time they take."""
+    started = time.perf_counter()
+    layouts = [lay for lay in factorizations(gpus) if layout_problem(shape, lay, setup) is None]
+    checked = time.perf_counter()
+    for layout in layouts:
+        fits_in_memory(shape, layout, machine, setup)
+    return checked - started, time.perf_counter() - checked
 
 
 def main(argv=None) -> None:
@@ -59,11 +78,14 @@ def main(argv=None) -> None:
         result = search(shape, gpus, load_machine(machine_name), setup, top=10)
         seconds = time.perf_counter() - started
         best = result.predictions[0] if result.predictions else None
+        rules_s, memory_s = _check_seconds(shape, gpus, load_machine(machine_name), setup)
         rows.append({"case": name, "gpus": gpus, "machine": machine_name, "seconds": round(seconds, 2),
+                     "rules_s": round(rules_s, 2), "memory_s": round(memory_s, 2),
                      "layouts": result.dividing, "fit": result.fitting, "predictions": result.priced,
                      "best": str(best.layout) if best else None, "best_step_s": best.step_time_s if best else None})
-        print(f"{name:28s} {gpus:>6} {machine_name:>10}  {seconds:7.2f} s  {result.dividing:>6} layouts "
-              f"{result.fitting:>5} fit {result.priced:>7} predictions", flush=True)
+        print(f"{name:28s} {gpus:>6} {machine_name:>10}  {seconds:7.2f} s (rules {rules_s:5.2f}, memory "
+              f"{memory_s:5.2f})  {result.dividing:>6} layouts {result.fitting:>5} fit {result.priced:>7} predictions",
+              flush=True)
     worst = max(rows, key=lambda r: r["seconds"])
     print(f"worst: {worst['case']}, {worst['seconds']:.2f} s")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
