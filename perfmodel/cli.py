@@ -127,7 +127,9 @@ def print_explain(prediction, shape_name, machine, setup) -> None:
         place = group_placement(lay, axes, machine)
         if place.size > 1:
             where = ("inside a node" if place.intra
-                     else f"across nodes, {place.nic_streams} streams share the busiest node's NICs")
+                     else f"across nodes, {place.nic_streams} streams share the busiest node's NICs"
+                     + (f", {place.group_streams} rings the busiest dragonfly group's links" if place.group_streams
+                        else ""))
             print(f"    {'+'.join(axes):<12} {place.size:>5} ranks, {where}, {place.bandwidth_gbs:.1f} GB/s per rank, "
                   f"{place.latency_us:.1f} us")
 

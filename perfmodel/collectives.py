@@ -3,6 +3,9 @@
 Ring algebra for a group of p ranks and a full buffer of n bytes (DESIGN §7):
     all-reduce                    2(p-1) a + 2(p-1)/p * n / B
     all-gather, reduce-scatter     (p-1) a +  (p-1)/p * n / B
+and, where the profile's library has it (NCCL, RCCL: `tree_all_reduce`), an all-reduce takes
+the faster of that ring and a double binary tree, 2 ceil(log2 p) a + 2 n / B: at thousands of
+ranks a small all-reduce pays microseconds, not the ring's milliseconds.
 Where a profile holds a measured fit for the op, placement and group size, the fit wins.
 """
 
@@ -36,6 +39,7 @@ class Placement:
     bandwidth_gbs: float  # per-rank one-way bandwidth each ring step gets
     latency_us: float
     nic_streams: int = 0  # ring streams leaving the busiest node at once (0: no group leaves its node)
+    group_streams: int = 0  # rings leaving the busiest dragonfly group at once (0: none, or not priced)
 
 
 def group_placement(layout: Layout, axes: tuple[str, ...], machine: Machine) -> Placement:
@@ -44,6 +48,8 @@ def group_placement(layout: Layout, axes: tuple[str, ...], machine: Machine) -> 
     Every group runs the collective at once. A group over k > 1 nodes sends one ring stream
     out of each node it touches, so a node's NICs are shared by the streams of every such
     group touching it; the busiest node sets the pace of the slowest group, hence of the step.
+    Where the profile describes a dragonfly, the rings leaving one group of nodes likewise
+    share that group's bandwidth to the other groups.
     """
     size = 1
     for axis in axes:
@@ -56,8 +62,16 @@ def group_placement(layout: Layout, axes: tuple[str, ...], machine: Machine) -> 
     if streams == 0:
         return Placement(size, True, machine.intra_node.bandwidth_gbs, machine.intra_node.latency_us)
     nic_share = machine.nics_per_node * machine.inter_node.bandwidth_gbs / streams
-    return Placement(size, False, min(machine.intra_node.bandwidth_gbs, nic_share), machine.inter_node.latency_us,
-                     streams)
+    bandwidth = min(machine.intra_node.bandwidth_gbs, nic_share)
+    # On a dragonfly, the rings that leave a group of nodes share that group's links to the
+    # others: the busiest group sets the pace, as the busiest node does for its NICs.
+    rings_out = 0
+    if machine.dragonfly_group_nodes and machine.dragonfly_group_egress_gbs:
+        rings_out = busiest_node_streams(members, layout.world_size,
+                                         machine.dragonfly_group_nodes * machine.devices_per_node)
+        if rings_out:
+            bandwidth = min(bandwidth, machine.dragonfly_group_egress_gbs / rings_out)
+    return Placement(size, False, bandwidth, machine.inter_node.latency_us, streams, rings_out)
 
 
 @lru_cache(maxsize=1 << 16)  # a plan asks for the same few geometries for thousands of layouts
@@ -113,7 +127,13 @@ def collective_time(op: str, nbytes: float, placement: Placement, machine: Machi
         return alpha + nbytes / bandwidth
     passes = RING_PASSES[op]
     alpha = passes * (p - 1) * placement.latency_us * 1e-6
-    return alpha + passes * (p - 1) / p * nbytes / (placement.bandwidth_gbs * 1e9)
+    ring = alpha + passes * (p - 1) / p * nbytes / (placement.bandwidth_gbs * 1e9)
+    if op == "all_reduce" and machine.tree_all_reduce:
+        # NCCL/RCCL pick the faster of ring and double binary tree per size: the tree's latency
+        # grows with log2(p), not p, at the cost of the ring's (p-1)/p bandwidth saving.
+        tree = 2 * math.ceil(math.log2(p)) * placement.latency_us * 1e-6 + 2 * nbytes / (placement.bandwidth_gbs * 1e9)
+        return min(ring, tree)
+    return ring
 
 
 def _blocking_latency(placement: Placement, machine: Machine) -> float:

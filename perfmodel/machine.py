@@ -93,6 +93,14 @@ class Machine:
     # waits for the slowest GPU of the job (perfmodel.scale_losses). 0: not priced.
     gpu_speed_variation: float = 0.0
     variation_measured_over_gpus: int = 0
+    # Dragonfly networks (Slingshot): nodes per group, and the one-way bandwidth in GB/s a
+    # group's traffic to other groups gets at most. Rings that leave a group share it
+    # (perfmodel.collectives). 0: not priced (a flat network, or no figure at hand).
+    dragonfly_group_nodes: int = 0
+    dragonfly_group_egress_gbs: float = 0.0
+    # The collective library also runs all-reduce as a double binary tree and picks the faster
+    # (NCCL since 2.4, RCCL): perfmodel.collectives. gloo's all-reduce is priced as a ring.
+    tree_all_reduce: bool = False
     # Measured fits, op -> placement -> group size -> fit; missing ones fall back to the links.
     collectives: dict[str, dict[str, dict[int, CollectiveFit]]] = field(default_factory=dict)
     # Measured latency of a small all-reduce between bursts of compute, placement -> group
@@ -221,11 +229,21 @@ def machine_from_dict(raw: dict, where: str = "profile") -> Machine:
         gpu_speed_variation=number("gpu_speed_variation", raw.get("gpu_speed_variation", 0.0), positive=False),
         variation_measured_over_gpus=int(number("variation_measured_over_gpus",
                                                 raw.get("variation_measured_over_gpus", 0), positive=False)),
+        dragonfly_group_nodes=int(number("dragonfly_group_nodes", raw.get("dragonfly_group_nodes", 0), positive=False)),
+        dragonfly_group_egress_gbs=number("dragonfly_group_egress_gbs", raw.get("dragonfly_group_egress_gbs", 0.0),
+                                          positive=False),
+        tree_all_reduce=_flag("tree_all_reduce", raw.get("tree_all_reduce", False), where),
         collectives=fits,
         blocking_latency_us=blocking,
         source=str(raw.get("source", where)),
         fitted_to=_fitted_to(raw.get("fitted_to", {}), where),
     )
+
+
+def _flag(key: str, value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ProfileError(f"{where}: {key} must be true or false, got {value!r}")
+    return value
 
 
 FITTED_LEVELS = ("gemm_efficiency", "attention_efficiency", "memory_efficiency")
@@ -264,6 +282,9 @@ def machine_to_dict(machine: Machine) -> dict:
         "concurrent_collectives": machine.concurrent_collectives,
         "gpu_speed_variation": machine.gpu_speed_variation,
         "variation_measured_over_gpus": machine.variation_measured_over_gpus,
+        "dragonfly_group_nodes": machine.dragonfly_group_nodes,
+        "dragonfly_group_egress_gbs": machine.dragonfly_group_egress_gbs,
+        "tree_all_reduce": machine.tree_all_reduce,
         "collectives": {op: {place: {size: {"alpha_us": fit.alpha_us, "bandwidth_gbs": fit.bandwidth_gbs}
                                      for size, fit in sorted(by_size.items())}
                              for place, by_size in by_place.items()}

@@ -112,3 +112,32 @@ def test_even_layouts_keep_the_per_group_rule():
                                   (Layout(col=16), ("col",), 1)):  # whole nodes
         place = group_placement(layout, axes, frontier_like)
         assert place.nic_streams == streams and place.bandwidth_gbs == pytest.approx(min(100, 100 / streams))
+
+
+def test_rings_leaving_a_dragonfly_group_share_its_links():
+    # 2 nodes of 4 devices per dragonfly group (8 ranks), 40 GB/s out of a group. data=4 x depth=8,
+    # depth fastest: depth groups are ranks 0-7, 8-15, ... = one dragonfly group each, so they leave no
+    # group; data groups {0,8,16,24}, {1,9,17,25}, ... hop one dragonfly group per member: all 8 rings
+    # touching group 0 leave it, 40 / 8 = 5 GB/s per rank, below the NIC share (4 x 25 / 4 streams = 25).
+    fly = machine_from_dict({**BASE, "dragonfly_group_nodes": 2, "dragonfly_group_egress_gbs": 40})
+    layout = Layout(data=4, depth=8)
+    data, depth = group_placement(layout, ("data",), fly), group_placement(layout, ("depth",), fly)
+    assert (data.group_streams, data.nic_streams, data.bandwidth_gbs) == (8, 4, 5.0)
+    assert (depth.group_streams, depth.nic_streams, depth.bandwidth_gbs) == (0, 1, 100.0)
+    # Without the dragonfly figures the same data rings get the NIC share.
+    assert group_placement(layout, ("data",), FOUR).bandwidth_gbs == 25.0
+
+
+def test_all_reduce_takes_the_tree_where_the_library_has_one():
+    # 4,096 ranks across nodes at 5 us and 25 GB/s (FOUR's NICs shared by one stream each: 100 GB/s here), 1 KB:
+    # ring 2 x 4095 x 5 us = 40.95 ms (+ bandwidth); tree 2 x 12 x 5 us = 120 us + 2 KB / 100 GB/s.
+    tree = machine_from_dict({**BASE, "tree_all_reduce": True})
+    place = group_placement(Layout(data=4096), ("data",), tree)
+    assert collective_time("all_reduce", 1e3, place, tree) == pytest.approx(120e-6 + 2e3 / (place.bandwidth_gbs * 1e9))
+    assert collective_time("all_reduce", 1e3, place, FOUR) == pytest.approx(
+        2 * 4095 * 5e-6 + 2 * 4095 / 4096 * 1e3 / (place.bandwidth_gbs * 1e9))
+    # A large buffer on 2 ranks: the ring's half-size transfers win, as NCCL's tuner would pick.
+    two = group_placement(Layout(data=2), ("data",), tree)
+    assert collective_time("all_reduce", 1e9, two, tree) == collective_time("all_reduce", 1e9, two, FOUR)
+    # all-gather has no tree in NCCL: unchanged.
+    assert collective_time("all_gather", 1e3, place, tree) == collective_time("all_gather", 1e3, place, FOUR)
