@@ -1,5 +1,6 @@
 """What a new user meets first, in-process: --version, presets, ${VAR} in configs, one error
-style for every command, --json on data verify and diagnose, data.source that must be named."""
+style for every command, --json on data verify, data.source that must be named (diagnose
+--json: tests/runtime/test_diagnose_p2p.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 import axon
 from axon.__main__ import main
 from axon.config import ConfigError, check_data_source, load_config
-from axon.runtime.diagnose import diagnose
 from axon.testing.processes import REPO
 
 
@@ -103,16 +103,3 @@ def test_data_verify_json(tmp_path, capsys):
         main(["data", "verify", str(out), "--json"])
     captured = capsys.readouterr()
     assert done.value.code == 2 and json.loads(captured.out)["ok"] is False and "checksum" in captured.err
-
-
-def test_diagnose_json_carries_the_report(tmp_path, capsys):
-    from tests.runtime.test_diagnose_p2p import p2p, write
-
-    flight = tmp_path / "flight"
-    write(flight, 0, 2, {"pipe": 0}, [p2p(7, 0, 0, "send", 1)])
-    write(flight, 1, 2, {"pipe": 1}, [p2p(7, 0, 0, "recv", 0), p2p(7, 1, 1, "recv", 0, state="waiting", age=9.5)])
-    assert main(["diagnose", str(tmp_path), "--json"]) is None
-    report = json.loads(capsys.readouterr().out)
-    assert (report["ranks_reporting"], report["world"], report["reasons"]) == (2, 2, {"hung": 2})
-    assert report["folder"] == str(flight) and report["findings"] == diagnose(tmp_path)[1:]
-    assert report["findings"][0].startswith("rank 1 is waiting for a receive from rank 0")

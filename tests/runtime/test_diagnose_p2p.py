@@ -91,3 +91,16 @@ def test_a_receive_whose_send_was_issued_is_a_stuck_transfer_and_a_lost_peer_is_
     write(flight, 0, 3, {"pipe": 0}, [p2p(7, 0, 0, "send", 1, state="waiting", age=9.0)])
     assert diagnose(tmp_path)[4:] == ["  rank 0 issued the matching send (#0 to rank 1) (collective #0 of step 7, "
                                      "waiting there for 9.0 s): a stuck transfer or a network fault"]
+
+
+def test_diagnose_json_carries_the_report(tmp_path, capsys):
+    from axon.__main__ import main
+
+    flight = tmp_path / "flight"
+    write(flight, 0, 2, {"pipe": 0}, [p2p(7, 0, 0, "send", 1)])
+    write(flight, 1, 2, {"pipe": 1}, [p2p(7, 0, 0, "recv", 0), p2p(7, 1, 1, "recv", 0, state="waiting", age=9.5)])
+    assert main(["diagnose", str(tmp_path), "--json"]) is None
+    report = json.loads(capsys.readouterr().out)
+    assert (report["ranks_reporting"], report["world"], report["reasons"]) == (2, 2, {"hung": 2})
+    assert report["folder"] == str(flight) and report["findings"] == diagnose(tmp_path)[1:]
+    assert report["findings"][0].startswith("rank 1 is waiting for a receive from rank 0")
