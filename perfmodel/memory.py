@@ -151,8 +151,10 @@ def _unit_pairs(stage: int, stages: int, micro_batches: int, chunks: int):
     # Plain 1F1B shows every transition it has within p - s + 1 micro-batches (warm-up, two
     # steady pairs, the drain); interleaved orders need a multiple of p.
     m = micro_batches if chunks > 1 else min(micro_batches, stages - stage + 1)
-    order = [(kind, chunk) for kind, _, chunk in pipeline_order(stage, stages, m, chunks)]
-    backwards = [unit for unit in order if unit[0] == "B"]
+    full = pipeline_order(stage, stages, m, chunks)
+    order = [(kind, chunk) for kind, _, chunk in full]
+    # A backward: (chunk, whether it is of the step's last micro-batch, when DP buckets launch).
+    backwards = [(chunk, j == m - 1) for kind, j, chunk in full if kind == "B"]
     pairs = set(zip(order, order[1:])) or {(order[0], order[0])}
     backward_pairs = set(zip(backwards, backwards[1:])) or {(backwards[0], None)}
     return tuple(sorted(pairs)), tuple(sorted(backward_pairs, key=str))
@@ -213,50 +215,116 @@ def gradient_block_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup
     them, and one more is issued (while its fp32 gradient, cast or padded, is still alive)
     before the oldest is waited for. They carry from one backward into the next the schedule
     runs (`units`); the embedding table's, at the end of the first stage's backward, is
-    reduced at once, beside those in flight. Without data parallelism the first backward's
-    (fp32) shards become the parameters' gradients (counted there); later ones are added into
-    them. With a bf16 reduction over data the buckets' bf16 copies, issued during the last
-    backward, are alive with them until the step's end."""
+    reduced at once, beside those in flight. In the step's last backward, with data-parallel
+    buckets launched during it, a parameter's reductions are waited for when its bucket
+    launches, at the next gradient that becomes ready (another reduce-scatter issued, or a
+    norm gain's gradient), as if each bucket held one parameter. Without data parallelism the
+    first backward's (fp32) shards become the parameters' gradients (counted there); later ones
+    are added into them. With a bf16 reduction over data the buckets' bf16 copies, issued
+    during the last backward, are alive with them until the step's end."""
     d, gb = layout.depth, DTYPE_BYTES[setup.grad_reduce_dtype]
     chunks = layout.virtual_stages
     wires = _bucket_wire_bytes(shape, layout, setup, first, last, stage_layers)
     if d == 1:
         return wires
 
-    def block(numel: int, synchronous: bool = False) -> tuple[float, float, float, bool]:
-        """(bytes held until waited for, of which the fp32 shard, bytes alive only while it is
-        issued, synchronous)."""
+    def block(name, numel: int, synchronous: bool = False) -> tuple:
+        """(name, bytes held until waited for, of which the fp32 shard, bytes alive only while it
+        is issued, synchronous)."""
         full = padded(numel, d)
         shard = full // d * 4
         held = full * gb + full // d * gb + (shard if gb != 4 else 0)
-        return held, shard, (numel * 4 if gb != 4 or full != numel else 0), synchronous
+        return name, held, shard, (numel * 4 if gb != 4 or full != numel else 0), synchronous
 
-    head = block(_matrix(layout, shape.hidden, shape.vocab, "normal"))
-    layer = [block(_matrix(layout, i, o, orient)) for _, i, o, orient in block_matrices(shape, False)][::-1]
-    table = block((shape.vocab // layout.row) * (shape.hidden // layout.col), synchronous=True)
+    GAIN = None  # a norm gain's gradient: DP buckets may launch there
     blocks = _unit_blocks(stage_layers, chunks, REDUCE_SCATTERS_IN_FLIGHT + 1)
     limit = REDUCE_SCATTERS_IN_FLIGHT if "reduce_scatter" in setup.overlap else 0
+    launching = layout.data > 1 and "data_parallel" in setup.overlap
     # Whether the pairs below may start with the step's first backward, whose fp32 shards become
     # the gradients without data-parallel buckets (plain 1F1B: only one pair, or none, follows it).
     first_is_gradient = layout.data == 1 and chunks == 1 and _micro_batches(setup, layout) <= 2
 
-    def scatters(chunk: int | None, gradients: bool) -> list[tuple[float, float, bool]]:
-        if chunk is None:
-            return []
-        order = [head] * (last and chunk == chunks - 1) + layer * blocks + [table] * (first and chunk == 0)
-        return [(held - shard if gradients else held, issuing, sync) for held, shard, issuing, sync in order]
+    # A block's backward: the MLP's matrices, its norm's gain, the attention's, its norm's gain.
+    matrices = [(name, _matrix(layout, i, o, orient)) for name, i, o, orient in block_matrices(shape, False)[::-1]]
+    mlp = [m for m in matrices if m[0] in ("w2", "w3", "w1")]
+    attention = [m for m in matrices if m[0] not in ("w2", "w3", "w1")]
+    made: dict = {}
 
-    pairs = ((("B", 0), None),) if units is None else units[1]
+    def scatters(chunk: int, gradients: bool) -> list:
+        if (chunk, gradients) not in made:
+            order = [block("head", _matrix(layout, shape.hidden, shape.vocab, "normal")), GAIN] * (
+                last and chunk == chunks - 1)
+            for b in range(blocks):
+                order += [block((b, n), numel) for n, numel in mlp] + [GAIN]
+                order += [block((b, n), numel) for n, numel in attention] + [GAIN]
+            if first and chunk == 0:
+                order += [block("table", (shape.vocab // layout.row) * (shape.hidden // layout.col), True), GAIN]
+            made[chunk, gradients] = [item if item is GAIN or not gradients else
+                                      (*item[:1], item[1] - item[2], *item[2:]) for item in order]
+        return made[chunk, gradients]
+
+    pairs = (((0, True), None),) if units is None else units[1]
     most, tail = 0.0, 0.0
     for one, two in pairs:
-        pending: list[float] = []
-        for held, issuing, synchronous in (scatters(one[1], first_is_gradient)
-                                           + scatters(two and two[1], False)):
-            most = max(most, sum(pending) + held + issuing)
-            if not synchronous:
-                pending = (pending + [held])[-limit:] if limit else []
-        tail = max(tail, sum(pending))
+        pending: list[tuple] = []  # (name, bytes held)
+        copies = 0.0  # the bf16 copies of the buckets launched so far
+        for index, (chunk, final) in enumerate([one] + ([two] if two else [])):
+            order = scatters(chunk, first_is_gradient and index == 0)
+            shards = {item[0]: item[2] for item in order if item is not GAIN}
+            buckets = _buckets([item for item in order if item is not GAIN], layout, setup) \
+                if final and launching else None
+            for item in order:
+                if item is not GAIN:
+                    name, held, _, issuing, synchronous = item
+                    most = max(most, sum(h for _, h in pending) + held + issuing + copies)
+                    if not synchronous:
+                        pending.append((name, held))
+                if buckets is not None:
+                    launched = buckets.event(None if item is GAIN else item[0], item is not GAIN and not item[4])
+                    pending = [(n, h) for n, h in pending if n not in launched]
+                    copies += sum(shards[n] for n in launched) / 4 * gb if gb != 4 else 0.0
+                if limit:
+                    pending = pending[-limit:]
+                elif item is not GAIN:
+                    pending = []
+        tail = max(tail, sum(h for _, h in pending))
     return max(most, wires + tail)
+
+
+class _buckets:
+    """The data-parallel buckets of a stage's depth-sharded parameters (`order`: backward order,
+    which is the buckets' reverse module order), launched as axon.parallel.data_parallel does in
+    the step's last backward: a bucket once each of its parameters' gradients is ready, at the
+    next event after the one that completed it if that was a reduce-scatter still in flight, and
+    in order. `event` returns the parameters whose reductions the launches waited for."""
+
+    def __init__(self, order, layout: Layout, setup: TrainingSetup):
+        limit, self.of, self.missing, size = setup.bucket_mb * 2 ** 20, {}, [], 0.0
+        for name, _, shard, _, _ in order:
+            if not self.missing or (size and size + shard > limit):
+                self.missing.append(0)
+                size = 0.0
+            self.of[name] = len(self.missing) - 1
+            self.missing[-1] += 1
+            size += shard
+        self.members = [[n for n, b in self.of.items() if b == i] for i in range(len(self.missing))]
+        self.ready_at: list = [None] * len(self.missing)
+        self.events = self.next = 0
+
+    def event(self, name, from_reduce_scatter: bool) -> set:
+        self.events += 1
+        if name is not None:
+            bucket = self.of[name]
+            self.missing[bucket] -= 1
+            if self.missing[bucket] == 0:
+                self.ready_at[bucket] = (self.events, from_reduce_scatter)
+        launched = set()
+        while self.next < len(self.missing) and self.ready_at[self.next] is not None:
+            if self.ready_at[self.next] == (self.events, True):
+                break
+            launched.update(self.members[self.next])
+            self.next += 1
+        return launched
 
 
 def _bucket_wire_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup, first: bool, last: bool,
