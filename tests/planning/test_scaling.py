@@ -401,3 +401,15 @@ def test_a_command_line_template_file_by_hand(tmp_path, monkeypatch):
         "srun --ntasks-per-node=8 --gpus-per-node=8 \\\n"
         f'    python -m axon "${{AXON_COMMAND:-train}}" {point_dir / "config.yaml"} ${{RESUME[@]+"${{RESUME[@]}}"}} "$@"\n')
     assert subprocess.run(["bash", "-n", str(point_dir / "job.sbatch")]).returncode == 0
+
+
+def test_a_study_expands_environment_variables_like_a_run_config(tmp_path, monkeypatch):
+    from axon.planning.scaling.study import StudyError, load_study
+
+    monkeypatch.setenv("AXON_TEST_DATA", str(tmp_path / "corpus.tok"))
+    monkeypatch.delenv("AXON_TEST_UNSET", raising=False)
+    study = load_study(write_study(tmp_path, {**SAFE_STUDY, "data": "${AXON_TEST_DATA}"}))
+    assert study.data == str(tmp_path / "corpus.tok")
+    with pytest.raises(StudyError) as err:
+        load_study(write_study(tmp_path, {**SAFE_STUDY, "slurm": {**SAFE_STUDY["slurm"], "account": "$AXON_TEST_UNSET"}}))
+    assert str(err.value) == "slurm.account='$AXON_TEST_UNSET' names environment variable $AXON_TEST_UNSET, which is not set"

@@ -115,6 +115,13 @@ def load_study(path: str | Path) -> Study:
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
         raise StudyError(f"study file {path} must hold a mapping of {', '.join(STUDY_KEYS)}")
+    from axon.config import ConfigError
+    from axon.config.loading import expand_variables
+
+    try:  # ${VAR} as in a run config (one expansion for every config axon reads)
+        raw = expand_variables(raw)
+    except ConfigError as err:
+        raise StudyError(str(err)) from None
     return study_from_dict(raw, path)
 
 
