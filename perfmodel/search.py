@@ -136,9 +136,35 @@ def link_floor(machine: Machine) -> Machine:
         return dataclasses.replace(machine, intra_node=free, inter_node=free, collectives={}, blocking_latency_us={})
     best = Link(machine.intra_node.bandwidth_gbs, min(machine.intra_node.latency_us, machine.inter_node.latency_us))
     # As many NICs as devices: a node's streams never share one, so a group across nodes gets
-    # the intra-node bandwidth too.
+    # the intra-node bandwidth too; nor do rings share a dragonfly group's links.
     return dataclasses.replace(machine, intra_node=best, inter_node=best, nics_per_node=machine.devices_per_node,
-                               blocking_latency_us={})
+                               blocking_latency_us={}, dragonfly_group_nodes=0)
+
+
+def placement_floor(layout: Layout, machine: Machine) -> tuple[Layout, Machine]:
+    """`layout` in an order, and a machine, on which every group is priced no higher than in any
+    rank order on `machine` (tighter than `link_floor`, which ignores that a group of more
+    ranks than a node holds crosses nodes in every order). Axes no larger than a node (each
+    could sit inside one) go innermost, on "nodes" holding all of them and the intra-node link
+    at the faster latency; a group with an axis larger than a node crosses nodes in every order,
+    and gets the inter-node latency and at best all of a node's NICs (one stream a node), given
+    to every stream here. Where ranks share cores or collectives have measured fits, the
+    placement also changes those: `link_floor` then."""
+    if machine.collectives or machine.oversubscription > 1:
+        return layout, link_floor(machine)
+    small = [axis for axis in AXES if getattr(layout, axis) <= machine.devices_per_node]
+    order = tuple(axis for axis in AXES if axis not in small) + tuple(small)  # the last axis is innermost
+    per_node = 1
+    for axis in small:
+        per_node *= getattr(layout, axis)
+    fastest = min(machine.intra_node.latency_us, machine.inter_node.latency_us)
+    across = min(machine.intra_node.bandwidth_gbs, machine.nics_per_node * machine.inter_node.bandwidth_gbs)
+    # As many NICs as ranks on a node: however many streams leave it, each gets `across`; nor
+    # do rings share a dragonfly group's links.
+    return dataclasses.replace(layout, order=order), dataclasses.replace(
+        machine, devices_per_node=per_node, nics_per_node=per_node, blocking_latency_us={}, dragonfly_group_nodes=0,
+        intra_node=Link(machine.intra_node.bandwidth_gbs, fastest),
+        inter_node=Link(across, machine.inter_node.latency_us))
 
 
 class _Pricer:
@@ -146,7 +172,6 @@ class _Pricer:
 
     def __init__(self, shape: ModelShape, machine: Machine, setup: TrainingSetup, exhaustive: bool):
         self.shape, self.machine, self.setup, self.exhaustive = shape, machine, setup, exhaustive
-        self.floor_machine = link_floor(machine)
         self.step_bound = StepBound(shape, machine, setup)
         self.calls = 0
 
@@ -158,7 +183,7 @@ class _Pricer:
         """No order of `layout` predicts a shorter step (a prediction never drops as a link slows).
         Interleaved layouts are replayed too: only the few whose closed-form bound comes up in
         the line get here, and without their bubble most of them were then priced in full."""
-        return self.predict(layout, self.floor_machine).step_time_s
+        return self.predict(*placement_floor(layout, self.machine)).step_time_s
 
     def best(self, layout: Layout, cutoff: float = float("inf")) -> Prediction:
         """The layout at its fastest order; the default order wins ties. A layout that does not

@@ -18,7 +18,7 @@ from perfmodel.machine import CollectiveFit, load_machine
 from axon.spec.shapes import ModelShape, preset
 from perfmodel.pipeline_replay import simulate, step_seconds
 from perfmodel.predict import predict
-from perfmodel.search import candidate_orders, fits_in_memory, layout_problem, link_floor, search
+from perfmodel.search import candidate_orders, fits_in_memory, layout_problem, link_floor, placement_floor, search
 from axon.spec.training import TrainingSetup
 from perfmodel.workload import micro_batch_work, step_collectives
 
@@ -129,3 +129,17 @@ def test_memoized_replay_returns_the_replay():
     for m in (1, 3, 8):
         first = step_seconds(forward, backward, m)
         assert first == simulate(forward, backward, m).step_s == step_seconds(list(forward), list(backward), m)
+
+
+@pytest.mark.parametrize("machine_name", ["alps", "frontier", "perlmutter"])
+def test_placement_floor_is_below_every_rank_order(machine_name):
+    # Groups larger than a node cross nodes in every order: the floor prices them so, and no higher.
+    shape, machine = preset("70B"), load_machine(machine_name)
+    setup = TrainingSetup(global_batch=256, seq_len=4096)
+    for sizes in (dict(data=4, pipe=4, depth=4, row=2, col=2), dict(data=2, depth=8, row=8), dict(pipe=8, row=4, col=4),
+                  dict(data=2, pipe=16, depth=8, row=2), dict(pipe=2, depth=32, col=2)):
+        layout = Layout(**sizes)
+        bound = predict(shape, *placement_floor(layout, machine), setup).step_time_s
+        times = [predict(shape, Layout(**sizes, order=order), machine, setup).step_time_s
+                 for order in candidate_orders(layout)]
+        assert predict(shape, layout, link_floor(machine), setup).step_time_s <= bound <= min(times)
