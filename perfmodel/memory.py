@@ -15,9 +15,10 @@ enough of each stage's schedule to reach its peak (tests/planning/test_memory_ag
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 
-from axon.spec.layout import Layout
+from axon.spec.layout import DEFAULT_ORDER, Layout
 from axon.spec.shapes import ModelShape
 from axon.spec.schedules import in_flight_peak, pipeline_order
 from axon.spec.stage_split import stage_block_counts
@@ -38,9 +39,11 @@ def memory_per_device(shape: ModelShape, layout: Layout, setup: TrainingSetup, m
     tokens = micro * setup.seq_len
 
     units = schedule_units(layout, _micro_batches(setup, layout), first, last, stage)
-    gathered = (gathered_weight_bytes(shape, layout, setup, first, last, stage_layers, units)
+    # No rank order changes them: one computation serves a layout's every order (the planner's).
+    sizes = layout if layout.order == DEFAULT_ORDER else dataclasses.replace(layout, order=DEFAULT_ORDER)
+    gathered = (_gathered_weight_bytes(shape, sizes, setup, first, last, stage_layers, units)
                 + kept_cast_bytes(shape, layout, setup, stage_layers, last))
-    blocks_in_flight = gradient_block_bytes(shape, layout, setup, first, last, stage_layers, units)
+    blocks_in_flight = _gradient_block_bytes(shape, sizes, setup, first, last, stage_layers, units)
 
     h_c, f_r, v_r = shape.hidden / c, shape.ffn / r, shape.vocab / r
     qkv_r = (shape.hidden + 2 * shape.kv_heads * shape.head_dim) / r
@@ -289,6 +292,10 @@ def gradient_block_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup
                     pending = []
         tail = max(tail, sum(h for _, h in pending))
     return max(most, wires + tail)
+
+
+_gathered_weight_bytes = lru_cache(maxsize=8192)(gathered_weight_bytes)
+_gradient_block_bytes = lru_cache(maxsize=8192)(gradient_block_bytes)
 
 
 class _buckets:
