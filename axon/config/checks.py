@@ -81,6 +81,9 @@ def check_values(config: RunConfig) -> None:
     if t.eval_every < 0 or config.data.validation_sequences < 0 or config.data.seed < 0:
         raise ConfigError(f"train.eval_every, data.validation_sequences and data.seed must be >= 0, "
                           f"got {t.eval_every}, {config.data.validation_sequences} and {config.data.seed}")
+    if t.eval_every and not config.data.validation_sequences:
+        raise ConfigError(f"train.eval_every={t.eval_every} evaluates the held-out windows, but "
+                          "data.validation_sequences=0 holds out none; set it (e.g. 64) or drop train.eval_every")
     if t.checkpoint_every < 0 or t.keep_checkpoints < 1:
         raise ConfigError(f"train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1, "
                           f"got {t.checkpoint_every} and {t.keep_checkpoints}")

@@ -107,8 +107,8 @@ class TokenFile:
         # Sequences start at (g x seq_len) mod (tokens - seq_len - 1): at least one start besides 0.
         needed = max(tokens_per_step + 1, seq_len + 2)
         if self.train_tokens < needed:
-            held = (f" after holding out {held_out} for data.validation_sequences={validation_sequences}"
-                    if held_out else "")
+            held = (f" ({self.train_tokens} after holding out {held_out} for "
+                    f"data.validation_sequences={validation_sequences})" if held_out else "")
             raise ConfigError(
                 f"data.source {path!r} holds {self.tokens.size} tokens{held}, fewer than one step needs "
                 f"({needed} = the larger of train.global_batch x model.seq_len + 1 and model.seq_len + 2)")

@@ -34,6 +34,9 @@ def test_defaults_and_dotted_overrides(tmp_path):
     ({"overlap": {"prefetch_distance": 0}}, ["overlap.prefetch_distance", "0"]),
     ({"overlap": {"bucket_mb": -1}}, ["overlap.bucket_mb", "-1"]),
     ({"overlap": {"all_gather": "yes"}}, ["overlap.all_gather", "'yes'"]),
+    ({"train": {"eval_every": 10}}, ["train.eval_every=10", "data.validation_sequences=0"]),
+    ({"data": {"validation_sequences": -1}}, ["data.validation_sequences", "-1"]),
+    ({"data": {"shuffle": "yes"}}, ["data.shuffle", "'yes'"]),
 ])
 def test_bad_keys_and_values_name_the_key(raw, words):
     with pytest.raises(ConfigError) as err:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from axon import checkpoint
-from axon.config import build_config
+from axon.config import ConfigError, build_config
 from axon.data.batches import TokenFile
 from axon.parallel.full_tensor import full_parameters
 from axon.parallel.grid import Grid
@@ -50,6 +50,11 @@ def test_shuffle_visits_every_window_once_per_epoch_in_a_new_order(token_file):
     # The validation windows are the file's last 4 x 16 + 1 tokens, and training never reads them.
     assert np.array_equal(source.validation(), np.stack([tokens[641 + 16 * k: 641 + 16 * k + 17] for k in range(4)]))
     assert max(source.starts(range(0, 400))) + SEQ + 1 <= TRAIN_TOKENS
+    with pytest.raises(ConfigError) as err:  # held out too much: one sentence with the numbers
+        TokenFile(str(token_file), VOCAB, SEQ, 8 * SEQ, validation_sequences=40)
+    assert str(err.value) == (f"data.source {str(token_file)!r} holds 706 tokens (65 after holding out 641 "
+                              "for data.validation_sequences=40), fewer than one step needs (129 = the larger of "
+                              "train.global_batch x model.seq_len + 1 and model.seq_len + 2)")
     assert source.describe(6, 8) == (
         f"axon: data {token_file}: 706 tokens, 40 training sequences of 16 per epoch, the last 4 held out for "
         "validation; read shuffled each epoch (data.seed 7); 6 steps x 8 sequences = 1.2 epochs")
