@@ -18,7 +18,10 @@ predict charges as gemm + attention + elementwise, by the same clocks; links ent
   back through stages p - 2 .. 0 (R >= m S_(p-1) + sum of S_s for s < p - 1; the estimate
   used beyond REPLAY_OPS is no shorter either). The slowest stage is at most the last, so
   the part is at least m C_(p-1) + sum of C_s for s < p - 1 (plain 1F1B), and at least
-  (m - 1) max C + min C (any schedule: interleaved orders are bounded so, without a bubble);
+  (m - 1) max C + min C (any schedule). Interleaved, the chain crosses the other stages on
+  their chunk 0 only (K = m C_(p-1) + sum of C_(s,0)), so a slowest stage before the last
+  is not inside it: with X that stage's collectives per micro-batch, the part is at least
+  both m C + (m - 1) X and K - X, hence at least (1 - 1/m) K + min C whatever X is;
 * optimizer: the same formula as predict's (the most local parameters of any stage), exact;
 * the step's syncs and anything else: at least zero, left out.
 Where ranks share cores (oversubscription > 1) a pipeline's stages lend each other cores
