@@ -206,7 +206,11 @@ def gathered_weight_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetu
     most = 0.0
     for one, two in pairs:
         order = gathers(*one) + gathers(*two)
-        most = max(most, max(sum(order[i:i + window]) for i in range(len(order))))
+        alive = sum(order[:window])
+        most = max(most, alive)
+        for i in range(window, len(order)):  # the window slides on by one gather
+            alive += order[i] - order[i - window]
+            most = max(most, alive)
     return most
 
 
@@ -276,20 +280,23 @@ def gradient_block_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup
             shards = {item[0]: item[2] for item in order if item is not GAIN}
             buckets = _buckets([item for item in order if item is not GAIN], layout, setup) \
                 if final and launching else None
+            alive = sum(h for _, h in pending)  # pending's bytes
             for item in order:
                 if item is not GAIN:
                     name, held, _, issuing, synchronous = item
-                    most = max(most, sum(h for _, h in pending) + held + issuing + copies)
+                    most = max(most, alive + held + issuing + copies)
                     if not synchronous:
                         pending.append((name, held))
+                        alive += held
                 if buckets is not None:
                     launched = buckets.event(None if item is GAIN else item[0], item is not GAIN and not item[4])
-                    pending = [(n, h) for n, h in pending if n not in launched]
-                    copies += sum(shards[n] for n in launched) / 4 * gb if gb != 4 else 0.0
-                if limit:
-                    pending = pending[-limit:]
-                elif item is not GAIN:
-                    pending = []
+                    if launched:
+                        pending = [(n, h) for n, h in pending if n not in launched]
+                        alive = sum(h for _, h in pending)
+                        copies += sum(shards[n] for n in launched) / 4 * gb if gb != 4 else 0.0
+                if len(pending) > limit:
+                    pending = pending[-limit:] if limit else []
+                    alive = sum(h for _, h in pending)
         tail = max(tail, sum(h for _, h in pending))
     return max(most, wires + tail)
 
