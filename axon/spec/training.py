@@ -53,6 +53,19 @@ class TrainingSetup:
         return split_micro_batches(self.global_batch, self.micro_batch, shards, pipe)
 
 
+def _smallest_divisor_at_least(n: int, low: int) -> int | None:
+    """The smallest divisor of n that is >= low, or None; O(sqrt n), as a planner asks this for
+    thousands of layouts with batches of 10^5 sequences per shard."""
+    best, i = None, 1
+    while i * i <= n:
+        if n % i == 0:
+            for divisor in (i, n // i):
+                if divisor >= low and (best is None or divisor < best):
+                    best = divisor
+        i += 1
+    return best
+
+
 def split_micro_batches(global_batch: int, micro_batch: int, shards: int, pipe: int) -> tuple[int, int] | None:
     """(sequences per micro-batch, micro-batches per step) for data x depth = `shards`, or None
     when the batch does not divide. micro_batch 0 is automatic: one micro-batch without a
@@ -64,9 +77,9 @@ def split_micro_batches(global_batch: int, micro_batch: int, shards: int, pipe: 
     micro = micro_batch
     if micro == 0:
         micro = per_shard
-        if pipe > 1:
-            micro = max([m for m in range(1, per_shard + 1) if per_shard % m == 0 and per_shard // m >= 4 * pipe],
-                        default=1)
+        if pipe > 1:  # the fewest micro-batches that is a divisor and at least 4 per stage
+            count = _smallest_divisor_at_least(per_shard, 4 * pipe)
+            micro = per_shard // count if count else 1
     if per_shard % micro:
         return None
     return micro, per_shard // micro

@@ -199,3 +199,13 @@ def test_perfmodel_prices_interleaving_and_plan_searches_it():
     assert twice.memory["activations"] == pytest.approx(plain.memory["activations"] * (1 + 3 / 8), rel=0.01)
     result = search(PRESETS["8B"], 64, machine, TrainingSetup(global_batch=256, seq_len=4096, micro_batch=1), top=3)
     assert result.predictions[0].layout.virtual_stages > 1  # an interleaved layout wins here
+
+
+def test_automatic_micro_batch_is_the_biggest_giving_four_per_stage():
+    # Against the rule written out by brute force: the biggest divisor m of the shard's batch with
+    # batch / m >= 4 x pipe, else 1.
+    for per_shard in range(1, 130):
+        for pipe in (2, 3, 4, 8):
+            wanted = max([m for m in range(1, per_shard + 1) if per_shard % m == 0 and per_shard // m >= 4 * pipe],
+                         default=1)
+            assert split_micro_batches(per_shard * 3, 0, 3, pipe) == (wanted, per_shard // wanted), (per_shard, pipe)
