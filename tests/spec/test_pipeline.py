@@ -197,8 +197,14 @@ def test_perfmodel_prices_interleaving_and_plan_searches_it():
     assert twice.breakdown["pipeline_p2p"] == pytest.approx(2 * plain.breakdown["pipeline_p2p"], rel=0.01)
     assert twice.breakdown["pipeline_bubble"] < 0.7 * plain.breakdown["pipeline_bubble"]
     assert twice.memory["activations"] == pytest.approx(plain.memory["activations"] * (1 + 3 / 8), rel=0.01)
-    result = search(PRESETS["8B"], 64, machine, TrainingSetup(global_batch=256, seq_len=4096, micro_batch=1), top=3)
-    assert result.predictions[0].layout.virtual_stages > 1  # an interleaved layout wins here
+    # Pipelines forced (data and pipe only, 80 GB devices where the interleaved activations fit): the
+    # search tries each pipelined layout interleaved too, and the smaller bubble wins.
+    result = search(PRESETS["8B"], 64, load_machine("dgx-h100"),
+                    TrainingSetup(global_batch=256, seq_len=4096, micro_batch=1), axes=("data", "pipe"), top=3)
+    best, *others = result.predictions
+    assert best.fits and best.layout.virtual_stages > 1  # an interleaved layout wins here
+    plain_best = next(p for p in others if p.layout.virtual_stages == 1)
+    assert plain_best.layout.sizes() == best.layout.sizes() and plain_best.step_time_s > best.step_time_s
 
 
 def test_automatic_micro_batch_is_the_biggest_giving_four_per_stage():
