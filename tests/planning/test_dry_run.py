@@ -19,7 +19,7 @@ from axon.planning.dry_run.cli import default_ranks, rehearse
 from axon.spec.layout import Layout
 from axon.testing.runs import DRY_RUN_MODEL as MODEL, dry_run_config as config_for
 from axon.testing.spawn import run_distributed
-from tests.planning.test_memory_agreement import assert_memory_agrees
+from axon.testing.memory_check import assert_memory_agrees
 
 # (layout, dtype, recompute, micro-batches per step[, gradient reduction dtype]): the engine's
 # trace, extrapolated from one micro-batch to the step, against perfmodel's inventory.

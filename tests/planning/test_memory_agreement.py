@@ -14,25 +14,8 @@ from axon.planning.dry_run.cli import rehearse
 from axon.planning.dry_run.rank import rehearsed_micro_batches
 from axon.spec.layout import Layout
 from axon.spec.schedules import in_flight_peak
+from axon.testing.memory_check import assert_memory_agrees
 from axon.testing.runs import DRY_RUN_MODEL as MODEL, dry_run_config as config_for
-
-COMPONENTS = ("gathered_weights", "activations", "gradient_blocks", "total")
-
-
-def assert_memory_agrees(result: dict, within: float = 5.0) -> None:
-    """Parameters, gradients and optimizer state equal; every other component and the total
-    within `within` percent (or both none)."""
-    measured, predicted = result["memory_bytes"], result["perfmodel_memory_bytes"]
-    where = f"rank {result['rank']} (stage {result['stage']})"
-    for key in ("parameters", "gradients", "optimizer"):
-        assert measured[key] == predicted[key], (where, key, measured[key], predicted[key])
-    for key in COMPONENTS:
-        diff = result["memory_diff_percent"][key]
-        if diff is None:
-            assert predicted[key] == 0, (where, key, predicted[key])
-        else:
-            assert abs(diff) < within, (where, key, measured[key], predicted[key], f"{diff:+.1f}%")
-
 
 def test_rehearsal_covers_warm_up_and_two_steady_pairs():
     """p - s + 1 micro-batches in plain 1F1B (at least 2, at most the step's), a multiple of p
