@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from functools import lru_cache
+from typing import NamedTuple
 
 from axon.spec.layout import DEFAULT_ORDER, Layout
 from axon.spec.shapes import ModelShape
@@ -168,6 +169,13 @@ def _matrix(layout: Layout, in_f: int, out_f: int, orient: str) -> int:
     return li * lo
 
 
+class _Shards(NamedTuple):
+    """The axis sizes a stage's gathered and gradient blocks depend on (local_dims, padding read only these)."""
+    depth: int
+    row: int
+    col: int
+
+
 def _unit_blocks(stage_layers: int, chunks: int, window: int) -> int:
     """Blocks of a chunk the windows below need: enough to see every neighbourhood of `window`
     consecutive matrices (seven a block) inside a unit and across its ends."""
@@ -185,15 +193,25 @@ def gathered_weight_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetu
     recompute. Blocks come in the compute dtype (gathered from the kept cast shards:
     kept_cast_bytes); the embedding table in fp32 (its gather keeps the master dtype; at depth
     1 the table itself is used)."""
-    eb, d = DTYPE_BYTES[setup.dtype], layout.depth
-    if d == 1:
+    if layout.depth == 1:
         return 0.0  # the parameter itself, or its kept cast, is used: nothing is gathered
     window = setup.prefetch_distance + 1 if "all_gather" in setup.overlap else 1
     chunks = layout.virtual_stages
+    blocks = _unit_blocks(stage_layers, chunks, window)
+    pairs = ((("F", 0), ("B", 0)),) if units is None else units[0]
+    return _gather_peak(shape, _Shards(layout.depth, layout.row, layout.col), setup, chunks, blocks, first, last,
+                        pairs)
+
+
+@lru_cache(maxsize=1 << 16)
+def _gather_peak(shape: ModelShape, layout: _Shards, setup: TrainingSetup, chunks: int, blocks: int, first: bool,
+                 last: bool, pairs) -> float:
+    """gathered_weight_bytes' sliding window, cached on what decides it (many layouts share these)."""
+    eb = DTYPE_BYTES[setup.dtype]
+    window = setup.prefetch_distance + 1 if "all_gather" in setup.overlap else 1
     table = (shape.vocab // layout.row) * (shape.hidden // layout.col) * 4
     head = _matrix(layout, shape.hidden, shape.vocab, "normal") * eb
     layer = [_matrix(layout, i, o, orient) * eb for _, i, o, orient in block_matrices(shape, False)]
-    blocks = _unit_blocks(stage_layers, chunks, window)
     again = layer if setup.recompute == "block" else []
 
     def gathers(kind: str, chunk: int) -> list[float]:
@@ -202,7 +220,6 @@ def gathered_weight_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetu
             return [table] * starts + layer * blocks + [head] * ends
         return [head] * ends + (again + layer[::-1]) * blocks
 
-    pairs = ((("F", 0), ("B", 0)),) if units is None else units[0]
     most = 0.0
     for one, two in pairs:
         order = gathers(*one) + gathers(*two)
@@ -229,11 +246,26 @@ def gradient_block_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup
     first backward's (fp32) shards become the parameters' gradients (counted there); later ones
     are added into them. With a bf16 reduction over data the buckets' bf16 copies, issued
     during the last backward, are alive with them until the step's end."""
-    d, gb = layout.depth, DTYPE_BYTES[setup.grad_reduce_dtype]
     chunks = layout.virtual_stages
     wires = _bucket_wire_bytes(shape, layout, setup, first, last, stage_layers)
-    if d == 1:
+    if layout.depth == 1:
         return wires
+    blocks = _unit_blocks(stage_layers, chunks, REDUCE_SCATTERS_IN_FLIGHT + 1)
+    launching = layout.data > 1 and "data_parallel" in setup.overlap
+    # Whether the pairs below may start with the step's first backward, whose fp32 shards become
+    # the gradients without data-parallel buckets (plain 1F1B: only one pair, or none, follows it).
+    first_is_gradient = layout.data == 1 and chunks == 1 and _micro_batches(setup, layout) <= 2
+    most, tail = _scatter_peaks(shape, _Shards(layout.depth, layout.row, layout.col), setup, chunks, blocks,
+                                launching, first_is_gradient, first, last, units)
+    return max(most, wires + tail)
+
+
+@lru_cache(maxsize=1 << 16)
+def _scatter_peaks(shape: ModelShape, layout: _Shards, setup: TrainingSetup, chunks: int, blocks: int,
+                   launching: bool, first_is_gradient: bool, first: bool, last: bool, units) -> tuple[float, float]:
+    """gradient_block_bytes' walk through the reduce-scatters: (the peak, what is still pending
+    at the step's end), cached on what decides them (many layouts share these)."""
+    d, gb = layout.depth, DTYPE_BYTES[setup.grad_reduce_dtype]
 
     def block(name, numel: int, synchronous: bool = False) -> tuple:
         """(name, bytes held until waited for, of which the fp32 shard, bytes alive only while it
@@ -244,12 +276,7 @@ def gradient_block_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup
         return name, held, shard, (numel * 4 if gb != 4 or full != numel else 0), synchronous
 
     GAIN = None  # a norm gain's gradient: DP buckets may launch there
-    blocks = _unit_blocks(stage_layers, chunks, REDUCE_SCATTERS_IN_FLIGHT + 1)
     limit = REDUCE_SCATTERS_IN_FLIGHT if "reduce_scatter" in setup.overlap else 0
-    launching = layout.data > 1 and "data_parallel" in setup.overlap
-    # Whether the pairs below may start with the step's first backward, whose fp32 shards become
-    # the gradients without data-parallel buckets (plain 1F1B: only one pair, or none, follows it).
-    first_is_gradient = layout.data == 1 and chunks == 1 and _micro_batches(setup, layout) <= 2
 
     # A block's backward: the MLP's matrices, its norm's gain, the attention's, its norm's gain.
     matrices = [(name, _matrix(layout, i, o, orient)) for name, i, o, orient in block_matrices(shape, False)[::-1]]
@@ -298,11 +325,11 @@ def gradient_block_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup
                     pending = pending[-limit:] if limit else []
                     alive = sum(h for _, h in pending)
         tail = max(tail, sum(h for _, h in pending))
-    return max(most, wires + tail)
+    return most, tail
 
 
-_gathered_weight_bytes = lru_cache(maxsize=8192)(gathered_weight_bytes)
-_gradient_block_bytes = lru_cache(maxsize=8192)(gradient_block_bytes)
+_gathered_weight_bytes = lru_cache(maxsize=1 << 16)(gathered_weight_bytes)
+_gradient_block_bytes = lru_cache(maxsize=1 << 16)(gradient_block_bytes)
 
 
 class _buckets:

@@ -170,10 +170,17 @@ class CommClock:
     the machine's blocking latency. Placements are worked out once per group of axes."""
 
     def __init__(self, layout: Layout, machine: Machine):
-        self.layout, self.machine, self.placements = layout, machine, {}
+        self.layout, self.machine, self.placements, self.prices = layout, machine, {}, {}
 
     def __call__(self, comm) -> float:
-        return collective_time(comm.op, comm.nbytes, self._placement(comm), self.machine, self._blocking(comm))
+        # A step has many collectives alike (buckets of one size, a block's per layer): each priced once.
+        blocking = self._blocking(comm)
+        key = (comm.op, comm.nbytes, comm.axes, blocking)
+        price = self.prices.get(key)
+        if price is None:
+            price = self.prices[key] = collective_time(comm.op, comm.nbytes, self._placement(comm), self.machine,
+                                                       blocking)
+        return price
 
     def in_flight(self, comm, together: int) -> float:
         """Seconds of one of `together` asynchronous collectives issued back to back: the
@@ -183,7 +190,10 @@ class CommClock:
         k = min(together, self.machine.concurrent_collectives)
         if k <= 1:
             return priced
-        fixed = collective_time(comm.op, 1.0, self._placement(comm), self.machine)
+        key = (comm.op, 1.0, comm.axes, "fixed")
+        fixed = self.prices.get(key)
+        if fixed is None:
+            fixed = self.prices[key] = collective_time(comm.op, 1.0, self._placement(comm), self.machine)
         return priced - fixed * (1 - 1 / k)
 
     def asleep(self, comm, priced: float) -> float:
@@ -222,6 +232,13 @@ def _unordered(layout: Layout) -> Layout:
 @functools.lru_cache(maxsize=4096)
 def _micro_batch_work(shape, layout, micro, seq, dtype, recompute, stage_layers, first, last, grad_reduce_dtype):
     return micro_batch_work(shape, layout, micro, seq, dtype, recompute, stage_layers, first, last, grad_reduce_dtype)
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def _memory_per_device(shape, layout, setup, micro, stage_layers, first, last) -> dict:
+    """memory_per_device, once per stage of a layout's sizes (no order or machine changes it);
+    callers copy before changing it."""
+    return memory_per_device(shape, layout, setup, micro, stage_layers, first, last)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -338,15 +355,20 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     chunks = [(blocks, q == 0, q == p * v - 1) for q, blocks in enumerate(counts)]
     stages = [(tuple(chunks[c * p + s] for c in range(v)), s == 0, s == p - 1) for s in range(p)]
     lending = stage_mates_on_node(layout, machine.devices_per_node) if p > 1 and machine.oversubscription > 1 else None
-    priced = {}
+    priced, chunk_prices = {}, {}
     for stage in dict.fromkeys(stages):
         stage_chunks, first, last = stage
         blocks = sum(chunk[0] for chunk in stage_chunks)
         step_comms = _step_collectives(shape, _unordered(layout), setup.bucket_mb, blocks, first, last,
                                        getattr(setup, "grad_reduce_dtype", "float32"))
         dp_times = [seconds(c) for c in step_comms if c.kind == "dp"]
-        per_chunk = [_stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, *chunk, dp_times)
-                     for chunk in stage_chunks]
+        per_chunk = []
+        for chunk in stage_chunks:  # interleaved stages share most chunks: each priced once a prediction
+            key = (chunk, tuple(dp_times))
+            if key not in chunk_prices:
+                chunk_prices[key] = _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, *chunk,
+                                                       dp_times)
+            per_chunk.append(chunk_prices[key])
         if lending:  # other stages' ranks on the node lend this stage the cores they leave while asleep
             plain_sum = {k: sum(plain[k] for plain, _, _, _ in per_chunk) for k in COMPONENTS}
             factor = lent_compute_factor(sum(plain_sum[k] for k in STAGE_COMPUTE),
@@ -365,7 +387,7 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
             "local_params": params["sharded"] + params["replicated"],
             # The loss summed over data x depth (and pipe), the clip norm's square-sum over depth, row, col, pipe.
             "sync": sum(seconds(c) * c.count for c in step_comms if c.kind == "sync"),
-            "memory": memory_per_device(shape, layout, setup, micro, blocks, first, last),
+            "memory": _memory_per_device(shape, _unordered(layout), setup, micro, blocks, first, last),
         }
     # Per virtual stage q = c p + s (per stage when v = 1): forward and backward seconds.
     forward_s, backward_s = [0.0] * (p * v), [0.0] * (p * v)
@@ -401,7 +423,7 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
     step = sum(breakdown.values())
     flops = flops_per_token(shape, setup.seq_len) * setup.global_batch * setup.seq_len
     tflops = flops / step / layout.world_size / 1e12
-    memory = fullest(entry["memory"] for entry in priced.values())
+    memory = dict(fullest(entry["memory"] for entry in priced.values()))
     total = sum(memory.values())
     why = why_it_does_not_fit(total, machine)
     return Prediction(layout, step, tflops, tflops * 1e12 / machine.peak_flops(setup.dtype), total, not why, why,
