@@ -387,7 +387,21 @@ def stage_memories(shape: ModelShape, layout: Layout, setup: TrainingSetup) -> d
     micro, _ = setup.micro_batches(layout.data * layout.depth, layout.pipe)
     counts = stage_block_counts(shape, layout.pipe, layout.virtual_stages)
     stages = [(blocks, s == 0, s == layout.pipe - 1) for s, blocks in enumerate(counts)]
-    return {stage: memory_per_device(shape, layout, setup, micro, *stage) for stage in dict.fromkeys(stages)}
+    return {stage: stage_memory(shape, layout, setup, micro, *stage) for stage in dict.fromkeys(stages)}
+
+
+def stage_memory(shape: ModelShape, layout: Layout, setup: TrainingSetup, micro: int, stage_layers: int,
+                 first: bool, last: bool) -> dict[str, float]:
+    """memory_per_device (no stage index), worked out once per layout's sizes: no rank order
+    changes it, and the planner asks for it in its memory check and again in predictions."""
+    sizes = layout if layout.order == DEFAULT_ORDER else dataclasses.replace(layout, order=DEFAULT_ORDER)
+    return dict(_stage_memory(shape, sizes, setup, micro, stage_layers, first, last))
+
+
+@lru_cache(maxsize=1 << 15)
+def _stage_memory(shape: ModelShape, layout: Layout, setup: TrainingSetup, micro: int, stage_layers: int,
+                  first: bool, last: bool) -> dict[str, float]:
+    return memory_per_device(shape, layout, setup, micro, stage_layers, first, last)
 
 
 def fullest(memories) -> dict[str, float]:

@@ -33,7 +33,7 @@ from perfmodel.core_sharing import lent_compute_factor, shared_core_replay, stag
 from axon.spec.flops import flops_per_token
 from axon.spec.layout import DEFAULT_ORDER, Layout
 from perfmodel.machine import Machine
-from perfmodel.memory import fullest, memory_per_device, why_it_does_not_fit
+from perfmodel.memory import fullest, stage_memory, why_it_does_not_fit
 from axon.spec.shapes import ModelShape
 from axon.spec.schedules import pipeline_order
 from perfmodel.pipeline_replay import REPLAY_OPS, step_seconds
@@ -229,19 +229,12 @@ def _unordered(layout: Layout) -> Layout:
     return layout if layout.order == DEFAULT_ORDER else dataclasses.replace(layout, order=DEFAULT_ORDER)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1 << 14)
 def _micro_batch_work(shape, layout, micro, seq, dtype, recompute, stage_layers, first, last, grad_reduce_dtype):
     return micro_batch_work(shape, layout, micro, seq, dtype, recompute, stage_layers, first, last, grad_reduce_dtype)
 
 
-@functools.lru_cache(maxsize=1 << 15)
-def _memory_per_device(shape, layout, setup, micro, stage_layers, first, last) -> dict:
-    """memory_per_device, once per stage of a layout's sizes (no order or machine changes it);
-    callers copy before changing it."""
-    return memory_per_device(shape, layout, setup, micro, stage_layers, first, last)
-
-
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1 << 14)
 def _step_collectives(shape, layout, bucket_mb, stage_layers, first, last, grad_reduce_dtype) -> tuple:
     return tuple(step_collectives(shape, layout, bucket_mb, stage_layers, first, last, grad_reduce_dtype))
 
@@ -337,11 +330,24 @@ def _expose(out: dict, pools: dict, compute: dict, hidden_by_dx: float, eff: flo
     return out
 
 
-def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup,
-            replay_pipeline: bool = True) -> Prediction:
-    """Predict one optimizer step. The layout must already pass `search.layout_problem`.
-    `replay_pipeline=False` leaves the pipeline bubble out (it is never negative), which makes
-    the step a cheap lower bound for the planner: replaying an interleaved order is the costly part."""
+_RECENT_STAGES: dict = {}  # (id(machine), shape, layout, setup) -> (machine, what _stages_priced found)
+
+
+def _stages_priced(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup) -> tuple:
+    """Each distinct stage's prices (what predict works out before the pipeline replay): kept
+    for the last few layouts, as the planner prices a layout without its bubble and then with it."""
+    key = (id(machine), shape, layout, setup)
+    hit = _RECENT_STAGES.get(key)
+    if hit is not None and hit[0] is machine:  # the machine is held, so its id is not reused meanwhile
+        return hit[1]
+    found = _price_stages(shape, layout, machine, setup)
+    if len(_RECENT_STAGES) >= 256:
+        _RECENT_STAGES.clear()
+    _RECENT_STAGES[key] = (machine, found)
+    return found
+
+
+def _price_stages(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup) -> tuple:
     shards = layout.data * layout.depth
     micro, count = setup.micro_batches(shards, layout.pipe)
     clock = GemmClock(machine, setup.dtype)
@@ -387,8 +393,18 @@ def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: Training
             "local_params": params["sharded"] + params["replicated"],
             # The loss summed over data x depth (and pipe), the clip norm's square-sum over depth, row, col, pipe.
             "sync": sum(seconds(c) * c.count for c in step_comms if c.kind == "sync"),
-            "memory": _memory_per_device(shape, _unordered(layout), setup, micro, blocks, first, last),
+            "memory": stage_memory(shape, layout, setup, micro, blocks, first, last),
         }
+    return micro, count, lending, stages, priced
+
+
+def predict(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup,
+            replay_pipeline: bool = True) -> Prediction:
+    """Predict one optimizer step. The layout must already pass `search.layout_problem`.
+    `replay_pipeline=False` leaves the pipeline bubble out (it is never negative), which makes
+    the step a cheap lower bound for the planner: replaying an interleaved order is the costly part."""
+    micro, count, lending, stages, priced = _stages_priced(shape, layout, machine, setup)
+    p, v = layout.pipe, layout.virtual_stages
     # Per virtual stage q = c p + s (per stage when v = 1): forward and backward seconds.
     forward_s, backward_s = [0.0] * (p * v), [0.0] * (p * v)
     for s, stage in enumerate(stages):

@@ -179,11 +179,19 @@ class _Pricer:
         self.calls += 1
         return predict(self.shape, layout, machine or self.machine, self.setup, replay_pipeline)
 
-    def lower_bound(self, layout: Layout) -> float:
+    def lower_bound(self, layout: Layout, cutoff: float = float("inf")) -> float:
         """No order of `layout` predicts a shorter step (a prediction never drops as a link slows).
-        Interleaved layouts are replayed too: only the few whose closed-form bound comes up in
-        the line get here, and without their bubble most of them were then priced in full."""
-        return self.predict(*placement_floor(layout, self.machine)).step_time_s
+        Pipelines are replayed too: only the few whose closed-form bound comes up in the line
+        get here, and without their bubble most interleaved ones were then priced in full. When
+        the floor without its bubble (never more) is already at `cutoff` or above, that is
+        returned instead: the layout can no longer make the table either way, and the line
+        stops at the first bound at or above the cutoff, which only falls."""
+        floor_layout, floor_machine = placement_floor(layout, self.machine)
+        if layout.pipe > 1 and cutoff < float("inf"):
+            unreplayed = self.predict(floor_layout, floor_machine, replay_pipeline=False).step_time_s
+            if unreplayed >= cutoff:
+                return unreplayed
+        return self.predict(floor_layout, floor_machine).step_time_s
 
     def best(self, layout: Layout, cutoff: float = float("inf")) -> Prediction:
         """The layout at its fastest order; the default order wins ties. A layout that does not
@@ -205,6 +213,9 @@ class _Pricer:
             if not best.fits:
                 return best
             for ordered in orders[1:]:
+                if layout.pipe > 1 and self.predict(ordered, replay_pipeline=False).step_time_s >= \
+                        best.step_time_s * (1 - 1e-9):
+                    continue  # slower even without its bubble: the replay cannot make it win
                 prediction = self.predict(ordered)
                 if prediction.step_time_s < best.step_time_s * (1 - 1e-9):
                     best = prediction
@@ -246,7 +257,8 @@ def _best_first(layouts: list[Layout], count: int, pricer: _Pricer) -> list[Pred
         if len(kept) == count and bound >= -kept[0][0]:
             break
         if not floored:
-            heapq.heappush(line, (max(bound, pricer.lower_bound(layouts[index])), True, index))
+            floor = pricer.lower_bound(layouts[index], -kept[0][0] if len(kept) == count else float("inf"))
+            heapq.heappush(line, (max(bound, floor), True, index))
             continue
         prediction = pricer.best(layouts[index], -kept[0][0] if len(kept) == count else float("inf"))
         entry = (-prediction.step_time_s, -index, prediction)
