@@ -34,7 +34,8 @@ from perfmodel.predict import Prediction, predict
 from axon.spec.training import TrainingSetup, split_micro_batches
 
 # Interleaved 1F1B's chunks per stage tried on every pipelined layout: v = 2 takes most of the
-# bubble's shrinking ((p - 1) / m to (p - 1) / (v m)); each doubling doubles the point-to-point traffic.
+# bubble's shrinking ((p - 1) / m to (p - 1) / (v m), Narayanan et al., SC21, section 2.2.2); each
+# doubling doubles the point-to-point traffic.
 VIRTUAL_STAGES = (1, 2, 4)
 
 
