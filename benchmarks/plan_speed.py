@@ -27,7 +27,7 @@ from perfmodel.machine import load_machine
 from perfmodel.search import fits_in_memory, layout_problem, search
 
 GPT = {"gpt-40b": dict(layers=38, hidden=9216, heads=72, kv_heads=72, ffn=24576, vocab=51200),
-       "gpt-60b": dict(layers=48, hidden=10240, heads=80, kv_heads=80, ffn=27648, vocab=51200),
+       "gpt-60b": dict(layers=56, hidden=9216, heads=72, kv_heads=72, ffn=24576, vocab=51200),  # model-table.md: 56 x 9216 x 72
        "gpt-320b": dict(layers=96, hidden=16384, heads=128, kv_heads=128, ffn=43776, vocab=51200),
        "gpt-1t": dict(layers=128, hidden=25600, heads=160, kv_heads=160, ffn=102400, vocab=51200)}
 # (name, shape, machine, gpus, global batch, sequence)
