@@ -24,12 +24,13 @@ from axon.spec.shapes import ModelShape, preset
 from axon.spec.training import TrainingSetup
 from perfmodel import memory
 from perfmodel.machine import load_machine
+from perfmodel.published_at_scale import gpt
 from perfmodel.search import fits_in_memory, layout_problem, search
 
-GPT = {"gpt-40b": dict(layers=38, hidden=9216, heads=72, kv_heads=72, ffn=24576, vocab=51200),
-       "gpt-60b": dict(layers=56, hidden=9216, heads=72, kv_heads=72, ffn=24576, vocab=51200),  # model-table.md: 56 x 9216 x 72
-       "gpt-320b": dict(layers=96, hidden=16384, heads=128, kv_heads=128, ffn=43776, vocab=51200),
-       "gpt-1t": dict(layers=128, hidden=25600, heads=160, kv_heads=160, ffn=102400, vocab=51200)}
+# AxoNN's GPT shapes as perfmodel/published_at_scale.py maps them (one rule for the GPT MLP as SwiGLU),
+# and a 1T GPT (Megatron-LM 2021's 128 x 25600 x 160) with a 4h MLP.
+GPT = {"gpt-40b": gpt(38, 9216, 72), "gpt-60b": gpt(56, 9216, 72), "gpt-320b": gpt(96, 16384, 128),
+       "gpt-1t": ModelShape(layers=128, hidden=25600, heads=160, kv_heads=160, ffn=102400, vocab=51200, seq_len=2048)}
 # (name, shape, machine, gpus, global batch, sequence)
 CASES = [
     ("AxoNN Perlmutter 40B", GPT["gpt-40b"], "perlmutter", 4096, 4 * 4096, 2048),
@@ -49,9 +50,7 @@ CASES = [
 
 
 def _shape(spec, seq: int) -> ModelShape:
-    if isinstance(spec, str):
-        return dataclasses.replace(preset(spec, "--model"), seq_len=seq)
-    return ModelShape(**spec, seq_len=seq)
+    return dataclasses.replace(preset(spec, "--model") if isinstance(spec, str) else spec, seq_len=seq)
 
 
 def _check_seconds(shape: ModelShape, gpus: int, machine, setup: TrainingSetup) -> tuple[float, float]:

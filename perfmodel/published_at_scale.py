@@ -17,6 +17,7 @@ median within 15%. `python -m benchmarks.perfmodel_at_scale` prints the table.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ SEQUENCES_PER_GPU = 4  # ASSUMED from run_axonn_amd.sh's 5B point (global batch 
 
 
 def gpt(layers: int, hidden: int, heads: int) -> ModelShape:
-    ffn = -(-8 * hidden // 3 // 256) * 256
+    ffn = math.ceil(8 * hidden / 3 / 256) * 256
     return ModelShape(layers=layers, hidden=hidden, heads=heads, kv_heads=heads, ffn=ffn, vocab=51200, seq_len=SEQ_LEN)
 
 
