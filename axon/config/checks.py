@@ -12,30 +12,19 @@ import dataclasses
 import math
 
 from axon.config.errors import ConfigError
-from axon.config.schema import OverlapSection, RunConfig, TrainConfig
+from axon.config.schema import RunConfig
+from axon.spec.config_file import setup_from_sections, setup_sentence
 from axon.spec.layout_rules import find_layout_problem
 from axon.spec.sections import FieldError
-from axon.spec.training import OVERLAPS, TrainingSetup, split_micro_batches
+from axon.spec.training import TrainingSetup, split_micro_batches
 
-# The config key of each TrainingSetup field (its FieldError names the field).
-SETUP_KEYS = {"global_batch": "train.global_batch", "seq_len": "model.seq_len", "micro_batch": "train.micro_batch",
-              "dtype": "train.dtype", "recompute": "train.recompute", "grad_reduce_dtype": "train.grad_reduce_dtype",
-              "overlap": "overlap", "prefetch_distance": "overlap.prefetch_distance",
-              "bucket_mb": "overlap.bucket_mb"}
+__all__ = ["check_data_source", "check_layout", "check_values", "micro_batch_plan", "setup_from_sections",
+           "training_setup"]
 
 
 def training_setup(config: RunConfig) -> TrainingSetup:
     """The training setup perfmodel prices for this run (layout: auto, the dry run's comparison)."""
     return setup_from_sections(config.train, config.overlap, config.model.seq_len)
-
-
-def setup_from_sections(train: TrainConfig, overlap: OverlapSection, seq_len: int) -> TrainingSetup:
-    """A TrainingSetup from the train and overlap sections (a scaling study builds them for its points)."""
-    return TrainingSetup(global_batch=train.global_batch, seq_len=seq_len, micro_batch=train.micro_batch,
-                         dtype=train.dtype, recompute=train.recompute,
-                         overlap=tuple(name for name in OVERLAPS if getattr(overlap, name)),
-                         prefetch_distance=overlap.prefetch_distance, bucket_mb=overlap.bucket_mb,
-                         grad_reduce_dtype=train.grad_reduce_dtype)
 
 
 def check_values(config: RunConfig) -> None:
@@ -46,7 +35,7 @@ def check_values(config: RunConfig) -> None:
     try:
         training_setup(config)  # batch, micro-batch, dtypes, recompute, prefetch distance, bucket size
     except FieldError as err:
-        raise ConfigError(f"{SETUP_KEYS[err.field]} {err.rule}") from None
+        raise ConfigError(setup_sentence(err)) from None
     if t.lr <= 0:
         raise ConfigError(f"train.lr must be positive, got {t.lr}")
     if t.weight_decay < 0 or t.grad_clip < 0:

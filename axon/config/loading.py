@@ -2,30 +2,24 @@
 
 Every mistake is one ConfigError sentence naming the key and the numbers; the rules a model
 shape, a layout and a section's keys follow live in axon.spec (ModelShape, Layout,
-axon.spec.sections), the rest in axon.config.checks.
-
-Every string in a config file may name environment variables, `${VAR}` or `$VAR`
-(`init_from: hf:${LLAMA_8B_DIR}`, `out_dir: ${SCRATCH}/runs/8b`), so one file serves every
-user of a machine; a variable that is not set is an error naming the key. This is the one
-expansion, for training configs and memorization experiments alike.
+axon.spec.sections), the rest in axon.config.checks. Reading the file, its `--set` overrides,
+its environment variables (`${VAR}` or `$VAR` in any string; one not set is an error naming
+the key) and the model section is axon.spec.config_file's, which `perfmodel plan --config`
+reads a run with too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from axon.config.checks import check_values
 from axon.config.errors import ConfigError, config_errors
 from axon.config.schema import TOP_LEVEL_KEYS, DataConfig, GoldfishSection, OverlapSection, RunConfig, TrainConfig
-from axon.spec import sections
+from axon.spec import config_file, sections
 from axon.spec.layout import Layout, layout_or_auto
-from axon.spec.shapes import ModelShape, preset
+from axon.spec.shapes import ModelShape
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
@@ -35,67 +29,22 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 
 def read_mapping(path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
     """A YAML file's top-level mapping (empty without a file) with `KEY=VALUE` overrides applied:
-    the raw form of a run config and of a memorization experiment."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            where = getattr(err, "problem_mark", None)
-            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML{at}: "
-                              f"{getattr(err, 'problem', None) or err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping, not {type(raw).__name__}")
-        raw = expand_variables(raw)
-    for item in overrides:
-        apply_override(raw, item)
-    return raw
+    the raw form of a run config and of a memorization experiment (axon.spec.config_file)."""
+    with config_errors():
+        return config_file.read_mapping(path, overrides)
 
 
 def expand_variables(value: Any, key: str = "") -> Any:
-    """`value` with environment variables expanded in every string it holds (`${VAR}` or `$VAR`,
-    as os.path.expandvars reads them); a variable that is not set is a ConfigError naming the key."""
-    if isinstance(value, dict):
-        return {k: expand_variables(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [expand_variables(v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if not isinstance(value, str) or "$" not in value:
-        return value
-    expanded = os.path.expandvars(value)
-    missing = re.findall(r"\$\{?(\w+)", expanded)
-    if missing:
-        raise ConfigError(f"{key}={value!r} names environment variable ${missing[0]}, which is not set")
-    return expanded
+    """`value` with environment variables expanded in every string it holds; a variable that is
+    not set is a ConfigError naming the key (axon.spec.config_file)."""
+    with config_errors():
+        return config_file.expand_variables(value, key)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply one `--set a.b.c=value` (value parsed as YAML) to the raw mapping."""
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set {item!r} must look like KEY=VALUE, e.g. train.lr=1e-3")
-    try:
-        value = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {item!r}: {text!r} is not a YAML value (quote a string that holds ': ' or "
-                          "starts with [, {, & or *)") from None
-    parts = key.split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if isinstance(child, str) and part == "model" and i == 0:
-            with config_errors():
-                child = dataclasses.asdict(preset(child))  # refine a preset: --set model.layers=4
-        if child is None:
-            child = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is {child!r}, not a mapping")
-        node[part] = child
-        node = child
-    node[parts[-1]] = value
+    with config_errors():
+        config_file.apply_override(raw, item)
 
 
 def reject_unknown(mapping: dict[str, Any], known: tuple[str, ...], where: str) -> None:
@@ -180,16 +129,5 @@ def _model_from_init(init_from, model_raw: dict) -> dict:
 
 def _build_model(value: Any) -> tuple[ModelShape, str]:
     """The model section: a preset name, or a mapping of ModelShape's keys (refining `preset`)."""
-    if isinstance(value, str):
-        with config_errors():
-            return preset(value), value
-    if not isinstance(value, dict):
-        raise ConfigError(f"model must be a preset name or a mapping, got {value!r}")
-    value = dict(value)
-    base = value.pop("preset", None)
-    if base is not None:
-        with config_errors():
-            merged = dataclasses.asdict(preset(base, "model.preset"))
-        merged.update(value)
-        value = merged
-    return build_section(ModelShape, value, "model"), base or "custom"
+    with config_errors():
+        return config_file.model_section(value)
