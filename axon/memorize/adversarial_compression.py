@@ -5,14 +5,19 @@ produce it exactly.
 
 For each document the target is its `suffix` tokens after `prefix` (what exact match reads).
 A greedy coordinate-gradient search (GCG, Zou et al., 2023) looks for a prompt of L tokens
-that makes greedy decoding reproduce the target, for L = 1, 2, 4, ... below the target's
-length, shortest first: at each iteration the gradient of the target's loss with respect to
-the prompt's one-hot tokens (through the embedding) ranks, per position, the `top_k` tokens
-that lower it most; `candidates` prompts, each the current one with one position swapped to
-one of those tokens, are scored by one forward, and the best becomes the current prompt.
-ACR = target tokens / prompt tokens of the shortest prompt found; memorized when ACR > 1. A
-document with no prompt found within the budget scores ACR 0. The search is bounded, so ACR
-is a lower bound: a longer search can only find shorter prompts.
+that makes greedy decoding reproduce the target: at each iteration the gradient of the
+target's loss with respect to the prompt's one-hot tokens (through the embedding) ranks, per
+position, the `top_k` tokens that lower it most; `candidates` prompts, each the current one
+with one position swapped to one of those tokens, are scored by one forward, and the best
+becomes the current prompt; at most `iterations` iterations per length. Each length is
+searched from two starts at once (`init: both`): the document's own last L prefix tokens and
+L random tokens; either one reproducing the target is a success. The length is bisected
+between the longest known to fail (0 at first) and the shortest known to succeed (`suffix`
+at first, the target's own length, which only an ACR of 1 needs), so every length below the
+target's can be the answer, in about log2(suffix) searches. ACR = target tokens / tokens of
+the shortest prompt found, above 1 by construction; a document with none found scores 0 (the
+ACR paper's statistic is the share of documents above 1 and the mean ACR over those). The
+search is bounded, so ACR is a lower bound: a longer search can only find shorter prompts.
 
 On any layout with layout.pipe = 1: the documents are split over data x depth shards like the
 other metrics (every shard runs the same number of forwards, padded to the busiest shard's
@@ -41,15 +46,14 @@ from axon.parallel.prefetch import gather_now
 
 @dataclass(frozen=True)
 class AcrBudget:
-    iterations: int = 8  # GCG iterations per prompt length
-    candidates: int = 16  # prompts scored per iteration (the current one and single swaps)
+    iterations: int = 200  # GCG iterations per prompt length tried
+    candidates: int = 16  # prompts scored per iteration and start (the current one and single swaps)
     top_k: int = 16  # tokens per position the swaps are drawn from
     batch: int = 256  # sequences per forward when scoring candidates
-    init: str = "context"  # start from the document's own last L prefix tokens, or "random" tokens
+    init: str = "both"  # start from the document's own last L prefix tokens ("context"), "random" tokens, or both
 
-    def lengths(self, suffix: int) -> list[int]:
-        """Prompt lengths tried, short to long: powers of two below the target's length."""
-        return [2 ** i for i in range(max(1, math.ceil(math.log2(suffix)))) if 2 ** i < suffix]
+    def starts(self) -> tuple[str, ...]:
+        return ("context", "random") if self.init == "both" else (self.init,)
 
 
 @contextmanager
@@ -142,7 +146,7 @@ class PromptSearch:
             mine = list(range(self.shard * per_shard, min(n, (self.shard + 1) * per_shard)))
             tokens = np.stack([d[: prefix + suffix] for d in documents]).astype(np.int64)
             with _no_pending_reductions(self.model):
-                found = self._search(tokens, mine, prefix, suffix)
+                found = self._bisect(tokens, mine, prefix, suffix)
             for i, prompt in found.items():
                 table[i, 0] = prompt.numel()
                 table[i, 1: 1 + prompt.numel()] = prompt.double() + 1
@@ -152,49 +156,77 @@ class PromptSearch:
         return {"acr": np.where(lengths > 0, suffix / np.maximum(lengths, 1), 0.0), "prompt_len": lengths,
                 "prompt": [row[1: 1 + length] - 1 for row, length in zip(rows, lengths)]}
 
-    def _search(self, tokens: np.ndarray, mine: list[int], prefix: int, suffix: int) -> dict[int, torch.Tensor]:
+    def _bisect(self, tokens: np.ndarray, mine: list[int], prefix: int, suffix: int) -> dict[int, torch.Tensor]:
+        """Each document's shortest prompt length by bisection: (fails, succeeds) brackets it, from
+        (0, suffix); each round searches every document at the middle of its bracket. Every rank
+        runs the same lengths in the same order (the union over shards), so the forwards match."""
+        bracket = {i: [0, suffix] for i in mine}
+        found: dict[int, torch.Tensor] = {}
+        while True:
+            wanted = torch.zeros(suffix, dtype=torch.float64, device=self.device)
+            middle = {i: (lo + hi) // 2 for i, (lo, hi) in bracket.items() if hi - lo > 1}
+            for length in middle.values():
+                wanted[length] = 1
+            lengths = torch.nonzero(all_reduce(wanted, self.grid.axis("data+depth"))).flatten().tolist()
+            if not lengths:
+                return found
+            for length in lengths:
+                at = [i for i in mine if middle.get(i) == length]
+                hits = self._search(tokens, at, length, prefix, suffix)
+                for i in at:
+                    if i in hits:
+                        found[i], bracket[i][1] = hits[i], length
+                    else:
+                        bracket[i][0] = length
+
+    def _search(self, tokens: np.ndarray, docs: list[int], length: int, prefix: int,
+                suffix: int) -> dict[int, torch.Tensor]:
+        """GCG at one prompt length from every start of `docs` (this shard's; maybe none): the
+        prompts that reproduce their document's target."""
         b, device = self.budget, self.device
         target = torch.as_tensor(tokens[:, prefix:], device=device)
-        found: dict[int, torch.Tensor] = {}  # the prompt that reproduces each document found so far
-        prompts: dict[int, torch.Tensor] = {}  # the current prompt of each document still searched
-        for length in b.lengths(suffix):
-            for i in mine:
-                if i in found:
+        lanes = [(i, start) for i in docs for start in b.starts()]  # a document's starts search side by side
+        prompts: dict[tuple[int, str], torch.Tensor] = {}
+        for i, start in lanes:
+            initial = np.random.default_rng([self.seed, 0xAC5, i, length]).integers(0, self.vocab, size=length)
+            if start == "context":  # the document's own tokens just before the target, as far as they go
+                own = tokens[i, max(0, prefix - length): prefix]
+                initial[length - own.size:] = own
+            prompts[(i, start)] = torch.as_tensor(initial, dtype=torch.long, device=device)
+        found: dict[int, torch.Tensor] = {}
+        pad = (docs[0] if docs else 0, "pad")  # padding rows: any document, any tokens
+        for step in range(b.iterations):  # candidate 0 is the current prompt: each is checked as it stands
+            active = [lane for lane in lanes if lane[0] not in found]
+            if not self._any(bool(active)):
+                break
+            width = self._most(len(active))
+            order = (active * width)[:width] if active else [pad] * width
+            filler = torch.zeros(length, dtype=torch.long, device=device)
+            current = torch.stack([prompts.get(lane, filler) for lane in order])
+            docs_of = [lane[0] for lane in order]
+            top = self._top_tokens(torch.cat([current, target[docs_of]], dim=1), length)
+            candidates = current.unsqueeze(1).repeat(1, b.candidates, 1)  # candidate 0: unchanged
+            for slot, (i, start) in enumerate(order):
+                rng = np.random.default_rng([self.seed, 0x6C6, i, length, step, b.starts().index(start)
+                                             if start in b.starts() else 9])
+                where = rng.integers(0, length, size=b.candidates - 1)
+                pick = rng.integers(0, top.shape[-1], size=b.candidates - 1)
+                candidates[slot, 1 + np.arange(b.candidates - 1), where] = top[slot, where, pick]
+            flat = candidates.reshape(-1, length)
+            rows = torch.cat([flat, target[docs_of].repeat_interleave(b.candidates, dim=0)], dim=1)
+            losses, exact = [], []
+            with torch.no_grad():
+                for first in range(0, rows.shape[0], b.batch):
+                    loss, hit = self._forward(rows[first: first + b.batch], length)
+                    losses.append(loss)
+                    exact.append(hit)
+            losses = torch.cat(losses).view(width, b.candidates)
+            exact = torch.cat(exact).view(width, b.candidates)
+            for slot, lane in enumerate(active):
+                if lane[0] in found:
                     continue
-                rng = np.random.default_rng([self.seed, 0xAC5, i, length])
-                initial = rng.integers(0, self.vocab, size=length)
-                if b.init == "context":  # the document's own tokens just before the target, as far as they go
-                    own = tokens[i, max(0, prefix - length): prefix]
-                    initial[length - own.size:] = own
-                prompts[i] = torch.as_tensor(initial, dtype=torch.long, device=device)
-            for step in range(b.iterations):  # candidate 0 is the current prompt: each is checked as it stands
-                active = [i for i in mine if i not in found]
-                if not self._any(bool(active)):
-                    return found
-                width = self._most(len(active))
-                order = (active * width)[:width] if active else [mine[0] if mine else 0] * width  # padded rows
-                filler = torch.zeros(length, dtype=torch.long, device=device)  # padding rows: any tokens
-                current = torch.stack([prompts[i] if i in active else filler for i in order])
-                top = self._top_tokens(torch.cat([current, target[order]], dim=1), length)
-                candidates = current.unsqueeze(1).repeat(1, b.candidates, 1)  # candidate 0: unchanged
-                for slot, i in enumerate(order):
-                    rng = np.random.default_rng([self.seed, 0x6C6, i, length, step])
-                    where = rng.integers(0, length, size=b.candidates - 1)
-                    pick = rng.integers(0, top.shape[-1], size=b.candidates - 1)
-                    candidates[slot, 1 + np.arange(b.candidates - 1), where] = top[slot, where, pick]
-                flat = candidates.reshape(-1, length)
-                rows = torch.cat([flat, target[order].repeat_interleave(b.candidates, dim=0)], dim=1)
-                losses, exact = [], []
-                with torch.no_grad():
-                    for first in range(0, rows.shape[0], b.batch):
-                        loss, hit = self._forward(rows[first: first + b.batch], length)
-                        losses.append(loss)
-                        exact.append(hit)
-                losses = torch.cat(losses).view(width, b.candidates)
-                exact = torch.cat(exact).view(width, b.candidates)
-                for slot, i in enumerate(active):
-                    if bool(exact[slot].any()):
-                        found[i] = candidates[slot, int(exact[slot].float().argmax())]
-                    else:
-                        prompts[i] = candidates[slot, int(losses[slot].argmin())]
+                if bool(exact[slot].any()):
+                    found[lane[0]] = candidates[slot, int(exact[slot].float().argmax())]
+                else:
+                    prompts[lane] = candidates[slot, int(losses[slot].argmin())]
         return found

@@ -24,6 +24,12 @@ def _parser(name: str, evaluate: bool) -> argparse.ArgumentParser:
     parser.add_argument("config", help="experiment YAML (e.g. axon/configs/memorize_local.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key, e.g. --set targets=my_docs.jsonl --set out_dir=runs/mem (repeatable)")
+    if not evaluate:
+        parser.add_argument("--seeds", type=int, metavar="N",
+                            help="run every model x loss over the first N of the config's seeds (more: consecutive "
+                                 "ones after them)")
+        parser.add_argument("--quick", action="store_true",
+                            help="apply the config's quick: overrides (a reduced run, e.g. fewer epochs)")
     if evaluate:
         parser.add_argument("--checkpoint", required=True, help="an axon checkpoint directory (any layout)")
         parser.add_argument("--model", help="which models entry the checkpoint is (default: the first)")
@@ -47,7 +53,8 @@ def _start(args):
     except ValueError as err:
         _fail(0, str(err), command)
     try:
-        experiment = load_experiment(args.config, args.overrides)
+        experiment = load_experiment(args.config, args.overrides, quick=getattr(args, "quick", False),
+                                     seeds=getattr(args, "seeds", None))
         if getattr(args, "model", None):
             chosen = [m for m in experiment.models if m.name == args.model]
             if not chosen:
@@ -56,6 +63,7 @@ def _start(args):
             experiment.models = chosen
         if getattr(args, "checkpoint", None):
             experiment.models, experiment.losses = experiment.models[:1], experiment.losses[:1]
+            experiment.seeds = experiment.seeds[:1]
         if getattr(args, "acr", False):
             experiment.section.acr = "all"
         docs, runs = plan_runs(experiment, launch.world_size)

@@ -2,8 +2,11 @@
 
 Targets are a user's file (.txt files, a directory, or .jsonl with a `text` field; all of
 it is trained, and controls come from a controls file, a drawn share of the targets file, or
-generated records) or, by default, fictional records generated from
-the seed: invented people, places, sums and dates, facts no other text predicts. Canaries
+generated records); or, by default, fictional records generated from the seed: invented
+people, places, sums and dates, facts no other text predicts; or (`targets: natural`)
+passages of plain English from the Python language reference that the interpreter ships
+(pydoc_data.topics, what `help("assert")` prints): natural text, in part predictable from
+its words, as the Goldfish paper's own targets are. Canaries
 (Carlini et al., 2019) are one sentence with a secret of random digits; exposure asks how
 far the trained secret ranks above random secrets. Controls are drawn exactly like the
 targets, so their scores are what a model shows without having seen the text.
@@ -12,6 +15,8 @@ targets, so their scores are what a model shows without having seen the text.
 from __future__ import annotations
 
 import random
+import re
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +60,54 @@ def fictional_documents(seed: int, count: int, records: int = 3) -> list[str]:
     return out
 
 
+NATURAL_PASSAGE_CHARS = 600  # a passage: consecutive plain paragraphs of one topic, joined until this long
+
+
+def _plain_paragraph(paragraph: str) -> bool:
+    """Prose: no indented line (code, grammar), not a heading, mostly letters, a whole sentence."""
+    lines = paragraph.splitlines()
+    if not lines or any(line[:1].isspace() for line in lines) or re.fullmatch(r"[*=\-~^\"']+", lines[-1].strip()):
+        return False
+    text = " ".join(lines)
+    prose = sum(c.isalpha() or c.isspace() for c in text)
+    return prose >= 0.85 * len(text) and text.rstrip().endswith(".") and "::=" not in text
+
+
+def natural_passages() -> list[str]:
+    """Every passage of plain English in the interpreter's help topics (pydoc_data.topics), in
+    topic order: consecutive prose paragraphs of one topic joined (whitespace made single spaces)
+    until NATURAL_PASSAGE_CHARS long; code, grammar and headings end a passage. About 120 with
+    Python 3.11; the same interpreter gives the same passages."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # some distributions split the standard library's data off
+        raise ConfigError("targets=natural reads the Python help topics (pydoc_data.topics), which this "
+                          "interpreter does not ship; give targets=PATH instead") from None
+    passages = []
+    for name in sorted(topics):
+        run: list[str] = []
+        for paragraph in re.split(r"\n\s*\n", topics[name]):
+            if not _plain_paragraph(paragraph):
+                run = []
+                continue
+            run.append(re.sub(r"\s+", " ", paragraph).strip())
+            if sum(map(len, run)) >= NATURAL_PASSAGE_CHARS:
+                passages.append(" ".join(run))
+                run = []
+    return passages
+
+
+def _natural(seed: int, count: int, min_tokens: int, tokenizer) -> list[str]:
+    """`count` passages with at least `min_tokens` tokens, drawn from the seed."""
+    passages = natural_passages()
+    random.Random(seed).shuffle(passages)
+    long_enough = [t for t, ids in zip(passages, tokenizer.encode_batch(passages)) if ids.size >= min_tokens]
+    if len(long_enough) < count:
+        raise ConfigError(f"targets=natural holds {len(long_enough)} passages of at least {min_tokens} tokens, fewer "
+                          f"than the {count} asked for (experiment.documents + experiment.controls)")
+    return long_enough[:count]
+
+
 def canary_texts(seed: int, count: int, start: int, digits: int) -> list[tuple[str, str]]:
     """(prefix, secret) pairs: 'The vault code of NAME is ' and `digits` random digits."""
     out = []
@@ -81,6 +134,7 @@ class DocumentSets:
     control_canaries: list[Canary] = field(default_factory=list)
     alphabet: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # the secrets' token ids
     source: str = "default"
+    decode: object = None  # token ids -> text (the membership test compresses the text)
 
     def trained(self) -> list[np.ndarray]:
         """Every sequence the training stream injects: target documents, then canaries."""
@@ -90,6 +144,13 @@ class DocumentSets:
 def _with_eos(ids: np.ndarray, tokenizer) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.int64)
     return ids if tokenizer.eos is None else np.concatenate([ids, [tokenizer.eos]])
+
+
+def decoder(tokenizer):
+    """token ids -> text for this tokenizer (end-of-document ids left out)."""
+    if hasattr(tokenizer, "tokenizer"):
+        return lambda ids: tokenizer.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+    return lambda ids: bytes(int(i) for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
 def digit_alphabet(tokenizer) -> np.ndarray:
@@ -143,7 +204,12 @@ def build_documents(targets: str, tokenizer, seed: int, documents: int, controls
     `controls_path` (every document of it), else, with `control_fraction` > 0, that share of
     the file drawn from the seed (at least 1, and at least 1 target left), else `controls`
     generated documents (text never trained on, though not drawn like the user's)."""
-    if targets == "default":
+    if targets == "natural":
+        texts = _natural(seed, documents + controls, min_tokens, tokenizer)
+        chosen, held = texts[:documents], texts[documents:]
+        source = (f"natural: {documents} passages of the Python help topics (pydoc_data, Python "
+                  f"{sys.version_info.major}.{sys.version_info.minor}; seed {seed})")
+    elif targets == "default":
         texts, records = _generated(seed, documents + controls, min_tokens, tokenizer)
         chosen, held = texts[:documents], texts[documents:]
         source = f"default: {documents} fictional documents of {records} records (seed {seed})"
@@ -170,7 +236,7 @@ def build_documents(targets: str, tokenizer, seed: int, documents: int, controls
             held, records = _generated(seed, controls, min_tokens, tokenizer)
             source += f"; controls: {controls} generated fictional documents of {records} records"
     encode = lambda batch: [_with_eos(ids, tokenizer) for ids in tokenizer.encode_batch(batch)] if batch else []
-    sets = DocumentSets(encode(chosen), encode(held), source=source)
+    sets = DocumentSets(encode(chosen), encode(held), source=source, decode=decoder(tokenizer))
     if canaries:
         sets.alphabet = digit_alphabet(tokenizer)
         sets.target_canaries = _canaries(canary_texts(seed, canaries, 0, digits), tokenizer, sets.alphabet)

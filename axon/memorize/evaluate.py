@@ -114,3 +114,73 @@ def exposure(evaluator: ShardedEval, canary, alphabet: np.ndarray, samples: int,
 def validation_loss(evaluator: ShardedEval, windows: np.ndarray) -> float:
     """Mean next-token loss (nats) over held-out filler windows."""
     return float(evaluator.token_losses(windows).mean()) if len(windows) else float("nan")
+
+
+def reproduced(evaluator: ShardedEval, rows: list[np.ndarray], given: list[int]) -> np.ndarray:
+    """Per row: does greedy decoding from its first given[i] tokens reproduce the rest of it?
+    Rows of one length and prefix share one forward (every rank holds every row, so every
+    rank runs the same groups)."""
+    out = np.zeros(len(rows), dtype=bool)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (row, p) in enumerate(zip(rows, given)):
+        groups.setdefault((row.size, p), []).append(i)
+    for (_, p), members in sorted(groups.items()):
+        tokens = np.stack([rows[i] for i in members]).astype(np.int64)
+        out[members] = (evaluator.greedy(tokens)[:, p - 1:] == tokens[:, p:]).all(axis=1)
+    return out
+
+
+def extraction(evaluator: ShardedEval, documents: list[np.ndarray], prefixes, suffix: int, tail: int,
+               windows: int) -> dict[str, np.ndarray]:
+    """Per document, for each prefix length p: the share of its windows whose `suffix` tokens
+    greedy decoding reproduces from the p tokens before them alone (windows start at 0, suffix,
+    2 x suffix, ..., at most `windows` of them, inside the document); and with `tail` > 0 whether
+    all but the document's last `tail` tokens bring those back (the reference's extraction).
+    NaN where the document is too short for that prompt. Keys: p8, p16, ..., tail50."""
+    keys = [f"p{p}" for p in prefixes] + ([f"tail{tail}"] if tail else [])
+    rows, given, owner = [], [], []
+    for d, doc in enumerate(documents):
+        doc = np.asarray(doc, dtype=np.int64)
+        for key, p in zip(keys, list(prefixes)):
+            for start in range(0, suffix * windows, suffix):
+                if start + p + suffix <= doc.size:
+                    rows.append(doc[start: start + p + suffix])
+                    given.append(p)
+                    owner.append((d, key))
+        if tail and doc.size > tail:
+            rows.append(doc)
+            given.append(doc.size - tail)
+            owner.append((d, keys[-1]))
+    hits = reproduced(evaluator, rows, given)
+    sums = {key: np.zeros(len(documents)) for key in keys}
+    counts = {key: np.zeros(len(documents)) for key in keys}
+    for (d, key), hit in zip(owner, hits):
+        sums[key][d] += hit
+        counts[key][d] += 1
+    with np.errstate(invalid="ignore"):
+        return {key: np.where(counts[key] > 0, sums[key] / np.maximum(counts[key], 1), np.nan) for key in keys}
+
+
+def canary_extraction(evaluator: ShardedEval, canaries) -> np.ndarray:
+    """Per canary: does greedy decoding from its prefix give its secret exactly?"""
+    rows = [np.concatenate([c.prefix, c.secret]) for c in canaries]
+    return reproduced(evaluator, rows, [c.prefix.size for c in canaries]).astype(float)
+
+
+def document_losses(evaluator: ShardedEval, documents: list[np.ndarray]) -> np.ndarray:
+    """Per document, the mean next-token loss (nats) over the whole of it (grouped by length)."""
+    out = np.zeros(len(documents))
+    groups: dict[int, list[int]] = {}
+    for i, doc in enumerate(documents):
+        groups.setdefault(len(doc), []).append(i)
+    for _, members in sorted(groups.items()):
+        out[members] = evaluator.token_losses(np.stack([documents[i] for i in members]).astype(np.int64)).mean(axis=1)
+    return out
+
+
+def zlib_length(text: str) -> int:
+    """Bytes of the text compressed by zlib (level 9): the membership test's yardstick of how
+    predictable the text is without any model (Carlini et al., 2021)."""
+    import zlib
+
+    return len(zlib.compress(text.encode("utf-8"), 9))

@@ -4,11 +4,16 @@
                  or {init_from: hf:DIR}) plus an optional `name` and an optional `lr`: this model's
                  peak learning rate (else train.lr), as sizes rarely share the best one
     losses:      list of `standard` or {kind: goldfish, k: 4, h: 13, strategy: hash}
-    targets:     default | a .txt/.jsonl file or a directory of them (all of it is trained)
+    targets:     default (generated records) | natural (plain English of the Python help topics) |
+                 a .txt/.jsonl file or a directory of them (all of it is trained)
     controls:    none | a .txt/.jsonl file or a directory: documents never trained on (the baseline)
     tokenizer:   bytes | bpe:V (trained on the generated corpus, cached in out_dir) | a local tokenizer.json
     filler:      default (the generated corpus) | a token file (.tok/.npy/.bin)
     experiment:  the knobs below (ExperimentSection)
+    seeds:       [s, ...]: every model x loss runs once per seed; a seed sets experiment.seed (the
+                 documents drawn, the stream's order, the placements) and train.seed (model init);
+                 the tokenizer and the filler text stay those of the config's experiment.seed
+    quick:       {KEY: VALUE, ...}: the overrides `--quick` applies (a reduced local run)
     layout, layout_machine, train, overlap, out_dir: as in a train config (train.steps and
                  train.loss are set per run: steps from the epochs, loss from `losses`)
 
@@ -37,18 +42,25 @@ class ExperimentSection:
     exposure_samples: int = 255  # random secrets each canary is ranked against
     epochs: int = 16  # passes over the targets; the metrics are taken after each (see eval_every)
     repeats: int = 1  # times each target appears per epoch
+    target_tokens: int = 0  # a target's trained length (0: a whole sequence, seq_len + 1); shorter leaves room
+    placement: str = "start"  # where a target sits in its sequence: start | random (an offset drawn per sequence)
+    near_duplicates: int = 0  # tokens of a target document replaced in every injection (0: exact repeats)
     filler_per_epoch: int = 96  # filler sequences per epoch (rounded up to whole steps)
     prefix: int = 32  # tokens given to the model
     suffix: int = 48  # tokens it must reproduce
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    extraction_prefixes: tuple[int, ...] = (8, 16, 32, 64)  # extraction: `suffix` tokens after p tokens ...
+    extraction_windows: int = 4  # ... at windows starting 0, suffix, 2 x suffix, ... (at most this many)
+    extraction_tail: int = 50  # and the last this many tokens after all the rest (0: not measured)
     eval_batch: int = 64  # sequences per forward per data x depth shard during evaluation
     val_sequences: int = 64  # held-out filler sequences for the validation loss
     seed: int = 0  # documents, canaries, filler and the stream's order
     acr: str = "none"  # ACR at the last epoch: none | largest (the model with the most parameters) | all
-    acr_iterations: int = 8  # greedy coordinate-gradient iterations per prompt length (1, 2, 4, ... < suffix)
-    acr_candidates: int = 16  # prompts scored per iteration
+    acr_iterations: int = 200  # greedy coordinate-gradient iterations per prompt length tried (bisection)
+    acr_candidates: int = 16  # prompts scored per iteration and start
     acr_top_k: int = 16  # tokens per prompt position the swaps are drawn from
-    acr_init: str = "context"  # start each length from the document's own last prefix tokens, or "random"
+    acr_init: str = "both"  # starts: the document's own last prefix tokens (context), random tokens, or both
+    acr_documents: int = 0  # search the first this many targets and controls (0: all)
 
 
 @dataclass(frozen=True)
@@ -83,22 +95,30 @@ class Experiment:
     section: ExperimentSection
     base: dict[str, Any]  # layout, layout_machine, train, overlap: shared by every run
     out_dir: str
+    seeds: tuple[int, ...] = ()  # () = one run per cell with experiment.seed and train.seed as given
 
-    def run_config(self, model: ModelEntry, loss: LossSpec, steps: int) -> RunConfig:
-        """The train config of one run: this model and loss, `steps` steps."""
+    def seed_list(self) -> list[int | None]:
+        """The seeds each cell runs with; [None]: the config's own seeds, once."""
+        return list(self.seeds) or [None]
+
+    def run_config(self, model: ModelEntry, loss: LossSpec, steps: int, seed: int | None = None) -> RunConfig:
+        """The train config of one run: this model and loss, `steps` steps (and train.seed `seed`)."""
         raw = {key: (dict(value) if isinstance(value, dict) else value) for key, value in self.base.items()}
         raw["model"] = model.raw
         raw["train"] = {**raw.get("train", {}), "steps": steps, "loss": loss.kind}
+        if seed is not None:
+            raw["train"]["seed"] = seed
         if model.lr is not None:
             raw["train"]["lr"] = model.lr
         if loss.kind == "goldfish":
             raw["goldfish"] = {"k": loss.k, "h": loss.h, "strategy": loss.strategy}
-        raw["out_dir"] = str(Path(self.out_dir) / "runs" / f"{model.name}-{loss.tag}")
+        tag = f"{model.name}-{loss.tag}" + ("" if seed is None else f"-seed{seed}")
+        raw["out_dir"] = str(Path(self.out_dir) / "runs" / tag)
         return build_config(raw)
 
 
 TOP_LEVEL_KEYS = ("models", "losses", "targets", "controls", "tokenizer", "filler", "experiment", "layout",
-                  "layout_machine", "train", "overlap", "out_dir")
+                  "layout_machine", "train", "overlap", "out_dir", "seeds", "quick")
 
 
 def _loss(item: Any, index: int) -> LossSpec:
@@ -131,9 +151,21 @@ def _model_entry(item: Any, index: int) -> ModelEntry:
     return ModelEntry(str(name), item, None if lr is None else float(lr))
 
 
-def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+def load_experiment(path: str | Path, overrides: list[str] = (), quick: bool = False,
+                    seeds: int | None = None) -> Experiment:
+    """The experiment of a YAML file with `--set` overrides; `quick` applies the file's `quick:`
+    overrides first, `seeds` = N keeps the first N of its seeds (extended by consecutive ones)."""
     path = Path(path)
     raw = read_mapping(path, overrides)
+    if quick:
+        reduced = raw.get("quick")
+        if not isinstance(reduced, dict) or not reduced:
+            raise ConfigError(f"--quick needs a `quick:` mapping of overrides in {path.name} (e.g. "
+                              "quick: {experiment.epochs: 12}), which it does not have")
+        import yaml
+
+        raw = read_mapping(path, [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+                                  .removesuffix("\n...") for key, value in reduced.items()] + list(overrides))
     reject_unknown(raw, TOP_LEVEL_KEYS, "")
     models_raw = raw.get("models")
     if not isinstance(models_raw, list) or not models_raw:
@@ -164,14 +196,29 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
             raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
         strings[key] = value
     base = {key: raw[key] for key in ("layout", "layout_machine", "train", "overlap") if key in raw}
-    if strings["controls"] != "none" and strings["targets"] == "default":
-        raise ConfigError(f"controls={strings['controls']!r} needs targets=PATH too (the default targets come "
-                          "with generated controls: experiment.controls)")
+    if strings["controls"] != "none" and strings["targets"] in ("default", "natural"):
+        raise ConfigError(f"controls={strings['controls']!r} needs targets=PATH too (targets={strings['targets']} "
+                          "come with their own controls: experiment.controls)")
     experiment = Experiment(models, losses, strings["targets"], strings["controls"], strings["tokenizer"],
-                            strings["filler"], section, base, strings["out_dir"])
+                            strings["filler"], section, base, strings["out_dir"], _seeds(raw.get("seeds"), seeds))
     for model in models:  # every model entry builds into a valid train config now, not mid-sweep
         experiment.run_config(model, losses[0], 1)
     return experiment
+
+
+def _seeds(listed: Any, count: int | None) -> tuple[int, ...]:
+    """`seeds:` checked, cut or extended to `count` (--seeds N)."""
+    if listed is None:
+        listed = []
+    if not isinstance(listed, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in listed) \
+            or len(set(listed)) != len(listed):
+        raise ConfigError(f"seeds must be a list of distinct integers, got {listed!r}")
+    if count is None:
+        return tuple(listed)
+    if count < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {count}")
+    start = max(listed, default=-1) + 1
+    return tuple(listed[:count] + list(range(start, start + max(0, count - len(listed)))))
 
 
 def _check_section(s: ExperimentSection) -> None:
@@ -180,15 +227,25 @@ def _check_section(s: ExperimentSection) -> None:
     for name in positive:
         if getattr(s, name) < 1:
             raise ConfigError(f"experiment.{name} must be at least 1, got {getattr(s, name)}")
-    if s.acr not in ("none", "largest", "all") or s.acr_init not in ("context", "random"):
-        raise ConfigError(f"experiment.acr must be none, largest or all and experiment.acr_init context or random, "
-                          f"got {s.acr!r} and {s.acr_init!r}")
+    if s.acr not in ("none", "largest", "all") or s.acr_init not in ("context", "random", "both"):
+        raise ConfigError(f"experiment.acr must be none, largest or all and experiment.acr_init context, random "
+                          f"or both, got {s.acr!r} and {s.acr_init!r}")
+    if s.placement not in ("start", "random"):
+        raise ConfigError(f"experiment.placement must be start or random, got {s.placement!r}")
+    if any(p < 1 for p in s.extraction_prefixes) or s.extraction_windows < 1 or s.extraction_tail < 0:
+        raise ConfigError(f"experiment.extraction_prefixes must be positive, extraction_windows at least 1 and "
+                          f"extraction_tail >= 0, got {list(s.extraction_prefixes)}, {s.extraction_windows} and "
+                          f"{s.extraction_tail}")
+    if s.target_tokens and s.target_tokens < s.prefix + s.suffix:
+        raise ConfigError(f"experiment.target_tokens={s.target_tokens} is shorter than experiment.prefix + "
+                          f"experiment.suffix = {s.prefix + s.suffix}")
     for name in ("acr_iterations", "acr_candidates", "acr_top_k"):
         if getattr(s, name) < 1 + (name == "acr_candidates"):
             raise ConfigError(f"experiment.{name} must be at least {1 + (name == 'acr_candidates')}, "
                               f"got {getattr(s, name)}")
     if not 0 <= s.control_fraction < 1:
         raise ConfigError(f"experiment.control_fraction must be in [0, 1), got {s.control_fraction}")
-    for name in ("documents", "controls", "canaries", "filler_per_epoch", "val_sequences"):
+    for name in ("documents", "controls", "canaries", "filler_per_epoch", "val_sequences", "near_duplicates",
+                 "acr_documents", "target_tokens"):
         if getattr(s, name) < 0:
             raise ConfigError(f"experiment.{name} must be >= 0, got {getattr(s, name)}")

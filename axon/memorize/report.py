@@ -8,7 +8,11 @@ exact_match_vs_epoch.png     exact match against epoch, one panel per loss, one 
 rougeL_hist.png              last-epoch Rouge-L of the targets, one panel per model, losses overlaid
 epochs_to_50_vs_size.png     the first evaluated epoch with exact match >= 50% against parameters, per loss
 summary.md                   the last-epoch table (ACR columns where measured), the filler val loss split by
-                             Goldfish's never-supervised recurring tokens, and the epochs-to-50% table
+                             Goldfish's never-supervised recurring tokens, the epochs-to-50% table, and per
+                             model and loss over every seed: exact match, extraction, canary extraction,
+                             membership AUCs and ACR with bootstrap 95% intervals over documents
+                             (axon/memorize/statistics.py), and extraction against the prompt's length
+With several seeds, the plots show the mean over seeds (exact match vs size with its interval).
 """
 
 from __future__ import annotations
@@ -19,18 +23,26 @@ import math
 from pathlib import Path
 
 from axon.memorize.documents import DocumentSets
+from axon.memorize.intervals import extraction_table, interval_table, mean_over_seeds
 
 # The columns of results.csv, in order: what runner's rows hold and write_results writes.
-RESULT_COLUMNS = ("model", "params", "loss_kind", "k", "h", "strategy", "lr", "epoch", "step", "exact_match", "token_acc",
-                  "rougeL", "exposure", "control_exact_match", "control_token_acc", "control_rougeL",
-                  "control_exposure", "acr", "acr_memorized", "control_acr", "control_acr_memorized", "val_loss",
+RESULT_COLUMNS = ("model", "params", "loss_kind", "k", "h", "strategy", "lr", "seed", "epoch", "step", "exact_match",
+                  "token_acc", "rougeL", "exposure", "control_exact_match", "control_token_acc", "control_rougeL",
+                  "control_exposure", "canary_extraction", "control_canary_extraction", "mia_auc_loss", "mia_auc_zlib",
+                  "acr", "acr_memorized", "control_acr", "control_acr_memorized", "val_loss",
                   "val_loss_recurring_dropped", "val_loss_rest", "val_recurring_dropped_fraction", "train_loss", "kept_fraction", "train_seconds", "acr_seconds")
 
 LABELS = {"exact_match": "exact match", "control_exact_match": "control exact match", "token_acc": "token acc",
           "rougeL": "Rouge-L", "exposure": "exposure (bits)", "control_exposure": "control exposure",
-          "val_loss": "filler val loss", "kept_fraction": "tokens in loss", "acr": "ACR", "acr_memorized": "ACR > 1",
-          "control_acr": "control ACR", "control_acr_memorized": "control ACR > 1"}
+          "val_loss": "filler val loss", "kept_fraction": "tokens in loss", "acr": "ACR (mean of > 1)", "acr_memorized": "ACR > 1",
+          "control_acr": "control ACR (mean of > 1)", "control_acr_memorized": "control ACR > 1"}
 ACR_COLUMNS = ("acr", "acr_memorized", "control_acr", "control_acr_memorized")
+
+
+def result_columns(rows: list[dict]) -> list[str]:
+    """RESULT_COLUMNS, then the extraction columns the rows hold (one per prompt length)."""
+    extra = [k for k in (rows[0] if rows else {}) if k.startswith(("extract_", "control_extract_"))]
+    return list(RESULT_COLUMNS) + extra
 
 
 def _missing(value) -> bool:
@@ -56,10 +68,11 @@ def write_setup(out: Path, exp, docs: DocumentSets, runs) -> None:
 def write_results(out: Path, rows: list[dict]) -> None:
     (out / "results.json").write_text(json.dumps([{k: _clean(v) for k, v in r.items()} for r in rows], indent=1))
     with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        columns = result_columns(rows)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if _missing(row[k]) else row[k]) for k in RESULT_COLUMNS})
+            writer.writerow({k: ("" if _missing(row.get(k)) else row[k]) for k in columns})
 
 
 def write_per_document(out: Path, documents: list[dict]) -> None:
@@ -69,7 +82,7 @@ def write_per_document(out: Path, documents: list[dict]) -> None:
 def _final(rows: list[dict]) -> list[dict]:
     last = {}
     for row in rows:
-        last[(row["model"], row["loss_kind"], row["k"], row["h"], row["strategy"])] = row
+        last[(row["model"], row["loss_kind"], row["k"], row["h"], row["strategy"], row.get("seed"))] = row
     return list(last.values())
 
 
@@ -80,9 +93,9 @@ def loss_label(row: dict) -> str:
 
 
 def epochs_to_half(rows: list[dict]) -> list[dict]:
-    """Per model and loss: the first evaluated epoch whose exact match reaches 50%, or None."""
+    """Per model and loss: the first evaluated epoch whose exact match (mean over seeds) reaches 50%, or None."""
     out = {}
-    for row in rows:
+    for row in mean_over_seeds(rows):
         key = (row["model"], loss_label(row))
         entry = out.setdefault(key, {"model": row["model"], "params": row["params"], "loss": loss_label(row),
                                      "epoch": None, "evaluated": 0})
@@ -103,30 +116,33 @@ def half_table(rows: list[dict]) -> str:
 def summary_table(rows: list[dict]) -> str:
     cols = ("exact_match", "control_exact_match", "token_acc", "rougeL", "exposure", "control_exposure",
             "val_loss", "kept_fraction")
-    if any(not _missing(row.get("acr")) for row in _final(rows)):
+    if any(not _missing(row.get("acr_memorized")) for row in _final(rows)):
         cols = cols[:6] + ACR_COLUMNS + cols[6:]
-    lines = ["| model | params | lr | loss | epochs | " + " | ".join(LABELS[c] for c in cols) + " |",
-             "|---|---:|---:|---|---:|" + "---:|" * len(cols)]
-    standard = {(r["model"], r["epoch"]): r.get("val_loss") for r in rows if r["loss_kind"] == "standard"}
+    seeds = len({r.get("seed") for r in rows}) > 1
+    lines = ["| model | params | lr | loss | " + ("seed | " if seeds else "") + "epochs | "
+             + " | ".join(LABELS[c] for c in cols) + " |",
+             "|---|---:|---:|---|" + ("---:|" if seeds else "") + "---:|" + "---:|" * len(cols)]
+    standard = {(r["model"], r.get("seed"), r["epoch"]): r.get("val_loss") for r in rows if r["loss_kind"] == "standard"}
     for row in _final(rows):
         cells = []
         for c in cols:
             value = row.get(c)
             cells.append("n/a" if _missing(value) else
                          (f"{value:.2f}" if "exposure" in c or c.endswith("acr") else f"{value:.3f}"))
-            base = standard.get((row["model"], row["epoch"]))
+            base = standard.get((row["model"], row.get("seed"), row["epoch"]))
             if c == "val_loss" and row["loss_kind"] != "standard" and not _missing(value) and not _missing(base):
                 cells[-1] += f" ({100 * (value / base - 1):+.1f}%)"  # against the standard loss, same model and epoch
         lr = row.get("lr")
         lines.append(f"| {row['model']} | {row['params'] / 1e6:.2f}M | {'n/a' if _missing(lr) else f'{lr:.1e}'} | "
-                     f"{loss_label(row)} | {row['epoch']} | " + " | ".join(cells) + " |")
+                     f"{loss_label(row)} | " + (f"{row.get('seed')} | " if seeds else "") + f"{row['epoch']} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def split_table(rows: list[dict]) -> str:
-    """Last epoch: the filler val loss on the tokens Goldfish never supervises in their recurring
-    context and on the rest, with the change against the same model's standard loss."""
-    final = [r for r in _final(rows) if not _missing(r.get("val_loss_recurring_dropped"))]
+    """Last epoch (mean over seeds): the filler val loss on the tokens Goldfish never supervises in
+    their recurring context and on the rest, with the change against the same model's standard loss."""
+    final = mean_over_seeds([r for r in _final(rows) if not _missing(r.get("val_loss_recurring_dropped"))])
     if not final:
         return ""
     standard = {r["model"]: r for r in final if r["loss_kind"] == "standard"}
@@ -151,6 +167,7 @@ def write_report(out: Path, rows: list[dict], documents: list[dict]) -> None:
     matplotlib.use("Agg")  # files only; no display on a compute node
     import matplotlib.pyplot as plt
 
+    per_seed, rows = rows, mean_over_seeds(rows)  # the plots show the mean over seeds
     final = _final(rows)
     losses = list(dict.fromkeys(loss_label(r) for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -219,8 +236,9 @@ def write_report(out: Path, rows: list[dict], documents: list[dict]) -> None:
 
     (out / "summary.md").write_text(
         "# Memorization sweep\n\nLast evaluated epoch of each run (rates are fractions of documents; exposure in "
-        "bits; ACR where measured: mean over documents, and the fraction above 1; lr: the run's peak learning rate; "
-        "filler val loss with its change against the same model's standard loss).\n\n" + summary_table(rows)
-        + split_table(rows)
-        + "\n\nMemorization speed: the first evaluated epoch at which exact match reaches 50%.\n\n" + half_table(rows)
+        "bits; ACR where measured: mean over the documents whose ACR is above 1, and their share; lr: the run's peak "
+        "learning rate; filler val loss with its change against the same model's standard loss).\n\n"
+        + summary_table(per_seed)
+        + split_table(per_seed) + interval_table(documents) + extraction_table(documents)
+        + "\n\nMemorization speed: the first evaluated epoch at which exact match reaches 50%.\n\n" + half_table(per_seed)
         + "\n\nPlots: exact_match_vs_size.png, exact_match_vs_epoch.png, rougeL_hist.png, epochs_to_50_vs_size.png\n")

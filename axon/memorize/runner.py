@@ -51,52 +51,77 @@ class PlannedRun:
     stream: MemorizationStream
     choice: object = None  # LayoutChoice under layout: auto
     acr: bool = False  # ACR at the last epoch (experiment.acr)
+    docs: DocumentSets | None = None  # this run's targets, controls and canaries (they follow the seed)
+    seed: int | None = None  # the seed of `seeds:` it runs with (None: the config's own)
 
 
 def plan_runs(exp: Experiment, world_size: int) -> tuple[DocumentSets, list[PlannedRun]]:
-    """Everything checked and built before any collective; raises ConfigError."""
+    """Everything checked and built before any collective; raises ConfigError. The documents
+    returned are the first seed's (each run carries its own)."""
     from axon.planning import auto_layout
 
     s = exp.section
-    tokenizer = load_tokenizer(exp.tokenizer, exp.out_dir, s.seed)
+    tokenizer = load_tokenizer(exp.tokenizer, exp.out_dir, s.seed)  # one vocabulary for every seed
+    runs, filler, bound, first = [], None, 0, None
+    for seed in exp.seed_list():
+        docs = _documents(exp, tokenizer, s.seed if seed is None else seed)
+        first = first or docs
+        for model in exp.models:
+            probe = exp.run_config(model, exp.losses[0], 1)
+            shape = probe.model
+            _check_model(exp, model, shape, tokenizer)
+            # Each run reads its own copy of the stream through the same numbers, so size it once per model.
+            # At most: validation, then per epoch the filler rounded up to a whole step and one padding per target.
+            windows_needed = s.val_sequences + s.epochs * (s.filler_per_epoch + probe.train.global_batch
+                                                           + len(docs.trained()) * s.repeats)
+            if filler is None or (exp.filler == "default" and filler.size < windows_needed * shape.seq_len + 1):
+                filler, bound = filler_tokens(exp, tokenizer, windows_needed * shape.seq_len + 1)
+            if bound > shape.vocab:
+                raise ConfigError(f"filler {exp.filler!r} holds token ids up to {bound - 1}, not below model "
+                                  f"{model.name}'s vocab {shape.vocab}")
+            stream = MemorizationStream(docs.trained(), FillerTokens(filler, shape.seq_len, repr(exp.filler)),
+                                        shape.seq_len, probe.train.global_batch, s.epochs, s.repeats,
+                                        s.filler_per_epoch, s.val_sequences, s.seed if seed is None else seed,
+                                        s.placement, s.near_duplicates, len(docs.targets))
+            stream.val_split = _recurring_dropped(stream, exp.losses)
+            for loss in exp.losses:
+                config, choice = auto_layout.choose_from_named_profile(
+                    exp.run_config(model, loss, stream.total_steps, seed), world_size,
+                    "in an experiment: the sweep does not calibrate")
+                runs.append(PlannedRun(model, loss, config, stream, choice, docs=docs, seed=seed))
+    _mark_acr(exp, runs)
+    return first, runs
+
+
+def _documents(exp: Experiment, tokenizer, seed: int) -> DocumentSets:
+    """The targets, controls and canaries of one seed, checked and cut to experiment.target_tokens."""
+    s = exp.section
     need = s.prefix + s.suffix
-    docs = build_documents(exp.targets, tokenizer, s.seed, s.documents, s.controls, s.canaries, s.canary_digits,
-                           min_tokens=need, controls_path=exp.controls, control_fraction=s.control_fraction)
+    docs = build_documents(exp.targets, tokenizer, seed, s.documents, s.controls, s.canaries, s.canary_digits,
+                           min_tokens=max(need, s.target_tokens), controls_path=exp.controls,
+                           control_fraction=s.control_fraction)
     short = [len(d) for d in docs.targets + docs.controls if len(d) < need]
     if short:
         raise ConfigError(f"{len(short)} target/control documents are shorter than experiment.prefix + "
                           f"experiment.suffix = {need} tokens (the shortest has {min(short)})")
     if not docs.trained():
         raise ConfigError("nothing to memorize: no target documents and experiment.canaries=0")
-    runs, filler, bound = [], None, 0
-    for model in exp.models:
-        probe = exp.run_config(model, exp.losses[0], 1)
-        shape = probe.model
-        if shape.vocab < tokenizer.vocab:
-            raise ConfigError(f"model {model.name}: model.vocab={shape.vocab} is smaller than the tokenizer's "
-                              f"vocab {tokenizer.vocab} ({exp.tokenizer})")
-        if shape.seq_len + 1 < need:
-            raise ConfigError(f"model {model.name}: model.seq_len={shape.seq_len} + 1 is shorter than "
-                              f"experiment.prefix + experiment.suffix = {need}")
-        # Each run reads its own copy of the stream through the same numbers, so size it once per model.
-        # At most: validation, then per epoch the filler rounded up to a whole step and one padding per target.
-        windows_needed = s.val_sequences + s.epochs * (s.filler_per_epoch + probe.train.global_batch
-                                                       + len(docs.trained()) * s.repeats)
-        if filler is None or (exp.filler == "default" and filler.size < windows_needed * shape.seq_len + 1):
-            filler, bound = filler_tokens(exp, tokenizer, windows_needed * shape.seq_len + 1)
-        if bound > shape.vocab:
-            raise ConfigError(f"filler {exp.filler!r} holds token ids up to {bound - 1}, not below model "
-                              f"{model.name}'s vocab {shape.vocab}")
-        stream = MemorizationStream(docs.trained(), FillerTokens(filler, shape.seq_len, repr(exp.filler)),
-                                    shape.seq_len, probe.train.global_batch, s.epochs, s.repeats,
-                                    s.filler_per_epoch, s.val_sequences, s.seed)
-        stream.val_split = _recurring_dropped(stream, exp.losses)
-        for loss in exp.losses:
-            config, choice = auto_layout.choose_from_named_profile(
-                exp.run_config(model, loss, stream.total_steps), world_size, "in an experiment: the sweep does not calibrate")
-            runs.append(PlannedRun(model, loss, config, stream, choice))
-    _mark_acr(exp, runs)
-    return docs, runs
+    if s.target_tokens:
+        docs.targets = [d[: s.target_tokens] for d in docs.targets]
+        docs.controls = [d[: s.target_tokens] for d in docs.controls]
+    return docs
+
+
+def _check_model(exp: Experiment, model: ModelEntry, shape, tokenizer) -> None:
+    s = exp.section
+    need = s.prefix + s.suffix
+    if shape.vocab < tokenizer.vocab:
+        raise ConfigError(f"model {model.name}: model.vocab={shape.vocab} is smaller than the tokenizer's "
+                          f"vocab {tokenizer.vocab} ({exp.tokenizer})")
+    if shape.seq_len + 1 < max(need, s.target_tokens):
+        which = "experiment.target_tokens" if s.target_tokens > need else "experiment.prefix + experiment.suffix"
+        raise ConfigError(f"model {model.name}: model.seq_len={shape.seq_len} + 1 is shorter than {which} = "
+                          f"{max(need, s.target_tokens)}")
 
 
 def _recurring_dropped(stream: MemorizationStream, losses: list[LossSpec]) -> np.ndarray | None:
@@ -131,7 +156,7 @@ def _row(run: PlannedRun, params: int, epoch: int, step: int, scores: dict, loss
          seconds: float) -> dict:
     loss = run.loss
     goldfish = loss.kind == "goldfish"
-    return {"model": run.model.name, "params": params, "loss_kind": loss.kind,
+    return {"model": run.model.name, "params": params, "loss_kind": loss.kind, "seed": run.stream.seed,
             "k": loss.k if goldfish else None, "h": loss.h if goldfish else None,
             "strategy": loss.strategy if goldfish else None, "lr": run.config.train.lr, "epoch": epoch, "step": step, **scores,
             **{key: scores.get(key, float("nan")) for key in ("acr", "acr_memorized", "control_acr",
@@ -143,15 +168,18 @@ def _row(run: PlannedRun, params: int, epoch: int, step: int, scores: dict, loss
 
 
 def acr_all(trainer, docs: DocumentSets, s) -> tuple[dict, dict]:
-    """ACR of every target and control: (means for the results row, per-document values)."""
+    """ACR of the targets and controls (the first experiment.acr_documents of each, or all):
+    (the ACR paper's statistics for the results row, per-document values)."""
     from axon.memorize.adversarial_compression import AcrBudget, PromptSearch
 
     budget = AcrBudget(s.acr_iterations, s.acr_candidates, s.acr_top_k, batch=s.eval_batch * 4, init=s.acr_init)
     search = PromptSearch(trainer.model, trainer.grid, trainer.device, budget, s.seed)
-    target, control = (search.run(documents, s.prefix, s.suffix) for documents in (docs.targets, docs.controls))
-    mean = lambda values: float(np.mean(values)) if len(values) else float("nan")
-    scores = {"acr": mean(target["acr"]), "acr_memorized": mean(target["acr"] > 1),
-              "control_acr": mean(control["acr"]), "control_acr_memorized": mean(control["acr"] > 1)}
+    cut = lambda documents: documents[: s.acr_documents] if s.acr_documents else documents
+    target, control = (search.run(cut(documents), s.prefix, s.suffix) for documents in (docs.targets, docs.controls))
+    share = lambda values: float(np.mean(values > 1)) if len(values) else float("nan")
+    above = lambda values: float(np.mean(values[values > 1])) if (values > 1).any() else float("nan")
+    scores = {"acr": above(target["acr"]), "acr_memorized": share(target["acr"]),
+              "control_acr": above(control["acr"]), "control_acr_memorized": share(control["acr"])}
     listed = lambda found: {"acr": found["acr"].tolist(), "prompt": [p.tolist() for p in found["prompt"]]}
     return scores, {"targets_acr": listed(target), "controls_acr": listed(control)}
 
@@ -172,29 +200,48 @@ def filler_losses(evaluator, stream) -> dict:
 
 
 def evaluate_all(trainer, docs: DocumentSets, stream, s) -> tuple[dict, dict]:
-    """The metrics of every target and control; (means for the results row, per-document scores)."""
-    from axon.memorize.evaluate import ShardedEval, exposure, memorization
+    """The metrics of every target and control; (means for the results row, per-document scores).
+    Documents are read as trained: their first seq_len + 1 tokens."""
+    from axon.memorize.evaluate import (ShardedEval, canary_extraction, document_losses, exposure, extraction,
+                                        memorization, zlib_length)
+    from axon.memorize.statistics import auc
 
     evaluator = ShardedEval(trainer.model, trainer.grid, trainer.device, s.eval_batch)
-    target = memorization(evaluator, docs.targets, s.prefix, s.suffix)
-    control = memorization(evaluator, docs.controls, s.prefix, s.suffix)
+    trained = lambda documents: [d[: stream.seq_len + 1] for d in documents]
+    targets, controls = trained(docs.targets), trained(docs.controls)
+    target = memorization(evaluator, targets, s.prefix, s.suffix)
+    control = memorization(evaluator, controls, s.prefix, s.suffix)
+    for found, documents in ((target, targets), (control, controls)):
+        found.update({f"extract_{key}": value for key, value in extraction(
+            evaluator, documents, s.extraction_prefixes, s.suffix, s.extraction_tail, s.extraction_windows).items()})
+        found["loss"] = document_losses(evaluator, documents)
+        if docs.decode is not None:
+            found["zlib_ratio"] = found["loss"] / np.array([zlib_length(docs.decode(d)) for d in documents])
     target_exposure = [exposure(evaluator, c, docs.alphabet, s.exposure_samples, s.seed)
                        for c in docs.target_canaries]
     control_exposure = [exposure(evaluator, c, docs.alphabet, s.exposure_samples, s.seed)
                         for c in docs.control_canaries]
-    mean = lambda values: float(np.mean(values)) if len(values) else float("nan")
+    canaries = canary_extraction(evaluator, docs.target_canaries)
+    control_canaries = canary_extraction(evaluator, docs.control_canaries)
+    mean = lambda values: float(np.nanmean(values)) if len(values) and not np.isnan(values).all() else float("nan")
     scores = {"exact_match": mean(target["exact_match"]), "token_acc": mean(target["token_acc"]),
               "rougeL": mean(target["rougeL"]), "exposure": mean(target_exposure),
               "control_exact_match": mean(control["exact_match"]), "control_token_acc": mean(control["token_acc"]),
-              "control_rougeL": mean(control["rougeL"]), "control_exposure": mean(control_exposure)}
+              "control_rougeL": mean(control["rougeL"]), "control_exposure": mean(control_exposure),
+              "canary_extraction": mean(canaries), "control_canary_extraction": mean(control_canaries),
+              "mia_auc_loss": auc(target["loss"], control["loss"]),
+              "mia_auc_zlib": auc(target.get("zlib_ratio", []), control.get("zlib_ratio", []))}
+    for key in (k for k in target if k.startswith("extract_")):
+        scores[key], scores[f"control_{key}"] = mean(target[key]), mean(control[key])
     scores.update(filler_losses(evaluator, stream))
     per_document = {"targets": {k: v.tolist() for k, v in target.items()},
                     "controls": {k: v.tolist() for k, v in control.items()},
-                    "exposure": target_exposure, "control_exposure": control_exposure}
+                    "exposure": target_exposure, "control_exposure": control_exposure,
+                    "canary_extraction": canaries.tolist(), "control_canary_extraction": control_canaries.tolist()}
     return scores, per_document
 
 
-def train_and_measure(run: PlannedRun, docs: DocumentSets, s, runtime, leader: bool, on_row) -> dict:
+def train_and_measure(run: PlannedRun, s, runtime, leader: bool, on_row) -> dict:
     """One run: train epoch by epoch, evaluating as configured; returns the last per-document scores."""
     import torch
 
@@ -204,7 +251,7 @@ def train_and_measure(run: PlannedRun, docs: DocumentSets, s, runtime, leader: b
     from axon.parallel.sharding import named_shardings
     from axon.runtime.trainer import Trainer
 
-    config, stream = run.config, run.stream
+    config, stream, docs = run.config, run.stream, run.docs
     grid = Grid(config.layout, runtime.rank)
     trainer = Trainer(config, grid, runtime.device, peak_tflops=config.train.peak_tflops, source=stream)
     params = sum(torch.Size(sh.global_shape).numel() for _, _, sh in named_shardings(trainer.model))
@@ -247,7 +294,7 @@ def train_and_measure(run: PlannedRun, docs: DocumentSets, s, runtime, leader: b
         log.close()
         grid.destroy()
     return {"model": run.model.name, "params": params, "loss_kind": run.loss.kind, "loss": run.loss.tag,
-            "epoch": s.epochs, **per_document}
+            "seed": stream.seed, "epoch": s.epochs, **per_document}
 
 
 def run_sweep(exp: Experiment, docs: DocumentSets, runs: list[PlannedRun], runtime) -> list[dict]:
@@ -270,10 +317,11 @@ def run_sweep(exp: Experiment, docs: DocumentSets, runs: list[PlannedRun], runti
     for index, run in enumerate(runs, 1):
         if leader:
             layout = f"layout {run.config.layout}" + (" (auto)" if run.choice is not None else "")
-            print(f"axon: memorize run {index}/{len(runs)}: model {run.model.name}, loss {run.loss.tag}: "
+            print(f"axon: memorize run {index}/{len(runs)}: model {run.model.name}, loss {run.loss.tag}"
+                  + ("" if run.seed is None else f", seed {run.seed}") + ": "
                   f"{run.stream.total_steps} steps ({exp.section.epochs} epochs x {run.stream.steps_per_epoch}); "
                   f"{layout}", flush=True)
-        documents.append(train_and_measure(run, docs, exp.section, runtime, leader, on_row))
+        documents.append(train_and_measure(run, exp.section, runtime, leader, on_row))
         if leader:
             report.write_per_document(out, documents)
     if leader:

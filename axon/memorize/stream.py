@@ -2,8 +2,14 @@
 
 An epoch is a whole number of steps. It holds every trained target `repeats` times and
 filler sequences for the rest, in an order shuffled per epoch from the seed. A target
-occupies one sequence from its first token (truncated to seq_len + 1 tokens; a shorter one
-is followed by filler), so the metrics read it exactly as training saw it. Filler comes in
+occupies one sequence (truncated to seq_len + 1 tokens), from its first token
+(`placement="start"`; a shorter one is followed by filler) or from an offset drawn per
+sequence (`placement="random"`: filler before and after it, so each repeat meets the
+position-based static mask and the hash's first windows differently, as text in a real
+corpus does). With `near_duplicates` = n, every injection of a target document (not a
+canary) has n of its tokens, drawn per sequence, replaced by other ids drawn from the
+targets' own tokens: the model never sees the exact text twice, and the metrics read the
+original. Filler comes in
 windows of seq_len + 1 tokens from one token stream, split into disjoint regions:
 validation windows first (never trained), then training filler, then the filler that pads
 targets. Sequence g of the run depends on (seed, g) only, like every axon data source.
@@ -36,8 +42,13 @@ class MemorizationStream:
     """`sequences(indices)` for the Trainer, plus where each target went (`placements`)."""
 
     def __init__(self, trained: list[np.ndarray], filler: FillerTokens, seq_len: int, global_batch: int,
-                 epochs: int, repeats: int, filler_per_epoch: int, val_windows: int, seed: int):
+                 epochs: int, repeats: int, filler_per_epoch: int, val_windows: int, seed: int,
+                 placement: str = "start", near_duplicates: int = 0, documents: int | None = None):
         self.trained, self.filler, self.seq_len, self.seed = trained, filler, seq_len, seed
+        self.placement, self.near_duplicates = placement, near_duplicates
+        self.documents = len(trained) if documents is None else documents  # the rest are canaries
+        self.replacements = (np.unique(np.concatenate([t[: seq_len + 1] for t in trained[: self.documents]]))
+                             if near_duplicates and self.documents else np.zeros(0, dtype=np.int64))
         self.epochs, self.repeats = epochs, repeats
         injected = len(trained) * repeats
         self.steps_per_epoch = max(1, math.ceil((injected + filler_per_epoch) / global_batch))
@@ -73,9 +84,32 @@ class MemorizationStream:
         epoch, slot = self.slot(g)
         if slot >= self.injected:
             return self.filler.window(self.train_filler_start + epoch * self.filler_per_epoch + slot - self.injected)
-        target = self.trained[slot % len(self.trained)][: self.seq_len + 1]
+        index = slot % len(self.trained)
+        target = self._varied(self.trained[index][: self.seq_len + 1], index, g)
         padding = self.filler.window(self.pad_start + epoch * self.injected + slot)
-        return np.concatenate([target, padding[: self.seq_len + 1 - target.size]])
+        room = self.seq_len + 1 - target.size
+        offset = self.offset(g, target.size)
+        return np.concatenate([padding[:offset], target, padding[offset: room]])
+
+    def offset(self, g: int, size: int) -> int:
+        """Where in sequence g a target of `size` tokens starts."""
+        room = self.seq_len + 1 - min(size, self.seq_len + 1)
+        if self.placement == "start" or room == 0:
+            return 0
+        return int(np.random.default_rng([self.seed, 0x0FF5E7, g]).integers(0, room + 1))
+
+    def _varied(self, target: np.ndarray, index: int, g: int) -> np.ndarray:
+        """Target document `index` as sequence g shows it: n tokens replaced (near_duplicates)."""
+        if not self.near_duplicates or index >= self.documents or self.replacements.size < 2:
+            return target
+        rng = np.random.default_rng([self.seed, 0xD0B, g])
+        where = rng.choice(target.size, size=min(self.near_duplicates, target.size), replace=False)
+        draw = rng.integers(0, self.replacements.size, size=where.size)
+        same = self.replacements[draw] == target[where]  # a replacement must change the token
+        values = self.replacements[np.where(same, (draw + 1) % self.replacements.size, draw)]
+        out = np.array(target, dtype=np.int64)
+        out[where] = values
+        return out
 
     def sequences(self, indices: range) -> np.ndarray:
         return np.stack([self.sequence(g) for g in indices])

@@ -88,3 +88,25 @@ def test_memorized_string_compresses_and_an_unseen_one_does_not():
     for layout in (Layout(row=2, col=2), Layout(data=2, depth=2)):
         for rank_result in run_distributed(4, _search, layout, weights):
             assert rank_result[1] == [memorized_len, unseen_len], layout
+
+
+def test_bisection_finds_each_documents_shortest_length(monkeypatch):
+    """With a search that succeeds exactly from a per-document length on, the bisection returns
+    that length (any length below the target's, not only powers of two), trying about log2(16)
+    lengths per document."""
+    thresholds = {0: 1, 1: 3, 2: 11, 3: 15, 4: 16}  # 16: no prompt shorter than the target works
+    tried = {i: [] for i in thresholds}
+
+    def search(self, tokens, docs, length, prefix, suffix):
+        for i in docs:
+            tried[i].append(length)
+        return {i: torch.arange(length) for i in docs if length >= thresholds[i]}
+
+    monkeypatch.setattr(PromptSearch, "_search", search)
+    grid = Grid(Layout(), 0)
+    model = Llama(SHAPE, grid)
+    docs = [np.arange(PREFIX + SUFFIX) for _ in thresholds]
+    found = PromptSearch(model, grid, torch.device("cpu"), BUDGET, seed=0).run(docs, PREFIX, SUFFIX)
+    assert found["prompt_len"].tolist() == [1, 3, 11, 15, 0]
+    assert found["acr"].tolist() == [16.0, 16 / 3, 16 / 11, 16 / 15, 0.0]
+    assert all(len(lengths) == 4 for lengths in tried.values()) and tried[4] == [8, 12, 14, 15]

@@ -21,7 +21,8 @@ from axon.config import ConfigError
 from axon.data.prepare import ByteTokenizer
 from axon.parallel.grid import Grid
 from axon.memorize.documents import Canary, build_documents
-from axon.memorize.evaluate import ShardedEval, exposure, memorization, validation_loss
+from axon.memorize.evaluate import (ShardedEval, document_losses, exposure, extraction, memorization,
+                                    validation_loss)
 from axon.memorize.stream import FillerTokens, MemorizationStream
 from axon.model import Llama, initialize_parameters
 from axon.parallel.full_tensor import full_parameters
@@ -132,6 +133,76 @@ def test_stream_places_each_target_once_per_epoch_and_never_a_control():
                            5, 6, 9)
 
 
+def test_random_placement_and_near_duplicates():
+    """placement=random: each injection of a 20-token target sits at its own offset in a 33-token
+    sequence, filler around it; near_duplicates=2: every document injection differs from the
+    document in exactly 2 tokens, drawn from the documents' own ids; the canary stays exact."""
+    rng = np.random.default_rng(4)
+    trained = [rng.integers(0, 50, size=20), rng.integers(0, 50, size=20), np.arange(100, 110)]  # 2 docs, 1 canary
+    stream = MemorizationStream(trained, FillerTokens(rng.integers(200, 250, size=20_000), 32, "test"), 32,
+                                global_batch=4, epochs=4, repeats=2, filler_per_epoch=2, val_windows=2, seed=3,
+                                placement="random", near_duplicates=2, documents=2)
+    offsets = set()
+    for index, where in enumerate(stream.placements()):
+        for g in where:
+            row, size = stream.sequence(g), trained[index].size
+            start = stream.offset(g, size)
+            offsets.add(start)
+            assert start <= 33 - size
+            seen = row[start: start + size]
+            assert ((row[:start] >= 200).all() and (row[start + size:] >= 200).all())  # filler around it
+            changed = int((seen != trained[index]).sum())
+            assert changed == (2 if index < 2 else 0), (index, g)
+            assert set(seen.tolist()) <= set(np.concatenate(trained[:2]).tolist()) | set(trained[index].tolist())
+    assert len(offsets) > 5
+    start = MemorizationStream(trained, stream.filler, 32, 4, 4, 2, 2, 2, 3)  # the defaults: position 0, exact
+    assert all(np.array_equal(start.sequence(g)[:20], trained[0]) for g in start.placements()[0])
+
+
+def test_natural_targets_are_plain_english_from_the_interpreters_help_topics():
+    from axon.memorize.documents import natural_passages
+
+    passages = natural_passages()
+    assert len(passages) >= 100 and all(p.endswith(".") and "  " not in p and len(p) >= 600 for p in passages)
+    docs = build_documents("natural", ByteTokenizer(), seed=1, documents=6, controls=4, canaries=0, digits=8,
+                           min_tokens=700)
+    texts = [docs.decode(d) for d in docs.targets + docs.controls]
+    assert len(set(texts)) == 10 and set(texts) <= set(passages) and all(len(t) >= 700 for t in texts)
+    again = build_documents("natural", ByteTokenizer(), 1, 6, 4, 0, 8, min_tokens=700)
+    other = build_documents("natural", ByteTokenizer(), 2, 6, 4, 0, 8, min_tokens=700)
+    assert [docs.decode(d) for d in again.targets] == texts[:6] != [docs.decode(d) for d in other.targets]
+    assert docs.source.startswith("natural: 6 passages of the Python help topics")
+    with pytest.raises(ConfigError, match="fewer than the 500 asked for"):
+        build_documents("natural", ByteTokenizer(), 1, 400, 100, 0, 8)
+
+
+def test_seeds_and_quick_plan_every_cell_once_per_seed(tmp_path):
+    """seeds: each cell once per seed (documents, stream order and init follow it); --seeds N
+    cuts or extends the list; --quick applies the config's quick: overrides under --set."""
+    import yaml
+
+    from axon.memorize.experiment import load_experiment
+    from axon.memorize.runner import plan_runs
+
+    path = write_tiny_experiment(tmp_path / "exp.yaml", tmp_path / "out")
+    raw = yaml.safe_load(path.read_text())
+    raw.update(seeds=[5, 9], quick={"experiment.epochs": 1, "losses": ["standard"]})
+    path.write_text(yaml.safe_dump(raw))
+    exp = load_experiment(path, ["experiment.documents=3"], quick=True, seeds=3)
+    assert exp.seeds == (5, 9, 10) and exp.section.epochs == 1 and exp.section.documents == 3
+    docs, runs = plan_runs(exp, 1)
+    assert [(r.seed, r.model.name, r.config.train.seed, r.stream.seed) for r in runs] == [
+        (s, m, s, s) for s in (5, 9, 10) for m in "ab"]
+    assert runs[0].config.out_dir.endswith("runs/a-standard-seed5") and docs is runs[0].docs
+    first = {s: r.docs.targets[0].tobytes() for r, s in zip(runs, [r.seed for r in runs])}
+    assert len(set(first.values())) == 3  # the documents follow the seed
+    assert load_experiment(path).seeds == (5, 9) and load_experiment(path).section.epochs == 2
+    raw.pop("quick")
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="--quick needs a `quick:` mapping"):
+        load_experiment(path, quick=True)
+
+
 # ------------------------------------------------------------------ metrics vs independent references
 
 def _sharp_model(grid, seed=3):
@@ -193,6 +264,37 @@ def test_metrics_match_plain_greedy_decoding_and_rouge_score():
     assert all(r < 1 for r in got["rougeL"][3:])
 
 
+def test_extraction_canaries_and_losses_match_plain_loops():
+    """Extraction over windows and prompt lengths, canary extraction and per-document losses,
+    against greedy generation and cross-entropy by a plain PyTorch loop."""
+    from axon.memorize.evaluate import canary_extraction
+
+    model, grid, plain = _model_and_plain()
+    docs = _test_documents(plain, 5, 10)  # 15 tokens; 0-2 the model's own continuations
+    evaluator = ShardedEval(model, grid, torch.device("cpu"), batch=4)
+    got = extraction(evaluator, docs, (2, 5, 13), suffix=4, tail=6, windows=3)
+
+    def reproduces(doc, start, given, steps):
+        context = torch.from_numpy(doc[start: start + given])[None]
+        return bool((_plain_greedy(plain, context, steps)[0, given:].numpy() == doc[start + given: start + given + steps])
+                    .all())
+
+    for d, doc in enumerate(docs):
+        assert got["p2"][d] == np.mean([reproduces(doc, o, 2, 4) for o in (0, 4, 8)])  # 8 + 6 <= 15
+        assert got["p5"][d] == np.mean([reproduces(doc, o, 5, 4) for o in (0, 4)])
+        assert np.isnan(got["p13"][d]) and got["tail6"][d] == reproduces(doc, 0, 9, 6)
+    assert got["tail6"].tolist() == [1, 1, 1, 0, 0, 0]
+    secret = _plain_greedy(plain, torch.tensor([[1, 2, 3]]), 4)[0, 3:].numpy()
+    canaries = [Canary(np.array([1, 2, 3]), secret, np.zeros(0)), Canary(np.array([1, 2, 3]), (secret + 1) % 48,
+                                                                        np.zeros(0))]
+    assert canary_extraction(evaluator, canaries).tolist() == [1.0, 0.0]
+    mixed = docs[:3] + [d[:11] for d in docs[3:]]  # two lengths
+    with torch.no_grad():
+        want = [float(torch.nn.functional.cross_entropy(plain(torch.from_numpy(d[:-1])[None])[0],
+                                                        torch.from_numpy(d[1:]))) for d in mixed]
+    assert np.allclose(document_losses(evaluator, mixed), want, rtol=1e-5)
+
+
 def test_exposure_ranks_the_secret_among_sampled_secrets():
     model, grid, plain = _model_and_plain()
     alphabet = np.arange(10, 20)
@@ -229,6 +331,8 @@ def _metrics_on(rank, world, layout, prefix, suffix):
     canary = Canary(np.array([1, 2, 3]), np.array([11, 12, 13]), np.array([1, 2, 3, 11, 12, 13]))
     expo = exposure(evaluator, canary, np.arange(10, 20), samples=31, seed=1)
     val = validation_loss(evaluator, np.stack(docs))
+    scores.update(extraction(evaluator, docs, (2, 4), 3, 6, 3))
+    scores["loss"] = document_losses(evaluator, docs[:3] + [d[:9] for d in docs[3:]])  # two lengths
     grid.destroy()
     return {k: v.tolist() for k, v in scores.items()}, expo, val
 
@@ -245,6 +349,9 @@ def test_metrics_on_four_rank_layouts_equal_one_process():
             assert scores["exact_match"] == one[0]["exact_match"], layout
             assert np.allclose(scores["token_acc"], one[0]["token_acc"]) and np.allclose(scores["rougeL"], one[0]["rougeL"])
             assert expo == pytest.approx(one[1]) and val == pytest.approx(one[2], rel=1e-5), layout
+            for key in ("p2", "p4", "tail6"):
+                assert np.array_equal(scores[key], one[0][key], equal_nan=True), (layout, key)
+            assert np.allclose(scores["loss"], one[0]["loss"], rtol=1e-5), layout
 
 
 # ------------------------------------------------------------------ the sweep, end to end
@@ -259,7 +366,8 @@ def write_tiny_experiment(path: Path, out_dir: Path, layout: dict | None = None,
         "losses": ["standard", {"kind": "goldfish", "k": 3, "h": 4}],
         "experiment": {"documents": 4, "controls": 3, "canaries": 2, "epochs": 2, "filler_per_epoch": 6,
                        "prefix": 8, "suffix": 8, "val_sequences": 4, "exposure_samples": 15, "eval_batch": 4,
-                       "acr": acr, "acr_iterations": 2, "acr_candidates": 4, "acr_top_k": 4},
+                       "acr": acr, "acr_iterations": 2, "acr_candidates": 4, "acr_top_k": 4,
+                       "extraction_tail": 20},
         "layout": layout or {"data": 1},
         "train": {"global_batch": 4, "lr": 3e-3, "seed": 5, "checkpoint_every": 1000},
         "out_dir": str(out_dir),
@@ -318,7 +426,8 @@ def test_sweep_writes_results_plots_and_summary(tiny_sweep):
     for name in ("exact_match_vs_size.png", "exact_match_vs_epoch.png", "rougeL_hist.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     summary = (out / "summary.md").read_text()
-    assert summary.count("| a |") == 6 and "goldfish k=3 h=4" in summary  # last-epoch, split, epochs-to-50% tables
+    # last-epoch, split, intervals, extraction and epochs-to-50% tables
+    assert summary.count("| a |") == 10 and "goldfish k=3 h=4" in summary
     for model in "ab":  # the Goldfish rows' filler val losses and their change against the standard rows, by hand
         last = {r["loss_kind"]: r for r in rows if r["model"] == model and r["epoch"] == "2"}
         cells = []
@@ -334,19 +443,34 @@ def test_sweep_writes_results_plots_and_summary(tiny_sweep):
     metrics = [json.loads(line) for line in (out / "runs" / "b-standard" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     assert "memorize run 4/4: model b, loss goldfish-k3-h4" in stdout
-    # ACR: the largest model (b), both losses, at the last epoch only; 1 = empty in the CSV.
+    # ACR: the largest model (b), both losses, at the last epoch only; the share above 1 is empty elsewhere.
+    documents = json.loads((out / "per_document.json").read_text())
     for row in rows:
         measured = row["model"] == "b" and row["epoch"] == "2"
-        assert (row["acr"] != "") == measured and (row["control_acr"] != "") == measured, row
-        if measured:  # ACR is 8 / prompt length (1, 2 or 4) or 0; the fraction above 1 follows
-            documents = json.loads((out / "per_document.json").read_text())
+        assert (row["acr_memorized"] != "") == measured and (row["control_acr_memorized"] != "") == measured, row
+        if measured:  # ACR is 8 / the shortest prompt's length (1 to 7, bisected) or 0
             found = next(d for d in documents if d["model"] == "b" and d["loss_kind"] == row["loss_kind"])
-            values = found["targets_acr"]["acr"]
-            assert set(values) <= {0.0, 2.0, 4.0, 8.0} and len(values) == 4
-            assert float(row["acr"]) == pytest.approx(np.mean(values))
-            assert float(row["acr_memorized"]) == pytest.approx(np.mean(np.array(values) > 1))
-            assert all(len(p) == (8 / a if a else 0) for p, a in zip(found["targets_acr"]["prompt"], values))
-    assert "| ACR | ACR > 1 |" in summary.replace("ACR | ACR > 1 | control ACR", "ACR | ACR > 1 |")
+            values = np.array(found["targets_acr"]["acr"])
+            assert set(values) <= {0.0} | {8 / n for n in range(1, 8)} and len(values) == 4
+            assert float(row["acr_memorized"]) == pytest.approx(np.mean(values > 1))
+            if (values > 1).any():  # the ACR paper's mean: over the documents above 1 only
+                assert float(row["acr"]) == pytest.approx(values[values > 1].mean())
+            else:
+                assert row["acr"] == ""
+            assert all(len(p) == (round(8 / a) if a else 0) for p, a in zip(found["targets_acr"]["prompt"], values))
+    assert "| ACR (mean of > 1) | ACR > 1 |" in summary
+    # The new measures, per row against the per-document scores of the last epoch, by hand.
+    for found in documents:
+        row = next(r for r in rows if r["model"] == found["model"] and r["loss_kind"] == found["loss_kind"]
+                   and r["epoch"] == "2")
+        targets, controls = found["targets"], found["controls"]
+        assert float(row["mia_auc_loss"]) == pytest.approx(_pairs_auc(targets["loss"], controls["loss"]))
+        assert float(row["mia_auc_zlib"]) == pytest.approx(_pairs_auc(targets["zlib_ratio"], controls["zlib_ratio"]))
+        for key in ("extract_p8", "extract_tail20"):  # 33-token targets (seq_len 32): p8 at 0, 8, 16; 13 + 20
+            assert float(row[key]) == pytest.approx(np.mean(targets[key])) and len(targets[key]) == 4
+        assert row["extract_p32"] == ""  # no window of 32 + 8 tokens in 33
+        assert float(row["canary_extraction"]) == pytest.approx(np.mean(found["canary_extraction"]))
+    assert "MIA AUC (loss)" in summary and "| 8 tokens | 16 tokens |" in summary
     # Epochs to 50%: the first evaluated epoch with exact match >= 0.5, by hand from the rows.
     for model in "ab":
         for loss, label in (("standard", "standard"), ("goldfish", "goldfish k=3 h=4")):
@@ -354,6 +478,12 @@ def test_sweep_writes_results_plots_and_summary(tiny_sweep):
             first = next((r["epoch"] for r in mine if float(r["exact_match"]) >= 0.5), "never")
             assert f"| {model} | " in summary and f"| {label} | {first} | 2 |" in summary
     assert (out / "epochs_to_50_vs_size.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _pairs_auc(targets, controls) -> float:
+    """P(target < control) + half the ties, by counting every pair."""
+    pairs = [(t < c) + 0.5 * (t == c) for t in targets for c in controls]
+    return sum(pairs) / len(pairs)
 
 
 def test_memorize_eval_scores_a_checkpoint_like_the_sweep(tiny_sweep, tmp_path):
@@ -364,7 +494,8 @@ def test_memorize_eval_scores_a_checkpoint_like_the_sweep(tiny_sweep, tmp_path):
     assert done.returncode == 0, done.stderr
     scores = json.loads((tmp_path / "scores.json").read_text())
     final = [r for r in read_rows(out) if r["model"] == "b" and r["loss_kind"] == "standard"][-1]
-    for key in ("exact_match", "token_acc", "rougeL", "exposure", "control_exact_match", "acr", "control_acr"):
+    for key in ("exact_match", "token_acc", "rougeL", "exposure", "control_exact_match", "acr_memorized",
+                "control_acr_memorized", "mia_auc_loss", "extract_p16"):
         assert scores[key] == pytest.approx(float(final[key]), abs=1e-9), key
     assert scores["val_loss"] == pytest.approx(float(final["val_loss"]), rel=1e-6)
 
@@ -379,12 +510,13 @@ def test_sweep_on_two_ranks_matches_one_process(tiny_sweep, tmp_path, layout):
     done = _axon("memorize", str(config), torchrun=2)
     assert done.returncode == 0, done.stderr
     for got, want in zip(read_rows(tmp_path / "out"), read_rows(one_out)):
-        for key in ("exact_match", "token_acc", "control_exact_match", "kept_fraction"):
+        for key in ("exact_match", "token_acc", "control_exact_match", "kept_fraction", "extract_p8",
+                    "canary_extraction"):
             assert float(got[key]) == pytest.approx(float(want[key]), abs=1e-9), key
         for key in ("val_loss", "train_loss", "rougeL"):
             assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-4), key
         if "col" in layout:  # the prompt search with the hidden size split over col
-            assert (got["acr"], got["control_acr"]) == (want["acr"], want["control_acr"])
+            assert (got["acr"], got["acr_memorized"]) == (want["acr"], want["acr_memorized"])
 
 
 def test_bad_experiment_configs_get_one_sentence(tmp_path):
