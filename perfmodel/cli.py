@@ -1,8 +1,13 @@
 """`python -m perfmodel plan | explain | calibrate`: the model from a login node.
 
-plan     ranks every layout of --gpus for a model, batch and machine (a table, or --json)
+plan     ranks every layout of --gpus for a model, batch and machine (a table, or --json); when
+         none fits in memory, one line saying what would fit, and exit status 2
 explain  one layout's breakdown: time per component, memory per component, link per axis
 calibrate  measures this allocation and writes a machine profile (run under the launcher)
+
+plan and explain read the run from flags or from the run's own config (--config RUN.yaml
+[--set KEY=VALUE ...], as `axon train` reads it); either way, what is not given is the
+config schema's default (axon.spec.config_schema), as for `axon train`.
 """
 
 from __future__ import annotations
@@ -13,15 +18,30 @@ import json
 import sys
 import time
 
-from perfmodel.collectives import PRICED_GROUPS, group_placement
+from axon.spec.config_file import PlannedRun, planned_run, read_mapping, setup_from_sections
+from axon.spec.config_schema import OverlapSection, TrainConfig
 from axon.spec.layout import AXES, Layout, parse_layout_text, sizes_text
-from perfmodel.machine import ProfileError, load_machine
+from axon.spec.sections import FieldError
 from axon.spec.shapes import PRESETS, ModelShape, preset
-from perfmodel.predict import predict
+from axon.spec.training import OVERLAPS
+from perfmodel.collectives import PRICED_GROUPS, group_placement
+from perfmodel.machine import ProfileError, load_machine
+from perfmodel.predict import Prediction, predict
 from perfmodel.search import layout_problem, search
-from axon.spec.training import OVERLAPS, TrainingSetup
+from perfmodel.suggest import remedy, shortfall
 
 SHAPE_FLAGS = ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")
+# The defaults of what a run config says are the schema's, axon train's: one copy (axon.spec.config_schema).
+TRAIN, OVERLAP = TrainConfig(), OverlapSection()
+# The flags a run config gives instead (with --config, `--set KEY=VALUE` overrides it), and their keys.
+CONFIG_KEYS = {"model": "model.preset", **{flag: f"model.{flag}" for flag in SHAPE_FLAGS}, "seq": "model.seq_len",
+               "global_batch": "train.global_batch", "micro_batch": "train.micro_batch", "dtype": "train.dtype",
+               "recompute": "train.recompute", "grad_reduce_dtype": "train.grad_reduce_dtype",
+               "overlap": "overlap.all_reduce (and the other overlap switches)"}
+# The flag of each TrainingSetup field (its FieldError names the field).
+SETUP_FLAGS = {"global_batch": "--global-batch", "seq_len": "--seq", "micro_batch": "--micro-batch",
+               "dtype": "--dtype", "recompute": "--recompute", "grad_reduce_dtype": "--grad-reduce-dtype",
+               "overlap": "--overlap"}
 
 
 class UsageError(ValueError):
@@ -29,19 +49,29 @@ class UsageError(ValueError):
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a run config, the YAML `axon train` takes: the model, batch, length, "
+                                         "dtype, recompute and overlaps come from it (and the GPU count from an "
+                                         "explicit layout, the machine from layout_machine)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --config: override a config key, as `axon train --set` (repeatable)")
     parser.add_argument("--model", help=f"a preset ({', '.join(PRESETS)}); --layers ... refine or replace it")
     for flag in SHAPE_FLAGS:
         parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int)
-    parser.add_argument("--gpus", type=int, required=True, help="devices (ranks) in the job")
-    parser.add_argument("--machine", required=True, help="profile name (perlmutter, frontier, alps, dgx-h100) or YAML")
-    parser.add_argument("--global-batch", type=int, required=True, help="sequences per optimizer step")
+    parser.add_argument("--gpus", type=int, help="devices (ranks) in the job (with --config, default: its "
+                                                 "layout's product)")
+    parser.add_argument("--machine", help="profile name (perlmutter, frontier, alps, dgx-h100) or YAML (with "
+                                          "--config, default: its layout_machine)")
+    parser.add_argument("--global-batch", type=int, help="sequences per optimizer step")
     parser.add_argument("--seq", type=int, help="sequence length (default: the preset's)")
-    parser.add_argument("--micro-batch", type=int, default=0, help="sequences per micro-batch per data x depth shard")
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    parser.add_argument("--recompute", default="none", choices=("none", "block"))
-    parser.add_argument("--grad-reduce-dtype", default="float32", choices=("float32", "bfloat16"),
-                        help="dtype of the data-parallel and depth gradient reductions (train.grad_reduce_dtype)")
-    parser.add_argument("--overlap", default="all", help=f"comma list of {','.join(OVERLAPS)}, or all, or none")
+    parser.add_argument("--micro-batch", type=int, help="sequences per micro-batch per data x depth shard "
+                                                        f"(default: train.micro_batch's, {TRAIN.micro_batch}: automatic)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), help=f"default: train.dtype's, {TRAIN.dtype}")
+    parser.add_argument("--recompute", choices=("none", "block"), help=f"default: train.recompute's, {TRAIN.recompute}")
+    parser.add_argument("--grad-reduce-dtype", choices=("float32", "bfloat16"),
+                        help="dtype of the data-parallel and depth gradient reductions (default: "
+                             f"train.grad_reduce_dtype's, {TRAIN.grad_reduce_dtype})")
+    parser.add_argument("--overlap", help=f"comma list of {','.join(OVERLAPS)}, or all, or none (default: the "
+                                          f"overlap section's, all)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -57,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "tested against; minutes at scale)")
     explain = commands.add_parser("explain", help="one layout's breakdown")
     _common(explain)
-    explain.add_argument("--layout", required=True, help="e.g. data=8,depth=16,row=4,col=8[,pipe=2][,order=...]")
+    explain.add_argument("--layout", help="e.g. data=8,depth=16,row=4,col=8[,pipe=2][,order=...] (with --config, "
+                                          "default: its layout)")
     commands.add_parser("calibrate", help="measure this allocation (python -m perfmodel calibrate -h)", add_help=False)
     return parser
 
@@ -75,16 +106,62 @@ def model_shape(args) -> tuple[ModelShape, str]:
     return ModelShape(**values), args.model or "custom"
 
 
-def training_setup(args, shape: ModelShape) -> TrainingSetup:
-    if args.overlap == "all":
-        overlap = OVERLAPS
-    elif args.overlap == "none":
-        overlap = ()
-    else:
-        overlap = tuple(part.strip() for part in args.overlap.split(",") if part.strip())
-    return TrainingSetup(global_batch=args.global_batch, seq_len=args.seq or shape.seq_len,
-                         micro_batch=args.micro_batch, dtype=args.dtype, recompute=args.recompute, overlap=overlap,
-                         grad_reduce_dtype=args.grad_reduce_dtype)
+def overlap_section(text: str | None) -> OverlapSection:
+    """--overlap as the overlap section: its switches from the flag, the rest the schema's."""
+    if text is None or text == "all":
+        return OVERLAP
+    names = () if text == "none" else tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(set(names) - set(OVERLAPS))
+    if unknown:
+        raise UsageError(f"--overlap names unknown overlap(s) {', '.join(unknown)}; known: {', '.join(OVERLAPS)}")
+    return dataclasses.replace(OVERLAP, **{name: name in names for name in OVERLAPS})
+
+
+def run_from_flags(args) -> PlannedRun:
+    """The run the flags describe, every setting they leave out the schema's default (axon train's)."""
+    if args.overrides:
+        raise UsageError("--set overrides a run config's key: give --config too")
+    if args.global_batch is None:
+        raise UsageError("give --global-batch (sequences per optimizer step), or --config with a run config")
+    shape, name = model_shape(args)
+    given = {field: getattr(args, field) for field in ("global_batch", "micro_batch", "dtype", "recompute",
+                                                        "grad_reduce_dtype") if getattr(args, field) is not None}
+    try:
+        setup = setup_from_sections(dataclasses.replace(TRAIN, **given), overlap_section(args.overlap),
+                                    args.seq or shape.seq_len)
+    except FieldError as err:
+        raise UsageError(f"{SETUP_FLAGS[err.field]} {err.rule}") from None
+    return PlannedRun(shape, name, None, setup, "")
+
+
+def run_from_config(args) -> PlannedRun:
+    """The run a config file (with --set) describes, read as axon train reads it."""
+    given = [flag for flag in CONFIG_KEYS if getattr(args, flag) is not None]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} with --config: the config gives it; override it with "
+                         f"--set {CONFIG_KEYS[given[0]].split(' ')[0]}=VALUE")
+    return planned_run(read_mapping(args.config, args.overrides))
+
+
+def gpus_and_machine(args, run: PlannedRun) -> tuple[int, str]:
+    """--gpus, else the config's explicit layout's ranks; --machine, else the config's layout_machine."""
+    gpus = args.gpus if args.gpus is not None else run.layout.world_size if run.layout is not None else None
+    if gpus is None:
+        raise UsageError("give --gpus" + (" (the config's layout is auto)" if args.config else ""))
+    if gpus < 1:
+        raise UsageError(f"--gpus must be at least 1, got {gpus}")
+    machine = args.machine or run.machine
+    if not machine:
+        raise UsageError("give --machine (perlmutter, frontier, alps, dgx-h100, or a profile YAML)"
+                         + (", or layout_machine in the config (with layout: auto)" if args.config else ""))
+    return gpus, machine
+
+
+def setting_text(args):
+    """How this command line would give a setting: a flag, or with --config a --set."""
+    if args.config:
+        return lambda name, value: f"--set train.{name}={value}"
+    return lambda name, value: f"--{name.replace('_', '-')} {value}"
 
 
 def order_text(layout: Layout) -> str:
@@ -92,9 +169,12 @@ def order_text(layout: Layout) -> str:
     return "/".join(inner) or "-"
 
 
-def print_plan(result, shape_name, args, setup, seconds) -> None:
-    print(f"perfmodel plan: {shape_name} on {args.gpus} x {args.machine}, global batch {setup.global_batch} x "
-          f"{setup.seq_len} tokens, {setup.dtype}, recompute {setup.recompute}, overlap {','.join(setup.overlap) or 'none'}"
+def print_plan(result, run: PlannedRun, gpus: int, machine_name: str, args, seconds, own=None) -> None:
+    setup = run.setup
+    print(f"perfmodel plan: {run.model_name}" + (f" ({args.config})" if args.config else "")
+          + f" on {gpus} x {machine_name}, global batch {setup.global_batch} x {setup.seq_len} tokens"
+          + (f", micro-batch {setup.micro_batch}" if setup.micro_batch else "")
+          + f", {setup.dtype}, recompute {setup.recompute}, overlap {','.join(setup.overlap) or 'none'}"
           + (f", gradients reduced in {setup.grad_reduce_dtype}" if setup.grad_reduce_dtype != "float32" else ""))
     ruled_out = result.ruled_out
     reasons = "; ".join(f"{n} by {why}" for why, n in sorted(ruled_out.items(), key=lambda kv: -kv[1]))
@@ -107,6 +187,11 @@ def print_plan(result, shape_name, args, setup, seconds) -> None:
         cost = p.biggest_cost if p.fits else f"does not fit: {p.why_not}"
         print(f"{i:>3}  {sizes_text(p.layout):<36} {order_text(p.layout):<24} {p.step_time_s:>8.3f} "
               f"{p.tflops_per_gpu:>8.1f} {p.mfu:>6.1%} {p.memory_gb_per_gpu:>6.1f}  {cost}")
+    if own is not None:
+        best = result.predictions[0].step_time_s
+        print(f"the config's layout, {sizes_text(own.layout)} (order {order_text(own.layout)}): {own.step_time_s:.3f} s "
+              f"per step ({own.step_time_s / best:.2f} x the best), {own.memory_gb_per_gpu:.1f} GiB per GPU"
+              + ("" if own.fits else f": does not fit: {own.why_not}"))
 
 
 def print_explain(prediction, shape_name, machine, setup) -> None:
@@ -134,6 +219,14 @@ def print_explain(prediction, shape_name, machine, setup) -> None:
                   f"{place.latency_us:.1f} us")
 
 
+def config_layout(run: PlannedRun, gpus: int, machine, axes) -> Prediction | None:
+    """The prediction for the config's own layout, where it has one of this GPU count that runs."""
+    lay = run.layout
+    if lay is None or lay.world_size != gpus or any(getattr(lay, a) > 1 for a in AXES if a not in axes):
+        return None
+    return None if layout_problem(run.shape, lay, run.setup) else predict(run.shape, lay, machine, run.setup)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["calibrate"]:
@@ -142,13 +235,16 @@ def main(argv: list[str] | None = None) -> int:
         return calibrate_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        machine = load_machine(args.machine)
-        shape, name = model_shape(args)
-        setup = training_setup(args, shape)
+        run = run_from_config(args) if args.config else run_from_flags(args)
+        gpus, machine_name = gpus_and_machine(args, run)
+        machine = load_machine(machine_name)
+        shape, name, setup = run.shape, run.model_name, run.setup
         if args.command == "explain":
-            layout = parse_layout_text(args.layout, "--layout")
-            if layout.world_size != args.gpus:
-                raise UsageError(f"--layout {sizes_text(layout)} has {layout.world_size} ranks, not --gpus {args.gpus}")
+            if args.layout is None and run.layout is None:
+                raise UsageError("give --layout" + (" (the config's layout is auto)" if args.config else ""))
+            layout = parse_layout_text(args.layout, "--layout") if args.layout is not None else run.layout
+            if layout.world_size != gpus:
+                raise UsageError(f"--layout {sizes_text(layout)} has {layout.world_size} ranks, not --gpus {gpus}")
             problem = layout_problem(shape, layout, setup)
             if problem:
                 raise UsageError(f"--layout {sizes_text(layout)}: {problem}")
@@ -162,16 +258,24 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--top must be at least 1, got {args.top}")
         started = time.perf_counter()
         axes = tuple(a for a in AXES if a != "pipe") if args.no_pipe else AXES
-        result = search(shape, args.gpus, machine, setup, axes, top=args.top, exhaustive=args.exhaustive)
+        result = search(shape, gpus, machine, setup, axes, top=args.top, exhaustive=args.exhaustive)
         seconds = time.perf_counter() - started
         if not result.predictions:
-            raise UsageError(f"no layout of {args.gpus} GPUs divides this model and batch: "
+            raise UsageError(f"no layout of {gpus} GPUs divides this model and batch: "
                              + "; ".join(f"{n} by {why}" for why, n in result.ruled_out.items()))
+        if not result.fitting:
+            short = shortfall(shape, gpus, machine, setup, axes)
+            line = (f"no layout of {name} on {gpus} x {machine_name} fits in memory: "
+                    + remedy(short, setting_text(args)))
+            if args.json:
+                print(json.dumps({"error": line, **short.to_dict()}, indent=1))
+            print(f"perfmodel plan: error: {line}", file=sys.stderr)
+            return 2
         if args.json:
             print(json.dumps([p.to_dict() for p in result.predictions], indent=1))
         else:
-            print_plan(result, name, args, setup, seconds)
+            print_plan(result, run, gpus, machine_name, args, seconds, config_layout(run, gpus, machine, axes))
         return 0
     except (UsageError, ProfileError, ValueError) as err:
-        print(f"perfmodel: error: {err}", file=sys.stderr)
+        print(f"perfmodel {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from axon.spec.layout import AXES, factorizations, sizes_text
 from perfmodel.machine import ProfileError, load_machine, machine_from_dict
 from perfmodel.predict import Prediction
 from perfmodel.search import layout_problem, plan
+from perfmodel.suggest import remedy, shortfall
 
 PROFILE_FILE = "machine_profile.yaml"
 
@@ -51,13 +52,21 @@ def check_some_layout_fits_the_shape(config: RunConfig, world_size: int) -> None
 
 
 def choose(config: RunConfig, world_size: int, machine) -> tuple[RunConfig, LayoutChoice]:
-    """The config with the best predicted layout that fits in memory filled in."""
+    """The config with the best predicted layout that fits in memory filled in. Fitting is
+    perfmodel plan's check (perfmodel.search.fits_in_memory: the fullest stage, each stage with
+    the micro-batches its schedule keeps in flight); when nothing fits, the error says what
+    would, as plan's does (perfmodel.suggest)."""
     # The best and three runners-up: the search prices only what can reach the top 4.
     predictions, ruled_out = plan(config.model, world_size, machine, training_setup(config), AXES, top=4)
     fitting = [p for p in predictions if p.fits]
     if not fitting:
-        why = predictions[0].why_not if predictions else "; ".join(f"{n} by {r}" for r, n in ruled_out.items())
-        raise ConfigError(f"layout: auto found no layout of {world_size} ranks that fits on {machine.name}: {why}")
+        if not predictions:
+            raise ConfigError(f"layout: auto found no layout of {world_size} ranks that fits on {machine.name}: "
+                              + "; ".join(f"{n} by {r}" for r, n in ruled_out.items()))
+        # The same words as `perfmodel plan`'s, with the settings as config keys.
+        short = shortfall(config.model, world_size, machine, training_setup(config))
+        raise ConfigError(f"layout: auto found no layout of {world_size} ranks that fits in memory on {machine.name}: "
+                          + remedy(short, lambda name, value: f"train.{name}={value}", "ranks"))
     best = fitting[0]
     return (dataclasses.replace(config, layout=best.layout),
             LayoutChoice(best, fitting[1:4], machine.name))
