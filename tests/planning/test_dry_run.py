@@ -8,11 +8,13 @@ rehearsed here: test_memory_agreement.py), and one-sentence errors.
 from __future__ import annotations
 
 import json
+import re
 import resource
 from collections import Counter
 
 import pytest
 import torch
+import yaml
 
 from axon.planning.dry_run import main
 from axon.planning.dry_run.cli import default_ranks, rehearse
@@ -20,6 +22,7 @@ from axon.spec.layout import Layout
 from axon.testing.runs import DRY_RUN_MODEL as MODEL, dry_run_config as config_for
 from axon.testing.spawn import run_distributed
 from axon.testing.memory_check import assert_memory_agrees
+from perfmodel.machine import MACHINES_DIR
 
 # (layout, dtype, recompute, micro-batches per step[, gradient reduction dtype]): the engine's
 # trace, extrapolated from one micro-batch to the step, against perfmodel's inventory.
@@ -139,6 +142,7 @@ def test_json_output_and_no_real_weight(capsys, empty_config):
      "has 4 ranks but the job has world size 6"),
     (["--world", "4", "--ranks", "0,4", "--set", "layout.depth=4"], "--ranks 4 is outside the world of 4 ranks"),
     (["--world", "4", "--set", "layout=auto"], "layout: auto needs layout_machine"),
+    (["--world", "1", "--machine", "nowhere"], "--machine 'nowhere': machine 'nowhere' is neither a shipped profile"),
 ])
 def test_bad_input_is_one_sentence(argv, sentence, capsys, empty_config):
     with pytest.raises(SystemExit) as stop:
@@ -154,6 +158,32 @@ def test_layout_auto_with_a_named_profile(capsys, empty_config):
     results = json.loads(capsys.readouterr().out)
     assert results and all(r["collectives_agree"] for r in results)
     assert Counter(r["coords"]["pipe"] for r in results)  # the chosen layout's ranks were built
+    # layout_machine also judges memory: a 64 GB MI250X GCD, 90% of it usable
+    assert all(r["memory_verdict"] == {"machine": "frontier", "peak_bytes": r["memory_bytes"]["total"],
+                                       "usable_bytes": round(0.9 * 64 * 2**30), "fits": True} for r in results)
+
+
+def test_memory_verdict_per_rank(capsys, empty_config, tmp_path):
+    """Each rank's peak against the device's usable memory: tiny in 2 stages fits a DGX H100's
+    72 GiB; on a device of 1 MiB (90% usable) neither stage does, exit status 2 and one line."""
+    argv = [empty_config, "--world", "2", "--jobs", "1", "--set", "model=tiny", "--set", "layout.pipe=2",
+            "--set", "train.global_batch=8"]
+    main([*argv, "--machine", "dgx-h100"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("memory: ")]
+    assert len(lines) == 2, lines
+    for rank, line in enumerate(lines):
+        assert re.fullmatch(rf"memory: rank {rank} \(stage {rank}\): peak \d+\.\d MiB of 72\.0 GiB usable on "
+                            r"dgx-h100: fits", line), line
+    profile = yaml.safe_load((MACHINES_DIR / "dgx-h100.yaml").read_text())
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump({**profile, "name": "small", "memory_gb": 2.0**-10}))
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--machine", str(tmp_path / "small.yaml")])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2
+    assert re.findall(r"memory: rank (\d) \(stage \d\): peak [\d.]+ MiB of 921\.6 KiB usable on small: does not fit",
+                      out) == ["0", "1"], out
+    assert re.fullmatch(r"axon dry-run: error: 2 of 2 rank\(s\) rehearsed do not fit in small's 921\.6 KiB usable: "
+                        r"rank 0 \(stage 0\), rank 1 \(stage 1\); the fullest, rank \d, peaks at [\d.]+ MiB\n", err), err
 
 
 def test_ranks_in_parallel_processes_give_the_same_results(capfd, empty_config, monkeypatch):

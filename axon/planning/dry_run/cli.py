@@ -3,7 +3,9 @@
 Builds what rank R of N builds in a real run, on meta tensors under torch's fake process
 group, runs a step, and prints its memory and collectives beside perfmodel's prediction,
 and the strict-NCCL verdict (axon/planning/dry_run/strict.py): exit status 1 if any rank
-issued a collective NCCL would refuse or hang on.
+issued a collective NCCL would refuse or hang on. With a machine (--machine, or layout_machine
+with layout: auto), each rank's peak memory against the device's (verdict.py): exit status 2
+if one does not fit.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
                                                     "each first rank along every other axis)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, dotted for nesting (repeatable)")
+    parser.add_argument("--machine", default="", help="profile name (perlmutter, frontier, alps, dgx-h100) or YAML: "
+                                                      "each rank's peak memory against its device's usable memory, "
+                                                      "exit status 2 if one does not fit (default: layout_machine, "
+                                                      "with layout: auto)")
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per rank")
     parser.add_argument("--jobs", type=int, default=0, help="ranks rehearsed at once, each in its own "
                                                             "process (default: one per CPU core)")
@@ -196,10 +202,17 @@ def main(argv=None) -> None:
 
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
+    from axon.planning.dry_run import verdict
+    from perfmodel.machine import ProfileError
+
     try:
         config, choice = resolve_config(args.config, args.overrides, args.world)
         ranks = (parse_ranks(args.ranks, args.world) if args.ranks else
                  sorted(set(default_ranks(config)) | set(partner_ranks(config))))
+        try:
+            machine = verdict.machine_for(args.machine, config)
+        except ProfileError as err:
+            raise ConfigError(f"--machine {args.machine or config.layout_machine!r}: {err}") from None
     except ConfigError as err:
         print(f"axon dry-run: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -209,21 +222,31 @@ def main(argv=None) -> None:
               f"ranks {', '.join(map(str, ranks))}", flush=True)
     results = []
     for result in rehearse_all(config, ranks, args.jobs or os.cpu_count() or 1):
+        result["memory_verdict"] = verdict.memory_verdict(result, machine) if machine else None
         results.append(result)
         if not args.json:
             print(describe(config, result), flush=True)
-    violations, verdict = strict_verdict(results)
+    violations, strict_line = strict_verdict(results)
+    too_full = verdict.summary(results) if machine else None
     if args.json:
         print(json.dumps(results, indent=1))
     else:
-        print(verdict)
+        print(strict_line)
         for sentence in violations:
             print(f"  {sentence}")
+        if machine:
+            for result in results:
+                print(f"memory: {verdict.verdict_line(result)}")
+        else:
+            print(verdict.NO_MACHINE)
         print(f"axon dry-run: {len(ranks)} rank(s) in {time.perf_counter() - started:.1f} s; no weight was "
               f"allocated (every parameter on the meta device: {all(r['parameters_on_meta'] for r in results)})",
               flush=True)
     if violations:
-        print(f"axon dry-run: {verdict}", file=sys.stderr)
+        print(f"axon dry-run: {strict_line}", file=sys.stderr)
         for sentence in violations:
             print(f"axon dry-run: {sentence}", file=sys.stderr)
-        sys.exit(1)
+    if too_full:
+        print(f"axon dry-run: error: {too_full}", file=sys.stderr)
+    if violations or too_full:
+        sys.exit(1 if violations else 2)
