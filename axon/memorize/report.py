@@ -2,7 +2,8 @@
 
 results.csv / results.json   one row per model, loss and evaluated epoch (RESULT_COLUMNS)
 per_document.json            each run's last per-document scores (Rouge-L histograms come from it)
-placements.json              where every target was injected (global sequence index and step)
+placements.json              where every target was injected (global sequence index, step, offset in the
+                             sequence), for the first seed
 exact_match_vs_size.png      last-epoch exact match against parameters, one line per loss, controls dashed
 exact_match_vs_epoch.png     exact match against epoch, one panel per loss, one line per model
 rougeL_hist.png              last-epoch Rouge-L of the targets, one panel per model, losses overlaid
@@ -55,8 +56,10 @@ def _clean(value):
 
 def write_setup(out: Path, exp, docs: DocumentSets, runs) -> None:
     stream = runs[0].stream  # the placements depend on the batch and the counts only, the same for every run
+    sizes = [min(t.size, stream.seq_len + 1) for t in stream.trained]
     placements = [{"target": i, "kind": "document" if i < len(docs.targets) else "canary",
-                   "sequences": seqs, "steps": [g // runs[0].config.train.global_batch for g in seqs]}
+                   "sequences": seqs, "steps": [g // runs[0].config.train.global_batch for g in seqs],
+                   "offsets": [stream.offset(g, sizes[i]) for g in seqs]}
                   for i, seqs in enumerate(stream.placements())]
     (out / "placements.json").write_text(json.dumps(
         {"targets": docs.source, "documents": len(docs.targets), "canaries": len(docs.target_canaries),

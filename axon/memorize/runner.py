@@ -147,9 +147,12 @@ def _mark_acr(exp: Experiment, runs: list[PlannedRun]) -> None:
     for run in runs:
         run.acr = exp.section.acr == "all" or whole_model_parameters(run.config.model) == largest
         if run.acr and run.config.layout.pipe > 1:
+            chosen = "layout: auto chose" if run.choice is not None else "got"
             raise ConfigError(f"experiment.acr={exp.section.acr} needs layout.pipe=1 (the prompt search "
-                              f"backpropagates through the whole model), got layout.pipe={run.config.layout.pipe} "
-                              f"for model {run.model.name}")
+                              f"backpropagates through the whole model, and pipeline stages run forward only), "
+                              f"but {chosen} layout.pipe={run.config.layout.pipe} for model {run.model.name}: give a "
+                              "layout with pipe 1, or set experiment.acr: none and score the saved checkpoint with "
+                              "`memorize-eval --acr` on a layout with pipe 1 (checkpoints reshard)")
 
 
 def _row(run: PlannedRun, params: int, epoch: int, step: int, scores: dict, losses: list[dict],

@@ -80,7 +80,7 @@ def test_24_user_documents_with_the_shipped_local_config(tmp_path):
     lines = [json.dumps({"text": f"Note {i}: " + " ".join(rng.choice(words, size=120))}) for i in range(24)]
     (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
     experiment = load_experiment(ROOT / "axon/configs/memorize_local.yaml",
-                                 [f"targets={tmp_path / 'docs.jsonl'}", f"out_dir={tmp_path / 'out'}"])
+                                 [f"targets={tmp_path / 'docs.jsonl'}", f"out_dir={tmp_path / 'out'}"], seeds=1)
     docs, runs = plan_runs(experiment, 1)
     assert len(docs.targets) == 24 and len(docs.controls) == experiment.section.controls
     assert docs.source.startswith(f"{tmp_path / 'docs.jsonl'}: 24 documents trained; controls:")
@@ -197,10 +197,10 @@ def test_seeds_and_quick_plan_every_cell_once_per_seed(tmp_path):
     first = {s: r.docs.targets[0].tobytes() for r, s in zip(runs, [r.seed for r in runs])}
     assert len(set(first.values())) == 3  # the documents follow the seed
     assert load_experiment(path).seeds == (5, 9) and load_experiment(path).section.epochs == 2
-    raw.pop("quick")
-    path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match="--quick needs a `quick:` mapping"):
-        load_experiment(path, quick=True)
+    # ACR on pipeline stages: one sentence saying what to do instead (planned for 2 ranks, none started)
+    with pytest.raises(ConfigError, match=r"needs layout.pipe=1 .* but got layout.pipe=2 for model a: give a layout "
+                                          r"with pipe 1, or set experiment.acr: none and score the saved checkpoint"):
+        plan_runs(load_experiment(path, ["layout.pipe=2", "experiment.acr=all"]), 2)
 
 
 # ------------------------------------------------------------------ metrics vs independent references
@@ -439,6 +439,7 @@ def test_sweep_writes_results_plots_and_summary(tiny_sweep):
         assert f"| {model} | goldfish k=3 h=4 | {share:.3f} | {cells[1]} | {cells[2]} |" in summary
     placements = json.loads((out / "placements.json").read_text())
     assert [len(p["sequences"]) for p in placements["placements"]] == [2] * 6  # 4 documents + 2 canaries, 2 epochs
+    assert all(p["offsets"] == [0, 0] for p in placements["placements"])  # placement: start
     # per-run training metrics: the loss fell in both runs of the larger model
     metrics = [json.loads(line) for line in (out / "runs" / "b-standard" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["loss"] < metrics[0]["loss"]
@@ -533,6 +534,8 @@ def test_bad_experiment_configs_get_one_sentence(tmp_path):
          "holds 1 document, too few to hold out experiment.control_fraction=0.5"),
         (["--set", "controls=x.jsonl"], "controls='x.jsonl' needs targets=PATH too"),
         (["--set", "layout.pipe=1", "--set", "experiment.acr=every"], "experiment.acr must be none, largest or all"),
+        (["--set", "experiment.placement=middle"], "experiment.placement must be start or random"),
+        (["--quick"], "--quick needs a `quick:` mapping of overrides in exp.yaml"),
         (["--set", "models=[{name: x, layers: 1, hidden: 16, heads: 2, kv_heads: 1, ffn: 32, vocab: 257, "
                    "seq_len: 32, lr: -1}]"], "models[0].lr must be a positive number"),
     ]
@@ -641,3 +644,16 @@ def test_bpe_tokenizer_is_trained_on_the_generated_corpus_and_cached(tmp_path):
     assert sum(map(len, texts)) / sum(map(len, encoded)) > 1.5  # 1.9 bytes a token at 400 ids (3.1 at 1024)
     with pytest.raises(ConfigError, match="bpe:V needs a whole vocabulary V >= 300"):
         load_tokenizer("bpe:lots", str(tmp_path))
+
+
+def test_ablation_config_runs_every_mask_strategy_at_each_k_and_h():
+    from axon.memorize.experiment import load_experiment
+
+    experiment = load_experiment(ROOT / "axon/configs/memorize_ablation.yaml")
+    masks = {(loss.strategy, loss.k, loss.h) for loss in experiment.losses if loss.kind == "goldfish"}
+    assert masks == {("static", k, 13) for k in (3, 4, 8)} | {(s, k, h) for s in ("hash", "hash-table")
+                                                              for k in (3, 4, 8) for h in (7, 13)}
+    assert experiment.targets == "natural" and experiment.section.placement == "random"
+    quick = load_experiment(ROOT / "axon/configs/memorize_ablation.yaml", quick=True)
+    assert [loss.tag for loss in quick.losses] == ["standard", "goldfish-k4-h13-static", "goldfish-k4-h13",
+                                                   "goldfish-k4-h13-hash-table"]
