@@ -33,6 +33,8 @@ def _parser(name: str, evaluate: bool) -> argparse.ArgumentParser:
     if evaluate:
         parser.add_argument("--checkpoint", required=True, help="an axon checkpoint directory (any layout)")
         parser.add_argument("--model", help="which models entry the checkpoint is (default: the first)")
+        parser.add_argument("--seed", type=int, help="which of the config's seeds the checkpoint was trained with "
+                                                     "(its documents are scored; default: the first)")
         parser.add_argument("--out", help="write the scores as JSON here too")
         parser.add_argument("--acr", action="store_true",
                             help="also the Adversarial Compression Ratio of every target and control (prompt search "
@@ -63,7 +65,10 @@ def _start(args):
             experiment.models = chosen
         if getattr(args, "checkpoint", None):
             experiment.models, experiment.losses = experiment.models[:1], experiment.losses[:1]
-            experiment.seeds = experiment.seeds[:1]
+            if args.seed is not None and experiment.seeds and args.seed not in experiment.seeds:
+                raise ConfigError(f"--seed {args.seed} is not one of the config's seeds "
+                                  f"({', '.join(map(str, experiment.seeds))})")
+            experiment.seeds = (args.seed,) if args.seed is not None else experiment.seeds[:1]
         if getattr(args, "acr", False):
             experiment.section.acr = "all"
         docs, runs = plan_runs(experiment, launch.world_size)

@@ -135,3 +135,45 @@ def mean_over_seeds(rows: list[dict]) -> list[dict]:
                 merged[key] = float(np.mean(values)) if values else float("nan")
         out.append(merged)
     return out
+
+
+MEASURES = (("exact_match", "exact match"), ("extract_tail", "extraction, all but the last tokens"),
+            ("canary_extraction", "canary extraction"), ("loss", "membership AUC (loss)"))
+
+
+def _measure(records: list[dict], key: str) -> tuple[float, float, float]:
+    """(mean, low, high) of one measure of a cell, every seed pooled."""
+    if key == "loss":
+        pairs = [(r["targets"].get("loss", []), r["controls"].get("loss", [])) for r in records]
+        values = [auc(t, c) for t, c in pairs if len(t) and len(c)]
+        return (float(np.mean(values)), *auc_interval(pairs)) if values else (np.nan, np.nan, np.nan)
+    if key == "canary_extraction":
+        values = np.concatenate([np.asarray(r.get(key, []), dtype=float) for r in records])
+    else:
+        key = _tail_key(records) if key == "extract_tail" else key
+        values = _pooled(records, "targets", key) if key else np.zeros(0)
+    values = values[~np.isnan(values)]
+    return (float(values.mean()), *interval(values)) if values.size else (np.nan, np.nan, np.nan)
+
+
+def plot_measures_vs_size(path, documents: list[dict], params: dict[str, int]) -> None:
+    """measures_vs_size.png: one panel per measure, one line per loss against parameters, each
+    point the mean over every seed's documents with its bootstrap 95% interval."""
+    import matplotlib.pyplot as plt
+
+    cells = _cells(documents)
+    losses = list(dict.fromkeys(loss for _, loss in cells))
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(4.2 * len(MEASURES), 3.6), squeeze=False)
+    for ax, (key, title) in zip(axes[0], MEASURES):
+        for index, loss in enumerate(losses):
+            points = sorted((params[model], *_measure(records, key)) for (model, name), records in cells.items()
+                            if name == loss and model in params)
+            x = np.array([p[0] for p in points], dtype=float) * 1.04 ** index  # side by side, not on top
+            mean, low, high = (np.array([p[i] for p in points]) for i in (1, 2, 3))
+            ax.errorbar(x, mean, yerr=[np.maximum(mean - low, 0), np.maximum(high - mean, 0)], fmt="o-", capsize=3,
+                        markersize=4, label=loss.replace("-", " "))
+        ax.set(xscale="log", xlabel="parameters", title=title, ylim=(-0.03, 1.03))
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -8,6 +8,8 @@ exact_match_vs_size.png      last-epoch exact match against parameters, one line
 exact_match_vs_epoch.png     exact match against epoch, one panel per loss, one line per model
 rougeL_hist.png              last-epoch Rouge-L of the targets, one panel per model, losses overlaid
 epochs_to_50_vs_size.png     the first evaluated epoch with exact match >= 50% against parameters, per loss
+measures_vs_size.png         exact match, extraction of the last tokens, canary extraction and membership AUC
+                             against parameters, per loss, with bootstrap 95% intervals over every seed's documents
 summary.md                   the last-epoch table (ACR columns where measured), the filler val loss split by
                              Goldfish's never-supervised recurring tokens, the epochs-to-50% table, and per
                              model and loss over every seed: exact match, extraction, canary extraction,
@@ -24,7 +26,7 @@ import math
 from pathlib import Path
 
 from axon.memorize.documents import DocumentSets
-from axon.memorize.intervals import extraction_table, interval_table, mean_over_seeds
+from axon.memorize.intervals import extraction_table, interval_table, mean_over_seeds, plot_measures_vs_size
 
 # The columns of results.csv, in order: what runner's rows hold and write_results writes.
 RESULT_COLUMNS = ("model", "params", "loss_kind", "k", "h", "strategy", "lr", "seed", "epoch", "step", "exact_match",
@@ -237,6 +239,8 @@ def write_report(out: Path, rows: list[dict], documents: list[dict]) -> None:
     fig.savefig(out / "epochs_to_50_vs_size.png", dpi=120)
     plt.close(fig)
 
+    plot_measures_vs_size(out / "measures_vs_size.png", documents, {r["model"]: r["params"] for r in rows})
+
     (out / "summary.md").write_text(
         "# Memorization sweep\n\nLast evaluated epoch of each run (rates are fractions of documents; exposure in "
         "bits; ACR where measured: mean over the documents whose ACR is above 1, and their share; lr: the run's peak "
@@ -244,4 +248,5 @@ def write_report(out: Path, rows: list[dict], documents: list[dict]) -> None:
         + summary_table(per_seed)
         + split_table(per_seed) + interval_table(documents) + extraction_table(documents)
         + "\n\nMemorization speed: the first evaluated epoch at which exact match reaches 50%.\n\n" + half_table(per_seed)
-        + "\n\nPlots: exact_match_vs_size.png, exact_match_vs_epoch.png, rougeL_hist.png, epochs_to_50_vs_size.png\n")
+        + "\n\nPlots: exact_match_vs_size.png, exact_match_vs_epoch.png, rougeL_hist.png, epochs_to_50_vs_size.png, "
+        "measures_vs_size.png\n")

@@ -423,7 +423,7 @@ def test_sweep_writes_results_plots_and_summary(tiny_sweep):
         kept = float(row["kept_fraction"])
         assert kept == 1.0 if row["loss_kind"] == "standard" else 0.6 < kept < 0.85
     assert json.loads((out / "results.json").read_text())[0]["model"] == "a"
-    for name in ("exact_match_vs_size.png", "exact_match_vs_epoch.png", "rougeL_hist.png"):
+    for name in ("exact_match_vs_size.png", "exact_match_vs_epoch.png", "rougeL_hist.png", "measures_vs_size.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     summary = (out / "summary.md").read_text()
     # last-epoch, split, intervals, extraction and epochs-to-50% tables
@@ -499,6 +499,8 @@ def test_memorize_eval_scores_a_checkpoint_like_the_sweep(tiny_sweep, tmp_path):
                 "control_acr_memorized", "mia_auc_loss", "extract_p16"):
         assert scores[key] == pytest.approx(float(final[key]), abs=1e-9), key
     assert scores["val_loss"] == pytest.approx(float(final["val_loss"]), rel=1e-6)
+    wrong = _axon("memorize-eval", str(config), "--checkpoint", str(checkpoint), "--set", "seeds=[1, 2]", "--seed", "3")
+    assert wrong.returncode == 2 and "--seed 3 is not one of the config's seeds (1, 2)" in wrong.stderr
 
 
 @pytest.mark.parametrize("layout", [{"col": 2}, {"pipe": 2}])
