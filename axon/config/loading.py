@@ -10,7 +10,6 @@ reads a run with too.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -105,26 +104,9 @@ def check_init_weights(config) -> None:
 
 
 def _model_from_init(init_from, model_raw: dict) -> dict:
-    """model.init_from: hf:DIR takes the shape from DIR/config.json; other model keys must agree.
-    (The weights themselves are checked by the commands that load them, before any collective:
-    check_init_weights; planning a model needs only its config.json.)"""
-    if not isinstance(init_from, str) or not init_from.startswith("hf:"):
-        raise ConfigError(f"model.init_from must look like hf:DIR, got {init_from!r}")
-    from axon.checkpoint.huggingface import read_hf_config
-
-    try:
-        shape = dataclasses.asdict(read_hf_config(init_from[3:])[0])
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"model.init_from={init_from!r}: {err}") from None
-    if "seq_len" not in model_raw:  # the model's context (131,072 for Llama 3.1) is rarely a length to train on
-        raise ConfigError(f"model.init_from={init_from!r} needs model.seq_len, the length to train on: "
-                          f"{init_from[3:]}/config.json's max_position_embeddings={shape['seq_len']} is the "
-                          f"model's context (kept as model.max_positions, which an export writes)")
-    shape["seq_len"] = model_raw.pop("seq_len")
-    for key, value in model_raw.items():
-        if key != "preset" and shape.get(key) != value:
-            raise ConfigError(f"model.{key}={value!r} disagrees with {init_from}/config.json ({shape.get(key)!r})")
-    return shape
+    """model.init_from: hf:DIR's shape (axon.spec.config_file.model_from_init)."""
+    with config_errors():
+        return config_file.model_from_init(init_from, model_raw)
 
 
 def _build_model(value: Any) -> tuple[ModelShape, str]:

@@ -3,8 +3,8 @@ section, and the training setup its train and overlap sections give.
 
 `axon train` reads a run through here (axon.config.loading, which turns each ValueError into a
 ConfigError with the same sentence), and so does `perfmodel plan --config` (`planned_run`):
-the same model, batch, length, dtype, recompute and overlaps, with the schema's defaults
-(axon.spec.config_schema), whoever reads the file.
+the same model (`model.init_from: hf:DIR` from DIR/config.json), batch, length, dtype,
+recompute and overlaps, with the schema's defaults (axon.spec.config_schema), whoever reads the file.
 
 Every string in a config file may name environment variables, `${VAR}` or `$VAR`
 (`init_from: hf:${LLAMA_8B_DIR}`, `out_dir: ${SCRATCH}/runs/8b`), so one file serves every
@@ -25,6 +25,7 @@ import yaml
 
 from axon.spec import sections
 from axon.spec.config_schema import TOP_LEVEL_KEYS, OverlapSection, TrainConfig
+from axon.spec.hf_config import read_hf_config
 from axon.spec.layout import Layout, layout_or_auto
 from axon.spec.sections import FieldError
 from axon.spec.shapes import ModelShape, preset
@@ -117,6 +118,28 @@ def model_section(value: Any) -> tuple[ModelShape, str]:
     return sections.build_section(ModelShape, value, "model"), base or "custom"
 
 
+def model_from_init(init_from: Any, model_raw: dict) -> dict:
+    """model.init_from: hf:DIR takes the shape from DIR/config.json; other model keys must agree.
+    (The weights themselves are checked by the commands that load them, before any collective:
+    axon.config.check_init_weights; planning a model needs only its config.json.)"""
+    if not isinstance(init_from, str) or not init_from.startswith("hf:"):
+        raise ValueError(f"model.init_from must look like hf:DIR, got {init_from!r}")
+    try:
+        shape = dataclasses.asdict(read_hf_config(init_from[3:])[0])
+    except (OSError, ValueError) as err:
+        raise ValueError(f"model.init_from={init_from!r}: {err}") from None
+    if "seq_len" not in model_raw:  # the model's context (131,072 for Llama 3.1) is rarely a length to train on
+        raise ValueError(f"model.init_from={init_from!r} needs model.seq_len, the length to train on: "
+                         f"{init_from[3:]}/config.json's max_position_embeddings={shape['seq_len']} is the "
+                         f"model's context (kept as model.max_positions, which an export writes)")
+    model_raw = dict(model_raw)
+    shape["seq_len"] = model_raw.pop("seq_len")
+    for key, value in model_raw.items():
+        if key != "preset" and shape.get(key) != value:
+            raise ValueError(f"model.{key}={value!r} disagrees with {init_from}/config.json ({shape.get(key)!r})")
+    return shape
+
+
 def setup_from_sections(train: TrainConfig, overlap: OverlapSection, seq_len: int) -> TrainingSetup:
     """The TrainingSetup perfmodel prices, from the train and overlap sections (a run's, or a
     scaling study's points); a FieldError names the TrainingSetup field (SETUP_KEYS: its key)."""
@@ -145,17 +168,13 @@ class PlannedRun:
 
 def planned_run(raw: dict[str, Any]) -> PlannedRun:
     """The model, layout, training setup and named machine of a raw run config (read_mapping's),
-    read as axon train reads them (axon.config.loading.build_config), with the schema's defaults.
-    `model.init_from` needs its directory's config.json, which only the engine reads (with torch)."""
+    read as axon train reads them (axon.config.loading.build_config), with the schema's defaults
+    (`model.init_from` from its directory's config.json, as there)."""
     sections.reject_unknown(raw, TOP_LEVEL_KEYS, "")
     model_raw = raw.get("model", "tiny")
     if isinstance(model_raw, dict) and "init_from" in model_raw:
         model_raw = dict(model_raw)
-        init_from = model_raw.pop("init_from")
-        if init_from:
-            raise ValueError(f"model.init_from={init_from!r}: the shape is in that directory's config.json, which "
-                             "only the engine reads; plan with model.preset or the shape keys instead (--set "
-                             "model.init_from= drops it)")
+        model_raw = model_from_init(model_raw.pop("init_from"), model_raw)
     shape, name = model_section(model_raw)
     layout = layout_or_auto(raw.get("layout", {}) or {})
     machine = raw.get("layout_machine", "")

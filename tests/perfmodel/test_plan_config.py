@@ -11,10 +11,12 @@ import json
 import re
 
 import pytest
+import yaml
 
 from axon.config import ConfigError, load_config
 from axon.planning.auto_layout import choose
 from axon.spec.config_file import planned_run
+from axon.spec.hf_config import hf_config
 from axon.spec.layout import factorizations
 from axon.spec.shapes import preset
 from axon.spec.training import TrainingSetup
@@ -49,6 +51,24 @@ def test_a_config_plans_as_its_flags_do(config_args, flag_args, capsys):
     config_rows, flag_rows = json.loads(by_config), json.loads(by_flags)
     assert len(config_rows) == 3 and config_rows == flag_rows
     assert config_rows[0]["step_time_s"] > 0
+
+
+def test_a_config_that_starts_from_hugging_face_weights_plans_their_shape(tmp_path, capsys):
+    """model.init_from: hf:DIR takes the shape from DIR/config.json, as axon train does (here 8B's,
+    written by the engine's own exporter); layout: auto's layout_machine names the machine."""
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(hf_config(preset("8B"))))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": {"init_from": f"hf:{tmp_path / 'hf'}", "seq_len": 4096},
+                                      "layout": "auto", "layout_machine": "perlmutter",
+                                      "train": {"global_batch": 64, "dtype": "bfloat16", "recompute": "block"}}))
+    code, by_config, _ = _plan(["plan", "--config", str(config), "--gpus", "16", "--json", "--top", "2"], capsys)
+    assert code == 0
+    code, by_flags, _ = _plan(["plan", "--model", "8B", "--seq", "4096", "--gpus", "16", "--machine", "perlmutter",
+                               "--global-batch", "64", "--dtype", "bfloat16", "--recompute", "block", "--json",
+                               "--top", "2"], capsys)
+    assert code == 0 and json.loads(by_config) == json.loads(by_flags)
+    assert len(json.loads(by_flags)) == 2
 
 
 def test_defaults_are_the_run_configs(capsys):
