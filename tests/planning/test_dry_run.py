@@ -169,10 +169,10 @@ def test_memory_verdict_per_rank(capsys, empty_config, tmp_path):
     argv = [empty_config, "--world", "2", "--jobs", "1", "--set", "model=tiny", "--set", "layout.pipe=2",
             "--set", "train.global_batch=8"]
     main([*argv, "--machine", "dgx-h100"])
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("memory: ")]
+    lines = [line for line in capsys.readouterr().out.splitlines() if re.match(r"rank \d \(stage \d\): peak ", line)]
     assert len(lines) == 2, lines
     for rank, line in enumerate(lines):
-        assert re.fullmatch(rf"memory: rank {rank} \(stage {rank}\): peak \d+\.\d MiB of 72\.0 GiB usable on "
+        assert re.fullmatch(rf"rank {rank} \(stage {rank}\): peak \d+\.\d MiB of 72\.0 GiB usable on "
                             r"dgx-h100: fits", line), line
     profile = yaml.safe_load((MACHINES_DIR / "dgx-h100.yaml").read_text())
     (tmp_path / "small.yaml").write_text(yaml.safe_dump({**profile, "name": "small", "memory_gb": 2.0**-10}))
@@ -180,8 +180,8 @@ def test_memory_verdict_per_rank(capsys, empty_config, tmp_path):
         main([*argv, "--machine", str(tmp_path / "small.yaml")])
     out, err = capsys.readouterr()
     assert stop.value.code == 2
-    assert re.findall(r"memory: rank (\d) \(stage \d\): peak [\d.]+ MiB of 921\.6 KiB usable on small: does not fit",
-                      out) == ["0", "1"], out
+    assert re.findall(r"^rank (\d) \(stage \d\): peak [\d.]+ MiB of 921\.6 KiB usable on small: does not fit$",
+                      out, re.M) == ["0", "1"], out
     assert re.fullmatch(r"axon dry-run: error: 2 of 2 rank\(s\) rehearsed do not fit in small's 921\.6 KiB usable: "
                         r"rank 0 \(stage 0\), rank 1 \(stage 1\); the fullest, rank \d, peaks at [\d.]+ MiB\n", err), err
 

@@ -236,7 +236,7 @@ def main(argv=None) -> None:
             print(f"  {sentence}")
         if machine:
             for result in results:
-                print(f"memory: {verdict.verdict_line(result)}")
+                print(verdict.verdict_line(result))
         else:
             print(verdict.NO_MACHINE)
         print(f"axon dry-run: {len(ranks)} rank(s) in {time.perf_counter() - started:.1f} s; no weight was "
