@@ -65,7 +65,8 @@ def _gpus(size: str) -> tuple[int, str]:
 
 
 def _plan_flags(config, gpus: int) -> list[str]:
-    """`perfmodel plan`'s flags for what the config says (TODO: `--config` once it lands)."""
+    """`perfmodel plan`'s flags for what the config says. (`perfmodel plan --config` refuses a
+    config with model.init_from for now: the shape is in config.json, which only the engine reads.)"""
     m, t, o = config.model, config.train, config.overlap
     overlap = [name for name in ("all_reduce", "reduce_scatter", "all_gather", "data_parallel") if getattr(o, name)]
     return ["--layers", str(m.layers), "--hidden", str(m.hidden), "--heads", str(m.heads), "--kv-heads",
@@ -157,9 +158,13 @@ def test_example_config_loads_plans_and_dry_runs(size, stand_ins, commands):
     # dry run of rank 0: builds on meta, strict NCCL ok, perfmodel's collectives, within the device's memory
     assert "strict NCCL: ok" in dry and "every parameter on the meta device: True" in dry
     assert "inventory vs perfmodel: every (op, axis, bytes) as often" in dry
-    total = float(re.search(r"^  total +([\d.]+) ", dry, re.M).group(1))
     machine = load_machine(config.layout_machine)
     usable = machine.memory_gb * machine.usable_memory_fraction  # GiB, as perfmodel counts them
-    assert total < usable, f"{size}: rank 0 needs {total} GiB, more than the {usable} GiB usable"
+    verdict = re.search(rf"^rank 0 \(stage 0\): peak ([\d.]+) GiB of ([\d.]+) GiB usable on "
+                        rf"{config.layout_machine}: fits$", dry, re.M)
+    assert verdict, dry
+    peak, of = map(float, verdict.groups())
+    assert peak < of == pytest.approx(usable, abs=0.05), dry
+    total = float(re.search(r"^  total +([\d.]+) ", dry, re.M).group(1))
     print(f"llama3.1-{size}: {gpus} x {config.layout_machine}: {sizes}, {best['step_time_s']:.1f} s a step "
           f"predicted, {best['memory_gb_per_gpu']:.1f} GiB; rank 0 {total:.1f} GiB in the dry run")
