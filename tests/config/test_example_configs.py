@@ -1,8 +1,8 @@
 """The example training configs, axon/configs/llama3.1-{8b,70b,405b}.yaml, each as a user meets it:
 its variables pointing at stand-ins (Llama 3.1's published config.json, a token file long enough
-for one step), it loads to Llama 3.1's published shape and parameter count; `perfmodel plan`, given
-the config's values for the machine and GPU count its header's sbatch line asks for, ranks first a
-layout that fits; and `axon dry-run CONFIG --world N --ranks 0` plans the same layout (`layout:
+for one step), it loads to Llama 3.1's published shape and parameter count; `perfmodel plan --config`,
+for the GPU count its header's sbatch line asks for (on its layout_machine), ranks first a layout
+that fits; and `axon dry-run CONFIG --world N --ranks 0` plans the same layout (`layout:
 auto`), builds rank 0 on the fake backend, stays within the device's memory and exits 0.
 
 The published numbers are typed here from meta-llama/Llama-3.1-{8B,70B,405B}'s config.json and
@@ -64,18 +64,6 @@ def _gpus(size: str) -> tuple[int, str]:
     return nodes * per_node, script
 
 
-def _plan_flags(config, gpus: int) -> list[str]:
-    """`perfmodel plan`'s flags for what the config says. (`perfmodel plan --config` refuses a
-    config with model.init_from for now: the shape is in config.json, which only the engine reads.)"""
-    m, t, o = config.model, config.train, config.overlap
-    overlap = [name for name in ("all_reduce", "reduce_scatter", "all_gather", "data_parallel") if getattr(o, name)]
-    return ["--layers", str(m.layers), "--hidden", str(m.hidden), "--heads", str(m.heads), "--kv-heads",
-            str(m.kv_heads), "--ffn", str(m.ffn), "--vocab", str(m.vocab), "--seq", str(m.seq_len),
-            "--gpus", str(gpus), "--machine", config.layout_machine, "--global-batch", str(t.global_batch),
-            "--micro-batch", str(t.micro_batch), "--dtype", t.dtype, "--recompute", t.recompute,
-            "--grad-reduce-dtype", t.grad_reduce_dtype, "--overlap", ",".join(overlap) or "none"]
-
-
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory):
     """Environment variables for every config: a config.json folder per size, a token file of
@@ -101,8 +89,8 @@ def commands(stand_ins, monkeypatch_module):
     started = {}
     for size in SIZES:
         gpus, _ = _gpus(size)
-        config = load_config(_path(size))
-        plan = [sys.executable, "-m", "perfmodel", "plan", *_plan_flags(config, gpus), "--top", "4", "--json"]
+        plan = [sys.executable, "-m", "perfmodel", "plan", "--config", str(_path(size)), "--gpus", str(gpus),
+                "--top", "4", "--json"]
         dry = [sys.executable, "-m", "axon", "dry-run", str(_path(size)), "--world", str(gpus), "--ranks", "0",
                "--jobs", "1"]
         started[size] = [subprocess.Popen(cmd, env=env, cwd=REPO, text=True, stdout=subprocess.PIPE,
@@ -147,7 +135,8 @@ def test_example_config_loads_plans_and_dry_runs(size, stand_ins, commands):
     assert config.out_dir == f"{stand_ins['RUNS']}/llama3.1-{size}" and 0 < t.warmup_steps < t.steps
     assert config.layout_auto and script == f"launch/{config.layout_machine}.sbatch"
 
-    # plan: the fastest layout of the header's GPU count fits; the dry run's layout: auto picks it
+    # plan: the fastest layout of the header's GPU count fits; the dry run's layout: auto (the engine
+    # reading the same file) picks it
     gpus, _ = _gpus(size)
     ranked, dry = commands[size]
     best = ranked[0]
@@ -168,3 +157,16 @@ def test_example_config_loads_plans_and_dry_runs(size, stand_ins, commands):
     total = float(re.search(r"^  total +([\d.]+) ", dry, re.M).group(1))
     print(f"llama3.1-{size}: {gpus} x {config.layout_machine}: {sizes}, {best['step_time_s']:.1f} s a step "
           f"predicted, {best['memory_gb_per_gpu']:.1f} GiB; rank 0 {total:.1f} GiB in the dry run")
+
+
+def test_first_run_page_quotes_the_8b_plan(commands):
+    """docs/first-run.md quotes the 8B config's plan on 16 A100s: the figures must be today's."""
+    best = commands["8b"][0][0]
+    lay = best["layout"]
+    layout = " ".join(f"{axis}={lay[axis]}" for axis in ("data", "pipe", "depth", "row", "col") if lay[axis] > 1)
+    layout += f" v={lay['virtual_stages']}" if lay["virtual_stages"] > 1 else ""
+    page = " ".join((REPO / "docs" / "first-run.md").read_text().split())
+    step = f"{best['step_time_s']:.1f}"
+    for claim in (f"best is `{layout}`", f"{step} s a step, {100 * best['mfu']:.1f}% MFU, "
+                  f"{best['memory_gb_per_gpu']:.1f} GiB", f"perfmodel says {step} s on 16 A100s"):
+        assert claim in page, f"update docs/first-run.md's plan figures: {claim!r}"

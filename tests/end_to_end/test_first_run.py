@@ -141,15 +141,10 @@ def test_first_run_page_on_a_tiny_llama(tmp_path):
         assert view.document(i).tolist() == tokenizer.encode(texts[i]).ids + [eos]
     assert f"{view.tokens.size:,} tokens, {len(texts)} documents" in by_command("data verify")
 
-    # plan: a ranked table whose first layout fits on 16 A100s, as the page quotes it
+    # plan: run.yaml's run (the tiny model here) ranked on 16 A100s, the first layout fitting
     plan = by_command("perfmodel plan")
     first = next(line for line in plan.splitlines() if re.match(r"\s+1\s", line))
-    assert "does not fit" not in first and "8B on 16 x perlmutter" in plan
-    _, layout, _, step_s, _, mfu, gib, _ = re.split(r"\s{2,}", first.strip())
-    quoted = f"best is `{layout}` (interleaved 1F1B), {float(step_s):.1f} s a step, {mfu} MFU, {gib} GiB"
-    page = " ".join(PAGE.read_text().split())
-    for claim in (quoted, f"perfmodel says {float(step_s):.1f} s on 16 A100s"):
-        assert " ".join(claim.split()) in page, f"update the page's plan figures to: {first}"
+    assert "does not fit" not in first and "(run.yaml) on 16 x perlmutter" in plan, plan
 
     # dry run: the auto layout on the named profile, strict NCCL ok, exit 0 (checked above)
     dry = by_command("dry-run")
