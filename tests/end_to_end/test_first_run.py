@@ -150,7 +150,7 @@ def test_first_run_page_on_a_tiny_llama(tmp_path):
     dry = by_command("dry-run")
     assert re.search(r"on 16 ranks, layout: auto on perlmutter -> data \d+ x pipe", dry) and "strict NCCL: ok" in dry
 
-    # submit: preempted after step 3's line (exit 75), requeued by the script, resumed, finished
+    # submit: preempted after step PREEMPT_AT_STEP's line (exit 75), requeued by the script, resumed, finished
     codes = (tmp_path / "slurm" / "job_1001.codes").read_text().split()
     log = (clone / "axon-1001.out").read_text()
     assert codes == ["75", "0"], log
@@ -172,7 +172,8 @@ def test_first_run_page_on_a_tiny_llama(tmp_path):
     assert [r.get("val_loss") is not None for r in map(json.loads, (straight / "metrics.jsonl").open())] == \
         [False, False, True, False, False, True]
 
-    # export: transformers' logits from the export = axon's from the final checkpoint (resharded 2 -> 1)
+    # export: transformers' logits from the export = axon's from the final checkpoint, read into one
+    # process from the 2-rank layout it was saved at (the resume path's reshard, not the exporter)
     assert "The river" in by_command("from_pretrained")  # the page's generate() ran
     from transformers import LlamaForCausalLM
 
