@@ -186,15 +186,26 @@ def test_train_in_a_used_out_dir_rollback_and_a_second_live_job(tmp_path):
     assert "has ended" in third.stdout and not (out / ".lock").exists()
 
 
-@pytest.mark.parametrize("extra, resumes", [((), True), (("--overwrite",), False), (("AXON_COMMAND=dry-run",), False)])
-def test_sbatch_scripts_pass_resume_latest_to_train(tmp_path, extra, resumes):
+# (arguments and variables given, the train.resume the script adds, the arguments it passes on)
+SBATCH_CASES = [
+    ((), "latest", ()),
+    # starting over clears a config's own `resume: latest`, which --overwrite would contradict ...
+    (("--overwrite",), "", ("--overwrite",)),
+    # ... and its requeued attempt continues what it started instead of moving its checkpoints aside
+    (("--overwrite", "SLURM_RESTART_COUNT=1"), "latest", ()),
+    (("AXON_COMMAND=dry-run",), None, ()),
+]
+
+
+@pytest.mark.parametrize("extra, resume, passed", SBATCH_CASES)
+def test_sbatch_scripts_pass_resume_latest_to_train(tmp_path, extra, resume, passed):
     """The shipped job scripts, run by bash with a stand-in srun that prints its arguments."""
     (tmp_path / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
     (tmp_path / "srun").chmod(0o755)
     env = dict(clean_env(), PATH=f"{tmp_path}:{os.environ['PATH']}", CONFIG="run dir/run.yaml", USER="someone",
                SLURM_JOB_ID="4242")  # what Slurm's job environment always has
-    args = [a for a in extra if not a.startswith("AXON_COMMAND=")]
-    env.update(a.split("=", 1) for a in extra if a.startswith("AXON_COMMAND="))
+    args = [a for a in extra if "=" not in a]
+    env.update(a.split("=", 1) for a in extra if "=" in a)
     for machine in ("perlmutter", "frontier", "alps"):
         done = subprocess.run(["bash", str(REPO / "launch" / f"{machine}.sbatch"), *args], env=env,
                               capture_output=True, text=True, timeout=30)
@@ -202,8 +213,8 @@ def test_sbatch_scripts_pass_resume_latest_to_train(tmp_path, extra, resumes):
         words = done.stdout.splitlines()
         tail = words[words.index("axon") + 1:]
         expected = [env.get("AXON_COMMAND", "train"), "run dir/run.yaml"]
-        expected += ["--set", "train.resume=latest"] if resumes else []
-        assert tail == expected + args, machine
+        expected += ["--set", f"train.resume={resume}"] if resume is not None else []
+        assert tail == expected + list(passed), machine
 
 
 def test_sbatch_scripts_requeue_a_preempted_job_and_nothing_else(tmp_path):
