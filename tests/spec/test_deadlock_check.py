@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from axon.config import build_config
 from axon.parallel.grid import Grid
@@ -21,7 +22,7 @@ from axon.spec.deadlock_check import P2POp, check_trace_files, planned_ops, repl
 from axon.runtime.trainer import Trainer
 from axon.spec.layout import Layout
 from axon.spec.schedules import Transfer, one_f_one_b, one_f_one_b_with_transfers
-from axon.testing.spawn import run_distributed
+from axon.testing.spawn import COLLECTIVE_TIMEOUT, run_distributed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -183,14 +184,51 @@ def traced_runs(rank, world, layout, out_dirs):
     return out
 
 
-@pytest.mark.parametrize("layout, counts", [
-    (Layout(data=2, pipe=2, col=2), (1, 2, 3, 8)), (Layout(pipe=3, depth=2), (1, 2, 3, 8)),
-    (Layout(pipe=4, row=2), (1, 2, 3, 8)),
-    (Layout(pipe=2, depth=2, virtual_stages=2), (2, 4)), (Layout(pipe=4, virtual_stages=2), (4, 8))],
-    ids=lambda x: f"{x.data}x{x.pipe}x{x.depth}x{x.row}x{x.col}v{x.virtual_stages}" if isinstance(x, Layout) else "")
-def test_the_engine_traces_pass_the_checker(tmp_path, layout, counts):
-    out_dirs = {m: tmp_path / f"m{m}" for m in counts}
-    results = run_distributed(layout.world_size, traced_runs, layout, out_dirs)
+CASES = [(Layout(data=2, pipe=2, col=2), (1, 2, 3, 8)), (Layout(pipe=3, depth=2), (1, 2, 3, 8)),
+         (Layout(pipe=4, row=2), (1, 2, 3, 8)),
+         (Layout(pipe=2, depth=2, virtual_stages=2), (2, 4)), (Layout(pipe=4, virtual_stages=2), (4, 8))]
+
+
+def case_id(layout: Layout) -> str:
+    return f"{layout.data}x{layout.pipe}x{layout.depth}x{layout.row}x{layout.col}v{layout.virtual_stages}"
+
+
+def every_case(rank, world, cases, store_dir):
+    """All layouts in one spawn (a spawn of 8 ranks costs about 7 s on 2 cores): for each, the
+    ranks it needs leave the spawn's world and form one of its size through a fresh file store;
+    the others go ahead to the next layout's and wait there. The spawn's world is formed again
+    at the end for run_distributed's barrier."""
+    dist.destroy_process_group()
+    out = []
+    for index, (layout, out_dirs) in enumerate(cases):
+        size = layout.world_size
+        if rank >= size:
+            out.append(None)
+            continue
+        dist.init_process_group("gloo", init_method=f"file://{store_dir}/case{index}", rank=rank, world_size=size,
+                                timeout=COLLECTIVE_TIMEOUT)
+        out.append(traced_runs(rank, size, layout, out_dirs))
+        dist.barrier()  # as run_distributed does: nobody tears down while a peer still talks to it
+        dist.destroy_process_group()
+    dist.init_process_group("gloo", init_method=f"file://{store_dir}/end", rank=rank, world_size=world,
+                            timeout=COLLECTIVE_TIMEOUT)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine_traces(tmp_path_factory):
+    """Per case: its micro-batch counts' output folders and every rank's traced_runs."""
+    root = tmp_path_factory.mktemp("engine_traces")
+    cases = [(layout, {m: root / case_id(layout) / f"m{m}" for m in counts}) for layout, counts in CASES]
+    world = max(layout.world_size for layout, _ in CASES)
+    results = run_distributed(world, every_case, cases, str(root))
+    return {case_id(layout): (out_dirs, [runs[index] for runs in results[:layout.world_size]])
+            for index, (layout, out_dirs) in enumerate(cases)}
+
+
+@pytest.mark.parametrize("layout, counts", CASES, ids=lambda x: case_id(x) if isinstance(x, Layout) else "")
+def test_the_engine_traces_pass_the_checker(engine_traces, layout, counts):
+    out_dirs, results = engine_traces[case_id(layout)]
     stride, p, v = layout.strides()["pipe"], layout.pipe, layout.virtual_stages
     for index, m in enumerate(counts):
         traces = sorted(out_dirs[m].glob("comm_trace_rank*.json"))
