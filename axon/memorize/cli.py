@@ -38,7 +38,8 @@ def _parser(name: str, evaluate: bool) -> argparse.ArgumentParser:
         parser.add_argument("--out", help="write the scores as JSON here too")
         parser.add_argument("--acr", action="store_true",
                             help="also the Adversarial Compression Ratio of every target and control (prompt search "
-                                 "with the experiment's acr_* budget; needs layout.pipe=1)")
+                                 "with the experiment's acr_* budget; with layout.pipe > 1, on the stages folded "
+                                 "into depth)")
     return parser
 
 
@@ -78,12 +79,35 @@ def _start(args):
                 check_init_weights(next(run.config for run in runs if run.config.init_from == init_from))
     except ConfigError as err:
         _fail(launch.rank, str(err), command)
-    # Rank 0 alone checks the checkpoint (one stat per shard file); the others learn its verdict.
+    # Rank 0 alone checks the checkpoint (one stat per shard file), or what an earlier attempt of
+    # the sweep left (axon.memorize.resume); the others learn its verdict.
     reader, verdict = _checkpoint(args, runs[0].config) if evaluates and launch.rank == 0 else (None, None)
+    if not evaluates and launch.rank == 0:
+        from axon.memorize.resume import prepare_resume
+
+        reader, verdict = prepare_resume(experiment, runs)  # (each cell's start, the verdict)
     runtime = init_distributed(launch, command=command)
     if evaluates:
         reader = _agree_on_checkpoint(runtime, reader, verdict)
+    else:
+        reader = _agree_on_resume(runtime, reader, verdict)
     return experiment, docs, runs, reader, runtime
+
+
+def _agree_on_resume(runtime, starts, verdict):
+    """Every rank: each cell's start as rank 0 found it; an error ends every rank with its sentence."""
+    from axon.config import ConfigError
+    from axon.memorize.resume import agree_on_resume
+    from axon.runtime.bootstrap import shutdown
+
+    try:
+        return agree_on_resume(runtime, starts, verdict)
+    except ConfigError as err:
+        from axon.config.errors import error_line
+
+        print(error_line("memorize", str(err), runtime.rank), file=sys.stderr, flush=True)
+        shutdown(all_ranks_done=True)
+        sys.exit(2)
 
 
 def _checkpoint(args, config):
@@ -122,8 +146,12 @@ def memorize_main(argv) -> None:
     from axon.memorize.runner import run_sweep
     from axon.runtime.trainer import TrainingDiverged
 
+    from axon.runtime.exit_codes import PREEMPTED
+    from axon.runtime.preemption import StopSignal
+    from axon.runtime.trainer import Preempted
+
     args = _parser("memorize", evaluate=False).parse_args(argv)
-    experiment, docs, runs, _, runtime = _start(args)
+    experiment, docs, runs, starts, runtime = _start(args)
     done = False
     try:
         if runtime.rank == 0:
@@ -132,7 +160,15 @@ def memorize_main(argv) -> None:
                   f"{docs.source}, {len(docs.target_canaries)} canaries; {len(docs.controls)} control documents, "
                   f"{len(docs.control_canaries)} control canaries", flush=True)
         try:
-            run_sweep(experiment, docs, runs, runtime)
+            with StopSignal() as stop:
+                run_sweep(experiment, docs, runs, runtime, starts, stop)
+        except Preempted as stopped:  # agreed in a step's reductions: every rank is here
+            if runtime.rank == 0:
+                print(f"axon: memorize: {stop.name} received: stopped after step {stopped.step}, checkpoint "
+                      f"{stopped.path}; the same command continues the sweep (exit code {PREEMPTED}: requeue me)",
+                      flush=True)
+            done = True
+            sys.exit(PREEMPTED)
         except TrainingDiverged as err:  # decided on reduced numbers: every rank stops at the same step
             from axon.config.errors import error_line
             from axon.runtime.exit_codes import DIVERGED
@@ -162,9 +198,16 @@ def memorize_eval_main(argv) -> None:
         trainer = Trainer(run.config, grid, runtime.device, source=run.stream)
         checkpoint.load(trainer, reader)
         scores, _ = evaluate_all(trainer, docs, run.stream, experiment.section)
-        if args.acr:
-            acr_scores, acr_documents = acr_all(trainer, docs, experiment.section)
+        if args.acr and run.acr_layout is None:
+            acr_scores, acr_documents = acr_all(trainer.model, grid, runtime.device, docs, experiment.section)
             scores.update(acr_scores, **acr_documents)
+        elif args.acr:  # pipeline stages: the stages folded into depth, the checkpoint read resharded
+            from axon.memorize.runner import acr_model
+
+            model, acr_grid = acr_model(run, runtime, reader.path)
+            acr_scores, acr_documents = acr_all(model, acr_grid, runtime.device, docs, experiment.section)
+            scores.update(acr_scores, **acr_documents)
+            acr_grid.destroy()
         grid.destroy()
         if runtime.rank == 0:
             record = {"checkpoint": str(reader.path), "model": run.model.name, "step": reader.step, **scores}

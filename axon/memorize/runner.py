@@ -53,6 +53,7 @@ class PlannedRun:
     acr: bool = False  # ACR at the last epoch (experiment.acr)
     docs: DocumentSets | None = None  # this run's targets, controls and canaries (they follow the seed)
     seed: int | None = None  # the seed of `seeds:` it runs with (None: the config's own)
+    acr_layout: object = None  # a Layout without pipeline stages for the prompt search (None: the run's own)
 
 
 def plan_runs(exp: Experiment, world_size: int) -> tuple[DocumentSets, list[PlannedRun]]:
@@ -138,7 +139,11 @@ def _recurring_dropped(stream: MemorizationStream, losses: list[LossSpec]) -> np
 
 
 def _mark_acr(exp: Experiment, runs: list[PlannedRun]) -> None:
-    """experiment.acr: which runs search prompts at their last epoch (pipe must be 1)."""
+    """experiment.acr: which runs search prompts at their last epoch, and on which layout: the
+    search backpropagates through the whole model, and pipeline stages run forward only, so a
+    run with pipe > 1 searches on the same ranks with the stages folded into depth (its last
+    checkpoint read back resharded; each rank holds the same share of the weights)."""
+    from axon.spec.layout_rules import find_layout_problem
     from axon.spec.parameters import whole_model_parameters
 
     if exp.section.acr == "none":
@@ -146,13 +151,22 @@ def _mark_acr(exp: Experiment, runs: list[PlannedRun]) -> None:
     largest = max(whole_model_parameters(r.config.model) for r in runs)
     for run in runs:
         run.acr = exp.section.acr == "all" or whole_model_parameters(run.config.model) == largest
-        if run.acr and run.config.layout.pipe > 1:
-            chosen = "layout: auto chose" if run.choice is not None else "got"
-            raise ConfigError(f"experiment.acr={exp.section.acr} needs layout.pipe=1 (the prompt search "
-                              f"backpropagates through the whole model, and pipeline stages run forward only), "
-                              f"but {chosen} layout.pipe={run.config.layout.pipe} for model {run.model.name}: give a "
-                              "layout with pipe 1, or set experiment.acr: none and score the saved checkpoint with "
-                              "`memorize-eval --acr` on a layout with pipe 1 (checkpoints reshard)")
+        layout = run.config.layout
+        if run.acr and layout.pipe > 1:
+            run.acr_layout = acr_layout(layout)
+            shards = run.acr_layout.data * run.acr_layout.depth  # a batch every shard divides: the search has none
+            problem = find_layout_problem(run.config.model, run.acr_layout, shards, 1)
+            if problem:
+                raise ConfigError(f"experiment.acr={exp.section.acr} searches model {run.model.name} on layout "
+                                  f"{run.acr_layout} (layout.pipe={layout.pipe} folded into depth), where "
+                                  f"{problem.sentence}; set experiment.acr: none")
+
+
+def acr_layout(layout):
+    """`layout` with its pipeline stages folded into depth (same world, same weight share per rank)."""
+    import dataclasses
+
+    return dataclasses.replace(layout, pipe=1, depth=layout.depth * layout.pipe, virtual_stages=1)
 
 
 def _row(run: PlannedRun, params: int, epoch: int, step: int, scores: dict, losses: list[dict],
@@ -170,13 +184,13 @@ def _row(run: PlannedRun, params: int, epoch: int, step: int, scores: dict, loss
             "kept_fraction": float(np.mean([m["kept_fraction"] for m in losses])), "train_seconds": seconds}
 
 
-def acr_all(trainer, docs: DocumentSets, s) -> tuple[dict, dict]:
-    """ACR of the targets and controls (the first experiment.acr_documents of each, or all):
-    (the ACR paper's statistics for the results row, per-document values)."""
+def acr_all(model, grid, device, docs: DocumentSets, s) -> tuple[dict, dict]:
+    """ACR of the targets and controls (the first experiment.acr_documents of each, or all) with
+    `model` on `grid` (pipe 1): (the ACR paper's statistics for the results row, per-document values)."""
     from axon.memorize.adversarial_compression import AcrBudget, PromptSearch
 
     budget = AcrBudget(s.acr_iterations, s.acr_candidates, s.acr_top_k, batch=s.eval_batch * 4, init=s.acr_init)
-    search = PromptSearch(trainer.model, trainer.grid, trainer.device, budget, s.seed)
+    search = PromptSearch(model, grid, device, budget, s.seed)
     cut = lambda documents: documents[: s.acr_documents] if s.acr_documents else documents
     target, control = (search.run(cut(documents), s.prefix, s.suffix) for documents in (docs.targets, docs.controls))
     share = lambda values: float(np.mean(values > 1)) if len(values) else float("nan")
@@ -244,47 +258,121 @@ def evaluate_all(trainer, docs: DocumentSets, stream, s) -> tuple[dict, dict]:
     return scores, per_document
 
 
-def train_and_measure(run: PlannedRun, s, runtime, leader: bool, on_row) -> dict:
-    """One run: train epoch by epoch, evaluating as configured; returns the last per-document scores."""
+def acr_model(run: PlannedRun, runtime, path):
+    """(model, grid): the run's weights on run.acr_layout, read resharded from the checkpoint at
+    `path` (the model's tensors only: the AdamW state stays in memory unread). Collective."""
+    import torch
+
+    from axon.checkpoint import CheckpointReader, load_shards
+    from axon.model import Llama
+    from axon.parallel.grid import Grid
+
+    grid = Grid(run.acr_layout, runtime.rank)
+    model = Llama(run.config.model, grid, compute_dtype=getattr(torch, run.config.train.dtype)).to(runtime.device)
+    reader = CheckpointReader(path)
+    reader.verify(grid.rank, grid.layout.world_size, runtime.device)  # collective: each file hashed by one rank
+    load_shards(reader, model, None, grid)
+    return model, grid
+
+
+def _measure_acr(run: PlannedRun, trainer, runtime, docs, s, checkpoint_path) -> tuple[dict, dict]:
+    """ACR on the run's layout, or on run.acr_layout (pipe folded into depth) from its last checkpoint."""
+    if run.acr_layout is None:
+        return acr_all(trainer.model, trainer.grid, trainer.device, docs, s)
+    if runtime.rank == 0:
+        print(f"  ACR on layout {run.acr_layout} (the pipeline stages folded into depth: the search "
+              f"backpropagates through the whole model), from {checkpoint_path}", flush=True)
+    trainer.optimizer.state.clear()  # the last use of this run's trainer: room for the search's model
+    model, grid = acr_model(run, runtime, checkpoint_path)
+    try:
+        return acr_all(model, grid, runtime.device, docs, s)
+    finally:
+        grid.destroy()
+
+
+def train_and_measure(run: PlannedRun, s, runtime, leader: bool, on_row, start=None, stop=None,
+                      key: str = "") -> dict:
+    """One run: train epoch by epoch, evaluating as configured; returns the last per-document scores.
+    `start` (axon.memorize.resume.CellStart): resume from its checkpoint, keeping the rows recorded
+    up to it; `stop`: a StopSignal whose request checkpoints at the next step and raises Preempted.
+    Rank 0 records the cell's progress in its cell.json (fingerprint `key`) after each evaluation."""
     import torch
 
     from axon import checkpoint
+    from axon.memorize.resume import CellStart, write_cell
     from axon.parallel.grid import Grid
-    from axon.runtime.metrics import MetricsLog
     from axon.parallel.sharding import named_shardings
-    from axon.runtime.trainer import Trainer
+    from axon.runtime.metrics import METRICS_FILE, MetricsLog, read_metrics
+    from axon.runtime.run_dir import keep_metrics_through
+    from axon.runtime.trainer import Preempted, Trainer
 
     config, stream, docs = run.config, run.stream, run.docs
+    start = start or CellStart()
     grid = Grid(config.layout, runtime.rank)
     trainer = Trainer(config, grid, runtime.device, peak_tflops=config.train.peak_tflops, source=stream)
+    trainer.stop_signal = stop
     params = sum(torch.Size(sh.global_shape).numel() for _, _, sh in named_shardings(trainer.model))
-    log = MetricsLog(config.out_dir, stream.total_steps, max(1, stream.total_steps // 4), enabled=leader)
-    per_document, trained_s, t = {}, 0.0, config.train
+    rows, per_document, trained_s, t = [], {}, 0.0, config.train
+    first, saved, earlier = 0, None, {}  # resumed step, the last checkpoint, step losses before `first`
+    if start.checkpoint:
+        trainer.resume_from(checkpoint.CheckpointReader(start.checkpoint))  # collective; verifies the files
+        first, saved = trainer.start_step, start.checkpoint
+        if leader:
+            record = start.record or {}
+            rows = [r for r in record.get("rows", []) if r["epoch"] in start.evaluated]
+            per_document = record["documents"] if rows and len(rows) == len(record["rows"]) else {}
+            trained_s = record.get("trained_s", 0.0) if per_document else rows[-1]["train_seconds"] if rows else 0.0
+            keep_metrics_through(config.out_dir, first)
+            earlier = {m["step"]: m for m in read_metrics(Path(config.out_dir) / METRICS_FILE)}
+            for row in rows:
+                on_row(row)
+            print(f"  resumed from {start.checkpoint} at step {first} ({len(rows)} evaluation(s) kept)", flush=True)
+    elif leader:
+        write_cell(run, key, False, [], {}, 0.0)  # this sweep's from now on: its checkpoints may be resumed
+    log = MetricsLog(config.out_dir, stream.total_steps, max(1, stream.total_steps // 4), enabled=leader,
+                     append=first > 0)
     try:
         for epoch in range(1, s.epochs + 1):
+            begin, end = (epoch - 1) * stream.steps_per_epoch, epoch * stream.steps_per_epoch
+            evaluated = epoch % s.eval_every == 0 or epoch == s.epochs
+            if end <= first and (not evaluated or epoch in start.evaluated):
+                continue  # trained (and evaluated) before the stop
             trainer.pause_clock()  # the last epoch's evaluation is not a step's time
-            started, losses = time.perf_counter(), []
-            for step in range((epoch - 1) * stream.steps_per_epoch, epoch * stream.steps_per_epoch):
+            started = time.perf_counter()
+            losses = [earlier[step + 1] for step in range(begin, min(end, first)) if step + 1 in earlier]
+            for step in range(max(begin, first), end):
                 metrics = trainer.step(step)
-                if step == 0:
+                if step == first:
                     trainer.save_gemm_choices()
                 losses.append(metrics)
                 log.record(metrics)
-                if t.checkpoint_every and ((step + 1) % t.checkpoint_every == 0 or step + 1 == stream.total_steps):
-                    checkpoint.save(trainer, step + 1, t.keep_checkpoints)
+                done = step + 1
+                if t.checkpoint_every and (done % t.checkpoint_every == 0 or done == stream.total_steps) \
+                        or trainer.stop_agreed:
+                    saved = checkpoint.save(trainer, done, t.keep_checkpoints)
                     trainer.pause_clock()
+                if trainer.stop_agreed:  # every rank saw the same vote in this step's reductions
+                    trainer.save_gemm_choices()
+                    if leader:
+                        write_cell(run, key, False, rows, per_document, trained_s + time.perf_counter() - started)
+                    raise Preempted(done, saved)
             trained_s += time.perf_counter() - started
-            if epoch % s.eval_every and epoch != s.epochs:
+            if not evaluated:
                 continue
             scores, per_document = evaluate_all(trainer, docs, stream, s)
             if run.acr and epoch == s.epochs:
+                if run.acr_layout is not None and (saved is None or checkpoint.checkpoint_step(Path(saved)) != end):
+                    saved = checkpoint.save(trainer, end, t.keep_checkpoints)  # the search reads it resharded
+                trainer.save_gemm_choices()
                 started = time.perf_counter()
-                acr_scores, acr_documents = acr_all(trainer, docs, s)
+                acr_scores, acr_documents = _measure_acr(run, trainer, runtime, docs, s, saved)
                 scores.update(acr_scores, acr_seconds=time.perf_counter() - started)
                 per_document.update(acr_documents)
-            row = _row(run, params, epoch, epoch * stream.steps_per_epoch, scores, losses, trained_s)
+            row = _row(run, params, epoch, end, scores, losses, trained_s)
+            rows.append(row)
             on_row(row)
             if leader:
+                write_cell(run, key, False, rows, per_document, trained_s)
                 print(f"  epoch {epoch}/{s.epochs} | train loss {row['train_loss']:.3f} | exact match "
                       f"{row['exact_match']:.3f} (control {row['control_exact_match']:.3f}) | token acc "
                       f"{row['token_acc']:.3f} | Rouge-L {row['rougeL']:.3f} | exposure {row['exposure']:.2f} bits "
@@ -296,17 +384,25 @@ def train_and_measure(run: PlannedRun, s, runtime, leader: bool, on_row) -> dict
     finally:
         log.close()
         grid.destroy()
-    return {"model": run.model.name, "params": params, "loss_kind": run.loss.kind, "loss": run.loss.tag,
-            "seed": stream.seed, "epoch": s.epochs, **per_document}
+    result = {"model": run.model.name, "params": params, "loss_kind": run.loss.kind, "loss": run.loss.tag,
+              "seed": stream.seed, "epoch": s.epochs, **per_document}
+    if leader:
+        write_cell(run, key, True, rows, result, trained_s)  # done: a rerun reads this instead of training
+    return result
 
 
-def run_sweep(exp: Experiment, docs: DocumentSets, runs: list[PlannedRun], runtime) -> list[dict]:
-    """Every planned run in order; rank 0 rewrites the results after each evaluation."""
+def run_sweep(exp: Experiment, docs: DocumentSets, runs: list[PlannedRun], runtime, starts=None,
+              stop=None) -> list[dict]:
+    """Every planned run in order; rank 0 rewrites the results after each evaluation. `starts`
+    (axon.memorize.resume.agree_on_resume): cells done before are read back, not run again, and
+    a cell stopped mid-way resumes from its checkpoint; `stop`: a StopSignal (preemption)."""
     from axon.memorize import report
+    from axon.memorize.resume import CellStart, fingerprint
 
     leader = runtime.rank == 0
     out = Path(exp.out_dir)
     rows, documents = [], []
+    starts = starts or [CellStart() for _ in runs]
     if leader:
         out.mkdir(parents=True, exist_ok=True)
         report.write_setup(out, exp, docs, runs)
@@ -317,17 +413,26 @@ def run_sweep(exp: Experiment, docs: DocumentSets, runs: list[PlannedRun], runti
             report.write_results(out, rows)
 
     started = time.perf_counter()
-    for index, run in enumerate(runs, 1):
+    for index, (run, start) in enumerate(zip(runs, starts), 1):
+        described = (f"axon: memorize run {index}/{len(runs)}: model {run.model.name}, loss {run.loss.tag}"
+                     + ("" if run.seed is None else f", seed {run.seed}"))
+        if start.done:
+            if leader:
+                print(f"{described}: done before ({run.config.out_dir}/cell.json): not run again", flush=True)
+                for row in start.record["rows"]:
+                    on_row(row)
+                documents.append(start.record["documents"])
+            continue
         if leader:
             layout = f"layout {run.config.layout}" + (" (auto)" if run.choice is not None else "")
-            print(f"axon: memorize run {index}/{len(runs)}: model {run.model.name}, loss {run.loss.tag}"
-                  + ("" if run.seed is None else f", seed {run.seed}") + ": "
-                  f"{run.stream.total_steps} steps ({exp.section.epochs} epochs x {run.stream.steps_per_epoch}); "
-                  f"{layout}", flush=True)
-        documents.append(train_and_measure(run, exp.section, runtime, leader, on_row))
+            print(f"{described}: {run.stream.total_steps} steps ({exp.section.epochs} epochs x "
+                  f"{run.stream.steps_per_epoch}); {layout}", flush=True)
+        documents.append(train_and_measure(run, exp.section, runtime, leader, on_row, start, stop,
+                                           fingerprint(exp, run) if leader else ""))
         if leader:
             report.write_per_document(out, documents)
     if leader:
+        report.write_per_document(out, documents)
         report.write_report(out, rows, documents)
         print(f"axon: memorize done in {time.perf_counter() - started:.0f} s: {out / 'summary.md'}, "
               f"{out / 'results.csv'}, plots in {out}", flush=True)

@@ -197,10 +197,10 @@ def test_seeds_and_quick_plan_every_cell_once_per_seed(tmp_path):
     first = {s: r.docs.targets[0].tobytes() for r, s in zip(runs, [r.seed for r in runs])}
     assert len(set(first.values())) == 3  # the documents follow the seed
     assert load_experiment(path).seeds == (5, 9) and load_experiment(path).section.epochs == 2
-    # ACR on pipeline stages: one sentence saying what to do instead (planned for 2 ranks, none started)
-    with pytest.raises(ConfigError, match=r"needs layout.pipe=1 .* but got layout.pipe=2 for model a: give a layout "
-                                          r"with pipe 1, or set experiment.acr: none and score the saved checkpoint"):
-        plan_runs(load_experiment(path, ["layout.pipe=2", "experiment.acr=all"]), 2)
+    # ACR on pipeline stages: searched on the same ranks with the stages folded into depth
+    _, piped = plan_runs(load_experiment(path, ["layout.pipe=2", "layout.col=2", "experiment.acr=all"]), 4)
+    assert all((r.config.layout.pipe, r.acr_layout.pipe, r.acr_layout.depth, r.acr_layout.col) == (2, 1, 2, 2)
+               for r in piped)
 
 
 # ------------------------------------------------------------------ metrics vs independent references
