@@ -169,11 +169,21 @@ def _matrix(layout: Layout, in_f: int, out_f: int, orient: str) -> int:
     return li * lo
 
 
-class _Shards(NamedTuple):
-    """The axis sizes a stage's gathered and gradient blocks depend on (local_dims, padding read only these)."""
-    depth: int
-    row: int
-    col: int
+class _Blocks(NamedTuple):
+    """What a stage's gathered and gradient blocks depend on besides depth: a rank's elements of
+    each block matrix (name, elements) in forward order, of the LM head and of the embedding
+    table. Splits of row x col into the same product usually give the same, so the walks below
+    are cached on these and not on the axis sizes."""
+    matrices: tuple[tuple[str, int], ...]
+    head: int
+    table: int
+
+
+@lru_cache(maxsize=4096)
+def _blocks(shape: ModelShape, row: int, col: int) -> _Blocks:
+    sizes = Layout(row=row, col=col)  # local_dims reads only these
+    return _Blocks(tuple((name, _matrix(sizes, i, o, orient)) for name, i, o, orient in block_matrices(shape, False)),
+                   _matrix(sizes, shape.hidden, shape.vocab, "normal"), (shape.vocab // row) * (shape.hidden // col))
 
 
 def _unit_blocks(stage_layers: int, chunks: int, window: int) -> int:
@@ -199,19 +209,18 @@ def gathered_weight_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetu
     chunks = layout.virtual_stages
     blocks = _unit_blocks(stage_layers, chunks, window)
     pairs = ((("F", 0), ("B", 0)),) if units is None else units[0]
-    return _gather_peak(shape, _Shards(layout.depth, layout.row, layout.col), setup, chunks, blocks, first, last,
-                        pairs)
+    return _gather_peak(_blocks(shape, layout.row, layout.col), setup, chunks, blocks, first, last, pairs)
 
 
 @lru_cache(maxsize=1 << 16)
-def _gather_peak(shape: ModelShape, layout: _Shards, setup: TrainingSetup, chunks: int, blocks: int, first: bool,
-                 last: bool, pairs) -> float:
+def _gather_peak(sizes: _Blocks, setup: TrainingSetup, chunks: int, blocks: int, first: bool, last: bool,
+                 pairs) -> float:
     """gathered_weight_bytes' sliding window, cached on what decides it (many layouts share these)."""
     eb = DTYPE_BYTES[setup.dtype]
     window = setup.prefetch_distance + 1 if "all_gather" in setup.overlap else 1
-    table = (shape.vocab // layout.row) * (shape.hidden // layout.col) * 4
-    head = _matrix(layout, shape.hidden, shape.vocab, "normal") * eb
-    layer = [_matrix(layout, i, o, orient) * eb for _, i, o, orient in block_matrices(shape, False)]
+    table = sizes.table * 4
+    head = sizes.head * eb
+    layer = [numel * eb for _, numel in sizes.matrices]
     again = layer if setup.recompute == "block" else []
 
     def gathers(kind: str, chunk: int) -> list[float]:
@@ -255,17 +264,17 @@ def gradient_block_bytes(shape: ModelShape, layout: Layout, setup: TrainingSetup
     # Whether the pairs below may start with the step's first backward, whose fp32 shards become
     # the gradients without data-parallel buckets (plain 1F1B: only one pair, or none, follows it).
     first_is_gradient = layout.data == 1 and chunks == 1 and _micro_batches(setup, layout) <= 2
-    most, tail = _scatter_peaks(shape, _Shards(layout.depth, layout.row, layout.col), setup, chunks, blocks,
+    most, tail = _scatter_peaks(_blocks(shape, layout.row, layout.col), layout.depth, setup, chunks, blocks,
                                 launching, first_is_gradient, first, last, units)
     return max(most, wires + tail)
 
 
 @lru_cache(maxsize=1 << 16)
-def _scatter_peaks(shape: ModelShape, layout: _Shards, setup: TrainingSetup, chunks: int, blocks: int,
-                   launching: bool, first_is_gradient: bool, first: bool, last: bool, units) -> tuple[float, float]:
+def _scatter_peaks(sizes: _Blocks, d: int, setup: TrainingSetup, chunks: int, blocks: int, launching: bool,
+                   first_is_gradient: bool, first: bool, last: bool, units) -> tuple[float, float]:
     """gradient_block_bytes' walk through the reduce-scatters: (the peak, what is still pending
     at the step's end), cached on what decides them (many layouts share these)."""
-    d, gb = layout.depth, DTYPE_BYTES[setup.grad_reduce_dtype]
+    gb = DTYPE_BYTES[setup.grad_reduce_dtype]
 
     def block(name, numel: int, synchronous: bool = False) -> tuple:
         """(name, bytes held until waited for, of which the fp32 shard, bytes alive only while it
@@ -279,20 +288,19 @@ def _scatter_peaks(shape: ModelShape, layout: _Shards, setup: TrainingSetup, chu
     limit = REDUCE_SCATTERS_IN_FLIGHT if "reduce_scatter" in setup.overlap else 0
 
     # A block's backward: the MLP's matrices, its norm's gain, the attention's, its norm's gain.
-    matrices = [(name, _matrix(layout, i, o, orient)) for name, i, o, orient in block_matrices(shape, False)[::-1]]
+    matrices = sizes.matrices[::-1]
     mlp = [m for m in matrices if m[0] in ("w2", "w3", "w1")]
     attention = [m for m in matrices if m[0] not in ("w2", "w3", "w1")]
     made: dict = {}
 
     def scatters(chunk: int, gradients: bool) -> list:
         if (chunk, gradients) not in made:
-            order = [block("head", _matrix(layout, shape.hidden, shape.vocab, "normal")), GAIN] * (
-                last and chunk == chunks - 1)
+            order = [block("head", sizes.head), GAIN] * (last and chunk == chunks - 1)
             for b in range(blocks):
                 order += [block((b, n), numel) for n, numel in mlp] + [GAIN]
                 order += [block((b, n), numel) for n, numel in attention] + [GAIN]
             if first and chunk == 0:
-                order += [block("table", (shape.vocab // layout.row) * (shape.hidden // layout.col), True), GAIN]
+                order += [block("table", sizes.table, True), GAIN]
             made[chunk, gradients] = [item if item is GAIN or not gradients else
                                       (*item[:1], item[1] - item[2], *item[2:]) for item in order]
         return made[chunk, gradients]
@@ -305,7 +313,7 @@ def _scatter_peaks(shape: ModelShape, layout: _Shards, setup: TrainingSetup, chu
         for index, (chunk, final) in enumerate([one] + ([two] if two else [])):
             order = scatters(chunk, first_is_gradient and index == 0)
             shards = {item[0]: item[2] for item in order if item is not GAIN}
-            buckets = _buckets([item for item in order if item is not GAIN], layout, setup) \
+            buckets = _buckets([item for item in order if item is not GAIN], setup) \
                 if final and launching else None
             alive = sum(h for _, h in pending)  # pending's bytes
             for item in order:
@@ -339,7 +347,7 @@ class _buckets:
     next event after the one that completed it if that was a reduce-scatter still in flight, and
     in order. `event` returns the parameters whose reductions the launches waited for."""
 
-    def __init__(self, order, layout: Layout, setup: TrainingSetup):
+    def __init__(self, order, setup: TrainingSetup):
         limit, self.of, self.missing, size = setup.bucket_mb * 2 ** 20, {}, [], 0.0
         for name, _, shard, _, _ in order:
             if not self.missing or (size and size + shard > limit):
