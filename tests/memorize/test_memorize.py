@@ -30,6 +30,7 @@ from axon.testing.reference_model import PlainLlama
 from axon.spec.layout import Layout
 from axon.spec.shapes import ModelShape
 from axon.testing.spawn import free_port, run_distributed
+from axon.testing.tiny_experiment import write_tiny_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = ModelShape(layers=2, hidden=32, heads=4, kv_heads=2, ffn=64, vocab=48, seq_len=24)
@@ -356,28 +357,6 @@ def test_metrics_on_four_rank_layouts_equal_one_process():
 
 # ------------------------------------------------------------------ the sweep, end to end
 
-TINY = {"heads": 2, "kv_heads": 1, "vocab": 257, "seq_len": 32}
-
-
-def write_tiny_experiment(path: Path, out_dir: Path, layout: dict | None = None, acr: str = "largest") -> Path:
-    config = {
-        "models": [{"name": "a", "layers": 2, "hidden": 16, "ffn": 32, **TINY},
-                   {"name": "b", "layers": 2, "hidden": 32, "ffn": 64, "lr": 4e-3, **TINY}],
-        "losses": ["standard", {"kind": "goldfish", "k": 3, "h": 4}],
-        "experiment": {"documents": 4, "controls": 3, "canaries": 2, "epochs": 2, "filler_per_epoch": 6,
-                       "prefix": 8, "suffix": 8, "val_sequences": 4, "exposure_samples": 15, "eval_batch": 4,
-                       "acr": acr, "acr_iterations": 2, "acr_candidates": 4, "acr_top_k": 4,
-                       "extraction_tail": 20},
-        "layout": layout or {"data": 1},
-        "train": {"global_batch": 4, "lr": 3e-3, "seed": 5, "checkpoint_every": 1000},
-        "out_dir": str(out_dir),
-    }
-    import yaml
-
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def _axon(*args, env_extra=None, torchrun: int = 0):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
@@ -509,7 +488,7 @@ def test_sweep_on_two_ranks_matches_one_process(tiny_sweep, tmp_path, layout):
     activations between them, and the Goldfish kept count is the same on both stages)."""
     _, one_out, _ = tiny_sweep
     config = write_tiny_experiment(tmp_path / "exp.yaml", tmp_path / "out", layout=layout,
-                                   acr="largest" if "col" in layout else "none")  # ACR needs pipe=1
+                                   acr="largest" if "col" in layout else "none")  # ACR with pipe: test_large_path
     done = _axon("memorize", str(config), torchrun=2)
     assert done.returncode == 0, done.stderr
     for got, want in zip(read_rows(tmp_path / "out"), read_rows(one_out)):

@@ -9,7 +9,7 @@ from pathlib import Path
 from axon.memorize.experiment import load_experiment
 from axon.memorize.resume import CELL_FILE, fingerprint, prepare_resume, write_cell
 from axon.memorize.runner import plan_runs
-from tests.memorize.test_memorize import write_tiny_experiment
+from axon.testing.tiny_experiment import write_tiny_experiment
 
 
 def test_rerun_reads_done_cells_resumes_recorded_ones_and_refuses_other_settings(tmp_path, monkeypatch):
