@@ -86,6 +86,7 @@ class LiveBytes(TorchDispatchMode):
             return read
         out = func(*args, **kwargs)
         self.clock += 1
+        serials = len(self.born)
         for tensor in tree_leaves(out):
             if isinstance(tensor, torch.Tensor) and tensor.is_meta:
                 self._track(tensor)
@@ -105,7 +106,8 @@ class LiveBytes(TorchDispatchMode):
                 self.copied_from[copy] = source
                 if name == "aten::empty_like" and self.kind[source] == "gradient_blocks":
                     self.kind[copy] = "gradient_blocks"  # the full-precision shard a narrow reduction widens into
-        self._sweep()
+        if len(self.born) > serials:
+            self._sweep()
         return out
 
     def _track(self, tensor: torch.Tensor) -> None:
@@ -134,6 +136,11 @@ class LiveBytes(TorchDispatchMode):
                     serial = self.copied_from.get(serial) if through_copies else None
 
     def _sweep(self) -> None:
+        """Mark the storages only this meter still holds as died now. Run after an op that
+        created storages, not after every op (each sweep asks every live storage its use count,
+        and most ops create none): between two such ops the live set only shrinks, so the
+        states a sweep skips are never above the one before them, and a death marked at the
+        next creating op instead of earlier changes no kind's peak nor `together`."""
         dead = [key for key in self.live if _use_count(key) <= 1]
         for key in dead:
             _, serial = self.live.pop(key)
