@@ -39,14 +39,14 @@ from axon.runtime.health import HealthMonitor
 
 port = free_port()
 store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
-monitor = HealthMonitor(0, 2, ("127.0.0.1", port), sys.argv[1], peer_timeout_s=30, collective_timeout_s=30,
+monitor = HealthMonitor(0, 2, ("127.0.0.1", port), sys.argv[1], peer_timeout_s=5, collective_timeout_s=30,
                         hosts_store=True, token="5eed").start()
 store.set(monitor.prefix + "beat/1", "finished")  # the other rank is done: only the verdict is in play
 forged = b'{"kind": "lost", "by": 1, "ranks": [1]}'
 for key, value in ((monitor.prefix, b"not json"), (monitor.prefix, b'{"kind": "lost", "by": 5, "ranks": [0]}'),
                    (monitor.prefix, bytes([0xff, 0xfe, 0x00])), ("axon/health/0/", forged)):
     store.set(key + "verdict", value)
-    time.sleep(2.5)  # two beats of the thread
+    time.sleep(1.25)  # two beats of the thread (0.5 s apart at peer_timeout_s 5)
     print("alive" if any(t.name == "axon-health" for t in threading.enumerate()) else "dead", flush=True)
 store.set(monitor.prefix + "verdict", forged)  # with the job's token it is a verdict: the job ends
 time.sleep(10)
