@@ -55,7 +55,8 @@ from perfmodel.collectives import Placement, collective_time
 from perfmodel.machine import Machine
 from perfmodel.predict import OPTIMIZER_OPS, GemmClock, memory_seconds, overhead_seconds
 from perfmodel.scale_losses import slowest_gpu_factor
-from perfmodel.workload import OPTIMIZER_BYTES_PER_PARAM, micro_batch_work, pipeline_sends, stage_parameters
+from perfmodel.workload import (OPTIMIZER_BYTES_PER_PARAM, MicroBatchWork, micro_batch_work, pipeline_sends,
+                                stage_parameters)
 
 # The closed form can round differently from predict's sums by an ulp or two: a bound a hair
 # low keeps a layout whose time ties the cutoff from being set aside unpriced.
@@ -90,22 +91,34 @@ class StepBound:
         self.shape, self.machine, self.setup = shape, machine, setup
         self.clock = GemmClock(machine, setup.dtype)
         # Measured collective fits are not monotone in the links, and shared cores change what a
-        # slot costs: there no collective is counted.
+        # slot costs: there no collective is counted, unless an order's own placements are given.
         self.links_bound = not machine.collectives and machine.oversubscription <= 1
-        self.compute: dict[tuple, tuple[float, float]] = {}
+        self.works: dict[tuple, MicroBatchWork] = {}
+        self.computed: dict[tuple, tuple] = {}
+        self.compute: dict[tuple, tuple[float, ...]] = {}
+        self.collectives: dict[tuple, tuple[float, ...]] = {}
         self.sends: dict[tuple, float] = {}
         self.parameters: dict[tuple, float] = {}
+        self.split: dict[tuple, list] = {}
+        self.floors: dict[int, Placement] = {}
 
-    def __call__(self, layout: Layout) -> float:
-        """No order of `layout` predicts a shorter step (see the module docstring)."""
+    def __call__(self, layout: Layout, placements: dict[str, Placement] | None = None) -> float:
+        """No order of `layout` predicts a shorter step (see the module docstring); with
+        `placements` (where one order puts the groups of pipe, depth, row and col:
+        perfmodel.collectives.group_placement), no shorter than that order does."""
+        if placements is None and self.links_bound:
+            placements = {axis: self._floor_placement(getattr(layout, axis))
+                          for axis in ("pipe", "depth", "row", "col")}
         micro, count = self.setup.micro_batches(layout.data * layout.depth, layout.pipe)
-        split = stages(self.shape, layout)
+        split = self._stages(layout)
         total, least_compute = 0.0, 0.0
         if layout.pipe == 1 or self.machine.oversubscription <= 1:  # no stage lends compute
-            chunks = [[self._chunk_floor(layout, micro, *chunk) for chunk in stage_chunks]
-                      for stage_chunks, _, _ in split]
+            # Stages alike (the balanced split's middle ones) are priced once.
+            priced = {stage: [self._chunk_floor(layout, micro, *chunk, placements) for chunk in stage[0]]
+                      for stage in dict.fromkeys(split)}
+            chunks = [priced[stage] for stage in split]
             compute = [sum(seconds for seconds, _ in stage) for stage in chunks]
-            least_compute = min(sum(own for _, own in stage) for stage in chunks)
+            least_compute = min(sum(own for _, own in stage) for stage in priced.values())
             chain = count * compute[-1] + sum(stage[0][0] for stage in chunks[:-1])
             pipeline = (count - 1) * max(compute) + min(compute)
             if layout.virtual_stages == 1:
@@ -122,77 +135,122 @@ class StepBound:
         total += optimizer + (straggler - 1) * (count * least_compute + optimizer)
         return total * ROUNDING
 
-    def _chunk_floor(self, layout: Layout, micro: int, blocks: int, first: bool, last: bool) -> tuple[float, float]:
+    def _stages(self, layout: Layout) -> list:
+        key = (layout.pipe, layout.virtual_stages)
+        if key not in self.split:
+            self.split[key] = stages(self.shape, layout)
+        return self.split[key]
+
+    def _floor_placement(self, size: int) -> Placement:
+        if size not in self.floors:
+            self.floors[size] = floor_placement(size, self.machine)
+        return self.floors[size]
+
+    def _chunk_floor(self, layout: Layout, micro: int, blocks: int, first: bool, last: bool,
+                     placements: dict[str, Placement] | None) -> tuple[float, float]:
         """(compute plus the collectives it always exposes, compute alone): seconds of one
         micro-batch through one chunk. Every part is affine in the chunk's blocks (each block
-        adds the same GEMMs, passes, launches and collectives), so it is priced at 0 and 1
-        block, once per key, and the pools' max(0, .) taken after."""
-        depth = layout.depth if self.links_bound else 1
-        key = (layout.row, layout.col, depth, micro, first, last)
+        adds the same GEMMs, passes, launches and collectives), so each is priced at 0 and 1
+        block, once per what decides it, and the pools' max(0, .) taken after."""
+        row, col, depth = layout.row, layout.col, layout.depth
+        key = (row, col, micro, first, last)
         if key not in self.compute:
-            sizes = Layout(depth=depth, row=layout.row, col=layout.col)
-            self.compute[key] = (self._price_chunk(sizes, micro, 0, first, last),
-                                 self._price_chunk(sizes, micro, 1, first, last))
-        none, one = self.compute[key]
-        forward, backward, exposed, pool_forward, pool_backward = (
-            at_zero + blocks * (at_one - at_zero) for at_zero, at_one in zip(none, one))
-        eff = self.machine.overlap_efficiency
+            self.compute[key] = tuple(part for zero_or_one in (0, 1)
+                                      for part in self._compute(row, col, depth, micro, zero_or_one, first, last)[:2])
+        forward_0, backward_0, forward_1, backward_1 = self.compute[key]
+        forward = forward_0 + blocks * (forward_1 - forward_0)
+        backward = backward_0 + blocks * (backward_1 - backward_0)
         compute = forward + backward
+        if placements is None:
+            return compute, compute
+        exposed = pool_forward = pool_backward = 0.0
+        for axis in ("row", "col", "depth"):
+            if getattr(layout, axis) > 1:
+                # Only depth's collectives grow with depth (its gathers and reduce-scatters).
+                key = (row, col, depth if axis == "depth" else 0, micro, first, last, axis, placements[axis])
+                if key not in self.collectives:
+                    parts = []
+                    for zero_or_one in (0, 1):
+                        *_, dw_times, work = self._compute(row, col, depth, micro, zero_or_one, first, last)
+                        if axis == "depth":
+                            work = self._work(row, col, depth, micro, zero_or_one, first, last)
+                        parts += self._collectives(work.comms, dw_times, axis, placements[axis])
+                    self.collectives[key] = tuple(parts)
+                own_0, forward_0, backward_0, own_1, forward_1, backward_1 = self.collectives[key]
+                exposed += own_0 + blocks * (own_1 - own_0)
+                pool_forward += forward_0 + blocks * (forward_1 - forward_0)
+                pool_backward += backward_0 + blocks * (backward_1 - backward_0)
+        eff = self.machine.overlap_efficiency
         seconds = compute + exposed + max(0.0, pool_forward - eff * forward) + max(0.0, pool_backward - eff * backward)
-        if layout.pipe > 1 and self.links_bound:
-            seconds += self._sends(layout, micro, first, last)
+        if layout.pipe > 1:
+            seconds += self._sends(layout, micro, first, last, placements["pipe"])
         return seconds, compute
 
-    def _price_chunk(self, sizes: Layout, micro: int, blocks: int, first: bool, last: bool) -> tuple[float, ...]:
-        """(forward compute, backward compute, collectives exposed whatever the compute, the
-        forward's and the backward's pools of overlapped collectives): predict's GEMMs,
-        attention, memory passes and launch overhead (compute is never hidden), and the
-        collectives on links no order beats (`sizes`: the axes that shape them; without pipe,
-        whose sends `_sends` prices)."""
-        setup, machine, clock = self.setup, self.machine, self.clock
-        work = micro_batch_work(self.shape, sizes, micro, setup.seq_len, setup.dtype, setup.recompute == "block",
-                                blocks, first, last, getattr(setup, "grad_reduce_dtype", "float32"))
-        by_phase = {"forward": 0.0, "backward": 0.0}
-        for gemm in work.gemms:
-            by_phase[gemm.phase] += clock.gemm_seconds(gemm)
-        for memory_pass in work.memory:
-            by_phase[memory_pass.phase] += memory_seconds(machine, memory_pass.kind, memory_pass.nbytes) \
-                * memory_pass.count
-        for phase, ops in work.ops.items():
-            by_phase[phase] += overhead_seconds(machine, ops)
-        exposed, pools = 0.0, {"forward": 0.0, "backward": 0.0}
-        if self.links_bound:
-            # As predict's _stage_micro_batch treats each collective: a blocking one is exposed
-            # whole, a dX all-reduce hides at most behind its dW GEMM, and a phase's pool of
-            # overlapped gathers and reduce-scatters leaves at least what exceeds eff x that
-            # phase's compute. A pooled one is priced as one of the most that can be in flight.
-            on, eff = set(setup.overlap), machine.overlap_efficiency
-            dw_times = [clock.gemm_seconds(g) for g in work.gemms if g.kind == "dw"]
-            dx_index = 0
-            for comm in work.comms:
-                (axis,) = comm.axes
-                placement = floor_placement(getattr(sizes, axis), machine)
-                seconds = collective_time(comm.op, comm.nbytes, placement, machine)
-                if comm.kind == "gather" and "all_gather" in on or comm.kind == "rs" and "reduce_scatter" in on:
-                    together = setup.prefetch_distance + 1 if comm.kind == "gather" else machine.concurrent_collectives
-                    k = min(together, machine.concurrent_collectives)
-                    if k > 1:
-                        seconds -= collective_time(comm.op, 1.0, placement, machine) * (1 - 1 / k)
-                    pools["backward" if comm.kind == "rs" else comm.phase] += seconds * comm.count
-                elif comm.kind == "dx" and "all_reduce" in on:
-                    exposed += max(0.0, seconds * comm.count - eff * dw_times[dx_index])
-                else:
-                    exposed += seconds * comm.count
-                dx_index += comm.kind == "dx"
-        return by_phase["forward"], by_phase["backward"], exposed, pools["forward"], pools["backward"]
+    def _work(self, row: int, col: int, depth: int, micro: int, blocks: int, first: bool, last: bool):
+        """What one micro-batch asks of a rank through a chunk of `blocks` blocks (pipe left out)."""
+        key = (row, col, depth, micro, blocks, first, last)
+        if key not in self.works:
+            setup = self.setup
+            self.works[key] = micro_batch_work(self.shape, Layout(depth=depth, row=row, col=col), micro, setup.seq_len,
+                                               setup.dtype, setup.recompute == "block", blocks, first, last,
+                                               getattr(setup, "grad_reduce_dtype", "float32"))
+        return self.works[key]
 
-    def _sends(self, layout: Layout, micro: int, first: bool, last: bool) -> float:
-        """One micro-batch's point-to-point sends through one chunk, on the fastest link a pipe
-        group of this size can have."""
-        beyond_node = layout.pipe > self.machine.devices_per_node
-        key = (layout.col, micro, first, last, beyond_node)
+    def _compute(self, row: int, col: int, depth: int, micro: int, blocks: int, first: bool, last: bool) -> tuple:
+        """(forward compute, backward compute, each dW GEMM's seconds, the work) of `_work`:
+        predict's GEMMs, attention, memory passes and launch overhead by the same clocks (compute
+        is never hidden). No GEMM, nor any collective over row or col, depends on depth."""
+        key = (row, col, micro, blocks, first, last)
+        if key not in self.computed:
+            machine, clock = self.machine, self.clock
+            work = self._work(row, col, depth, micro, blocks, first, last)
+            by_phase = {"forward": 0.0, "backward": 0.0}
+            dw_times = []
+            for gemm in work.gemms:
+                seconds = clock.gemm_seconds(gemm)
+                by_phase[gemm.phase] += seconds
+                if gemm.kind == "dw":
+                    dw_times.append(seconds)
+            for memory_pass in work.memory:
+                by_phase[memory_pass.phase] += memory_seconds(machine, memory_pass.kind, memory_pass.nbytes) \
+                    * memory_pass.count
+            for phase, ops in work.ops.items():
+                by_phase[phase] += overhead_seconds(machine, ops)
+            self.computed[key] = by_phase["forward"], by_phase["backward"], dw_times, work
+        return self.computed[key]
+
+    def _collectives(self, comms: list, dw_times: list[float], axis: str,
+                     placement: Placement) -> tuple[float, float, float]:
+        """(seconds exposed whatever the compute, the forward's and the backward's pools) of the
+        collectives over `axis`, as predict's _stage_micro_batch treats them: a blocking one
+        whole, a dX all-reduce less at most overlap_efficiency x its dW GEMM, an overlapped
+        gather or reduce-scatter into its phase's pool, priced as one of the most that can be
+        in flight. Priced without the blocking latency's floor, which only adds."""
+        setup, machine = self.setup, self.machine
+        on, eff = set(setup.overlap), machine.overlap_efficiency
+        exposed, pools = 0.0, {"forward": 0.0, "backward": 0.0}
+        dx_index = -1
+        for comm in comms:
+            dx_index += comm.kind == "dx"
+            if comm.axes != (axis,):
+                continue
+            seconds = collective_time(comm.op, comm.nbytes, placement, machine)
+            if comm.kind == "gather" and "all_gather" in on or comm.kind == "rs" and "reduce_scatter" in on:
+                together = setup.prefetch_distance + 1 if comm.kind == "gather" else machine.concurrent_collectives
+                k = min(together, machine.concurrent_collectives)
+                if k > 1:
+                    seconds -= collective_time(comm.op, 1.0, placement, machine) * (1 - 1 / k)
+                pools["backward" if comm.kind == "rs" else comm.phase] += seconds * comm.count
+            elif comm.kind == "dx" and "all_reduce" in on:
+                exposed += max(0.0, seconds * comm.count - eff * dw_times[dx_index])
+            else:
+                exposed += seconds * comm.count
+        return exposed, pools["forward"], pools["backward"]
+
+    def _sends(self, layout: Layout, micro: int, first: bool, last: bool, placement: Placement) -> float:
+        """One micro-batch's point-to-point sends through one chunk."""
+        key = (layout.col, micro, first, last, placement)
         if key not in self.sends:
-            placement = floor_placement(layout.pipe, self.machine)
             self.sends[key] = sum(send.count * collective_time(send.op, send.nbytes, placement, self.machine)
                                   for send in pipeline_sends(self.shape, layout, micro * self.setup.seq_len,
                                                              self.setup.dtype, first, last))

@@ -239,15 +239,33 @@ def _step_collectives(shape, layout, bucket_mb, stage_layers, first, last, grad_
     return tuple(step_collectives(shape, layout, bucket_mb, stage_layers, first, last, grad_reduce_dtype))
 
 
-def _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, stage_layers, first, last, dp_times):
-    """Seconds by component for one micro-batch on one stage, after overlap, without and with
-    the data-parallel reductions (which ride on the last micro-batch), the forward's share of
-    its compute, and the seconds its ranks sleep in exposed blocking collectives."""
-    work = _micro_batch_work(shape, _unordered(layout), micro, setup.seq_len, setup.dtype, setup.recompute == "block",
-                             stage_layers, first, last, getattr(setup, "grad_reduce_dtype", "float32"))
-    eff = machine.overlap_efficiency
-    on = set(setup.overlap)
-    out = dict.fromkeys(COMPONENTS, 0.0)
+@dataclass(frozen=True)
+class _ComputeDevice:
+    """A machine as a cache key for compute: equal where every figure that prices compute is,
+    whatever the links (the planner's floor machines change only those), so a chunk's compute
+    is worked out once for all the rank orders and floors of a layout."""
+    figures: tuple
+    machine: Machine = field(compare=False)
+
+    @staticmethod
+    def of(machine: Machine, dtype: str) -> _ComputeDevice:
+        def items(curves: dict) -> tuple:
+            return tuple(sorted(curves.items()))
+
+        return _ComputeDevice((machine.peak_flops(dtype), machine.in_context_slowdown, machine.gemm_efficiency,
+                               items(machine.gemm_efficiency_by_min_dim), items(machine.attention_efficiency),
+                               items(machine.memory_efficiency), machine.memory_bandwidth_gbs, machine.op_overhead_us),
+                              machine)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _chunk_compute(device: _ComputeDevice, shape, row, col, micro, seq, dtype, recompute, stage_layers, first,
+                   last) -> tuple[dict, dict, tuple]:
+    """One micro-batch's compute through one chunk: seconds by compute component, by phase, and
+    of each dW GEMM. Only row and col shape a rank's GEMMs and passes; no link enters."""
+    machine, clock = device.machine, GemmClock(device.machine, dtype)
+    work = micro_batch_work(shape, Layout(row=row, col=col), micro, seq, dtype, recompute, stage_layers, first, last)
+    out = dict.fromkeys(STAGE_COMPUTE, 0.0)
     compute = {"forward": 0.0, "backward": 0.0}
     dw_times = []
     for g in work.gemms:
@@ -264,6 +282,20 @@ def _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, sta
         t = overhead_seconds(machine, work.ops[phase])
         out["elementwise"] += t
         compute[phase] += t
+    return out, compute, tuple(dw_times)
+
+
+def _stage_micro_batch(shape, layout, setup, machine, device, seconds, micro, stage_layers, first, last, dp_times):
+    """Seconds by component for one micro-batch on one stage, after overlap, without and with
+    the data-parallel reductions (which ride on the last micro-batch), the forward's share of
+    its compute, and the seconds its ranks sleep in exposed blocking collectives."""
+    work = _micro_batch_work(shape, _unordered(layout), micro, setup.seq_len, setup.dtype, setup.recompute == "block",
+                             stage_layers, first, last, getattr(setup, "grad_reduce_dtype", "float32"))
+    eff = machine.overlap_efficiency
+    on = set(setup.overlap)
+    own, compute, dw_times = _chunk_compute(device, shape, layout.row, layout.col, micro, setup.seq_len, setup.dtype,
+                                            setup.recompute == "block", stage_layers, first, last)
+    out = {**dict.fromkeys(COMPONENTS, 0.0), **own}
 
     # Overlappable work per phase: (category, seconds of all, seconds of one) pools, hidden
     # behind that phase's compute.
@@ -350,7 +382,7 @@ def _stages_priced(shape: ModelShape, layout: Layout, machine: Machine, setup: T
 def _price_stages(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup) -> tuple:
     shards = layout.data * layout.depth
     micro, count = setup.micro_batches(shards, layout.pipe)
-    clock = GemmClock(machine, setup.dtype)
+    device = _ComputeDevice.of(machine, setup.dtype)
     p, v = layout.pipe, layout.virtual_stages
     seconds = CommClock(layout, machine)
     # Each stage as the engine builds it: its chunks' block counts (the parameter-balanced split
@@ -372,7 +404,7 @@ def _price_stages(shape: ModelShape, layout: Layout, machine: Machine, setup: Tr
         for chunk in stage_chunks:  # interleaved stages share most chunks: each priced once a prediction
             key = (chunk, tuple(dp_times))
             if key not in chunk_prices:
-                chunk_prices[key] = _stage_micro_batch(shape, layout, setup, machine, clock, seconds, micro, *chunk,
+                chunk_prices[key] = _stage_micro_batch(shape, layout, setup, machine, device, seconds, micro, *chunk,
                                                        dp_times)
             per_chunk.append(chunk_prices[key])
         if lending:  # other stages' ranks on the node lend this stage the cores they leave while asleep

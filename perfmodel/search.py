@@ -9,10 +9,11 @@ over every order of its axes larger than 1. Layouts that fit in memory rank firs
 * fast: orders that place every group alike are priced once (a rank order changes a
   prediction only through its groups' placements), and for the best `top` only: layouts
   that cannot fit are set aside by their memory, which no order changes, and the rest are
-  priced best-first by lower bounds until the bound of the next one is no better than the
-  `top`-th time found: first a closed form without a prediction (perfmodel.bound: compute,
-  the bubble it implies, the optimizer), then for the few that come up the layout on links
-  no order can beat.
+  priced best-first by their closed-form bounds (perfmodel.bound: compute, the collectives
+  no overlap hides on links no order beats, the bubble they imply, the optimizer) until the
+  bound of the next one is no better than the `top`-th time found; within a layout, an
+  order is priced only if its own bound (its groups where it puts them) can still win, and
+  replayed only if its time without the bubble can.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import heapq
 from dataclasses import dataclass
 from itertools import permutations
 
-from perfmodel.collectives import PRICED_GROUPS, group_placement
+from perfmodel.collectives import PRICED_GROUPS, Placement, group_placement
 from axon.spec.layout_rules import find_layout_problem
 from axon.spec.layout import AXES, DEFAULT_ORDER, Layout, factorizations
 from perfmodel.bound import StepBound
@@ -128,6 +129,9 @@ def fits_in_memory(shape: ModelShape, layout: Layout, machine: Machine, setup: T
     return not why_it_does_not_fit(sum(fullest(stage_memories(shape, layout, setup).values()).values()), machine)
 
 
+# link_floor and placement_floor price a whole layout on links no order beats. The search no
+# longer uses them (perfmodel.bound's floor_placement bounds each group alike without a
+# prediction); tests/perfmodel/test_plan.py still checks that they hold.
 def link_floor(machine: Machine) -> Machine:
     """The machine with links no rank order can beat: every group priced as if inside a node on
     the faster link's latency, with no blocking floor. A profile's measured collective fits
@@ -174,64 +178,55 @@ class _Pricer:
     def __init__(self, shape: ModelShape, machine: Machine, setup: TrainingSetup, exhaustive: bool):
         self.shape, self.machine, self.setup, self.exhaustive = shape, machine, setup, exhaustive
         self.step_bound = StepBound(shape, machine, setup)
+        self.placement_of: dict[tuple, Placement] = {}  # (size, stride) of a group's axes -> its placement
         self.calls = 0
 
     def predict(self, layout: Layout, machine: Machine | None = None, replay_pipeline: bool = True) -> Prediction:
         self.calls += 1
         return predict(self.shape, layout, machine or self.machine, self.setup, replay_pipeline)
 
-    def lower_bound(self, layout: Layout, cutoff: float = float("inf")) -> float:
-        """No order of `layout` predicts a shorter step (a prediction never drops as a link slows).
-        Pipelines are replayed too: only the few whose closed-form bound comes up in the line
-        get here, and without their bubble most interleaved ones were then priced in full. When
-        the floor without its bubble (never more) is already at `cutoff` or above, that is
-        returned instead: the layout can no longer make the table either way, and the line
-        stops at the first bound at or above the cutoff, which only falls."""
-        floor_layout, floor_machine = placement_floor(layout, self.machine)
-        if layout.pipe > 1 and cutoff < float("inf"):
-            unreplayed = self.predict(floor_layout, floor_machine, replay_pipeline=False).step_time_s
-            if unreplayed >= cutoff:
-                return unreplayed
-        return self.predict(floor_layout, floor_machine).step_time_s
-
-    def best(self, layout: Layout, cutoff: float = float("inf")) -> Prediction:
+    def best(self, layout: Layout, cutoff: float = float("inf")) -> Prediction | None:
         """The layout at its fastest order; the default order wins ties. A layout that does not
-        fit keeps the default order: no order changes its memory. An interleaved layout whose
-        orders all take at least `cutoff` even without their bubble comes back unreplayed: its
-        time is then a lower bound, and no better than `cutoff`."""
-        orders = [layout]
-        placements_seen = set() if self.exhaustive else {self._placements(layout)}
-        for order in candidate_orders(layout)[1:]:
-            ordered = dataclasses.replace(layout, order=order)
-            if not self.exhaustive:
-                placements = self._placements(ordered)
-                if placements in placements_seen:
-                    continue  # every group sits as in an order already priced: the same prediction
-                placements_seen.add(placements)
-            orders.append(ordered)
+        fit keeps the default order: no order changes its memory. None when no order can take
+        less than `cutoff`: each order's own closed-form bound (its groups where that order puts
+        them), or its time without the bubble, says so before it is replayed or priced."""
+        orders, placements = self._orders(layout)
+        if self.exhaustive:  # the reference: no bound, interleaved orders tried by their time without the bubble
+            unreplayed = {index: self.predict(ordered, replay_pipeline=False) for index, ordered in enumerate(orders)} \
+                if layout.virtual_stages > 1 else {}
+            bounds = [unreplayed[index].step_time_s if unreplayed else 0.0 for index in range(len(orders))]
+        else:
+            unreplayed = {}
+            bounds = [self.step_bound(ordered, dict(zip(("pipe", "depth", "row", "col"), places[1:5])))
+                      for ordered, places in zip(orders, placements)]
         if layout.virtual_stages == 1:
-            best = self.predict(layout)
-            if not best.fits:
-                return best
-            for ordered in orders[1:]:
-                if layout.pipe > 1 and self.predict(ordered, replay_pipeline=False).step_time_s >= \
-                        best.step_time_s * (1 - 1e-9):
-                    continue  # slower even without its bubble: the replay cannot make it win
+            best = None
+            for index, ordered in enumerate(orders):
+                limit = cutoff if best is None else min(cutoff, best.step_time_s * (1 - 1e-9))
+                if bounds[index] >= limit:
+                    continue
+                if layout.pipe > 1 and (best is not None or cutoff < float("inf")):
+                    without_bubble = self.predict(ordered, replay_pipeline=False).step_time_s
+                    if without_bubble > cutoff or best is not None and without_bubble >= limit:
+                        continue  # slower even without its bubble: the replay cannot make it win
                 prediction = self.predict(ordered)
-                if prediction.step_time_s < best.step_time_s * (1 - 1e-9):
+                if best is None and not prediction.fits:
+                    return prediction
+                if best is None or prediction.step_time_s < best.step_time_s * (1 - 1e-9):
                     best = prediction
             return best
-        # Interleaved: replaying the order is the costly part, so bound every order without its
-        # bubble first and replay from the most promising, while a bound can still win.
-        bounds = [(self.predict(ordered, replay_pipeline=False), index) for index, ordered in enumerate(orders)]
-        if not bounds[0][0].fits:
-            return self.predict(layout)
+        # Interleaved: replaying an order is the costly part, so orders go from the most
+        # promising bound, and are replayed only while their time without the bubble can win.
         best, best_index = None, -1
-        for bound, index in sorted(bounds, key=lambda entry: (entry[0].step_time_s, entry[1])):
+        for index in sorted(range(len(orders)), key=lambda index: (bounds[index], index)):
             limit = cutoff if best is None else min(cutoff, best.step_time_s * (1 - 1e-9))
-            if bound.step_time_s >= limit and (best is None or index > best_index):
-                if best is None:
-                    return bound
+            if bounds[index] >= limit and (best is None or index > best_index):
+                continue
+            if index not in unreplayed:
+                unreplayed[index] = self.predict(orders[index], replay_pipeline=False)
+            if not unreplayed[index].fits:
+                return self.predict(layout)
+            if unreplayed[index].step_time_s >= limit and (best is None or index > best_index):
                 continue
             prediction = self.predict(orders[index])
             if best is None or prediction.step_time_s < best.step_time_s * (1 - 1e-9) or \
@@ -239,29 +234,52 @@ class _Pricer:
                 best, best_index = prediction, index
         return best
 
-    def _placements(self, layout: Layout) -> tuple:
-        return tuple(group_placement(layout, axes, self.machine) for axes in PRICED_GROUPS)
+    def _orders(self, layout: Layout) -> tuple[list[Layout], list[tuple]]:
+        """The layout in each candidate order, and where each order puts the PRICED_GROUPS; the
+        fast plan keeps one order of those that place every group alike (the same prediction)."""
+        orders, placements, seen = [], [], set()
+        for order in candidate_orders(layout):
+            places = self._placements(layout, order)
+            if not self.exhaustive:
+                if places in seen:
+                    continue
+                seen.add(places)
+            orders.append(layout if order == layout.order else dataclasses.replace(layout, order=order))
+            placements.append(places)
+        return orders, placements
+
+    def _placements(self, layout: Layout, order: tuple[str, ...]) -> tuple:
+        """group_placement of each of PRICED_GROUPS in `order`. Which ranks form a group depends
+        only on its axes' sizes and strides, so placements are kept by those for the search."""
+        strides, step = {}, 1
+        for axis in reversed(order):
+            strides[axis] = step
+            step *= getattr(layout, axis)
+        places = []
+        for axes in PRICED_GROUPS:
+            members = tuple(sorted((size, strides[axis]) for axis in axes if (size := getattr(layout, axis)) > 1))
+            if members not in self.placement_of:
+                self.placement_of[members] = group_placement(dataclasses.replace(layout, order=order), axes,
+                                                             self.machine)
+            places.append(self.placement_of[members])
+        return tuple(places)
 
 
 def _best_first(layouts: list[Layout], count: int, pricer: _Pricer) -> list[Prediction]:
-    """The `count` fastest of `layouts`, pricing them in the order of their lower bounds and
-    stopping once a bound is no better than the `count`-th time found. Each layout starts at
-    its closed-form bound (perfmodel.bound: no prediction); the first time it comes up it is
-    bounded again on the link floor (a prediction, collectives counted) and goes back in line
-    at the larger of its two bounds; the second time it is priced. Most layouts never come up:
-    their closed form is already too slow."""
-    line = [(pricer.step_bound(layout), False, index) for index, layout in enumerate(layouts)]
+    """The `count` fastest of `layouts`, pricing them in the order of their closed-form bounds
+    (perfmodel.bound: no prediction) and stopping once a bound is no better than the `count`-th
+    time found. Most layouts never come up: their bound is already too slow; of those that do,
+    `best` prices only the orders whose own bounds can still beat that time."""
+    line = [(pricer.step_bound(layout), index) for index, layout in enumerate(layouts)]
     heapq.heapify(line)
     kept: list[tuple[float, int, Prediction]] = []  # a heap of the best `count`, slowest on top
     while line:
-        bound, floored, index = heapq.heappop(line)
+        bound, index = heapq.heappop(line)
         if len(kept) == count and bound >= -kept[0][0]:
             break
-        if not floored:
-            floor = pricer.lower_bound(layouts[index], -kept[0][0] if len(kept) == count else float("inf"))
-            heapq.heappush(line, (max(bound, floor), True, index))
-            continue
         prediction = pricer.best(layouts[index], -kept[0][0] if len(kept) == count else float("inf"))
+        if prediction is None:
+            continue  # no order of it can make the table
         entry = (-prediction.step_time_s, -index, prediction)
         if len(kept) < count:
             heapq.heappush(kept, entry)
