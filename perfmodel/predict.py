@@ -362,21 +362,31 @@ def _expose(out: dict, pools: dict, compute: dict, hidden_by_dx: float, eff: flo
     return out
 
 
-_RECENT_STAGES: dict = {}  # (id(machine), shape, layout, setup) -> (machine, what _stages_priced found)
+class _Held:
+    """A machine as a cache key by identity (a profile's dicts make it unhashable): the planner
+    asks about one machine object, and a cache that holds it keeps its id from being reused."""
+
+    __slots__ = ("machine",)
+
+    def __init__(self, machine: Machine):
+        self.machine = machine
+
+    def __hash__(self) -> int:
+        return id(self.machine)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Held) and other.machine is self.machine
 
 
 def _stages_priced(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup) -> tuple:
     """Each distinct stage's prices (what predict works out before the pipeline replay): kept
     for the last few layouts, as the planner prices a layout without its bubble and then with it."""
-    key = (id(machine), shape, layout, setup)
-    hit = _RECENT_STAGES.get(key)
-    if hit is not None and hit[0] is machine:  # the machine is held, so its id is not reused meanwhile
-        return hit[1]
-    found = _price_stages(shape, layout, machine, setup)
-    if len(_RECENT_STAGES) >= 256:
-        _RECENT_STAGES.clear()
-    _RECENT_STAGES[key] = (machine, found)
-    return found
+    return _recent_stages(_Held(machine), shape, layout, setup)
+
+
+@functools.lru_cache(maxsize=256)
+def _recent_stages(held: _Held, shape: ModelShape, layout: Layout, setup: TrainingSetup) -> tuple:
+    return _price_stages(shape, layout, held.machine, setup)
 
 
 def _price_stages(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup) -> tuple:

@@ -16,9 +16,10 @@ from axon.spec.layout import Layout
 from axon.spec.shapes import ModelShape, preset
 from axon.spec.training import TrainingSetup
 from perfmodel.bound import StepBound
-from perfmodel.machine import load_machine
+from perfmodel.collectives import group_placement
+from perfmodel.machine import CollectiveFit, load_machine
 from perfmodel.predict import predict
-from perfmodel.search import search
+from perfmodel.search import candidate_orders, search
 
 MID = ModelShape(layers=12, hidden=2048, heads=16, kv_heads=4, ffn=5632, vocab=32000, seq_len=2048)
 # (model, GPUs, machine, global batch, sequence, other setup): pipelines with few and many
@@ -53,3 +54,27 @@ def test_bound_gives_up_the_pipeline_where_stages_lend_cores():
     pipelined, flat = Layout(pipe=4, row=2), Layout(data=4, row=2)
     assert bound(pipelined) <= predict(shape, pipelined, machine, setup).step_time_s
     assert bound(pipelined) < 0.1 * bound(flat) <= predict(shape, flat, machine, setup).step_time_s
+
+
+def _fitted(machine_name: str):
+    """The profile with measured collective fits, a blocking latency and two collectives in
+    flight at once: prices the links alone do not bound."""
+    fits = {op: {"intra": {4: CollectiveFit(8.0, 60.0)}, "inter": {2: CollectiveFit(30.0, 9.0)}}
+            for op in ("all_reduce", "all_gather", "reduce_scatter")}
+    return dataclasses.replace(load_machine(machine_name), collectives=fits, concurrent_collectives=2,
+                               blocking_latency_us={"intra": {2: 15.0}, "inter": {2: 40.0}})
+
+
+@pytest.mark.parametrize("fitted", [False, True], ids=["links", "measured-fits"])
+def test_an_orders_bound_is_below_that_orders_prediction(fitted):
+    # The search prices an order only if this bound, with the order's own placements, can win.
+    machine = _fitted("perlmutter") if fitted else load_machine("perlmutter")
+    setup = TrainingSetup(global_batch=32, seq_len=2048)
+    bound = StepBound(MID, machine, setup)
+    for layout in (Layout(pipe=2, depth=2, row=2, col=2), Layout(data=2, pipe=2, depth=2, row=2, virtual_stages=2),
+                   Layout(data=2, depth=4, col=2)):
+        for order in candidate_orders(layout):
+            ordered = dataclasses.replace(layout, order=order)
+            placements = {axis: group_placement(ordered, (axis,), machine) for axis in ("pipe", "depth", "row", "col")}
+            time = predict(MID, ordered, machine, setup).step_time_s
+            assert 0.5 * time < bound(ordered, placements) <= time, ordered
