@@ -61,7 +61,7 @@ def _check_seconds(shape: ModelShape, gpus: int, machine, setup: TrainingSetup) 
     layouts = [lay for lay in factorizations(gpus) if layout_problem(shape, lay, setup) is None]
     # Cold, as in a plan: the search just run left every stage's memory in perfmodel.memory's caches.
     for cached in (memory._stage_memory, memory._scatter_peaks, memory._gather_peak, memory._gradient_block_bytes,
-                   memory._gathered_weight_bytes):
+                   memory._gathered_weight_bytes, memory._blocks):
         cached.cache_clear()
     checked = time.perf_counter()
     for layout in layouts:

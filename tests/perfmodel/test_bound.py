@@ -3,7 +3,9 @@
 The planner sets layouts aside by this bound without predicting them, so one layout whose
 bound exceeds its best order's time could drop from the plan unseen. Every layout of a few
 small searches, plain and interleaved, on every profile: the bound against the exhaustive
-best order (the default order where the layout does not fit: any order bounds it).
+best order (the default order where the layout does not fit: any order bounds it). The
+search also bounds each rank order by its own placements before pricing it: that bound
+against the order's prediction, measured collective fits included.
 """
 
 from __future__ import annotations
@@ -78,3 +80,18 @@ def test_an_orders_bound_is_below_that_orders_prediction(fitted):
             placements = {axis: group_placement(ordered, (axis,), machine) for axis in ("pipe", "depth", "row", "col")}
             time = predict(MID, ordered, machine, setup).step_time_s
             assert 0.5 * time < bound(ordered, placements) <= time, ordered
+
+
+def test_predicts_compute_cache_tells_devices_apart():
+    # predict keeps a chunk's compute for every machine whose compute figures agree (a plan's
+    # rank orders); a machine with other figures must not get it.
+    machine, setup, layout = load_machine("alps"), TrainingSetup(global_batch=16, seq_len=2048), Layout(depth=2, row=4)
+    base = predict(MID, layout, machine, setup).breakdown
+    slower = predict(MID, layout, dataclasses.replace(machine, in_context_slowdown=2 * machine.in_context_slowdown),
+                     setup).breakdown
+    flops_only = dataclasses.replace(machine, gemm_efficiency_by_min_dim={})
+    curve = tuple((flops, efficiency / 2) for flops, efficiency in machine.gemm_efficiency)
+    plain = predict(MID, layout, flops_only, setup).breakdown
+    halved = predict(MID, layout, dataclasses.replace(flops_only, gemm_efficiency=curve), setup).breakdown
+    assert slower["gemm"] == pytest.approx(2 * base["gemm"]) and slower["elementwise"] > base["elementwise"]
+    assert plain["gemm"] != base["gemm"] and halved["gemm"] == pytest.approx(2 * plain["gemm"])
