@@ -95,11 +95,12 @@ def search(shape: ModelShape, gpus: int, machine: Machine, setup: TrainingSetup,
         ranked = sorted((pricer.best(layout) for layout in layouts), key=_rank_key)
         return PlanResult(ranked[:top], ruled_out, len(layouts), sum(p.fits for p in ranked), pricer.calls)
     fit = {layout: fits_in_memory(shape, layout, machine, setup) for layout in layouts}
-    ranked = _best_first([lay for lay in layouts if fit[lay]], top, pricer)
+    ranked = _best_first([lay for lay in layouts if fit[lay]], top, pricer.step_bound, pricer.best)
     if len(ranked) < top:  # too few fit: the rest of the table is the fastest that do not, uninterleaved
-        # (interleaving only adds activations, so an interleaved layout never fits where its plain one does not)
-        ranked += sorted((pricer.predict(lay) for lay in layouts if not fit[lay] and lay.virtual_stages == 1),
-                         key=_rank_key)
+        # (interleaving only adds activations, so an interleaved layout never fits where its plain one does not),
+        # each in the default order: its own closed-form bound first
+        ranked += _best_first([lay for lay in layouts if not fit[lay] and lay.virtual_stages == 1], top - len(ranked),
+                              pricer.default_order_bound, lambda layout, _: pricer.predict(layout))
     ranked.sort(key=_rank_key)
     return PlanResult(ranked[:top], ruled_out, len(layouts), sum(fit.values()), pricer.calls)
 
@@ -185,6 +186,11 @@ class _Pricer:
         self.calls += 1
         return predict(self.shape, layout, machine or self.machine, self.setup, replay_pipeline)
 
+    def default_order_bound(self, layout: Layout) -> float:
+        """No shorter than `layout`'s prediction in its own order."""
+        placements = self._placements(layout, layout.order)
+        return self.step_bound(layout, dict(zip(("pipe", "depth", "row", "col"), placements[1:5])))
+
     def best(self, layout: Layout, cutoff: float = float("inf")) -> Prediction | None:
         """The layout at its fastest order; the default order wins ties. A layout that does not
         fit keeps the default order: no order changes its memory. None when no order can take
@@ -265,19 +271,21 @@ class _Pricer:
         return tuple(places)
 
 
-def _best_first(layouts: list[Layout], count: int, pricer: _Pricer) -> list[Prediction]:
-    """The `count` fastest of `layouts`, pricing them in the order of their closed-form bounds
-    (perfmodel.bound: no prediction) and stopping once a bound is no better than the `count`-th
-    time found. Most layouts never come up: their bound is already too slow; of those that do,
-    `best` prices only the orders whose own bounds can still beat that time."""
-    line = [(pricer.step_bound(layout), index) for index, layout in enumerate(layouts)]
+def _best_first(layouts: list[Layout], count: int, bound, price) -> list[Prediction]:
+    """The `count` fastest of `layouts`, fastest first (ties: the earlier in `layouts`), pricing
+    them (`price(layout, cutoff)`: None when it cannot beat `cutoff`) in the order of their
+    closed-form bounds (perfmodel.bound: no prediction) and stopping once a bound is no better
+    than the `count`-th time found. Most layouts never come up: their bound is already too
+    slow; of those that do, `_Pricer.best` prices only the orders whose own bounds can still
+    beat that time."""
+    line = [(bound(layout), index) for index, layout in enumerate(layouts)]
     heapq.heapify(line)
     kept: list[tuple[float, int, Prediction]] = []  # a heap of the best `count`, slowest on top
     while line:
         bound, index = heapq.heappop(line)
         if len(kept) == count and bound >= -kept[0][0]:
             break
-        prediction = pricer.best(layouts[index], -kept[0][0] if len(kept) == count else float("inf"))
+        prediction = price(layouts[index], -kept[0][0] if len(kept) == count else float("inf"))
         if prediction is None:
             continue  # no order of it can make the table
         entry = (-prediction.step_time_s, -index, prediction)
@@ -285,7 +293,7 @@ def _best_first(layouts: list[Layout], count: int, pricer: _Pricer) -> list[Pred
             heapq.heappush(kept, entry)
         elif entry > kept[0]:
             heapq.heapreplace(kept, entry)
-    return [prediction for _, _, prediction in kept]
+    return [prediction for _, _, prediction in sorted(kept, key=lambda entry: entry[:2], reverse=True)]
 
 
 def _rank_key(prediction: Prediction):

@@ -70,6 +70,19 @@ def test_fast_plan_top_10_is_the_exhaustive_top_10_with_measured_fits():
     _check_fast_top_10(MID, 24, machine, TrainingSetup(global_batch=48, seq_len=2048), AXES)
 
 
+def test_fast_plan_fills_the_table_with_the_fastest_layouts_that_do_not_fit():
+    # Too few fit: the rest of the table is the fastest plain layouts that do not, in the
+    # default order, taken best-first by that order's closed-form bound.
+    shape, machine = preset("8B"), load_machine("alps")
+    setup = TrainingSetup(global_batch=32, seq_len=shape.seq_len, dtype="bfloat16")
+    fast = search(shape, 8, machine, setup, top=10)
+    every = search(shape, 8, machine, setup, exhaustive=True).predictions
+    reference = [p for p in every if p.fits or p.layout.virtual_stages == 1][:10]
+    assert 0 < fast.fitting < 10 and len(fast.predictions) == 10
+    assert [(p.fits, p.step_time_s) for p in fast.predictions] == [(p.fits, p.step_time_s) for p in reference]
+    assert fast.priced < len(every)
+
+
 def _check_fast_top_10(shape: ModelShape, gpus: int, machine, setup: TrainingSetup, axes: tuple[str, ...]):
     fast = search(shape, gpus, machine, setup, axes, top=10)
     reference = search(shape, gpus, machine, setup, axes, top=10, exhaustive=True)
