@@ -5,7 +5,6 @@ and `python -m perfmodel plan` still start: axon's kernels live at `axon.kernels
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
