@@ -28,7 +28,7 @@ from perfmodel.collectives import PRICED_GROUPS, Placement, group_placement
 from axon.spec.layout_rules import find_layout_problem
 from axon.spec.layout import AXES, DEFAULT_ORDER, Layout, factorizations
 from perfmodel.bound import StepBound
-from perfmodel.machine import Link, Machine
+from perfmodel.machine import Machine
 from perfmodel.memory import fullest, stage_memories, why_it_does_not_fit
 from axon.spec.shapes import ModelShape
 from perfmodel.predict import Prediction, predict
@@ -128,49 +128,6 @@ def fits_in_memory(shape: ModelShape, layout: Layout, machine: Machine, setup: T
     """predict's memory verdict without its timing: the fullest stage against the usable memory.
     No rank order changes it, so one check per layout serves every order."""
     return not why_it_does_not_fit(sum(fullest(stage_memories(shape, layout, setup).values()).values()), machine)
-
-
-# link_floor and placement_floor price a whole layout on links no order beats. The search no
-# longer uses them (perfmodel.bound's floor_placement bounds each group alike without a
-# prediction); tests/perfmodel/test_plan.py still checks that they hold.
-def link_floor(machine: Machine) -> Machine:
-    """The machine with links no rank order can beat: every group priced as if inside a node on
-    the faster link's latency, with no blocking floor. A profile's measured collective fits
-    cannot be bounded that way, so there communication is free instead."""
-    if machine.collectives:
-        free = Link(float("inf"), 0.0)
-        return dataclasses.replace(machine, intra_node=free, inter_node=free, collectives={}, blocking_latency_us={})
-    best = Link(machine.intra_node.bandwidth_gbs, min(machine.intra_node.latency_us, machine.inter_node.latency_us))
-    # As many NICs as devices: a node's streams never share one, so a group across nodes gets
-    # the intra-node bandwidth too; nor do rings share a dragonfly group's links.
-    return dataclasses.replace(machine, intra_node=best, inter_node=best, nics_per_node=machine.devices_per_node,
-                               blocking_latency_us={}, dragonfly_group_nodes=0)
-
-
-def placement_floor(layout: Layout, machine: Machine) -> tuple[Layout, Machine]:
-    """`layout` in an order, and a machine, on which every group is priced no higher than in any
-    rank order on `machine` (tighter than `link_floor`, which ignores that a group of more
-    ranks than a node holds crosses nodes in every order). Axes no larger than a node (each
-    could sit inside one) go innermost, on "nodes" holding all of them and the intra-node link
-    at the faster latency; a group with an axis larger than a node crosses nodes in every order,
-    and gets the inter-node latency and at best all of a node's NICs (one stream a node), given
-    to every stream here. Where ranks share cores or collectives have measured fits, the
-    placement also changes those: `link_floor` then."""
-    if machine.collectives or machine.oversubscription > 1:
-        return layout, link_floor(machine)
-    small = [axis for axis in AXES if getattr(layout, axis) <= machine.devices_per_node]
-    order = tuple(axis for axis in AXES if axis not in small) + tuple(small)  # the last axis is innermost
-    per_node = 1
-    for axis in small:
-        per_node *= getattr(layout, axis)
-    fastest = min(machine.intra_node.latency_us, machine.inter_node.latency_us)
-    across = min(machine.intra_node.bandwidth_gbs, machine.nics_per_node * machine.inter_node.bandwidth_gbs)
-    # As many NICs as ranks on a node: however many streams leave it, each gets `across`; nor
-    # do rings share a dragonfly group's links.
-    return dataclasses.replace(layout, order=order), dataclasses.replace(
-        machine, devices_per_node=per_node, nics_per_node=per_node, blocking_latency_us={}, dragonfly_group_nodes=0,
-        intra_node=Link(machine.intra_node.bandwidth_gbs, fastest),
-        inter_node=Link(across, machine.inter_node.latency_us))
 
 
 class _Pricer:

@@ -18,7 +18,7 @@ from perfmodel.machine import CollectiveFit, load_machine
 from axon.spec.shapes import ModelShape, preset
 from perfmodel.pipeline_replay import simulate, step_seconds
 from perfmodel.predict import predict
-from perfmodel.search import candidate_orders, fits_in_memory, layout_problem, link_floor, placement_floor, search
+from perfmodel.search import fits_in_memory, layout_problem, search
 from axon.spec.training import TrainingSetup
 from perfmodel.workload import micro_batch_work, step_collectives
 
@@ -121,24 +121,6 @@ def test_memory_check_agrees_with_predict():
         assert any(verdicts) and not all(verdicts)
 
 
-@pytest.mark.parametrize("machine_name", ["frontier", "perlmutter"])
-def test_link_floor_is_below_every_rank_order(machine_name):
-    shape, machine = preset("70B"), load_machine(machine_name)
-    setup = TrainingSetup(global_batch=256, seq_len=4096)
-    floor = link_floor(machine)
-    for sizes in (dict(data=4, pipe=4, depth=4, row=2, col=2), dict(data=2, depth=8, row=8), dict(pipe=8, row=4, col=4)):
-        bound = predict(shape, Layout(**sizes), floor, setup).step_time_s
-        times = [predict(shape, Layout(**sizes, order=order), machine, setup).step_time_s
-                 for order in candidate_orders(Layout(**sizes))]
-        assert bound <= min(times) and bound > 0.5 * min(times)
-
-
-def test_link_floor_with_measured_fits_frees_communication():
-    fit = CollectiveFit(alpha_us=1.0, bandwidth_gbs=500.0)  # faster than the links: no link bounds it
-    fitted = link_floor(dataclasses.replace(load_machine("frontier"), collectives={"all_reduce": {"intra": {8: fit}}}))
-    assert fitted.intra_node.bandwidth_gbs == float("inf") and fitted.inter_node.latency_us == 0
-
-
 def test_priced_groups_cover_every_collective_of_a_step():
     # Orders are told apart by the placements of these groups only.
     shape = preset("1B")
@@ -154,17 +136,3 @@ def test_memoized_replay_returns_the_replay():
     for m in (1, 3, 8):
         first = step_seconds(forward, backward, m)
         assert first == simulate(forward, backward, m).step_s == step_seconds(list(forward), list(backward), m)
-
-
-@pytest.mark.parametrize("machine_name", ["alps", "frontier", "perlmutter"])
-def test_placement_floor_is_below_every_rank_order(machine_name):
-    # Groups larger than a node cross nodes in every order: the floor prices them so, and no higher.
-    shape, machine = preset("70B"), load_machine(machine_name)
-    setup = TrainingSetup(global_batch=256, seq_len=4096)
-    for sizes in (dict(data=4, pipe=4, depth=4, row=2, col=2), dict(data=2, depth=8, row=8), dict(pipe=8, row=4, col=4),
-                  dict(data=2, pipe=16, depth=8, row=2), dict(pipe=2, depth=32, col=2)):
-        layout = Layout(**sizes)
-        bound = predict(shape, *placement_floor(layout, machine), setup).step_time_s
-        times = [predict(shape, Layout(**sizes, order=order), machine, setup).step_time_s
-                 for order in candidate_orders(layout)]
-        assert predict(shape, layout, link_floor(machine), setup).step_time_s <= bound <= min(times)
