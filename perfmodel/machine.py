@@ -112,6 +112,11 @@ class Machine:
     # other published row of this machine is a check. Empty for a calibrated profile (measured).
     fitted_to: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
+    @property
+    def usable_gib(self) -> float:
+        """What a rank may hold per device: the memory less the runtime's share (usable_memory_fraction)."""
+        return self.memory_gb * self.usable_memory_fraction
+
     def peak_flops(self, dtype: str) -> float:
         if dtype not in self.peak_tflops:
             raise ProfileError(f"machine {self.name!r} has no peak_tflops for dtype {dtype!r}; "

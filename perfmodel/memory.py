@@ -419,7 +419,7 @@ def fullest(memories) -> dict[str, float]:
 
 def why_it_does_not_fit(total_gib: float, machine) -> str:
     """One sentence when `total_gib` per device exceeds the usable memory; empty when it fits."""
-    limit = machine.memory_gb * machine.usable_memory_fraction
+    limit = machine.usable_gib
     if total_gib <= limit:
         return ""
     return (f"needs {total_gib:.1f} GiB per device, more than {limit:.1f} GiB usable "

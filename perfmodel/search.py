@@ -127,7 +127,12 @@ def _split(global_batch: int, micro_batch: int, shards: int, pipe: int) -> tuple
 def fits_in_memory(shape: ModelShape, layout: Layout, machine: Machine, setup: TrainingSetup) -> bool:
     """predict's memory verdict without its timing: the fullest stage against the usable memory.
     No rank order changes it, so one check per layout serves every order."""
-    return not why_it_does_not_fit(sum(fullest(stage_memories(shape, layout, setup).values()).values()), machine)
+    return not why_it_does_not_fit(need_gib(shape, layout, setup), machine)
+
+
+def need_gib(shape: ModelShape, layout: Layout, setup: TrainingSetup) -> float:
+    """Memory per device of the layout's fullest stage, each with the micro-batches its schedule keeps in flight."""
+    return sum(fullest(stage_memories(shape, layout, setup).values()).values())
 
 
 class _Pricer:

@@ -20,8 +20,7 @@ from axon.spec.layout_rules import find_layout_problem
 from axon.spec.shapes import ModelShape
 from axon.spec.training import TrainingSetup
 from perfmodel.machine import Machine
-from perfmodel.memory import fullest, stage_memories
-from perfmodel.search import fits_in_memory
+from perfmodel.search import fits_in_memory, need_gib
 
 MOST_GPUS = 1 << 17  # the largest GPU count tried: past any machine this model describes
 # What each setting becomes when it saves memory (a TrainingSetup field and its value).
@@ -53,11 +52,6 @@ def dividing_layouts(shape: ModelShape, gpus: int, setup: TrainingSetup, axes: t
     """Every uninterleaved layout of `gpus` that the model and batch divide."""
     return [layout for layout in factorizations(gpus, axes)
             if not find_layout_problem(shape, layout, setup.global_batch, setup.micro_batch)]
-
-
-def need_gib(shape: ModelShape, layout: Layout, setup: TrainingSetup) -> float:
-    """Memory per device of the layout's fullest stage (what fits_in_memory compares)."""
-    return sum(fullest(stage_memories(shape, layout, setup).values()).values())
 
 
 def some_layout_fits(shape: ModelShape, gpus: int, machine: Machine, setup: TrainingSetup,
@@ -110,9 +104,8 @@ def shortfall(shape: ModelShape, gpus: int, machine: Machine, setup: TrainingSet
     fits_on, tried = fewest_gpus(shape, gpus, machine, setup, axes)
     settings, together = fitting_settings(shape, gpus, machine, setup, axes)
     changes = tuple((name, value) for name, value in SETTINGS if getattr(setup, name) != value)
-    return Shortfall(gpus, needs[closest], machine.memory_gb * machine.usable_memory_fraction, closest, fits_on,
+    return Shortfall(gpus, needs[closest], machine.usable_gib, closest, fits_on,
                      tried, settings, together, changes)
-
 
 
 def remedy(short: Shortfall, setting_text, unit: str = "GPUs") -> str:

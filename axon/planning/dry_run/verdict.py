@@ -23,7 +23,7 @@ def machine_for(named: str, config):
 
 def memory_verdict(result: dict, machine) -> dict:
     """The rank's peak bytes against the machine's usable bytes: the JSON form."""
-    usable = machine.memory_gb * machine.usable_memory_fraction * GIB
+    usable = machine.usable_gib * GIB
     peak = result["memory_bytes"]["total"]
     return {"machine": machine.name, "peak_bytes": peak, "usable_bytes": round(usable), "fits": peak <= usable}
 
