@@ -72,8 +72,8 @@ def _start(args):
             experiment.seeds = (args.seed,) if args.seed is not None else experiment.seeds[:1]
         if getattr(args, "acr", False):
             experiment.section.acr = "all"
-        docs, runs = plan_runs(experiment, launch.world_size)
         evaluates = bool(getattr(args, "checkpoint", None))
+        docs, runs = plan_runs(experiment, launch.world_size, lr_probes=not evaluates)  # a checkpoint's lr is moot
         if not evaluates:  # the runs start from their init_from weights: names and shapes checked now
             for init_from in dict.fromkeys(run.config.init_from for run in runs if run.config.init_from):
                 check_init_weights(next(run.config for run in runs if run.config.init_from == init_from))
@@ -155,9 +155,12 @@ def memorize_main(argv) -> None:
     done = False
     try:
         if runtime.rank == 0:
-            print(f"axon: memorize: {len(runs)} runs ({len(experiment.models)} models x {len(experiment.losses)} "
-                  f"losses) on {runtime.world_size} rank(s), device {runtime.device.type}; targets "
-                  f"{docs.source}, {len(docs.target_canaries)} canaries; {len(docs.controls)} control documents, "
+            probes = sum(run.probe for run in runs)
+            print(f"axon: memorize: {len(runs) - probes} runs ({len(experiment.models)} models x "
+                  f"{len(experiment.losses)} losses x {len(experiment.seed_list())} seed(s))"
+                  + (f" after {probes} learning-rate probes" if probes else "")
+                  + f" on {runtime.world_size} rank(s), device {runtime.device.type}; targets {docs.source}, "
+                  f"{len(docs.target_canaries)} canaries; {len(docs.controls)} control documents, "
                   f"{len(docs.control_canaries)} control canaries", flush=True)
         try:
             with StopSignal() as stop:

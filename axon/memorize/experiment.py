@@ -2,7 +2,11 @@
 
     models:      list of model entries, each like a train config's `model` (a preset, a mapping,
                  or {init_from: hf:DIR}) plus an optional `name` and an optional `lr`: this model's
-                 peak learning rate (else train.lr), as sizes rarely share the best one
+                 peak learning rate (else train.lr), as sizes rarely share the best one, or `auto`:
+                 chosen by `lr_selection` before the reported runs and frozen for every loss
+    lr_selection: {candidates: [lr, ...], seed: S}: for models with lr: auto, the standard loss is
+                 trained once per candidate with seed S (not one of `seeds`) and scored on held-out
+                 filler of its own; the lowest validation loss wins (axon/memorize/lr_selection.py)
     losses:      list of `standard` or {kind: goldfish, k: 4, h: 13, strategy: hash}
     targets:     default (generated records) | natural (plain English of the Python help topics) |
                  a .txt/.jsonl file or a directory of them (all of it is trained)
@@ -82,6 +86,15 @@ class ModelEntry:
     name: str
     raw: Any  # what goes into a train config's `model`
     lr: float | None = None  # this model's peak learning rate (None: train.lr)
+    lr_auto: bool = False  # lr: auto, chosen by the experiment's lr_selection
+
+
+@dataclass(frozen=True)
+class LrSelection:
+    """How `lr: auto` models get their peak learning rate: one standard-loss run per candidate,
+    with a seed of its own, scored on held-out filler no reported run uses."""
+    candidates: tuple[float, ...]
+    seed: int
 
 
 @dataclass
@@ -96,29 +109,34 @@ class Experiment:
     base: dict[str, Any]  # layout, layout_machine, train, overlap: shared by every run
     out_dir: str
     seeds: tuple[int, ...] = ()  # () = one run per cell with experiment.seed and train.seed as given
+    lr_selection: LrSelection | None = None  # set when a model has lr: auto
 
     def seed_list(self) -> list[int | None]:
         """The seeds each cell runs with; [None]: the config's own seeds, once."""
         return list(self.seeds) or [None]
 
-    def run_config(self, model: ModelEntry, loss: LossSpec, steps: int, seed: int | None = None) -> RunConfig:
-        """The train config of one run: this model and loss, `steps` steps (and train.seed `seed`)."""
+    def run_config(self, model: ModelEntry, loss: LossSpec, steps: int, seed: int | None = None,
+                   lr: float | None = None, folder: str = "runs") -> RunConfig:
+        """The train config of one run: this model and loss, `steps` steps (and train.seed `seed`),
+        peak rate `lr` (else the model's; an lr: auto model gets the first candidate until chosen),
+        in out_dir/`folder`."""
         raw = {key: (dict(value) if isinstance(value, dict) else value) for key, value in self.base.items()}
         raw["model"] = model.raw
         raw["train"] = {**raw.get("train", {}), "steps": steps, "loss": loss.kind}
         if seed is not None:
             raw["train"]["seed"] = seed
-        if model.lr is not None:
-            raw["train"]["lr"] = model.lr
+        rate = self.lr_selection.candidates[0] if lr is None and model.lr_auto else lr
+        if rate is not None or model.lr is not None:
+            raw["train"]["lr"] = model.lr if rate is None else rate
         if loss.kind == "goldfish":
             raw["goldfish"] = {"k": loss.k, "h": loss.h, "strategy": loss.strategy}
-        tag = f"{model.name}-{loss.tag}" + ("" if seed is None else f"-seed{seed}")
-        raw["out_dir"] = str(Path(self.out_dir) / "runs" / tag)
+        tag = f"{model.name}-{loss.tag}" + ("" if seed is None else f"-seed{seed}") + (f"-lr{lr:g}" if lr else "")
+        raw["out_dir"] = str(Path(self.out_dir) / folder / tag)
         return build_config(raw)
 
 
 TOP_LEVEL_KEYS = ("models", "losses", "targets", "controls", "tokenizer", "filler", "experiment", "layout",
-                  "layout_machine", "train", "overlap", "out_dir", "seeds", "quick")
+                  "layout_machine", "train", "overlap", "out_dir", "seeds", "quick", "lr_selection")
 
 
 def _loss(item: Any, index: int) -> LossSpec:
@@ -145,9 +163,11 @@ def _model_entry(item: Any, index: int) -> ModelEntry:
     item = dict(item)
     name = item.pop("name", None) or item.get("preset") or f"model{index}"
     lr = item.pop("lr", None)
+    if lr == "auto":
+        return ModelEntry(str(name), item, None, lr_auto=True)
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
-        raise ConfigError(f"models[{index}].lr must be a positive number (this model's peak learning rate), "
-                          f"got {lr!r}")
+        raise ConfigError(f"models[{index}].lr must be a positive number (this model's peak learning rate) or "
+                          f"auto (chosen by lr_selection), got {lr!r}")
     return ModelEntry(str(name), item, None if lr is None else float(lr))
 
 
@@ -201,9 +221,35 @@ def load_experiment(path: str | Path, overrides: list[str] = (), quick: bool = F
                           "come with their own controls: experiment.controls)")
     experiment = Experiment(models, losses, strings["targets"], strings["controls"], strings["tokenizer"],
                             strings["filler"], section, base, strings["out_dir"], _seeds(raw.get("seeds"), seeds))
+    experiment.lr_selection = _lr_selection(raw.get("lr_selection"), experiment)
     for model in models:  # every model entry builds into a valid train config now, not mid-sweep
         experiment.run_config(model, losses[0], 1)
     return experiment
+
+
+def _lr_selection(raw: Any, exp: Experiment) -> LrSelection | None:
+    """`lr_selection:` checked against the models that need it and the seeds it must not share."""
+    auto = [m.name for m in exp.models if m.lr_auto]
+    if raw is None:
+        if auto:
+            raise ConfigError(f"models {', '.join(auto)} have lr: auto, which needs lr_selection: {{candidates: "
+                              "[1.0e-3, 2.0e-3, 4.0e-3], seed: 100}} (a seed none of `seeds` uses)")
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"lr_selection must be a mapping {{candidates: [...], seed: S}}, got {raw!r}")
+    reject_unknown(raw, ("candidates", "seed"), "lr_selection")
+    candidates, seed = raw.get("candidates"), raw.get("seed")
+    if not isinstance(candidates, list) or not candidates or len(set(candidates)) != len(candidates) or not all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0 for c in candidates):
+        raise ConfigError(f"lr_selection.candidates must be a non-empty list of distinct positive learning rates, "
+                          f"got {candidates!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"lr_selection.seed must be an integer, got {seed!r}")
+    reported = list(exp.seeds) or [exp.section.seed]
+    if seed in reported:
+        raise ConfigError(f"lr_selection.seed={seed} is also a seed of the reported runs ({', '.join(map(str, reported))}): "
+                          "the rates must be chosen on a seed those runs do not use")
+    return LrSelection(tuple(float(c) for c in candidates), seed)
 
 
 def _seeds(listed: Any, count: int | None) -> tuple[int, ...]:

@@ -54,11 +54,14 @@ class PlannedRun:
     docs: DocumentSets | None = None  # this run's targets, controls and canaries (they follow the seed)
     seed: int | None = None  # the seed of `seeds:` it runs with (None: the config's own)
     acr_layout: object = None  # a Layout without pipeline stages for the prompt search (None: the run's own)
+    probe: bool = False  # a learning-rate probe of lr_selection: trained, scored on its validation filler only
+    lr_auto: bool = False  # its peak rate comes from the probes (set before it runs)
 
 
-def plan_runs(exp: Experiment, world_size: int) -> tuple[DocumentSets, list[PlannedRun]]:
+def plan_runs(exp: Experiment, world_size: int, lr_probes: bool = True) -> tuple[DocumentSets, list[PlannedRun]]:
     """Everything checked and built before any collective; raises ConfigError. The documents
-    returned are the first seed's (each run carries its own)."""
+    returned are the first seed's (each run carries its own). With `lr_probes`, the learning-rate
+    probes of lr: auto models come first (_lr_probes)."""
     from axon.planning import auto_layout
 
     s = exp.section
@@ -71,10 +74,7 @@ def plan_runs(exp: Experiment, world_size: int) -> tuple[DocumentSets, list[Plan
             probe = exp.run_config(model, exp.losses[0], 1)
             shape = probe.model
             _check_model(exp, model, shape, tokenizer)
-            # Each run reads its own copy of the stream through the same numbers, so size it once per model.
-            # At most: validation, then per epoch the filler rounded up to a whole step and one padding per target.
-            windows_needed = s.val_sequences + s.epochs * (s.filler_per_epoch + probe.train.global_batch
-                                                           + len(docs.trained()) * s.repeats)
+            windows_needed = _windows_needed(s, probe, docs)
             if filler is None or (exp.filler == "default" and filler.size < windows_needed * shape.seq_len + 1):
                 filler, bound = filler_tokens(exp, tokenizer, windows_needed * shape.seq_len + 1)
             if bound > shape.vocab:
@@ -89,9 +89,50 @@ def plan_runs(exp: Experiment, world_size: int) -> tuple[DocumentSets, list[Plan
                 config, choice = auto_layout.choose_from_named_profile(
                     exp.run_config(model, loss, stream.total_steps, seed), world_size,
                     "in an experiment: the sweep does not calibrate")
-                runs.append(PlannedRun(model, loss, config, stream, choice, docs=docs, seed=seed))
+                runs.append(PlannedRun(model, loss, config, stream, choice, docs=docs, seed=seed,
+                                       lr_auto=model.lr_auto))
     _mark_acr(exp, runs)
-    return first, runs
+    return first, (_lr_probes(exp, tokenizer, world_size) if lr_probes else []) + runs
+
+
+def _windows_needed(s, config, docs: DocumentSets) -> int:
+    """Filler windows a run reads, at most: validation, then per epoch the filler rounded up to a
+    whole step and one padding per target. Each run reads its own copy of the stream through the
+    same numbers, so it is sized once per model."""
+    return s.val_sequences + s.epochs * (s.filler_per_epoch + config.train.global_batch
+                                         + len(docs.trained()) * s.repeats)
+
+
+def _lr_probes(exp: Experiment, tokenizer, world_size: int) -> list[PlannedRun]:
+    """The runs that choose the peak rate of every lr: auto model (axon.memorize.lr_selection):
+    the standard loss once per candidate, on lr_selection.seed's documents, order and init, and on
+    the filler past every window the reported runs read, so that their validation windows are
+    held out from the reported runs too."""
+    from axon.planning import auto_layout
+
+    auto = [model for model in exp.models if model.lr_auto]
+    if not auto:
+        return []
+    s, selection, standard = exp.section, exp.lr_selection, LossSpec("standard")
+    docs = _documents(exp, tokenizer, selection.seed)
+    probes, tokens = [], None
+    for model in auto:
+        shape = exp.run_config(model, standard, 1).model
+        skipped = _windows_needed(s, exp.run_config(model, standard, 1), docs)
+        if tokens is None or (exp.filler == "default" and tokens.size < 2 * skipped * shape.seq_len + 1):
+            tokens, _ = filler_tokens(exp, tokenizer, 2 * skipped * shape.seq_len + 1)
+        filler = FillerTokens(tokens[skipped * shape.seq_len:], shape.seq_len,
+                              f"{exp.filler!r} past the {skipped:,} windows the reported runs read")
+        stream = MemorizationStream(docs.trained(), filler, shape.seq_len, exp.run_config(model, standard, 1).train
+                                    .global_batch, s.epochs, s.repeats, s.filler_per_epoch, s.val_sequences,
+                                    selection.seed, s.placement, s.near_duplicates, len(docs.targets))
+        for lr in selection.candidates:
+            config, choice = auto_layout.choose_from_named_profile(
+                exp.run_config(model, standard, stream.total_steps, selection.seed, lr, "lr_selection"),
+                world_size, "in an experiment: the sweep does not calibrate")
+            probes.append(PlannedRun(model, standard, config, stream, choice, docs=docs, seed=selection.seed,
+                                     probe=True))
+    return probes
 
 
 def _documents(exp: Experiment, tokenizer, seed: int) -> DocumentSets:
@@ -334,7 +375,7 @@ def train_and_measure(run: PlannedRun, s, runtime, leader: bool, on_row, start=N
     try:
         for epoch in range(1, s.epochs + 1):
             begin, end = (epoch - 1) * stream.steps_per_epoch, epoch * stream.steps_per_epoch
-            evaluated = epoch % s.eval_every == 0 or epoch == s.epochs
+            evaluated = epoch == s.epochs or (epoch % s.eval_every == 0 and not run.probe)
             if end <= first and (not evaluated or epoch in start.evaluated):
                 continue  # trained (and evaluated) before the stop
             trainer.pause_clock()  # the last epoch's evaluation is not a step's time
@@ -359,7 +400,12 @@ def train_and_measure(run: PlannedRun, s, runtime, leader: bool, on_row, start=N
             trained_s += time.perf_counter() - started
             if not evaluated:
                 continue
-            scores, per_document = evaluate_all(trainer, docs, stream, s)
+            if run.probe:  # a learning-rate probe: its validation loss only
+                from axon.memorize.evaluate import ShardedEval
+
+                scores = filler_losses(ShardedEval(trainer.model, trainer.grid, trainer.device, s.eval_batch), stream)
+            else:
+                scores, per_document = evaluate_all(trainer, docs, stream, s)
             if run.acr and epoch == s.epochs:
                 if run.acr_layout is not None and (saved is None or checkpoint.checkpoint_step(Path(saved)) != end):
                     saved = checkpoint.save(trainer, end, t.keep_checkpoints)  # the search reads it resharded
@@ -373,6 +419,10 @@ def train_and_measure(run: PlannedRun, s, runtime, leader: bool, on_row, start=N
             on_row(row)
             if leader:
                 write_cell(run, key, False, rows, per_document, trained_s)
+            if leader and run.probe:
+                print(f"  epoch {epoch}/{s.epochs} | train loss {row['train_loss']:.3f} | val loss "
+                      f"{row['val_loss']:.4f}", flush=True)
+            elif leader:
                 print(f"  epoch {epoch}/{s.epochs} | train loss {row['train_loss']:.3f} | exact match "
                       f"{row['exact_match']:.3f} (control {row['control_exact_match']:.3f}) | token acc "
                       f"{row['token_acc']:.3f} | Rouge-L {row['rougeL']:.3f} | exposure {row['exposure']:.2f} bits "
@@ -397,7 +447,9 @@ def run_sweep(exp: Experiment, docs: DocumentSets, runs: list[PlannedRun], runti
     (axon.memorize.resume.agree_on_resume): cells done before are read back, not run again, and
     a cell stopped mid-way resumes from its checkpoint; `stop`: a StopSignal (preemption)."""
     from axon.memorize import report
-    from axon.memorize.resume import CellStart, fingerprint
+    from axon.memorize.lr_selection import settle
+    from axon.memorize.resume import CellStart, fingerprint, write_cell
+    from axon.runtime.trainer import TrainingDiverged
 
     leader = runtime.rank == 0
     out = Path(exp.out_dir)
@@ -405,32 +457,53 @@ def run_sweep(exp: Experiment, docs: DocumentSets, runs: list[PlannedRun], runti
     starts = starts or [CellStart() for _ in runs]
     if leader:
         out.mkdir(parents=True, exist_ok=True)
-        report.write_setup(out, exp, docs, runs)
+        report.write_setup(out, exp, docs, [run for run in runs if not run.probe])
 
     def on_row(row):
         rows.append(row)
         if leader:
             report.write_results(out, rows)
 
+    probe_rows, probes = [], sum(run.probe for run in runs)
     started = time.perf_counter()
     for index, (run, start) in enumerate(zip(runs, starts), 1):
-        described = (f"axon: memorize run {index}/{len(runs)}: model {run.model.name}, loss {run.loss.tag}"
-                     + ("" if run.seed is None else f", seed {run.seed}"))
+        if not run.probe and probe_rows is not None and probes:  # the probes come first: settle once, now
+            settle(runtime, out, exp.lr_selection, probe_rows, runs)
+            probe_rows = None
+        sink = probe_rows.append if run.probe else on_row
+        described = (f"axon: memorize: learning-rate probe {index}/{probes}: model {run.model.name}, lr "
+                     f"{run.config.train.lr:g} (standard loss, seed {run.seed})" if run.probe else
+                     f"axon: memorize run {index - probes}/{len(runs) - probes}: model {run.model.name}, loss "
+                     f"{run.loss.tag}" + ("" if run.seed is None else f", seed {run.seed}")
+                     + (f", lr {run.config.train.lr:g} (chosen)" if run.lr_auto else ""))
         if start.done:
             if leader:
                 print(f"{described}: done before ({run.config.out_dir}/cell.json): not run again", flush=True)
                 for row in start.record["rows"]:
-                    on_row(row)
-                documents.append(start.record["documents"])
+                    sink(row)
+                if not run.probe:
+                    documents.append(start.record["documents"])
             continue
         if leader:
             layout = f"layout {run.config.layout}" + (" (auto)" if run.choice is not None else "")
             print(f"{described}: {run.stream.total_steps} steps ({exp.section.epochs} epochs x "
                   f"{run.stream.steps_per_epoch}); {layout}", flush=True)
-        documents.append(train_and_measure(run, exp.section, runtime, leader, on_row, start, stop,
-                                           fingerprint(exp, run) if leader else ""))
-        if leader:
-            report.write_per_document(out, documents)
+        key = fingerprint(exp, run) if leader else ""
+        try:
+            result = train_and_measure(run, exp.section, runtime, leader, sink, start, stop, key)
+        except TrainingDiverged as err:
+            if not run.probe:
+                raise
+            if leader:  # a probe that diverged loses the selection (decided on every rank alike)
+                print(f"  diverged: {err}", flush=True)
+                row = {"model": run.model.name, "lr": run.config.train.lr, "val_loss": float("nan"), "diverged": True}
+                write_cell(run, key, True, [row], {}, 0.0)
+                sink(row)
+            continue
+        if not run.probe:
+            documents.append(result)
+            if leader:
+                report.write_per_document(out, documents)
     if leader:
         report.write_per_document(out, documents)
         report.write_report(out, rows, documents)
