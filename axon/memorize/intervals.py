@@ -5,7 +5,11 @@ last-epoch scores:
 * interval_table: exact match, the reference extraction (all but the last 50 tokens), canary
   extraction, the membership AUCs (loss, zlib ratio) and ACR (share above 1, mean over the
   documents above 1), targets with controls beside them;
-* extraction_table: the share of windows reproduced against the prompt's length.
+* extraction_table: the share of windows reproduced against the prompt's length;
+
+and the same pooled means and intervals against model size (plot_vs_size): measures_vs_size.png
+(PANELS side by side) and <measure>_vs_size.png (each of MEASURES, controls dashed), each measure
+computed once for both.
 
 A document is the unit: with several seeds the documents of every seed are pooled (each seed
 draws its own documents and trains its own model), and an AUC is averaged over seeds, each
@@ -137,43 +141,90 @@ def mean_over_seeds(rows: list[dict]) -> list[dict]:
     return out
 
 
-MEASURES = (("exact_match", "exact match"), ("extract_tail", "extraction, all but the last tokens"),
-            ("canary_extraction", "canary extraction"), ("loss", "membership AUC (loss)"))
+# The measures plotted against model size (and, from the rows, against epochs in report.py): row
+# column -> title. "extract_tail" stands for the extract_tail<N> column that a run measured.
+MEASURES = {"exact_match": "exact match", "token_acc": "token accuracy", "rougeL": "Rouge-L",
+            "exposure": "canary exposure (bits)", "canary_extraction": "canary extraction",
+            "mia_auc_loss": "membership AUC (loss)", "mia_auc_zlib": "membership AUC (zlib ratio)",
+            "extract_tail": "extraction, all but the last tokens"}
+PANELS = ("exact_match", "extract_tail", "canary_extraction", "mia_auc_loss")  # measures_vs_size.png
+AUC_SCORES = {"mia_auc_loss": "loss", "mia_auc_zlib": "zlib_ratio"}  # the per-document score each AUC ranks
+PER_CANARY = ("exposure", "canary_extraction")  # kept per canary, beside targets/controls
 
 
-def _measure(records: list[dict], key: str) -> tuple[float, float, float]:
-    """(mean, low, high) of one measure of a cell, every seed pooled."""
-    if key == "loss":
-        pairs = [(r["targets"].get("loss", []), r["controls"].get("loss", [])) for r in records]
+def _measure(records: list[dict], key: str, side: str = "targets") -> tuple[float, float, float]:
+    """(mean, low, high) of one measure of a cell, every seed pooled, for the targets or the controls
+    (an AUC has no controls' value: it is targets against controls)."""
+    if key in AUC_SCORES:
+        score = AUC_SCORES[key]
+        pairs = [(r["targets"].get(score, []), r["controls"].get(score, [])) for r in records]
         values = [auc(t, c) for t, c in pairs if len(t) and len(c)]
-        return (float(np.mean(values)), *auc_interval(pairs)) if values else (np.nan, np.nan, np.nan)
-    if key == "canary_extraction":
-        values = np.concatenate([np.asarray(r.get(key, []), dtype=float) for r in records])
+        return (float(np.mean(values)), *auc_interval(pairs)) if values and side == "targets" else (np.nan,) * 3
+    if key in PER_CANARY:
+        name = key if side == "targets" else f"control_{key}"
+        values = np.concatenate([np.asarray(r.get(name, []), dtype=float) for r in records])
     else:
         key = _tail_key(records) if key == "extract_tail" else key
-        values = _pooled(records, "targets", key) if key else np.zeros(0)
+        values = _pooled(records, side, key) if key else np.zeros(0)
     values = values[~np.isnan(values)]
     return (float(values.mean()), *interval(values)) if values.size else (np.nan, np.nan, np.nan)
 
 
-def plot_measures_vs_size(path, documents: list[dict], params: dict[str, int]) -> None:
-    """measures_vs_size.png: one panel per measure, one line per loss against parameters, each
-    point the mean over every seed's documents with its bootstrap 95% interval."""
+def _points_vs_size(cells: dict, params: dict[str, int], key: str) -> dict[str, tuple]:
+    """loss -> (parameters, mean, low, high, controls' mean) of one measure, a point per model;
+    losses that no model measured left out."""
+    points = {}
+    for loss in dict.fromkeys(loss for _, loss in cells):
+        mine = sorted((params[model], records) for (model, name), records in cells.items()
+                      if name == loss and model in params)
+        mean, low, high = np.array([_measure(records, key) for _, records in mine]).reshape(-1, 3).T
+        if not np.isnan(mean).all():
+            points[loss] = (np.array([m[0] for m in mine], dtype=float), mean, low, high,
+                            np.array([_measure(records, key, "controls")[0] for _, records in mine]))
+    return points
+
+
+def _draw_vs_size(ax, points: dict[str, tuple], key: str, controls: bool) -> None:
+    """One measure on `ax`: a line per loss against parameters (log) with its intervals, the
+    controls' means dashed if asked."""
+    for index, (loss, (x, mean, low, high, control)) in enumerate(points.items()):
+        x = x * 1.04 ** index  # side by side, not on top
+        bars = ax.errorbar(x, mean, yerr=[np.maximum(mean - low, 0), np.maximum(high - mean, 0)], fmt="o-", capsize=3,
+                           markersize=4, label=loss.replace("-", " "))
+        if controls and not np.isnan(control).all():
+            ax.plot(x, control, "x--", color=bars[0].get_color(), alpha=0.6, label=f"{loss.replace('-', ' ')}: controls")
+    ax.set(xscale="log", xlabel="parameters", title=MEASURES[key])
+    if key != "exposure":  # the rest are rates or AUCs
+        ax.set_ylim(-0.03, 1.03)
+
+
+def plot_vs_size(out, documents: list[dict], params: dict[str, int]) -> list[str]:
+    """measures_vs_size.png (the PANELS side by side) and <measure>_vs_size.png for every measure
+    some cell measured (controls dashed; the tail extraction named by its column, as in
+    extract_tail50_vs_size.png), each point the mean over every seed's documents with its
+    bootstrap 95% interval. Returns the names written."""
     import matplotlib.pyplot as plt
 
     cells = _cells(documents)
-    losses = list(dict.fromkeys(loss for _, loss in cells))
-    fig, axes = plt.subplots(1, len(MEASURES), figsize=(4.2 * len(MEASURES), 3.6), squeeze=False)
-    for ax, (key, title) in zip(axes[0], MEASURES):
-        for index, loss in enumerate(losses):
-            points = sorted((params[model], *_measure(records, key)) for (model, name), records in cells.items()
-                            if name == loss and model in params)
-            x = np.array([p[0] for p in points], dtype=float) * 1.04 ** index  # side by side, not on top
-            mean, low, high = (np.array([p[i] for p in points]) for i in (1, 2, 3))
-            ax.errorbar(x, mean, yerr=[np.maximum(mean - low, 0), np.maximum(high - mean, 0)], fmt="o-", capsize=3,
-                        markersize=4, label=loss.replace("-", " "))
-        ax.set(xscale="log", xlabel="parameters", title=title, ylim=(-0.03, 1.03))
+    if not cells:
+        return []
+    points = {key: _points_vs_size(cells, params, key) for key in MEASURES}
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], PANELS):
+        _draw_vs_size(ax, points[key], key, controls=False)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(out / "measures_vs_size.png", dpi=120)
     plt.close(fig)
+    written = ["measures_vs_size.png"]
+    for key in (k for k in MEASURES if points[k]):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        _draw_vs_size(ax, points[key], key, controls=True)
+        ax.set_ylabel(f"{MEASURES[key]} (last epoch)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = (_tail_key(next(iter(cells.values()))) if key == "extract_tail" else key) + "_vs_size.png"
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        written.append(name)
+    return written

@@ -4,18 +4,26 @@ results.csv / results.json   one row per model, loss and evaluated epoch (RESULT
 per_document.json            each run's last per-document scores (Rouge-L histograms come from it)
 placements.json              where every target was injected (global sequence index, step, offset in the
                              sequence), for the first seed
-exact_match_vs_size.png      last-epoch exact match against parameters, one line per loss, controls dashed
 exact_match_vs_epoch.png     exact match against epoch, one panel per loss, one line per model
 rougeL_hist.png              last-epoch Rouge-L of the targets, one panel per model, losses overlaid
 epochs_to_50_vs_size.png     the first evaluated epoch with exact match >= 50% against parameters, per loss
 measures_vs_size.png         exact match, extraction of the last tokens, canary extraction and membership AUC
                              against parameters, per loss, with bootstrap 95% intervals over every seed's documents
+<measure>_vs_size.png        one measure against parameters (log), last epoch, a line per loss with its bootstrap
+                             95% interval over every seed's documents, controls dashed: exact_match, token_acc,
+                             rougeL, exposure, canary_extraction, mia_auc_loss, mia_auc_zlib and extract_tail<N>
+                             (all but the last N tokens), each where measured (intervals.plot_vs_size)
+<measure>_vs_exposures.png   the same measures against the times each target was seen (epochs), a line per
+                             model and loss (mean over seeds, shaded from the lowest to the highest seed),
+                             controls dashed
 summary.md                   the last-epoch table (ACR columns where measured), the filler val loss split by
-                             Goldfish's never-supervised recurring tokens, the epochs-to-50% table, and per
-                             model and loss over every seed: exact match, extraction, canary extraction,
-                             membership AUCs and ACR with bootstrap 95% intervals over documents
-                             (axon/memorize/statistics.py), and extraction against the prompt's length
-With several seeds, the plots show the mean over seeds (exact match vs size with its interval).
+                             Goldfish's never-supervised recurring tokens, Goldfish's filler val-loss gap against
+                             the standard loss (last epoch, at convergence, at equal supervised tokens;
+                             axon/memorize/loss_gaps.py), the epochs-to-50% table, and per model and loss over
+                             every seed: exact match, extraction, canary extraction, membership AUCs and ACR with
+                             bootstrap 95% intervals over documents (axon/memorize/statistics.py), and extraction
+                             against the prompt's length
+With several seeds, the plots show the mean over seeds (the size plots pool every seed's documents).
 """
 
 from __future__ import annotations
@@ -25,8 +33,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from axon.memorize.documents import DocumentSets
-from axon.memorize.intervals import extraction_table, interval_table, mean_over_seeds, plot_measures_vs_size
+from axon.memorize.intervals import MEASURES, extraction_table, interval_table, mean_over_seeds, plot_vs_size
+from axon.memorize.loss_gaps import loss_gap_table, loss_label
 
 # The columns of results.csv, in order: what runner's rows hold and write_results writes.
 RESULT_COLUMNS = ("model", "params", "loss_kind", "k", "h", "strategy", "lr", "seed", "epoch", "step", "exact_match",
@@ -89,12 +100,6 @@ def _final(rows: list[dict]) -> list[dict]:
     for row in rows:
         last[(row["model"], row["loss_kind"], row["k"], row["h"], row["strategy"], row.get("seed"))] = row
     return list(last.values())
-
-
-def loss_label(row: dict) -> str:
-    if row["loss_kind"] == "standard":
-        return "standard"
-    return f"goldfish k={row['k']} h={row['h']}" + ("" if row["strategy"] == "hash" else f" {row['strategy']}")
 
 
 def epochs_to_half(rows: list[dict]) -> list[dict]:
@@ -166,6 +171,44 @@ def split_table(rows: list[dict]) -> str:
             + "\n".join(lines))
 
 
+def _spread(values: list) -> tuple[float, float, float]:
+    """(mean, lowest, highest) of the values that are numbers; NaNs where none is."""
+    values = np.array([v for v in values if not _missing(v)], dtype=float)
+    return (values.mean(), values.min(), values.max()) if values.size else (np.nan,) * 3
+
+
+def _plot_vs_exposures(plt, path: Path, rows: list[dict], column: str, title: str) -> bool:
+    """One measure against epoch, a line per model and loss: the mean over seeds, shaded from the
+    lowest seed to the highest, the controls' mean dashed where the rows hold them; False (nothing
+    written) where no row measured it."""
+    runs: dict[tuple, dict[int, list[dict]]] = {}
+    for row in rows:
+        runs.setdefault((row["model"], loss_label(row)), {}).setdefault(row["epoch"], []).append(row)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    drawn = False
+    for (model, label), by_epoch in runs.items():
+        epochs = sorted(by_epoch)
+        mean, low, high = np.array([_spread([r.get(column) for r in by_epoch[e]]) for e in epochs]).T
+        if np.isnan(mean).all():
+            continue
+        drawn = True
+        line, = ax.plot(epochs, mean, "o-", markersize=3, label=f"{model}, {label}")
+        if any(len(members) > 1 for members in by_epoch.values()):
+            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+        control = np.array([_spread([r.get(f"control_{column}") for r in by_epoch[e]])[0] for e in epochs])
+        if not np.isnan(control).all():
+            ax.plot(epochs, control, "x--", color=line.get_color(), alpha=0.6, label=f"{model}, {label}: controls")
+    if drawn:
+        ax.set(xlabel="times each target was seen (epochs)", ylabel=title, title=f"{title} vs times seen")
+        if column != "exposure":  # the rest are rates or AUCs
+            ax.set_ylim(-0.03, 1.03)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn
+
+
 def write_report(out: Path, rows: list[dict], documents: list[dict]) -> None:
     import matplotlib
 
@@ -173,23 +216,8 @@ def write_report(out: Path, rows: list[dict], documents: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     per_seed, rows = rows, mean_over_seeds(rows)  # the plots show the mean over seeds
-    final = _final(rows)
     losses = list(dict.fromkeys(loss_label(r) for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label in losses:
-        points = sorted((r["params"], r["exact_match"], r["control_exact_match"]) for r in final
-                        if loss_label(r) == label)
-        line, = ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
-        ax.plot([p[0] for p in points], [p[2] for p in points], "x--", color=line.get_color(), alpha=0.6,
-                label=f"{label}: controls")
-    ax.set(xscale="log", xlabel="parameters", ylabel="exact-match rate (last epoch)", ylim=(-0.03, 1.03),
-           title="Memorized targets vs model size")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "exact_match_vs_size.png", dpi=120)
-    plt.close(fig)
 
     fig, axes = plt.subplots(1, len(losses), figsize=(5 * len(losses), 4), sharey=True, squeeze=False)
     for ax, label in zip(axes[0], losses):
@@ -239,14 +267,17 @@ def write_report(out: Path, rows: list[dict], documents: list[dict]) -> None:
     fig.savefig(out / "epochs_to_50_vs_size.png", dpi=120)
     plt.close(fig)
 
-    plot_measures_vs_size(out / "measures_vs_size.png", documents, {r["model"]: r["params"] for r in rows})
+    plots = plot_vs_size(out, documents, {r["model"]: r["params"] for r in rows})  # exact_match_vs_size.png too
+    for key in MEASURES:
+        column = next((c for c in per_seed[0] if c.startswith("extract_tail")), None) if key == "extract_tail" else key
+        if column and _plot_vs_exposures(plt, out / f"{column}_vs_exposures.png", per_seed, column, MEASURES[key]):
+            plots.append(f"{column}_vs_exposures.png")
 
     (out / "summary.md").write_text(
         "# Memorization sweep\n\nLast evaluated epoch of each run (rates are fractions of documents; exposure in "
         "bits; ACR where measured: mean over the documents whose ACR is above 1, and their share; lr: the run's peak "
         "learning rate; filler val loss with its change against the same model's standard loss).\n\n"
         + summary_table(per_seed)
-        + split_table(per_seed) + interval_table(documents) + extraction_table(documents)
+        + split_table(per_seed) + loss_gap_table(per_seed) + interval_table(documents) + extraction_table(documents)
         + "\n\nMemorization speed: the first evaluated epoch at which exact match reaches 50%.\n\n" + half_table(per_seed)
-        + "\n\nPlots: exact_match_vs_size.png, exact_match_vs_epoch.png, rougeL_hist.png, epochs_to_50_vs_size.png, "
-        "measures_vs_size.png\n")
+        + "\n\nPlots: exact_match_vs_epoch.png, rougeL_hist.png, epochs_to_50_vs_size.png, " + ", ".join(plots) + "\n")
