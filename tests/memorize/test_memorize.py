@@ -86,8 +86,10 @@ def test_24_user_documents_with_the_shipped_local_config(tmp_path):
     assert len(docs.targets) == 24 and len(docs.controls) == experiment.section.controls
     assert docs.source.startswith(f"{tmp_path / 'docs.jsonl'}: 24 documents trained; controls:")
     assert all(len(r.stream.placements()) == 24 + experiment.section.canaries for r in runs)
-    # each size's peak lr is the shipped one: 3e-3 x 128 / hidden
-    assert all(r.config.train.lr == pytest.approx(3e-3 * 128 / r.config.model.hidden) for r in runs)
+    # each size's peak lr is chosen first: the standard loss at every candidate, on seed 100
+    probes = [(r.model.name, r.config.train.lr) for r in runs if r.probe and r.loss.kind == "standard" and r.seed == 100]
+    assert probes == [(m, lr) for m in ("0.2M", "1.0M", "2.0M") for lr in (1.5e-3, 3e-3, 6e-3, 1.2e-2)]
+    assert [r.lr_auto for r in runs[len(probes):]] == [True] * 6 and runs[len(probes)].seed == 0
 
 
 def test_recurring_validation_windows_match_a_brute_force_search():
@@ -405,8 +407,8 @@ def test_sweep_writes_results_plots_and_summary(tiny_sweep):
     for name in ("exact_match_vs_size.png", "exact_match_vs_epoch.png", "rougeL_hist.png", "measures_vs_size.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     summary = (out / "summary.md").read_text()
-    # last-epoch, split, intervals, extraction and epochs-to-50% tables
-    assert summary.count("| a |") == 10 and "goldfish k=3 h=4" in summary
+    # last-epoch, split, loss-gap, intervals, extraction and epochs-to-50% tables
+    assert summary.count("| a |") == 11 and "goldfish k=3 h=4" in summary
     for model in "ab":  # the Goldfish rows' filler val losses and their change against the standard rows, by hand
         last = {r["loss_kind"]: r for r in rows if r["model"] == model and r["epoch"] == "2"}
         cells = []
