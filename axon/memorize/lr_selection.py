@@ -47,10 +47,25 @@ def write(out: Path, selection, rows: list[dict], chosen: dict[str, float]) -> N
               "probes": [{key: row.get(key) for key in ("model", "lr", "val_loss", "train_loss", "diverged")}
                          for row in rows]}
     (out / SELECTION_FILE).write_text(json.dumps(record, indent=1, default=str))
+    edges = edge_notes(selection.candidates, chosen)
+    for note in edges:
+        print(f"axon: memorize: {note}", flush=True)
     (out / TABLE_FILE).write_text(
         f"Peak learning rates (models with lr: auto): the standard loss trained once per candidate with seed "
         f"{selection.seed}, which no reported run uses, and scored on held-out filler that no reported run reads; "
-        "the lowest validation loss at the last epoch was frozen for every loss and seed.\n\n" + table(rows, chosen))
+        "the lowest validation loss at the last epoch was frozen for every loss and seed.\n\n" + table(rows, chosen)
+        + "".join(f"\n\n{note}" for note in edges))
+
+
+def edge_notes(candidates, chosen: dict[str, float]) -> list[str]:
+    """A sentence per model whose choice is the smallest or largest candidate: the best rate may lie beyond."""
+    notes = []
+    for model, lr in chosen.items():
+        if len(candidates) > 1 and lr in (min(candidates), max(candidates)):
+            side = "largest" if lr == max(candidates) else "smallest"
+            notes.append(f"model {model}: the chosen rate {lr:g} is the {side} candidate, so a "
+                         f"{'larger' if side == 'largest' else 'smaller'} one may do better: widen lr_selection.candidates")
+    return notes
 
 
 def settle(runtime, out: Path, selection, probe_rows: list[dict], runs) -> dict[str, float]:

@@ -17,7 +17,7 @@ import yaml
 
 from axon.config import ConfigError
 from axon.memorize.experiment import load_experiment
-from axon.memorize.lr_selection import choose, settle
+from axon.memorize.lr_selection import choose, edge_notes, settle
 from axon.memorize.resume import fingerprint
 from axon.memorize.runner import plan_runs
 from axon.runtime.trainer import TrainingDiverged
@@ -41,6 +41,9 @@ def test_choose_takes_the_lowest_finite_validation_loss_and_the_smaller_rate_on_
             {"model": "a", "lr": 1e-2, "val_loss": float("nan"), "diverged": True},
             {"model": "b", "lr": 2e-3, "val_loss": 1.25}, {"model": "b", "lr": 1e-3, "val_loss": 1.25}]
     assert choose(rows) == {"a": 3e-3, "b": 1e-3}
+    assert edge_notes((1e-3, 3e-3, 1e-2), {"a": 3e-3, "b": 1e-3}) == [  # b's best may lie below the grid
+        "model b: the chosen rate 0.001 is the smallest candidate, so a smaller one may do better: widen "
+        "lr_selection.candidates"]
     probes = [types.SimpleNamespace(probe=True, lr_auto=False, model=types.SimpleNamespace(name="c"))]
     runtime = types.SimpleNamespace(rank=0, world_size=1)
     with pytest.raises(TrainingDiverged, match=r"every lr_selection candidate \(0.001, 0.01\) diverged for model c"):
