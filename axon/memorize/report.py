@@ -16,7 +16,9 @@ measures_vs_size.png         exact match, extraction of the last tokens, canary 
 <measure>_vs_exposures.png   the same measures against the times each target was seen (epochs), a line per
                              model and loss (mean over seeds, shaded from the lowest to the highest seed),
                              controls dashed
-summary.md                   the last-epoch table (ACR columns where measured), the filler val loss split by
+lr_selection.json / .md      with lr: auto, each probe's validation loss and the rate chosen (axon.memorize.lr_selection)
+summary.md                   the last-epoch table (ACR columns where measured), the learning-rate choice, the
+                             filler val loss split by
                              Goldfish's never-supervised recurring tokens, Goldfish's filler val-loss gap against
                              the standard loss (last epoch, at convergence, at equal supervised tokens;
                              axon/memorize/loss_gaps.py), the epochs-to-50% table, and per model and loss over
@@ -209,6 +211,14 @@ def _plot_vs_exposures(plt, path: Path, rows: list[dict], column: str, title: st
     return drawn
 
 
+def _selection(out: Path) -> str:
+    """How the lr: auto rates were chosen (axon.memorize.lr_selection wrote it), when they were."""
+    from axon.memorize.lr_selection import TABLE_FILE
+
+    path = out / TABLE_FILE
+    return f"\n\n{path.read_text()}" if path.is_file() else ""
+
+
 def write_report(out: Path, rows: list[dict], documents: list[dict]) -> None:
     import matplotlib
 
@@ -277,7 +287,7 @@ def write_report(out: Path, rows: list[dict], documents: list[dict]) -> None:
         "# Memorization sweep\n\nLast evaluated epoch of each run (rates are fractions of documents; exposure in "
         "bits; ACR where measured: mean over the documents whose ACR is above 1, and their share; lr: the run's peak "
         "learning rate; filler val loss with its change against the same model's standard loss).\n\n"
-        + summary_table(per_seed)
+        + summary_table(per_seed) + _selection(out)
         + split_table(per_seed) + loss_gap_table(per_seed) + interval_table(documents) + extraction_table(documents)
         + "\n\nMemorization speed: the first evaluated epoch at which exact match reaches 50%.\n\n" + half_table(per_seed)
         + "\n\nPlots: exact_match_vs_epoch.png, rougeL_hist.png, epochs_to_50_vs_size.png, " + ", ".join(plots) + "\n")

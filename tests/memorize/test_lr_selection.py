@@ -111,6 +111,7 @@ def test_sweep_chooses_freezes_and_resumes(tmp_path):
     assert {(r["model"], r["loss_kind"], r["lr"]) for r in rows} == {
         ("a", "standard", best), ("a", "goldfish", best), ("b", "standard", 4e-3), ("b", "goldfish", 4e-3)}
     assert "| a | 3.0e-02 |" in (out / "lr_selection.md").read_text()
+    assert (out / "lr_selection.md").read_text() in (out / "summary.md").read_text()
     # The rerun reads every cell back: no step trained, the same choice, the same results.
     again = run()
     assert again.returncode == 0, again.stderr
