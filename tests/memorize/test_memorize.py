@@ -88,7 +88,7 @@ def test_24_user_documents_with_the_shipped_local_config(tmp_path):
     assert all(len(r.stream.placements()) == 24 + experiment.section.canaries for r in runs)
     # each size's peak lr is chosen first: the standard loss at every candidate, on seed 100
     probes = [(r.model.name, r.config.train.lr) for r in runs if r.probe and r.loss.kind == "standard" and r.seed == 100]
-    assert probes == [(m, lr) for m in ("0.2M", "1.0M", "2.0M") for lr in (1.5e-3, 3e-3, 6e-3, 1.2e-2)]
+    assert probes == [(m, lr) for m in ("0.2M", "1.0M", "2.0M") for lr in (1.5e-3, 3e-3, 6e-3, 1.2e-2, 2.4e-2)]
     assert [r.lr_auto for r in runs[len(probes):]] == [True] * 6 and runs[len(probes)].seed == 0
 
 
