@@ -117,15 +117,15 @@ def _lr_probes(exp: Experiment, tokenizer, world_size: int) -> list[PlannedRun]:
     docs = _documents(exp, tokenizer, selection.seed)
     probes, tokens = [], None
     for model in auto:
-        shape = exp.run_config(model, standard, 1).model
-        skipped = _windows_needed(s, exp.run_config(model, standard, 1), docs)
-        if tokens is None or (exp.filler == "default" and tokens.size < 2 * skipped * shape.seq_len + 1):
-            tokens, _ = filler_tokens(exp, tokenizer, 2 * skipped * shape.seq_len + 1)
-        filler = FillerTokens(tokens[skipped * shape.seq_len:], shape.seq_len,
+        base = exp.run_config(model, standard, 1)
+        seq_len, skipped = base.model.seq_len, _windows_needed(s, base, docs)
+        if tokens is None or (exp.filler == "default" and tokens.size < 2 * skipped * seq_len + 1):
+            tokens, _ = filler_tokens(exp, tokenizer, 2 * skipped * seq_len + 1)
+        filler = FillerTokens(tokens[skipped * seq_len:], seq_len,
                               f"{exp.filler!r} past the {skipped:,} windows the reported runs read")
-        stream = MemorizationStream(docs.trained(), filler, shape.seq_len, exp.run_config(model, standard, 1).train
-                                    .global_batch, s.epochs, s.repeats, s.filler_per_epoch, s.val_sequences,
-                                    selection.seed, s.placement, s.near_duplicates, len(docs.targets))
+        stream = MemorizationStream(docs.trained(), filler, seq_len, base.train.global_batch, s.epochs, s.repeats,
+                                    s.filler_per_epoch, s.val_sequences, selection.seed, s.placement,
+                                    s.near_duplicates, len(docs.targets))
         for lr in selection.candidates:
             config, choice = auto_layout.choose_from_named_profile(
                 exp.run_config(model, standard, stream.total_steps, selection.seed, lr, "lr_selection"),
