@@ -33,7 +33,7 @@ def fingerprint(exp, run) -> str:
     """What decides a run's numbers, hashed: config (layout aside), experiment section, seed, documents."""
     config = run.config.to_dict()
     config.pop("layout", None)
-    if getattr(run, "lr_auto", False):  # the rate the probes choose follows from how they choose it
+    if run.lr_auto:  # the rate the probes choose follows from how they choose it
         config["train"]["lr"] = {"auto": list(exp.lr_selection.candidates), "seed": exp.lr_selection.seed}
     docs = run.docs
     tokens = [d.tolist() for d in docs.trained() + docs.controls] + [c.tokens.tolist() for c in docs.control_canaries]

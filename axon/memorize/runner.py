@@ -340,6 +340,7 @@ def train_and_measure(run: PlannedRun, s, runtime, leader: bool, on_row, start=N
     import torch
 
     from axon import checkpoint
+    from axon.memorize.evaluate import ShardedEval
     from axon.memorize.resume import CellStart, write_cell
     from axon.parallel.grid import Grid
     from axon.parallel.sharding import named_shardings
@@ -401,8 +402,6 @@ def train_and_measure(run: PlannedRun, s, runtime, leader: bool, on_row, start=N
             if not evaluated:
                 continue
             if run.probe:  # a learning-rate probe: its validation loss only
-                from axon.memorize.evaluate import ShardedEval
-
                 scores = filler_losses(ShardedEval(trainer.model, trainer.grid, trainer.device, s.eval_batch), stream)
             else:
                 scores, per_document = evaluate_all(trainer, docs, stream, s)
